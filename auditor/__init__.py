@@ -1,0 +1,57 @@
+"""onnx-auditor: audit trained neural networks (exported to ONNX from any framework) before they ship.
+
+The public API for plugin authors: subclass :class:`Check`, declare :class:`Param` s and :class:`Need` s,
+return a :class:`CheckResult`, and register the class from a function marked with :data:`hookimpl`::
+
+    from auditor import Check, CheckResult, Param, hookimpl
+
+    class MyCheck(Check):
+        name = "mine.thing"
+        params = [Param(name="limit", type="integer", default=100, description="rows to use")]
+
+        def run(self, ctx):
+            return CheckResult(metrics={"n": ctx.require_data().n})
+
+    @hookimpl
+    def auditor_register_checks():
+        return [MyCheck]
+"""
+
+from __future__ import annotations
+
+from auditor.checks import Check, CheckInfo, Need, Param
+from auditor.context import AuditContext
+from auditor.data import Dataset
+from auditor.errors import AuditorError, DataError, ModelLoadError, PluginLoadError, SkipCheck, SpecError
+from auditor.model import ModelHandle
+from auditor.outputs import Predictions
+from auditor.plugins import hookimpl
+from auditor.report.base import Reporter
+from auditor.results import CheckReport, CheckResult, Finding, GateResult, Status
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AuditContext",
+    "AuditorError",
+    "Check",
+    "CheckInfo",
+    "CheckReport",
+    "CheckResult",
+    "DataError",
+    "Dataset",
+    "Finding",
+    "GateResult",
+    "ModelHandle",
+    "ModelLoadError",
+    "Need",
+    "Param",
+    "PluginLoadError",
+    "Predictions",
+    "Reporter",
+    "SkipCheck",
+    "SpecError",
+    "Status",
+    "__version__",
+    "hookimpl",
+]

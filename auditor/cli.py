@@ -1,0 +1,215 @@
+"""``auditor``: run, checks, plugins, schema, init."""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from auditor.errors import AuditorError, ExitCode, SpecError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(msg: str, code: int) -> None:
+    click.echo(f"error: {msg}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(fn: F) -> F:
+    """One clear line and the right exit code for every known error; exit 3 and a traceback only for bugs."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except AuditorError as exc:
+            _fail(str(exc), int(exc.exit_code))
+        except KeyboardInterrupt:
+            _fail("interrupted", int(ExitCode.USAGE_ERROR))
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as exc:
+            traceback.print_exc()
+            _fail(f"internal error: {type(exc).__name__}: {exc} (please report this)", int(ExitCode.INTERNAL_ERROR))
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _registry(disable: tuple[str, ...] = (), plugins: tuple[str, ...] = ()) -> Any:
+    from auditor.plugins import build_registry
+
+    return build_registry(disable=disable, extra_modules=plugins)
+
+
+plugin_options = [
+    click.option("--disable", "disable", multiple=True, metavar="PLUGIN",
+                 help="Do not load this plugin (repeatable)."),
+    click.option("-p", "plugins", multiple=True, metavar="MODULE",
+                 help="Load an extra plugin module by import name (repeatable)."),
+]
+
+
+def with_plugin_options(fn: F) -> F:
+    """Add --disable and -p."""
+    for opt in reversed(plugin_options):
+        fn = opt(fn)
+    return fn
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="onnx-auditor", prog_name="auditor")
+def main() -> None:
+    """Audit an ONNX model against a YAML spec and gate its release on the result."""
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
+@click.option("--report-dir", type=click.Path(path_type=Path), help="Write reports here (overrides report.dir).")
+@click.option("--format", "formats", metavar="LIST", help="Comma-separated formats, e.g. json,markdown,junit.")
+@click.option("--seed", type=int, help="Override the spec's seed.")
+@click.option("-q", "--quiet", is_flag=True, help="Only the final status line.")
+@with_plugin_options
+@handle_errors
+def run(spec_path: Path, report_dir: Path | None, formats: str | None, seed: int | None, quiet: bool,
+        disable: tuple[str, ...], plugins: tuple[str, ...]) -> None:
+    """Run the audit described by SPEC. Exit 0: every gate passed; 1: a gate failed or a check errored;
+    2: bad spec or usage; 3: internal error; 4: model, data or plugin could not be loaded."""
+    from rich.console import Console
+
+    from auditor.runner import Interrupted, Runner, load_inputs, write_reports
+    from auditor.spec import parse_spec
+    from auditor.terminal import TerminalEvents, summary_table
+
+    registry = _registry(disable, plugins)
+    spec = parse_spec(spec_path, registry.checks, sorted(registry.reporters))
+    if seed is not None:
+        spec.seed = seed
+    if report_dir is not None:
+        spec.report_dir = report_dir
+    if formats:
+        wanted = [f.strip() for f in formats.split(",") if f.strip()]
+        unknown = [f for f in wanted if f not in registry.reporters]
+        if unknown:
+            raise SpecError("--format", [f"unknown format(s) {', '.join(unknown)} "
+                                         f"(available: {', '.join(sorted(registry.reporters))})"])
+        spec.formats = wanted
+    events = TerminalEvents(quiet=quiet)
+    loaded = load_inputs(spec)
+    events.message(f"model: {spec.model.path} on {loaded.model.device_note}")
+    if loaded.data is not None:
+        notes = "; ".join(loaded.data.notes)
+        events.message(f"data: {loaded.data.source}, {loaded.data.n} rows" + (f" ({notes})" if notes else ""))
+    runner = Runner(spec, registry, events)
+    interrupted = False
+    try:
+        report = runner.run(loaded)
+    except Interrupted as exc:
+        report, interrupted = exc.report, True
+    doc = report.to_dict()
+    written = write_reports(doc, spec.report_dir, spec.formats, registry)
+    out = Console(highlight=False, soft_wrap=False, width=max(100, Console().width))
+    if not quiet:
+        out.print(summary_table(doc))
+        for path in written:
+            out.print(f"report: {path}")
+    s = doc["summary"]
+    click.echo(f"{doc['status'].upper()}: " + ", ".join(f"{v} {k}" for k, v in s.items() if v))
+    if interrupted:
+        click.echo("interrupted: partial report written", err=True)
+        sys.exit(int(ExitCode.USAGE_ERROR))
+    sys.exit(int(ExitCode.OK) if doc["status"] in ("pass", "warn") else int(ExitCode.GATE_FAILED))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@with_plugin_options
+@handle_errors
+def checks(as_json: bool, disable: tuple[str, ...], plugins: tuple[str, ...]) -> None:
+    """List every installed check: plugin, version, parameters, needs, metrics."""
+    registry = _registry(disable, plugins)
+    items = []
+    for name in sorted(registry.checks):
+        info = registry.checks[name]
+        cls = info.cls
+        items.append({
+            "name": name,
+            "plugin": info.plugin,
+            "distribution": info.distribution,
+            "version": info.version,
+            "description": cls.description or (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "",
+            "needs": sorted(str(n) for n in cls.needs),
+            "params": [{"name": p.name, "type": p.type_label(), "default": p.default, "description": p.description}
+                       for p in cls.params],
+            "metrics": dict(cls.metrics_doc),
+        })
+    if as_json:
+        click.echo(json.dumps(items, indent=2, default=str))
+        return
+    for it in items:
+        click.echo(f"{it['name']}  [plugin {it['plugin']}, {it['distribution'] or 'local'} {it['version'] or ''}]".rstrip())
+        if it["description"]:
+            click.echo(f"    {it['description']}")
+        click.echo(f"    needs: {', '.join(it['needs']) or 'weights only'}")
+        for p in it["params"]:
+            click.echo(f"    {p['name']} ({p['type']}, default {p['default']!r}): {p['description']}")
+        if it["metrics"]:
+            click.echo(f"    metrics: {', '.join(it['metrics'])}")
+        click.echo("")
+
+
+@main.command()
+@with_plugin_options
+@handle_errors
+def plugins(disable: tuple[str, ...], plugins: tuple[str, ...]) -> None:
+    """List loaded plugins, their distributions and versions, and what they register."""
+    registry = _registry(disable, plugins)
+    by_plugin: dict[str, list[str]] = {}
+    for name, info in registry.checks.items():
+        by_plugin.setdefault(info.plugin, []).append(name)
+    for p in registry.plugins:
+        checks_ = ", ".join(sorted(by_plugin.get(p.name, []))) or "no checks"
+        click.echo(f"{p.name}  {p.distribution or '-'} {p.version or ''}  ({p.source}: {p.module})  {checks_}")
+    click.echo(f"report formats: {', '.join(sorted(registry.reporters))}")
+    if registry.backends:
+        click.echo(f"backends: {', '.join(sorted(registry.backends))}")
+
+
+@main.command()
+@with_plugin_options
+@handle_errors
+def schema(disable: tuple[str, ...], plugins: tuple[str, ...]) -> None:
+    """Print the JSON Schema of a spec for the installed checks (for editors and CI linting)."""
+    from auditor.spec import build_schema
+
+    registry = _registry(disable, plugins)
+    click.echo(json.dumps(build_schema(registry.checks, sorted(registry.reporters)), indent=2, default=str))
+
+
+@main.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
+@click.option("--data", "data_path", type=click.Path(path_type=Path), help="Data file to put in the spec.")
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path), default=Path("audit.yaml"),
+              show_default=True, help="Where to write the spec.")
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+@handle_errors
+def init(model_path: Path, data_path: Path | None, out: Path, force: bool) -> None:
+    """Write a commented starter spec for MODEL, with its inputs and outputs filled in."""
+    from auditor.init import starter_spec
+    from auditor.report.base import write_atomic
+
+    if out.exists() and not force:
+        raise SpecError(str(out), ["already exists (use --force to overwrite)"])
+    text = starter_spec(model_path, data_path, out)
+    write_atomic(out, text)
+    click.echo(f"wrote {out}; edit it, then: auditor run {out}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,139 @@
+"""What a check sees while it runs: the model, the data, its parameters, a seeded RNG, shared caches."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from auditor.cancel import raise_if_cancelled
+from auditor.data import Dataset
+from auditor.errors import CheckCancelled, SkipCheck
+from auditor.model import ModelHandle
+from auditor.outputs import Predictions, encode_labels, interpret
+
+
+@dataclass
+class SharedCache:
+    """Forward passes shared between checks of one audit (performance and bias both need predictions)."""
+
+    predictions: dict[tuple[int, int], Predictions] = field(default_factory=dict)
+    activations: dict[tuple[int, int, str], np.ndarray] = field(default_factory=dict)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+
+@dataclass
+class AuditContext:
+    """Handed to :meth:`auditor.Check.run`.
+
+    ``model`` is the model under audit (the ``baseline:`` model when the runner re-runs a check on it, with
+    ``role == "baseline"``); ``data`` the audit data (``None`` if the spec has none); ``params`` the check's
+    effective parameters (defaults filled in); ``rng`` a generator seeded from the spec's seed and the check's
+    id, so that every run of the same spec is identical; ``references`` the ``reference:`` models by name;
+    ``train_data`` the ``train_data:`` set.
+    """
+
+    check_id: str
+    params: dict[str, Any]
+    model: ModelHandle
+    data: Dataset | None
+    seed: int
+    rng: np.random.Generator
+    role: str = "model"
+    references: dict[str, ModelHandle] = field(default_factory=dict)
+    train_data: Dataset | None = None
+    spec: dict[str, Any] = field(default_factory=dict)
+    backends: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    progress: Callable[[int, int | None, str], None] | None = None
+    cache: SharedCache = field(default_factory=SharedCache)
+
+    # -------------------------------------------------------------------------------------- helpers
+    def require_data(self) -> Dataset:
+        """The data set, or skip if the spec has none."""
+        if self.data is None:
+            raise SkipCheck("the spec has no data: section")
+        return self.data
+
+    def check_cancelled(self) -> None:
+        """Raise if the runner cancelled this check (timeout or Ctrl-C). Long loops should call this."""
+        if self.cancel_event.is_set():
+            raise CheckCancelled("cancelled")
+        raise_if_cancelled()
+
+    def report_progress(self, done: int, total: int | None = None, what: str = "") -> None:
+        """Tell the terminal display how far the check is (optional)."""
+        if self.progress is not None:
+            self.progress(done, total, what)
+
+    def predictions(self, data: Dataset | None = None, model: ModelHandle | None = None) -> Predictions:
+        """The model's interpreted predictions on the data (one forward pass per model and data, shared)."""
+        data = data or self.require_data()
+        model = model or self.model
+        key = (id(model), id(data))
+        with self.cache.lock:
+            if key not in self.cache.predictions:
+                raw = model.run(data.x)
+                zip_classes = {z.output: z.classes for z in model.zipmaps.values()}
+                self.cache.predictions[key] = interpret(
+                    raw, task=model.config.task, y=data.y, zip_classes=zip_classes
+                )
+            return self.cache.predictions[key]
+
+    def predict_proba(self, x: np.ndarray, model: ModelHandle | None = None) -> np.ndarray:
+        """Class probabilities for arbitrary inputs (perturbed data, attacks), read the same way as
+        :meth:`predictions` reads the audit data's outputs."""
+        model = model or self.model
+        pred = self.predictions(model=model) if self.data is not None else None
+        raw = model.run(x)
+        zip_classes = {z.output: z.classes for z in model.zipmaps.values()}
+        p = interpret(raw, task="classification" if pred is None else pred.task, zip_classes=zip_classes,
+                      y=None if self.data is None else self.data.y)
+        if p.probs is None:
+            raise SkipCheck("the model is not a classifier")
+        return p.probs
+
+    def labels(self, data: Dataset | None = None) -> np.ndarray:
+        """True labels as column indices of the model's classes (-1 for unknown labels)."""
+        data = data or self.require_data()
+        if data.y is None:
+            raise SkipCheck("the data has no labels (data.y)")
+        pred = self.predictions(data)
+        if pred.classes is None:
+            return np.asarray(data.y)
+        return encode_labels(data.y, pred.classes)
+
+    def activations(self, layers: Sequence[str] | str, data: Dataset | None = None,
+                    model: ModelHandle | None = None) -> dict[str, np.ndarray]:
+        """Intermediate tensors for the data, all requested layers gathered in one batched pass.
+
+        ``layers`` is ``"every"``, ``"penultimate"`` or tensor names.
+        """
+        data = data or self.require_data()
+        model = model or self.model
+        names = model.layer_names(layers)
+        todo = [n for n in names if (id(model), id(data), n) not in self.cache.activations]
+        if todo:
+            out = model.run(data.x, todo)
+            with self.cache.lock:
+                for n in todo:
+                    self.cache.activations[(id(model), id(data), n)] = out[n]
+        return {n: self.cache.activations[(id(model), id(data), n)] for n in names}
+
+    def backend(self, name: str) -> Any:
+        """A backend offered by a plugin (e.g. ``"torch"`` for gradients), built for this context's model;
+        skips the check with a reason when no plugin offers it."""
+        factory = self.backends.get(name)
+        if factory is None:
+            raise SkipCheck(f"needs the '{name}' backend, which no installed plugin provides")
+        return factory(self.model)
+
+    def sample(self, limit: int | None, data: Dataset | None = None) -> Dataset:
+        """At most ``limit`` rows of the data, stratified by label and seeded (the sample is noted)."""
+        data = data or self.require_data()
+        if limit is None or limit >= data.n:
+            return data
+        return data.sample(limit, self.rng)

@@ -1,0 +1,63 @@
+"""``auditor init``: a commented starter spec for a model, with its inputs and outputs filled in."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from auditor import graph as G
+from auditor.model import ModelConfig, ModelHandle
+
+
+def _rel(path: Path, out: Path) -> str:
+    try:
+        return os.path.relpath(path.resolve(), out.resolve().parent)
+    except ValueError:
+        return str(path.resolve())
+
+
+def starter_spec(model_path: Path, data_path: Path | None, out: Path) -> str:
+    """YAML text of a starter spec (the model is opened to read its inputs and outputs)."""
+    handle = ModelHandle(ModelConfig(path=model_path, device="cpu"))
+    g = handle.proto.graph
+    inputs = [G.value_info_spec(i).describe() for i in G.data_inputs(g)]
+    outputs = [G.value_info_spec(o).describe() for o in g.output]
+    pen = handle.penultimate()
+    lines = [
+        "# onnx-auditor spec. Run: auditor run " + str(out),
+        "# Every key is documented by `auditor checks` and `auditor schema`.",
+        "version: 1",
+        "model:",
+        f"  path: {_rel(model_path, out)}",
+        f"  # data inputs: {', '.join(inputs)}",
+        f"  input: {handle.input.name}",
+        f"  # graph outputs: {', '.join(outputs)}",
+        "  # output: any tensor of the graph; the model is cut to what it needs"
+        + (f" (penultimate features: {pen})" if pen else ""),
+        f"  # output: {handle.outputs[0]}",
+        "  device: auto          # auto: CUDA when it loads, else CPU; or cpu / cuda",
+        "",
+        "data:",
+        f"  path: {_rel(data_path, out) if data_path else 'test.npz   # .npz, .npy, .csv or .parquet'}",
+        "  x: x                  # input array (npz key) or feature columns (csv/parquet)",
+        "  y: y                  # labels",
+        "  # groups: [sex]       # sensitive-attribute columns, for bias checks",
+        "  # limit: 2000         # audit a seeded, stratified sample",
+        "  batch_size: 256",
+        "",
+        "# baseline: {path: last_release.onnx}   # checks run on both; gates can bound the change",
+        "seed: 0",
+        "",
+        "checks:",
+        "  - use: performance.metrics",
+        "    gate:",
+        "      accuracy: {min: 0.9}              # fail the release below 90 % accuracy",
+        "      # accuracy: {max_drop: 0.01}      # with a baseline: at most 1 point worse than the last release",
+        "      ece: {max: 0.1, severity: warn}",
+        "",
+        "report:",
+        "  dir: reports",
+        "  formats: [json, markdown, junit]",
+        "",
+    ]
+    return "\n".join(lines)

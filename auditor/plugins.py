@@ -1,0 +1,139 @@
+"""The plugin manager: entry points of group ``auditor``, ``--disable NAME`` and ``-p MODULE``."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as md
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from auditor import hookspecs
+from auditor.checks import Check, CheckInfo
+from auditor.errors import PluginLoadError
+
+GROUP = "auditor"
+hookimpl = pluggy.HookimplMarker("auditor")
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """A loaded plugin: its name, module, and the distribution that installed it."""
+
+    name: str
+    module: str
+    distribution: str | None
+    version: str | None
+    source: str  # "entry point", "-p", "builtin", "object"
+
+
+@dataclass
+class Registry:
+    """Everything the installed plugins registered."""
+
+    pm: pluggy.PluginManager
+    plugins: list[PluginInfo] = field(default_factory=list)
+    checks: dict[str, CheckInfo] = field(default_factory=dict)
+    reporters: dict[str, Any] = field(default_factory=dict)
+    backends: dict[str, Callable[..., Any]] = field(default_factory=dict)
+
+
+def _dist_of(ep: md.EntryPoint) -> tuple[str | None, str | None]:
+    dist = getattr(ep, "dist", None)
+    if dist is None:
+        return None, None
+    return dist.metadata["Name"], dist.version
+
+
+def build_registry(
+    disable: Iterable[str] = (),
+    extra_modules: Iterable[str] = (),
+    extra_plugins: Iterable[object] = (),
+    use_entry_points: bool = True,
+) -> Registry:
+    """Build the plugin manager and collect checks, reporters and backends.
+
+    A plugin that cannot be imported, or that registers something broken, raises
+    :class:`~auditor.errors.PluginLoadError` naming the plugin and its distribution: a missing check must
+    never read as a pass.
+    """
+    disabled = set(disable)
+    pm = pluggy.PluginManager(GROUP)
+    pm.add_hookspecs(hookspecs)
+    reg = Registry(pm)
+
+    from auditor.report import builtin as report_builtin
+
+    pm.register(report_builtin, name="auditor.report")
+    infos: dict[str, PluginInfo] = {}
+
+    if use_entry_points:
+        for ep in sorted(md.entry_points(group=GROUP), key=lambda e: e.name):
+            if ep.name in disabled or pm.has_plugin(ep.name):
+                continue
+            dist, version = _dist_of(ep)
+            try:
+                obj = ep.load()
+            except Exception as exc:
+                raise PluginLoadError(
+                    f"plugin '{ep.name}' (distribution {dist or '?'} {version or ''}) failed to load: "
+                    f"{type(exc).__name__}: {exc}".replace("  ", " ")
+                ) from None
+            pm.register(obj, name=ep.name)
+            infos[ep.name] = PluginInfo(ep.name, ep.value, dist, version, "entry point")
+    for mod in extra_modules:
+        try:
+            obj = importlib.import_module(mod)
+        except Exception as exc:
+            raise PluginLoadError(f"plugin module '{mod}' (-p) failed to import: {type(exc).__name__}: {exc}") from None
+        name = getattr(obj, "__name__", mod)
+        if name in disabled or pm.has_plugin(name):
+            continue
+        pm.register(obj, name=name)
+        infos[name] = PluginInfo(name, mod, None, getattr(obj, "__version__", None), "-p")
+    for obj in extra_plugins:
+        name = getattr(obj, "__name__", None) or type(obj).__name__
+        if name in disabled or pm.has_plugin(name):
+            continue
+        pm.register(obj, name=name)
+        mod = obj.__name__ if isinstance(obj, ModuleType) else type(obj).__module__
+        infos[name] = PluginInfo(name, mod, None, getattr(obj, "__version__", None), "object")
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginLoadError(f"plugin '{exc.plugin}' implements a hook the auditor does not know: {exc}") from None
+    reg.plugins = sorted(infos.values(), key=lambda p: p.name)
+
+    for impl in pm.hook.auditor_register_checks.get_hookimpls():
+        pname = impl.plugin_name
+        info = infos.get(pname)
+        try:
+            classes = impl.function() or []
+        except Exception as exc:
+            raise PluginLoadError(f"plugin '{pname}' failed to register its checks: {type(exc).__name__}: {exc}") from None
+        for cls in classes:
+            if not (isinstance(cls, type) and issubclass(cls, Check)) or not cls.name or "." not in cls.name:
+                raise PluginLoadError(
+                    f"plugin '{pname}' registered {cls!r}, which is not a Check subclass named 'plugin.check'"
+                )
+            if cls.name in reg.checks:
+                other = reg.checks[cls.name].plugin
+                raise PluginLoadError(f"check '{cls.name}' is registered by both '{other}' and '{pname}'")
+            reg.checks[cls.name] = CheckInfo(
+                cls, pname, info.distribution if info else None, info.version if info else None
+            )
+    for impl in pm.hook.auditor_register_reporters.get_hookimpls():
+        try:
+            for cls in impl.function() or []:
+                reg.reporters[cls.format] = cls
+        except Exception as exc:
+            raise PluginLoadError(f"plugin '{impl.plugin_name}' failed to register reporters: {exc}") from None
+    for impl in pm.hook.auditor_register_backends.get_hookimpls():
+        try:
+            reg.backends.update(impl.function() or {})
+        except Exception as exc:
+            raise PluginLoadError(f"plugin '{impl.plugin_name}' failed to register backends: {exc}") from None
+    return reg

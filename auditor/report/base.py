@@ -1,0 +1,40 @@
+"""The reporter contract and atomic file writing."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, ClassVar
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the whole new one, never half of it
+    (temporary file in the same folder, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class Reporter:
+    """A report format. ``format`` is its name in ``report.formats``; ``filename`` where it is written in the
+    report folder. ``render`` gets the JSON report dict (the source of truth) and returns the file's text;
+    ``pm`` is the plugin manager, for formats that let plugins render their own checks."""
+
+    format: ClassVar[str] = ""
+    filename: ClassVar[str] = ""
+
+    def render(self, report: dict[str, Any], pm: Any = None) -> str:
+        """The file's text."""
+        raise NotImplementedError

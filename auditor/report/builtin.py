@@ -1,0 +1,18 @@
+"""The core's own report formats, registered through the same hook a plugin would use."""
+
+from __future__ import annotations
+
+import pluggy
+
+from auditor.report.base import Reporter
+from auditor.report.json_report import JsonReporter
+from auditor.report.junit import JUnitReporter
+from auditor.report.markdown import MarkdownReporter
+
+hookimpl = pluggy.HookimplMarker("auditor")
+
+
+@hookimpl
+def auditor_register_reporters() -> list[type[Reporter]]:
+    """JSON, Markdown and JUnit XML."""
+    return [JsonReporter, MarkdownReporter, JUnitReporter]

@@ -1,0 +1,46 @@
+"""``report.json``: the source of truth."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+
+from auditor.report.base import Reporter
+
+
+def jsonable(obj: Any) -> Any:
+    """Plain JSON types from numpy values, tuples, enums and non-finite floats (as strings, so that the file
+    stays valid JSON)."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return jsonable(obj.item())
+    if isinstance(obj, float):
+        if math.isnan(obj):
+            return "nan"
+        if math.isinf(obj):
+            return "inf" if obj > 0 else "-inf"
+        return obj
+    if hasattr(obj, "value") and isinstance(getattr(obj, "value"), str):
+        return obj.value
+    if obj is None or isinstance(obj, (str, int, bool)):
+        return obj
+    return str(obj)
+
+
+class JsonReporter(Reporter):
+    """Writes the report dict as indented JSON."""
+
+    format = "json"
+    filename = "report.json"
+
+    def render(self, report: dict[str, Any], pm: Any = None) -> str:
+        """Indented JSON text."""
+        return json.dumps(jsonable(report), indent=2, sort_keys=False) + "\n"

@@ -1,0 +1,51 @@
+"""``junit.xml``: one testcase per check; gate failures as failures, check errors as errors."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from typing import Any
+
+from auditor.report.base import Reporter
+
+
+class JUnitReporter(Reporter):
+    """JUnit XML accepted by common CI test reporters (GitLab, Jenkins, GitHub test-report actions)."""
+
+    format = "junit"
+    filename = "junit.xml"
+
+    def render(self, report: dict[str, Any], pm: Any = None) -> str:
+        """XML text."""
+        checks = report["checks"]
+        counts = {
+            "tests": len(checks),
+            "failures": sum(c["status"] == "fail" for c in checks),
+            "errors": sum(c["status"] == "error" for c in checks),
+            "skipped": sum(c["status"] == "skipped" for c in checks),
+        }
+        suites = ET.Element("testsuites", name="onnx-auditor", **{k: str(v) for k, v in counts.items()})
+        suite = ET.SubElement(
+            suites, "testsuite", name=f"audit {report['model'].get('path')}",
+            timestamp=report.get("started_at", ""), time=f"{report.get('duration_s', 0):.3f}",
+            **{k: str(v) for k, v in counts.items()},
+        )
+        for c in checks:
+            case = ET.SubElement(suite, "testcase", classname=c["use"], name=c["id"], time=f"{c['duration_s']:.3f}")
+            failed = [g for g in c["gates"] if g["status"] == "fail"]
+            if c["status"] == "error":
+                el = ET.SubElement(case, "error", message=str(c.get("error", ""))[:500], type="CheckError")
+                el.text = str(c.get("error", ""))
+            elif c["status"] == "fail":
+                msg = "; ".join(g["message"] for g in failed) or "; ".join(
+                    f["message"] for f in c["findings"] if f["severity"] == "fail")
+                el = ET.SubElement(case, "failure", message=msg[:500], type="GateFailed")
+                el.text = msg
+            elif c["status"] == "skipped":
+                ET.SubElement(case, "skipped", message=str(c.get("skip_reason", "")))
+            out = [f"{k} = {v}" for k, v in c["metrics"].items() if isinstance(v, (int, float, str))]
+            out += [f"[{g['status']}] {g['message']}" for g in c["gates"]]
+            out += [f"[{f['severity']}] {f['message']}" for f in c["findings"]]
+            if out:
+                ET.SubElement(case, "system-out").text = "\n".join(out)
+        ET.indent(suites)
+        return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"

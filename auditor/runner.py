@@ -1,0 +1,383 @@
+"""Runs the selected checks, each isolated in its own thread and ``try``: seeds, timeouts, Ctrl-C, gates."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import platform
+import threading
+import time
+import traceback
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from auditor import cancel
+from auditor.checks import CheckInfo, Need
+from auditor.context import AuditContext, SharedCache
+from auditor.data import Dataset, fit_to_model, load_dataset
+from auditor.errors import CheckCancelled, SkipCheck
+from auditor.model import ModelHandle
+from auditor.plugins import Registry
+from auditor.report.base import write_atomic
+from auditor.results import AuditReport, CheckReport, CheckResult, Finding, GateResult, Status, worst
+from auditor.spec import CheckSpec, GateSpec, Spec
+
+
+class Events(Protocol):
+    """What the runner tells a terminal display (see ``auditor.terminal``)."""
+
+    def message(self, text: str) -> None: ...
+    def check_started(self, index: int, total: int, check_id: str) -> None: ...
+    def check_progress(self, check_id: str, done: int, total: int | None, what: str) -> None: ...
+    def check_finished(self, report: CheckReport) -> None: ...
+
+
+class NullEvents:
+    """Events sink that shows nothing (library use, tests)."""
+
+    def message(self, text: str) -> None:
+        """Ignore."""
+
+    def check_started(self, index: int, total: int, check_id: str) -> None:
+        """Ignore."""
+
+    def check_progress(self, check_id: str, done: int, total: int | None, what: str) -> None:
+        """Ignore."""
+
+    def check_finished(self, report: CheckReport) -> None:
+        """Ignore."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C during a check; carries the partial report."""
+
+    def __init__(self, report: AuditReport) -> None:
+        super().__init__("interrupted")
+        self.report = report
+
+
+@dataclass
+class Loaded:
+    """Models and data of an audit, loaded once."""
+
+    model: ModelHandle
+    data: Dataset | None
+    baseline: ModelHandle | None = None
+    baseline_data: Dataset | None = None
+    references: dict[str, ModelHandle] = field(default_factory=dict)
+    train_data: Dataset | None = None
+
+
+def check_seed(seed: int, check_id: str) -> np.random.Generator:
+    """A generator that depends only on the spec's seed and the check's id (not on check order)."""
+    return np.random.default_rng([seed, zlib.crc32(check_id.encode())])
+
+
+def load_inputs(spec: Spec) -> Loaded:
+    """Load models and data, and fit the data to the model (errors are one line, exit code 4)."""
+    bs = spec.data.batch_size if spec.data else 256
+    model = ModelHandle(spec.model, batch_size=bs, role="model")
+    model.check_loads()
+    rng = np.random.default_rng([spec.seed, 1])
+    data = None
+    if spec.data is not None:
+        data = load_dataset(spec.data, rng)
+        data = fit_to_model(data, model.input.shape, model.input.name, str(model.path))
+    baseline = baseline_data = None
+    if spec.baseline is not None:
+        baseline = ModelHandle(spec.baseline, batch_size=bs, role="baseline")
+        baseline.check_loads()
+        if data is not None:
+            baseline_data = _data_for(data, baseline)
+    refs = {}
+    for name, cfg in spec.references.items():
+        refs[name] = ModelHandle(cfg, batch_size=bs, role=f"references.{name}" if name != "reference" else "reference")
+        refs[name].check_loads()
+    train = None
+    if spec.train_data is not None:
+        train = load_dataset(spec.train_data, np.random.default_rng([spec.seed, 2]))
+        train = fit_to_model(train, model.input.shape, model.input.name, str(model.path))
+    return Loaded(model, data, baseline, baseline_data, refs, train)
+
+
+def _data_for(data: Dataset, other: ModelHandle) -> Dataset:
+    """The audit data shaped for another model (a baseline may use the other layout); shared if it fits."""
+    import copy
+
+    clone = copy.copy(data)
+    clone.notes = list(data.notes)
+    fitted = fit_to_model(clone, other.input.shape, other.input.name, str(other.path))
+    return data if fitted.x is data.x else fitted
+
+
+def lookup_metric(metrics: dict[str, Any], path: str) -> Any:
+    """``metrics["a"]["b"]`` for ``"a.b"``; list items by index; ``KeyError`` if absent."""
+    if path in metrics:
+        return metrics[path]
+    cur: Any = metrics
+    for part in path.split("."):
+        if isinstance(cur, dict) and part in cur:
+            cur = cur[part]
+        elif isinstance(cur, dict) and part.lstrip("-").isdigit() and int(part) in cur:
+            cur = cur[int(part)]
+        elif isinstance(cur, list) and part.lstrip("-").isdigit() and -len(cur) <= int(part) < len(cur):
+            cur = cur[int(part)]
+        else:
+            raise KeyError(path)
+    return cur
+
+
+def evaluate_gates(gates: list[GateSpec], metrics: dict[str, Any],
+                   baseline: dict[str, Any] | None) -> list[GateResult]:
+    """Evaluate each bound; a missing or non-numeric metric fails its gate (never passes silently)."""
+    out: list[GateResult] = []
+    bad = Status.FAIL
+    for g in gates:
+        sev_status = Status.WARN if g.severity == "warn" else bad
+        try:
+            raw = lookup_metric(metrics, g.metric)
+            value = float(raw)
+        except (KeyError, TypeError, ValueError):
+            names = ", ".join(sorted(k for k in metrics if not isinstance(metrics[k], (list, dict))))
+            for op, thr in g.bounds.items():
+                out.append(GateResult(metric=g.metric, op=op, threshold=thr, value=None, baseline=None,
+                                      status=sev_status, severity=g.severity,
+                                      message=f"{g.metric}: not reported as a number (reported: {names})"))
+            continue
+        base_val: float | None = None
+        if baseline is not None:
+            try:
+                base_val = float(lookup_metric(baseline, g.metric))
+            except (KeyError, TypeError, ValueError):
+                base_val = None
+        for op, thr in g.bounds.items():
+            ok: bool
+            if math.isnan(value):
+                ok, msg = False, f"{g.metric} is NaN"
+            elif op == "min":
+                ok, msg = value >= thr, f"{g.metric} = {value:.6g} (min {thr:g})"
+            elif op == "max":
+                ok, msg = value <= thr, f"{g.metric} = {value:.6g} (max {thr:g})"
+            elif base_val is None:
+                ok, msg = False, f"{g.metric}: no baseline value to compare against"
+            else:
+                delta = value - base_val
+                ok = (-delta if op == "max_drop" else delta) <= thr + 1e-12
+                msg = f"{g.metric} = {value:.6g} vs baseline {base_val:.6g} (change {delta:+.6g}, {op} {thr:g})"
+            out.append(GateResult(metric=g.metric, op=op, threshold=thr, value=value, baseline=base_val,
+                                  status=Status.PASS if ok else sev_status, severity=g.severity, message=msg))
+    return out
+
+
+@dataclass
+class _Outcome:
+    result: CheckResult | None = None
+    skip: str | None = None
+    error: str | None = None
+    traceback: str | None = None
+    duration: float = 0.0
+
+
+def _execute(check: Any, ctx: AuditContext, timeout_s: float | None) -> _Outcome:
+    """Run ``check.run(ctx)`` in its own thread; a crash is an error, a timeout is an error, Ctrl-C is
+    passed on after the thread was told to stop."""
+    box = _Outcome()
+    ident: list[int] = []
+
+    def target() -> None:
+        ident.append(threading.get_ident())
+        try:
+            res = check.run(ctx)
+            if not isinstance(res, CheckResult):
+                raise TypeError(f"run() returned {type(res).__name__}, not CheckResult")
+            box.result = res
+        except SkipCheck as exc:
+            box.skip = str(exc) or "skipped"
+        except CheckCancelled:
+            box.error = box.error or "cancelled"
+        except BaseException as exc:  # the check's own failure: recorded, never fatal to the audit
+            box.error = f"{type(exc).__name__}: {exc}"
+            box.traceback = traceback.format_exc()
+
+    t0 = time.perf_counter()
+    th = threading.Thread(target=target, name=f"check-{ctx.check_id}", daemon=True)
+    th.start()
+    try:
+        while th.is_alive():
+            th.join(0.05)
+            if timeout_s is not None and time.perf_counter() - t0 > timeout_s and th.is_alive():
+                ctx.cancel_event.set()
+                cancel.cancel(ident[0] if ident else th.ident)
+                th.join(1.0)
+                box.result, box.skip = None, None
+                box.error = f"timed out after {timeout_s:g} s (timeout_s)"
+                break
+    except KeyboardInterrupt:
+        ctx.cancel_event.set()
+        cancel.cancel(ident[0] if ident else th.ident)
+        th.join(2.0)
+        raise
+    finally:
+        if not th.is_alive():
+            cancel.forget(th.ident)
+    box.duration = time.perf_counter() - t0
+    return box
+
+
+def environment(seed: int, registry: Registry) -> dict[str, Any]:
+    """Versions and seed, for the report."""
+    import click
+    import onnx
+    import onnxruntime
+    import pluggy
+
+    from auditor import __version__
+
+    return {
+        "seed": seed,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": {
+            "onnx-auditor": __version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "numpy": np.__version__,
+            "pluggy": pluggy.__version__,
+            "click": click.__version__,
+        },
+        "plugins": {p.name: p.version for p in registry.plugins},
+    }
+
+
+class Runner:
+    """Runs a spec's checks against loaded models and data."""
+
+    def __init__(self, spec: Spec, registry: Registry, events: Events | None = None) -> None:
+        self.spec = spec
+        self.registry = registry
+        self.events: Events = events or NullEvents()
+        self.cache = SharedCache()
+
+    def _context(self, cs: CheckSpec, loaded: Loaded, role: str) -> AuditContext:
+        model = loaded.model if role == "model" else loaded.baseline
+        data = loaded.data if role == "model" else loaded.baseline_data
+        assert model is not None
+
+        def progress(done: int, total: int | None, what: str) -> None:
+            self.events.check_progress(cs.id, done, total, what)
+
+        return AuditContext(
+            check_id=cs.id, params=dict(cs.params), model=model, data=data, seed=self.spec.seed,
+            rng=check_seed(self.spec.seed, cs.id), role=role, references=loaded.references,
+            train_data=loaded.train_data, spec=self.spec.raw, backends=self.registry.backends,
+            progress=progress, cache=self.cache,
+        )
+
+    def run_check(self, cs: CheckSpec, loaded: Loaded) -> CheckReport:
+        """Run one check (and again on the baseline model), evaluate its gates."""
+        info: CheckInfo = self.registry.checks[cs.use]
+        needs = info.cls.needs
+        skip_reason = None
+        if Need.GRADIENTS in needs and not self.registry.backends:
+            skip_reason = "needs gradients: install a differentiable backend (pip install 'onnx-auditor[torch]')"
+        if skip_reason is None and loaded.data is not None and Need.LABELS in needs and loaded.data.y is None:
+            skip_reason = "needs labels (data.y)"
+        if skip_reason is not None:
+            return self._report(cs, info, _Outcome(skip=skip_reason), None)
+        outcome = _execute(info.cls(), self._context(cs, loaded, "model"), cs.timeout_s)
+        base_metrics = None
+        if loaded.baseline is not None and info.cls.run_on_baseline and outcome.result is not None:
+            bo = _execute(info.cls(), self._context(cs, loaded, "baseline"), cs.timeout_s)
+            if bo.result is not None:
+                base_metrics = bo.result.metrics
+            else:
+                outcome.result = CheckResult(
+                    metrics=outcome.result.metrics,
+                    findings=[*outcome.result.findings, Finding(
+                        message=f"could not run on the baseline model: {bo.error or bo.skip}", severity="warn")],
+                    notes=outcome.result.notes, artifacts=outcome.result.artifacts)
+        return self._report(cs, info, outcome, base_metrics)
+
+    def _report(self, cs: CheckSpec, info: CheckInfo, o: _Outcome, base: dict[str, Any] | None) -> CheckReport:
+        if o.result is None:
+            status = Status.ERROR if o.error else Status.SKIPPED
+            gates: list[GateResult] = []
+            if status is Status.SKIPPED and cs.gates:
+                # A gate that could not be evaluated must not read as passed.
+                gates = [GateResult(metric=g.metric, op=op, threshold=t, value=None, baseline=None,
+                                    status=Status.WARN if g.severity == "warn" else Status.FAIL,
+                                    severity=g.severity, message=f"{g.metric}: not evaluated (check skipped)")
+                         for g in cs.gates for op, t in g.bounds.items()]
+            return CheckReport(id=cs.id, use=cs.use, plugin=info.plugin, status=status, params=cs.params,
+                               metrics={}, gates=gates, findings=[], notes=[], duration_s=o.duration,
+                               error=o.error, skip_reason=o.skip if status is Status.SKIPPED else None,
+                               artifacts={"traceback": o.traceback} if o.traceback else {})
+        r = o.result
+        gates = evaluate_gates(cs.gates, r.metrics, base)
+        statuses = [g.status for g in gates]
+        statuses += [Status.FAIL if f.severity == "fail" else Status.WARN for f in r.findings
+                     if f.severity in ("fail", "warn")]
+        return CheckReport(id=cs.id, use=cs.use, plugin=info.plugin, status=worst(statuses), params=cs.params,
+                           metrics=r.metrics, gates=gates, findings=list(r.findings), notes=list(r.notes),
+                           duration_s=o.duration, baseline_metrics=base, artifacts=dict(r.artifacts))
+
+    def run(self, loaded: Loaded) -> AuditReport:
+        """Run every check; on Ctrl-C raise :class:`Interrupted` with the partial report."""
+        started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        t0 = time.perf_counter()
+        reports: list[CheckReport] = []
+        total = len(self.spec.checks)
+        interrupted = False
+        for i, cs in enumerate(self.spec.checks):
+            self.events.check_started(i + 1, total, cs.id)
+            try:
+                rep = self.run_check(cs, loaded)
+            except KeyboardInterrupt:
+                interrupted = True
+                info = self.registry.checks[cs.use]
+                rep = self._report(cs, info, _Outcome(error="interrupted (Ctrl-C)"), None)
+                reports.append(rep)
+                self.events.check_finished(rep)
+                for rest in self.spec.checks[i + 1:]:
+                    reports.append(self._report(rest, self.registry.checks[rest.use],
+                                                _Outcome(skip="not run: interrupted"), None))
+                break
+            reports.append(rep)
+            self.events.check_finished(rep)
+        report = AuditReport(
+            status=worst([c.status for c in reports] + [s for c in reports for s in
+                                                       (g.status for g in c.gates)]),
+            model=loaded.model.info(),
+            baseline=loaded.baseline.info() if loaded.baseline else None,
+            data=loaded.data.info() if loaded.data else None,
+            environment=environment(self.spec.seed, self.registry),
+            checks=reports,
+            spec_path=str(self.spec.path),
+            interrupted=interrupted,
+            started_at=started,
+            duration_s=time.perf_counter() - t0,
+        )
+        if interrupted:
+            raise Interrupted(report)
+        return report
+
+
+def write_reports(report: dict[str, Any], directory: Path, formats: list[str], registry: Registry,
+                  on_written: Callable[[Path], None] | None = None) -> list[Path]:
+    """Render and atomically write each format; JSON first (the source of truth)."""
+    written = []
+    order = sorted(formats, key=lambda f: (f != "json", formats.index(f)))
+    for fmt in order:
+        cls = registry.reporters[fmt]
+        text = cls().render(report, registry.pm)
+        path = Path(directory) / cls.filename
+        write_atomic(path, text)
+        written.append(path)
+        if on_written:
+            on_written(path)
+    return written

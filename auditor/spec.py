@@ -1,0 +1,312 @@
+"""YAML spec -> validated :class:`Spec`. Every problem is reported at once, each with its YAML path."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+from auditor.checks import CheckInfo, Need
+from auditor.data import DataConfig
+from auditor.errors import SpecError
+from auditor.model import ModelConfig
+
+GATE_OPS = ("min", "max", "max_drop", "max_increase")
+
+_MODEL = {
+    "type": "object",
+    "required": ["path"],
+    "additionalProperties": False,
+    "properties": {
+        "path": {"type": "string", "description": "The .onnx file (relative to the spec's folder)."},
+        "input": {"type": "string", "description": "The data input, when the model has several inputs."},
+        "output": {"type": "string", "description": "Tensor to audit: any tensor of the graph (the model is cut "
+                   "to what it needs). Default: the graph's outputs."},
+        "device": {"type": "string", "pattern": "^(auto|cpu|cuda(:[0-9]+)?)$", "default": "auto",
+                   "description": "auto (CUDA when it loads, else CPU), cpu, cuda or cuda:N."},
+        "feeds": {"type": "object", "description": "Fixed values for inputs that are not data (e.g. keep_prob)."},
+        "task": {"enum": ["auto", "classification", "regression"], "default": "auto",
+                 "description": "How outputs are read; auto decides from the output shape and labels."},
+        "layout": {"enum": ["NCHW", "NHWC", "nchw", "nhwc"],
+                   "description": "Image layout, when the input shape does not make it clear."},
+    },
+}
+
+_DATA = {
+    "type": "object",
+    "required": ["path"],
+    "additionalProperties": False,
+    "properties": {
+        "path": {"type": "string", "description": ".npz, .npy, .csv or .parquet (relative to the spec)."},
+        "x": {"type": ["string", "array"], "items": {"type": "string"},
+              "description": "Input key (npz) or feature columns (csv/parquet; default: all other columns)."},
+        "y": {"type": "string", "description": "Label key or column (for .npy: a .npy file of labels)."},
+        "groups": {"type": "array", "items": {"type": "string"},
+                   "description": "Sensitive-attribute / group columns."},
+        "columns": {"type": "array", "items": {"type": "string"},
+                    "description": "Further columns checks may use (e.g. a bias-aligned flag)."},
+        "limit": {"type": "integer", "minimum": 1,
+                  "description": "Audit at most this many rows (a seeded sample, stratified by label)."},
+        "batch_size": {"type": "integer", "minimum": 1, "default": 256, "description": "Inference batch size."},
+    },
+}
+
+_GATE = {
+    "type": "object",
+    "additionalProperties": False,
+    "minProperties": 1,
+    "properties": {
+        "min": {"type": "number", "description": "Fail if the metric is below this."},
+        "max": {"type": "number", "description": "Fail if the metric is above this."},
+        "max_drop": {"type": "number", "minimum": 0,
+                     "description": "Fail if the metric fell by more than this against the baseline model."},
+        "max_increase": {"type": "number", "minimum": 0,
+                         "description": "Fail if the metric rose by more than this against the baseline model."},
+        "severity": {"enum": ["fail", "warn"], "default": "fail"},
+    },
+}
+
+
+def build_schema(checks: dict[str, CheckInfo], formats: list[str]) -> dict[str, Any]:
+    """JSON Schema of a spec for the installed checks and report formats (``auditor schema``)."""
+    names = sorted(checks)
+    check_item: dict[str, Any] = {
+        "type": "object",
+        "required": ["use"],
+        "additionalProperties": False,
+        "properties": {
+            "use": {"enum": names, "description": "The check to run (see `auditor checks`)."},
+            "name": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]+$",
+                     "description": "Id of this entry in reports (default: the check's name)."},
+            "with": {"type": "object", "description": "The check's parameters."},
+            "gate": {"type": "object", "additionalProperties": _GATE,
+                     "description": "Bounds per reported metric (dotted paths reach nested values)."},
+            "timeout_s": {"type": "number", "exclusiveMinimum": 0,
+                          "description": "Mark the check as error if it runs longer than this."},
+            "enabled": {"type": "boolean", "default": True},
+        },
+        "allOf": [
+            {"if": {"properties": {"use": {"const": n}}, "required": ["use"]},
+             "then": {"properties": {"with": checks[n].cls.params_schema()}}}
+            for n in names
+        ],
+    }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "onnx-auditor spec",
+        "type": "object",
+        "required": ["version", "model", "checks"],
+        "additionalProperties": False,
+        "properties": {
+            "version": {"const": 1},
+            "model": _MODEL,
+            "baseline": _MODEL,
+            "reference": _MODEL,
+            "references": {"type": "object", "additionalProperties": _MODEL,
+                           "description": "Several reference models, by name."},
+            "data": _DATA,
+            "train_data": _DATA,
+            "seed": {"type": "integer", "default": 0},
+            "checks": {"type": "array", "items": check_item},
+            "report": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "dir": {"type": "string", "default": "reports"},
+                    "formats": {"type": "array", "items": {"enum": formats}, "default": ["json", "markdown"]},
+                },
+            },
+        },
+    }
+
+
+@dataclass(frozen=True)
+class GateSpec:
+    """Bounds on one metric."""
+
+    metric: str
+    bounds: dict[str, float]
+    severity: str = "fail"
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    """One ``checks:`` entry, with defaults filled in."""
+
+    id: str
+    use: str
+    params: dict[str, Any]
+    gates: list[GateSpec]
+    timeout_s: float | None
+    index: int
+
+
+@dataclass
+class Spec:
+    """A validated spec; paths are resolved relative to the spec's folder."""
+
+    path: Path
+    model: ModelConfig
+    checks: list[CheckSpec]
+    data: DataConfig | None = None
+    baseline: ModelConfig | None = None
+    references: dict[str, ModelConfig] = field(default_factory=dict)
+    train_data: DataConfig | None = None
+    seed: int = 0
+    report_dir: Path = Path("reports")
+    formats: list[str] = field(default_factory=lambda: ["json", "markdown"])
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+def _fmt_path(parts: Any) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top level)"
+
+
+def _explain(err: ValidationError, doc: Any) -> str:
+    """A readable message for one schema error, with its YAML path and a suggestion for typos."""
+    where = _fmt_path(err.absolute_path)
+    if err.validator == "additionalProperties":
+        allowed = list((err.schema.get("properties") or {}).keys())
+        inst = err.instance if isinstance(err.instance, dict) else {}
+        extra = [k for k in inst if k not in allowed]
+        msgs = []
+        for k in extra:
+            key_path = f"{where}.{k}" if where != "(top level)" else str(k)
+            close = difflib.get_close_matches(str(k), allowed, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (allowed: {', '.join(allowed)})"
+            msgs.append(f"{key_path}: unknown key{hint}")
+        return "; ".join(msgs)
+    if err.validator == "enum" and list(err.absolute_path)[-1:] == ["use"]:
+        names = err.validator_value
+        close = difflib.get_close_matches(str(err.instance), names, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return f"{where}: unknown check '{err.instance}'{hint}; installed: {', '.join(names) or 'none'}"
+    if err.validator == "required":
+        return f"{where}: {err.message.replace(' is a required property', '')} is required"
+    if err.validator == "type":
+        return f"{where}: {err.instance!r} is not of type {err.validator_value}"
+    return f"{where}: {err.message}"
+
+
+def load_yaml(path: Path) -> Any:
+    """Read a YAML file safely; errors name the file and the line."""
+    if not path.exists():
+        raise SpecError(str(path), ["file not found"])
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(str(path), [f"cannot read: {exc}"]) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(str(path), [f"{where}invalid YAML: {problem}"]) from None
+
+
+def parse_spec(path: Path, checks: dict[str, CheckInfo], formats: list[str],
+               doc: Any | None = None) -> Spec:
+    """Load and validate ``path`` against the installed checks; raise :class:`SpecError` with every problem."""
+    path = Path(path)
+    if doc is None:
+        doc = load_yaml(path)
+    if not isinstance(doc, dict):
+        raise SpecError(str(path), ["the spec must be a YAML mapping (version, model, data, checks, ...)"])
+    validator = Draft202012Validator(build_schema(checks, formats))
+    errors = sorted(validator.iter_errors(doc), key=lambda e: (list(map(str, e.absolute_path)), e.message))
+    problems: list[str] = []
+    for e in errors:
+        if e.validator == "allOf" or e.validator == "if":
+            continue
+        msg = _explain(e, doc)
+        if msg and msg not in problems:
+            problems.append(msg)
+    if problems:
+        raise SpecError(str(path), problems)
+
+    base = path.parent
+
+    def resolve(p: str) -> Path:
+        q = Path(p).expanduser()
+        return q if q.is_absolute() else base / q
+
+    def model_cfg(d: dict[str, Any]) -> ModelConfig:
+        return ModelConfig(path=resolve(d["path"]), input=d.get("input"), output=d.get("output"),
+                           device=d.get("device", "auto"), feeds=d.get("feeds"), task=d.get("task", "auto"),
+                           layout=d.get("layout"))
+
+    def data_cfg(d: dict[str, Any], role: str) -> DataConfig:
+        return DataConfig(path=resolve(d["path"]), x=d.get("x"), y=d.get("y"), groups=list(d.get("groups", [])),
+                          limit=d.get("limit"), batch_size=d.get("batch_size", 256),
+                          columns=list(d.get("columns", [])), role=role)
+
+    data = data_cfg(doc["data"], "data") if "data" in doc else None
+    train = data_cfg(doc["train_data"], "train_data") if "train_data" in doc else None
+    refs = {name: model_cfg(m) for name, m in (doc.get("references") or {}).items()}
+    if "reference" in doc:
+        refs = {"reference": model_cfg(doc["reference"]), **refs}
+
+    parsed: list[CheckSpec] = []
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(doc["checks"]):
+        if not entry.get("enabled", True):
+            continue
+        use = entry["use"]
+        cid = entry.get("name", use)
+        if cid in seen:
+            problems.append(f"checks[{i}]: id '{cid}' is already used by checks[{seen[cid]}]; give one of them a 'name:'")
+            continue
+        seen[cid] = i
+        info = checks[use]
+        params = {**info.cls.defaults(), **(entry.get("with") or {})}
+        gates = []
+        for metric, g in (entry.get("gate") or {}).items():
+            bounds = {k: float(v) for k, v in g.items() if k in GATE_OPS}
+            if not bounds:
+                problems.append(f"checks[{i}].gate.{metric}: give at least one of {', '.join(GATE_OPS)}")
+            if ("max_drop" in bounds or "max_increase" in bounds) and "baseline" not in doc:
+                problems.append(f"checks[{i}].gate.{metric}: max_drop/max_increase need a baseline: model")
+            gates.append(GateSpec(metric, bounds, g.get("severity", "fail")))
+        needs = info.cls.needs
+        for need, key, label in [(Need.DATA, "data", "data:"), (Need.TRAIN_DATA, "train_data", "train_data:")]:
+            if need in needs and key not in doc:
+                problems.append(f"checks[{i}] ({use}): needs a {label} section")
+        if Need.LABELS in needs and "data" in doc and "y" not in doc["data"] and not _npz_default_y(doc):
+            problems.append(f"checks[{i}] ({use}): needs labels: set data.y")
+        if Need.GROUPS in needs and "data" in doc and not doc["data"].get("groups"):
+            problems.append(f"checks[{i}] ({use}): needs group columns: set data.groups")
+        if Need.REFERENCE in needs and not refs:
+            problems.append(f"checks[{i}] ({use}): needs a reference: (or references:) model")
+        parsed.append(CheckSpec(cid, use, params, gates, entry.get("timeout_s"), i))
+    if problems:
+        raise SpecError(str(path), problems)
+
+    report = doc.get("report") or {}
+    return Spec(
+        path=path,
+        model=model_cfg(doc["model"]),
+        checks=parsed,
+        data=data,
+        baseline=model_cfg(doc["baseline"]) if "baseline" in doc else None,
+        references=refs,
+        train_data=train,
+        seed=int(doc.get("seed", 0)),
+        report_dir=resolve(report.get("dir", "reports")),
+        formats=list(report.get("formats", ["json", "markdown"])),
+        raw=doc,
+    )
+
+
+def _npz_default_y(doc: dict[str, Any]) -> bool:
+    """An .npz without an explicit ``y`` key still has labels when it stores an array called ``y``."""
+    p = str(doc["data"].get("path", ""))
+    return p.endswith(".npz")

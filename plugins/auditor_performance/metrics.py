@@ -1,0 +1,136 @@
+"""``performance.metrics``: accuracy, top-5, log loss, calibration, per-class recall, confusion matrix for
+classifiers; MAE, RMSE, R² for regressors.
+
+Expected calibration error follows Guo et al., "On Calibration of Modern Neural Networks" (ICML 2017):
+``ECE = Σ_b |B_b|/n · |acc(B_b) − conf(B_b)|`` over equal-width bins of the top-class confidence.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from auditor import AuditContext, Check, CheckResult, Finding, Need, Param
+
+
+def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
+    """ECE with ``bins`` equal-width confidence bins (right-closed, as in Guo et al. 2017)."""
+    conf = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == y).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    idx = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, bins - 1)
+    n = len(y)
+    count = np.bincount(idx, minlength=bins)
+    acc_sum = np.bincount(idx, weights=correct, minlength=bins)
+    conf_sum = np.bincount(idx, weights=conf, minlength=bins)
+    nz = count > 0
+    return float(np.sum(np.abs(acc_sum[nz] - conf_sum[nz])) / n)
+
+
+def log_loss(probs: np.ndarray, y: np.ndarray, eps: float = 1e-15) -> float:
+    """Mean negative log-likelihood of the true class (probabilities clipped to [eps, 1-eps] and rows
+    renormalised, as scikit-learn does)."""
+    p = np.clip(probs, eps, 1 - eps)
+    p = p / p.sum(axis=1, keepdims=True)
+    return float(-np.mean(np.log(p[np.arange(len(y)), y])))
+
+
+def top_k_accuracy(probs: np.ndarray, y: np.ndarray, k: int) -> float:
+    """Share of samples whose true class is among the ``k`` highest scores (ties count against)."""
+    true_score = probs[np.arange(len(y)), y]
+    higher = (probs > true_score[:, None]).sum(axis=1)
+    return float(np.mean(higher < k))
+
+
+def confusion_matrix(y: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """Rows: true class; columns: predicted class."""
+    return np.bincount(y * n_classes + pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+class PerformanceMetrics(Check):
+    """Accuracy and friends for classifiers, error measures for regressors."""
+
+    name = "performance.metrics"
+    description = ("Accuracy, top-5 accuracy (more than 5 classes), log loss, expected calibration error, "
+                   "per-class recall and confusion matrix for classifiers; MAE, RMSE and R² for regressors.")
+    params = [
+        Param(name="ece_bins", type="integer", default=15, minimum=2, description="Bins of the calibration error."),
+        Param(name="top_k", type="integer", default=5, minimum=2,
+              description="k of top-k accuracy (reported when there are more than k classes)."),
+    ]
+    needs = frozenset({Need.DATA, Need.LABELS})
+    metrics_doc = {
+        "accuracy": "share of correct top-1 predictions",
+        "top5_accuracy": "share with the true class among the top k (named top{k}_accuracy)",
+        "log_loss": "mean negative log-likelihood of the true class",
+        "ece": "expected calibration error (equal-width bins)",
+        "balanced_accuracy": "mean per-class recall",
+        "per_class_recall": "recall of each class, keyed by class label",
+        "confusion_matrix": "rows true class, columns predicted class",
+        "mae": "mean absolute error (regression)",
+        "rmse": "root mean squared error (regression)",
+        "r2": "coefficient of determination (regression)",
+        "nonfinite_outputs": "samples whose output has NaN or inf",
+    }
+
+    def run(self, ctx: AuditContext) -> CheckResult:
+        """Compute the metrics on the whole audit data in one batched pass."""
+        data = ctx.require_data()
+        pred = ctx.predictions()
+        findings: list[Finding] = []
+        notes = [f"outputs read as {pred.kind}"]
+        if pred.nonfinite:
+            findings.append(Finding(message=f"{pred.nonfinite} of {data.n} samples have NaN/inf outputs",
+                                    severity="fail", data={"count": pred.nonfinite}))
+        if pred.task == "regression":
+            return CheckResult(metrics=self._regression(pred.values, data.y, pred.nonfinite),
+                               findings=findings, notes=notes)
+        assert pred.probs is not None and pred.labels is not None and pred.classes is not None
+        y = ctx.labels()
+        known = y >= 0
+        if not known.all():
+            findings.append(Finding(message=f"{int((~known).sum())} labels are not among the model's classes",
+                                    severity="warn"))
+        probs, labels, y = pred.probs[known], pred.labels[known], y[known]
+        finite = np.all(np.isfinite(probs), axis=1)
+        n_classes = probs.shape[1]
+        metrics: dict[str, Any] = {"n": int(len(y)), "n_classes": n_classes,
+                                   "accuracy": float(np.mean(labels == y)),
+                                   "nonfinite_outputs": int(pred.nonfinite)}
+        k = int(ctx.params["top_k"])
+        pf, yf = probs[finite], y[finite]
+        if n_classes > k:
+            metrics[f"top{k}_accuracy"] = top_k_accuracy(pf, yf, k) * len(yf) / max(len(y), 1)
+        if pred.kind == "labels-only":
+            notes.append("the model gives labels only: log loss and calibration are not defined")
+        elif len(yf):
+            metrics["log_loss"] = log_loss(pf, yf)
+            metrics["ece"] = expected_calibration_error(pf, yf, int(ctx.params["ece_bins"]))
+        pred_lab = np.where(labels < 0, n_classes, labels)  # NaN rows counted as an extra "no prediction" column
+        cm = np.bincount(y * (n_classes + 1) + pred_lab, minlength=n_classes * (n_classes + 1)).reshape(
+            n_classes, n_classes + 1)
+        support = cm.sum(axis=1)
+        recall = np.where(support > 0, np.diag(cm[:, :n_classes]) / np.maximum(support, 1), np.nan)
+        metrics["balanced_accuracy"] = float(np.nanmean(recall)) if np.isfinite(recall).any() else float("nan")
+        metrics["per_class_recall"] = {str(c): (None if np.isnan(r) else float(r))
+                                       for c, r in zip(pred.classes, recall)}
+        metrics["confusion_matrix"] = cm[:, :n_classes].tolist()
+        metrics["classes"] = [c if isinstance(c, (int, str)) else str(c) for c in pred.classes]
+        return CheckResult(metrics=metrics, findings=findings, notes=notes)
+
+    @staticmethod
+    def _regression(values: np.ndarray | None, y: np.ndarray | None, nonfinite: int) -> dict[str, Any]:
+        assert values is not None and y is not None
+        v = np.asarray(values, dtype=np.float64)
+        t = np.asarray(y, dtype=np.float64).reshape(v.shape)
+        err = v - t
+        ss_res = float(np.sum(err**2))
+        ss_tot = float(np.sum((t - t.mean(axis=0)) ** 2))
+        return {
+            "n": int(len(t)),
+            "mae": float(np.mean(np.abs(err))),
+            "rmse": float(np.sqrt(np.mean(err**2))),
+            "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan"),
+            "nonfinite_outputs": int(nonfinite),
+        }
