@@ -231,12 +231,18 @@ def _execute(check: Any, ctx: AuditContext, timeout_s: float | None) -> _Outcome
 
 def environment(seed: int, registry: Registry) -> dict[str, Any]:
     """Versions and seed, for the report."""
-    import click
+    import importlib.metadata as md
+
     import onnx
     import onnxruntime
-    import pluggy
 
     from auditor import __version__
+
+    def version(dist: str) -> str | None:
+        try:
+            return md.version(dist)
+        except md.PackageNotFoundError:
+            return None
 
     return {
         "seed": seed,
@@ -247,8 +253,8 @@ def environment(seed: int, registry: Registry) -> dict[str, Any]:
             "onnx": onnx.__version__,
             "onnxruntime": onnxruntime.__version__,
             "numpy": np.__version__,
-            "pluggy": pluggy.__version__,
-            "click": click.__version__,
+            "pluggy": version("pluggy"),
+            "click": version("click"),
         },
         "plugins": {p.name: p.version for p in registry.plugins},
     }

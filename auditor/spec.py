@@ -190,7 +190,8 @@ def _explain(err: ValidationError, doc: Any) -> str:
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         return f"{where}: unknown check '{err.instance}'{hint}; installed: {', '.join(names) or 'none'}"
     if err.validator == "required":
-        return f"{where}: {err.message.replace(' is a required property', '')} is required"
+        key = err.message.split("'")[1] if "'" in err.message else err.message
+        return f"{where + '.' if where != '(top level)' else ''}{key}: required key missing"
     if err.validator == "type":
         return f"{where}: {err.instance!r} is not of type {err.validator_value}"
     return f"{where}: {err.message}"
