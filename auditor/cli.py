@@ -143,7 +143,7 @@ def checks(as_json: bool, disable: tuple[str, ...], plugins: tuple[str, ...]) ->
             "plugin": info.plugin,
             "distribution": info.distribution,
             "version": info.version,
-            "description": cls.description or (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "",
+            "description": cls.description or ((cls.__doc__ or "").strip().splitlines() or [""])[0],
             "needs": sorted(str(n) for n in cls.needs),
             "params": [{"name": p.name, "type": p.type_label(), "default": p.default, "description": p.description}
                        for p in cls.params],
@@ -153,7 +153,8 @@ def checks(as_json: bool, disable: tuple[str, ...], plugins: tuple[str, ...]) ->
         click.echo(json.dumps(items, indent=2, default=str))
         return
     for it in items:
-        click.echo(f"{it['name']}  [plugin {it['plugin']}, {it['distribution'] or 'local'} {it['version'] or ''}]".rstrip())
+        origin = f"{it['distribution'] or 'local'} {it['version'] or ''}".strip()
+        click.echo(f"{it['name']}  [plugin {it['plugin']}, {origin}]")
         if it["description"]:
             click.echo(f"    {it['description']}")
         click.echo(f"    needs: {', '.join(it['needs']) or 'weights only'}")

@@ -16,8 +16,8 @@ import onnxruntime as ort
 from google.protobuf.message import DecodeError
 
 from auditor import graph as G
-from auditor.device import CUDA, choose_providers, provider_options, quiet_stderr
 from auditor.cancel import raise_if_cancelled
+from auditor.device import CUDA, choose_providers, provider_options, quiet_stderr
 from auditor.errors import DataError, ModelLoadError
 
 # Domains that ONNX Runtime implements itself; anything else is a custom domain needing a custom-op library.
@@ -58,7 +58,7 @@ def explain_ort_error(path: Path, proto: onnx.ModelProto | None, exc: BaseExcept
                 f"that onnxruntime does not implement; a custom-op library is needed"
             )
     m = re.search(r"[Oo]pset (\d+)[^.]*(under development|not supported|is not)", text)
-    if m or "opset" in text.lower() and "support" in text.lower():
+    if m or ("opset" in text.lower() and "support" in text.lower()):
         opsets = {} if proto is None else {o.domain or "ai.onnx": o.version for o in proto.opset_import}
         return (
             f"{path}: opset {opsets or '?'} is not supported by onnxruntime {ort.__version__}; "

@@ -7,7 +7,7 @@ import importlib.metadata as md
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import pluggy
 
@@ -111,9 +111,11 @@ def build_registry(
         pname = impl.plugin_name
         info = infos.get(pname)
         try:
-            classes = impl.function() or []
+            classes = cast("list[Any]", impl.function() or [])
         except Exception as exc:
-            raise PluginLoadError(f"plugin '{pname}' failed to register its checks: {type(exc).__name__}: {exc}") from None
+            raise PluginLoadError(
+                f"plugin '{pname}' failed to register its checks: {type(exc).__name__}: {exc}"
+            ) from None
         for cls in classes:
             if not (isinstance(cls, type) and issubclass(cls, Check)) or not cls.name or "." not in cls.name:
                 raise PluginLoadError(
@@ -127,13 +129,15 @@ def build_registry(
             )
     for impl in pm.hook.auditor_register_reporters.get_hookimpls():
         try:
-            for cls in impl.function() or []:
-                reg.reporters[cls.format] = cls
+            reporters = cast("list[Any]", impl.function() or [])
+            for rcls in reporters:
+                reg.reporters[rcls.format] = rcls
         except Exception as exc:
             raise PluginLoadError(f"plugin '{impl.plugin_name}' failed to register reporters: {exc}") from None
     for impl in pm.hook.auditor_register_backends.get_hookimpls():
         try:
-            reg.backends.update(impl.function() or {})
+            backends = cast("dict[str, Callable[..., Any]]", impl.function() or {})
+            reg.backends.update(backends)
         except Exception as exc:
             raise PluginLoadError(f"plugin '{impl.plugin_name}' failed to register backends: {exc}") from None
     return reg

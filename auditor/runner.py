@@ -20,7 +20,7 @@ from auditor import cancel
 from auditor.checks import CheckInfo, Need
 from auditor.context import AuditContext, SharedCache
 from auditor.data import Dataset, fit_to_model, load_dataset
-from auditor.errors import CheckCancelled, SkipCheck
+from auditor.errors import CheckCancelled, SkipCheck, SpecError
 from auditor.model import ModelHandle
 from auditor.plugins import Registry
 from auditor.report.base import write_atomic
@@ -382,7 +382,10 @@ def write_reports(report: dict[str, Any], directory: Path, formats: list[str], r
         cls = registry.reporters[fmt]
         text = cls().render(report, registry.pm)
         path = Path(directory) / cls.filename
-        write_atomic(path, text)
+        try:
+            write_atomic(path, text)
+        except OSError as exc:
+            raise SpecError("report.dir", [f"cannot write {path}: {exc.strerror or exc}"]) from None
         written.append(path)
         if on_written:
             on_written(path)

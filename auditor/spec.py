@@ -264,7 +264,9 @@ def parse_spec(path: Path, checks: dict[str, CheckInfo], formats: list[str],
         use = entry["use"]
         cid = entry.get("name", use)
         if cid in seen:
-            problems.append(f"checks[{i}]: id '{cid}' is already used by checks[{seen[cid]}]; give one of them a 'name:'")
+            problems.append(
+                f"checks[{i}]: id '{cid}' is already used by checks[{seen[cid]}]; give one of them a 'name:'"
+            )
             continue
         seen[cid] = i
         info = checks[use]

@@ -69,7 +69,8 @@ def write_mlp(path: Path, w: dict[str, np.ndarray], *, batch: int | str = "N", s
                       [helper.make_tensor_value_info(out, FLOAT, [batch, n_out])], w, path, **kw)  # type: ignore[arg-type]
 
 
-def blobs(n: int = 300, n_in: int = 8, w: dict[str, np.ndarray] | None = None, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def blobs(n: int = 300, n_in: int = 8, w: dict[str, np.ndarray] | None = None,
+          seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Inputs and labels; labels are the MLP's own argmax for most rows (so accuracy is high, not perfect)."""
     r = np.random.default_rng(seed)
     x = r.normal(size=(n, n_in)).astype(np.float32)

@@ -96,7 +96,7 @@ def _conv_model(path: Path, nhwc: bool, batch: int | str = "N") -> tuple[Path, n
 
 
 def _conv_reference(x_nchw: np.ndarray, k: np.ndarray) -> np.ndarray:
-    n, c, h, w = x_nchw.shape
+    n, _, h, w = x_nchw.shape
     xp = np.pad(x_nchw, ((0, 0), (0, 0), (1, 1), (1, 1)))
     out = np.zeros((n, k.shape[0], h, w))
     for i in range(3):
@@ -223,7 +223,7 @@ def test_missing_and_garbage_model_files(tmp_path: Path) -> None:
         handle(tmp_path / "nope.onnx")
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\x00\x01garbage" * 50)
-    with pytest.raises(ModelLoadError, match="bad.onnx"):
+    with pytest.raises(ModelLoadError, match=r"bad\.onnx"):
         handle(bad).check_loads()
 
 
@@ -273,7 +273,7 @@ def test_device_auto_is_quiet_and_cuda_forced_fails_clearly(tmp_path: Path, capf
     assert out == "" and err == ""
     if m.provider == "CPUExecutionProvider":
         assert m.device_note.startswith("CPU (auto")
-        with pytest.raises(ModelLoadError, match="model.device: device 'cuda' requested"):
+        with pytest.raises(ModelLoadError, match=r"model\.device: device 'cuda' requested"):
             ModelHandle(ModelConfig(path=path, device="cuda"))
     else:  # on a machine with a working GPU
         assert m.device_note == "CUDA (auto)"

@@ -28,7 +28,7 @@ def jsonable(obj: Any) -> Any:
         if math.isinf(obj):
             return "inf" if obj > 0 else "-inf"
         return obj
-    if hasattr(obj, "value") and isinstance(getattr(obj, "value"), str):
+    if hasattr(obj, "value") and isinstance(obj.value, str):
         return obj.value
     if obj is None or isinstance(obj, (str, int, bool)):
         return obj

@@ -23,12 +23,12 @@ class JUnitReporter(Reporter):
             "errors": sum(c["status"] == "error" for c in checks),
             "skipped": sum(c["status"] == "skipped" for c in checks),
         }
-        suites = ET.Element("testsuites", name="onnx-auditor", **{k: str(v) for k, v in counts.items()})
-        suite = ET.SubElement(
-            suites, "testsuite", name=f"audit {report['model'].get('path')}",
-            timestamp=report.get("started_at", ""), time=f"{report.get('duration_s', 0):.3f}",
-            **{k: str(v) for k, v in counts.items()},
-        )
+        attrs = {k: str(v) for k, v in counts.items()}
+        suites = ET.Element("testsuites", {"name": "onnx-auditor", **attrs})
+        suite = ET.SubElement(suites, "testsuite", {
+            "name": f"audit {report['model'].get('path')}", "timestamp": report.get("started_at", ""),
+            "time": f"{report.get('duration_s', 0):.3f}", **attrs,
+        })
         for c in checks:
             case = ET.SubElement(suite, "testcase", classname=c["use"], name=c["id"], time=f"{c['duration_s']:.3f}")
             failed = [g for g in c["gates"] if g["status"] == "fail"]

@@ -28,9 +28,9 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15)
     return float(np.sum(np.abs(acc_sum[nz] - conf_sum[nz])) / n)
 
 
-def log_loss(probs: np.ndarray, y: np.ndarray, eps: float = 1e-15) -> float:
-    """Mean negative log-likelihood of the true class (probabilities clipped to [eps, 1-eps] and rows
-    renormalised, as scikit-learn does)."""
+def log_loss(probs: np.ndarray, y: np.ndarray, eps: float = float(np.finfo(np.float64).eps)) -> float:
+    """Mean negative log-likelihood of the true class (probabilities clipped to [eps, 1-eps] with eps the
+    float64 machine epsilon, and rows renormalised, as scikit-learn does)."""
     p = np.clip(probs, eps, 1 - eps)
     p = p / p.sum(axis=1, keepdims=True)
     return float(-np.mean(np.log(p[np.arange(len(y)), y])))
@@ -95,7 +95,7 @@ class PerformanceMetrics(Check):
         probs, labels, y = pred.probs[known], pred.labels[known], y[known]
         finite = np.all(np.isfinite(probs), axis=1)
         n_classes = probs.shape[1]
-        metrics: dict[str, Any] = {"n": int(len(y)), "n_classes": n_classes,
+        metrics: dict[str, Any] = {"n": len(y), "n_classes": n_classes,
                                    "accuracy": float(np.mean(labels == y)),
                                    "nonfinite_outputs": int(pred.nonfinite)}
         k = int(ctx.params["top_k"])
@@ -128,7 +128,7 @@ class PerformanceMetrics(Check):
         ss_res = float(np.sum(err**2))
         ss_tot = float(np.sum((t - t.mean(axis=0)) ** 2))
         return {
-            "n": int(len(t)),
+            "n": len(t),
             "mae": float(np.mean(np.abs(err))),
             "rmse": float(np.sqrt(np.mean(err**2))),
             "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan"),
