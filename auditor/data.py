@@ -290,9 +290,7 @@ def _assemble(table: dict[str, np.ndarray], cfg: DataConfig, path: Path, tabular
     for g, v in list(groups.items()):
         if v.dtype.kind == "f":
             bad = ~np.isfinite(v)
-            if bad.all() is False and np.all(np.mod(v[~bad], 1) == 0):
-                pass
-            if bad.any():
+            if bad.any():  # NaN marks a missing group value; keep the others as they are
                 obj = v.astype(object)
                 obj[bad] = None
                 groups[g] = obj
@@ -330,31 +328,15 @@ def fit_to_model(ds: Dataset, shape: tuple[int | str | None, ...] | None, input_
             ds.x = np.ascontiguousarray(np.transpose(ds.x, (0, 2, 3, 1)))
             ds.notes.append("data transposed NCHW -> NHWC to fit the model")
             return ds
-    squeezed_w = [d for d in want if d != 1]
-    squeezed_h = [d for d in have if d != 1]
-    if len(squeezed_w) == len(squeezed_h) and fits(tuple(
-            1 if w == 1 else h for w, h in zip(want, _expand(have, want)))):
-        new = tuple(int(d) if isinstance(d, int) else h for d, h in zip(want, _expand(have, want)))
-        ds.x = np.asarray(ds.x).reshape((len(ds.x), *new))
-        ds.notes.append(f"data reshaped from {list(have)} to {list(new)} per sample (singleton dims)")
-        return ds
+    # A missing or extra singleton dimension (e.g. (N, 28, 28) data for a (N, 1, 28, 28) input) is unambiguous.
+    if all(isinstance(d, int) for d in want):
+        if [d for d in have if d != 1] == [d for d in want if d != 1]:
+            new = tuple(int(d) for d in want)  # type: ignore[arg-type]
+            ds.x = np.asarray(ds.x).reshape((len(ds.x), *new))
+            ds.notes.append(f"data reshaped from {list(have)} to {list(new)} per sample (singleton dims)")
+            return ds
     raise DataError(
         f"{ds.source}: x has per-sample shape {list(have)} but model input '{input_name}' of {model_path} "
         f"expects {desc}"
     )
 
-
-def _expand(have: tuple[int, ...], want: tuple[Any, ...]) -> tuple[int, ...]:
-    """``have`` with singleton dims inserted where ``want`` has them (best effort)."""
-    out: list[int] = []
-    it = iter(have)
-    rest = list(have)
-    for w in want:
-        if w == 1 and (not rest or rest[0] != 1):
-            out.append(1)
-        else:
-            v = next(it, -1)
-            if rest:
-                rest.pop(0)
-            out.append(v)
-    return tuple(out)

@@ -284,8 +284,22 @@ class ModelHandle:
         return model, names
 
     def _session(self, extra: Sequence[str]) -> tuple[ort.InferenceSession, dict[str, str]]:
-        key = tuple(sorted(set(extra)))
+        """The base session (no extras), or the one extended session whose outputs include ``extra``.
+
+        Requested intermediate tensors are added as outputs once: a later request for tensors not yet exposed
+        rebuilds the extended session with the union, so checks asking for layers never multiply sessions.
+        """
+        wanted = set(extra)
         with self._lock:
+            if not wanted:
+                key: tuple[str, ...] = ()
+            else:
+                current = next((k for k in self._sessions if k), None)
+                if current is not None and wanted <= set(current):
+                    return self._sessions[current]
+                key = tuple(sorted(wanted | set(current or ())))
+                if current is not None:
+                    del self._sessions[current]
             if key not in self._sessions:
                 model, names = self._graph_for(key)
                 self._sessions[key] = (self._make_session(model), names)
@@ -415,10 +429,8 @@ class ModelHandle:
                 parts[i].append(np.asarray(o))
             if progress is not None:
                 progress(len(xb))
-        result: dict[str, np.ndarray] = {}
-        for name, p in zip(wanted, parts):
-            result[name] = np.concatenate(p) if p[0].ndim and p[0].shape[0] == min(bs, n) else p[0]
-        return result
+        # Outputs with a batch dimension are concatenated; per-batch scalars (rare) are stacked.
+        return {name: np.concatenate(p) if all(a.ndim for a in p) else np.stack(p) for name, p in zip(wanted, parts)}
 
     def predict(self, x: np.ndarray, *, batch_size: int | None = None) -> np.ndarray:
         """The first audited output for ``x`` (see :meth:`run`)."""

@@ -289,3 +289,28 @@ def test_int_input_and_data_casting(tmp_path: Path) -> None:
     assert out.shape == (1, 3)
     with pytest.raises(DataError, match="wants integers"):
         m.predict(np.array([[0.5, 1.0, 2.0]]))
+
+
+def test_intermediate_outputs_share_one_extended_session(tmp_path: Path) -> None:
+    w = mlp_weights()
+    m = handle(write_mlp(tmp_path / "m.onnx", w))
+    x, _ = blobs(16, w=w)
+    m.run(x, ["h"])
+    m.run(x, ["logits"])
+    h = m.run(x, ["h"])["h"]  # served by the union session, not a third one
+    extended = [k for k in m._sessions if k]
+    assert extended == [("h", "logits")]
+    np.testing.assert_allclose(h, x @ w["W1"] + w["b1"], rtol=1e-4, atol=1e-4)
+
+
+def test_missing_singleton_channel_is_added(tmp_path: Path) -> None:
+    path, k = _conv_model(tmp_path / "m.onnx", nhwc=False)
+    m = handle(path)
+    x = np.random.default_rng(0).normal(size=(5, 3 * 64)).astype(np.float32)
+    ds = Dataset(x=x.reshape(5, 3, 8, 8)[:, :1].reshape(5, 8, 8), y=None, groups={}, columns={}, source="d.npz")
+    with pytest.raises(DataError):  # 8x8 single-channel data cannot feed a 3-channel input
+        fit_to_model(ds, m.input.shape, "x", "m.onnx")
+    ds3 = Dataset(x=x.reshape(5, 1, 3, 8, 8), y=None, groups={}, columns={}, source="d.npz")
+    fitted = fit_to_model(ds3, m.input.shape, "x", "m.onnx")
+    assert fitted.x.shape == (5, 3, 8, 8) and "singleton" in fitted.notes[-1]
+    np.testing.assert_allclose(m.predict(fitted.x), _conv_reference(x.reshape(5, 3, 8, 8), k), rtol=1e-4, atol=1e-5)
