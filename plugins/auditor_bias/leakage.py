@@ -1,0 +1,164 @@
+"""``bias.leakage``: can the sensitive attribute be read back from what the model computes?
+
+A linear probe (Alain & Bengio, "Understanding intermediate layers using linear classifier probes", 2016)
+is trained to predict the sensitive column from the model's outputs or a named intermediate tensor; its
+cross-validated accuracy is compared with the majority-class rate, the accuracy of a probe that learned
+nothing. FairRec (Wu et al., 2021) and adversarial debiasing (Zhang, Lemoine & Mitchell, AIES 2018) measure
+leakage the same way, with the adversary's accuracy on the sensitive attribute.
+
+The probe is ridge-regression classification on standardised features (one-hot targets, argmax decision,
+the decision rule of scikit-learn's ``RidgeClassifier``): ``W = (XᵀX + αI)⁻¹ XᵀY`` on centred data, solved in
+closed form (in the dual, ``Xᵀ(XXᵀ + αI)⁻¹Y``, when features outnumber rows). Closed form keeps it
+deterministic, fast and free of a scikit-learn dependency. Predictions are pooled out of fold over
+stratified, seeded folds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from auditor import AuditContext, Check, CheckResult, Finding, Need, Param, SkipCheck
+from auditor_bias._common import group_columns, group_rows
+
+
+def stratified_folds(labels: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Fold id of each row: rows of each class are shuffled and dealt round-robin to ``k`` folds."""
+    n = len(labels)
+    order = rng.permutation(n)
+    by_class = order[np.argsort(labels[order], kind="stable")]
+    # dealing consecutive rows of the class-sorted order round-robin gives each fold ~1/k of every class,
+    # and continuing the count across classes keeps small classes from all landing in fold 0
+    folds = np.empty(n, dtype=np.int64)
+    folds[by_class] = np.arange(n) % k
+    return folds
+
+
+def ridge_probe_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, n_classes: int,
+                        alpha: float) -> np.ndarray:
+    """Fit the standardised ridge probe on the training rows and predict class indices of the test rows."""
+    mu = x_train.mean(axis=0)
+    sd = x_train.std(axis=0)
+    sd = np.where(sd > 0, sd, 1.0)  # constant features: scale 1, as scikit-learn's StandardScaler
+    xt = (x_train - mu) / sd
+    xs = (x_test - mu) / sd
+    onehot = np.eye(n_classes)[y_train]
+    ym = onehot.mean(axis=0)
+    yc = onehot - ym
+    n, d = xt.shape
+    if d <= n:
+        w = np.linalg.solve(xt.T @ xt + alpha * np.eye(d), xt.T @ yc)
+    else:
+        w = xt.T @ np.linalg.solve(xt @ xt.T + alpha * np.eye(n), yc)
+    scores = xs @ w + ym
+    return np.asarray(np.argmax(scores, axis=1))
+
+
+def cross_validated_probe(features: np.ndarray, labels: np.ndarray, folds: np.ndarray, alpha: float) -> np.ndarray:
+    """Out-of-fold predictions of the probe for every row (``folds`` gives each row's fold id)."""
+    n_classes = int(labels.max()) + 1
+    out = np.full(len(labels), -1, dtype=np.int64)
+    for f in np.unique(folds):
+        test = folds == f
+        out[test] = ridge_probe_predict(features[~test], labels[~test], features[test], n_classes, alpha)
+    return out
+
+
+def balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
+    """Mean recall over the classes present in ``y`` (scikit-learn's ``balanced_accuracy_score``)."""
+    classes = np.unique(y)
+    recalls = [np.mean(pred[y == c] == c) for c in classes]
+    return float(np.mean(recalls))
+
+
+class Leakage(Check):
+    """Cross-validated linear-probe accuracy on the sensitive attribute, against the majority-class rate.
+
+    Sources: Alain & Bengio (2016) linear probes; Wu et al., "FairRec: Fairness-aware News Recommendation with
+    Decomposed Adversarial Learning" (AAAI 2021) and the catalogue's "A Demographic-Conditioned Variational
+    Autoencoder…" (attribute predictability from representations as the leakage measure).
+    """
+
+    name = "bias.leakage"
+    description = ("Accuracy and balanced accuracy of a cross-validated linear probe predicting the sensitive "
+                   "column from the model's outputs or an intermediate tensor, against the majority rate.")
+    params = [
+        Param(name="group", type="string", default=None, nullable=True,
+              description="The sensitive column (default: the first data.groups column)."),
+        Param(name="features", type="string", default="outputs",
+              description="'outputs' (class probabilities, or the regression output), 'penultimate', or the "
+                          "name of an intermediate tensor."),
+        Param(name="folds", type="integer", default=5, minimum=2, description="Cross-validation folds."),
+        Param(name="alpha", type="number", default=1.0, minimum=0,
+              description="Ridge penalty of the probe (on standardised features)."),
+        Param(name="max_advantage", type="number", default=0.05, minimum=0, maximum=1,
+              description="A warning finding when probe accuracy exceeds the majority rate by more."),
+        Param(name="limit", type="integer", default=2000, minimum=10,
+              description="At most this many rows (stratified, seeded sample)."),
+    ]
+    needs = frozenset({Need.DATA, Need.GROUPS})
+    metrics_doc = {
+        "n": "rows probed (with a group value)",
+        "n_groups": "distinct values of the sensitive column",
+        "feature_dim": "dimension of the probed features",
+        "probe_accuracy": "out-of-fold accuracy of the probe",
+        "probe_balanced_accuracy": "out-of-fold balanced accuracy (mean recall per group)",
+        "majority_rate": "share of the most frequent group (accuracy of always guessing it)",
+        "chance_balanced_accuracy": "1 / n_groups (balanced accuracy of a constant guess)",
+        "accuracy_advantage": "probe_accuracy − majority_rate",
+        "balanced_advantage": "probe_balanced_accuracy − chance_balanced_accuracy",
+        "missing_group_rows": "rows without a group value (left out)",
+    }
+
+    def run(self, ctx: AuditContext) -> CheckResult:
+        """One batched pass (outputs or the named tensor), then k closed-form ridge fits."""
+        p = ctx.params
+        data = ctx.sample(int(p["limit"]))
+        col = p["group"] if p["group"] is not None else group_columns(None, data)[0]
+        groups = group_rows(data, [col])
+        keep = groups.codes >= 0
+        if groups.n_groups < 2:
+            raise SkipCheck(f"column '{col}' has fewer than two values: nothing to predict")
+        what = p["features"]
+        if what == "outputs":
+            pred = ctx.predictions(data)
+            feats = pred.probs if pred.probs is not None else np.asarray(pred.values, np.float64).reshape(data.n, -1)
+        else:
+            acts = ctx.activations("penultimate" if what == "penultimate" else [what], data=data)
+            feats = next(iter(acts.values()))
+        x = np.asarray(feats, dtype=np.float64).reshape(data.n, -1)[keep]
+        lab = groups.codes[keep]
+        finite = np.all(np.isfinite(x), axis=1)
+        x, lab = x[finite], lab[finite]
+        # relabel to 0..K-1 over the groups that remain
+        present, lab = np.unique(lab, return_inverse=True)
+        if len(present) < 2:
+            raise SkipCheck(f"fewer than two values of '{col}' among usable rows")
+        k = int(min(p["folds"], len(lab)))
+        folds = stratified_folds(lab, k, ctx.rng)
+        ctx.check_cancelled()
+        oof = cross_validated_probe(x, lab, folds, float(p["alpha"]))
+        counts = np.bincount(lab)
+        acc = float(np.mean(oof == lab))
+        bal = balanced_accuracy(lab, oof)
+        majority = float(counts.max() / counts.sum())
+        metrics: dict[str, Any] = {
+            "n": len(lab), "n_groups": len(present), "feature_dim": int(x.shape[1]),
+            "probe_accuracy": acc, "probe_balanced_accuracy": bal, "majority_rate": majority,
+            "chance_balanced_accuracy": 1.0 / len(present), "accuracy_advantage": acc - majority,
+            "balanced_advantage": bal - 1.0 / len(present), "missing_group_rows": groups.missing,
+        }
+        notes = [f"probe on {what} ({x.shape[1]} features) of {len(lab)} rows, {k}-fold stratified "
+                 f"cross-validation (seeded), ridge alpha {p['alpha']}"]
+        if data is not ctx.data:
+            notes.append(data.notes[-1])
+        findings: list[Finding] = []
+        if acc - majority > float(p["max_advantage"]):
+            findings.append(Finding(
+                message=f"'{col}' can be predicted from {what} with {acc:.1%} accuracy (majority rate "
+                        f"{majority:.1%}): the attribute leaks", severity="warn",
+                data={"advantage": acc - majority}))
+        if int((~finite).sum()):
+            notes.append(f"{int((~finite).sum())} rows with non-finite features left out")
+        return CheckResult(metrics=metrics, findings=findings, notes=notes)

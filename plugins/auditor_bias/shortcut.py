@@ -1,0 +1,213 @@
+"""``bias.shortcut``: does the model lean on a cue it should not? Apply a declared counterfactual cue to every
+input and count the predictions that change, where they go, and what happens to accuracy.
+
+Geirhos et al., "Shortcut Learning in Deep Neural Networks" (Nature MI 2020) and Hermann et al., "On the
+Foundations of Shortcut Learning" (ICLR 2024) define a shortcut as a feature that predicts the training label
+but is not the intended one; intervening on the feature alone and watching the decision is the direct test.
+With the cue ``T`` and top-1 predictions ``ŷ``:
+
+- ``flip_rate = mean[ŷ(T(x)) ≠ ŷ(x)]``;
+- ``flip_target_class`` = the mode of ``ŷ(T(x))`` over flipped rows, ``flip_target_share`` its share of flips;
+- ``accuracy_change = acc(T(x)) − acc(x)``;
+- with a bias-aligned / bias-conflicting column (Nam et al., "Learning from Failure", NeurIPS 2020):
+  ``aligned_conflicting_gap = acc(aligned) − acc(conflicting)`` on the unchanged data.
+
+Flipping a sensitive feature (``swap_feature``) is the counterfactual fairness test of Kusner et al.,
+"Counterfactual Fairness" (NeurIPS 2017): ``flip_rate`` is the share of individuals whose decision depends on
+the attribute alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from auditor import AuditContext, Check, CheckResult, Finding, Need, Param, SkipCheck
+from auditor_bias._common import class_label, find_class, missing_mask
+from auditor_bias.transforms import TRANSFORMS, apply
+
+_ALIGNED = {"aligned", "bias-aligned", "bias_aligned", "true", "yes", "1", "1.0"}
+_CONFLICTING = {"conflicting", "bias-conflicting", "bias_conflicting", "false", "no", "0", "0.0"}
+
+
+def aligned_flags(values: np.ndarray) -> np.ndarray:
+    """1 for bias-aligned rows, 0 for bias-conflicting ones, -1 for missing or unreadable values.
+
+    Numbers and booleans: non-zero is aligned. Strings: ``aligned``/``conflicting`` (or true/false, yes/no).
+    """
+    arr = np.asarray(values)
+    out = np.full(len(arr), -1, dtype=np.int64)
+    miss = missing_mask(arr)
+    if arr.dtype.kind in "iufb":
+        out[~miss] = (arr[~miss] != 0).astype(np.int64)
+        return out
+    text = np.array([str(v).strip().lower() for v in arr], dtype=object)
+    out[np.isin(text, list(_ALIGNED)) & ~miss] = 1
+    out[np.isin(text, list(_CONFLICTING)) & ~miss] = 0
+    return out
+
+
+def flip_stats(before: np.ndarray, after: np.ndarray, n_classes: int) -> dict[str, Any]:
+    """Flip rate and where the flips go (top-1 indices; -1 = no prediction)."""
+    flipped = before != after
+    n_flip = int(flipped.sum())
+    dest = np.bincount(np.where(after[flipped] < 0, n_classes, after[flipped]), minlength=n_classes + 1)
+    out: dict[str, Any] = {"flip_rate": float(flipped.mean()) if len(before) else 0.0, "flips": n_flip,
+                           "flip_counts": dest[:n_classes]}
+    if n_flip:
+        top = int(np.argmax(dest[:n_classes]))
+        out["flip_target"] = top
+        out["flip_target_share"] = float(dest[top] / n_flip)
+    return out
+
+
+class Shortcut(Check):
+    """Flip rate, flip destination and accuracy change under a declared counterfactual cue; accuracy gap
+    between bias-aligned and bias-conflicting rows.
+
+    Sources: Hermann et al., "On the Foundations of Shortcut Learning" (ICLR 2024); Geirhos et al., "Shortcut
+    Learning in Deep Neural Networks" (2020); Kusner et al., "Counterfactual Fairness" (NeurIPS 2017); Nam et
+    al., "Learning from Failure" (NeurIPS 2020) for bias-aligned/conflicting splits; the catalogue's "Fighting
+    Fire with Fire" (bias transformations as counterfactual views).
+    """
+
+    name = "bias.shortcut"
+    description = ("Apply a counterfactual cue (set_pixels, paste_patch, set_feature, swap_feature, swap_groups) "
+                   "to every input: flip rate, the class the flips go to, accuracy change; accuracy gap "
+                   "between bias-aligned and bias-conflicting rows.")
+    params = [
+        Param(name="transform", type="string", choices=TRANSFORMS, default=None, nullable=True,
+              description="The cue to apply (may be left out when only the aligned/conflicting gap is wanted)."),
+        Param(name="pixels", type="array", default=None, nullable=True,
+              schema={"type": ["array", "null"], "items": {"type": "array", "items": {"type": "integer"},
+                                                             "minItems": 3, "maxItems": 3},
+                      "description": "set_pixels: [[channel, row, col], ...]"},
+              description="set_pixels: [[channel, row, col], ...]"),
+        Param(name="value", type="number", default=None, nullable=True,
+              description="set_pixels / set_feature: the value written; paste_patch: a constant patch value."),
+        Param(name="patch", type="array", default=None, nullable=True,
+              description="paste_patch: the patch, [h, w] or [C, h, w] (channel-first)."),
+        Param(name="patch_size", type="array", items="integer", default=None, nullable=True, minimum=1,
+              description="paste_patch: [h, w] of a constant patch."),
+        Param(name="position", type="array", items="integer", default=[0, 0], minimum=0,
+              description="paste_patch: [row, col] of the patch's top-left corner."),
+        Param(name="feature", type=("integer", "string"), default=None, nullable=True,
+              description="set_feature / swap_feature: input index or tabular column name."),
+        Param(name="values", type="array", items="number", default=None, nullable=True,
+              description="swap_feature: the two values [a, b] exchanged (default: the feature's two values)."),
+        Param(name="group", type="string", default=None, nullable=True,
+              description="swap_groups: the column whose groups are exchanged."),
+        Param(name="features", type="array", default=None, nullable=True,
+              description="swap_groups: input indices or column names that encode the group."),
+        Param(name="aligned", type="string", default=None, nullable=True,
+              description="Column marking bias-aligned (1/aligned) and bias-conflicting (0/conflicting) rows."),
+        Param(name="target_class", type=("string", "integer"), default=None, nullable=True,
+              description="The class the cue is expected to push towards (reports follow_rate)."),
+        Param(name="max_flip_rate", type="number", default=0.1, minimum=0, maximum=1,
+              description="A warning finding above this flip rate."),
+        Param(name="max_gap", type="number", default=0.1, minimum=0, maximum=1,
+              description="A warning finding above this aligned − conflicting accuracy gap."),
+        Param(name="limit", type="integer", default=2000, minimum=1,
+              description="At most this many rows (stratified, seeded sample)."),
+    ]
+    needs = frozenset({Need.DATA})
+    metrics_doc = {
+        "n": "rows used",
+        "flip_rate": "share of rows whose top-1 prediction changes under the cue",
+        "flips": "number of rows whose prediction changes",
+        "flip_target_class": "the class most flips go to",
+        "flip_target_share": "share of the flips that go to flip_target_class",
+        "flip_counts": "{class: flips into it}",
+        "follow_rate": "share of rows not predicted target_class before that are after the cue",
+        "target_probability_change": "mean change of target_class probability under the cue",
+        "accuracy_before": "accuracy on the unchanged rows (labels needed)",
+        "accuracy_after": "accuracy on the changed rows",
+        "accuracy_change": "accuracy_after − accuracy_before",
+        "accuracy_aligned": "accuracy on bias-aligned rows (unchanged inputs)",
+        "accuracy_conflicting": "accuracy on bias-conflicting rows",
+        "aligned_conflicting_gap": "accuracy_aligned − accuracy_conflicting",
+        "n_aligned": "bias-aligned rows", "n_conflicting": "bias-conflicting rows",
+    }
+
+    def run(self, ctx: AuditContext) -> CheckResult:
+        """Two batched passes over a stratified sample: unchanged and with the cue."""
+        p = ctx.params
+        if p["transform"] is None and p["aligned"] is None:
+            raise ValueError("bias.shortcut: declare a `transform`, an `aligned` column, or both")
+        data = ctx.sample(int(p["limit"]))
+        pred0 = ctx.predictions(data)
+        if pred0.task != "classification" or pred0.probs is None or pred0.labels is None \
+                or pred0.classes is None:
+            raise SkipCheck("shortcut reliance needs a classifier")
+        classes = [class_label(c) for c in pred0.classes]
+        n_classes = len(classes)
+        y = ctx.labels(data) if data.y is not None else None
+        lab0 = pred0.labels
+        metrics: dict[str, Any] = {"n": data.n}
+        notes = list(data.notes[-1:]) if data is not ctx.data else []
+        findings: list[Finding] = []
+
+        if y is not None:
+            known = y >= 0
+            metrics["accuracy_before"] = float(np.mean(lab0[known] == y[known])) if known.any() else None
+
+        if p["transform"] is not None:
+            x = np.asarray(data.x)
+            x_cf, desc = apply(p["transform"], x, p, data, ctx.model.layout, ctx.rng)
+            changed = int(np.any((x_cf != x).reshape(len(x), -1), axis=1).sum())
+            notes.append(f"transform {p['transform']} {desc}; changed {changed} of {data.n} inputs")
+            probs1 = ctx.predict_proba(x_cf.astype(x.dtype, copy=False))
+            lab1 = np.where(np.all(np.isfinite(probs1), axis=1),
+                            np.argmax(np.nan_to_num(probs1, nan=-1.0), axis=1), -1)
+            fs = flip_stats(lab0, lab1, n_classes)
+            metrics["flip_rate"] = fs["flip_rate"]
+            metrics["flips"] = fs["flips"]
+            metrics["flip_counts"] = {str(c): int(v) for c, v in zip(classes, fs["flip_counts"])}
+            metrics["flip_target_class"] = classes[fs["flip_target"]] if "flip_target" in fs else None
+            metrics["flip_target_share"] = fs.get("flip_target_share")
+            metrics["inputs_changed"] = changed
+            if p["target_class"] is not None:
+                t = find_class(p["target_class"], pred0.classes)
+                was_not = lab0 != t
+                metrics["follow_rate"] = float(np.mean(lab1[was_not] == t)) if was_not.any() else None
+                metrics["target_probability_change"] = float(np.nanmean(probs1[:, t] - pred0.probs[:, t]))
+            if y is not None:
+                known = y >= 0
+                if known.any():
+                    after = float(np.mean(lab1[known] == y[known]))
+                    metrics["accuracy_after"] = after
+                    metrics["accuracy_change"] = after - float(metrics["accuracy_before"])
+            if fs["flip_rate"] > float(p["max_flip_rate"]):
+                where = f" (mostly to class {metrics['flip_target_class']!r}, " \
+                        f"{metrics['flip_target_share']:.0%} of flips)" if fs["flips"] else ""
+                findings.append(Finding(
+                    message=f"{p['transform']} flips {fs['flip_rate']:.1%} of predictions{where}: the model "
+                            "relies on this cue", severity="warn",
+                    data={"flip_rate": fs["flip_rate"]}))
+
+        if p["aligned"] is not None:
+            if y is None:
+                raise SkipCheck("the aligned/conflicting gap needs labels (data.y)")
+            flags = aligned_flags(data.column(p["aligned"]))
+            hit = (lab0 == y) & (y >= 0)
+            usable = y >= 0
+            al, co = usable & (flags == 1), usable & (flags == 0)
+            metrics["n_aligned"], metrics["n_conflicting"] = int(al.sum()), int(co.sum())
+            metrics["accuracy_aligned"] = float(hit[al].mean()) if al.any() else None
+            metrics["accuracy_conflicting"] = float(hit[co].mean()) if co.any() else None
+            if al.any() and co.any():
+                gap = float(hit[al].mean() - hit[co].mean())
+                metrics["aligned_conflicting_gap"] = gap
+                if gap > float(p["max_gap"]):
+                    findings.append(Finding(
+                        message=f"accuracy {metrics['accuracy_aligned']:.1%} on bias-aligned rows but "
+                                f"{metrics['accuracy_conflicting']:.1%} on bias-conflicting ones: the model "
+                                "follows the bias", severity="warn", data={"gap": gap}))
+            else:
+                metrics["aligned_conflicting_gap"] = None
+                notes.append("the aligned column lacks aligned or conflicting rows: no gap")
+            unread = int(np.sum(flags < 0))
+            if unread:
+                notes.append(f"{unread} rows with a missing or unreadable `{p['aligned']}` value left out of the gap")
+        return CheckResult(metrics=metrics, findings=findings, notes=notes)

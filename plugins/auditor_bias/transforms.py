@@ -1,0 +1,160 @@
+"""Counterfactual cue transforms for ``bias.shortcut``: each takes a batch of inputs and returns a modified
+copy, vectorised over the batch (fancy indexing, no per-sample loop)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from auditor import Dataset
+from auditor_bias._common import feature_index, group_rows
+
+TRANSFORMS = ("set_pixels", "paste_patch", "set_feature", "swap_feature", "swap_groups")
+
+
+def _spatial(x: np.ndarray, layout: str | None) -> tuple[str, int, int, int]:
+    """``(layout, channels, height, width)`` of an image batch; 3-D batches are single-channel (N, H, W)."""
+    if x.ndim == 3:
+        return "NHW", 1, x.shape[1], x.shape[2]
+    if x.ndim != 4:
+        raise ValueError(f"pixel transforms need image inputs (N, C, H, W) or (N, H, W, C); got shape {list(x.shape)}")
+    if (layout or "NCHW") == "NHWC":
+        return "NHWC", x.shape[3], x.shape[1], x.shape[2]
+    return "NCHW", x.shape[1], x.shape[2], x.shape[3]
+
+
+def set_pixels(x: np.ndarray, pixels: Sequence[Sequence[int]], value: float, layout: str | None) -> np.ndarray:
+    """Set the pixels ``[channel, row, col]`` of every image to ``value`` (channel indices refer to the
+    model's channel axis whatever the layout)."""
+    lay, c, h, w = _spatial(x, layout)
+    px = np.asarray(pixels, dtype=np.int64).reshape(-1, 3)
+    if px.size == 0:
+        raise ValueError("set_pixels: `pixels` is empty")
+    ch, r, co = px[:, 0], px[:, 1], px[:, 2]
+    if (ch < 0).any() or (ch >= c).any() or (r < 0).any() or (r >= h).any() or (co < 0).any() or (co >= w).any():
+        raise ValueError(f"set_pixels: a pixel lies outside the image (channels {c}, height {h}, width {w})")
+    out = np.array(x, copy=True)
+    if lay == "NCHW":
+        out[:, ch, r, co] = value
+    elif lay == "NHWC":
+        out[:, r, co, ch] = value
+    else:
+        out[:, r, co] = value
+    return out
+
+
+def paste_patch(x: np.ndarray, patch: Any, value: float | None, size: Sequence[int] | None,
+                position: Sequence[int], layout: str | None) -> np.ndarray:
+    """Paste a patch with its top-left corner at ``position`` ``[row, col]``.
+
+    ``patch`` is an array ``[h, w]`` (every channel) or ``[C, h, w]`` (channel-first, whatever the model's
+    layout); without it, a constant ``value`` patch of ``size`` ``[h, w]`` is pasted.
+    """
+    lay, c, h, w = _spatial(x, layout)
+    if patch is not None:
+        arr = np.asarray(patch, dtype=np.float64)
+        if arr.ndim == 2:
+            arr = np.broadcast_to(arr, (c, *arr.shape))
+        if arr.ndim != 3 or arr.shape[0] != c:
+            raise ValueError(f"paste_patch: patch must be [h, w] or [{c}, h, w]; got {list(np.shape(patch))}")
+    else:
+        if value is None or size is None:
+            raise ValueError("paste_patch: give `patch`, or a constant `value` with `patch_size` [h, w]")
+        ph, pw = (int(s) for s in size)
+        arr = np.full((c, ph, pw), float(value))
+    r0, c0 = (int(v) for v in position)
+    ph, pw = arr.shape[1], arr.shape[2]
+    if r0 < 0 or c0 < 0 or r0 + ph > h or c0 + pw > w:
+        raise ValueError(f"paste_patch: a {ph}x{pw} patch at {[r0, c0]} does not fit a {h}x{w} image")
+    out = np.array(x, copy=True)
+    if lay == "NCHW":
+        out[:, :, r0:r0 + ph, c0:c0 + pw] = arr
+    elif lay == "NHWC":
+        out[:, r0:r0 + ph, c0:c0 + pw, :] = np.moveaxis(arr, 0, -1)
+    else:
+        out[:, r0:r0 + ph, c0:c0 + pw] = arr[0]
+    return out
+
+
+def set_feature(x: np.ndarray, j: int, value: float) -> np.ndarray:
+    """Set feature ``j`` (of the flattened input) of every row to ``value``."""
+    out = np.array(x, copy=True)
+    out.reshape(len(out), -1)[:, j] = value
+    return out
+
+
+def swap_feature(x: np.ndarray, j: int, values: Sequence[float] | None) -> tuple[np.ndarray, list[float]]:
+    """Exchange the two values ``a`` and ``b`` of feature ``j`` (rows with other values are unchanged):
+    flipping a binary sensitive attribute, the counterfactual fairness test of Kusner et al. (NeurIPS 2017).
+    Without ``values`` the feature must take exactly two values in the data."""
+    flat = np.asarray(x).reshape(len(x), -1)
+    col = flat[:, j]
+    if values is None:
+        uniq = np.unique(col)
+        if len(uniq) != 2:
+            raise ValueError(f"swap_feature: feature {j} takes {len(uniq)} values; give `values: [a, b]`")
+        a, b = float(uniq[0]), float(uniq[1])
+    else:
+        if len(values) != 2:
+            raise ValueError("swap_feature: `values` must be [a, b]")
+        a, b = float(values[0]), float(values[1])
+    out = np.array(x, copy=True)
+    of = out.reshape(len(out), -1)
+    is_a, is_b = col == a, col == b
+    of[is_a, j] = b
+    of[is_b, j] = a
+    return out, [a, b]
+
+
+def swap_groups(x: np.ndarray, data: Dataset, group: str, features: Sequence[int],
+                rng: np.random.Generator) -> np.ndarray:
+    """Give each row the ``features`` of a random row of another group of ``group`` (a counterfactual
+    change of group membership for attributes encoded in several inputs, e.g. one-hot columns or a region of
+    an image). Rows with a missing group value are unchanged. Donors are drawn with the check's seeded RNG."""
+    g = group_rows(data, [group])
+    if g.n_groups < 2:
+        raise ValueError(f"swap_groups: column '{group}' has fewer than two groups")
+    cols = np.asarray(features, dtype=np.int64)
+    flat = np.asarray(x).reshape(len(x), -1)
+    out = np.array(x, copy=True)
+    of = out.reshape(len(out), -1)
+    valid = np.flatnonzero(g.codes >= 0)
+    for gi in range(g.n_groups):  # a loop over groups, not rows
+        rows = np.flatnonzero(g.codes == gi)
+        others = valid[g.codes[valid] != gi]
+        donors = others[rng.integers(0, len(others), size=len(rows))]
+        of[np.ix_(rows, cols)] = flat[np.ix_(donors, cols)]
+    return out
+
+
+def apply(name: str, x: np.ndarray, params: dict[str, Any], data: Dataset, layout: str | None,
+          rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
+    """Apply the transform ``name`` configured by the check's ``params``; returns the new inputs and a
+    description of what was done (for the report)."""
+    if name == "set_pixels":
+        if params.get("pixels") is None or params.get("value") is None:
+            raise ValueError("set_pixels needs `pixels: [[c, row, col], ...]` and `value`")
+        return set_pixels(x, params["pixels"], float(params["value"]), layout), {
+            "pixels": len(params["pixels"]), "value": float(params["value"])}
+    if name == "paste_patch":
+        pos = params.get("position") or [0, 0]
+        out = paste_patch(x, params.get("patch"), params.get("value"), params.get("patch_size"), pos, layout)
+        return out, {"position": list(pos)}
+    if name in ("set_feature", "swap_feature"):
+        if params.get("feature") is None:
+            raise ValueError(f"{name} needs `feature` (an input index or a column name)")
+        j = feature_index(params["feature"], data)
+        if name == "set_feature":
+            if params.get("value") is None:
+                raise ValueError("set_feature needs `value`")
+            return set_feature(x, j, float(params["value"])), {"feature_index": j, "value": float(params["value"])}
+        out, ab = swap_feature(x, j, params.get("values"))
+        return out, {"feature_index": j, "values": ab}
+    if name == "swap_groups":
+        if not params.get("group") or not params.get("features"):
+            raise ValueError("swap_groups needs `group` (a column) and `features` (inputs that encode it)")
+        idx = [feature_index(f, data) for f in params["features"]]
+        return swap_groups(x, data, params["group"], idx, rng), {"group": params["group"], "features": idx}
+    raise ValueError(f"unknown transform {name!r} (known: {', '.join(TRANSFORMS)})")
