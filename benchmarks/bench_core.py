@@ -12,6 +12,7 @@ Run: ``python benchmarks/bench_core.py [--n 20000] [--repeats 5]``. No timing as
 from __future__ import annotations
 
 import argparse
+import itertools
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ def build_mlp(path: Path, sizes: list[int], batch: int | str = "N") -> None:
     """A ReLU MLP with the given layer sizes and a softmax head."""
     rng = np.random.default_rng(0)
     nodes, inits, prev = [], [], "x"
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         inits += [numpy_helper.from_array((rng.normal(size=(a, b)) / np.sqrt(a)).astype(np.float32), f"W{i}"),
                   numpy_helper.from_array(np.zeros(b, np.float32), f"b{i}")]
         nodes.append(helper.make_node("Gemm", [prev, f"W{i}", f"b{i}"], [f"z{i}"]))
@@ -81,7 +82,8 @@ def main() -> None:
     print(f"dynamic-batch MLP {sizes}, n={args.n}, CPU provider")
     for bs, t in sweep.items():
         print(f"  raw InferenceSession.run  bs={bs:5d}: {args.n / t:10.0f} samples/s")
-    print(f"  auditor ModelHandle.run   bs={best_bs:5d}: {args.n / t_aud:10.0f} samples/s (float64 data cast per batch)")
+    print(f"  auditor ModelHandle.run   bs={best_bs:5d}: {args.n / t_aud:10.0f} samples/s "
+          "(float64 data cast per batch)")
     print(f"  ratio auditor/raw-best: {t_raw / t_aud:.3f}  (bar: >= 0.9)")
 
     build_mlp(tmp / "fixed1.onnx", sizes, batch=1)

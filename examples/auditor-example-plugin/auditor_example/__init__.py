@@ -52,7 +52,7 @@ class Margin(Check):
                                             f"{ctx.params['threshold']}", severity="warn"))
         return CheckResult(
             metrics={"mean_margin": float(m.mean()), "median_margin": float(np.median(m)), "low_margin_rate": rate,
-                     "n": int(len(m))},
+                     "n": len(m)},
             findings=findings,
         )
 
