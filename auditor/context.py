@@ -76,7 +76,13 @@ class AuditContext:
         key = (id(model), id(data))
         with self.cache.lock:
             if key not in self.cache.predictions:
-                raw = model.run(data.x)
+                done = [0]
+
+                def step(k: int) -> None:
+                    done[0] += k
+                    self.report_progress(done[0], data.n, "inference")
+
+                raw = model.run(data.x, progress=step)
                 zip_classes = {z.output: z.classes for z in model.zipmaps.values()}
                 self.cache.predictions[key] = interpret(
                     raw, task=model.config.task, y=data.y, zip_classes=zip_classes

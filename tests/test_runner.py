@@ -93,3 +93,20 @@ def test_seeds_make_runs_identical_and_independent_of_order(tmp_path, mlp) -> No
     c = audit(tmp_path, mlp, [{"use": "fake.draw", "name": "a"}], seed=4)
     assert a.metrics("a") == b.metrics("a") and a.metrics("b") == b.metrics("b")
     assert a.metrics("a") != a.metrics("b") and a.metrics("a") != c.metrics("a")
+
+
+def test_weights_only_audit_opens_no_session(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A model ONNX Runtime cannot run (custom op) still gets its weights audited; no session is opened."""
+    import numpy as np
+    from conftest import FLOAT, save_model
+    from onnx import helper
+
+    path = save_model([helper.make_node("MatMul", ["x", "W"], ["z"]), helper.make_node("Fancy", ["z"], ["y"],
+                                                                                           domain="com.acme")],
+                      [helper.make_tensor_value_info("x", FLOAT, ["N", 2])],
+                      [helper.make_tensor_value_info("y", FLOAT, ["N", 2])], {"W": np.eye(2, dtype=np.float32)},
+                      tmp_path / "custom.onnx", extra_opsets=[("com.acme", 1)])
+    r = run_audit({"checks": [{"use": "fake.const", "with": {"metrics": {"a": 1}}}]}, model=path,
+                  plugins=[fake_plugin], workdir=tmp_path)
+    r.assert_status("fake.const", "pass")
+    assert "weights-only audit" in r.doc["model"]["notes"][0]
