@@ -1,0 +1,212 @@
+"""``transfer.attribution_distance``: do the model and a reference look at the same parts of the input?
+
+Song, Chen, Wang, Shen & Song, "Deep Model Transferability from Attribution Maps" (NeurIPS 2019) compare
+models by the distance between their attribution maps on shared unlabelled inputs. Here the maps are
+
+- occlusion (Zeiler & Fergus 2014), forward passes only: ``a_p(x) = s_c(x) − s_c(x with patch p replaced by
+  the baseline)``, where ``s_c`` is the probability of the explained class (or the output of a regressor);
+- gradient × input (Shrikumar et al. 2016): ``a(x) = x ⊙ ∂s_c/∂x`` with ``s_c`` the class logit, when a
+  differentiable backend (the ``torch`` plugin) is installed; image maps are summed over channels.
+
+Per sample the distance is the cosine distance ``1 − ⟨a, b⟩/(‖a‖‖b‖)`` of the flattened maps (Song et al.);
+the Spearman rank correlation of the maps is reported beside it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from auditor import AuditContext, Check, CheckResult, ModelHandle, Need, Param, SkipCheck
+from auditor.outputs import Predictions, encode_labels
+from auditor_transfer.common import REFERENCE_PARAM, data_for, jsonable, pick_references, read_outputs, scores
+from auditor_transfer.stats import spearman_rows
+
+# Occluded copies are built and run this many bytes at a time (all patches of several samples per batch).
+CHUNK_BYTES = 64 << 20
+
+
+def spatial_axes(x: np.ndarray, layout: str | None) -> tuple[int, int] | None:
+    """The (H, W) axes of a batch of images, or None for inputs that are not images."""
+    if x.ndim != 4:
+        return None
+    return (1, 2) if layout == "NHWC" else (2, 3)
+
+
+def patch_masks(shape: tuple[int, ...], axes: tuple[int, int] | None, patch: int) -> np.ndarray:
+    """Boolean masks (P, *shape) of the occlusion patches of one sample: ``patch`` × ``patch`` squares over
+    all channels of an image, or runs of ``patch`` consecutive values of any other input."""
+    if axes is None:
+        d = int(np.prod(shape))
+        groups = np.arange(d) // patch
+        masks = groups[None, :] == np.arange(groups[-1] + 1)[:, None]
+        return masks.reshape((-1, *shape))
+    h, w = shape[axes[0] - 1], shape[axes[1] - 1]
+    gh, gw = -(-h // patch), -(-w // patch)
+    cell = (np.arange(h)[:, None] // patch) * gw + (np.arange(w)[None, :] // patch)  # (H, W) patch id
+    masks = cell[None] == np.arange(gh * gw)[:, None, None]  # (P, H, W)
+    # broadcast over the channel axis of the sample
+    chan = 0 if axes == (2, 3) else 2
+    masks = np.expand_dims(masks, axis=1 + chan)
+    return np.broadcast_to(masks, (gh * gw, *shape))
+
+
+def map_shape(shape: tuple[int, ...], axes: tuple[int, int] | None, patch: int) -> tuple[int, ...]:
+    """Shape of one occlusion map."""
+    if axes is None:
+        return (-(-int(np.prod(shape)) // patch),)
+    return (-(-shape[axes[0] - 1] // patch), -(-shape[axes[1] - 1] // patch))
+
+
+def occlusion_maps(model: ModelHandle, x: np.ndarray, targets: np.ndarray, clean: np.ndarray, *, task: str,
+                   patch: int, baseline: np.ndarray, check: Any = None) -> np.ndarray:
+    """Occlusion attributions (n, P): the drop of the target score when each patch takes the baseline value.
+
+    Every occluded copy of a chunk of samples is built at once (``np.where`` over a (chunk, P, ...) array) and
+    run through the model in its batches; never one call per sample.
+    """
+    axes = spatial_axes(x, model.layout)
+    shape = tuple(x.shape[1:])
+    masks = patch_masks(shape, axes, patch)
+    n_p = len(masks)
+    per_sample = n_p * int(np.prod(shape)) * max(x.dtype.itemsize, 4)
+    chunk = max(1, CHUNK_BYTES // max(per_sample, 1))
+    out = np.empty((len(x), n_p))
+    for start in range(0, len(x), chunk):
+        if check is not None:
+            check()
+        xb = x[start:start + chunk]
+        occluded = np.where(masks[None], baseline.astype(x.dtype)[None, None], xb[:, None])  # (b, P, *shape)
+        flat = occluded.reshape((-1, *shape))
+        s = scores(read_outputs(model, model.run(flat), task=task)).reshape(len(xb), n_p, -1)
+        t = targets[start:start + chunk]
+        out[start:start + chunk] = clean[start:start + chunk, None] - s[np.arange(len(xb)), :, t]
+    return out
+
+
+class AttributionDistance(Check):
+    """Distance between the attribution maps of the model and each reference on the same inputs."""
+
+    name = "transfer.attribution_distance"
+    description = ("Cosine distance (and rank correlation) between attribution maps of the model and a "
+                   "reference on shared inputs: occlusion through forward passes, or gradient × input with a "
+                   "differentiable backend.")
+    params = [
+        Param(name="limit", type="integer", default=64, minimum=1, description="Samples explained."),
+        Param(name="method", type="string", default="auto", choices=["auto", "occlusion", "gradient"],
+              description="'auto': gradient × input when the torch backend is installed, else occlusion."),
+        Param(name="patch", type="integer", default=None, nullable=True, minimum=1,
+              description="Occlusion patch: side in pixels for images (null: an eighth of the smaller side), "
+                          "consecutive values for other inputs (null: 1)."),
+        Param(name="baseline", type="string", default="zero", choices=["zero", "mean"],
+              description="Value an occluded patch takes: 0, or the per-feature mean of the sample."),
+        Param(name="target", type="string", default="predicted", choices=["predicted", "label"],
+              description="Class explained: each model's own predicted class, or the true label (when both "
+                          "models know the label's class)."),
+        REFERENCE_PARAM,
+    ]
+    needs = frozenset({Need.DATA, Need.REFERENCE})
+    metrics_doc = {
+        "distance": "mean over samples of the cosine distance 1 − cos between the two maps; 0 same direction, "
+                    "1 unrelated, 2 opposite (first reference)",
+        "distance_std": "standard deviation of the per-sample cosine distance",
+        "rank_correlation": "mean over samples of the Spearman correlation of the two maps; −1..1",
+        "n": "samples with two non-zero maps (the others are left out)",
+        "map_size": "values per attribution map",
+        "method": "occlusion or gradient×input",
+        "by_reference": "all of the above for each reference, by name",
+    }
+
+    def run(self, ctx: AuditContext) -> CheckResult:
+        """Explain the same sample with each model, then compare the maps sample by sample."""
+        p = ctx.params
+        sample = ctx.sample(int(p["limit"]))
+        refs = pick_references(ctx, p["reference"])
+        notes = list(sample.notes[-1:]) if sample is not ctx.data else []
+        method = str(p["method"])
+        if method == "auto":
+            method = "gradient" if "torch" in ctx.backends else "occlusion"
+        elif method == "gradient" and "torch" not in ctx.backends:
+            raise SkipCheck("method 'gradient' needs the 'torch' backend, which no installed plugin provides")
+        y = sample.y if p["target"] == "label" else None
+        if p["target"] == "label" and y is None:
+            raise SkipCheck("target 'label' needs labels (data.y)")
+        model_map = self._maps(ctx, ctx.model, np.asarray(sample.x), sample.y, y, method, p)
+        by_ref: dict[str, dict[str, Any]] = {}
+        for name, ref in refs.items():
+            ctx.check_cancelled()
+            rx = np.asarray(data_for(sample, ref).x)
+            ref_map = self._maps(ctx, ref, rx, sample.y, y, method, p)
+            if ref_map.shape != model_map.shape:
+                raise ValueError(f"attribution maps of the model {model_map.shape[1:]} and of '{name}' "
+                                 f"{ref_map.shape[1:]} differ in shape")
+            by_ref[name] = jsonable(self._compare(model_map, ref_map, method))
+        first = next(iter(by_ref))
+        notes.append(f"attributions by {'gradient × input' if method == 'gradient' else 'occlusion'}"
+                     + (f", patch {self._patch(sample.x, ctx.model, p['patch'])}" if method == "occlusion" else ""))
+        if len(by_ref) > 1:
+            notes.append(f"headline metrics are for reference '{first}'")
+        return CheckResult(metrics={**by_ref[first], "by_reference": by_ref}, notes=notes)
+
+    @staticmethod
+    def _patch(x: np.ndarray, model: ModelHandle, patch: int | None) -> int:
+        if patch is not None:
+            return int(patch)
+        axes = spatial_axes(np.asarray(x[:1]), model.layout)
+        if axes is None:
+            return 1
+        return max(1, min(x.shape[axes[0]], x.shape[axes[1]]) // 8)
+
+    def _maps(self, ctx: AuditContext, model: ModelHandle, x: np.ndarray, y_all: np.ndarray | None,
+              y_target: np.ndarray | None, method: str, p: dict[str, Any]) -> np.ndarray:
+        """Attribution maps (n, map size) of one model."""
+        pred = read_outputs(model, model.run(x), y=y_all)
+        targets = self._targets(pred, y_target)
+        if method == "gradient":
+            if pred.task != "classification":
+                raise SkipCheck("gradient × input explains a class logit: the models must be classifiers")
+            backend = ctx.backends["torch"](model)
+            g = np.asarray(backend.input_gradients(x, targets, of="logit"), dtype=np.float64)
+            a = g * np.asarray(x, dtype=np.float64)
+            axes = spatial_axes(x, model.layout)
+            if axes is not None:  # sum over channels: one value per pixel, whatever the layout
+                a = a.sum(axis=3 if axes == (1, 2) else 1)
+            return a.reshape(len(x), -1)
+        clean = scores(pred)[np.arange(len(x)), targets]
+        if p["baseline"] == "mean":
+            base = np.asarray(x, dtype=np.float64).mean(axis=0)
+        else:
+            base = np.zeros(x.shape[1:])
+        return occlusion_maps(model, x, targets, clean, task=pred.task, patch=self._patch(x, model, p["patch"]),
+                              baseline=base, check=ctx.check_cancelled)
+
+    @staticmethod
+    def _targets(pred: Predictions, y: np.ndarray | None) -> np.ndarray:
+        if pred.task != "classification":
+            assert pred.values is not None
+            return np.zeros(len(pred.values), dtype=np.int64)  # the (first) output value
+        assert pred.labels is not None and pred.classes is not None
+        if y is None:
+            return np.maximum(pred.labels, 0)
+        t = encode_labels(y, pred.classes)
+        if (t < 0).any():
+            raise SkipCheck("target 'label': some labels are not among a model's classes")
+        return t
+
+    @staticmethod
+    def _compare(a: np.ndarray, b: np.ndarray, method: str) -> dict[str, Any]:
+        na = np.linalg.norm(a, axis=1)
+        nb = np.linalg.norm(b, axis=1)
+        ok = (na > 0) & (nb > 0)
+        cos = np.sum(a[ok] * b[ok], axis=1) / (na[ok] * nb[ok])
+        dist = 1.0 - cos
+        rho = spearman_rows(a[ok], b[ok]) if ok.any() else np.array([])
+        return {
+            "distance": float(dist.mean()) if ok.any() else float("nan"),
+            "distance_std": float(dist.std()) if ok.any() else float("nan"),
+            "rank_correlation": float(np.nanmean(rho)) if np.isfinite(rho).any() else float("nan"),
+            "n": int(ok.sum()),
+            "map_size": int(a.shape[1]),
+            "method": "gradient×input" if method == "gradient" else "occlusion",
+        }

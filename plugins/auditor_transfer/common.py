@@ -1,0 +1,121 @@
+"""What the ``transfer`` checks share: picking references and layers, fitting the data to a reference model,
+and gathering a model's predictions and intermediate features in one batched pass."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from auditor import AuditContext, Dataset, ModelHandle, Param, SkipCheck
+from auditor.data import fit_to_model
+from auditor.outputs import Predictions, interpret
+
+REFERENCE_PARAM = Param(
+    name="reference", type="string", default=None, nullable=True,
+    description="Name of the reference model to compare with (a key of references:, or 'reference'); "
+                "null compares with every reference; headline metrics are those of the first.",
+)
+SPATIAL_PARAM = Param(
+    name="spatial", type="string", default="flatten", choices=["flatten", "mean"],
+    description="How a layer's per-sample tensor becomes a vector: 'flatten' (every unit, as Kornblith et al.) "
+                "or 'mean' (average over the spatial axes of 4-D NCHW tensors / the token axis of 3-D ones).",
+)
+
+
+def pick_references(ctx: AuditContext, name: str | None) -> dict[str, ModelHandle]:
+    """The reference models to compare with (skips the check when the spec has none)."""
+    if not ctx.references:
+        raise SkipCheck("the spec has no reference: (or references:) model")
+    if name is None:
+        return dict(ctx.references)
+    if name not in ctx.references:
+        raise ValueError(f"reference '{name}' is not in the spec (references: {', '.join(ctx.references)})")
+    return {name: ctx.references[name]}
+
+
+def data_for(data: Dataset, model: ModelHandle) -> Dataset:
+    """The data shaped for ``model`` (a reference may use the other image layout); the same object if it
+    already fits."""
+    clone = copy.copy(data)
+    clone.notes = list(data.notes)
+    fitted = fit_to_model(clone, model.input.shape, model.input.name, str(model.path))
+    return data if fitted.x is data.x else fitted
+
+
+def resolve_layers(model: ModelHandle, which: str | Sequence[str], max_layers: int) -> list[str]:
+    """Tensor names for ``"penultimate"``, ``"all"`` (every activation-producing node, evenly subsampled to
+    at most ``max_layers``, keeping the first and the last) or explicit tensor names."""
+    if isinstance(which, str) and which in ("all", "every"):
+        names = model.layer_names("every")
+        if not names:
+            raise ValueError(f"{model.path}: no activation-producing node found")
+        if len(names) > max_layers:
+            idx = np.unique(np.round(np.linspace(0, len(names) - 1, max_layers)).astype(int))
+            names = [names[i] for i in idx]
+        return names
+    return model.layer_names(which)
+
+
+def as_vectors(a: np.ndarray, n: int, spatial: str) -> np.ndarray:
+    """A layer's activations as an (n, d) float64 matrix (see :data:`SPATIAL_PARAM`)."""
+    a = np.asarray(a)
+    if a.ndim == 0 or a.shape[0] != n:
+        raise ValueError(f"activation of shape {list(a.shape)} is not batch-first for {n} samples")
+    if spatial == "mean" and a.ndim == 4:
+        a = a.mean(axis=(2, 3))
+    elif spatial == "mean" and a.ndim == 3:
+        a = a.mean(axis=1)
+    return np.asarray(a, dtype=np.float64).reshape(n, -1)
+
+
+@dataclass
+class Pass:
+    """One model's predictions and requested layer tensors on one set of inputs."""
+
+    predictions: Predictions
+    layers: dict[str, np.ndarray]
+
+
+def read_outputs(model: ModelHandle, raw: dict[str, np.ndarray], *, task: str | None = None,
+                 y: np.ndarray | None = None) -> Predictions:
+    """Interpret a model's audited outputs (as :meth:`AuditContext.predictions` does)."""
+    zip_classes = {z.output: z.classes for z in model.zipmaps.values()}
+    return interpret({o: raw[o] for o in model.outputs}, task=task or model.config.task, y=y,
+                     zip_classes=zip_classes)
+
+
+def forward(model: ModelHandle, x: np.ndarray, layers: Sequence[str], *, task: str | None = None,
+            y: np.ndarray | None = None) -> Pass:
+    """Run ``x`` once through ``model`` with the audited outputs and every layer in ``layers`` added as graph
+    outputs at once (batched by the model handle)."""
+    wanted = list(dict.fromkeys([*model.outputs, *layers]))
+    raw = model.run(x, wanted)
+    return Pass(read_outputs(model, raw, task=task, y=y), {name: raw[name] for name in layers})
+
+
+def scores(pred: Predictions) -> np.ndarray:
+    """(n, C) class probabilities, or (n, 1) values for a regressor: what attributions explain."""
+    if pred.probs is not None:
+        return np.asarray(pred.probs, dtype=np.float64)
+    assert pred.values is not None
+    v = np.asarray(pred.values, dtype=np.float64)
+    return v.reshape(len(v), -1)
+
+
+def jsonable(a: Any) -> Any:
+    """NaN → None, numpy → Python, recursively (metrics must be JSON)."""
+    if isinstance(a, np.ndarray):
+        return jsonable(a.tolist())
+    if isinstance(a, (list, tuple)):
+        return [jsonable(v) for v in a]
+    if isinstance(a, dict):
+        return {str(k): jsonable(v) for k, v in a.items()}
+    if isinstance(a, (float, np.floating)):
+        return None if not np.isfinite(a) else float(a)
+    if isinstance(a, np.integer):
+        return int(a)
+    return a

@@ -1,0 +1,393 @@
+"""The numerical core of the ``transfer`` plugin: pure numpy, no model in sight, so that every formula can be
+tested against an independent implementation (scipy, scikit-learn or the published formula written out).
+
+References for each estimator are given in the function docstrings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+# ------------------------------------------------------------------------------------------------ ranks
+
+
+def rank_rows(a: np.ndarray) -> np.ndarray:
+    """Average ranks (1-based, ties share the mean of their positions) of each row of a 2-D array,
+    vectorised over rows (what ``scipy.stats.rankdata(a, axis=1)`` returns)."""
+    a = np.asarray(a, dtype=np.float64)
+    if a.ndim == 1:
+        return rank_rows(a[None, :])[0]
+    n, p = a.shape
+    if p == 0:
+        return a.copy()
+    order = np.argsort(a, axis=1, kind="mergesort")
+    s = np.take_along_axis(a, order, axis=1)
+    new = np.ones_like(s, dtype=bool)
+    new[:, 1:] = s[:, 1:] != s[:, :-1]
+    # Tie groups never span rows because every row starts a new group.
+    flat = new.ravel()
+    starts = np.flatnonzero(flat)
+    gid = np.cumsum(flat) - 1
+    counts = np.diff(np.append(starts, flat.size))
+    avg = (starts % p) + (counts - 1) / 2.0 + 1.0
+    ranks = np.empty_like(s)
+    np.put_along_axis(ranks, order, avg[gid].reshape(n, p), axis=1)
+    return ranks
+
+
+def _standardise_rows(a: np.ndarray) -> np.ndarray:
+    """Rows centred and scaled to unit norm (zero rows stay zero), so that a row product is a correlation."""
+    c = a - a.mean(axis=1, keepdims=True)
+    norm = np.linalg.norm(c, axis=1, keepdims=True)
+    return np.divide(c, norm, out=np.zeros_like(c), where=norm > 0)
+
+
+def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman rank correlation of each row of ``a`` with the same row of ``b`` (NaN for constant rows)."""
+    ra = _standardise_rows(rank_rows(a))
+    rb = _standardise_rows(rank_rows(b))
+    out = np.sum(ra * rb, axis=1)
+    const = (np.ptp(np.atleast_2d(a), axis=1) == 0) | (np.ptp(np.atleast_2d(b), axis=1) == 0)
+    out[const] = np.nan
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ CKA
+
+
+def gram(x: np.ndarray) -> np.ndarray:
+    """Linear kernel ``X Xᵀ`` of a (n, d) feature matrix, in float64."""
+    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    return x @ x.T
+
+
+def center_gram(k: np.ndarray) -> np.ndarray:
+    """``H K H`` with ``H = I − 11ᵀ/n``: the biased HSIC of Gretton et al. (2005) is ``⟨HKH, HLH⟩/(n−1)²``."""
+    k = np.asarray(k, dtype=np.float64)
+    row = k.mean(axis=1, keepdims=True)
+    col = k.mean(axis=0, keepdims=True)
+    return k - row - col + k.mean()
+
+
+def u_center_gram(k: np.ndarray) -> np.ndarray:
+    """U-centring (Székely & Rizzo 2014): ``⟨Ũ(K), Ũ(L)⟩/(n(n−3))`` is the unbiased HSIC estimator of Song
+    et al. (2012), "Feature Selection via Dependence Maximization" (their eq. 5), which the linear CKA of
+    Kornblith et al. (2019) uses as its unbiased variant. Needs n ≥ 4."""
+    k = np.array(k, dtype=np.float64)
+    n = len(k)
+    if n < 4:
+        raise ValueError("the unbiased HSIC estimator needs at least 4 samples")
+    np.fill_diagonal(k, 0.0)
+    r = k.sum(axis=1)
+    total = r.sum()
+    u = k - r[:, None] / (n - 2) - r[None, :] / (n - 2) + total / ((n - 1) * (n - 2))
+    np.fill_diagonal(u, 0.0)
+    return u
+
+
+class CKAAccumulator:
+    """Linear CKA between every layer of one model and every layer of another, accumulated over batches.
+
+    Kornblith et al., "Similarity of Neural Network Representations Revisited" (ICML 2019):
+    ``CKA(K, L) = HSIC(K, L) / sqrt(HSIC(K, K) · HSIC(L, L))`` with linear kernels ``K = XXᵀ``, ``L = YYᵀ``.
+    With one batch holding all samples this is the full estimator (biased or unbiased HSIC); with several
+    batches it is the minibatch estimator of Nguyen, Raghu & Kornblith, "Do Wide and Deep Networks Learn the
+    Same Things?" (ICLR 2021): ``Σ_b HSIC₁(K_b, L_b) / sqrt(Σ_b HSIC₁(K_b, K_b) · Σ_b HSIC₁(L_b, L_b))``.
+
+    Memory is O(batch²) per layer; all layer pairs of a batch come from one matrix product.
+    """
+
+    def __init__(self, n_a: int, n_b: int, *, unbiased: bool) -> None:
+        self.unbiased = unbiased
+        self.cross = np.zeros((n_a, n_b))
+        self.self_a = np.zeros(n_a)
+        self.self_b = np.zeros(n_b)
+        self.batches = 0
+        self.samples = 0
+
+    def _prepare(self, feats: Sequence[np.ndarray]) -> np.ndarray:
+        """Centred Gram matrices of the layers, flattened, one row per layer, scaled by the estimator's
+        normalisation (so that a row product is that batch's HSIC)."""
+        n = len(feats[0])
+        rows = []
+        for f in feats:
+            k = gram(f)
+            if self.unbiased:
+                rows.append(u_center_gram(k).ravel() / np.sqrt(n * (n - 3)))
+            else:
+                rows.append(center_gram(k).ravel() / (n - 1))
+        return np.stack(rows)
+
+    def add(self, feats_a: Sequence[np.ndarray], feats_b: Sequence[np.ndarray]) -> None:
+        """Add one batch: the features of every layer of model A and of model B on the same samples."""
+        a = self._prepare(feats_a)
+        b = self._prepare(feats_b)
+        self.cross += a @ b.T
+        self.self_a += np.einsum("ij,ij->i", a, a)
+        self.self_b += np.einsum("ij,ij->i", b, b)
+        self.batches += 1
+        self.samples += len(feats_a[0])
+
+    def result(self) -> np.ndarray:
+        """The (layers of A × layers of B) CKA matrix; NaN where a layer's self-HSIC is not positive."""
+        den = np.sqrt(np.clip(np.outer(self.self_a, self.self_b), 0.0, None))
+        out = np.full_like(self.cross, np.nan)
+        ok = den > 0
+        out[ok] = self.cross[ok] / den[ok]
+        return out
+
+
+def linear_cka(x: np.ndarray, y: np.ndarray, *, unbiased: bool = False) -> float:
+    """Linear CKA of two representations of the same samples (a one-batch :class:`CKAAccumulator`)."""
+    acc = CKAAccumulator(1, 1, unbiased=unbiased)
+    acc.add([x], [y])
+    return float(acc.result()[0, 0])
+
+
+# ------------------------------------------------------------------------------------------------ RSA
+
+
+def rdm_upper(x: np.ndarray) -> np.ndarray:
+    """Upper triangle (row-major, without the diagonal) of the representational dissimilarity matrix of
+    Kriegeskorte et al. (2008): ``1 − Pearson correlation`` between the representations of two samples
+    (``scipy.spatial.distance.pdist(x, "correlation")``). A constant representation correlates 0 with
+    everything (distance 1)."""
+    z = _standardise_rows(np.asarray(x, dtype=np.float64).reshape(len(x), -1))
+    corr = z @ z.T
+    iu = np.triu_indices(len(z), k=1)
+    return 1.0 - corr[iu]
+
+
+class RSAAccumulator:
+    """Representational similarity analysis between layers of two models: Spearman correlation of the
+    upper triangles of their RDMs (Kriegeskorte, Mur & Bandettini, "Representational similarity analysis –
+    connecting the branches of systems neuroscience", 2008), averaged over batches when there are several."""
+
+    def __init__(self, n_a: int, n_b: int) -> None:
+        self.total = np.zeros((n_a, n_b))
+        self.batches = 0
+
+    @staticmethod
+    def _prepare(feats: Sequence[np.ndarray]) -> np.ndarray:
+        ranks = rank_rows(np.stack([rdm_upper(f) for f in feats]))
+        return _standardise_rows(ranks)
+
+    def add(self, feats_a: Sequence[np.ndarray], feats_b: Sequence[np.ndarray]) -> None:
+        """Add one batch (at least 3 samples, so that an RDM has more than one entry)."""
+        if len(feats_a[0]) < 3:
+            return
+        self.total += self._prepare(feats_a) @ self._prepare(feats_b).T
+        self.batches += 1
+
+    def result(self) -> np.ndarray:
+        """The (layers of A × layers of B) RSA matrix (mean over batches)."""
+        if not self.batches:
+            return np.full_like(self.total, np.nan)
+        return self.total / self.batches
+
+
+# ------------------------------------------------------------------------------------------------ transferability
+
+
+def encode(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Target labels as codes 0..K-1 and the sorted distinct labels."""
+    classes, codes = np.unique(np.asarray(y), return_inverse=True)
+    return codes.reshape(-1), classes
+
+
+def logme(features: np.ndarray, y: np.ndarray, *, max_iter: int = 100, tol: float = 1e-7) -> float:
+    """LogME of You, Liu, Wang & Long, "LogME: Practical Assessment of Pre-trained Models for Transfer
+    Learning" (ICML 2021).
+
+    For each target class k, with ``t = 1[y = k]`` and features ``F`` (n × D), the Bayesian linear model
+    ``t ~ N(Fw, β⁻¹)``, ``w ~ N(0, α⁻¹ I)`` has log evidence
+    ``L(α, β) = n/2 log β + D/2 log α − n/2 log 2π − β/2 ‖Fm − t‖² − α/2 ‖m‖² − 1/2 log|A|``
+    with ``A = αI + βFᵀF`` and ``m = βA⁻¹Fᵀt``. It is maximised over α, β by MacKay's fixed point
+    ``γ = Σᵢ βσᵢ²/(α + βσᵢ²)``, ``α ← γ/‖m‖²``, ``β ← (n − γ)/‖Fm − t‖²`` (σᵢ the singular values of F).
+    LogME is the mean over classes of ``max L / n``. One SVD serves every class and every iteration; the
+    classes are iterated together as vectors.
+    """
+    f = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
+    codes, _ = encode(y)
+    n, d = f.shape
+    u, s, _vt = np.linalg.svd(f, full_matrices=False)
+    sig2 = (s**2)[:, None]  # (r, 1)
+    r = len(s)
+    t = np.eye(codes.max() + 1)[codes]  # (n, K) one-hot
+    z = u.T @ t  # (r, K)
+    z2 = z**2
+    resid0 = np.clip(np.sum(t * t, axis=0) - z2.sum(axis=0), 0.0, None)  # part of t outside F's span
+    k = t.shape[1]
+    alpha = np.ones(k)
+    beta = np.ones(k)
+    for _ in range(max_iter):
+        denom = alpha + beta * sig2
+        gamma = np.sum(beta * sig2 / denom, axis=0)
+        mm = np.sum(beta**2 * sig2 * z2 / denom**2, axis=0)
+        res = np.sum(alpha**2 * z2 / denom**2, axis=0) + resid0
+        new_alpha = gamma / np.maximum(mm, 1e-300)
+        new_beta = (n - gamma) / np.maximum(res, 1e-300)
+        done = np.all(np.abs(np.log(new_alpha / alpha)) < tol) and np.all(np.abs(np.log(new_beta / beta)) < tol)
+        alpha, beta = new_alpha, new_beta
+        if done:
+            break
+    denom = alpha + beta * sig2
+    mm = np.sum(beta**2 * sig2 * z2 / denom**2, axis=0)
+    res = np.sum(alpha**2 * z2 / denom**2, axis=0) + resid0
+    logdet = np.sum(np.log(denom), axis=0) + (d - r) * np.log(alpha)
+    evidence = (n / 2 * np.log(beta) + d / 2 * np.log(alpha) - n / 2 * np.log(2 * np.pi)
+                - beta / 2 * res - alpha / 2 * mm - logdet / 2)
+    return float(np.mean(evidence / n))
+
+
+def leep(probs: np.ndarray, y: np.ndarray) -> float:
+    """LEEP of Nguyen, Hassner, Seeger & Archambeau, "LEEP: A New Measure to Evaluate Transferability of
+    Learned Representations" (ICML 2020), from the source model's class probabilities θ(x) (n × Z):
+    ``P̂(y, z) = 1/n Σᵢ θ(xᵢ)_z 1[yᵢ = y]``, ``P̂(y | z) = P̂(y, z)/P̂(z)``,
+    ``LEEP = 1/n Σᵢ log Σ_z P̂(yᵢ | z) θ(xᵢ)_z``. In (−∞, 0]; −H(Y) for an uninformative source."""
+    p = np.clip(np.asarray(probs, dtype=np.float64), 0.0, None)
+    p = p / np.maximum(p.sum(axis=1, keepdims=True), 1e-300)
+    codes, _ = encode(y)
+    n = len(codes)
+    onehot = np.eye(codes.max() + 1)[codes]
+    joint = onehot.T @ p / n  # (K, Z)
+    pz = joint.sum(axis=0)
+    cond = np.divide(joint, pz, out=np.zeros_like(joint), where=pz > 0)
+    eep = np.sum(cond[codes] * p, axis=1)
+    return float(np.mean(np.log(np.maximum(eep, 1e-300))))
+
+
+def nce(source_labels: np.ndarray, y: np.ndarray) -> float:
+    """Negative conditional entropy of Tran, Nguyen & Hassner, "Transferability and Hardness of Supervised
+    Classification Tasks" (ICCV 2019): ``NCE = −H(Y | Z) = Σ_{y,z} P̂(y, z) log P̂(y | z)`` with Z the source
+    model's predicted class. In [−H(Y), 0] (nats)."""
+    codes, _ = encode(y)
+    zc, _ = encode(source_labels)
+    n = len(codes)
+    joint = np.zeros((codes.max() + 1, zc.max() + 1))
+    np.add.at(joint, (codes, zc), 1.0 / n)
+    pz = joint.sum(axis=0, keepdims=True)
+    nz = joint > 0
+    return float(np.sum(joint[nz] * np.log((joint / np.broadcast_to(pz, joint.shape))[nz])))
+
+
+def label_entropy(y: np.ndarray) -> float:
+    """H(Y) of the empirical label distribution, in nats."""
+    codes, _ = encode(y)
+    p = np.bincount(codes) / len(codes)
+    p = p[p > 0]
+    return float(-np.sum(p * np.log(p)))
+
+
+def hscore(features: np.ndarray, y: np.ndarray) -> float:
+    """H-score of Bao, Li, Huang, Chen, Wang & Zheng, "An Information-theoretic Approach to Transferability in
+    Task Transfer Learning" (ICIP 2019): ``H(f) = tr(cov(f)⁺ cov(E[f | Y]))`` (population covariances,
+    pseudo-inverse). In [0, min(K − 1, rank)].
+
+    Computed through the thin SVD of the centred features ``F − μ = USVᵀ`` (rank r): then
+    ``H = Σ_k n_k ‖ū_k‖²`` with ū_k the mean of the rows of U in class k, which avoids the D × D inverse.
+    """
+    f = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
+    codes, _ = encode(y)
+    fc = f - f.mean(axis=0)
+    u, s, _vt = np.linalg.svd(fc, full_matrices=False)
+    if not len(s) or s[0] == 0:
+        return 0.0
+    # numpy.linalg.pinv's cut-off: singular values below max(n, D)·eps·σ_max are treated as zero
+    keep = s > max(fc.shape) * np.finfo(np.float64).eps * s[0]
+    u = u[:, keep]
+    k = codes.max() + 1
+    counts = np.bincount(codes, minlength=k).astype(np.float64)
+    sums = np.zeros((k, u.shape[1]))
+    np.add.at(sums, codes, u)
+    means = sums / np.maximum(counts, 1)[:, None]
+    return float(np.sum(counts * np.sum(means**2, axis=1)))
+
+
+def interleaved_folds(y: np.ndarray, k: int) -> np.ndarray:
+    """Stratified fold of each sample: its rank among the samples of its class, modulo ``k`` (deterministic;
+    the samples are already a seeded sample)."""
+    codes, _ = encode(y)
+    order = np.argsort(codes, kind="stable")
+    counts = np.bincount(codes)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.empty(len(codes), dtype=np.int64)
+    rank[order] = np.arange(len(codes)) - np.repeat(starts, counts)
+    return rank % k
+
+
+def ridge_probe_predictions(features: np.ndarray, y: np.ndarray, folds: np.ndarray,
+                            alpha: float = 1.0) -> np.ndarray:
+    """Held-out predictions (label codes) of a linear probe: per fold, features standardised on the training
+    part, then a ridge least-squares classifier on ±1 targets (scikit-learn's ``RidgeClassifier`` after a
+    ``StandardScaler``), predicted class the highest score. Solved in the primal or the dual, whichever is
+    smaller."""
+    f = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
+    codes, _ = encode(y)
+    out = np.full(len(codes), -1, dtype=np.int64)
+    for fold in np.unique(folds):
+        te = folds == fold
+        tr = ~te
+        classes = np.unique(codes[tr])
+        if len(classes) < 2:
+            out[te] = classes[0]
+            continue
+        mu = f[tr].mean(axis=0)
+        sd = f[tr].std(axis=0)
+        sd[sd == 0] = 1.0  # as StandardScaler: constant features are left unscaled
+        xtr = (f[tr] - mu) / sd
+        xte = (f[te] - mu) / sd
+        if len(classes) == 2:  # one ±1 column, as scikit-learn's LabelBinarizer does for two classes
+            t = np.where(codes[tr] == classes[1], 1.0, -1.0)[:, None]
+        else:
+            t = np.where(codes[tr][:, None] == classes[None, :], 1.0, -1.0)
+        tmean = t.mean(axis=0)
+        tc = t - tmean
+        ntr, d = xtr.shape
+        if d <= ntr:
+            w = np.linalg.solve(xtr.T @ xtr + alpha * np.eye(d), xtr.T @ tc)
+        else:
+            w = xtr.T @ np.linalg.solve(xtr @ xtr.T + alpha * np.eye(ntr), tc)
+        score = xte @ w + tmean
+        if len(classes) == 2:
+            out[te] = np.where(score[:, 0] > 0, classes[1], classes[0])
+        else:
+            out[te] = classes[np.argmax(score, axis=1)]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ filters
+
+
+def histogram_divergences(a: np.ndarray, b: np.ndarray, bins: int,
+                          pseudo_count: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """KL(a‖b) and Jensen–Shannon divergence (nats) between the distributions of each column of ``a`` and of
+    ``b``, estimated by histograms on shared equal-width bins spanning both samples, with ``pseudo_count``
+    added to every bin (so that an empty bin does not make KL infinite)."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    kl = np.zeros(a.shape[1])
+    js = np.zeros(a.shape[1])
+    for j in range(a.shape[1]):  # a handful of columns (9 filter coefficients), not samples
+        lo = min(a[:, j].min(), b[:, j].min())
+        hi = max(a[:, j].max(), b[:, j].max())
+        if hi <= lo:
+            continue
+        edges = np.linspace(lo, hi, bins + 1)
+        p = np.histogram(a[:, j], edges)[0] + pseudo_count
+        q = np.histogram(b[:, j], edges)[0] + pseudo_count
+        p = p / p.sum()
+        q = q / q.sum()
+        m = (p + q) / 2
+        kl[j] = np.sum(p * np.log(p / q))
+        js[j] = 0.5 * np.sum(p * np.log(p / m)) + 0.5 * np.sum(q * np.log(q / m))
+    return kl, js
+
+
+def filter_basis(filters: np.ndarray) -> np.ndarray:
+    """Orthonormal basis (rows) of the 3×3 filter space from the SVD of the pooled, flattened filters: the
+    "eigen-filters" in which Gavrikov & Keuper (CNN Filter DB, CVPR 2022) compare filter distributions."""
+    _u, _s, vt = np.linalg.svd(np.asarray(filters, dtype=np.float64), full_matrices=True)
+    return vt

@@ -1,0 +1,144 @@
+"""``transfer.transferability``: how well a model's features (and its own class probabilities) suit a target
+labelled task, estimated without fine-tuning.
+
+- LogME: You et al., "LogME: Practical Assessment of Pre-trained Models for Transfer Learning" (ICML 2021).
+- LEEP: Nguyen et al., "LEEP: A New Measure to Evaluate Transferability of Learned Representations" (ICML 2020).
+- NCE: Tran, Nguyen & Hassner, "Transferability and Hardness of Supervised Classification Tasks" (ICCV 2019).
+- H-score: Bao et al., "An Information-theoretic Approach to Transferability in Task Transfer Learning"
+  (ICIP 2019).
+- Linear probe: cross-validated accuracy of a ridge classifier on the standardised features (the linear
+  evaluation protocol used throughout representation-learning papers).
+
+Formulas are in :mod:`auditor_transfer.stats`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from auditor import AuditContext, Check, CheckResult, ModelHandle, Need, Param, SkipCheck
+from auditor_transfer.common import SPATIAL_PARAM, as_vectors, data_for, forward, jsonable, resolve_layers
+from auditor_transfer.stats import (
+    encode,
+    hscore,
+    interleaved_folds,
+    label_entropy,
+    leep,
+    logme,
+    nce,
+    ridge_probe_predictions,
+)
+
+
+class Transferability(Check):
+    """LogME, LEEP, NCE, H-score and linear-probe accuracy of the model's features on the audit data's labels
+    (the target task; its classes need not be the model's), and the same for each reference model so that
+    candidates can be ranked.
+
+    Ranges, so that a gate threshold can be chosen: ``leep`` and ``nce`` lie in [−label_entropy, 0] (the lower
+    end is an uninformative source, 0 a perfect one; LEEP can fall below for a confidently wrong source);
+    ``hscore`` in [0, hscore_max]; ``probe_accuracy`` in [0, 1] against ``chance_accuracy``; ``logme`` is a
+    per-sample log evidence (higher is better, only comparable between models on the same target data).
+    """
+
+    name = "transfer.transferability"
+    description = ("LogME, LEEP, NCE, H-score and cross-validated linear-probe accuracy of a layer's features "
+                   "for the target labels of the audit data (and for each reference model).")
+    params = [
+        Param(name="layer", type="string", default="penultimate",
+              description="Feature layer: 'penultimate' or a tensor name."),
+        Param(name="reference_layer", type="string", default=None, nullable=True,
+              description="Feature layer of the references; null: 'layer' if the reference has that tensor, "
+                          "else its penultimate features."),
+        Param(name="limit", type="integer", default=2000, minimum=10,
+              description="Samples used (stratified, seeded)."),
+        Param(name="folds", type="integer", default=5, minimum=2, description="Folds of the linear probe."),
+        Param(name="probe_alpha", type="number", default=1.0, minimum=0,
+              description="Ridge penalty of the linear probe (on standardised features)."),
+        Param(name="include_references", type="boolean", default=True,
+              description="Also score each reference model, under by_model."),
+        SPATIAL_PARAM,
+    ]
+    needs = frozenset({Need.DATA, Need.LABELS})
+    metrics_doc = {
+        "logme": "LogME (You et al. 2021): mean over target classes of the maximised log evidence per sample of "
+                 "Bayesian linear regression from the features to the one-hot label; higher is better; "
+                 "unbounded (typically −2..2), compare between models on the same data only",
+        "leep": "LEEP (Nguyen et al. 2020) from the model's own class probabilities; ≤ 0, higher is better; "
+                "−label_entropy for an uninformative model, 0 for a perfect one",
+        "nce": "negative conditional entropy −H(Y|Z) of the target label given the model's predicted class "
+               "(Tran et al. 2019); in [−label_entropy, 0], higher is better",
+        "hscore": "H-score tr(cov(f)⁺ cov(E[f|Y])) (Bao et al. 2019); in [0, hscore_max], higher is better",
+        "hscore_max": "upper bound of hscore: min(classes − 1, feature rank)",
+        "probe_accuracy": "cross-validated accuracy of a ridge linear probe on the standardised features; 0..1",
+        "chance_accuracy": "share of the most frequent target class (what a constant guess scores)",
+        "label_entropy": "entropy H(Y) of the target labels in nats (the scale of leep and nce)",
+        "n": "samples", "n_classes": "target classes", "feature_dim": "length of the feature vector",
+        "layer": "the feature tensor",
+        "by_model": "the same scores for 'model' and each reference, by name",
+    }
+
+    def run(self, ctx: AuditContext) -> CheckResult:
+        """Score the model (and the references) on one stratified sample."""
+        p = ctx.params
+        sample = ctx.sample(int(p["limit"]))
+        if sample.y is None:
+            raise SkipCheck("needs labels (data.y)")
+        codes, classes = encode(sample.y)
+        if len(classes) < 2:
+            raise SkipCheck("the target labels have a single class")
+        notes = list(sample.notes[-1:]) if sample is not ctx.data else []
+        models: dict[str, tuple[ModelHandle, str]] = {"model": (ctx.model, str(p["layer"]))}
+        if p["include_references"]:
+            for name, ref in ctx.references.items():
+                models[name] = (ref, self._reference_layer(ref, str(p["layer"]), p["reference_layer"], notes,
+                                                           name))
+        base = {"n": int(sample.n), "n_classes": len(classes), "label_entropy": label_entropy(codes),
+                "chance_accuracy": float(np.bincount(codes).max() / len(codes))}
+        folds = interleaved_folds(codes, int(p["folds"]))
+        by_model: dict[str, dict[str, Any]] = {}
+        for name, (model, layer) in models.items():
+            ctx.check_cancelled()
+            tensor = resolve_layers(model, layer, 1)[0]
+            data = sample if model is ctx.model else data_for(sample, model)
+            fp = forward(model, data.x, [tensor], y=sample.y)
+            feats = as_vectors(fp.layers[tensor], sample.n, str(p["spatial"]))
+            out: dict[str, Any] = {"layer": tensor, "feature_dim": int(feats.shape[1])}
+            out["logme"] = logme(feats, codes)
+            out["hscore"] = hscore(feats, codes)
+            rank = int(np.linalg.matrix_rank(feats - feats.mean(axis=0)))
+            out["hscore_max"] = min(len(classes) - 1, rank)
+            if rank >= sample.n - 1:
+                notes.append(f"{name}: the features have as many dimensions as samples; hscore saturates at "
+                             f"its maximum (use more samples or spatial: mean)")
+            pred = ridge_probe_predictions(feats, codes, folds, float(p["probe_alpha"]))
+            out["probe_accuracy"] = float(np.mean(pred == codes))
+            probs = fp.predictions.probs
+            if probs is not None and fp.predictions.labels is not None:
+                out["leep"] = leep(probs, codes)
+                out["nce"] = nce(fp.predictions.labels, codes)
+            else:
+                notes.append(f"{name}: not a classifier, so no leep/nce")
+            by_model[name] = jsonable(out)
+        metrics: dict[str, Any] = {**base, **by_model["model"]}
+        if len(by_model) > 1:
+            metrics["by_model"] = by_model
+        notes.append(f"linear probe: ridge (alpha {p['probe_alpha']}) on standardised features, "
+                     f"{p['folds']} stratified folds")
+        return CheckResult(metrics=jsonable(metrics), notes=notes)
+
+    @staticmethod
+    def _reference_layer(ref: ModelHandle, layer: str, reference_layer: str | None, notes: list[str],
+                         name: str) -> str:
+        if reference_layer is not None:
+            return reference_layer
+        if layer == "penultimate":
+            return layer
+        try:
+            ref.layer_names([layer])
+            return layer
+        except ValueError:
+            notes.append(f"{name}: has no tensor '{layer}'; its penultimate features are used")
+            return "penultimate"
