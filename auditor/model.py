@@ -99,6 +99,7 @@ class ModelHandle:
         self._lock = threading.RLock()
         self._batch_mode: str | None = None
         self._fixed_batch: int | None = None
+        self._io_binding: bool | None = None
         self._load()
 
     # ------------------------------------------------------------------------------------------ loading
@@ -317,14 +318,26 @@ class ModelHandle:
                                 f"fractional values")
         return x.astype(dt, copy=False)
 
+    @property
+    def use_io_binding(self) -> bool:
+        """IO binding on CUDA: inputs are copied to the GPU once per batch and outputs allocated there, instead
+        of ONNX Runtime staging every tensor through host buffers. (Settable, so tests can exercise the path
+        on the CPU.)"""
+        return self._io_binding if self._io_binding is not None else self.provider == CUDA
+
+    @use_io_binding.setter
+    def use_io_binding(self, value: bool) -> None:
+        self._io_binding = value
+
     def _raw(self, sess: ort.InferenceSession, names: list[str], feed: dict[str, np.ndarray]) -> list[Any]:
-        if self.provider == CUDA:
-            # IO binding: inputs go to the GPU once, outputs are allocated there and copied back once.
+        if self.use_io_binding:
+            device = "cuda" if self.provider == CUDA else "cpu"
+            device_id = int(self.config.device.split(":", 1)[1]) if ":" in self.config.device else 0
             binding = sess.io_binding()
             for k, v in feed.items():
                 binding.bind_cpu_input(k, np.ascontiguousarray(v))
             for n in names:
-                binding.bind_output(n, "cuda")
+                binding.bind_output(n, device, device_id if device == "cuda" else 0)
             sess.run_with_iobinding(binding)
             return list(binding.copy_outputs_to_cpu())
         return sess.run(names, feed)

@@ -314,3 +314,16 @@ def test_missing_singleton_channel_is_added(tmp_path: Path) -> None:
     fitted = fit_to_model(ds3, m.input.shape, "x", "m.onnx")
     assert fitted.x.shape == (5, 3, 8, 8) and "singleton" in fitted.notes[-1]
     np.testing.assert_allclose(m.predict(fitted.x), _conv_reference(x.reshape(5, 3, 8, 8), k), rtol=1e-4, atol=1e-5)
+
+
+def test_io_binding_path_gives_the_same_outputs(tmp_path: Path) -> None:
+    """The IO-binding path used on CUDA, exercised on the CPU provider: same numbers as plain run()."""
+    w = mlp_weights()
+    m = handle(write_mlp(tmp_path / "m.onnx", w))
+    x, _ = blobs(100, w=w)
+    plain = m.run(x, ["probs", "hr"])
+    m.use_io_binding = True
+    bound = m.run(x, ["probs", "hr"], batch_size=33)
+    for k in plain:
+        np.testing.assert_allclose(bound[k], plain[k], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(bound["probs"], mlp_numpy(x, w), rtol=1e-4, atol=1e-5)
