@@ -1,0 +1,233 @@
+"""``sparsity.activations``: dead units, activation sparsity, feature rank, and neural collapse."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from auditor import AuditContext, Check, CheckResult, Finding, Need, Param, SkipCheck
+from auditor_sparsity.spectral import effective_rank
+
+# Nonlinearities whose outputs are "units that fire" (the default layers).
+ACTIVATION_OPS = frozenset({"Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Gelu", "Clip", "HardSwish",
+                            "HardSigmoid", "Softplus", "Mish", "ThresholdedRelu", "Sigmoid", "Tanh"})
+
+
+def unit_axis(ndim: int, layout: str | None, override: int | None) -> int:
+    """The axis that indexes units: the given one; else 1 for (N, D) and for image tensors in NCHW, the last
+    axis for (N, T, D) sequences and NHWC images."""
+    if override is not None:
+        return override % ndim
+    if ndim == 3 or (ndim >= 4 and layout == "NHWC"):
+        return ndim - 1
+    return 1
+
+
+def unit_view(a: np.ndarray, axis: int) -> np.ndarray:
+    """``(N, positions, units)``: every other axis (spatial, sequence) becomes positions."""
+    moved = np.moveaxis(a, axis, -1)
+    return moved.reshape(moved.shape[0], -1, moved.shape[-1])
+
+
+def feature_rank(features: np.ndarray, fraction: float = 0.99) -> tuple[float, int]:
+    """Effective rank (Roy & Vetterli 2007) of the centred ``(N, D)`` feature matrix's singular values, and
+    the number of principal components explaining ``fraction`` of the variance (the feature rank of
+    Andriushchenko et al., "Sharpness-Aware Minimization Leads to Low-Rank Features", NeurIPS 2023)."""
+    x = np.asarray(features, dtype=np.float64)
+    x = x - x.mean(axis=0)
+    s = np.linalg.svd(x, compute_uv=False)
+    var = s**2
+    total = var.sum()
+    if total <= 0:
+        return 0.0, 0
+    cum = np.cumsum(var) / total
+    return effective_rank(s), min(int(np.searchsorted(cum, fraction, side="left")) + 1, len(s))
+
+
+def neural_collapse(h: np.ndarray, y: np.ndarray, head: np.ndarray | None = None) -> dict[str, float | int | None]:
+    """Neural collapse measures of Papyan, Han & Donoho, "Prevalence of neural collapse during the terminal
+    phase of deep learning training" (PNAS 2020), on features ``h`` (N, D) with class indices ``y``:
+
+    * ``nc1`` = Tr(Σ_W Σ_B^†) / C, with Σ_W = (1/N) Σ_i (h_i - μ_{y_i})(h_i - μ_{y_i})^T and
+      Σ_B = (1/C) Σ_c (μ_c - μ_G)(μ_c - μ_G)^T (within-class variability relative to between-class);
+    * ``equinorm_cv`` = std / mean of ||μ_c - μ_G||;
+    * ``equiangular_std`` = std of cos(μ_c - μ_G, μ_c' - μ_G) over c ≠ c';
+    * ``etf_distance`` = || M^T M / ||M^T M||_F - (I - 11^T/C) / ||I - 11^T/C||_F ||_F with M the centred class
+      means (0 for a simplex equiangular tight frame);
+    * ``nc3_self_duality`` (when the head ``W`` (C, D) is given) = || W / ||W||_F - M^T / ||M||_F ||_F.
+
+    Only the classes present in ``y`` count (``C`` of them, at least 2).
+    """
+    h = np.asarray(h, dtype=np.float64)
+    classes = np.unique(y)
+    c = len(classes)
+    inv = np.searchsorted(classes, y)
+    counts = np.bincount(inv, minlength=c).astype(np.float64)
+    means = np.zeros((c, h.shape[1]))
+    np.add.at(means, inv, h)
+    means /= counts[:, None]
+    mu_g = h.mean(axis=0)
+    centred = means - mu_g  # (C, D): rows are the centred class means
+    within = h - means[inv]
+    sigma_w = within.T @ within / len(h)
+    sigma_b = centred.T @ centred / c
+    nc1 = float(np.trace(sigma_w @ np.linalg.pinv(sigma_b, hermitian=True)) / c)
+    norms = np.linalg.norm(centred, axis=1)
+    out: dict[str, float | int | None] = {
+        "classes": c,
+        "nc1": nc1,
+        "equinorm_cv": float(norms.std() / norms.mean()) if norms.mean() > 0 else None,
+    }
+    if np.all(norms > 0):
+        unit = centred / norms[:, None]
+        cos = unit @ unit.T
+        off = cos[~np.eye(c, dtype=bool)]
+        out["equiangular_std"] = float(off.std())
+        out["mean_cosine"] = float(off.mean())
+    gram = centred @ centred.T
+    etf = np.eye(c) - np.ones((c, c)) / c
+    gn = np.linalg.norm(gram)
+    out["etf_distance"] = float(np.linalg.norm(gram / gn - etf / np.linalg.norm(etf))) if gn > 0 else None
+    if head is not None and head.shape == centred.shape and np.linalg.norm(centred) > 0:
+        w = head / np.linalg.norm(head)
+        out["nc3_self_duality"] = float(np.linalg.norm(w - centred / np.linalg.norm(centred)))
+    return out
+
+
+class Activations(Check):
+    """Dead units, zero activations and feature rank per layer; neural collapse of the penultimate features.
+
+    For each layer (default: every nonlinearity's output) on a seeded sample of the data, with units on the
+    channel axis of image tensors and the last axis of sequences (other axes are positions):
+
+    * ``dead_units``: units never active, i.e. ``max over samples and positions <= active_threshold`` (dead
+      ReLUs; "AP: Selective Activation…" and "Using Degeneracy in the Loss Landscape…" count them);
+    * ``zero_fraction``: share of exact zeros among all activation values;
+    * ``effective_rank`` / ``rank_99``: of the centred (N, units) feature matrix, positions averaged
+      (Andriushchenko et al. 2023: SAM lowers this feature rank).
+
+    With labels, the penultimate features (the input of the classifier head) get the neural collapse measures
+    of Papyan et al. (2020), see :func:`neural_collapse`.
+    """
+
+    name = "sparsity.activations"
+    description = ("Per layer on the data: dead units (never active), fraction of zero activations, effective "
+                   "rank of the features; neural collapse of the penultimate features when labels are given.")
+    params = [
+        Param(name="layers", type=("string", "array"), items="string", default="activations",
+              description="'activations' (outputs of nonlinearities), 'every', 'penultimate', or tensor names."),
+        Param(name="limit", type="integer", default=1000, minimum=2, description="Samples used (seeded, stratified)."),
+        Param(name="active_threshold", type="number", default=0.0,
+              description="A unit is active on an input when its value exceeds this."),
+        Param(name="unit_axis", type="integer", default=None, nullable=True,
+              description="Axis of the units in every layer (default: 1, or the last for sequences / NHWC)."),
+        Param(name="max_indices", type="integer", default=100, minimum=0,
+              description="At most this many dead-unit indices listed per layer."),
+    ]
+    needs = frozenset({Need.DATA})
+    metrics_doc = {
+        "layers": "per tensor: op_type, units, dead_units, dead_fraction, dead_unit_indices, zero_fraction, "
+                  "effective_rank, rank_99",
+        "units": "units over all layers",
+        "dead_units": "dead units over all layers",
+        "dead_fraction": "dead_units / units",
+        "max_dead_fraction": "largest per-layer dead fraction",
+        "zero_fraction": "share of zero activation values over all layers",
+        "samples": "samples used",
+        "neural_collapse": "on the penultimate features with labels: classes, nc1, equinorm_cv, "
+                           "equiangular_std, mean_cosine, etf_distance, nc3_self_duality",
+    }
+
+    def _layers(self, ctx: AuditContext) -> list[str]:
+        which = ctx.params["layers"]
+        if which == "activations":
+            g = ctx.model.base.graph
+            return [n.output[0] for n in g.node if n.op_type in ACTIVATION_OPS and n.output and n.output[0]]
+        try:
+            return ctx.model.layer_names(which)
+        except ValueError as exc:
+            raise SkipCheck(str(exc)) from None
+
+    def run(self, ctx: AuditContext) -> CheckResult:
+        """One batched forward pass gathers every layer and the penultimate features."""
+        data = ctx.sample(int(ctx.params["limit"]))
+        names = self._layers(ctx)
+        pen = ctx.model.penultimate()
+        labels: np.ndarray | None = None
+        if data.y is not None and pen is not None:
+            labels = ctx.labels(data)
+        wanted = list(dict.fromkeys(names + ([pen] if labels is not None and pen is not None else [])))
+        if not wanted:
+            raise SkipCheck("no layers to analyse (no nonlinearity in the model; set layers:)")
+        acts = ctx.activations(wanted, data=data)
+        ops = {n.output[0]: n.op_type for n in ctx.model.proto.graph.node if n.output}
+        override = ctx.params["unit_axis"]
+        limit = int(ctx.params["max_indices"])
+        thr = float(ctx.params["active_threshold"])
+        layers: dict[str, Any] = {}
+        tot_units = tot_dead = 0
+        zeros = values = 0
+        findings: list[Finding] = []
+        for name in names:
+            ctx.check_cancelled()
+            a = np.asarray(acts[name])
+            if a.ndim < 2 or a.dtype.kind != "f":
+                continue
+            axis = unit_axis(a.ndim, ctx.model.layout, override)
+            v = unit_view(a, axis)
+            dead = v.max(axis=(0, 1)) <= thr
+            feats = v.mean(axis=1)
+            erank, r99 = feature_rank(feats)
+            nz = int(np.count_nonzero(a))
+            layers[name] = {
+                "op_type": ops.get(name),
+                "shape": list(a.shape[1:]),
+                "units": int(v.shape[2]),
+                "dead_units": int(dead.sum()),
+                "dead_fraction": float(dead.mean()),
+                "dead_unit_indices": np.flatnonzero(dead)[:limit].tolist(),
+                "zero_fraction": float((a.size - nz) / a.size),
+                "effective_rank": erank,
+                "rank_99": r99,
+            }
+            tot_units += int(v.shape[2])
+            tot_dead += int(dead.sum())
+            zeros += a.size - nz
+            values += a.size
+            if dead.all():
+                findings.append(Finding(message=f"every unit of '{name}' is dead on the data", severity="warn",
+                                        location=name))
+        metrics: dict[str, Any] = {"samples": int(data.n), "layers": layers}
+        if layers:
+            metrics.update({
+                "units": tot_units, "dead_units": tot_dead, "dead_fraction": tot_dead / tot_units,
+                "max_dead_fraction": max(e["dead_fraction"] for e in layers.values()),
+                "zero_fraction": zeros / values,
+            })
+        notes = list(data.notes[-1:]) if data.n < (ctx.data.n if ctx.data else 0) else []
+        if labels is not None and pen is not None:
+            known = labels >= 0
+            feats = np.asarray(acts[pen])[known]
+            feats = feats.reshape(len(feats), -1)
+            if len(np.unique(labels[known])) >= 2:
+                metrics["neural_collapse"] = {"features": pen, **neural_collapse(feats, labels[known],
+                                                                                 _head(ctx, pen, labels[known]))}
+            else:
+                notes.append("neural collapse needs at least two classes in the sample")
+        elif pen is None:
+            notes.append("no penultimate layer found: neural collapse not measured")
+        return CheckResult(metrics=metrics, findings=findings, notes=notes)
+
+
+def _head(ctx: AuditContext, pen: str, y: np.ndarray) -> np.ndarray | None:
+    """The classifier head's weights as (classes present, features), for the self-duality measure."""
+    from auditor_sparsity.weights import decode, find_layer_weights
+
+    head = next((lw for lw in reversed(find_layer_weights(ctx.model)) if lw.data_input == pen), None)
+    if head is None or head.kind != "matrix" or len(head.shape) != 2:
+        return None
+    w = decode(head, ctx.model.read_weight(head.ref), slice(None)).astype(np.float64)
+    if head.out_axis == 1:
+        w = w.T
+    return w[np.unique(y)] * head.alpha

@@ -1,0 +1,167 @@
+"""``sparsity.filters``: degenerate convolution filters, after Gavrikov & Keuper, "CNN Filter DB: An Empirical
+Investigation of Trained Convolutional Filters" (CVPR 2022)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from auditor import AuditContext, Check, CheckResult, Finding, Param, SkipCheck
+from auditor_sparsity.stats import weight_stats
+from auditor_sparsity.weights import LayerWeight, find_layer_weights
+
+
+class _SliceScatter:
+    """Running sum and scatter matrix of the ``kh·kw`` kernel slices of a conv layer (one pass)."""
+
+    def __init__(self, lw: LayerWeight, k: int) -> None:
+        self.lw = lw
+        self.n = 0
+        self.sum = np.zeros(k)
+        self.scatter = np.zeros((k, k))
+        self.k = k
+
+    def __call__(self, rows: slice, v: np.ndarray) -> None:
+        x = np.transpose(v, self.lw.perm).reshape(-1, self.k).astype(np.float64)
+        self.n += x.shape[0]
+        self.sum += x.sum(axis=0)
+        self.scatter += x.T @ x
+
+    def variance_ratios(self) -> np.ndarray:
+        """Explained-variance ratios of the principal components of the centred slices, descending."""
+        mean = self.sum / max(self.n, 1)
+        cov = self.scatter - self.n * np.outer(mean, mean)
+        lam = np.clip(np.linalg.eigvalsh(cov)[::-1], 0.0, None)
+        total = lam.sum()
+        return lam / total if total > 0 else np.zeros_like(lam)
+
+
+def variance_entropy(ratios: np.ndarray) -> float:
+    """Shannon entropy of the explained-variance ratios, normalised by ``log(k)`` to ``[0, 1]``: 0 when all
+    kernel slices vary along one direction (no diversity), 1 when they spread evenly over all ``k``
+    directions (as random, untrained filters do). CNN Filter DB's "variance entropy"; 0 if all slices are
+    equal."""
+    p = ratios[ratios > 0]
+    if p.size == 0:
+        return 0.0
+    return float(-np.sum(p * np.log(p)) / np.log(len(ratios)))
+
+
+class DegenerateFilters(Check):
+    """All-zero, near-zero and constant output filters of every convolution, and the variance entropy of
+    3×3 kernels.
+
+    A filter is the kernel ``W[o]`` of one output channel (``in/groups × kh × kw``). Categories, disjoint in
+    this order (Gavrikov & Keuper 2022, §4: "degenerated" filters):
+
+    * zero: ``max |W[o]| == 0``;
+    * near-zero: ``max |W[o]| < near_zero_ratio · max |W|`` (the paper's sparsity criterion, 1 % of the
+      layer's largest magnitude);
+    * constant: ``max W[o] - min W[o] <= constant_tol · max |W|`` (zero variance: the filter only averages).
+
+    ``degenerate_fraction`` = degenerate filters / filters. For 3×3 kernels the variance entropy is
+    ``H = -Σ_i λ_i log λ_i / log 9`` with ``λ_i`` the explained-variance ratios of the PCA of all the layer's
+    ``out × in`` 3×3 slices (as flattened 9-vectors, centred); low values flag filters collapsed onto few
+    patterns, values near 1 random-looking ones.
+    """
+
+    name = "sparsity.filters"
+    description = ("Per convolution: all-zero, near-zero and constant (zero-variance) output filters, their "
+                   "indices, and the variance entropy of 3×3 kernels (CNN Filter DB); weights only.")
+    params = [
+        Param(name="near_zero_ratio", type="number", default=0.01, minimum=0, maximum=1,
+              description="A filter is near-zero when its max |w| is below this fraction of the layer's max |w|."),
+        Param(name="constant_tol", type="number", default=0.0, minimum=0,
+              description="A filter is constant when max - min <= constant_tol x the layer's max |w|."),
+        Param(name="max_indices", type="integer", default=1000, minimum=0,
+              description="At most this many filter indices listed per category and layer."),
+    ]
+    needs = frozenset()
+    metrics_doc = {
+        "layers": "per conv weight (keyed by initializer name): node, filters, zero_filters, near_zero_filters, "
+                  "constant_filters, degenerate_filters, degenerate_fraction, *_indices, kernel, "
+                  "variance_entropy (3×3 kernels only), variance_ratios",
+        "conv_layers": "number of conv layers audited",
+        "filters": "output filters over all conv layers",
+        "zero_filters": "all-zero filters over all layers",
+        "near_zero_filters": "near-zero (not all-zero) filters over all layers",
+        "constant_filters": "constant (not zero / near-zero) filters over all layers",
+        "degenerate_filters": "zero + near-zero + constant filters",
+        "degenerate_fraction": "degenerate_filters / filters",
+        "max_degenerate_fraction": "largest per-layer degenerate fraction",
+        "min_variance_entropy": "lowest 3×3 variance entropy over the layers (absent without 3×3 kernels)",
+    }
+
+    def run(self, ctx: AuditContext) -> CheckResult:
+        """One pass per conv weight."""
+        convs = [lw for lw in find_layer_weights(ctx.model) if lw.kind == "conv"]
+        if not convs:
+            raise SkipCheck("the model has no convolution weights")
+        ratio, tol = float(ctx.params["near_zero_ratio"]), float(ctx.params["constant_tol"])
+        limit = int(ctx.params["max_indices"])
+        layers: dict[str, Any] = {}
+        findings: list[Finding] = []
+        tot = {"filters": 0, "zero": 0, "near": 0, "const": 0}
+        entropies: list[float] = []
+        for k, lw in enumerate(convs):
+            ctx.report_progress(k, len(convs), lw.name)
+            kernel = list(lw.layer_shape[2:])
+            ksize = int(np.prod(kernel)) if kernel else 1
+            scatter = _SliceScatter(lw, ksize) if kernel == [3, 3] else None
+            st = weight_stats(ctx.model, lw, per_output=True, check=ctx.check_cancelled, on_chunk=scatter)
+            assert st.out_max_abs is not None and st.out_min is not None and st.out_max is not None
+            top = st.max_abs
+            zero = st.out_max_abs == 0
+            near = ~zero & (st.out_max_abs < ratio * top)
+            const = ~zero & ~near & ((st.out_max - st.out_min) <= tol * top)
+            n = int(zero.size)
+            degenerate = int(zero.sum() + near.sum() + const.sum())
+            entry: dict[str, Any] = {
+                "node": lw.node,
+                "op_type": lw.op_type,
+                "kernel": kernel,
+                "filters": n,
+                "zero_filters": int(zero.sum()),
+                "zero_filter_indices": np.flatnonzero(zero)[:limit].tolist(),
+                "near_zero_filters": int(near.sum()),
+                "near_zero_filter_indices": np.flatnonzero(near)[:limit].tolist(),
+                "constant_filters": int(const.sum()),
+                "constant_filter_indices": np.flatnonzero(const)[:limit].tolist(),
+                "degenerate_filters": degenerate,
+                "degenerate_fraction": degenerate / n if n else 0.0,
+            }
+            if scatter is not None:
+                ratios = scatter.variance_ratios()
+                entry["variance_ratios"] = [float(r) for r in ratios]
+                entry["variance_entropy"] = variance_entropy(ratios)
+                entropies.append(entry["variance_entropy"])
+            layers[lw.name] = entry
+            tot["filters"] += n
+            tot["zero"] += entry["zero_filters"]
+            tot["near"] += entry["near_zero_filters"]
+            tot["const"] += entry["constant_filters"]
+            if n and degenerate == n:
+                findings.append(Finding(message=f"every filter of '{lw.node}' is degenerate", severity="warn",
+                                        location=lw.name))
+            elif degenerate:
+                findings.append(Finding(message=f"{degenerate} of {n} filters of '{lw.node}' are degenerate",
+                                        severity="info", location=lw.name,
+                                        data={"zero": entry["zero_filters"], "near_zero": entry["near_zero_filters"],
+                                              "constant": entry["constant_filters"]}))
+        deg = tot["zero"] + tot["near"] + tot["const"]
+        metrics: dict[str, Any] = {
+            "conv_layers": len(convs),
+            "filters": tot["filters"],
+            "zero_filters": tot["zero"],
+            "near_zero_filters": tot["near"],
+            "constant_filters": tot["const"],
+            "degenerate_filters": deg,
+            "degenerate_fraction": deg / tot["filters"] if tot["filters"] else 0.0,
+            "max_degenerate_fraction": max(e["degenerate_fraction"] for e in layers.values()),
+            "layers": layers,
+        }
+        if entropies:
+            metrics["min_variance_entropy"] = min(entropies)
+        return CheckResult(metrics=metrics, findings=findings,
+                           notes=[f"near-zero: max |w| < {ratio:g} x layer max; constant: range <= {tol:g} x max"])

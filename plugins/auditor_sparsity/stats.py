@@ -1,0 +1,153 @@
+"""One streaming pass over a layer weight: zero counts, norms and per-filter / per-channel reductions.
+
+Everything is accumulated chunk by chunk (see :func:`auditor_sparsity.weights.iter_chunks`), so the working
+set is bounded by the chunk size whatever the size of the tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from auditor.model import ModelHandle
+from auditor_sparsity.weights import LayerWeight, iter_chunks
+
+
+def pq_index(l1: float, l2sq: float, d: int) -> float | None:
+    """PQ index with p = 1, q = 2 (Diao et al., "Pruning Deep Neural Networks from a Sparsity Perspective",
+    ICLR 2023): ``PQ(w) = 1 - d^(1/q - 1/p) * ||w||_p / ||w||_q = 1 - ||w||_1 / (sqrt(d) * ||w||_2)``.
+
+    0 for a vector whose entries all have the same magnitude, ``1 - 1/sqrt(d)`` for a single non-zero entry;
+    larger means sparser. ``None`` for an all-zero vector (undefined).
+    """
+    if d <= 0 or l2sq <= 0:
+        return None
+    return float(1.0 - l1 / (np.sqrt(d) * np.sqrt(l2sq)))
+
+
+class _Acc:
+    """A reduction over the axes not in ``keep``, combined across chunks of the stored first axis."""
+
+    def __init__(self, shape: tuple[int, ...], keep: tuple[int, ...], fill: float | bool,
+                 reduce: Callable[..., np.ndarray], combine: Callable[..., np.ndarray], dtype: type) -> None:
+        self.keep = keep
+        self.reduce = reduce
+        self.combine = combine
+        self.arr: np.ndarray = np.full(tuple(shape[a] for a in keep), fill, dtype=dtype)
+
+    def add(self, rows: slice, x: np.ndarray) -> None:
+        red = tuple(a for a in range(x.ndim) if a not in self.keep)
+        part = self.reduce(x, axis=red) if red else x
+        if self.keep and self.keep[0] == 0:
+            # the chunk covers its own rows of the kept first axis: nothing to combine
+            self.arr[rows] = part
+        else:
+            self.combine(self.arr, part, out=self.arr)
+
+
+@dataclass
+class WeightStats:
+    """What one pass over a layer weight gives.
+
+    ``nonzero_out_in`` is ``any(w != 0)`` over the kernel axes with the (output, input) axes kept, as stored
+    (for a grouped conv the input axis is the channel within its group; for a transposed conv the output
+    axis is); ``out_max_abs`` / ``out_min`` / ``out_max`` are reductions per stored output index.
+    """
+
+    lw: LayerWeight
+    size: int
+    zeros: int
+    near_zero: int
+    l1: float
+    l2sq: float
+    max_abs: float
+    nonzero_out_in: np.ndarray
+    out_max_abs: np.ndarray | None = None
+    out_min: np.ndarray | None = None
+    out_max: np.ndarray | None = None
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of exact zeros."""
+        return self.zeros / self.size if self.size else 0.0
+
+    def zero_outputs(self) -> np.ndarray:
+        """Indices of outputs (conv output filters, matrix output units) whose weights are all zero."""
+        nz = self.nonzero_out_in
+        lw = self.lw
+        if lw.kind == "conv_transpose" and lw.groups > 1:
+            mg, c = nz.shape
+            per = nz.reshape(mg, lw.groups, c // lw.groups).any(axis=2)  # (out within group, group)
+            return np.flatnonzero(~per.T.reshape(-1))
+        return np.flatnonzero(~nz.any(axis=1))
+
+    def zero_inputs(self) -> np.ndarray:
+        """Indices of inputs (conv input channels, matrix input units) that no weight reads."""
+        nz = self.nonzero_out_in
+        lw = self.lw
+        if lw.kind == "conv" and lw.groups > 1:
+            m, cg = nz.shape
+            per = nz.reshape(lw.groups, m // lw.groups, cg).any(axis=1)  # (group, channel within group)
+            return np.flatnonzero(~per.reshape(-1))
+        return np.flatnonzero(~nz.any(axis=0))
+
+    @property
+    def n_outputs(self) -> int:
+        """Number of output units / filters of the layer."""
+        n = self.nonzero_out_in.shape[0]
+        return n * self.lw.groups if self.lw.kind == "conv_transpose" else n
+
+    @property
+    def n_inputs(self) -> int:
+        """Number of input units / channels of the layer."""
+        n = self.nonzero_out_in.shape[1]
+        return n * self.lw.groups if self.lw.kind == "conv" else n
+
+
+def weight_stats(model: ModelHandle, lw: LayerWeight, *, near_zero: float = 0.0, per_output: bool = False,
+                 check: Callable[[], None] | None = None,
+                 on_chunk: Callable[[slice, np.ndarray], None] | None = None) -> WeightStats:
+    """Stream ``lw`` once and accumulate its :class:`WeightStats`.
+
+    ``near_zero`` is the absolute threshold of the near-zero count (``|w| <= near_zero``); ``per_output``
+    adds per-filter max |w|, min and max (for the degenerate-filter check); ``on_chunk(rows, values)`` sees
+    every decoded chunk (for further statistics in the same pass).
+    """
+    shape = lw.shape
+    oi = tuple(sorted((lw.out_axis, lw.in_axis)))
+    nz_acc = _Acc(shape, oi, False, np.any, np.logical_or, bool)
+    outs = (lw.out_axis,)
+    accs: list[tuple[str, _Acc]] = []
+    if per_output:
+        accs = [("max_abs", _Acc(shape, outs, 0.0, np.max, np.maximum, np.float64)),
+                ("min", _Acc(shape, outs, np.inf, np.min, np.minimum, np.float64)),
+                ("max", _Acc(shape, outs, -np.inf, np.max, np.maximum, np.float64))]
+    zeros = near = 0
+    l1 = l2sq = 0.0
+    max_abs = 0.0
+    for rows, v in iter_chunks(model, lw):
+        if check is not None:
+            check()
+        a = np.abs(v)
+        zeros += int(v.size - np.count_nonzero(v))
+        near += int(np.count_nonzero(a <= near_zero))
+        l1 += float(a.sum(dtype=np.float64))
+        l2sq += float(np.square(a, dtype=np.float64).sum())
+        if a.size:
+            max_abs = max(max_abs, float(a.max()))
+        nz_acc.add(rows, v != 0)
+        for key, acc in accs:
+            acc.add(rows, a if key == "max_abs" else v)
+        if on_chunk is not None:
+            on_chunk(rows, v)
+    nz = nz_acc.arr
+    if lw.out_axis > lw.in_axis:
+        nz = nz.T
+    st = WeightStats(lw=lw, size=lw.size, zeros=zeros, near_zero=near, l1=l1, l2sq=l2sq, max_abs=max_abs,
+                     nonzero_out_in=np.ascontiguousarray(nz))
+    if per_output:
+        got = dict(accs)
+        st.out_max_abs, st.out_min, st.out_max = got["max_abs"].arr, got["min"].arr, got["max"].arr
+    return st

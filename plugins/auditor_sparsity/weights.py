@@ -1,0 +1,272 @@
+"""Finding the layer weights of an ONNX graph and reading them in bounded chunks.
+
+A *layer weight* is the kernel of a Conv / ConvTranspose or the matrix of a Gemm / MatMul (and of their
+integer and QLinear forms). Exporters often put a node between the stored initializer and the layer
+(``Transpose`` from TensorFlow's HWIO kernels, ``DequantizeLinear`` in QDQ models, ``Cast`` or ``Identity``);
+:func:`find_layer_weights` follows such a chain so that every statistic is computed on the values the layer
+really uses, with the output and input axes located in the *stored* tensor.
+
+Statistics are accumulated over chunks of the stored tensor's first axis (:func:`iter_chunks`), so that a
+memory-mapped tensor of many GiB costs only a bounded working set beyond its pages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from auditor.graph import WeightRef
+from auditor.model import ModelHandle
+
+#: Bytes of float64 working memory per chunk (module-level so that tests can force many small chunks).
+CHUNK_BYTES = 32 << 20
+
+# (op type, input index of the weight) of the layers whose weights are audited.
+_WEIGHT_SLOTS: dict[str, tuple[int, ...]] = {
+    "Conv": (1,), "ConvTranspose": (1,), "ConvInteger": (1,), "QLinearConv": (3,),
+    "Gemm": (1, 0), "MatMul": (1, 0), "MatMulInteger": (1,), "QLinearMatMul": (3,),
+}
+# Where the zero point / scale of the weight sits for integer ops: op -> (zero point index, scale index).
+_INT_PARAMS: dict[str, tuple[int, int | None]] = {
+    "ConvInteger": (3, None), "MatMulInteger": (3, None), "QLinearConv": (5, 4), "QLinearMatMul": (5, 4),
+}
+_CONV_OPS = frozenset({"Conv", "ConvInteger", "QLinearConv"})
+_PASS_THROUGH = frozenset({"Identity", "Cast", "Transpose", "DequantizeLinear"})
+
+
+@dataclass(frozen=True)
+class Dequant:
+    """``(q - zero_point) * scale`` along ``axis`` of the stored tensor (``None``: per-tensor)."""
+
+    zero_point: np.ndarray | None
+    scale: np.ndarray | None
+    axis: int | None
+
+
+@dataclass(frozen=True)
+class LayerWeight:
+    """A stored initializer as the weight of one layer.
+
+    ``kind`` is ``conv`` (output filters on ``out_axis``, input channels on ``in_axis``, the rest kernel
+    axes), ``conv_transpose`` or ``matrix``. ``out_axis`` / ``in_axis`` are axes of the *stored* tensor;
+    ``perm`` the permutation that turns the stored tensor into the layer's own layout (identity if none);
+    ``groups`` the conv's ``group``; ``alpha`` Gemm's scale; ``dequant`` integer decoding; ``via`` the
+    pass-through ops between initializer and layer.
+    """
+
+    ref: WeightRef
+    node: str
+    op_type: str
+    kind: str
+    out_axis: int
+    in_axis: int
+    perm: tuple[int, ...]
+    groups: int = 1
+    alpha: float = 1.0
+    dequant: Dequant | None = None
+    via: tuple[str, ...] = ()
+    data_input: str | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """The initializer's name in the ONNX graph."""
+        return self.ref.name
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of the stored tensor."""
+        return self.ref.shape
+
+    @property
+    def layer_shape(self) -> tuple[int, ...]:
+        """Shape as the layer sees it (after the pass-through transposes)."""
+        return tuple(self.ref.shape[p] for p in self.perm)
+
+    @property
+    def size(self) -> int:
+        """Number of parameters."""
+        return int(np.prod(self.ref.shape)) if self.ref.shape else 1
+
+    @property
+    def kernel_axes(self) -> tuple[int, ...]:
+        """Stored axes that are neither the output nor the input axis (spatial kernel axes, or batch axes of
+        a stacked MatMul weight)."""
+        return tuple(a for a in range(len(self.ref.shape)) if a not in (self.out_axis, self.in_axis))
+
+
+def _attr(node: onnx.NodeProto, name: str, default: object) -> object:
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def _node_key(node: onnx.NodeProto) -> str:
+    return node.name or node.output[0]
+
+
+def _small_array(model: ModelHandle, name: str, inits: dict[str, onnx.TensorProto]) -> np.ndarray | None:
+    """A (small) parameter initializer such as a zero point or a scale."""
+    t = inits.get(name)
+    if t is None:
+        return None
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        ref = next((r for r in model.weights() if r.name == name), None)
+        return None if ref is None else np.asarray(model.read_weight(ref))
+    return numpy_helper.to_array(t)
+
+
+def find_layer_weights(model: ModelHandle) -> list[LayerWeight]:
+    """Every layer weight of the main graph, in graph order of the consuming layers."""
+    g = model.proto.graph
+    inits = {t.name: t for t in g.initializer}
+    refs = {r.name: r for r in model.weights()}
+    consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for n in g.node:
+        for i, name in enumerate(n.input):
+            if name:
+                consumers.setdefault(name, []).append((n, i))
+    order = {_node_key(n): k for k, n in enumerate(g.node)}
+    found: list[tuple[int, LayerWeight]] = []
+    for ref in refs.values():
+        if not ref.shape or len(ref.shape) < 2 or ref.dtype.kind not in "fiu":
+            continue
+        # Follow single-consumer pass-through nodes: the layer sees the weight after them.
+        tensor, perm = ref.name, tuple(range(len(ref.shape)))
+        via: list[str] = []
+        dequant: Dequant | None = None
+        for _ in range(4):
+            cons = consumers.get(tensor, [])
+            if len(cons) != 1 or cons[0][0].op_type not in _PASS_THROUGH or cons[0][1] != 0:
+                break
+            node = cons[0][0]
+            if node.op_type == "Transpose":
+                p = _attr(node, "perm", None)
+                order_p = tuple(int(v) for v in p) if isinstance(p, list) else tuple(reversed(range(len(perm))))
+                perm = tuple(perm[k] for k in order_p)
+            elif node.op_type == "DequantizeLinear":
+                if dequant is not None or "Transpose" in via:
+                    break  # the axis bookkeeping below assumes dequantization of the stored layout
+                scale = _small_array(model, node.input[1], inits) if len(node.input) > 1 else None
+                zp = _small_array(model, node.input[2], inits) if len(node.input) > 2 and node.input[2] else None
+                if scale is None:
+                    break
+                per_axis = scale.ndim == 1 and scale.size > 1
+                ax = int(_attr(node, "axis", 1)) % len(ref.shape) if per_axis else None  # type: ignore[call-overload]
+                dequant = Dequant(zp, scale, ax)
+            via.append(node.op_type)
+            tensor = node.output[0]
+        for node, idx in consumers.get(tensor, []):
+            if idx not in _WEIGHT_SLOTS.get(node.op_type, ()):
+                continue
+            lw = _describe(model, node, idx, ref, perm, tuple(via), dequant, inits)
+            if lw is not None:
+                found.append((order.get(_node_key(node), 0), lw))
+                break
+    found.sort(key=lambda t: t[0])
+    return [lw for _, lw in found]
+
+
+def _describe(model: ModelHandle, node: onnx.NodeProto, idx: int, ref: WeightRef, perm: tuple[int, ...],
+              via: tuple[str, ...], dequant: Dequant | None,
+              inits: dict[str, onnx.TensorProto]) -> LayerWeight | None:
+    """Locate the output and input axes of the layer's weight in the stored tensor."""
+    op = node.op_type
+    rank = len(perm)
+    others = [i for k, i in enumerate(node.input) if k != idx and i and i not in inits]
+    data_input = others[0] if others else None
+    if op in _INT_PARAMS and dequant is None:
+        zpi, sci = _INT_PARAMS[op]
+        zp = _small_array(model, node.input[zpi], inits) if len(node.input) > zpi and node.input[zpi] else None
+        sc = None
+        if sci is not None and len(node.input) > sci:
+            sc = _small_array(model, node.input[sci], inits)
+        arrays = [a for a in (zp, sc) if a is not None]
+        per_axis = any(a.ndim == 1 and a.size > 1 for a in arrays)
+        # Per-channel parameters of these ops run along the output channels.
+        ax = None
+        if per_axis:
+            ax = perm[0] if op in _CONV_OPS else perm[rank - 1]
+        dequant = Dequant(zp, sc, ax)
+    if op in _CONV_OPS or op == "ConvTranspose":
+        groups = int(_attr(node, "group", 1))  # type: ignore[call-overload]
+        if op == "ConvTranspose":
+            # (C_in, C_out / group, k...): axis 0 indexes inputs, axis 1 outputs within a group.
+            return LayerWeight(ref, _node_key(node), op, "conv_transpose", out_axis=perm[1], in_axis=perm[0],
+                               perm=perm, groups=groups, dequant=dequant, via=via, data_input=data_input)
+        return LayerWeight(ref, _node_key(node), op, "conv", out_axis=perm[0], in_axis=perm[1], perm=perm,
+                           groups=groups, dequant=dequant, via=via, data_input=data_input)
+    alpha = 1.0
+    if op == "Gemm":
+        if rank != 2:
+            return None
+        alpha = float(_attr(node, "alpha", 1.0))  # type: ignore[arg-type]
+        if idx == 1:
+            # B is (K, N), or (N, K) with transB: the layer maps K inputs to N outputs.
+            trans = bool(_attr(node, "transB", 0))
+            out_l, in_l = (0, 1) if trans else (1, 0)
+        else:
+            # A weight as A (M, K) computes A @ X: M outputs from K inputs (transposed with transA).
+            trans = bool(_attr(node, "transA", 0))
+            out_l, in_l = (1, 0) if trans else (0, 1)
+    else:
+        # MatMul (and integer forms): X @ W with W (..., K, N), or W @ X with W (M, K) when W comes first.
+        out_l, in_l = (rank - 1, rank - 2) if idx != 0 else (rank - 2, rank - 1)
+    return LayerWeight(ref, _node_key(node), op, "matrix", out_axis=perm[out_l], in_axis=perm[in_l], perm=perm,
+                       alpha=alpha, dequant=dequant, via=via, data_input=data_input)
+
+
+def _broadcast(param: np.ndarray, axis: int | None, ndim: int, rows: slice) -> np.ndarray:
+    """A per-tensor or per-axis parameter shaped to broadcast against a chunk of rows of the stored tensor."""
+    if axis is None or param.ndim == 0 or param.size == 1:
+        return np.asarray(param).reshape(())
+    shape = [1] * ndim
+    shape[axis] = param.size
+    p = param.reshape(shape)
+    return p[rows] if axis == 0 else p
+
+
+def decode(lw: LayerWeight, raw: np.ndarray, rows: slice) -> np.ndarray:
+    """The values the layer uses for stored rows ``rows`` (dequantized where the weight is integer)."""
+    dq = lw.dequant
+    if dq is None:
+        if raw.dtype.kind == "f" and raw.dtype.itemsize >= 4:
+            return np.asarray(raw)
+        return np.asarray(raw, dtype=np.float64)
+    vals = np.asarray(raw, dtype=np.float64)
+    if dq.zero_point is not None:
+        vals = vals - _broadcast(dq.zero_point.astype(np.float64), dq.axis, raw.ndim, rows)
+    if dq.scale is not None:
+        vals = vals * _broadcast(dq.scale.astype(np.float64), dq.axis, raw.ndim, rows)
+    return vals
+
+
+def iter_chunks(model: ModelHandle, lw: LayerWeight,
+                chunk_bytes: int | None = None) -> Iterator[tuple[slice, np.ndarray]]:
+    """``(rows, values)`` over chunks of the stored tensor's first axis, decoded.
+
+    The tensor is memory-mapped when its data is external; the map is dropped after the last chunk so its
+    pages can leave memory before the next tensor is read.
+    """
+    arr = model.read_weight(lw.ref)
+    try:
+        n0 = lw.shape[0]
+        row_bytes = max(1, lw.size // max(n0, 1)) * 8
+        step = max(1, (chunk_bytes or CHUNK_BYTES) // row_bytes)
+        for start in range(0, n0, step):
+            rows = slice(start, min(start + step, n0))
+            yield rows, decode(lw, arr[rows], rows)
+    finally:
+        del arr
+
+
+def layer_values(model: ModelHandle, lw: LayerWeight) -> np.ndarray:
+    """The whole weight in the layer's own layout (one tensor in memory: for the spectral checks)."""
+    arr = model.read_weight(lw.ref)
+    vals = decode(lw, arr, slice(None))
+    return np.ascontiguousarray(np.transpose(vals, lw.perm))
