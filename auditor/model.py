@@ -353,7 +353,7 @@ class ModelHandle:
         if self._batch_mode is not None:
             return
         fixed = self._fixed_batch or 1
-        k = min(len(x), max(2 * fixed, 4))
+        k = min(len(x), max(2 * fixed, 8))
         if k < 2:
             self._batch_mode = "fixed"
             return
