@@ -87,12 +87,13 @@ class Conditioning(Check):
     needs = frozenset()
     metrics_doc = {
         "layers": "per weight (keyed by initializer name): node, op_type, matrix [rows, cols], blocks, "
-                  "spectral_norm, sigma_min, condition_number (null if singular), effective_rank, rank_90, "
+                  "spectral_norm, sigma_min, condition_number (null if numerically singular: numerical_rank < "
+                  "min(rows, cols)), effective_rank, rank_90, "
                   "rank_99, numerical_rank, method (svd | gram), rel_error_bound",
         "matrices": "weights analysed",
         "max_spectral_norm": "largest spectral norm",
         "max_condition_number": "largest condition number (null if a matrix is singular)",
-        "singular_matrices": "matrices whose smallest singular value is 0",
+        "singular_matrices": "matrices whose numerical rank is below min(rows, cols)",
         "spectral_norm_product": "Π of the spectral norms (null on overflow)",
         "log10_spectral_norm_product": "log10 of that product",
         "lipschitz_upper_bound": "Π of per-layer operator-norm bounds (conv: √(kh·kw)·σ_max); null on overflow",
@@ -124,7 +125,10 @@ class Conditioning(Check):
             s = spec.values * alpha
             smax, smin = float(s[0]), float(s[-1])
             eps = float(np.finfo(lw.ref.dtype).eps) if lw.ref.dtype.kind == "f" else float(np.finfo(np.float64).eps)
-            cond = smax / smin if smin > 0 else None
+            rank = numerical_rank(s, spec.shape, spec.blocks, eps)
+            # below the numerical-rank tolerance σ_min is rounding noise of the stored weights, so the
+            # condition number is reported as unbounded (null) rather than as a meaningless large number
+            cond = smax / smin if smin > 0 and rank == s.size else None
             entry = {
                 "node": lw.node,
                 "op_type": lw.op_type,
@@ -137,7 +141,7 @@ class Conditioning(Check):
                 "effective_rank": effective_rank(s),
                 "rank_90": energy_rank(s, 0.90),
                 "rank_99": energy_rank(s, 0.99),
-                "numerical_rank": numerical_rank(s, spec.shape, spec.blocks, eps),
+                "numerical_rank": rank,
                 "method": spec.method,
                 "rel_error_bound": spec.rel_error_bound,
             }
@@ -151,7 +155,8 @@ class Conditioning(Check):
             else:
                 zero_norm = True
             if cond is None:
-                findings.append(Finding(message=f"weight '{lw.name}' of {lw.node} is singular (σ_min = 0)",
+                findings.append(Finding(message=f"weight '{lw.name}' of {lw.node} is singular (numerical rank "
+                                                f"{rank} of {s.size})",
                                         severity="info", location=lw.name))
             elif cond > float(ctx.params["max_condition"]):
                 findings.append(Finding(message=f"weight '{lw.name}' of {lw.node} is ill-conditioned "
