@@ -11,7 +11,7 @@ import scipy.stats
 from auditor_sparsity.filters import DegenerateFilters
 from auditor_sparsity.profile import SparsityProfile
 from onnx import TensorProto, helper
-from sparsity_helpers import FLOAT, prune_to, run_check, save
+from sparsity_helpers import FLOAT, OTHER_PLUGINS, prune_to, run_check, save
 
 from auditor.testing import run_audit
 
@@ -167,7 +167,7 @@ def test_profile_skips_without_layer_weights(tmp_path: Path) -> None:
     nodes = [helper.make_node("Relu", ["x"], ["y"], name="relu")]
     path = save(nodes, helper.make_tensor_value_info("x", FLOAT, ["N", 3]),
                 helper.make_tensor_value_info("y", FLOAT, ["N", 3]), {}, tmp_path / "relu.onnx")
-    res = run_audit({"checks": [{"use": "sparsity.profile"}]}, model=path, workdir=tmp_path)
+    res = run_audit({"checks": [{"use": "sparsity.profile"}]}, model=path, workdir=tmp_path, disable=OTHER_PLUGINS)
     res.assert_status("sparsity.profile", "skipped")
 
 
@@ -236,7 +236,7 @@ def test_filters_gate_through_the_tool(tmp_path: Path) -> None:
     path, _, _ = degenerate_cnn(tmp_path)
     spec = {"checks": [{"use": "sparsity.filters", "gate": {"degenerate_fraction": {"max": 0.1}}},
                        {"use": "sparsity.profile"}]}
-    res = run_audit(spec, model=path, workdir=tmp_path)
+    res = run_audit(spec, model=path, workdir=tmp_path, disable=OTHER_PLUGINS)
     res.assert_status("sparsity.filters", "fail")
     assert res.metrics("sparsity.filters")["degenerate_fraction"] == pytest.approx(5 / 24)
     assert res.exit_code != 0
@@ -248,5 +248,5 @@ def test_filters_skip_without_convs(tmp_path: Path) -> None:
     path = save(nodes, helper.make_tensor_value_info("x", FLOAT, ["N", 3]),
                 helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2]),
                 {"w": np.ones((3, 2), np.float32)}, tmp_path / "mm.onnx")
-    res = run_audit({"checks": [{"use": "sparsity.filters"}]}, model=path, workdir=tmp_path)
+    res = run_audit({"checks": [{"use": "sparsity.filters"}]}, model=path, workdir=tmp_path, disable=OTHER_PLUGINS)
     res.assert_status("sparsity.filters", "skipped")
