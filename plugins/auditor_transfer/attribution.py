@@ -4,7 +4,9 @@ Song, Chen, Wang, Shen & Song, "Deep Model Transferability from Attribution Maps
 models by the distance between their attribution maps on shared unlabelled inputs. Here the maps are
 
 - occlusion (Zeiler & Fergus 2014), forward passes only: ``a_p(x) = s_c(x) − s_c(x with patch p replaced by
-  the baseline)``, where ``s_c`` is the probability of the explained class (or the output of a regressor);
+  the baseline)``, where ``s_c`` is the explained class's logit (the input of a final Softmax; by default,
+  because probabilities saturate for confident samples and then carry no map), its probability, or a
+  regressor's output;
 - gradient × input (Shrikumar et al. 2016): ``a(x) = x ⊙ ∂s_c/∂x`` with ``s_c`` the class logit, when a
   differentiable backend (the ``torch`` plugin) is installed; image maps are summed over channels.
 
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from auditor import AuditContext, Check, CheckResult, ModelHandle, Need, Param, SkipCheck
+from auditor import graph as G
 from auditor.outputs import Predictions, encode_labels
 from auditor_transfer.common import REFERENCE_PARAM, data_for, jsonable, pick_references, read_outputs, scores
 from auditor_transfer.stats import spearman_rows
@@ -59,17 +62,53 @@ def map_shape(shape: tuple[int, ...], axes: tuple[int, int] | None, patch: int) 
     return (-(-shape[axes[0] - 1] // patch), -(-shape[axes[1] - 1] // patch))
 
 
-def occlusion_maps(model: ModelHandle, x: np.ndarray, targets: np.ndarray, clean: np.ndarray, *, task: str,
-                   patch: int, baseline: np.ndarray, check: Any = None) -> np.ndarray:
+def logit_tensor(model: ModelHandle) -> str | None:
+    """The pre-softmax scores: the input of the Softmax node producing an audited output, if there is one."""
+    producers = G.produced_tensors(model.proto.graph)
+    zip_tensor = {z.output: z.tensor for z in model.zipmaps.values()}
+    for out in model.outputs:
+        node = producers.get(zip_tensor.get(out, out))
+        if node is not None and node.op_type == "Softmax":
+            return str(node.input[0])
+    return None
+
+
+class Scorer:
+    """What a model's attributions explain, for any batch of inputs: the class logits (the input of a final
+    Softmax) when ``score`` is ``"logit"`` and the graph has one, else the class probabilities as the
+    auditor reads them (or a regressor's values)."""
+
+    def __init__(self, model: ModelHandle, score: str, task: str) -> None:
+        self.model = model
+        self.task = task
+        self.logits = logit_tensor(model) if score == "logit" else None
+
+    @property
+    def kind(self) -> str:
+        """``logit`` or ``probability`` (``value`` for regressors)."""
+        if self.logits is not None:
+            return "logit"
+        return "probability" if self.task == "classification" else "value"
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.logits is not None:
+            z = np.asarray(self.model.run(x, [self.logits])[self.logits], dtype=np.float64)
+            return z.reshape(len(x), -1)
+        return scores(read_outputs(self.model, self.model.run(x), task=self.task))
+
+
+def occlusion_maps(score: Scorer, x: np.ndarray, targets: np.ndarray, *, patch: int, baseline: np.ndarray,
+                   check: Any = None) -> np.ndarray:
     """Occlusion attributions (n, P): the drop of the target score when each patch takes the baseline value.
 
     Every occluded copy of a chunk of samples is built at once (``np.where`` over a (chunk, P, ...) array) and
     run through the model in its batches; never one call per sample.
     """
-    axes = spatial_axes(x, model.layout)
+    axes = spatial_axes(x, score.model.layout)
     shape = tuple(x.shape[1:])
     masks = patch_masks(shape, axes, patch)
     n_p = len(masks)
+    clean = score(x)[np.arange(len(x)), targets]
     per_sample = n_p * int(np.prod(shape)) * max(x.dtype.itemsize, 4)
     chunk = max(1, CHUNK_BYTES // max(per_sample, 1))
     out = np.empty((len(x), n_p))
@@ -78,8 +117,7 @@ def occlusion_maps(model: ModelHandle, x: np.ndarray, targets: np.ndarray, clean
             check()
         xb = x[start:start + chunk]
         occluded = np.where(masks[None], baseline.astype(x.dtype)[None, None], xb[:, None])  # (b, P, *shape)
-        flat = occluded.reshape((-1, *shape))
-        s = scores(read_outputs(model, model.run(flat), task=task)).reshape(len(xb), n_p, -1)
+        s = score(occluded.reshape((-1, *shape))).reshape(len(xb), n_p, -1)
         t = targets[start:start + chunk]
         out[start:start + chunk] = clean[start:start + chunk, None] - s[np.arange(len(xb)), :, t]
     return out
@@ -101,6 +139,9 @@ class AttributionDistance(Check):
                           "consecutive values for other inputs (null: 1)."),
         Param(name="baseline", type="string", default="zero", choices=["zero", "mean"],
               description="Value an occluded patch takes: 0, or the per-feature mean of the sample."),
+        Param(name="score", type="string", default="logit", choices=["logit", "probability"],
+              description="Score explained: the class logit (the input of a final Softmax; probabilities when "
+                          "the graph has none) or the class probability (saturates for confident samples)."),
         Param(name="target", type="string", default="predicted", choices=["predicted", "label"],
               description="Class explained: each model's own predicted class, or the true label (when both "
                           "models know the label's class)."),
@@ -132,6 +173,7 @@ class AttributionDistance(Check):
         y = sample.y if p["target"] == "label" else None
         if p["target"] == "label" and y is None:
             raise SkipCheck("target 'label' needs labels (data.y)")
+        self.explained: set[str] = set()
         model_map = self._maps(ctx, ctx.model, np.asarray(sample.x), sample.y, y, method, p)
         by_ref: dict[str, dict[str, Any]] = {}
         for name, ref in refs.items():
@@ -144,7 +186,8 @@ class AttributionDistance(Check):
             by_ref[name] = jsonable(self._compare(model_map, ref_map, method))
         first = next(iter(by_ref))
         notes.append(f"attributions by {'gradient × input' if method == 'gradient' else 'occlusion'}"
-                     + (f", patch {self._patch(sample.x, ctx.model, p['patch'])}" if method == "occlusion" else ""))
+                     + (f", patch {self._patch(sample.x, ctx.model, p['patch'])}, explaining the class "
+                        f"{' / '.join(sorted(self.explained))}" if method == "occlusion" else ""))
         if len(by_ref) > 1:
             notes.append(f"headline metrics are for reference '{first}'")
         return CheckResult(metrics={**by_ref[first], "by_reference": by_ref}, notes=notes)
@@ -173,13 +216,14 @@ class AttributionDistance(Check):
             if axes is not None:  # sum over channels: one value per pixel, whatever the layout
                 a = a.sum(axis=3 if axes == (1, 2) else 1)
             return a.reshape(len(x), -1)
-        clean = scores(pred)[np.arange(len(x)), targets]
         if p["baseline"] == "mean":
             base = np.asarray(x, dtype=np.float64).mean(axis=0)
         else:
             base = np.zeros(x.shape[1:])
-        return occlusion_maps(model, x, targets, clean, task=pred.task, patch=self._patch(x, model, p["patch"]),
-                              baseline=base, check=ctx.check_cancelled)
+        scorer = Scorer(model, str(p["score"]), pred.task)
+        self.explained.add(scorer.kind)
+        return occlusion_maps(scorer, x, targets, patch=self._patch(x, model, p["patch"]), baseline=base,
+                              check=ctx.check_cancelled)
 
     @staticmethod
     def _targets(pred: Predictions, y: np.ndarray | None) -> np.ndarray:
