@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from builders import write_mlp
 from click.testing import CliRunner
-from conftest import write_mlp
 
 from auditor.cli import main
 
@@ -161,7 +161,7 @@ def test_interrupted_run_writes_a_partial_report(tmp_path: Path, mlp) -> None:  
 
 
 def test_csv_and_parquet_data_with_groups(tmp_path: Path) -> None:
-    from conftest import blobs, mlp_weights
+    from builders import blobs, mlp_weights
 
     w = mlp_weights()
     model = write_mlp(tmp_path / "m.onnx", w)
@@ -187,6 +187,6 @@ def test_csv_and_parquet_data_with_groups(tmp_path: Path) -> None:
         assert code == 0, err
         doc = json.loads((tmp_path / f"r-{name}" / "report.json").read_text())
         assert doc["data"]["missing_group_values"] == {"sex": 20}
-        from conftest import mlp_numpy
+        from builders import mlp_numpy
 
         assert doc["checks"][0]["metrics"]["accuracy"] == pytest.approx(float(np.mean(mlp_numpy(x, w).argmax(1) == y)))

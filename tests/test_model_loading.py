@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import FLOAT, blobs, mlp_numpy, mlp_weights, save_model, write_mlp
+from builders import FLOAT, blobs, mlp_numpy, mlp_weights, save_model, write_mlp
 from onnx import TensorProto, helper
 
 from auditor.data import Dataset, fit_to_model

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from auditor_performance.metrics import expected_calibration_error
-from conftest import FLOAT, blobs, mlp_weights, save_model, write_mlp
+from builders import FLOAT, blobs, mlp_weights, save_model, write_mlp
 from onnx import helper
 from sklearn import metrics as skm
 

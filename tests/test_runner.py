@@ -98,7 +98,7 @@ def test_seeds_make_runs_identical_and_independent_of_order(tmp_path, mlp) -> No
 def test_weights_only_audit_opens_no_session(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """A model ONNX Runtime cannot run (custom op) still gets its weights audited; no session is opened."""
     import numpy as np
-    from conftest import FLOAT, save_model
+    from builders import FLOAT, save_model
     from onnx import helper
 
     path = save_model([helper.make_node("MatMul", ["x", "W"], ["z"]), helper.make_node("Fancy", ["z"], ["y"],
