@@ -204,6 +204,13 @@ def test_bootstrap_intervals_match_scipy(tmp_path: Path) -> None:
     glo, ghi = m["per_group"]["0"]["accuracy_ci"]
     assert glo == pytest.approx(ref0.confidence_interval.low, abs=0.012)
     assert ghi == pytest.approx(ref0.confidence_interval.high, abs=0.012)
+    sel0, sel1 = pred[grp == 0].astype(float), pred[grp == 1].astype(float)
+    ref_dp = stats.bootstrap((sel0, sel1), lambda a, b, axis: np.abs(a.mean(axis) - b.mean(axis)),
+                             vectorized=True, n_resamples=20000, method="percentile", confidence_level=0.9,
+                             rng=np.random.default_rng(0))
+    dlo, dhi = m["ci"]["demographic_parity_difference"]
+    assert dlo == pytest.approx(ref_dp.confidence_interval.low, abs=0.012)
+    assert dhi == pytest.approx(ref_dp.confidence_interval.high, abs=0.012)
     # seeded: the same spec gives the same intervals
     again = _audit(tmp_path, logits_for(pred, 2), y, {"g": grp}, 2, {"bootstrap": B, "confidence": 0.9})
     assert again.metrics("bias.group_metrics")["ci"] == m["ci"]
@@ -261,9 +268,50 @@ def test_cli_run_with_gate_fails_on_disparity(tmp_path: Path) -> None:
         "checks": [{"use": "bias.group_metrics", "with": {"bootstrap": 0, "min_group_size": 5},
                     "gate": {"demographic_parity_difference": {"max": 0.1}}}],
         "report": {"dir": str(tmp_path / "rep"), "formats": ["json"]}})
-    out = CliRunner().invoke(main, ["run", str(spec), "-q"])
+    # the installed `bias` entry point, other built-in plugins switched off (they are developed alongside)
+    others = [a for p in ("performance", "robustness", "sparsity", "transfer", "torch") for a in ("--disable", p)]
+    out = CliRunner().invoke(main, ["run", str(spec), "-q", *others])
     assert out.exit_code == 1, out.output
     doc = json.loads(next((tmp_path / "rep").glob("*.json")).read_text())
     chk = doc["checks"][0]
     assert chk["status"] == "fail"
     assert chk["metrics"]["demographic_parity_difference"] == pytest.approx(0.5)
+
+
+def test_parquet_string_and_integer_groups_with_nulls(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    rng = np.random.default_rng(7)
+    n = 150
+    y = rng.integers(0, 2, n)
+    pred = np.where(rng.random(n) < 0.75, y, 1 - y)
+    x = logits_for(pred, 2)
+    region = rng.choice(np.array(["east", "west"]), n).astype(object)
+    region[:4] = None
+    band = rng.integers(1, 3, n)
+    pq.write_table(pa.table({"l0": x[:, 0], "l1": x[:, 1], "y": y, "region": list(region), "band": band}),
+                   tmp_path / "d.parquet")
+    model = identity_model(tmp_path / "m.onnx", 2)
+    spec = {"model": {"path": str(model)},
+            "data": {"path": str(tmp_path / "d.parquet"), "y": "y", "groups": ["region", "band"]},
+            "checks": [{"use": "bias.group_metrics", "with": {"bootstrap": 0, "min_group_size": 1}}]}
+    m = run_audit(spec, workdir=tmp_path, plugins=[auditor_bias], entry_points=False).metrics("bias.group_metrics")
+    assert m["missing_group_rows"] == 4 and m["n"] == n - 4
+    assert m["group_columns"] == ["region", "band"]
+    for r in ("east", "west"):
+        for b in (1, 2):
+            sel = (region == r) & (band == b)
+            got = m["per_group"][f"region={r}, band={b}"]
+            assert got["count"] == int(sel.sum())
+            assert got["accuracy"] == pytest.approx(np.mean(pred[sel] == y[sel]))
+
+
+def test_unknown_labels_and_worst_group(tmp_path: Path) -> None:
+    y = np.array([0, 1, 0, 1, 5, 0, 1, 1, 0, 5])  # 5 is not a class of the 2-class model
+    pred = np.array([0, 1, 0, 0, 0, 1, 1, 0, 0, 1])
+    g = np.array(["a"] * 5 + ["b"] * 5)
+    m = _audit(tmp_path, logits_for(pred, 2), y, {"g": g}, 2, {"min_group_size": 1}).metrics("bias.group_metrics")
+    assert m["unknown_label_rows"] == 2 and m["n"] == 8
+    # a: 3 of 4 right; b: 2 of 4 right
+    assert m["per_group"]["a"]["accuracy"] == 0.75 and m["per_group"]["b"]["accuracy"] == 0.5
+    assert m["worst_group"] == "b" and m["worst_group_accuracy"] == 0.5

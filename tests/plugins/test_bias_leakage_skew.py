@@ -14,6 +14,8 @@ from bias_helpers import identity_model, logits_for, make_softmax_model
 
 from auditor.testing import run_audit
 
+OTHER_PLUGINS = ("performance", "robustness", "sparsity", "transfer", "torch")
+
 
 @pytest.mark.parametrize(("n", "d", "k", "alpha"), [(150, 4, 2, 1.0), (200, 6, 3, 0.3), (40, 60, 3, 2.0)])
 def test_probe_matches_sklearn_ridge_classifier(n: int, d: int, k: int, alpha: float) -> None:
@@ -68,6 +70,7 @@ def test_leakage_through_the_tool(tmp_path: Path) -> None:
     assert m["majority_rate"] == pytest.approx(majority)
     assert m["accuracy_advantage"] == pytest.approx(1.0 - majority)
     assert m["chance_balanced_accuracy"] == 0.5 and m["feature_dim"] == 2 and m["n"] == len(x)
+    assert m["balanced_advantage"] == 0.5 and m["missing_group_rows"] == 0 and m["n_groups"] == 2
 
     base, x, sex = _leak_case(tmp_path, leaky=False)
     spec = {**base, "checks": [{"use": "bias.leakage", "with": {"features": "hidden"}}]}
@@ -132,6 +135,13 @@ def test_prediction_skew_through_the_tool(tmp_path: Path) -> None:
     assert m["most_overpredicted_class"] == "0"
     assert m["overprediction_ratio"] == pytest.approx(o[0] / e[0])
     assert m["most_underpredicted_class"] == str(int(np.argmin(o / e)))
+    assert m["underprediction_ratio"] == pytest.approx((o / e).min())
+    assert m["predicted_share"] == pytest.approx({str(k): v for k, v in enumerate(p)})
+    assert m["true_share"] == pytest.approx({str(k): v for k, v in enumerate(q)})
+    from scipy import stats
+
+    assert m["pearson_chi2"] == pytest.approx(stats.chisquare(o, e).statistic)
+    assert m["predicted_absent_classes"] == [] and m["n"] == n
 
     np.savez(tmp_path / "d.npz", x=logits_for(y, 3), y=y)  # perfect predictions: no skew
     res = run_audit(spec, workdir=tmp_path, plugins=[auditor_bias], entry_points=False)
@@ -152,7 +162,8 @@ def test_all_checks_through_installed_entry_point(tmp_path: Path) -> None:
             "checks": [{"use": "bias.group_metrics", "with": {"bootstrap": 20}},
                        {"use": "bias.leakage"}, {"use": "bias.prediction_skew"},
                        {"use": "bias.shortcut", "with": {"transform": "set_feature", "feature": 0, "value": -1.0}}]}
-    res = run_audit(spec, workdir=tmp_path, entry_points=True)
+    # other built-in plugins are switched off: only the installed `bias` entry point is under test here
+    res = run_audit(spec, workdir=tmp_path, entry_points=True, disable=OTHER_PLUGINS)
     for c in ("bias.group_metrics", "bias.leakage", "bias.prediction_skew", "bias.shortcut"):
         assert res.check(c).status.value in ("pass", "warn"), (c, res.check(c).error)
     assert res.check("bias.group_metrics").plugin == "bias"
@@ -160,3 +171,19 @@ def test_all_checks_through_installed_entry_point(tmp_path: Path) -> None:
     m = res.metrics("bias.shortcut")
     assert m["flip_rate"] == pytest.approx(np.mean(pred == 0))
     assert m["flip_target_class"] == 1 and m["accuracy_change"] == pytest.approx(np.mean(y == 1) - np.mean(pred == y))
+
+
+def test_prediction_skew_class_absent_from_labels(tmp_path: Path) -> None:
+    y = np.array([0, 0, 1, 1, 0, 1])
+    pred = np.array([0, 2, 1, 1, 2, 1])  # class 2 predicted but never a label
+    model = identity_model(tmp_path / "m.onnx", 3)
+    np.savez(tmp_path / "d.npz", x=logits_for(pred, 3), y=y)
+    spec = {"model": {"path": str(model)}, "data": {"path": str(tmp_path / "d.npz")},
+            "checks": [{"use": "bias.prediction_skew"}]}
+    m = run_audit(spec, workdir=tmp_path, plugins=[auditor_bias], entry_points=False).metrics("bias.prediction_skew")
+    assert m["predicted_absent_classes"] == ["2"]
+    # p = (1/6, 3/6, 2/6), q = (3/6, 3/6, 0): ½[(2/6)²/(4/6) + 0 + (2/6)²/(2/6)] = ½(1/6 + 1/3) = 1/4
+    assert m["chi2_distance"] == pytest.approx(0.25)
+    # Pearson over the classes present in the labels: (1-3)²/3 + 0
+    assert m["pearson_chi2"] == pytest.approx(4 / 3)
+    assert m["most_underpredicted_class"] == "0" and m["underprediction_ratio"] == pytest.approx(1 / 3)

@@ -75,6 +75,8 @@ def test_planted_shortcut_is_flagged_and_clean_model_is_not(tmp_path: Path, digi
     assert m["accuracy_after"] == pytest.approx(np.mean(l1 == y), abs=tol)
     assert m["accuracy_change"] == pytest.approx(np.mean(l1 == y) - np.mean(l0 == y), abs=2 * tol)
     hit = l0 == y
+    assert (m["n_aligned"], m["n_conflicting"]) == (int((flag == 1).sum()), int((flag == 0).sum()))
+    assert m["flips"] == pytest.approx(flipped.sum(), abs=2)
     assert m["accuracy_aligned"] == pytest.approx(hit[flag == 1].mean(), abs=2 * tol)
     assert m["accuracy_conflicting"] == pytest.approx(hit[flag == 0].mean(), abs=2 * tol)
     assert m["aligned_conflicting_gap"] == pytest.approx(hit[flag == 1].mean() - hit[flag == 0].mean(), abs=4 * tol)
