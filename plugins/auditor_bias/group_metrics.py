@@ -276,6 +276,8 @@ class GroupMetrics(Check):
 
         # groups whose rows all have unknown labels are left out of the rates (their count is 0)
         used = counts.n > 0
+        if not used.any():
+            raise SkipCheck("no row with a group value has a label among the model's classes")
         if not used.all():
             keep_idx = np.flatnonzero(used)
             remap = np.full(groups.n_groups, -1)

@@ -186,9 +186,11 @@ class Shortcut(Check):
                             "relies on this cue", severity="warn",
                     data={"flip_rate": fs["flip_rate"]}))
 
-        if p["aligned"] is not None:
-            if y is None:
+        if p["aligned"] is not None and y is None:
+            if p["transform"] is None:
                 raise SkipCheck("the aligned/conflicting gap needs labels (data.y)")
+            notes.append("no labels (data.y): the aligned/conflicting gap is not computed")
+        elif p["aligned"] is not None and y is not None:
             flags = aligned_flags(data.column(p["aligned"]))
             hit = (lab0 == y) & (y >= 0)
             usable = y >= 0

@@ -315,3 +315,9 @@ def test_unknown_labels_and_worst_group(tmp_path: Path) -> None:
     # a: 3 of 4 right; b: 2 of 4 right
     assert m["per_group"]["a"]["accuracy"] == 0.75 and m["per_group"]["b"]["accuracy"] == 0.5
     assert m["worst_group"] == "b" and m["worst_group_accuracy"] == 0.5
+
+
+def test_labels_unknown_to_the_model_skip(tmp_path: Path) -> None:
+    y = np.array([7, 8, 7, 8])  # none of the 2-class model's classes (0, 1)
+    res = _audit(tmp_path, logits_for(np.array([0, 1, 0, 1]), 2), y, {"g": np.array([0, 0, 1, 1])}, 2)
+    res.assert_status("bias.group_metrics", "skipped")

@@ -229,3 +229,17 @@ def test_misconfigured_shortcut_is_an_error(tmp_path: Path) -> None:
                 "checks": [{"use": "bias.shortcut", "with": params}]}
         run_audit(spec, workdir=tmp_path, plugins=[auditor_bias], entry_points=False).assert_status(
             "bias.shortcut", "error")
+
+
+def test_aligned_without_labels_reports_flips_and_says_why_no_gap(tmp_path: Path) -> None:
+    model = make_softmax_model(tmp_path / "m.onnx", np.eye(2), np.zeros(2), (2,))
+    x = np.tile(np.array([[1.0, 0.0]], np.float32), (10, 1))
+    np.savez(tmp_path / "d.npz", x=x, aligned=np.r_[np.ones(5, int), np.zeros(5, int)])
+    spec = {"model": {"path": str(model)}, "data": {"path": str(tmp_path / "d.npz")},
+            "checks": [{"use": "bias.shortcut",
+                        "with": {"transform": "set_feature", "feature": 1, "value": 2.0, "aligned": "aligned"}}]}
+    res = run_audit(spec, workdir=tmp_path, plugins=[auditor_bias], entry_points=False)
+    m = res.metrics("bias.shortcut")
+    assert m["flip_rate"] == 1.0 and m["flip_target_class"] == 1  # logits [1, 2]: every row flips to 1
+    assert "aligned_conflicting_gap" not in m
+    assert any("no labels" in n for n in res.check("bias.shortcut").notes)
