@@ -104,37 +104,47 @@ class CKAAccumulator:
         self.cross = np.zeros((n_a, n_b))
         self.self_a = np.zeros(n_a)
         self.self_b = np.zeros(n_b)
+        # ‖K‖² of the uncentred Gram matrices, same normalisation: a self-HSIC that is a rounding error of
+        # this (a constant layer, e.g. saturated probabilities) makes CKA undefined rather than a noisy 0
+        self.scale_a = np.zeros(n_a)
+        self.scale_b = np.zeros(n_b)
         self.batches = 0
         self.samples = 0
 
-    def _prepare(self, feats: Sequence[np.ndarray]) -> np.ndarray:
+    def _prepare(self, feats: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Centred Gram matrices of the layers, flattened, one row per layer, scaled by the estimator's
-        normalisation (so that a row product is that batch's HSIC)."""
+        normalisation (so that a row product is that batch's HSIC); and the squared norms of the raw Grams."""
         n = len(feats[0])
         rows = []
+        scale = []
         for f in feats:
             k = gram(f)
-            if self.unbiased:
-                rows.append(u_center_gram(k).ravel() / np.sqrt(n * (n - 3)))
-            else:
-                rows.append(center_gram(k).ravel() / (n - 1))
-        return np.stack(rows)
+            norm = np.sqrt(n * (n - 3)) if self.unbiased else n - 1
+            rows.append((u_center_gram(k) if self.unbiased else center_gram(k)).ravel() / norm)
+            scale.append(float(np.sum(k * k)) / norm**2)
+        return np.stack(rows), np.asarray(scale)
 
     def add(self, feats_a: Sequence[np.ndarray], feats_b: Sequence[np.ndarray]) -> None:
         """Add one batch: the features of every layer of model A and of model B on the same samples."""
-        a = self._prepare(feats_a)
-        b = self._prepare(feats_b)
+        a, sa = self._prepare(feats_a)
+        b, sb = self._prepare(feats_b)
         self.cross += a @ b.T
         self.self_a += np.einsum("ij,ij->i", a, a)
         self.self_b += np.einsum("ij,ij->i", b, b)
+        self.scale_a += sa
+        self.scale_b += sb
         self.batches += 1
         self.samples += len(feats_a[0])
 
     def result(self) -> np.ndarray:
-        """The (layers of A × layers of B) CKA matrix; NaN where a layer's self-HSIC is not positive."""
-        den = np.sqrt(np.clip(np.outer(self.self_a, self.self_b), 0.0, None))
+        """The (layers of A × layers of B) CKA matrix; NaN where a layer has no variance to compare (its
+        self-HSIC is not positive beyond rounding)."""
+        eps = 1e-10
+        ok_a = self.self_a > eps * self.scale_a
+        ok_b = self.self_b > eps * self.scale_b
         out = np.full_like(self.cross, np.nan)
-        ok = den > 0
+        ok = np.outer(ok_a, ok_b)
+        den = np.sqrt(np.outer(np.where(ok_a, self.self_a, 1.0), np.where(ok_b, self.self_b, 1.0)))
         out[ok] = self.cross[ok] / den[ok]
         return out
 
@@ -167,25 +177,36 @@ class RSAAccumulator:
 
     def __init__(self, n_a: int, n_b: int) -> None:
         self.total = np.zeros((n_a, n_b))
+        self.count = np.zeros((n_a, n_b))
         self.batches = 0
 
     @staticmethod
-    def _prepare(feats: Sequence[np.ndarray]) -> np.ndarray:
-        ranks = rank_rows(np.stack([rdm_upper(f) for f in feats]))
-        return _standardise_rows(ranks)
+    def _prepare(feats: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Standardised ranks of each layer's RDM, and whether the RDM varies at all (a constant
+        representation has a constant RDM, whose rank correlation is undefined)."""
+        rdms = np.stack([rdm_upper(f) for f in feats])
+        ranks = _standardise_rows(rank_rows(rdms))
+        varies = np.ptp(rdms, axis=1) > 1e-9  # correlation distances lie in [0, 2]: an absolute tolerance
+        return ranks, varies
 
     def add(self, feats_a: Sequence[np.ndarray], feats_b: Sequence[np.ndarray]) -> None:
         """Add one batch (at least 3 samples, so that an RDM has more than one entry)."""
         if len(feats_a[0]) < 3:
             return
-        self.total += self._prepare(feats_a) @ self._prepare(feats_b).T
+        a, va = self._prepare(feats_a)
+        b, vb = self._prepare(feats_b)
+        ok = np.outer(va, vb)
+        self.total += np.where(ok, a @ b.T, 0.0)
+        self.count += ok
         self.batches += 1
 
     def result(self) -> np.ndarray:
-        """The (layers of A × layers of B) RSA matrix (mean over batches)."""
-        if not self.batches:
-            return np.full_like(self.total, np.nan)
-        return self.total / self.batches
+        """The (layers of A × layers of B) RSA matrix (mean over the batches where both RDMs vary; NaN if
+        none)."""
+        out = np.full_like(self.total, np.nan)
+        ok = self.count > 0
+        out[ok] = self.total[ok] / self.count[ok]
+        return out
 
 
 # ------------------------------------------------------------------------------------------------ transferability
@@ -284,17 +305,20 @@ def label_entropy(y: np.ndarray) -> float:
 def hscore(features: np.ndarray, y: np.ndarray) -> float:
     """H-score of Bao, Li, Huang, Chen, Wang & Zheng, "An Information-theoretic Approach to Transferability in
     Task Transfer Learning" (ICIP 2019): ``H(f) = tr(cov(f)⁺ cov(E[f | Y]))`` (population covariances,
-    pseudo-inverse). In [0, min(K − 1, rank)].
+    pseudo-inverse). In [0, min(K − 1, rank)]. See :func:`hscore_and_rank`."""
+    return hscore_and_rank(features, y)[0]
 
-    Computed through the thin SVD of the centred features ``F − μ = USVᵀ`` (rank r): then
-    ``H = Σ_k n_k ‖ū_k‖²`` with ū_k the mean of the rows of U in class k, which avoids the D × D inverse.
-    """
+
+def hscore_and_rank(features: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+    """The H-score and the rank of the centred features, from one thin SVD ``F − μ = USVᵀ``: with U cut to
+    the r non-zero singular values, ``H = Σ_k n_k ‖ū_k‖²`` where ū_k is the mean of the rows of U in class k
+    (``cov(f)⁺ = V n S⁻² Vᵀ``), which avoids the D × D inverse."""
     f = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
     codes, _ = encode(y)
     fc = f - f.mean(axis=0)
     u, s, _vt = np.linalg.svd(fc, full_matrices=False)
     if not len(s) or s[0] == 0:
-        return 0.0
+        return 0.0, 0
     # numpy.linalg.pinv's cut-off: singular values below max(n, D)·eps·σ_max are treated as zero
     keep = s > max(fc.shape) * np.finfo(np.float64).eps * s[0]
     u = u[:, keep]
@@ -303,7 +327,7 @@ def hscore(features: np.ndarray, y: np.ndarray) -> float:
     sums = np.zeros((k, u.shape[1]))
     np.add.at(sums, codes, u)
     means = sums / np.maximum(counts, 1)[:, None]
-    return float(np.sum(counts * np.sum(means**2, axis=1)))
+    return float(np.sum(counts * np.sum(means**2, axis=1))), int(keep.sum())
 
 
 def interleaved_folds(y: np.ndarray, k: int) -> np.ndarray:

@@ -22,7 +22,7 @@ from auditor import AuditContext, Check, CheckResult, ModelHandle, Need, Param, 
 from auditor_transfer.common import SPATIAL_PARAM, as_vectors, data_for, forward, jsonable, resolve_layers
 from auditor_transfer.stats import (
     encode,
-    hscore,
+    hscore_and_rank,
     interleaved_folds,
     label_entropy,
     leep,
@@ -107,8 +107,7 @@ class Transferability(Check):
             feats = as_vectors(fp.layers[tensor], sample.n, str(p["spatial"]))
             out: dict[str, Any] = {"layer": tensor, "feature_dim": int(feats.shape[1])}
             out["logme"] = logme(feats, codes)
-            out["hscore"] = hscore(feats, codes)
-            rank = int(np.linalg.matrix_rank(feats - feats.mean(axis=0)))
+            out["hscore"], rank = hscore_and_rank(feats, codes)
             out["hscore_max"] = min(len(classes) - 1, rank)
             if rank >= sample.n - 1:
                 notes.append(f"{name}: the features have as many dimensions as samples; hscore saturates at "

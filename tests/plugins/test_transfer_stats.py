@@ -202,3 +202,15 @@ def test_histogram_divergences_match_scipy_and_gaussian_kl() -> None:
         assert kl[j] == pytest.approx(np.log(2) + 1 / 8 - 1 / 2, abs=0.03)
     same, same_js = S.histogram_divergences(a, a, 40)
     assert np.allclose(same, 0) and np.allclose(same_js, 0)
+
+
+def test_constant_layers_are_undefined_not_zero() -> None:
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(20, 4))
+    const = np.tile(rng.normal(size=(1, 3)), (20, 1)) + 1e-9 * rng.normal(size=(20, 3))
+    acc = S.CKAAccumulator(1, 2, unbiased=False)
+    acc.add([x], [x, const])
+    rsa = S.RSAAccumulator(1, 2)
+    rsa.add([x], [x, np.tile([[1.0, 0.0, 0.0]], (20, 1))])
+    assert acc.result()[0, 0] == pytest.approx(1.0) and np.isnan(acc.result()[0, 1])
+    assert rsa.result()[0, 0] == pytest.approx(1.0) and np.isnan(rsa.result()[0, 1])
