@@ -1,0 +1,137 @@
+"""White-box attacks and level-set traversal on the torch backend, batched (one forward/backward per step for
+a whole batch of samples)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from auditor_torch.backend import TorchBackend
+
+
+def _per_sample_norm(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(len(t), -1).norm(dim=1).reshape(-1, *([1] * (t.dim() - 1)))
+
+
+def _project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    if norm == "linf":
+        return delta.clamp(-eps, eps)
+    n = _per_sample_norm(delta)
+    return delta * torch.clamp(eps / n.clamp_min(1e-12), max=1.0)
+
+
+@dataclass
+class AttackConfig:
+    """PGD parameters (FGSM: one step of size ``eps`` without random start)."""
+
+    eps: float
+    norm: str = "linf"
+    steps: int = 10
+    step_size: float | None = None
+    restarts: int = 1
+    random_start: bool = True
+    clip: tuple[float, float] | None = None
+
+
+def pgd(backend: TorchBackend, x: np.ndarray, y: np.ndarray, cfg: AttackConfig, gen: torch.Generator,
+        check: Callable[[], None] = lambda: None) -> np.ndarray:
+    """Untargeted PGD (Madry et al. 2018) maximising the cross-entropy of the true class within the
+    ``eps`` ball (L∞: signed-gradient steps; L2: normalised-gradient steps), projected, clipped; with
+    restarts each sample keeps the first restart that fools the torch model, else the highest-loss one."""
+    alpha = cfg.step_size if cfg.step_size is not None else 2.5 * cfg.eps / max(cfg.steps, 1)
+    bs = backend.batch_size
+    out = np.empty_like(np.asarray(x, dtype=backend.handle.prepare(np.asarray(x[:1])).dtype))
+    for s in range(0, len(x), bs):
+        x0 = backend.tensor(x[s:s + bs])
+        yt = torch.from_numpy(np.asarray(y[s:s + bs], dtype=np.int64)).to(backend.device)
+        best = x0.clone()
+        best_loss = torch.full((len(x0),), -float("inf"), device=x0.device)
+        found = torch.zeros(len(x0), dtype=torch.bool, device=x0.device)
+        for _ in range(cfg.restarts):
+            check()
+            if cfg.random_start:
+                if cfg.norm == "linf":
+                    delta = (torch.rand(x0.shape, generator=gen, dtype=x0.dtype) * 2 - 1) * cfg.eps
+                else:
+                    d = torch.randn(x0.shape, generator=gen, dtype=x0.dtype)
+                    r = torch.rand((len(x0),), generator=gen, dtype=x0.dtype) ** (1.0 / max(x0[0].numel(), 1))
+                    delta = d / _per_sample_norm(d).clamp_min(1e-12) * (r * cfg.eps).reshape(
+                        -1, *([1] * (x0.dim() - 1)))
+                delta = delta.to(x0.device)
+            else:
+                delta = torch.zeros_like(x0)
+            xa = x0 + delta
+            if cfg.clip is not None:
+                xa = xa.clamp(*cfg.clip)
+            for _ in range(cfg.steps):
+                _, g = backend.loss_grad(xa, yt, "loss")
+                if cfg.norm == "linf":
+                    step = alpha * g.sign()
+                else:
+                    step = alpha * g / _per_sample_norm(g).clamp_min(1e-12)
+                xa = x0 + _project(xa + step - x0, cfg.eps, cfg.norm)
+                if cfg.clip is not None:
+                    xa = xa.clamp(*cfg.clip)
+            with torch.no_grad():
+                o, lg = backend.outputs(xa)
+                lp = backend.log_probs(o, lg)
+                loss = -lp.gather(1, yt.reshape(-1, 1))[:, 0]
+                fooled = lp.argmax(1) != yt
+            take = (fooled & ~found) | (~found & ~fooled & (loss > best_loss))
+            best[take] = xa[take]
+            best_loss = torch.where(take, loss, best_loss)
+            found |= fooled
+        out[s:s + bs] = best.detach().cpu().numpy()
+    return out
+
+
+@dataclass
+class TraversalResult:
+    """Final points of a level-set traversal and the torch model's confidence in the source class there."""
+
+    x: np.ndarray
+    confidence: np.ndarray
+
+
+def level_set_traversal(backend: TorchBackend, src: np.ndarray, tgt: np.ndarray, cls: np.ndarray, *,
+                        steps: int, step_size: float, tolerance: float, clip: tuple[float, float] | None,
+                        check: Callable[[], None] = lambda: None) -> TraversalResult:
+    """Level Set Traversal (Bansal et al., "Exploring Geometry of Blind Spots in Vision Models", 2023).
+
+    From ``x = src`` towards ``tgt``: ``Δ = tgt − x``, remove its component along the confidence gradient
+    ``g = ∇ₓ p_c(x)``: ``Δ⊥ = Δ − (Δ·g/‖g‖²) g``, step ``x ← x + η Δ⊥``; when the confidence falls below
+    ``p_c(src) − tolerance``, a first-order correction along ``g`` brings it back to that level
+    (``x ← x + (p* − p_c(x)) g/‖g‖²``). Batched over all pairs.
+    """
+    bs = backend.batch_size
+    xs, confs = [], []
+    for s in range(0, len(src), bs):
+        x0 = backend.tensor(src[s:s + bs])
+        xt = backend.tensor(tgt[s:s + bs])
+        ct = torch.from_numpy(np.asarray(cls[s:s + bs], dtype=np.int64)).to(backend.device)
+        p0, _ = backend.loss_grad(x0, ct, "prob")
+        level = p0 - tolerance
+        x = x0.clone()
+        shape = (-1, *([1] * (x0.dim() - 1)))
+        for _ in range(steps):
+            check()
+            p, g = backend.loss_grad(x, ct, "prob")
+            gf = g.reshape(len(g), -1)
+            gg = (gf * gf).sum(1).clamp_min(1e-30)
+            # back onto the level set where confidence dropped (first-order Newton step along g)
+            low = p < level
+            corr = torch.where(low, (level - p) / gg, torch.zeros_like(p)).reshape(shape)
+            d = (xt - x).reshape(len(x), -1)
+            d_perp = d - ((d * gf).sum(1) / gg).reshape(-1, 1) * gf
+            x = x + step_size * d_perp.reshape(x.shape) + corr * g
+            if clip is not None:
+                x = x.clamp(*clip)
+        with torch.no_grad():
+            o, lg = backend.outputs(x)
+            pf = backend.log_probs(o, lg).gather(1, ct.reshape(-1, 1))[:, 0].exp()
+        xs.append(x.detach().cpu().numpy())
+        confs.append(pf.cpu().numpy())
+    return TraversalResult(np.concatenate(xs), np.concatenate(confs))

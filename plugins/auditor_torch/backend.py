@@ -1,0 +1,194 @@
+"""The ``torch`` backend offered to every plugin: ``ctx.backend("torch")`` returns a :class:`TorchBackend`.
+
+Agreed interface: ``.module`` (input tensor -> audited output tensor), ``.device``, ``.forward(x)``,
+``.input_gradients(x, targets, of="logit" | "prob" | "loss")``, all batched.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from auditor import ModelHandle, SkipCheck
+from auditor import graph as G
+from auditor_torch.interpreter import FLOAT_TYPES, OnnxModule, build_module
+
+_PASS_THROUGH = {"Identity", "Dropout"}
+_CACHE: weakref.WeakKeyDictionary[ModelHandle, TorchBackend] = weakref.WeakKeyDictionary()
+_LOCK = threading.Lock()
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """``cuda`` (or ``cuda:N``) when requested or ``auto`` and torch sees a GPU, else the CPU."""
+    req = (requested or "auto").lower()
+    if req == "cpu" or os.environ.get("AUDITOR_DISABLE_CUDA") or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device(req if req.startswith("cuda") else "cuda")
+
+
+def audited_tensor(handle: ModelHandle) -> str:
+    """The float output the backend differentiates: the first audited output that is a float tensor
+    (a ZipMap'd probability output counts as its probability matrix)."""
+    alias = {z.output: z.tensor for z in handle.zipmaps.values()}
+    types = {o.name: o.type.tensor_type.elem_type for o in handle.proto.graph.output}
+    types.update({vi.name: vi.type.tensor_type.elem_type for vi in handle.proto.graph.value_info})
+    for o in handle.outputs:
+        if o in alias:
+            return alias[o]
+        if types.get(o, onnx.TensorProto.FLOAT) in FLOAT_TYPES:
+            return o
+    raise SkipCheck(f"the audited output(s) {', '.join(handle.outputs)} are not float tensors: nothing to "
+                    f"differentiate")
+
+
+def logit_tensor(graph: onnx.GraphProto, output: str) -> tuple[str, str]:
+    """``(tensor, kind)``: the pre-softmax scores when the output is a Softmax/LogSoftmax/Sigmoid (through
+    Identity/Dropout), with kind ``softmax`` / ``logsoftmax`` / ``sigmoid``; else ``(output, "raw")``."""
+    producers = G.produced_tensors(graph)
+    t = output
+    while t in producers and producers[t].op_type in _PASS_THROUGH:
+        t = producers[t].input[0]
+    node = producers.get(t)
+    if node is not None and node.op_type in ("Softmax", "LogSoftmax", "Sigmoid"):
+        return node.input[0], node.op_type.lower()
+    return output, "raw"
+
+
+def _looks_like_probs(p: torch.Tensor, tol: float = 1e-3) -> bool:
+    return bool((p >= -tol).all() and (p <= 1 + tol).all() and torch.allclose(
+        p.sum(dim=1), torch.ones(len(p), dtype=p.dtype, device=p.device), atol=tol))
+
+
+class TorchBackend:
+    """A differentiable copy of the audited model (see the module docstring for the interface)."""
+
+    def __init__(self, handle: ModelHandle, device: torch.device | None = None) -> None:
+        self.handle = handle
+        self.output_name = audited_tensor(handle)
+        self.logit_name, self.kind = logit_tensor(handle.proto.graph, self.output_name)
+        self.device = device or pick_device(handle.config.device)
+        self.batch_size = int(handle.batch_size or 256)
+        self.module: OnnxModule = self.build_module().to(self.device).eval()
+        self.notes: list[str] = []
+        if self.device.type == "cpu" and (handle.config.device or "").startswith("cuda"):
+            self.notes.append("torch sees no CUDA device: the torch backend runs on the CPU")
+
+    # ------------------------------------------------------------------------------------------ building
+    def build_module(self) -> OnnxModule:
+        """A fresh :class:`OnnxModule` of the audited model (on the CPU), e.g. to retrain."""
+        h = self.handle
+        d0 = h.input.shape[0] if h.input.shape else None
+        extra = [self.logit_name] if self.logit_name != self.output_name else []
+        return build_module(h.proto, output=self.output_name, input_name=h.input.name, base_dir=h.path.parent,
+                            feeds=h.feeds, fixed_batch=d0 if isinstance(d0, int) else None,
+                            extra_outputs=extra)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the data input."""
+        dt = self.handle.input.dtype
+        return torch.from_numpy(np.zeros(1, dtype=dt if dt is not None else np.float32)).dtype
+
+    def tensor(self, x: np.ndarray) -> torch.Tensor:
+        """Data as a tensor on the backend's device, in the model input's dtype."""
+        return torch.from_numpy(np.ascontiguousarray(self.handle.prepare(np.asarray(x)))).to(self.device)
+
+    # ------------------------------------------------------------------------------------------ scores
+    def outputs(self, xt: torch.Tensor, module: OnnxModule | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(output, logits)`` tensors for a batch."""
+        m = module or self.module
+        res = m.forward_many(xt, [self.output_name, self.logit_name])
+        return res[self.output_name], res[self.logit_name]
+
+    def log_probs(self, out: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """(N, C) log class probabilities, read the way the core reads outputs (``auditor.outputs``)."""
+        n = len(out)
+        if self.kind == "softmax":
+            return torch.log_softmax(logits.reshape(n, -1), dim=1)
+        if self.kind == "logsoftmax":
+            return out.reshape(n, -1)
+        o = out.reshape(n, -1)
+        if o.shape[1] >= 2:
+            if _looks_like_probs(o.detach()):
+                return torch.log(o.clamp_min(1e-12))
+            return torch.log_softmax(o, dim=1)
+        s = logits.reshape(n, -1)[:, 0] if self.kind == "sigmoid" else o[:, 0]
+        if self.kind != "sigmoid" and bool(((s >= 0) & (s <= 1)).all()):
+            p = s.clamp(1e-12, 1 - 1e-12)
+            return torch.stack([torch.log1p(-p), torch.log(p)], dim=1)
+        return torch.stack([torch.nn.functional.logsigmoid(-s), torch.nn.functional.logsigmoid(s)], dim=1)
+
+    def score(self, xt: torch.Tensor, targets: torch.Tensor, of: str = "logit",
+              module: OnnxModule | None = None) -> torch.Tensor:
+        """Per-sample score of the target class: ``logit`` (pre-softmax score; for a single-column output
+        ``+s`` for class 1 and ``-s`` for class 0), ``prob`` (probability) or ``loss`` (cross-entropy)."""
+        out, logits = self.outputs(xt, module)
+        n = len(out)
+        t = targets.long().reshape(-1, 1)
+        if of == "logit":
+            z = logits.reshape(n, -1)
+            if z.shape[1] >= 2:
+                return z.gather(1, t)[:, 0]
+            return torch.where(t[:, 0] == 1, z[:, 0], -z[:, 0])
+        lp = self.log_probs(out, logits).gather(1, t)[:, 0]
+        if of == "prob":
+            return lp.exp()
+        if of == "loss":
+            return -lp
+        raise ValueError(f"of must be 'logit', 'prob' or 'loss', not {of!r}")
+
+    # ------------------------------------------------------------------------------------------ interface
+    def forward(self, x: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        """The audited output for ``x`` (batched, no gradients)."""
+        bs = batch_size or self.batch_size
+        parts = []
+        with torch.no_grad():
+            for s in range(0, len(x), bs):
+                parts.append(self.module(self.tensor(x[s:s + bs])).detach().cpu().numpy())
+        return np.concatenate(parts)
+
+    def input_gradients(self, x: np.ndarray, targets: np.ndarray, *, of: str = "logit",
+                        batch_size: int | None = None) -> np.ndarray:
+        """d score(target) / d x, same shape as ``x`` (see :meth:`score`)."""
+        bs = batch_size or self.batch_size
+        targets = np.asarray(targets)
+        parts = []
+        for s in range(0, len(x), bs):
+            xt = self.tensor(x[s:s + bs]).requires_grad_(True)
+            tt = torch.from_numpy(targets[s:s + bs].astype(np.int64)).to(self.device)
+            # samples do not interact (eval mode), so the gradient of the sum is each sample's gradient
+            g, = torch.autograd.grad(self.score(xt, tt, of).sum(), xt)
+            parts.append(g.detach().cpu().numpy())
+        return np.concatenate(parts).reshape(np.shape(x))
+
+    def loss_grad(self, xt: torch.Tensor, targets: torch.Tensor, of: str = "loss") -> tuple[torch.Tensor,
+                                                                                             torch.Tensor]:
+        """``(score, d score / d x)`` for a tensor batch already on the device (attacks stay in torch)."""
+        xt = xt.detach().requires_grad_(True)
+        sc = self.score(xt, targets, of)
+        g, = torch.autograd.grad(sc.sum(), xt)
+        return sc.detach(), g.detach()
+
+    def __repr__(self) -> str:
+        return f"TorchBackend({self.handle.path.name}, output={self.output_name!r}, device={self.device})"
+
+
+def get_backend(handle: ModelHandle) -> TorchBackend:
+    """The backend of a model, built once per model handle."""
+    with _LOCK:
+        b = _CACHE.get(handle)
+        if b is None:
+            b = TorchBackend(handle)
+            _CACHE[handle] = b
+        return b
+
+
+def factory(handle: Any) -> TorchBackend:
+    """What ``auditor_register_backends`` offers as ``"torch"``."""
+    return get_backend(handle)

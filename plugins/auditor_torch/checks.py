@@ -1,0 +1,504 @@
+"""The checks of the ``torch`` plugin. This module does not import torch: each check reaches the backend
+through ``ctx.backend("torch")`` (skipped with a reason when torch is absent) and imports the torch code
+inside ``run``."""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from auditor import AuditContext, Check, CheckResult, Dataset, Finding, ModelHandle, Need, Param, SkipCheck
+from auditor.outputs import interpret
+
+_LIMIT = Param(name="limit", type="integer", default=500, minimum=1,
+               description="At most this many audit rows (a seeded sample, stratified by label).")
+
+
+def _clip(v: Any) -> tuple[float, float] | None:
+    if v is None:
+        return None
+    lo, hi = v
+    return float(lo), float(hi)
+
+
+def _seed(ctx: AuditContext) -> int:
+    return int(ctx.rng.integers(0, 2**31 - 1))
+
+
+# ============================================================================================== parity
+class Parity(Check):
+    """Does the torch interpreter compute what ONNX Runtime computes?
+
+    ``max_abs_diff = max_i |t_i − o_i|`` over every element of the audited output on the audit data
+    (``t`` torch, ``o`` ONNX Runtime); ``max_rel_diff = max_i |t_i − o_i| / max_i |o_i|`` (relative to the
+    output's scale, so that near-zero outputs do not blow it up). The bar is ``tol`` (1e-4 in float32):
+    every gradient-based number of this plugin is only as good as this agreement.
+    """
+
+    name = "torch.parity"
+    description = "Maximum absolute/relative difference between the torch interpreter and ONNX Runtime."
+    params = [_LIMIT,
+              Param(name="tol", type="number", default=1e-4, minimum=0,
+                    description="Largest acceptable absolute difference (a larger one fails the check).")]
+    needs = frozenset({Need.DATA})
+    metrics_doc = {
+        "max_abs_diff": "largest |torch − onnxruntime| over all output elements",
+        "max_rel_diff": "max_abs_diff divided by the largest |onnxruntime output|",
+        "mean_abs_diff": "mean |torch − onnxruntime|",
+        "argmax_agreement": "share of samples with the same top class (outputs with ≥2 columns)",
+        "nonfinite_mismatch": "elements finite in one runtime and not in the other",
+        "n": "samples compared",
+        "ops": "number of distinct op types interpreted",
+    }
+
+    def run(self, ctx: AuditContext) -> CheckResult:
+        """Run the sample through both runtimes and compare."""
+        backend = ctx.backend("torch")
+        data = ctx.sample(int(ctx.params["limit"]))
+        o = np.asarray(ctx.model.run(data.x, [backend.output_name])[backend.output_name], dtype=np.float64)
+        t = np.asarray(backend.forward(data.x), dtype=np.float64).reshape(o.shape)
+        fin_o, fin_t = np.isfinite(o), np.isfinite(t)
+        mismatch = int((fin_o != fin_t).sum())
+        both = fin_o & fin_t
+        d = np.abs(t - o)[both]
+        scale = float(np.abs(o[both]).max()) if both.any() else 0.0
+        max_abs = float(d.max()) if d.size else 0.0
+        if mismatch:
+            max_abs = float("inf")
+        metrics: dict[str, Any] = {
+            "max_abs_diff": max_abs,
+            "max_rel_diff": max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf")),
+            "mean_abs_diff": float(d.mean()) if d.size else 0.0,
+            "nonfinite_mismatch": mismatch,
+            "n": int(data.n),
+            "ops": len({s.ctx.node.op_type for s in backend.module.steps}),
+        }
+        if o.ndim == 2 and o.shape[1] >= 2:
+            metrics["argmax_agreement"] = float(np.mean(o.argmax(1) == t.argmax(1)))
+        tol = float(ctx.params["tol"])
+        findings = []
+        if not max_abs <= tol:
+            findings.append(Finding(message=f"torch and onnxruntime differ by up to {max_abs:.3g} (> {tol:g})",
+                                    severity="fail", data={"max_abs_diff": max_abs}))
+        notes = [f"torch backend on {backend.device}, output '{backend.output_name}'", *backend.notes]
+        return CheckResult(metrics=metrics, findings=findings, notes=notes)
+
+
+# ============================================================================================== PGD
+class Pgd(Check):
+    """White-box PGD / FGSM attack with every adversarial example re-verified through ONNX Runtime.
+
+    Madry et al. (2018) PGD: ``x_{k+1} = Π_{B_ε(x)}(x_k + α·sign(∇ₓL))`` (L∞) or
+    ``x_k + α ∇ₓL/‖∇ₓL‖₂`` (L2), ``L`` the cross-entropy of the true class, random start in the ball,
+    restarts; FGSM (Goodfellow et al. 2015) is one step of size ε. ``success_rate`` = share of the samples
+    ONNX Runtime classifies correctly whose adversarial example ONNX Runtime misclassifies;
+    ``robust_accuracy`` = share of all samples still correct under attack (ONNX Runtime). Cf. "A Boundary
+    Tilting Perspective on the Phenomenon of Adversarial Examples".
+    """
+
+    name = "torch.pgd"
+    description = "White-box PGD/FGSM (L∞ or L2) at eps: success rate and robust accuracy, verified with ONNX Runtime."
+    params = [
+        Param(name="eps", type="number", default=0.03, minimum=0, description="Perturbation budget ε."),
+        Param(name="norm", type="string", default="linf", choices=["linf", "l2"], description="Threat model."),
+        Param(name="attack", type="string", default="pgd", choices=["pgd", "fgsm"],
+              description="PGD, or FGSM (one step of size eps, no random start)."),
+        Param(name="steps", type="integer", default=10, minimum=1, description="PGD iterations."),
+        Param(name="step_size", type="number", default=None, nullable=True, minimum=0,
+              description="Step α (default 2.5·eps/steps)."),
+        Param(name="restarts", type="integer", default=1, minimum=1, description="Random restarts."),
+        Param(name="random_start", type="boolean", default=True, description="Start at a random point of the ball."),
+        Param(name="clip", type="array", items="number", default=None, nullable=True,
+              description="[low, high] valid input range (e.g. [0, 1] for images); none: unclipped."),
+        _LIMIT,
+    ]
+    needs = frozenset({Need.DATA, Need.LABELS, Need.GRADIENTS})
+    metrics_doc = {
+        "success_rate": "share of correctly classified samples whose adversarial example is misclassified (ORT)",
+        "robust_accuracy": "share of samples correctly classified under attack (ORT)",
+        "clean_accuracy": "accuracy without attack (ORT)",
+        "n": "samples attacked (labels known)",
+        "torch_ort_disagreement": "share of adversarial examples where torch and ORT disagree on correctness",
+        "median_linf": "median L∞ norm of the successful perturbations",
+        "median_l2": "median L2 norm of the successful perturbations",
+    }
+
+    def run(self, ctx: AuditContext) -> CheckResult:
+        """Attack a sample in batches, then re-run the adversarial inputs through ONNX Runtime."""
+        import torch
+
+        from auditor_torch.attacks import AttackConfig, pgd
+
+        backend = ctx.backend("torch")
+        p = ctx.params
+        data = ctx.sample(int(p["limit"]))
+        y = ctx.labels(data)
+        keep = y >= 0
+        x, y = np.asarray(data.x)[keep], y[keep]
+        if not len(y):
+            raise SkipCheck("no sample has a label the model knows")
+        eps = float(p["eps"])
+        fgsm = p["attack"] == "fgsm"
+        cfg = AttackConfig(eps=eps, norm=p["norm"], steps=1 if fgsm else int(p["steps"]),
+                           step_size=eps if fgsm else p["step_size"], restarts=1 if fgsm else int(p["restarts"]),
+                           random_start=False if fgsm else bool(p["random_start"]), clip=_clip(p["clip"]))
+        gen = torch.Generator().manual_seed(_seed(ctx))
+        adv = pgd(backend, x, y, cfg, gen, ctx.check_cancelled)
+        clean_ok = ctx.predict_proba(x).argmax(1) == y
+        adv_ok = ctx.predict_proba(adv).argmax(1) == y
+        torch_ok = _torch_probs(backend, adv).argmax(1) == y
+        flat = (adv.astype(np.float64) - x.astype(np.float64)).reshape(len(x), -1)
+        success = clean_ok & ~adv_ok
+        metrics: dict[str, Any] = {
+            "success_rate": float(success.sum() / clean_ok.sum()) if clean_ok.any() else 0.0,
+            "robust_accuracy": float(np.mean(clean_ok & adv_ok)),
+            "clean_accuracy": float(np.mean(clean_ok)),
+            "n": len(y),
+            "torch_ort_disagreement": float(np.mean(torch_ok != adv_ok)),
+            "median_linf": float(np.median(np.abs(flat[success]).max(1))) if success.any() else None,
+            "median_l2": float(np.median(np.linalg.norm(flat[success], axis=1))) if success.any() else None,
+        }
+        notes = [f"{p['attack']} {p['norm']} eps={eps:g}, steps={cfg.steps}, restarts={cfg.restarts}; "
+                 f"every adversarial example re-evaluated with ONNX Runtime"]
+        findings = []
+        if metrics["torch_ort_disagreement"] > 0:
+            findings.append(Finding(message=f"torch and ONNX Runtime disagree on "
+                                    f"{metrics['torch_ort_disagreement']:.1%} of adversarial examples "
+                                    f"(counted as ONNX Runtime says)", severity="info"))
+        return CheckResult(metrics=metrics, findings=findings, notes=notes)
+
+
+def _torch_probs(backend: Any, x: np.ndarray) -> np.ndarray:
+    import torch
+
+    parts = []
+    with torch.no_grad():
+        for s in range(0, len(x), backend.batch_size):
+            o, lg = backend.outputs(backend.tensor(x[s:s + backend.batch_size]))
+            parts.append(backend.log_probs(o, lg).exp().cpu().numpy())
+    return np.concatenate(parts)
+
+
+# ============================================================================================== blind spots
+class BlindSpots(Check):
+    """Under-sensitivity: how far towards an image of another class can an input move while the model
+    keeps its prediction and confidence?
+
+    Level Set Traversal (Bansal et al., "Exploring Geometry of Blind Spots in Vision Models", NeurIPS 2023):
+    each step moves towards the target along ``Δ⊥ = Δ − (Δ·g/‖g‖²) g`` (``Δ = x_t − x``, ``g = ∇ₓ p_c``),
+    which keeps the confidence ``p_c`` to first order. ``relative_distance = ‖x_T − x_t‖₂ / ‖x_s − x_t‖₂``
+    (0: reached the target image with the source's prediction). Final points and the straight path from the
+    source to them are re-evaluated with ONNX Runtime (the paper's star-like, linearly connected level sets).
+    """
+
+    name = "torch.blind_spots"
+    description = ("Level set traversal from a source towards an image of another class at constant "
+                   "confidence: how close it gets (blind spots).")
+    params = [
+        Param(name="limit", type="integer", default=32, minimum=1, description="Source/target pairs (sampled)."),
+        Param(name="steps", type="integer", default=200, minimum=1, description="Traversal iterations."),
+        Param(name="step_size", type="number", default=0.05, minimum=0, maximum=1,
+              description="η: fraction of the orthogonal component of (target − x) taken per step."),
+        Param(name="tolerance", type="number", default=0.05, minimum=0, maximum=1,
+              description="Allowed drop of the source-class confidence."),
+        Param(name="close", type="number", default=0.2, minimum=0,
+              description="A pair is a blind spot when its relative distance is at most this."),
+        Param(name="path_points", type="integer", default=8, minimum=2,
+              description="Points checked on the straight path from source to the final point."),
+        Param(name="clip", type="array", items="number", default=None, nullable=True,
+              description="[low, high] valid input range."),
+    ]
+    needs = frozenset({Need.DATA, Need.GRADIENTS})
+    metrics_doc = {
+        "mean_relative_distance": "mean ‖x_final − x_target‖ / ‖x_source − x_target‖",
+        "median_relative_distance": "median of the same",
+        "kept_prediction_rate": "share of final points ORT still assigns to the source's class",
+        "mean_confidence_drop": "mean source-class confidence at the source minus at the final point (ORT)",
+        "path_min_confidence": "mean over pairs of the lowest source-class confidence on the straight path (ORT)",
+        "blind_spot_rate": "share of pairs ending within `close` relative distance with prediction kept and "
+                           "confidence within tolerance",
+        "n_pairs": "pairs traversed",
+    }
+
+    def run(self, ctx: AuditContext) -> CheckResult:
+        """Pair sources with targets of another predicted class and traverse, batched."""
+        from auditor_torch.attacks import level_set_traversal
+
+        backend = ctx.backend("torch")
+        p = ctx.params
+        data = ctx.require_data()
+        probs = ctx.predict_proba(np.asarray(data.x))
+        pred = probs.argmax(1)
+        if len(np.unique(pred)) < 2:
+            raise SkipCheck("the model predicts a single class on the data: no target of another class")
+        k = min(int(p["limit"]), data.n)
+        src_idx = ctx.rng.choice(data.n, size=k, replace=False)
+        tgt_idx = np.empty(k, dtype=np.int64)
+        for i, s in enumerate(src_idx):  # picking indices only; the model runs batched below
+            others = np.flatnonzero(pred != pred[s])
+            tgt_idx[i] = others[ctx.rng.integers(len(others))]
+        x = np.asarray(data.x)
+        xs, xt, cls = x[src_idx], x[tgt_idx], pred[src_idx]
+        res = level_set_traversal(backend, xs, xt, cls, steps=int(p["steps"]), step_size=float(p["step_size"]),
+                                  tolerance=float(p["tolerance"]), clip=_clip(p["clip"]),
+                                  check=ctx.check_cancelled)
+        xf = res.x
+        d0 = np.linalg.norm((xs - xt).reshape(k, -1).astype(np.float64), axis=1)
+        d1 = np.linalg.norm((xf - xt).reshape(k, -1).astype(np.float64), axis=1)
+        rel = d1 / np.maximum(d0, 1e-12)
+        p_src = probs[src_idx, cls]
+        pf = ctx.predict_proba(xf)
+        kept = pf.argmax(1) == cls
+        drop = p_src - pf[np.arange(k), cls]
+        ts = np.linspace(0.0, 1.0, int(p["path_points"]))
+        path = np.concatenate([xs + t * (xf - xs) for t in ts]).astype(xs.dtype)
+        pp = ctx.predict_proba(path)[:, :].reshape(len(ts), k, -1)[:, np.arange(k), cls]
+        tol = float(p["tolerance"])
+        blind = (rel <= float(p["close"])) & kept & (drop <= tol + 1e-6)
+        metrics = {
+            "mean_relative_distance": float(rel.mean()),
+            "median_relative_distance": float(np.median(rel)),
+            "kept_prediction_rate": float(kept.mean()),
+            "mean_confidence_drop": float(drop.mean()),
+            "path_min_confidence": float(pp.min(axis=0).mean()),
+            "blind_spot_rate": float(blind.mean()),
+            "n_pairs": int(k),
+        }
+        findings = []
+        if blind.any():
+            findings.append(Finding(message=f"{int(blind.sum())} of {k} inputs moved within {p['close']:g} of "
+                                    f"an image of another class keeping prediction and confidence",
+                                    severity="info"))
+        return CheckResult(metrics=metrics, findings=findings,
+                           notes=[f"{p['steps']} steps of size {p['step_size']:g}; confidence of the source's "
+                                  f"predicted class"])
+
+
+# ============================================================================================== gradients
+class InputGradients(Check):
+    """Do input gradients highlight discriminative features? A removal test in the spirit of DiffROAR
+    (Shah, Jain & Netrapalli, "Do Input Gradients Highlight Discriminative Features?", NeurIPS 2021).
+
+    Attribution ``a = |∂ logit_y / ∂x|`` per input coordinate. For each fraction ``k``, the top-``k``
+    coordinates (by ``a``), the bottom-``k`` and a random ``k`` are replaced by ``fill`` (the per-coordinate
+    mean of the sample, or zero) and the accuracy re-measured with ONNX Runtime (no retraining, unlike ROAR:
+    this audits the shipped model). ``diff_roar = acc(bottom removed) − acc(top removed)``: positive when
+    the gradient ranks discriminative coordinates first (the paper's assumption (A)), ≤ 0 when it violates it.
+    """
+
+    name = "torch.input_gradients"
+    description = ("Removal test (DiffROAR-style): does removing the top input-gradient features hurt more than "
+                   "removing the bottom ones?")
+    params = [
+        Param(name="fractions", type="array", items="number", default=[0.1, 0.25, 0.5], minimum=0, maximum=1,
+              description="Fractions of input coordinates removed."),
+        Param(name="fill", type="string", default="mean", choices=["mean", "zero"],
+              description="Value a removed coordinate takes."),
+        Param(name="of", type="string", default="logit", choices=["logit", "prob", "loss"],
+              description="Score whose gradient is the attribution."),
+        _LIMIT,
+    ]
+    needs = frozenset({Need.DATA, Need.LABELS, Need.GRADIENTS})
+    metrics_doc = {
+        "clean_accuracy": "accuracy on the sample (ORT)",
+        "acc_top_removed": "accuracy with the top-k attributed coordinates removed, per fraction",
+        "acc_bottom_removed": "accuracy with the bottom-k coordinates removed, per fraction",
+        "acc_random_removed": "accuracy with k random coordinates removed, per fraction",
+        "diff_roar": "acc_bottom_removed − acc_top_removed per fraction",
+        "diff_roar_mean": "mean of diff_roar over the fractions",
+        "fractions": "the fractions, in order",
+    }
+
+    def run(self, ctx: AuditContext) -> CheckResult:
+        """Attributions in one batched backward pass per batch; every masked set through ONNX Runtime."""
+        backend = ctx.backend("torch")
+        p = ctx.params
+        data = ctx.sample(int(p["limit"]))
+        y = ctx.labels(data)
+        keep = y >= 0
+        x, y = np.asarray(data.x)[keep], y[keep]
+        n = len(y)
+        if not n:
+            raise SkipCheck("no sample has a label the model knows")
+        flat = x.reshape(n, -1)
+        d = flat.shape[1]
+        a = np.abs(backend.input_gradients(x, y, of=p["of"]).reshape(n, -1))
+        order = np.argsort(-a, axis=1, kind="stable")  # most attributed first
+        rand_order = np.argsort(ctx.rng.random((n, d)), axis=1)
+        fill = flat.mean(axis=0) if p["fill"] == "mean" else np.zeros(d, dtype=flat.dtype)
+        fill_full = np.broadcast_to(fill, flat.shape)
+        rows = np.arange(n)[:, None]
+
+        def acc_without(idx: np.ndarray) -> float:
+            xm = flat.copy()
+            xm[rows, idx] = fill_full[rows, idx]
+            return float(np.mean(ctx.predict_proba(xm.reshape(x.shape)).argmax(1) == y))
+
+        fr = [float(f) for f in p["fractions"]]
+        top, bottom, rnd = [], [], []
+        for f in fr:
+            ctx.check_cancelled()
+            k = round(f * d)
+            top.append(acc_without(order[:, :k]))
+            bottom.append(acc_without(order[:, d - k:] if k else order[:, :0]))
+            rnd.append(acc_without(rand_order[:, :k]))
+        diff = [b - t for b, t in zip(bottom, top)]
+        metrics = {
+            "clean_accuracy": float(np.mean(ctx.predict_proba(x).argmax(1) == y)),
+            "acc_top_removed": top, "acc_bottom_removed": bottom, "acc_random_removed": rnd,
+            "diff_roar": diff, "diff_roar_mean": float(np.mean(diff)) if diff else 0.0, "fractions": fr,
+        }
+        findings = []
+        if diff and np.mean(diff) <= 0:
+            findings.append(Finding(message="removing the most-attributed inputs hurts no more than removing the "
+                                    "least-attributed: input gradients do not highlight discriminative features",
+                                    severity="warn"))
+        return CheckResult(metrics=metrics, findings=findings,
+                           notes=[f"attribution |d {p['of']} / dx| of the true class; fill={p['fill']}"])
+
+
+# ============================================================================================== retrain
+class Retrain(Check):
+    """Retrain the model under other training rules and optimizers; how much does its behaviour depend on
+    backpropagation and on the optimizer?
+
+    Rules after Bartunov et al. (2018), "Assessing the Scalability of Biologically-Motivated Deep Learning
+    Algorithms and Architectures": backprop, feedback alignment, direct feedback alignment, difference target
+    propagation (see :mod:`auditor_torch.training`). Optimizers SGD, Adam and SAM (Andriushchenko et al.
+    2023, "Sharpness-Aware Minimization Leads to Low-Rank Features"). Per run: accuracy on ``data:`` of the
+    retrained model written back into a copy of the ONNX graph and run with ONNX Runtime,
+    ``gap_to_backprop = acc(backprop, same optimizer) − acc(rule)``, ``feature_rank`` (principal components
+    explaining 99 % of the variance of the penultimate features), dead units (penultimate units zero on every
+    sample) and the training curve.
+    """
+
+    name = "torch.retrain"
+    description = ("Retrain under backprop / feedback alignment / DFA / DTP with SGD / Adam / SAM; accuracy gap "
+                   "to backprop.")
+    params = [
+        Param(name="rules", type="array", items="string", default=["backprop", "feedback_alignment"],
+              schema={"type": "array", "items": {"enum": ["backprop", "feedback_alignment",
+                                                          "direct_feedback_alignment",
+                                                          "difference_target_propagation"]},
+                      "default": ["backprop", "feedback_alignment"], "description": "Training rules."},
+              description="Training rules."),
+        Param(name="optimizers", type="array", items="string", default=["sgd"],
+              schema={"type": "array", "items": {"enum": ["sgd", "adam", "sam"]}, "default": ["sgd"],
+                      "description": "Optimizers (each rule is trained with each)."},
+              description="Optimizers (each rule is trained with each)."),
+        Param(name="reinit", type="boolean", default=False,
+              description="Train from re-initialised weights (true) or fine-tune the shipped ones (false)."),
+        Param(name="epochs", type="integer", default=5, minimum=1, description="Training epochs."),
+        Param(name="batch_size", type="integer", default=64, minimum=1, description="Mini-batch size."),
+        Param(name="lr", type="number", default=None, nullable=True, minimum=0,
+              description="Learning rate (default: 0.05 for SGD and SAM, 0.001 for Adam)."),
+        Param(name="momentum", type="number", default=0.9, minimum=0, maximum=1, description="SGD/SAM momentum."),
+        Param(name="rho", type="number", default=0.05, minimum=0, description="SAM neighbourhood radius ρ."),
+        Param(name="limit", type="integer", default=5000, minimum=1,
+              description="At most this many training rows (and audit rows for evaluation), sampled."),
+        Param(name="save_dir", type="string", default=None, nullable=True,
+              description="Folder for the retrained .onnx models (default: a new temporary folder)."),
+    ]
+    needs = frozenset({Need.DATA, Need.LABELS, Need.TRAIN_DATA})
+    run_on_baseline = False
+    metrics_doc = {
+        "runs": "per rule, per optimizer: accuracy, gap_to_backprop, feature_rank, dead_units, dead_fraction, "
+                "loss and train_accuracy curves, model_path; or status 'not applicable' with the reason",
+        "original": "accuracy, feature_rank, dead_units of the audited model",
+        "max_gap_to_backprop": "largest gap_to_backprop over the applicable non-backprop runs",
+    }
+
+    def run(self, ctx: AuditContext) -> CheckResult:
+        """Train each (rule, optimizer) on a copy of the interpreted graph, write it back, evaluate with ORT."""
+        from auditor_torch.export import write_model
+        from auditor_torch.training import NotApplicable, TrainConfig, train
+
+        backend = ctx.backend("torch")
+        p = ctx.params
+        if ctx.train_data is None:
+            raise SkipCheck("the spec has no train_data: section")
+        limit = int(p["limit"])
+        train_set = ctx.sample(limit, ctx.train_data)
+        ytr = ctx.labels(train_set)
+        ok = ytr >= 0
+        xtr, ytr = np.asarray(train_set.x)[ok], ytr[ok]
+        eval_set = ctx.sample(limit)
+        yev = ctx.labels(eval_set)
+        if ctx.predictions().task != "classification":
+            raise SkipCheck("retraining supports classifiers")
+        save = Path(p["save_dir"]) if p["save_dir"] else Path(tempfile.mkdtemp(prefix="auditor-retrain-"))
+        rules = list(dict.fromkeys(p["rules"]))
+        optimizers = list(dict.fromkeys(p["optimizers"]))
+        if "backprop" not in rules:
+            rules.insert(0, "backprop")  # the reference every gap is measured against
+        seed = _seed(ctx)
+        original = _evaluate(ctx.model, eval_set, yev)
+        runs: dict[str, dict[str, Any]] = {}
+        notes: list[str] = [f"trained on {len(ytr)} rows of train_data, evaluated on {eval_set.n} rows of data; "
+                            f"{'re-initialised' if p['reinit'] else 'fine-tuned from the shipped'} weights"]
+        artifacts: dict[str, Any] = {"models": {}}
+        total = len(rules) * len(optimizers)
+        done = 0
+        for rule in rules:
+            runs[rule] = {}
+            for opt in optimizers:
+                ctx.check_cancelled()
+                cfg = TrainConfig(rule=rule, optimizer=opt, epochs=int(p["epochs"]),
+                                  batch_size=int(p["batch_size"]), lr=p["lr"], momentum=float(p["momentum"]),
+                                  rho=float(p["rho"]), reinit=bool(p["reinit"]), seed=seed)
+                module = backend.build_module()
+                try:
+                    res = train(module, backend, xtr, ytr, cfg, backend.device, ctx.check_cancelled)
+                except NotApplicable as exc:
+                    runs[rule][opt] = {"status": "not applicable", "reason": str(exc)}
+                    notes.append(f"{rule}: not applicable ({exc})")
+                    continue
+                values = {name: t.detach().cpu().numpy() for name, t in module.named_onnx_parameters().items()}
+                values.update({module.buffer_names[k]: b.detach().cpu().numpy()
+                               for k, b in module.named_buffers() if k in module.buffer_names
+                               and b.is_floating_point()})
+                path = write_model(ctx.model, values, save / f"{ctx.model.path.stem}.{rule}.{opt}.onnx")
+                handle = ModelHandle(dataclasses.replace(ctx.model.config, path=path),
+                                     batch_size=ctx.model.batch_size, role="retrained")
+                ev = _evaluate(handle, eval_set, yev)
+                runs[rule][opt] = {"status": "ok", **ev, "loss": res.loss, "train_accuracy": res.train_accuracy,
+                                   "model_path": str(path)}
+                artifacts["models"][f"{rule}/{opt}"] = str(path)
+                notes.extend(f"{rule}/{opt}: {n}" for n in res.notes)
+                done += 1
+                ctx.report_progress(done, total, f"{rule}/{opt}")
+        gaps = []
+        for rule, per in runs.items():
+            for opt, r in per.items():
+                ref = runs["backprop"].get(opt, {})
+                if r.get("status") == "ok" and ref.get("status") == "ok":
+                    r["gap_to_backprop"] = float(ref["accuracy"] - r["accuracy"])
+                    if rule != "backprop":
+                        gaps.append(r["gap_to_backprop"])
+        metrics = {"runs": runs, "original": original,
+                   "max_gap_to_backprop": float(max(gaps)) if gaps else None}
+        return CheckResult(metrics=metrics, notes=notes, artifacts=artifacts)
+
+
+def _evaluate(handle: ModelHandle, data: Dataset, y: np.ndarray) -> dict[str, Any]:
+    """Accuracy (ONNX Runtime), feature rank and dead units of the penultimate features of a model."""
+    from auditor_torch.export import dead_units, feature_rank
+
+    x = np.asarray(data.x)
+    raw = handle.run(x)
+    zip_classes = {z.output: z.classes for z in handle.zipmaps.values()}
+    pred = interpret(raw, task=handle.config.task, y=data.y, zip_classes=zip_classes)
+    known = y >= 0
+    assert pred.labels is not None
+    out: dict[str, Any] = {"accuracy": float(np.mean(pred.labels[known] == y[known]))}
+    pen = handle.penultimate()
+    if pen is not None:
+        feats = handle.run(x, [pen])[pen]
+        dead, total = dead_units(feats)
+        out.update(feature_rank=feature_rank(feats), dead_units=dead, units=total,
+                   dead_fraction=dead / total if total else 0.0)
+    return out

@@ -1,0 +1,334 @@
+"""An ONNX graph as a differentiable ``torch.nn.Module``.
+
+Written here rather than taken from a converter package (see the plugin's README section in the issue): the
+module evaluates the ONNX nodes in their (topological) order, each through the op registry
+(:mod:`auditor_torch.registry`), so that every op's semantics follow the ONNX specification and ONNX Runtime,
+not a framework's re-interpretation. Float initializers become ``nn.Parameter`` s (gradients, retraining),
+other initializers, ``Constant`` node values and fixed feeds become buffers (they follow ``.to(device)``).
+
+Linear ops (Conv, ConvTranspose, Gemm, MatMul) go through :meth:`OnnxModule.linear`, where a training rule
+(feedback alignment, direct feedback alignment; :mod:`auditor_torch.rules`) can replace how the error flows
+back to the op's input while the forward value stays exactly the same.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from onnx import helper, numpy_helper
+
+from auditor import graph as G
+from auditor_torch import ops as _ops  # noqa: F401  (registers the built-in ops)
+from auditor_torch.registry import OpFn, UnsupportedOpError, lookup
+
+FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+               onnx.TensorProto.BFLOAT16}
+LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+@dataclass
+class NodeContext:
+    """What an op implementation sees besides its inputs."""
+
+    node: onnx.NodeProto
+    attrs: dict[str, Any]
+    opset: int
+    module: OnnxModule
+    index: int = 0
+
+    def attr(self, name: str, default: Any = None) -> Any:
+        """An attribute's value (strings decoded), or ``default``."""
+        return self.attrs.get(name, default)
+
+    @property
+    def training(self) -> bool:
+        """Whether the module is in training mode (dropout active, batch norm on batch statistics)."""
+        return self.module.training
+
+    @property
+    def name(self) -> str:
+        """The node's name (its first output when unnamed)."""
+        return self.node.name or self.node.output[0]
+
+
+@dataclass
+class _Step:
+    ctx: NodeContext
+    fn: OpFn
+    inputs: list[tuple[str, str] | None]  # (kind, key): kind "env" | "param" | "buf"
+    outputs: list[str]
+    free: list[str] = field(default_factory=list)  # env tensors not needed after this step
+
+
+def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for a in node.attribute:
+        v = helper.get_attribute_value(a)
+        if isinstance(v, bytes):
+            v = v.decode()
+        elif isinstance(v, list) and v and isinstance(v[0], bytes):
+            v = [s.decode() for s in v]
+        out[a.name] = v
+    return out
+
+
+def _key(name: str, taken: set[str]) -> str:
+    base = re.sub(r"[^0-9A-Za-z_]", "_", name) or "t"
+    if base[0].isdigit():
+        base = "t_" + base
+    k, i = base, 1
+    while k in taken:
+        i += 1
+        k = f"{base}_{i}"
+    taken.add(k)
+    return k
+
+
+def to_torch(a: np.ndarray) -> torch.Tensor:
+    """A numpy array as a torch tensor (copied: memory maps and read-only arrays are not writable)."""
+    a = np.asarray(a)
+    if a.dtype == np.object_ or a.dtype.kind in "US":
+        raise UnsupportedOpError("string tensors cannot be represented in torch")
+    return torch.from_numpy(np.array(a, copy=True, order="C"))
+
+
+class OnnxModule(torch.nn.Module):
+    """An ONNX graph evaluated with torch ops.
+
+    ``forward(x)`` maps the data input to the audited output. :meth:`run` evaluates any tensors from any
+    starting environment (used for layer-wise training rules). ``param_names`` maps each parameter key back
+    to its ONNX initializer name (for writing retrained weights back into the graph).
+    """
+
+    def __init__(self, graph: onnx.GraphProto, *, opsets: dict[str, int], input_name: str,
+                 output_names: Sequence[str], initializers: dict[str, np.ndarray],
+                 feeds: dict[str, np.ndarray] | None = None, fixed_batch: int | None = None) -> None:
+        super().__init__()
+        self.graph = graph
+        self.opsets = opsets
+        self.input_name = input_name
+        self.output_names = list(output_names)
+        self.fixed_batch = fixed_batch
+        self.current_batch: int | None = None
+        #: a training rule that may intercept linear ops (see :mod:`auditor_torch.rules`); None = backprop
+        self.rule: Any = None
+        self.params = torch.nn.ParameterDict()
+        taken: set[str] = set()
+        self._where: dict[str, tuple[str, str]] = {}
+        self.param_names: dict[str, str] = {}
+        self.buffer_names: dict[str, str] = {}
+        # BatchNormalization running statistics are state, not weights: buffers (updated in training mode).
+        bn_stats = {n.input[i] for n in graph.node if n.op_type == "BatchNormalization"
+                    for i in (3, 4) if len(n.input) > i}
+        for name, arr in initializers.items():
+            t = to_torch(arr)
+            k = _key(name, taken)
+            if t.is_floating_point() and name not in bn_stats:
+                self.params[k] = torch.nn.Parameter(t, requires_grad=False)
+                self._where[name] = ("param", k)
+                self.param_names[k] = name
+            else:
+                self.register_buffer(k, t)
+                self._where[name] = ("buf", k)
+                self.buffer_names[k] = name
+        for name, arr in (feeds or {}).items():
+            k = _key(name, taken)
+            self.register_buffer(k, to_torch(arr))
+            self._where[name] = ("buf", k)
+        self.initializer_names = set(initializers)
+        self.producers: dict[str, onnx.NodeProto] = {}
+        steps: list[_Step] = []
+        missing: dict[str, int] = {}
+        for idx, node in enumerate(graph.node):
+            for o in node.output:
+                if o:
+                    self.producers[o] = node
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+                value = _constant_value(node)
+                if value is not None:
+                    k = _key(node.output[0], taken)
+                    self.register_buffer(k, to_torch(value))
+                    self._where[node.output[0]] = ("buf", k)
+                    continue
+            fn = lookup(node.op_type, node.domain)
+            if fn is None:
+                label = f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
+                missing[label] = missing.get(label, 0) + 1
+                continue
+            dom = node.domain if node.domain not in ("", "ai.onnx") else ""
+            ctx = NodeContext(node, _attrs(node), opsets.get(dom, opsets.get("", 17)), self, idx)
+            ins: list[tuple[str, str] | None] = []
+            for i in node.input:
+                if not i:
+                    ins.append(None)
+                else:
+                    ins.append(self._where.get(i, ("env", i)))
+            steps.append(_Step(ctx, fn, ins, list(node.output)))
+        if missing:
+            listing = ", ".join(f"{k} (x{v})" if v > 1 else k for k, v in sorted(missing.items()))
+            raise UnsupportedOpError(
+                f"the torch backend cannot interpret op(s): {listing}; an implementation can be added with "
+                f"auditor_torch.register_op(op_type, domain)"
+            )
+        # Free intermediate tensors after their last use (memory of big models at large batches).
+        last: dict[str, int] = {}
+        for si, s in enumerate(steps):
+            for src in s.inputs:
+                if src is not None and src[0] == "env":
+                    last[src[1]] = si
+        keep = set(self.output_names)
+        for name, si in last.items():
+            if name not in keep and name != input_name:
+                steps[si].free.append(name)
+        self._steps = steps
+
+    # ------------------------------------------------------------------------------------------ lookups
+    def tensor(self, name: str) -> torch.Tensor | None:
+        """A parameter, buffer or constant by its ONNX name (``None`` if it is computed)."""
+        where = self._where.get(name)
+        if where is None:
+            return None
+        kind, key = where
+        return self.params[key] if kind == "param" else getattr(self, key)
+
+    def is_param(self, name: str) -> bool:
+        """Whether ``name`` is a float initializer held as a parameter."""
+        return self._where.get(name, ("", ""))[0] == "param"
+
+    def named_onnx_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """ONNX initializer name -> parameter."""
+        return {self.param_names[k]: p for k, p in self.params.items()}
+
+    @property
+    def steps(self) -> list[_Step]:
+        """The evaluation plan (one step per non-constant node)."""
+        return self._steps
+
+    # ------------------------------------------------------------------------------------------ evaluation
+    def linear(self, ctx: NodeContext, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+               x: torch.Tensor, weight_name: str, w: torch.Tensor) -> torch.Tensor:
+        """``fn(x, w)`` for a linear op (bias added by the caller); a training rule may change how the error
+        reaches ``x`` (not the forward value)."""
+        if self.rule is not None and self.is_param(weight_name):
+            return self.rule.linear(ctx, fn, x, weight_name, w)
+        return fn(x, w)
+
+    def run(self, env: dict[str, torch.Tensor], outputs: Sequence[str],
+            steps: Sequence[_Step] | None = None) -> dict[str, torch.Tensor]:
+        """Evaluate ``steps`` (default: all) from the tensors in ``env``; returns the requested tensors."""
+        env = dict(env)
+        want = set(outputs)
+        if self.input_name in env and env[self.input_name].dim():
+            self.current_batch = int(env[self.input_name].shape[0])
+        for s in (self._steps if steps is None else steps):
+            args: list[Any] = []
+            for src in s.inputs:
+                if src is None:
+                    args.append(None)
+                elif src[0] == "env":
+                    args.append(env[src[1]])
+                elif src[0] == "param":
+                    args.append(self.params[src[1]])
+                else:
+                    args.append(getattr(self, src[1]))
+            try:
+                res = s.fn(s.ctx, args)
+            except UnsupportedOpError:
+                raise
+            except Exception as exc:
+                raise RuntimeError(f"{s.ctx.node.op_type} node '{s.ctx.name}': {type(exc).__name__}: {exc}") \
+                    from exc
+            if isinstance(res, (list, tuple)):
+                for name, t in zip(s.outputs, res):
+                    if name:
+                        env[name] = t
+            elif s.outputs and s.outputs[0]:
+                env[s.outputs[0]] = res
+            if steps is None:
+                for name in s.free:
+                    if name not in want:
+                        env.pop(name, None)
+        out: dict[str, torch.Tensor] = {}
+        for o in outputs:
+            if o in env:
+                out[o] = env[o]
+            else:
+                t = self.tensor(o)
+                if t is None:
+                    raise KeyError(f"tensor '{o}' was not computed")
+                out[o] = t
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The first output for the data input ``x``."""
+        return self.run({self.input_name: x}, self.output_names[:1])[self.output_names[0]]
+
+    def forward_many(self, x: torch.Tensor, outputs: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Several tensors for the data input ``x`` in one pass."""
+        return self.run({self.input_name: x}, outputs)
+
+
+def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
+    for a in node.attribute:
+        if a.name == "value":
+            return numpy_helper.to_array(a.t)
+        if a.name == "value_float":
+            return np.asarray(a.f, dtype=np.float32)
+        if a.name == "value_floats":
+            return np.asarray(list(a.floats), dtype=np.float32)
+        if a.name == "value_int":
+            return np.asarray(a.i, dtype=np.int64)
+        if a.name == "value_ints":
+            return np.asarray(list(a.ints), dtype=np.int64)
+    return None
+
+
+def opsets_of(model: onnx.ModelProto) -> dict[str, int]:
+    """``{domain: version}`` with the default domain as ``""``."""
+    return {("" if o.domain in ("", "ai.onnx") else o.domain): int(o.version) for o in model.opset_import}
+
+
+def read_initializers(model: onnx.ModelProto, base_dir: Path | None) -> dict[str, np.ndarray]:
+    """Every initializer of the main graph (external data memory-mapped, then copied into torch)."""
+    out: dict[str, np.ndarray] = {}
+    names = G.initializer_names(model.graph)
+    for ref in G.iter_weights(model):
+        if ref.name in names:
+            out[ref.name] = G.read_tensor(ref, base_dir or Path("."))
+    for sp in model.graph.sparse_initializer:
+        values = numpy_helper.to_array(sp.values)
+        idx = numpy_helper.to_array(sp.indices).astype(np.int64)
+        dims = tuple(int(d) for d in sp.dims)
+        dense = np.zeros(int(np.prod(dims)), dtype=values.dtype)
+        # indices are linear positions (1-D) or coordinates (one row per value)
+        flat = idx if idx.ndim == 1 else np.ravel_multi_index(tuple(idx.T), dims)
+        dense[flat] = values
+        out[sp.values.name] = dense.reshape(dims)
+    return out
+
+
+def build_module(model: onnx.ModelProto, *, output: str | None = None, input_name: str | None = None,
+                 base_dir: Path | None = None, feeds: dict[str, np.ndarray] | None = None,
+                 fixed_batch: int | None = None, extra_outputs: Sequence[str] = ()) -> OnnxModule:
+    """An :class:`OnnxModule` computing ``output`` (default: the first graph output) and ``extra_outputs``
+    from the data input (default: the only data input)."""
+    g = model.graph
+    out = output or g.output[0].name
+    wanted = list(dict.fromkeys([out, *extra_outputs]))
+    pruned = G.prune(model, wanted)
+    data_in = [i.name for i in G.data_inputs(pruned.graph)]
+    if input_name is None:
+        rest = [i for i in data_in if i not in (feeds or {})]
+        if len(rest) != 1:
+            raise ValueError(f"cannot tell the data input among {data_in}")
+        input_name = rest[0]
+    inits = read_initializers(pruned, base_dir)
+    return OnnxModule(pruned.graph, opsets=opsets_of(model), input_name=input_name, output_names=wanted,
+                      initializers=inits, feeds=feeds, fixed_batch=fixed_batch)

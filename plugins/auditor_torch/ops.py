@@ -1,0 +1,954 @@
+"""Torch implementations of ONNX ops, following the ONNX operator specification (and ONNX Runtime where the
+specification leaves a choice). Registered in :mod:`auditor_torch.registry` on import.
+
+Every implementation is differentiable where the op is (shape arithmetic on int64 tensors is not) and
+batch-agnostic (no loops over samples). Attributes that change semantics between opsets (Softmax's axis,
+Split/Squeeze/Unsqueeze/Reduce* axes as inputs, Slice/Pad/Clip attributes vs inputs) are handled per opset.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+from onnx import numpy_helper
+
+from auditor_torch.registry import UnsupportedOpError, register_op
+
+if TYPE_CHECKING:
+    from auditor_torch.interpreter import NodeContext
+
+Tensor = torch.Tensor
+Ins = list[Any]
+
+_DTYPES: dict[int, torch.dtype] = {
+    onnx.TensorProto.FLOAT: torch.float32, onnx.TensorProto.DOUBLE: torch.float64,
+    onnx.TensorProto.FLOAT16: torch.float16, onnx.TensorProto.BFLOAT16: torch.bfloat16,
+    onnx.TensorProto.INT64: torch.int64, onnx.TensorProto.INT32: torch.int32,
+    onnx.TensorProto.INT16: torch.int16, onnx.TensorProto.INT8: torch.int8,
+    onnx.TensorProto.UINT8: torch.uint8, onnx.TensorProto.BOOL: torch.bool,
+    # torch has limited unsigned types: wider signed ones hold the same values
+    onnx.TensorProto.UINT16: torch.int32, onnx.TensorProto.UINT32: torch.int64,
+    onnx.TensorProto.UINT64: torch.int64,
+}
+
+
+def torch_dtype(elem_type: int) -> torch.dtype:
+    """The torch dtype of an ONNX element type."""
+    if elem_type not in _DTYPES:
+        raise UnsupportedOpError(f"element type {onnx.TensorProto.DataType.Name(elem_type)} is not supported")
+    return _DTYPES[elem_type]
+
+
+def _ints(t: Any) -> list[int]:
+    if t is None:
+        return []
+    if isinstance(t, Tensor):
+        return [int(v) for v in t.reshape(-1).tolist()]
+    return [int(v) for v in t]
+
+
+def _floats(t: Any) -> list[float]:
+    if isinstance(t, Tensor):
+        return [float(v) for v in t.reshape(-1).tolist()]
+    return [float(v) for v in t]
+
+
+def _opt(ins: Ins, i: int) -> Any:
+    return ins[i] if len(ins) > i else None
+
+
+def _unary(name: str, fn: Callable[[Tensor], Tensor]) -> None:
+    register_op(name)(lambda ctx, ins: fn(ins[0]))
+
+
+# ---------------------------------------------------------------------------------------------- elementwise
+_UNARY: dict[str, Callable[[Tensor], Tensor]] = {
+    "Abs": torch.abs, "Neg": torch.neg, "Sqrt": torch.sqrt, "Exp": torch.exp, "Log": torch.log,
+    "Reciprocal": torch.reciprocal, "Floor": torch.floor, "Ceil": torch.ceil, "Round": torch.round,
+    "Sign": torch.sign, "Sin": torch.sin, "Cos": torch.cos, "Tan": torch.tan, "Atan": torch.atan,
+    "Erf": torch.erf, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Relu": torch.relu,
+    "Softplus": F.softplus, "Softsign": F.softsign, "IsNaN": torch.isnan, "Not": torch.logical_not,
+    "Identity": lambda x: x, "Mish": F.mish,
+}
+for _name, _fn in _UNARY.items():
+    _unary(_name, _fn)
+
+
+@register_op("IsInf")
+def _isinf(ctx: NodeContext, ins: Ins) -> Tensor:
+    x = ins[0]
+    pos, neg = int(ctx.attr("detect_positive", 1)), int(ctx.attr("detect_negative", 1))
+    return (torch.isposinf(x) & bool(pos)) | (torch.isneginf(x) & bool(neg))
+
+
+def _div(a: Tensor, b: Tensor) -> Tensor:
+    if not a.is_floating_point() and not b.is_floating_point():
+        return torch.div(a, b, rounding_mode="trunc")  # integer division truncates, as in ONNX Runtime
+    return a / b
+
+
+_BINARY: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": _div, "Pow": torch.pow,
+    "Equal": torch.eq, "Less": torch.lt, "Greater": torch.gt, "LessOrEqual": torch.le,
+    "GreaterOrEqual": torch.ge, "And": torch.logical_and, "Or": torch.logical_or, "Xor": torch.logical_xor,
+}
+
+
+def _binary(f: Callable[[Tensor, Tensor], Tensor]) -> Callable[[NodeContext, Ins], Tensor]:
+    def run(ctx: NodeContext, ins: Ins) -> Tensor:
+        return f(ins[0], ins[1])
+
+    return run
+
+
+for _name, _bfn in _BINARY.items():
+    register_op(_name)(_binary(_bfn))
+
+
+@register_op("Mod")
+def _mod(ctx: NodeContext, ins: Ins) -> Tensor:
+    a, b = ins
+    return torch.fmod(a, b) if int(ctx.attr("fmod", 0)) else torch.remainder(a, b)
+
+
+def _variadic(fn: Callable[[Tensor, Tensor], Tensor]) -> Callable[[NodeContext, Ins], Tensor]:
+    def run(ctx: NodeContext, ins: Ins) -> Tensor:
+        out = ins[0]
+        for t in ins[1:]:
+            out = fn(out, t)
+        return out
+
+    return run
+
+
+register_op("Max")(_variadic(torch.maximum))
+register_op("Min")(_variadic(torch.minimum))
+register_op("Sum")(_variadic(torch.add))
+
+
+@register_op("Mean")
+def _mean(ctx: NodeContext, ins: Ins) -> Tensor:
+    return _variadic(torch.add)(ctx, ins) / len(ins)
+
+
+@register_op("Where")
+def _where(ctx: NodeContext, ins: Ins) -> Tensor:
+    return torch.where(ins[0].bool(), ins[1], ins[2])
+
+
+# ---------------------------------------------------------------------------------------------- activations
+@register_op("LeakyRelu")
+def _leaky(ctx: NodeContext, ins: Ins) -> Tensor:
+    return F.leaky_relu(ins[0], float(ctx.attr("alpha", 0.01)))
+
+
+@register_op("Elu")
+def _elu(ctx: NodeContext, ins: Ins) -> Tensor:
+    return F.elu(ins[0], float(ctx.attr("alpha", 1.0)))
+
+
+@register_op("Celu")
+def _celu(ctx: NodeContext, ins: Ins) -> Tensor:
+    return F.celu(ins[0], float(ctx.attr("alpha", 1.0)))
+
+
+@register_op("Selu")
+def _selu(ctx: NodeContext, ins: Ins) -> Tensor:
+    alpha = float(ctx.attr("alpha", 1.67326319217681884765625))
+    gamma = float(ctx.attr("gamma", 1.05070102214813232421875))
+    x = ins[0]
+    return gamma * torch.where(x > 0, x, alpha * (torch.exp(x) - 1))
+
+
+@register_op("HardSigmoid")
+def _hsig(ctx: NodeContext, ins: Ins) -> Tensor:
+    return torch.clamp(float(ctx.attr("alpha", 0.2)) * ins[0] + float(ctx.attr("beta", 0.5)), 0, 1)
+
+
+@register_op("HardSwish")
+def _hswish(ctx: NodeContext, ins: Ins) -> Tensor:
+    x = ins[0]
+    return x * torch.clamp(x / 6 + 0.5, 0, 1)
+
+
+@register_op("ThresholdedRelu")
+def _trelu(ctx: NodeContext, ins: Ins) -> Tensor:
+    x = ins[0]
+    return torch.where(x > float(ctx.attr("alpha", 1.0)), x, torch.zeros_like(x))
+
+
+@register_op("PRelu")
+def _prelu(ctx: NodeContext, ins: Ins) -> Tensor:
+    x, slope = ins
+    return torch.where(x < 0, slope * x, x)
+
+
+@register_op("Gelu")
+@register_op("Gelu", "com.microsoft")
+def _gelu(ctx: NodeContext, ins: Ins) -> Tensor:
+    return F.gelu(ins[0], approximate="tanh" if ctx.attr("approximate", "none") == "tanh" else "none")
+
+
+@register_op("FastGelu", "com.microsoft")
+def _fastgelu(ctx: NodeContext, ins: Ins) -> Tensor:
+    x = ins[0] if _opt(ins, 1) is None else ins[0] + ins[1]
+    return F.gelu(x, approximate="tanh")
+
+
+@register_op("Clip")
+def _clip(ctx: NodeContext, ins: Ins) -> Tensor:
+    x = ins[0]
+    if ctx.opset < 11:
+        lo, hi = ctx.attr("min"), ctx.attr("max")
+        return torch.clamp(x, min=lo, max=hi) if lo is not None or hi is not None else x
+    lo, hi = _opt(ins, 1), _opt(ins, 2)
+    if lo is None and hi is None:
+        return x
+    return torch.clamp(x, min=lo, max=hi)
+
+
+def _softmax_like(fn: Callable[..., Tensor]) -> Callable[[NodeContext, Ins], Tensor]:
+    def run(ctx: NodeContext, ins: Ins) -> Tensor:
+        x = ins[0]
+        if ctx.opset < 13:
+            # before opset 13 the input is coerced to 2-D at `axis` (default 1) and normalised over the rest
+            axis = int(ctx.attr("axis", 1)) % max(x.dim(), 1)
+            shape = x.shape
+            lead = int(np.prod(shape[:axis])) if axis else 1
+            return fn(x.reshape(lead, -1), dim=1).reshape(shape)
+        return fn(x, dim=int(ctx.attr("axis", -1)))
+
+    return run
+
+
+register_op("Softmax")(_softmax_like(torch.softmax))
+register_op("LogSoftmax")(_softmax_like(torch.log_softmax))
+
+
+# ---------------------------------------------------------------------------------------------- linear ops
+def _torch_pad(begin: Sequence[int], end: Sequence[int]) -> list[int]:
+    """ONNX per-axis (begin, end) pads as F.pad's list, which starts from the last axis."""
+    out: list[int] = []
+    for b, e in zip(reversed(list(begin)), reversed(list(end))):
+        out += [int(b), int(e)]
+    return out
+
+
+def _spatial_pads(ctx: NodeContext, x: Tensor, kernel: Sequence[int], strides: Sequence[int],
+                  dil: Sequence[int]) -> tuple[list[int], list[int]]:
+    n = len(kernel)
+    auto = ctx.attr("auto_pad", "NOTSET")
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        begin, end = [], []
+        for i in range(n):
+            size = int(x.shape[2 + i])
+            out = -(-size // strides[i])
+            total = max((out - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1 - size, 0)
+            b = total // 2 if auto == "SAME_UPPER" else total - total // 2
+            begin.append(b)
+            end.append(total - b)
+        return begin, end
+    if auto == "VALID":
+        return [0] * n, [0] * n
+    pads = list(ctx.attr("pads") or [0] * (2 * n))
+    return pads[:n], pads[n:]
+
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_CONVT = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
+@register_op("Conv")
+def _conv(ctx: NodeContext, ins: Ins) -> Tensor:
+    x, w, b = ins[0], ins[1], _opt(ins, 2)
+    n = w.dim() - 2
+    kernel = list(ctx.attr("kernel_shape") or w.shape[2:])
+    strides = list(ctx.attr("strides") or [1] * n)
+    dil = list(ctx.attr("dilations") or [1] * n)
+    group = int(ctx.attr("group", 1))
+    begin, end = _spatial_pads(ctx, x, kernel, strides, dil)
+    padding: list[int] = begin
+    if begin != end:
+        x = F.pad(x, _torch_pad(begin, end))
+        padding = [0] * n
+    conv = _CONV[n]
+
+    def fn(xx: Tensor, ww: Tensor) -> Tensor:
+        return conv(xx, ww, None, strides, padding, dil, group)
+
+    y = ctx.module.linear(ctx, fn, x, ctx.node.input[1], w)
+    return y if b is None else y + b.reshape(1, -1, *([1] * n))
+
+
+@register_op("ConvTranspose")
+def _convt(ctx: NodeContext, ins: Ins) -> Tensor:
+    x, w, b = ins[0], ins[1], _opt(ins, 2)
+    n = w.dim() - 2
+    strides = list(ctx.attr("strides") or [1] * n)
+    dil = list(ctx.attr("dilations") or [1] * n)
+    group = int(ctx.attr("group", 1))
+    opad = list(ctx.attr("output_padding") or [0] * n)
+    out_shape = ctx.attr("output_shape")
+    convt = _CONVT[n]
+
+    def fn(xx: Tensor, ww: Tensor) -> Tensor:
+        return convt(xx, ww, None, strides, 0, 0, group, dil)
+
+    y = ctx.module.linear(ctx, fn, x, ctx.node.input[1], w)
+    if any(opad):
+        y = F.pad(y, _torch_pad([0] * n, opad))
+    auto = ctx.attr("auto_pad", "NOTSET")
+    full = [int(y.shape[2 + i]) for i in range(n)]
+    if out_shape or auto in ("SAME_UPPER", "SAME_LOWER"):
+        target = list(out_shape)[-n:] if out_shape else [int(x.shape[2 + i]) * strides[i] for i in range(n)]
+        total = [full[i] - target[i] for i in range(n)]
+        if auto == "SAME_UPPER":
+            begin = [t // 2 for t in total]
+        else:
+            begin = [t - t // 2 for t in total]
+        end = [t - bb for t, bb in zip(total, begin)]
+    else:
+        pads = list(ctx.attr("pads") or [0] * (2 * n))
+        begin, end = pads[:n], pads[n:]
+    for i in range(n):
+        if begin[i] or end[i]:
+            y = y.narrow(2 + i, begin[i], full[i] - begin[i] - end[i])
+    return y if b is None else y + b.reshape(1, -1, *([1] * n))
+
+
+@register_op("Gemm")
+def _gemm(ctx: NodeContext, ins: Ins) -> Tensor:
+    a, b, c = ins[0], ins[1], _opt(ins, 2)
+    alpha, beta = float(ctx.attr("alpha", 1.0)), float(ctx.attr("beta", 1.0))
+    ta, tb = int(ctx.attr("transA", 0)), int(ctx.attr("transB", 0))
+
+    def mm(aa: Tensor, bb: Tensor) -> Tensor:
+        y = (aa.t() if ta else aa) @ (bb.t() if tb else bb)
+        return y * alpha if alpha != 1.0 else y
+
+    m = ctx.module
+    if m.is_param(ctx.node.input[1]):
+        y = m.linear(ctx, mm, a, ctx.node.input[1], b)
+    elif m.is_param(ctx.node.input[0]):
+        y = m.linear(ctx, lambda xx, ww: mm(ww, xx), b, ctx.node.input[0], a)
+    else:
+        y = mm(a, b)
+    if c is not None:
+        y = y + (c * beta if beta != 1.0 else c)
+    return y
+
+
+@register_op("MatMul")
+def _matmul(ctx: NodeContext, ins: Ins) -> Tensor:
+    a, b = ins
+    m = ctx.module
+    if m.is_param(ctx.node.input[1]):
+        return m.linear(ctx, torch.matmul, a, ctx.node.input[1], b)
+    if m.is_param(ctx.node.input[0]):
+        return m.linear(ctx, lambda xx, ww: torch.matmul(ww, xx), b, ctx.node.input[0], a)
+    return torch.matmul(a, b)
+
+
+@register_op("Einsum")
+def _einsum(ctx: NodeContext, ins: Ins) -> Tensor:
+    return torch.einsum(str(ctx.attr("equation")), *ins)
+
+
+# ---------------------------------------------------------------------------------------------- pooling
+_MAXPOOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+_AVGPOOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
+
+
+def _pool_params(ctx: NodeContext, x: Tensor) -> tuple[list[int], list[int], list[int], list[int], list[int]]:
+    kernel = list(ctx.attr("kernel_shape"))
+    n = len(kernel)
+    strides = list(ctx.attr("strides") or [1] * n)
+    dil = list(ctx.attr("dilations") or [1] * n)
+    begin, end = _spatial_pads(ctx, x, kernel, strides, dil)
+    return kernel, strides, dil, begin, end
+
+
+@register_op("MaxPool")
+def _maxpool(ctx: NodeContext, ins: Ins) -> Tensor:
+    x = ins[0]
+    if len(ctx.node.output) > 1 and ctx.node.output[1]:
+        raise UnsupportedOpError("MaxPool with an Indices output is not supported")
+    kernel, strides, dil, begin, end = _pool_params(ctx, x)
+    ceil = bool(ctx.attr("ceil_mode", 0))
+    pool = _MAXPOOL[len(kernel)]
+    if begin == end and all(p <= k // 2 for p, k in zip(begin, kernel)):
+        return pool(x, kernel, strides, begin, dil, ceil)
+    # padding torch cannot express: pad with -inf (never selected), then pool without padding
+    xp = F.pad(x, _torch_pad(begin, end), value=float("-inf"))
+    return pool(xp, kernel, strides, 0, dil, ceil)
+
+
+@register_op("AveragePool")
+def _avgpool(ctx: NodeContext, ins: Ins) -> Tensor:
+    x = ins[0]
+    kernel, strides, dil, begin, end = _pool_params(ctx, x)
+    if any(d != 1 for d in dil):
+        raise UnsupportedOpError("AveragePool with dilations is not supported")
+    ceil = bool(ctx.attr("ceil_mode", 0))
+    include = bool(ctx.attr("count_include_pad", 0))
+    n = len(kernel)
+    if begin == end and all(p <= k // 2 for p, k in zip(begin, kernel)):
+        return _AVGPOOL[n](x, kernel, strides, begin, ceil, include)
+    # asymmetric padding: window sums over a zero-padded input divided by the count of counted elements
+    pads = _torch_pad(begin, end)
+    xp = F.pad(x, pads)
+    ones = F.pad(torch.ones_like(x[:1, :1]), pads, value=1.0 if include else 0.0)
+    s = _AVGPOOL[n](xp, kernel, strides, 0, ceil, True) * float(np.prod(kernel))
+    c = _AVGPOOL[n](ones, kernel, strides, 0, ceil, True) * float(np.prod(kernel))
+    return s / c
+
+
+@register_op("GlobalAveragePool")
+def _gap(ctx: NodeContext, ins: Ins) -> Tensor:
+    x = ins[0]
+    return x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
+
+
+@register_op("GlobalMaxPool")
+def _gmp(ctx: NodeContext, ins: Ins) -> Tensor:
+    x = ins[0]
+    return x.amax(dim=tuple(range(2, x.dim())), keepdim=True)
+
+
+# ---------------------------------------------------------------------------------------------- normalization
+@register_op("BatchNormalization")
+def _bn(ctx: NodeContext, ins: Ins) -> Tensor:
+    x, scale, bias, mean, var = ins[:5]
+    eps = float(ctx.attr("epsilon", 1e-5))
+    if ctx.training:
+        # batch statistics; running statistics updated with ONNX's momentum convention (weight of the old)
+        return F.batch_norm(x, mean, var, scale, bias, True, 1.0 - float(ctx.attr("momentum", 0.9)), eps)
+    return F.batch_norm(x, mean, var, scale, bias, False, 0.0, eps)
+
+
+@register_op("LayerNormalization")
+def _ln(ctx: NodeContext, ins: Ins) -> Any:
+    x, scale, bias = ins[0], ins[1], _opt(ins, 2)
+    axis = int(ctx.attr("axis", -1)) % x.dim()
+    eps = float(ctx.attr("epsilon", 1e-5))
+    shape = tuple(x.shape[axis:])
+    y = F.layer_norm(x, shape, scale.expand(shape), None if bias is None else bias.expand(shape), eps)
+    if len(ctx.node.output) > 1:
+        dims = tuple(range(axis, x.dim()))
+        mean = x.mean(dim=dims, keepdim=True)
+        inv = torch.rsqrt(((x - mean) ** 2).mean(dim=dims, keepdim=True) + eps)
+        return [y, mean, inv]
+    return y
+
+
+@register_op("InstanceNormalization")
+def _in(ctx: NodeContext, ins: Ins) -> Tensor:
+    x, scale, bias = ins
+    return F.instance_norm(x, None, None, scale, bias, eps=float(ctx.attr("epsilon", 1e-5)))
+
+
+@register_op("LRN")
+def _lrn(ctx: NodeContext, ins: Ins) -> Tensor:
+    x = ins[0]
+    size = int(ctx.attr("size"))
+    alpha, beta, k = float(ctx.attr("alpha", 1e-4)), float(ctx.attr("beta", 0.75)), float(ctx.attr("bias", 1.0))
+    # ONNX sums over channels [c - floor((size-1)/2), c + ceil((size-1)/2)]
+    front, back = (size - 1) // 2, size - 1 - (size - 1) // 2
+    sq = (x * x).transpose(1, -1)
+    sq = F.pad(sq, [front, back]).unfold(-1, size, 1).sum(-1).transpose(1, -1)
+    return x / (k + alpha / size * sq) ** beta
+
+
+# ---------------------------------------------------------------------------------------------- shapes
+@register_op("Reshape")
+def _reshape(ctx: NodeContext, ins: Ins) -> Tensor:
+    x = ins[0]
+    shape = _ints(ins[1]) if len(ins) > 1 and ins[1] is not None else _ints(ctx.attr("shape"))
+    if not int(ctx.attr("allowzero", 0)):
+        shape = [int(x.shape[i]) if s == 0 else s for i, s in enumerate(shape)]
+    fb = ctx.module.fixed_batch
+    cur = getattr(ctx.module, "current_batch", None)
+    # A model exported with a fixed batch size hard-codes it in its reshapes; the interpreter runs any batch.
+    if (fb is not None and cur is not None and cur != fb and shape and shape[0] == fb and x.dim()
+            and int(x.shape[0]) == cur):
+        shape[0] = cur
+    return x.reshape(shape)
+
+
+@register_op("Flatten")
+def _flatten(ctx: NodeContext, ins: Ins) -> Tensor:
+    x = ins[0]
+    axis = int(ctx.attr("axis", 1))
+    axis = axis + x.dim() if axis < 0 else axis
+    lead = int(np.prod(x.shape[:axis])) if axis else 1
+    return x.reshape(lead, int(np.prod(x.shape[axis:])))
+
+
+@register_op("Transpose")
+def _transpose(ctx: NodeContext, ins: Ins) -> Tensor:
+    x = ins[0]
+    perm = ctx.attr("perm")
+    return x.permute(*(perm if perm is not None else reversed(range(x.dim()))))
+
+
+@register_op("Concat")
+def _concat(ctx: NodeContext, ins: Ins) -> Tensor:
+    ts = [t for t in ins if t is not None]
+    return torch.cat(ts, dim=int(ctx.attr("axis")))
+
+
+@register_op("Split")
+def _split(ctx: NodeContext, ins: Ins) -> list[Tensor]:
+    x = ins[0]
+    axis = int(ctx.attr("axis", 0))
+    split = _ints(ins[1]) if _opt(ins, 1) is not None else ctx.attr("split")
+    if not split:
+        num = int(ctx.attr("num_outputs", len(ctx.node.output)))
+        size = int(x.shape[axis])
+        chunk = -(-size // num)
+        split = [chunk] * (num - 1) + [size - chunk * (num - 1)]
+    return list(torch.split(x, [int(s) for s in split], dim=axis))
+
+
+@register_op("Slice")
+def _slice(ctx: NodeContext, ins: Ins) -> Tensor:
+    x = ins[0]
+    if ctx.opset < 10:
+        starts, ends = _ints(ctx.attr("starts")), _ints(ctx.attr("ends"))
+        axes = _ints(ctx.attr("axes")) or list(range(len(starts)))
+        steps = [1] * len(starts)
+    else:
+        starts, ends = _ints(ins[1]), _ints(ins[2])
+        axes = _ints(ins[3]) if _opt(ins, 3) is not None else list(range(len(starts)))
+        steps = _ints(ins[4]) if _opt(ins, 4) is not None else [1] * len(starts)
+    for s, e, a, st in zip(starts, ends, axes, steps):
+        a = a % x.dim()
+        dim = int(x.shape[a])
+        if st > 0:
+            s = min(max(s + dim if s < 0 else s, 0), dim)
+            e = min(max(e + dim if e < 0 else e, 0), dim)
+            idx: list[Any] = [slice(None)] * x.dim()
+            idx[a] = slice(s, e, st)
+            x = x[tuple(idx)]
+        else:
+            s = min(max(s + dim if s < 0 else s, -1), dim - 1)
+            e = min(max(e + dim if e < 0 else e, -1), dim - 1)
+            sel = torch.arange(s, e, st, device=x.device)
+            x = x.index_select(a, sel)
+    return x
+
+
+def _norm_index(idx: Tensor, dim: int) -> Tensor:
+    idx = idx.long()
+    return torch.where(idx < 0, idx + dim, idx)
+
+
+@register_op("Gather")
+def _gather(ctx: NodeContext, ins: Ins) -> Tensor:
+    x, idx = ins
+    axis = int(ctx.attr("axis", 0)) % x.dim()
+    idx = _norm_index(idx, int(x.shape[axis])).to(x.device)
+    out = x.index_select(axis, idx.reshape(-1))
+    return out.reshape((*x.shape[:axis], *idx.shape, *x.shape[axis + 1:]))
+
+
+@register_op("GatherElements")
+def _gather_el(ctx: NodeContext, ins: Ins) -> Tensor:
+    x, idx = ins
+    axis = int(ctx.attr("axis", 0)) % x.dim()
+    return torch.gather(x, axis, _norm_index(idx, int(x.shape[axis])))
+
+
+def _axes(ctx: NodeContext, ins: Ins, input_from: int) -> list[int] | None:
+    if ctx.opset >= input_from:
+        t = _opt(ins, 1)
+        return None if t is None else _ints(t)
+    a = ctx.attr("axes")
+    return None if a is None else _ints(a)
+
+
+@register_op("Squeeze")
+def _squeeze(ctx: NodeContext, ins: Ins) -> Tensor:
+    x = ins[0]
+    axes = _axes(ctx, ins, 13)
+    if not axes:
+        return x.squeeze()
+    return x.squeeze(tuple(a % x.dim() for a in axes))
+
+
+@register_op("Unsqueeze")
+def _unsqueeze(ctx: NodeContext, ins: Ins) -> Tensor:
+    x = ins[0]
+    axes = _axes(ctx, ins, 13) or []
+    rank = x.dim() + len(axes)
+    for a in sorted(a % rank for a in axes):
+        x = x.unsqueeze(a)
+    return x
+
+
+@register_op("Expand")
+def _expand(ctx: NodeContext, ins: Ins) -> Tensor:
+    x = ins[0]
+    shape = torch.broadcast_shapes(tuple(x.shape), tuple(_ints(ins[1])))
+    return x.expand(shape)
+
+
+@register_op("Tile")
+def _tile(ctx: NodeContext, ins: Ins) -> Tensor:
+    return ins[0].repeat(*_ints(ins[1]))
+
+
+@register_op("Shape")
+def _shape(ctx: NodeContext, ins: Ins) -> Tensor:
+    x = ins[0]
+    dims = list(x.shape)
+    start, end = ctx.attr("start"), ctx.attr("end")
+    dims = dims[start if start is not None else None: end if end is not None else None]
+    return torch.tensor(dims, dtype=torch.int64, device=x.device)
+
+
+@register_op("Size")
+def _size(ctx: NodeContext, ins: Ins) -> Tensor:
+    return torch.tensor(ins[0].numel(), dtype=torch.int64, device=ins[0].device)
+
+
+@register_op("ConstantOfShape")
+def _cos(ctx: NodeContext, ins: Ins) -> Tensor:
+    shape = _ints(ins[0])
+    v = ctx.attr("value")
+    arr = numpy_helper.to_array(v) if v is not None else np.zeros(1, np.float32)
+    t = torch.from_numpy(np.array(arr).reshape(-1)[:1].copy())
+    return torch.full(shape, t.item(), dtype=t.dtype, device=ins[0].device)
+
+
+@register_op("Range")
+def _range(ctx: NodeContext, ins: Ins) -> Tensor:
+    start, limit, delta = ins
+    return torch.arange(start.item(), limit.item(), delta.item(), dtype=start.dtype, device=start.device)
+
+
+@register_op("Cast")
+def _cast(ctx: NodeContext, ins: Ins) -> Tensor:
+    return ins[0].to(torch_dtype(int(ctx.attr("to"))))
+
+
+@register_op("CastLike")
+def _castlike(ctx: NodeContext, ins: Ins) -> Tensor:
+    return ins[0].to(ins[1].dtype)
+
+
+@register_op("Dropout")
+def _dropout(ctx: NodeContext, ins: Ins) -> Any:
+    x = ins[0]
+    if ctx.opset < 12:
+        ratio, train = float(ctx.attr("ratio", 0.5)), ctx.training
+    else:
+        r, tm = _opt(ins, 1), _opt(ins, 2)
+        ratio = 0.5 if r is None else float(r.item())
+        # the graph's own training_mode input (almost always absent/false in exports) or ours
+        train = ctx.training or (tm is not None and bool(tm.item()))
+    if train and ratio > 0:
+        mask = (torch.rand_like(x) >= ratio)
+        y = x * mask / (1.0 - ratio)
+    else:
+        y, mask = x, torch.ones_like(x, dtype=torch.bool)
+    return [y, mask] if len(ctx.node.output) > 1 else y
+
+
+@register_op("ArgMax")
+@register_op("ArgMin")
+def _argmax(ctx: NodeContext, ins: Ins) -> Tensor:
+    x = ins[0]
+    axis = int(ctx.attr("axis", 0)) % x.dim()
+    keep = bool(ctx.attr("keepdims", 1))
+    fn = torch.argmax if ctx.node.op_type == "ArgMax" else torch.argmin
+    if int(ctx.attr("select_last_index", 0)):
+        idx = int(x.shape[axis]) - 1 - fn(x.flip(axis), dim=axis, keepdim=keep)
+    else:
+        idx = fn(x, dim=axis, keepdim=keep)
+    return idx
+
+
+# ---------------------------------------------------------------------------------------------- reductions
+def _reduce(kind: str, axes_input_from: int) -> Callable[[NodeContext, Ins], Tensor]:
+    def run(ctx: NodeContext, ins: Ins) -> Tensor:
+        x = ins[0]
+        axes = _axes(ctx, ins, axes_input_from)
+        keep = bool(ctx.attr("keepdims", 1))
+        if not axes:
+            if int(ctx.attr("noop_with_empty_axes", 0)):
+                return x
+            axes = list(range(x.dim()))
+        dims = tuple(sorted(a % x.dim() for a in axes))
+        if kind == "mean":
+            return x.mean(dim=dims, keepdim=keep)
+        if kind == "sum":
+            return x.sum(dim=dims, keepdim=keep)
+        if kind == "max":
+            return x.amax(dim=dims, keepdim=keep)
+        if kind == "min":
+            return x.amin(dim=dims, keepdim=keep)
+        if kind == "prod":
+            for d in reversed(dims):
+                x = x.prod(dim=d, keepdim=keep)
+            return x
+        if kind == "l1":
+            return x.abs().sum(dim=dims, keepdim=keep)
+        if kind == "l2":
+            return torch.sqrt((x * x).sum(dim=dims, keepdim=keep))
+        if kind == "sumsquare":
+            return (x * x).sum(dim=dims, keepdim=keep)
+        if kind == "logsum":
+            return torch.log(x.sum(dim=dims, keepdim=keep))
+        return torch.logsumexp(x, dim=dims, keepdim=keep)
+
+    return run
+
+
+for _op, _kind in {"ReduceMean": "mean", "ReduceSum": "sum", "ReduceMax": "max", "ReduceMin": "min",
+                   "ReduceProd": "prod", "ReduceL1": "l1", "ReduceL2": "l2", "ReduceSumSquare": "sumsquare",
+                   "ReduceLogSum": "logsum", "ReduceLogSumExp": "logsumexp"}.items():
+    register_op(_op)(_reduce(_kind, 13 if _op == "ReduceSum" else 18))
+
+
+# ---------------------------------------------------------------------------------------------- pad, resize
+@register_op("Pad")
+def _pad(ctx: NodeContext, ins: Ins) -> Tensor:
+    x = ins[0]
+    mode = ctx.attr("mode", "constant")
+    rank = x.dim()
+    if ctx.opset < 11:
+        pads, value = _ints(ctx.attr("pads")), float(ctx.attr("value", 0.0))
+        axes = list(range(rank))
+    else:
+        pads = _ints(ins[1])
+        v = _opt(ins, 2)
+        value = 0.0 if v is None or v.numel() == 0 else float(v.reshape(-1)[0].item())
+        axes = [a % rank for a in _ints(ins[3])] if _opt(ins, 3) is not None else list(range(rank))
+    k = len(axes)
+    begin, end = [0] * rank, [0] * rank
+    for i, a in enumerate(axes):
+        begin[a], end[a] = pads[i], pads[k + i]
+    if mode == "constant":
+        return F.pad(x, _torch_pad(begin, end), value=value)
+    for a in range(rank):
+        b, e = begin[a], end[a]
+        if not b and not e:
+            continue
+        n = int(x.shape[a])
+        idx = torch.arange(-b, n + e, device=x.device)
+        if mode == "edge":
+            idx = idx.clamp(0, n - 1)
+        elif mode == "reflect":
+            period = max(2 * (n - 1), 1)
+            idx = torch.remainder(idx, period)
+            idx = torch.where(idx >= n, period - idx, idx)
+        elif mode == "wrap":
+            idx = torch.remainder(idx, n)
+        else:
+            raise UnsupportedOpError(f"Pad mode {mode!r} is not supported")
+        x = x.index_select(a, idx)
+    return x
+
+
+def _cubic_weights(t: Tensor, a: float) -> list[Tensor]:
+    def w(s: Tensor) -> Tensor:
+        s = s.abs()
+        near = ((a + 2) * s - (a + 3)) * s * s + 1
+        far = ((a * s - 5 * a) * s + 8 * a) * s - 4 * a
+        return torch.where(s <= 1, near, torch.where(s < 2, far, torch.zeros_like(s)))
+
+    return [w(t + 1), w(t), w(1 - t), w(2 - t)]
+
+
+def _along(x: Tensor, axis: int, vec: Tensor) -> Tensor:
+    shape = [1] * x.dim()
+    shape[axis] = -1
+    return vec.reshape(shape)
+
+
+def _resize_axis(ctx: NodeContext, x: Tensor, axis: int, out_n: int, scale: float, mode: str, coord: str,
+                 nearest: str) -> Tensor:
+    in_n = int(x.shape[axis])
+    i = torch.arange(out_n, dtype=torch.float32, device=x.device)
+    s = torch.tensor(scale, dtype=torch.float32)
+    if coord == "half_pixel":
+        xo = (i + 0.5) / s - 0.5
+    elif coord == "pytorch_half_pixel":
+        xo = (i + 0.5) / s - 0.5 if out_n > 1 else torch.zeros_like(i)
+    elif coord == "align_corners":
+        xo = i * ((in_n - 1) / (out_n - 1)) if out_n > 1 else torch.zeros_like(i)
+    elif coord == "asymmetric":
+        xo = i / s
+    elif coord == "tf_half_pixel_for_nn":
+        xo = (i + 0.5) / s
+    else:
+        raise UnsupportedOpError(f"Resize coordinate_transformation_mode {coord!r} is not supported")
+    if mode == "nearest":
+        if nearest == "round_prefer_floor":
+            src = torch.ceil(xo - 0.5)
+        elif nearest == "round_prefer_ceil":
+            src = torch.floor(xo + 0.5)
+        elif nearest == "floor":
+            src = torch.floor(xo)
+        elif nearest == "ceil":
+            src = torch.ceil(xo)
+        else:  # "simple" (Upsample / Resize-10): floor when enlarging, ceil when shrinking
+            src = torch.ceil(xo) if scale < 1 else torch.floor(xo)
+        return x.index_select(axis, src.long().clamp(0, in_n - 1))
+    if mode == "linear":
+        xc = xo.clamp(0, in_n - 1)
+        i0 = torch.floor(xc).long()
+        i1 = (i0 + 1).clamp(max=in_n - 1)
+        w = _along(x, axis, (xc - i0.float()).to(x.dtype))
+        return x.index_select(axis, i0) * (1 - w) + x.index_select(axis, i1) * w
+    if mode == "cubic":
+        a = float(ctx.attr("cubic_coeff_a", -0.75))
+        i0 = torch.floor(xo)
+        t = xo - i0
+        ws = _cubic_weights(t, a)
+        idxs = [i0.long() + k for k in (-1, 0, 1, 2)]
+        if int(ctx.attr("exclude_outside", 0)):
+            ws = [torch.where((ix >= 0) & (ix < in_n), wk, torch.zeros_like(wk)) for ix, wk in zip(idxs, ws)]
+            total = ws[0] + ws[1] + ws[2] + ws[3]
+            ws = [wk / total for wk in ws]
+        out = torch.zeros((), dtype=x.dtype, device=x.device)
+        for ix, wk in zip(idxs, ws):
+            out = out + x.index_select(axis, ix.clamp(0, in_n - 1)) * _along(x, axis, wk.to(x.dtype))
+        return out
+    raise UnsupportedOpError(f"Resize mode {mode!r} is not supported")
+
+
+def _resize(ctx: NodeContext, x: Tensor, scales: list[float] | None, sizes: list[int] | None, coord: str,
+            nearest: str) -> Tensor:
+    mode = ctx.attr("mode", "nearest")
+    if int(ctx.attr("antialias", 0)):
+        raise UnsupportedOpError("Resize with antialias is not supported")
+    axes = _ints(ctx.attr("axes")) if ctx.attr("axes") is not None else list(range(x.dim()))
+    axes = [a % x.dim() for a in axes]
+    if sizes and ctx.attr("keep_aspect_ratio_policy", "stretch") != "stretch":
+        raise UnsupportedOpError("Resize keep_aspect_ratio_policy other than 'stretch' is not supported")
+    for k, a in enumerate(axes):
+        in_n = int(x.shape[a])
+        if sizes:
+            out_n = int(sizes[k])
+            scale = out_n / in_n
+        else:
+            assert scales is not None
+            scale = float(scales[k])
+            out_n = math.floor(in_n * scale)
+        if out_n == in_n and scale == 1.0:
+            continue
+        x = _resize_axis(ctx, x, a, out_n, scale, mode, coord, nearest)
+    return x
+
+
+@register_op("Resize")
+def _resize_op(ctx: NodeContext, ins: Ins) -> Tensor:
+    x = ins[0]
+    if ctx.opset < 11:
+        return _resize(ctx, x, _floats(ins[1]), None, "asymmetric", "simple")
+    coord = ctx.attr("coordinate_transformation_mode", "half_pixel")
+    if coord == "tf_crop_and_resize":
+        raise UnsupportedOpError("Resize with tf_crop_and_resize is not supported")
+    scales_t, sizes_t = _opt(ins, 2), _opt(ins, 3)
+    scales = _floats(scales_t) if scales_t is not None and scales_t.numel() else None
+    sizes = _ints(sizes_t) if sizes_t is not None and sizes_t.numel() else None
+    return _resize(ctx, x, scales, sizes, coord, ctx.attr("nearest_mode", "round_prefer_floor"))
+
+
+@register_op("Upsample")
+def _upsample(ctx: NodeContext, ins: Ins) -> Tensor:
+    scales = _floats(ctx.attr("scales")) if ctx.attr("scales") is not None else _floats(ins[1])
+    return _resize(ctx, ins[0], scales, None, "asymmetric", "simple")
+
+
+# ---------------------------------------------------------------------------------------------- ai.onnx.ml
+def _post_transform(s: Tensor, how: str) -> Tensor:
+    if how == "NONE":
+        return s
+    if how == "LOGISTIC":
+        return torch.sigmoid(s)
+    if how == "SOFTMAX":
+        return torch.softmax(s, dim=1)
+    if how == "SOFTMAX_ZERO":
+        # softmax over the non-zero scores only (zeros stay zero), as in ONNX Runtime
+        nz = s != 0
+        e = torch.where(nz, torch.exp(s - s.amax(dim=1, keepdim=True)), torch.zeros_like(s))
+        return e / e.sum(dim=1, keepdim=True).clamp_min(1e-30)
+    if how == "PROBIT":
+        return math.sqrt(2.0) * torch.erfinv(2 * s - 1)
+    raise UnsupportedOpError(f"post_transform {how!r} is not supported")
+
+
+@register_op("LinearClassifier", "ai.onnx.ml")
+def _linear_classifier(ctx: NodeContext, ins: Ins) -> list[Tensor]:
+    x = ins[0]
+    if not x.is_floating_point():
+        x = x.float()
+    coef = torch.tensor(_floats(ctx.attr("coefficients")), dtype=x.dtype, device=x.device)
+    inter = ctx.attr("intercepts")
+    n_feat = int(x.shape[1])
+    w = coef.reshape(-1, n_feat)
+    s = x @ w.t()
+    if inter:
+        s = s + torch.tensor(_floats(inter), dtype=x.dtype, device=x.device)
+    labels = ctx.attr("classlabels_ints")
+    strings = ctx.attr("classlabels_strings")
+    n_classes = len(labels) if labels else len(strings or [])
+    how = ctx.attr("post_transform", "NONE")
+    if w.shape[0] == 1 and n_classes == 2:
+        # binary with one score: ONNX Runtime reports two columns
+        if how == "LOGISTIC":
+            p = torch.sigmoid(s)
+            scores = torch.cat([1 - p, p], dim=1)
+        else:
+            scores = _post_transform(torch.cat([-s, s], dim=1), how)
+        winner = (s[:, 0] > 0).long()
+    else:
+        scores = _post_transform(s, how)
+        winner = s.argmax(dim=1)
+    if labels:
+        label = torch.tensor(_ints(labels), dtype=torch.int64, device=x.device)[winner]
+    elif len(ctx.node.output) > 0 and ctx.node.output[0] and strings:
+        raise UnsupportedOpError("LinearClassifier with string class labels (label output) is not supported")
+    else:
+        label = winner
+    return [label, scores]
+
+
+@register_op("LinearRegressor", "ai.onnx.ml")
+def _linear_regressor(ctx: NodeContext, ins: Ins) -> Tensor:
+    x = ins[0].float() if not ins[0].is_floating_point() else ins[0]
+    coef = torch.tensor(_floats(ctx.attr("coefficients")), dtype=x.dtype, device=x.device)
+    targets = int(ctx.attr("targets", 1))
+    y = x @ coef.reshape(targets, -1).t()
+    inter = ctx.attr("intercepts")
+    if inter:
+        y = y + torch.tensor(_floats(inter), dtype=x.dtype, device=x.device)
+    return _post_transform(y, ctx.attr("post_transform", "NONE"))
+
+
+@register_op("Normalizer", "ai.onnx.ml")
+def _normalizer(ctx: NodeContext, ins: Ins) -> Tensor:
+    x = ins[0].float() if not ins[0].is_floating_point() else ins[0]
+    norm = ctx.attr("norm", "MAX")
+    if norm == "MAX":
+        return x / x.amax(dim=1, keepdim=True)
+    if norm == "L1":
+        return x / x.abs().sum(dim=1, keepdim=True)
+    return x / torch.sqrt((x * x).sum(dim=1, keepdim=True))
+
+
+@register_op("Scaler", "ai.onnx.ml")
+def _scaler(ctx: NodeContext, ins: Ins) -> Tensor:
+    x = ins[0].float() if not ins[0].is_floating_point() else ins[0]
+    off = torch.tensor(_floats(ctx.attr("offset") or [0.0]), dtype=x.dtype, device=x.device)
+    sc = torch.tensor(_floats(ctx.attr("scale") or [1.0]), dtype=x.dtype, device=x.device)
+    return (x - off) * sc
