@@ -14,7 +14,6 @@ import pluggy
 if TYPE_CHECKING:
     from auditor.checks import Check
     from auditor.report.base import Reporter
-    from auditor.results import CheckReport
 
 hookspec = pluggy.HookspecMarker("auditor")
 
@@ -45,7 +44,16 @@ def auditor_register_backends() -> dict[str, Callable[..., Any]]:
 
 
 @hookspec(firstresult=True)
-def auditor_render_check(check: CheckReport, fmt: str) -> str | None:
-    """Render one check's section for report format ``fmt`` (e.g. an HTML plot); ``None`` to let the
-    reporter fall back to its generic table. The first non-``None`` answer wins."""
+def auditor_render_check(check: dict[str, Any], fmt: str) -> str | None:
+    """Render the plots of one check for report format ``fmt`` (``"html"``); ``None`` to let the reporter
+    fall back to its generic plots. The first non-``None`` answer wins, so answer only for your own checks
+    (``check["use"]``).
+
+    ``check`` is the check's JSON dict from the report (``id``, ``use``, ``status``, ``metrics``,
+    ``baseline_metrics``, ``gates``, ``findings``, ...), the same data every format renders. For ``"html"``
+    return an HTML fragment; it replaces the generic plots only: the heading, gates, findings and metric
+    tables are still written by the reporter. The page forbids fetching anything (Content-Security-Policy),
+    so inline everything: :func:`auditor.report.plots.figure_svg` turns a matplotlib figure into inline SVG.
+    A renderer that raises is reported on the page and the generic plots are shown instead.
+    """
     raise NotImplementedError

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pluggy
 
 from auditor.report.base import Reporter
+from auditor.report.html import HtmlReporter
 from auditor.report.json_report import JsonReporter
 from auditor.report.junit import JUnitReporter
 from auditor.report.markdown import MarkdownReporter
@@ -14,5 +15,5 @@ hookimpl = pluggy.HookimplMarker("auditor")
 
 @hookimpl
 def auditor_register_reporters() -> list[type[Reporter]]:
-    """JSON, Markdown and JUnit XML."""
-    return [JsonReporter, MarkdownReporter, JUnitReporter]
+    """JSON, Markdown, JUnit XML and HTML (plots need the ``html`` extra, matplotlib)."""
+    return [JsonReporter, MarkdownReporter, JUnitReporter, HtmlReporter]
