@@ -48,6 +48,8 @@ class Dataset:
     missing: dict[str, int] = field(default_factory=dict)
     total_rows: int = 0
     indices: np.ndarray | None = None
+    #: For tabular data (.csv/.parquet): the column behind each feature of ``x``, in order.
+    feature_names: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.x)
@@ -86,6 +88,7 @@ class Dataset:
             missing=dict(self.missing),
             total_rows=self.total_rows,
             indices=idx if self.indices is None else self.indices[idx],
+            feature_names=self.feature_names,
         )
 
     def sample(self, limit: int, rng: np.random.Generator, *, stratify: bool = True) -> Dataset:
@@ -272,6 +275,7 @@ def _assemble(table: dict[str, np.ndarray], cfg: DataConfig, path: Path, tabular
             raise DataError(f"{role}.x: no feature columns left in {path}")
         x = np.concatenate(parts, axis=1)
         notes.append(f"features: {', '.join(x_cols)}")
+        feature_names = x_cols if all(p.shape[1] == 1 for p in parts) else None
         columns = {k: v for k, v in table.items()}
     else:
         x_key = cfg.x if isinstance(cfg.x, str) else "x"
@@ -279,6 +283,7 @@ def _assemble(table: dict[str, np.ndarray], cfg: DataConfig, path: Path, tabular
             raise DataError(f"{role}.x: a list of columns needs a .csv or .parquet file")
         x = need(x_key, "x")
         columns = {k: v for k, v in table.items() if k != x_key}
+        feature_names = None
 
     n = len(x)
     for name, arr in [("y", y), *[(f"groups.{g}", v) for g, v in groups.items()]]:
@@ -300,7 +305,8 @@ def _assemble(table: dict[str, np.ndarray], cfg: DataConfig, path: Path, tabular
         else:
             missing[g] = 0
     return Dataset(x=x, y=y, groups=groups, columns={**columns, **extra_cols}, source=str(path),
-                   batch_size=cfg.batch_size, notes=notes, missing=missing, total_rows=n)
+                   batch_size=cfg.batch_size, notes=notes, missing=missing, total_rows=n,
+                   feature_names=feature_names)
 
 
 def fit_to_model(ds: Dataset, shape: tuple[int | str | None, ...] | None, input_name: str,

@@ -118,19 +118,11 @@ def group_columns(param: str | list[str] | None, data: Dataset) -> list[str]:
 
 
 def feature_names(data: Dataset) -> list[str] | None:
-    """Names of the input features of tabular data, in input order, or ``None`` when unknown.
-
-    The core records the feature columns of a ``.csv``/``.parquet`` file only in a data note
-    (``features: a, b, c``), so that note is read; each name must be a 1-D column of the data.
-    """
-    for note in data.notes:
-        if note.startswith("features: "):
-            names = [s.strip() for s in note[len("features: "):].split(",")]
-            widths = [np.asarray(data.columns[n]).reshape(data.n, -1).shape[1] if n in data.columns else -1
-                      for n in names]
-            if all(w == 1 for w in widths) and len(names) == int(np.prod(data.x.shape[1:])):
-                return names
-            return None
+    """Names of the input features of tabular data, in input order, or ``None`` when unknown (the core sets
+    ``Dataset.feature_names`` for ``.csv``/``.parquet`` data whose feature columns are scalar)."""
+    names = data.feature_names
+    if names is not None and len(names) == int(np.prod(data.x.shape[1:])):
+        return list(names)
     return None
 
 
