@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -238,7 +239,7 @@ def parse_spec(path: Path, checks: dict[str, CheckInfo], formats: list[str],
 
     def resolve(p: str) -> Path:
         q = Path(p).expanduser()
-        return q if q.is_absolute() else base / q
+        return q if q.is_absolute() else Path(os.path.normpath(base / q))
 
     def model_cfg(d: dict[str, Any]) -> ModelConfig:
         return ModelConfig(path=resolve(d["path"]), input=d.get("input"), output=d.get("output"),
