@@ -188,6 +188,7 @@ class OnnxModule(torch.nn.Module):
             if name not in keep and name != input_name:
                 steps[si].free.append(name)
         self._steps = steps
+        self.train(False)  # inference semantics unless a trainer says otherwise
 
     # ------------------------------------------------------------------------------------------ lookups
     def tensor(self, name: str) -> torch.Tensor | None:

@@ -904,12 +904,9 @@ def _linear_classifier(ctx: NodeContext, ins: Ins) -> list[Tensor]:
     n_classes = len(labels) if labels else len(strings or [])
     how = ctx.attr("post_transform", "NONE")
     if w.shape[0] == 1 and n_classes == 2:
-        # binary with one score: ONNX Runtime reports two columns
-        if how == "LOGISTIC":
-            p = torch.sigmoid(s)
-            scores = torch.cat([1 - p, p], dim=1)
-        else:
-            scores = _post_transform(torch.cat([-s, s], dim=1), how)
+        # binary with one score: ONNX Runtime reports [1 - p, p] with p the transformed score
+        p = _post_transform(s, how)
+        scores = torch.cat([1 - p, p], dim=1)
         winner = (s[:, 0] > 0).long()
     else:
         scores = _post_transform(s, how)

@@ -329,8 +329,9 @@ class DtpTrainer(torch.nn.Module):
         return act(self.inverses[lyr - 1](h))
 
     def loss(self, x: torch.Tensor, head: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The summed DTP objective of a batch (output loss, layer losses, inverse losses) and the logits.
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The summed DTP objective of a batch (output loss, layer losses, inverse losses), the log
+        probabilities and the output (cross-entropy) loss alone.
 
         ``head(h_{L-1})`` runs the last segment and returns ``(per-sample loss, logits)``.
         """
@@ -364,7 +365,7 @@ class DtpTrainer(torch.nn.Module):
             with torch.no_grad():
                 fwd = self.layer(lyr, hn)
             total = total + 0.5 * ((self.inverse(lyr, fwd) - hn) ** 2).sum(dim=1).mean()
-        return total, logits
+        return total, logits, out_loss.detach()
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -456,14 +457,16 @@ def train(module: OnnxModule, backend: Any, x: np.ndarray, y: np.ndarray, cfg: T
         lp = backend.log_probs(out[backend.output_name], out[backend.logit_name])
         return -lp.gather(1, yb.reshape(-1, 1))[:, 0], lp
 
-    def objective() -> tuple[torch.Tensor, torch.Tensor]:
+    def objective() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(what is minimised, log probabilities, cross-entropy for the curve)"""
         if dtp is not None:
             return dtp.loss(xb, head)
         out, logits = backend.outputs(xb, module)
         if module.rule is not None:
             module.rule.capture(logits)
         lp = backend.log_probs(out, logits)
-        return -lp.gather(1, yb.reshape(-1, 1))[:, 0].mean(), lp
+        ce = -lp.gather(1, yb.reshape(-1, 1))[:, 0].mean()
+        return ce, lp, ce.detach()
 
     try:
         for epoch in range(cfg.epochs):
@@ -477,18 +480,18 @@ def train(module: OnnxModule, backend: Any, x: np.ndarray, y: np.ndarray, cfg: T
                 xb = backend.tensor(x[idx]).to(device)
                 yb = yt_all[idx].to(device)
                 opt.zero_grad()
-                loss, lp = objective()
+                loss, lp, ce = objective()
                 loss.backward()
                 if cfg.optimizer == "sam":
                     offsets = sam_perturb(params, cfg.rho)
                     opt.zero_grad()
-                    loss2, _ = objective()
+                    loss2, _, _ = objective()
                     loss2.backward()
                     with torch.no_grad():
                         for t, e in zip(params, offsets):
                             t.sub_(e)
                 opt.step()
-                tot_loss += float(loss.detach()) * len(idx)
+                tot_loss += float(ce) * len(idx)
                 correct += int((lp.detach().argmax(1) == yb).sum())
             res.loss.append(tot_loss / n)
             res.train_accuracy.append(correct / n)
