@@ -212,5 +212,27 @@ def init(model_path: Path, data_path: Path | None, out: Path, force: bool) -> No
     click.echo(f"wrote {out}; edit it, then: auditor run {out}")
 
 
+@main.command()
+@click.argument("old_path", metavar="OLD", type=click.Path(path_type=Path))
+@click.argument("new_path", metavar="NEW", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text",
+              show_default=True, help="Output format (markdown: for a pull-request comment or $GITHUB_STEP_SUMMARY).")
+@click.option("--tolerance", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Numeric changes up to this absolute size count as unchanged.")
+@click.option("--max-rows", type=click.IntRange(min=1), default=25, show_default=True,
+              help="Changed metrics listed per check (text and markdown; json lists all).")
+@handle_errors
+def diff(old_path: Path, new_path: Path, fmt: str, tolerance: float, max_rows: int) -> None:
+    """What changed between two JSON reports (OLD, NEW): metric by metric, checks added or removed, gates
+    that flipped. Exit 0: no gate went from pass to fail; 1: at least one did (or its check now errors);
+    2: a report could not be read."""
+    from auditor.diff import diff_reports, load_report, render
+
+    old, new = load_report(old_path), load_report(new_path)
+    d = diff_reports(old, new, tolerance=tolerance, old_name=str(old_path), new_name=str(new_path))
+    click.echo(render(d, fmt, max_rows), nl=False)
+    sys.exit(int(ExitCode.GATE_FAILED) if d.regressions else int(ExitCode.OK))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
