@@ -129,6 +129,11 @@ class AuditContext:
                     self.cache.activations[(id(model), id(data), n)] = out[n]
         return {n: self.cache.activations[(id(model), id(data), n)] for n in names}
 
+    def data_for(self, model: ModelHandle, data: Dataset | None = None) -> Dataset:
+        """The audit data shaped for ``model`` (a reference or baseline may take the other image layout)."""
+        data = data or self.require_data()
+        return data.fitted_to(model.input.shape, model.input.name, str(model.path))
+
     def backend(self, name: str) -> Any:
         """A backend offered by a plugin (e.g. ``"torch"`` for gradients), built for this context's model;
         skips the check with a reason when no plugin offers it."""

@@ -99,6 +99,16 @@ class Dataset:
         how = "stratified by label" if stratify and self.y is not None else "uniform"
         return self.subset(idx, f"sampled {limit} of {self.n} rows ({how})")
 
+    def fitted_to(self, shape: tuple[int | str | None, ...] | None, input_name: str, model_path: str) -> Dataset:
+        """This data shaped for another model's input (e.g. a reference model in the other image layout): the
+        same object when it already fits, else a fitted copy (see :func:`fit_to_model`)."""
+        import copy
+
+        clone = copy.copy(self)
+        clone.notes = list(self.notes)
+        fitted = fit_to_model(clone, shape, input_name, model_path)
+        return self if fitted.x is self.x else fitted
+
     def info(self) -> dict[str, Any]:
         """What the report says about the data."""
         return {

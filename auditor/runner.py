@@ -115,12 +115,7 @@ def load_inputs(spec: Spec) -> Loaded:
 
 def _data_for(data: Dataset, other: ModelHandle) -> Dataset:
     """The audit data shaped for another model (a baseline may use the other layout); shared if it fits."""
-    import copy
-
-    clone = copy.copy(data)
-    clone.notes = list(data.notes)
-    fitted = fit_to_model(clone, other.input.shape, other.input.name, str(other.path))
-    return data if fitted.x is data.x else fitted
+    return data.fitted_to(other.input.shape, other.input.name, str(other.path))
 
 
 def lookup_metric(metrics: dict[str, Any], path: str) -> Any:

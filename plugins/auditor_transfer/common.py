@@ -3,7 +3,6 @@ and gathering a model's predictions and intermediate features in one batched pas
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -11,7 +10,6 @@ from typing import Any
 import numpy as np
 
 from auditor import AuditContext, Dataset, ModelHandle, Param, SkipCheck
-from auditor.data import fit_to_model
 from auditor.outputs import Predictions, interpret
 
 REFERENCE_PARAM = Param(
@@ -40,10 +38,7 @@ def pick_references(ctx: AuditContext, name: str | None) -> dict[str, ModelHandl
 def data_for(data: Dataset, model: ModelHandle) -> Dataset:
     """The data shaped for ``model`` (a reference may use the other image layout); the same object if it
     already fits."""
-    clone = copy.copy(data)
-    clone.notes = list(data.notes)
-    fitted = fit_to_model(clone, model.input.shape, model.input.name, str(model.path))
-    return data if fitted.x is data.x else fitted
+    return data.fitted_to(model.input.shape, model.input.name, str(model.path))
 
 
 def resolve_layers(model: ModelHandle, which: str | Sequence[str], max_layers: int) -> list[str]:
