@@ -17,6 +17,7 @@ Other plugins can teach the interpreter more ops with :func:`register_op` (no to
 from __future__ import annotations
 
 import importlib.util
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +30,12 @@ __all__ = ["UnsupportedOpError", "register_op", "supported_ops", "torch_availabl
 
 def torch_available() -> bool:
     """Whether torch is installed (without importing it)."""
-    return importlib.util.find_spec("torch") is not None
+    if "torch" in sys.modules:
+        return sys.modules["torch"] is not None  # None: import blocked on purpose
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _factory(handle: Any) -> Any:

@@ -129,11 +129,11 @@ class Pgd(Check):
 
     def run(self, ctx: AuditContext) -> CheckResult:
         """Attack a sample in batches, then re-run the adversarial inputs through ONNX Runtime."""
+        backend = ctx.backend("torch")  # first: skips with a reason when torch is absent
         import torch
 
         from auditor_torch.attacks import AttackConfig, pgd
 
-        backend = ctx.backend("torch")
         p = ctx.params
         data = ctx.sample(int(p["limit"]))
         y = ctx.labels(data)
@@ -226,9 +226,9 @@ class BlindSpots(Check):
 
     def run(self, ctx: AuditContext) -> CheckResult:
         """Pair sources with targets of another predicted class and traverse, batched."""
+        backend = ctx.backend("torch")
         from auditor_torch.attacks import level_set_traversal
 
-        backend = ctx.backend("torch")
         p = ctx.params
         data = ctx.require_data()
         probs = ctx.predict_proba(np.asarray(data.x))
@@ -273,7 +273,9 @@ class BlindSpots(Check):
             findings.append(Finding(message=f"{int(blind.sum())} of {k} inputs moved within {p['close']:g} of "
                                     f"an image of another class keeping prediction and confidence",
                                     severity="info"))
-        return CheckResult(metrics=metrics, findings=findings,
+        artifacts = {"source_index": src_idx.tolist(), "target_index": tgt_idx.tolist(),
+                     "relative_distance": rel.tolist()}
+        return CheckResult(metrics=metrics, findings=findings, artifacts=artifacts,
                            notes=[f"{p['steps']} steps of size {p['step_size']:g}; confidence of the source's "
                                   f"predicted class"])
 
@@ -414,10 +416,10 @@ class Retrain(Check):
 
     def run(self, ctx: AuditContext) -> CheckResult:
         """Train each (rule, optimizer) on a copy of the interpreted graph, write it back, evaluate with ORT."""
+        backend = ctx.backend("torch")
         from auditor_torch.export import write_model
         from auditor_torch.training import NotApplicable, TrainConfig, train
 
-        backend = ctx.backend("torch")
         p = ctx.params
         if ctx.train_data is None:
             raise SkipCheck("the spec has no train_data: section")

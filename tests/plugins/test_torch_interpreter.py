@@ -15,12 +15,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 torch = pytest.importorskip("torch")
 
-from auditor.model import ModelConfig, ModelHandle  # noqa: E402
-from auditor.testing import make_linear_classifier  # noqa: E402
 from auditor_torch import UnsupportedOpError, register_op  # noqa: E402
 from auditor_torch.backend import TorchBackend  # noqa: E402
 from auditor_torch.interpreter import build_module  # noqa: E402
 from torch_helpers import export  # noqa: E402
+
+from auditor.model import ModelConfig, ModelHandle  # noqa: E402
+from auditor.testing import make_linear_classifier  # noqa: E402
 
 RNG = np.random.default_rng(0)
 F32 = TensorProto.FLOAT
