@@ -87,6 +87,25 @@ def test_records_become_bar_panels_with_error_bars_from_their_intervals() -> Non
     assert "1" not in {q.title for q in plots_for({"one": {"a": {"x": 1.0}}})}  # one record: no bars
 
 
+def test_nested_records_give_bars_per_run_and_training_curves() -> None:
+    runs = {
+        "backprop": {"sgd": {"status": "ok", "accuracy": 0.9, "loss": [2.0, 1.0, 0.5]},
+                     "adam": {"status": "ok", "accuracy": 0.92, "loss": [2.0, 0.8, 0.4]}},
+        "feedback_alignment": {"sgd": {"status": "ok", "accuracy": 0.7, "loss": [2.1, 1.5, 1.2, 1.1]},
+                               "adam": {"status": "not applicable", "reason": "no weights to align"}},
+    }
+    m = {"runs": runs, "original": {"accuracy": 0.9, "feature_rank": 10}}
+    plots = by_title(plots_for(m))
+    assert set(plots) == {"runs", "runs · loss"}  # a mixed record (original) stays in the table
+    bars = plots["runs"].data
+    assert bars["labels"] == ["backprop/sgd", "backprop/adam", "feedback_alignment/sgd", "feedback_alignment/adam"]
+    assert bars["series"]["accuracy"][:3] == [0.9, 0.92, 0.7] and math.isnan(bars["series"]["accuracy"][3])
+    loss = plots["runs · loss"].data
+    assert loss["x"] == [1.0, 2.0, 3.0, 4.0] and loss["series"]["feedback_alignment/sgd"] == [2.1, 1.5, 1.2, 1.1]
+    assert loss["series"]["backprop/sgd"][:3] == [2.0, 1.0, 0.5] and math.isnan(loss["series"]["backprop/sgd"][3])
+    assert "<svg" in render_svg(plots["runs · loss"])
+
+
 def test_matrices_are_heatmaps_labelled_by_sibling_lists() -> None:
     cm = [[5, 1, 0], [0, 4, 2], [1, 0, 7]]
     cka = [[1.0, 0.2], [0.3, 0.9], [0.1, 0.5]]

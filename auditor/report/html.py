@@ -316,8 +316,15 @@ class HtmlReporter(Reporter):
         env = report.get("environment") or {}
         versions = ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items() if v)
         plugins = ", ".join(f"{k} {v or ''}".strip() for k, v in (env.get("plugins") or {}).items())
-        return (f'<footer class="meta">Python {esc(env.get("python", ""))} on {esc(env.get("platform", ""))} · '
-                f"{esc(versions)} · plugins: {esc(plugins)}</footer>")
+        parts = []
+        if env.get("python"):
+            parts.append(f"Python {env['python']}" + (f" on {env['platform']}" if env.get("platform") else ""))
+        if versions:
+            parts.append(versions)
+        if plugins:
+            parts.append(f"plugins: {plugins}")
+        parts.append("written by onnx-auditor")
+        return f'<footer class="meta">{esc(" · ".join(parts))}</footer>'
 
 
 def _figure(p: Plot) -> str:

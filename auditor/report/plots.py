@@ -10,8 +10,10 @@ Two steps, so that the choice can be tested without drawing anything:
      lists of integers only (indices, shapes, class labels) are never plotted;
    - a dict of numbers (``per_class_recall``; per-layer or per-class values) -> ``bar`` chart; sibling dicts
      with the same keys (``predicted_share`` and ``true_share``) share one grouped chart;
-   - a dict of records (``layers: {name: {spectral_norm, ...}}``, ``per_group: {g: {accuracy, accuracy_ci}}``)
-     -> ``bar`` chart per numeric field, with error bars where a field ``f`` has an interval ``f_ci``;
+   - a dict of records (``layers: {name: {spectral_norm, ...}}``, ``per_group: {g: {accuracy, accuracy_ci}}``,
+     nested ones too: ``runs: {rule: {optimizer: {...}}}``) -> ``bar`` chart per numeric field, with error bars
+     where a field ``f`` has an interval ``f_ci``; lists of floats under the same key in the records
+     (``loss`` per epoch of each run) -> one ``line`` plot per key, a line per record;
    - a rectangular list of lists of numbers, at least 2 x 2 (``confusion_matrix``, ``cka_matrix``) ->
      ``heatmap``, its axes labelled by a sibling list of matching length (``classes``, ``model_layers``);
    - numbers with intervals (``x`` and ``x_ci: [lo, hi]``, or ``ci: {x: [lo, hi]}``) -> ``interval`` plot.
@@ -190,11 +192,32 @@ def _intervals(node: dict[str, Any], path: str) -> tuple[Plot | None, set[str]]:
     return Plot("interval", title, {"names": names, "values": values, "low": low, "high": high}), used
 
 
-def _record_bars(name: str, records: dict[str, Any]) -> Plot | None:
-    """A dict of records (per layer, per group, per class): one bar panel per shared numeric field."""
-    if len(records) < 2 or not all(isinstance(r, dict) for r in records.values()):
+def _leaf_records(d: dict[str, Any], prefix: str = "", depth: int = 0) -> list[tuple[str, dict[str, Any]]]:
+    """The records of a dict of records, labelled by their keys; nested dicts of records are flattened
+    (``runs: {rule: {optimizer: {...}}}`` -> ``rule/optimizer``). Empty when a value is not a dict."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    for k, r in d.items():
+        if not isinstance(r, dict):
+            return []
+        label = f"{prefix}{k}"
+        inner = bool(r) and all(isinstance(x, dict) for x in r.values()) and depth < 2
+        sub = _leaf_records(r, label + "/", depth + 1) if inner else []
+        out += sub or [(label, r)]
+    return out
+
+
+def _float_list(v: Any) -> list[float] | None:
+    """A list of at least two numbers with at least one float in it (a curve, not indices or a shape)."""
+    if isinstance(v, list) and len(v) >= 2 and any(isinstance(x, float) for x in v):
+        return _numbers(v)
+    return None
+
+
+def _record_bars(name: str, records: list[tuple[str, dict[str, Any]]]) -> Plot | None:
+    """Records (per layer, per group, per class, per run): one bar panel per shared numeric field."""
+    if len(records) < 2:
         return None
-    rows = list(records.values())
+    rows = [r for _, r in records]
     fields: list[str] = []
     for r in rows:
         for k, v in r.items():
@@ -213,8 +236,26 @@ def _record_bars(name: str, records: dict[str, Any]) -> Plot | None:
         ivs = [as_interval(r.get(f + "_ci")) for r in rows]
         if any(iv is not None for iv in ivs):
             errors[f] = [list(iv) if iv is not None else None for iv in ivs]
-    return Plot("bar", name, {"labels": [str(k) for k in records], "series": series, "errors": errors,
+    return Plot("bar", name, {"labels": [label for label, _ in records], "series": series, "errors": errors,
                               "panels": True})
+
+
+def _record_curves(name: str, records: list[tuple[str, dict[str, Any]]]) -> list[Plot]:
+    """Lists of floats under the same key in several records (per-epoch ``loss`` of each training run): one
+    line plot per key, one line per record, over the list index."""
+    by_key: dict[str, dict[str, list[float]]] = {}
+    for label, r in records:
+        for k, v in r.items():
+            nums = _float_list(v)
+            if nums is not None and not k.endswith("_ci"):
+                by_key.setdefault(k, {})[label] = nums
+    plots = []
+    for k, series in by_key.items():
+        n = max(len(v) for v in series.values())
+        padded = {lab: v + [math.nan] * (n - len(v)) for lab, v in list(series.items())[:MAX_SERIES * 2]}
+        plots.append(Plot("line", f"{name} · {k}", {"x_label": "step", "x": [float(i + 1) for i in range(n)],
+                                                     "series": padded, "split": False}))
+    return plots
 
 
 def _constant_int(values: list[Any]) -> bool:
@@ -222,8 +263,12 @@ def _constant_int(values: list[Any]) -> bool:
 
 
 def _dict_numbers(v: Any) -> dict[str, float] | None:
-    """A dict of at least two numbers (per class, per layer)."""
+    """A dict of at least two numbers of one kind (per class, per layer): all integers (counts) or all floats.
+    A mix (``{accuracy: 0.9, feature_rank: 10}``) is a record of different quantities, left to the table."""
     if not isinstance(v, dict) or len(v) < 2:
+        return None
+    kinds = {"int" if isinstance(x, int) and not isinstance(x, bool) else "float" for x in v.values()}
+    if len(kinds) > 1:
         return None
     out = {str(k): as_number(x) for k, x in v.items()}
     if any(x is None for x in out.values()):
@@ -273,7 +318,7 @@ def plots_for(metrics: dict[str, Any], max_plots: int = 6, max_depth: int = 2) -
             if isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
                 add(_records_curve(name, v))
                 continue
-            if isinstance(v, list) and len(v) >= 2 and not k.endswith("_ci"):
+            if isinstance(v, list) and len(v) >= 2 and not k.endswith("_ci") and not lists_only:
                 nums = _numbers(v)
                 if nums is not None and any(isinstance(x, float) for x in v):
                     labels = [str(i) for i in range(len(nums))]
@@ -301,17 +346,17 @@ def plots_for(metrics: dict[str, Any], max_plots: int = 6, max_depth: int = 2) -
                                         "panels": _split(series)}))
                 continue
             if isinstance(v, dict) and v:
-                rec = _record_bars(name, v)
-                if rec is not None:
-                    add(rec)
-                if depth < max_depth:
-                    records = all(isinstance(rv, dict) for rv in v.values())
-                    if records:
-                        # Records hold their own curves and matrices (by_reference.<name>.cka_matrix).
-                        for rk2, rv in v.items():
-                            walk(rv, f"{name}.{rk2}.", depth + 1, lists_only=True)
-                    elif not lists_only:
-                        walk(v, f"{name}.", depth + 1)
+                leaves = _leaf_records(v)
+                if leaves:
+                    add(_record_bars(name, leaves))
+                    for curve in _record_curves(name, leaves):
+                        add(curve)
+                    if depth < max_depth:
+                        # Records hold their own matrices and curves of records (by_reference.<name>.cka_matrix).
+                        for label, rec in leaves:
+                            walk(rec, f"{name}.{label.replace('/', '.')}.", depth + 1, lists_only=True)
+                elif not lists_only and depth < max_depth:
+                    walk(v, f"{name}.", depth + 1)
 
     walk(metrics, "", 0)
     return found[:max_plots]
@@ -368,8 +413,12 @@ def _short(s: str, n: int = 18) -> str:
 
 
 def _draw_line(fig: Any, p: Plot) -> None:
+    from matplotlib.ticker import MaxNLocator
+
     d = p.data
     series = d["series"]
+    # Steps and epochs are whole numbers: no 1.5 on their axis.
+    whole = all(float(x).is_integer() for x in d["x"])
     if d.get("split") and len(series) > 1:
         axes = fig.subplots(1, len(series), squeeze=False)[0]
         for ax, (name, ys) in zip(axes, series.items()):
@@ -377,19 +426,23 @@ def _draw_line(fig: Any, p: Plot) -> None:
             ax.set_title(name, fontsize=9)
             ax.set_xlabel(d["x_label"])
             ax.grid(alpha=0.3)
+            if whole:
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     else:
         ax = fig.subplots()
         for name, ys in series.items():
             ax.plot(d["x"], ys, marker="o", ms=3, label=name)
         ax.set_xlabel(d["x_label"])
         ax.grid(alpha=0.3)
+        if whole:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if len(series) > 1:
             ax.legend(fontsize=8)
 
 
 def _draw_bar(fig: Any, p: Plot) -> None:
     d = p.data
-    labels = [_short(s) for s in d["labels"]]
+    labels = [_short(s, 24) for s in d["labels"]]
     series = d["series"]
     n = len(labels)
     xs = list(range(n))
