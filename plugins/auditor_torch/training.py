@@ -305,7 +305,7 @@ class DtpTrainer(torch.nn.Module):
     """Difference target propagation over a :class:`Chain` (inverses ``g_l`` for layers 2..L-1)."""
 
     def __init__(self, module: OnnxModule, chain: Chain, sizes: list[int], gen: torch.Generator,
-                 target_lr: float = 0.2, noise: float = 0.1) -> None:
+                 target_lr: float = 1.0, noise: float = 0.1) -> None:
         super().__init__()
         self.module, self.chain = module, chain
         self.target_lr, self.noise = target_lr, noise

@@ -31,7 +31,7 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
-def binary_problem(tmp_path: Path, eps_l1: float, n: int = 200, d: int = 6) -> tuple[Path, np.ndarray, ...]:
+def binary_problem(tmp_path: Path, eps_l1: float, n: int = 200, d: int = 6) -> tuple[Any, ...]:
     """A 2-class linear softmax model and data whose margins stay ≥10 % away from the attack threshold
     ``eps_l1 · ‖Δw‖`` (so the closed-form outcome is unambiguous)."""
     w = RNG.standard_normal((d, 2)).astype(np.float32)
@@ -86,7 +86,7 @@ def test_blind_spots_closed_form_on_linear_model(tmp_path: Path) -> None:
     """Binary linear softmax: the level set of p_c is the hyperplane Δw·x = Δw·x_s, so traversal ends at
     the target's projection onto it: ‖x_T − x_t‖ = |Δw·(x_s − x_t)| / ‖Δw‖, with confidence unchanged
     along the whole (in-plane) straight path."""
-    model, w, b, x, _, z = binary_problem(tmp_path, 0.1, n=100)
+    model, w, _b, x, _, z = binary_problem(tmp_path, 0.1, n=100)
     x = x[:120]
     np.savez(tmp_path / "d.npz", x=x)
     res = run_audit({"checks": [{"use": "torch.blind_spots", "with": {"limit": 24, "steps": 300, "close": 0.6}}]},
