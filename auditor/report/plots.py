@@ -16,7 +16,9 @@ Two steps, so that the choice can be tested without drawing anything:
      (``loss`` per epoch of each run) -> one ``line`` plot per key, a line per record;
    - a rectangular list of lists of numbers, at least 2 x 2 (``confusion_matrix``, ``cka_matrix``) ->
      ``heatmap``, its axes labelled by a sibling list of matching length (``classes``, ``model_layers``);
-   - numbers with intervals (``x`` and ``x_ci: [lo, hi]``, or ``ci: {x: [lo, hi]}``) -> ``interval`` plot.
+   - numbers with intervals (``x`` and ``x_ci: [lo, hi]``, or ``ci: {x: [lo, hi]}``) -> ``interval`` plot;
+   - top-level rates between 0 and 1, named ``*accuracy``, ``*_rate``, ``*_fraction`` or ``*_share``, at least
+     two of them (``clean_accuracy``, ``robust_accuracy``, ``success_rate`` of an attack) -> one ``bar`` chart.
 
 2. :func:`render_svg` draws one :class:`Plot` with matplotlib (imported lazily, no pyplot, the Agg canvas)
    and returns an inline ``<svg>`` element whose ids are made unique, so that many figures can share one page.
@@ -276,6 +278,23 @@ def _dict_numbers(v: Any) -> dict[str, float] | None:
     return {k: float(x) for k, x in out.items() if x is not None}
 
 
+RATE_SUFFIXES = ("accuracy", "_rate", "_fraction", "_share")
+
+
+def _rates(metrics: dict[str, Any]) -> Plot | None:
+    """Top-level rates in [0, 1] (accuracies, success and flip rates) side by side."""
+    names, values = [], []
+    for k, v in metrics.items():
+        x = as_number(v)
+        if isinstance(v, float) and x is not None and 0.0 <= x <= 1.0 and k.endswith(RATE_SUFFIXES):
+            names.append(k)
+            values.append(x)
+    if len(names) < 2:
+        return None
+    return Plot("bar", "rates", {"labels": names, "series": {"rate": values}, "errors": {}, "panels": False,
+                                 "ylim": [0.0, 1.0]})
+
+
 def plots_for(metrics: dict[str, Any], max_plots: int = 6, max_depth: int = 2) -> list[Plot]:
     """The plots that show ``metrics`` (a check's JSON metrics), in metric order, duplicates left out."""
     found: list[Plot] = []
@@ -358,6 +377,7 @@ def plots_for(metrics: dict[str, Any], max_plots: int = 6, max_depth: int = 2) -
                 elif not lists_only and depth < max_depth:
                     walk(v, f"{name}.", depth + 1)
 
+    add(_rates(metrics))
     walk(metrics, "", 0)
     return found[:max_plots]
 
@@ -484,6 +504,8 @@ def _draw_bar(fig: Any, p: Plot) -> None:
             offs = [x + (i - (len(series) - 1) / 2) * width for x in xs]
             ax.bar(offs, ys, width=width, yerr=errs(name, ys), capsize=3, label=name)
         ticks(ax)
+        if d.get("ylim"):
+            ax.set_ylim(*d["ylim"])
         if len(series) > 1:
             ax.legend(fontsize=8)
 
