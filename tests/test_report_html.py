@@ -110,7 +110,7 @@ def test_attack_results_get_a_rates_chart() -> None:
     m = {"clean_accuracy": 0.96, "robust_accuracy": 0.76, "success_rate": 0.2083, "median_queries": 115.5,
          "n": 50, "eps": 0.03, "flip_rate": 1}  # an integer 1 is a count, not a rate
     (p,) = plots_for(m)
-    assert p.kind == "bar" and p.title == "rates" and p.data["ylim"] == [0.0, 1.0]
+    assert p.kind == "bar" and p.title == "rates" and p.data["ylim"] == [0.0, 1.0] and p.data["horizontal"]
     assert p.data["labels"] == ["clean_accuracy", "robust_accuracy", "success_rate"]
     assert p.data["series"] == {"rate": [0.96, 0.76, 0.2083]}
     assert plots_for({"accuracy": 0.9, "n": 10}) == []  # one rate: the table says it

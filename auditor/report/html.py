@@ -36,7 +36,7 @@ section, header, footer, nav { background:#fff; border:1px solid var(--line); bo
 table { border-collapse: collapse; margin: 4px 0 8px; }
 th, td { border-bottom: 1px solid var(--line); padding: 4px 10px; text-align: left; vertical-align: top; }
 th { background:#f6f8fa; font-weight:600; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 table.data td { text-align: right; font-variant-numeric: tabular-nums; }
 .badge { display:inline-block; padding:1px 8px; border-radius:10px; color:#fff; font-size:12px; font-weight:600;
          text-transform: uppercase; letter-spacing: .03em; }

@@ -292,7 +292,7 @@ def _rates(metrics: dict[str, Any]) -> Plot | None:
     if len(names) < 2:
         return None
     return Plot("bar", "rates", {"labels": names, "series": {"rate": values}, "errors": {}, "panels": False,
-                                 "ylim": [0.0, 1.0]})
+                                 "ylim": [0.0, 1.0], "horizontal": True})
 
 
 def plots_for(metrics: dict[str, Any], max_plots: int = 6, max_depth: int = 2) -> list[Plot]:
@@ -487,6 +487,19 @@ def _draw_bar(fig: Any, p: Plot) -> None:
             ax.set_xlabel(f"{n} entries")
         ax.grid(axis="y", alpha=0.3)
 
+    if d.get("horizontal"):
+        # Few named values on one scale: one bar each, its value written at its end.
+        ax = fig.subplots()
+        ys = next(iter(series.values()))
+        bars = ax.barh(xs, ys, color="#4c78a8")
+        ax.bar_label(bars, labels=[f"{v:.4g}" for v in ys], padding=3, fontsize=8)
+        ax.set_yticks(xs)
+        ax.set_yticklabels(labels, fontsize=8)
+        ax.invert_yaxis()
+        if d.get("ylim"):
+            ax.set_xlim(d["ylim"][0], d["ylim"][1] * 1.12)  # room for the value labels
+        ax.grid(axis="x", alpha=0.3)
+        return
     if d.get("panels") and len(series) > 1:
         cols = min(3, len(series))
         rows = math.ceil(len(series) / cols)
@@ -565,6 +578,8 @@ def _size(p: Plot) -> tuple[float, float]:
         return min(9.0, 3.0 + 0.35 * c), min(8.0, 2.5 + 0.3 * r)
     if p.kind == "interval":
         return 7.0, 1.2 + 0.35 * len(d["names"])
+    if p.kind == "bar" and d.get("horizontal"):
+        return 7.0, 0.9 + 0.35 * len(d["labels"])
     if p.kind == "bar" and d.get("panels") and len(d["series"]) > 1:
         rows = math.ceil(len(d["series"]) / 3)
         return 9.0, 2.6 * rows
