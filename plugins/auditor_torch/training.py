@@ -13,7 +13,9 @@ Architectures", NeurIPS 2018):
 * ``difference_target_propagation`` (Lee et al. 2015, with the gradient-based penultimate target of
   Bartunov et al.): each fully-connected layer is trained towards a target
   ``ĥ_{l-1} = h_{l-1} + g_l(ĥ_l) − g_l(h_l)`` propagated down through learned approximate inverses
-  ``g_l(h) = σ(V_l h + c_l)``, which are trained to reconstruct noise-corrupted inputs. Implemented for
+  ``g_l(h) = σ(V_l h + c_l)``, which are trained to reconstruct noise-corrupted inputs; the penultimate
+  target is ``ĥ_{L-1} = h_{L-1} − η̂ ∂ℓ/∂h_{L-1}`` (per-sample loss ``ℓ``, ``η̂ = 1``), layer losses
+  ``½‖h_l − ĥ_l‖²``. Implemented for
   graphs that are a chain of fully-connected layers; other graphs are reported as not applicable.
 
 Optimizers: SGD (momentum), Adam, and SAM (Foret et al. 2021, "Sharpness-Aware Minimization"):
