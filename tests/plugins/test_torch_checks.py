@@ -240,3 +240,52 @@ def test_without_torch_checks_are_skipped_not_broken(tmp_path: Path) -> None:
     assert auditor_torch.torch_available()
 
 
+
+
+def sklearn_logreg(tmp_path: Path, coef: np.ndarray, intercept: np.ndarray) -> Path:
+    """The graph skl2onnx writes for a multinomial LogisticRegression: LinearClassifier (label, scores) ->
+    Normalizer -> ZipMap (a list of dicts), plus the label output."""
+    c, d = coef.shape
+    nodes = [
+        helper.make_node("LinearClassifier", ["x"], ["label", "scores"], domain="ai.onnx.ml",
+                         coefficients=coef.reshape(-1).tolist(), intercepts=intercept.tolist(),
+                         classlabels_ints=list(range(c)), post_transform="SOFTMAX", multi_class=1),
+        helper.make_node("Normalizer", ["scores"], ["probability_tensor"], domain="ai.onnx.ml", norm="L1"),
+        helper.make_node("ZipMap", ["probability_tensor"], ["probabilities"], domain="ai.onnx.ml",
+                         classlabels_int64s=list(range(c))),
+    ]
+    zip_type = helper.make_sequence_type_proto(helper.make_map_type_proto(
+        TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, [])))
+    g = helper.make_graph(nodes, "skl", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, d])],
+                          [helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
+                           helper.make_value_info("probabilities", zip_type)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 1)])
+    m.ir_version = 9
+    path = tmp_path / "logreg.onnx"
+    path.write_bytes(m.SerializeToString())
+    return path
+
+
+def test_sklearn_graph_parity_and_gradients(tmp_path: Path) -> None:
+    """The backend differentiates the probability matrix behind the ZipMap: parity with ONNX Runtime, and
+    the gradient of the true class's probability equals p_y (W_y − Σ_j p_j W_j)."""
+    from auditor_torch.backend import get_backend
+
+    from auditor.model import ModelConfig, ModelHandle
+
+    coef = RNG.standard_normal((3, 5)).astype(np.float32)
+    icpt = RNG.standard_normal(3).astype(np.float32)
+    path = sklearn_logreg(tmp_path, coef, icpt)
+    x = RNG.standard_normal((50, 5)).astype(np.float32)
+    y = RNG.integers(0, 3, 50)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    res = run_audit({"checks": [{"use": "torch.parity"}, {"use": "torch.pgd", "with": {"eps": 0.2}}]},
+                    model=path, data=tmp_path / "d.npz", workdir=tmp_path)
+    res.assert_status("torch.parity", "pass")
+    assert res.metrics("torch.parity")["max_abs_diff"] < 1e-6
+    assert res.metrics("torch.pgd")["torch_ort_disagreement"] == 0.0
+    be = get_backend(ModelHandle(ModelConfig(path=path)))
+    assert be.output_name == "probability_tensor"
+    p = softmax(x.astype(np.float64) @ coef.T + icpt)
+    want = p[np.arange(50), y][:, None] * (coef[y] - p @ coef)
+    np.testing.assert_allclose(be.input_gradients(x, y, of="prob"), want, atol=1e-5)
