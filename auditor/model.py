@@ -16,7 +16,7 @@ import onnxruntime as ort
 from google.protobuf.message import DecodeError
 
 from auditor import graph as G
-from auditor.cancel import raise_if_cancelled
+from auditor.cancel import progress_sink, raise_if_cancelled
 from auditor.device import CUDA, choose_providers, provider_options, quiet_stderr
 from auditor.errors import DataError, ModelLoadError
 
@@ -426,6 +426,8 @@ class ModelHandle:
             bs = self._fixed_batch or 1
         parts: list[list[np.ndarray]] = [[] for _ in wanted]
         n = len(x)
+        sink = progress_sink() if progress is None else None
+        done = 0
         for start in range(0, n, bs):
             raise_if_cancelled()
             xb = self.prepare(np.asarray(x[start:start + bs]))
@@ -440,8 +442,11 @@ class ModelHandle:
                     raise DataError(f"{self.path}: the model fails on the data: {msg[:300]}") from None
             for i, o in enumerate(outs):
                 parts[i].append(np.asarray(o))
+            done += len(xb)
             if progress is not None:
                 progress(len(xb))
+            elif sink is not None:
+                sink(done, n, "batches")
         # Outputs with a batch dimension are concatenated; per-batch scalars (rare) are stacked.
         return {name: np.concatenate(p) if all(a.ndim for a in p) else np.stack(p) for name, p in zip(wanted, parts)}
 

@@ -194,6 +194,8 @@ def _execute(check: Any, ctx: AuditContext, timeout_s: float | None) -> _Outcome
 
     def target() -> None:
         ident.append(threading.get_ident())
+        if ctx.progress is not None:
+            cancel.set_progress_sink(ctx.progress)
         try:
             res = check.run(ctx)
             if not isinstance(res, CheckResult):

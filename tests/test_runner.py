@@ -110,3 +110,43 @@ def test_weights_only_audit_opens_no_session(tmp_path) -> None:  # type: ignore[
                   plugins=[fake_plugin], workdir=tmp_path)
     r.assert_status("fake.const", "pass")
     assert "weights-only audit" in r.doc["model"]["notes"][0]
+
+
+def test_junit_and_markdown_for_skipped_gates_and_odd_messages(tmp_path, mlp) -> None:  # type: ignore[no-untyped-def]
+    import xml.etree.ElementTree as ET
+
+    from auditor.report.junit import JUnitReporter
+    from auditor.report.markdown import MarkdownReporter
+
+    r = audit(tmp_path, mlp, [{"use": "fake.const", "name": "sg", "with": {"skip": True}, "gate": {"x": {"min": 1}}},
+                              {"use": "fake.crash"}])
+    doc = r.doc
+    doc["checks"][1]["error"] = "RuntimeError: a | b\nsecond line"
+    root = ET.fromstring(JUnitReporter().render(doc).split("\n", 1)[1])
+    assert root.get("failures") == "1" and root.get("errors") == "1" and root.get("skipped") == "0"
+    md = MarkdownReporter().render(doc)
+    row = next(line for line in md.splitlines() if line.startswith("| `fake.crash`"))
+    assert "a \\| b second line" in row and row.count(" | ") == 3
+
+
+def test_every_model_call_of_a_check_reports_batches(tmp_path, mlp) -> None:  # type: ignore[no-untyped-def]
+    from auditor.plugins import build_registry
+    from auditor.runner import Runner, load_inputs
+    from auditor.spec import parse_spec
+
+    model, data, _ = mlp
+    reg = build_registry(extra_plugins=[fake_plugin])
+    doc = {"version": 1, "model": {"path": str(model)}, "data": {"path": str(data), "batch_size": 64},
+           "checks": [{"use": "fake.hang", "timeout_s": 0.3}]}
+    spec = parse_spec(tmp_path / "s.yaml", reg.checks, sorted(reg.reporters), doc=doc)
+    seen: list[tuple[int, int | None]] = []
+
+    class Recorder:
+        def message(self, text: str) -> None: ...
+        def check_started(self, index: int, total: int, check_id: str) -> None: ...
+        def check_finished(self, report: object) -> None: ...
+        def check_progress(self, check_id: str, done: int, total: int | None, what: str) -> None:
+            seen.append((done, total))
+
+    Runner(spec, reg, Recorder()).run(load_inputs(spec))  # type: ignore[arg-type]
+    assert seen and seen[0] == (8, 8)  # fake.hang predicts 8 rows at a time through ctx.model directly

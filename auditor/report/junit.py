@@ -17,11 +17,17 @@ class JUnitReporter(Reporter):
     def render(self, report: dict[str, Any], pm: Any = None) -> str:
         """XML text."""
         checks = report["checks"]
+
+        def gate_failed(c: dict[str, Any]) -> bool:
+            # A skipped check whose gates could not be met fails the audit, so it is a failure here too.
+            return c["status"] == "fail" or (
+                c["status"] == "skipped" and any(g["status"] == "fail" for g in c["gates"]))
+
         counts = {
             "tests": len(checks),
-            "failures": sum(c["status"] == "fail" for c in checks),
+            "failures": sum(gate_failed(c) for c in checks),
             "errors": sum(c["status"] == "error" for c in checks),
-            "skipped": sum(c["status"] == "skipped" for c in checks),
+            "skipped": sum(c["status"] == "skipped" and not gate_failed(c) for c in checks),
         }
         attrs = {k: str(v) for k, v in counts.items()}
         suites = ET.Element("testsuites", {"name": "onnx-auditor", **attrs})
@@ -35,7 +41,7 @@ class JUnitReporter(Reporter):
             if c["status"] == "error":
                 el = ET.SubElement(case, "error", message=str(c.get("error", ""))[:500], type="CheckError")
                 el.text = str(c.get("error", ""))
-            elif c["status"] == "fail":
+            elif gate_failed(c):
                 msg = "; ".join(g["message"] for g in failed) or "; ".join(
                     f["message"] for f in c["findings"] if f["severity"] == "fail")
                 el = ET.SubElement(case, "failure", message=msg[:500], type="GateFailed")

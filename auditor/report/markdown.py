@@ -9,6 +9,11 @@ from auditor.report.base import Reporter
 ICON = {"pass": "✅", "warn": "⚠️", "fail": "❌", "error": "💥", "skipped": "⏭️"}
 
 
+def cell(text: Any) -> str:
+    """Text safe inside a Markdown table cell: pipes escaped, line breaks flattened."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
 def fmt_value(v: Any) -> str:
     """Short text for a metric value."""
     if isinstance(v, float):
@@ -60,15 +65,16 @@ class MarkdownReporter(Reporter):
                 metrics = f"error: {c.get('error', '')}"[:120]
             elif c["status"] == "skipped":
                 metrics = f"skipped: {c.get('skip_reason', '')}"[:120]
-            lines.append(f"| `{c['id']}` | {ICON.get(c['status'], '')} {c['status']} | {metrics} | {gates} |")
+            icon = ICON.get(c["status"], "")
+            lines.append(f"| `{c['id']}` | {icon} {c['status']} | {cell(metrics)} | {cell(gates)} |")
         failing = [(c, g) for c in report["checks"] for g in c["gates"] if g["status"] != "pass"]
         if failing:
             lines += ["", "### Gates not met", ""]
-            lines += [f"- `{c['id']}`: {g['message']}" for c, g in failing]
+            lines += [f"- `{c['id']}`: {cell(g['message'])}" for c, g in failing]
         findings = [(c, f) for c in report["checks"] for f in c["findings"] if f["severity"] != "info"]
         if findings:
             lines += ["", "### Findings", ""]
-            lines += [f"- `{c['id']}` ({f['severity']}): {f['message']}" for c, f in findings[:50]]
+            lines += [f"- `{c['id']}` ({f['severity']}): {cell(f['message'])}" for c, f in findings[:50]]
         s = report.get("summary", {})
         lines += ["", " · ".join(f"{k}: {v}" for k, v in s.items() if v), ""]
         return "\n".join(lines)
