@@ -173,7 +173,7 @@ def test_parity_passes_and_detects_a_wrong_op(tmp_path: Path) -> None:
     res = run_audit(spec, model=model, data=tmp_path / "d.npz", workdir=tmp_path)
     res.assert_status("torch.parity", "pass")
     met = res.metrics("torch.parity")
-    assert met["max_abs_diff"] <= 1e-6 and met["n"] == 64 and met["ops"] == 2
+    assert met["max_abs_diff"] <= 1e-6 and met["n"] == 64 and met["ops"] == 2 and met["nonfinite_mismatch"] == 0
     z = x.astype(np.float64) @ w + b
     relu = lookup("Relu")
     assert relu is not None

@@ -152,6 +152,7 @@ def check_run(run: dict, x: np.ndarray, y: np.ndarray, original: onnx.ModelProto
     assert run["feature_rank"] == int(np.argmax(ratio >= 0.99 - 1e-9)) + 1
     assert run["dead_units"] == int(np.all(feats == 0, axis=0).sum())
     assert run["units"] == feats.shape[1]
+    assert run["dead_fraction"] == pytest.approx(run["dead_units"] / feats.shape[1])
     saved = onnx.load(run["model_path"])
     assert [(n.op_type, list(n.input), list(n.output)) for n in saved.graph.node] == \
         [(n.op_type, list(n.input), list(n.output)) for n in original.graph.node]
