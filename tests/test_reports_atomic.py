@@ -27,3 +27,12 @@ def test_failed_write_keeps_the_old_report(tmp_path: Path, monkeypatch: pytest.M
 def test_write_creates_folders(tmp_path: Path) -> None:
     write_atomic(tmp_path / "a" / "b" / "r.md", "hello")
     assert (tmp_path / "a" / "b" / "r.md").read_text() == "hello"
+
+
+def test_reports_get_ordinary_permissions(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "r.json", "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644
