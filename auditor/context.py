@@ -123,10 +123,17 @@ class AuditContext:
         names = model.layer_names(layers)
         todo = [n for n in names if (id(model), id(data), n) not in self.cache.activations]
         if todo:
-            out = model.run(data.x, todo)
+            # The same pass also yields the audited outputs: predictions come free when not cached yet.
+            with_preds = (id(model), id(data)) not in self.cache.predictions
+            wanted = list(dict.fromkeys(todo + (list(model.outputs) if with_preds else [])))
+            out = model.run(data.x, wanted)
             with self.cache.lock:
                 for n in todo:
                     self.cache.activations[(id(model), id(data), n)] = out[n]
+                if with_preds:
+                    self.cache.predictions[(id(model), id(data))] = interpret(
+                        {o: out[o] for o in model.outputs}, task=model.config.task, y=data.y,
+                        zip_classes={z.output: z.classes for z in model.zipmaps.values()})
         return {n: self.cache.activations[(id(model), id(data), n)] for n in names}
 
     def data_for(self, model: ModelHandle, data: Dataset | None = None) -> Dataset:

@@ -482,6 +482,15 @@ class ModelHandle:
             raise ValueError(f"tensor(s) {', '.join(missing)} not in the graph")
         return list(which)
 
+    def logits_tensor(self) -> str | None:
+        """The tensor entering a final Softmax/LogSoftmax that produces the audited output (the logits), or
+        ``None`` when the output is not such a normalisation (then it may already be logits, or scores)."""
+        out = self._alias.get(self.outputs[-1], self.outputs[-1])
+        node = G.produced_tensors(self.proto.graph).get(out)
+        if node is not None and node.op_type in ("Softmax", "LogSoftmax") and node.input:
+            return node.input[0]
+        return None
+
     def penultimate(self) -> str | None:
         """The features entering the last linear layer that feeds the audited output."""
         return G.penultimate(self.proto.graph, self._alias.get(self.outputs[-1], self.outputs[-1]))

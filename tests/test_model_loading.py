@@ -327,3 +327,22 @@ def test_io_binding_path_gives_the_same_outputs(tmp_path: Path) -> None:
     for k in plain:
         np.testing.assert_allclose(bound[k], plain[k], rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(bound["probs"], mlp_numpy(x, w), rtol=1e-4, atol=1e-5)
+
+
+def test_logits_tensor_and_activations_share_the_prediction_pass(tmp_path: Path) -> None:
+    import numpy as np
+
+    from auditor.context import AuditContext
+    from auditor.data import Dataset
+
+    w = mlp_weights()
+    m = handle(write_mlp(tmp_path / "m.onnx", w))
+    assert m.logits_tensor() == "logits"
+    assert handle(write_mlp(tmp_path / "l.onnx", w, softmax=False)).logits_tensor() is None
+    x, y = blobs(40, w=w)
+    ds = Dataset(x=x, y=y, groups={}, columns={}, source="d.npz")
+    ctx = AuditContext(check_id="c", params={}, model=m, data=ds, seed=0, rng=np.random.default_rng(0))
+    acts = ctx.activations(["logits"])
+    assert (id(m), id(ds)) in ctx.cache.predictions  # filled by the same pass
+    np.testing.assert_allclose(ctx.predictions().probs, mlp_numpy(x, w), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(acts["logits"], mlp_numpy(x, w, softmax=False), rtol=1e-4, atol=1e-4)
