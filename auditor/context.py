@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,18 @@ class AuditContext:
     cancel_event: threading.Event = field(default_factory=threading.Event)
     progress: Callable[[int, int | None, str], None] | None = None
     cache: SharedCache = field(default_factory=SharedCache)
+    #: Where this check may write files a person should keep (e.g. retrained models): a folder beside the
+    #: reports, ``<report dir>/artifacts/<check id>``; created on first use by :meth:`artifact_path`.
+    artifact_dir: Path | None = None
+
+    def artifact_path(self, name: str) -> Path:
+        """A path for a file this check writes, inside :attr:`artifact_dir` (a temporary folder without one)."""
+        if self.artifact_dir is None:
+            import tempfile
+
+            self.artifact_dir = Path(tempfile.mkdtemp(prefix=f"auditor-{self.check_id}-"))
+        self.artifact_dir.mkdir(parents=True, exist_ok=True)
+        return self.artifact_dir / name
 
     # -------------------------------------------------------------------------------------- helpers
     def require_data(self) -> Dataset:

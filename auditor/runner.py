@@ -287,6 +287,7 @@ class Runner:
             rng=check_seed(self.spec.seed, cs.id), role=role, references=loaded.references,
             train_data=loaded.train_data, spec=self.spec.raw, backends=self.registry.backends,
             progress=progress, cache=self.cache,
+            artifact_dir=Path(self.spec.report_dir) / "artifacts" / (cs.id if role == "model" else f"{cs.id}.baseline"),
         )
 
     def run_check(self, cs: CheckSpec, loaded: Loaded) -> CheckReport:
@@ -294,7 +295,7 @@ class Runner:
         info: CheckInfo = self.registry.checks[cs.use]
         needs = info.cls.needs
         skip_reason = None
-        if Need.GRADIENTS in needs and not self.registry.backends:
+        if Need.GRADIENTS in needs and "torch" not in self.registry.backends:
             skip_reason = "needs gradients: install a differentiable backend (pip install 'onnx-auditor[torch]')"
         if skip_reason is None and loaded.data is not None and Need.LABELS in needs and loaded.data.y is None:
             skip_reason = "needs labels (data.y)"

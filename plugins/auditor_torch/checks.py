@@ -5,7 +5,6 @@ inside ``run``."""
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -403,7 +402,7 @@ class Retrain(Check):
         Param(name="limit", type="integer", default=5000, minimum=1,
               description="At most this many training rows (and audit rows for evaluation), sampled."),
         Param(name="save_dir", type="string", default=None, nullable=True,
-              description="Folder for the retrained .onnx models (default: a new temporary folder)."),
+              description="Folder for the retrained .onnx models (default: <report dir>/artifacts/<check id>)."),
     ]
     needs = frozenset({Need.DATA, Need.LABELS, Need.TRAIN_DATA})
     run_on_baseline = False
@@ -432,7 +431,7 @@ class Retrain(Check):
         yev = ctx.labels(eval_set)
         if ctx.predictions().task != "classification":
             raise SkipCheck("retraining supports classifiers")
-        save = Path(p["save_dir"]) if p["save_dir"] else Path(tempfile.mkdtemp(prefix="auditor-retrain-"))
+        save = Path(p["save_dir"]) if p["save_dir"] else ctx.artifact_path("retrained")
         rules = list(dict.fromkeys(p["rules"]))
         optimizers = list(dict.fromkeys(p["optimizers"]))
         if "backprop" not in rules:
