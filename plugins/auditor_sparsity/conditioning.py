@@ -78,7 +78,7 @@ class Conditioning(Check):
     params = [
         Param(name="exact_max_dim", type="integer", default=512, minimum=1,
               description="Blocks with min(rows, cols) up to this use the exact SVD; larger ones the Gram route."),
-        Param(name="max_rel_error", type="number", default=1e-4, minimum=0,
+        Param(name="max_rel_error", type="number", default=1e-3, minimum=0,
               description="Largest a-priori relative error of any singular value allowed on the Gram route "
                           "(blocks that would exceed it are recomputed exactly)."),
         Param(name="max_condition", type="number", default=1e6, minimum=1,

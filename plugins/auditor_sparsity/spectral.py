@@ -92,7 +92,7 @@ def _gram_eigs(w: np.ndarray) -> tuple[np.ndarray, float]:
     return np.clip(lam, 0.0, None), delta
 
 
-def singular_values(stack: np.ndarray, *, exact_max_dim: int = 512, max_rel_error: float = 1e-4) -> Spectrum:
+def singular_values(stack: np.ndarray, *, exact_max_dim: int = 512, max_rel_error: float = 1e-3) -> Spectrum:
     """Singular values of a ``(blocks, m, n)`` stack seen as one block-diagonal matrix (a grouped conv, a
     batched MatMul weight), exact for small blocks and through the Gram matrix for large ones."""
     b, m, n = stack.shape

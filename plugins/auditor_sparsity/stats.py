@@ -51,9 +51,10 @@ class _Acc:
 class WeightStats:
     """What one pass over a layer weight gives.
 
-    ``nonzero_out_in`` is ``any(w != 0)`` over the kernel axes with the (output, input) axes kept, as stored
-    (for a grouped conv the input axis is the channel within its group; for a transposed conv the output
-    axis is); ``out_max_abs`` / ``out_min`` / ``out_max`` are reductions per stored output index.
+    ``nonzero_out`` / ``nonzero_in`` are ``any(w != 0)`` per stored output / input index. A grouped conv
+    (where an input channel index is local to its group) keeps instead ``nonzero_out_in``, the reduction over
+    the kernel axes with the (output, input) axes kept as stored (small: out x in/groups).
+    ``out_max_abs`` / ``out_min`` / ``out_max`` are reductions per stored output index.
     """
 
     lw: LayerWeight
@@ -63,7 +64,9 @@ class WeightStats:
     l1: float
     l2sq: float
     max_abs: float
-    nonzero_out_in: np.ndarray
+    nonzero_out: np.ndarray | None = None
+    nonzero_in: np.ndarray | None = None
+    nonzero_out_in: np.ndarray | None = None
     out_max_abs: np.ndarray | None = None
     out_min: np.ndarray | None = None
     out_max: np.ndarray | None = None
@@ -75,9 +78,11 @@ class WeightStats:
 
     def zero_outputs(self) -> np.ndarray:
         """Indices of outputs (conv output filters, matrix output units) whose weights are all zero."""
-        nz = self.nonzero_out_in
-        lw = self.lw
-        if lw.kind == "conv_transpose" and lw.groups > 1:
+        nz, lw = self.nonzero_out_in, self.lw
+        if nz is None:
+            assert self.nonzero_out is not None
+            return np.flatnonzero(~self.nonzero_out)
+        if lw.kind == "conv_transpose":
             mg, c = nz.shape
             per = nz.reshape(mg, lw.groups, c // lw.groups).any(axis=2)  # (out within group, group)
             return np.flatnonzero(~per.T.reshape(-1))
@@ -85,9 +90,11 @@ class WeightStats:
 
     def zero_inputs(self) -> np.ndarray:
         """Indices of inputs (conv input channels, matrix input units) that no weight reads."""
-        nz = self.nonzero_out_in
-        lw = self.lw
-        if lw.kind == "conv" and lw.groups > 1:
+        nz, lw = self.nonzero_out_in, self.lw
+        if nz is None:
+            assert self.nonzero_in is not None
+            return np.flatnonzero(~self.nonzero_in)
+        if lw.kind == "conv":
             m, cg = nz.shape
             per = nz.reshape(lw.groups, m // lw.groups, cg).any(axis=1)  # (group, channel within group)
             return np.flatnonzero(~per.reshape(-1))
@@ -96,14 +103,14 @@ class WeightStats:
     @property
     def n_outputs(self) -> int:
         """Number of output units / filters of the layer."""
-        n = self.nonzero_out_in.shape[0]
-        return n * self.lw.groups if self.lw.kind == "conv_transpose" else n
+        groups = self.lw.groups if self.lw.kind == "conv_transpose" else 1
+        return self.lw.shape[self.lw.out_axis] * groups
 
     @property
     def n_inputs(self) -> int:
         """Number of input units / channels of the layer."""
-        n = self.nonzero_out_in.shape[1]
-        return n * self.lw.groups if self.lw.kind == "conv" else n
+        groups = self.lw.groups if self.lw.kind == "conv" else 1
+        return self.lw.shape[self.lw.in_axis] * groups
 
 
 def weight_stats(model: ModelHandle, lw: LayerWeight, *, near_zero: float = 0.0, per_output: bool = False,
@@ -116,8 +123,11 @@ def weight_stats(model: ModelHandle, lw: LayerWeight, *, near_zero: float = 0.0,
     every decoded chunk (for further statistics in the same pass).
     """
     shape = lw.shape
-    oi = tuple(sorted((lw.out_axis, lw.in_axis)))
-    nz_acc = _Acc(shape, oi, False, np.any, np.logical_or, bool)
+    grouped = lw.kind != "matrix" and lw.groups > 1
+    if grouped:
+        nz_accs = [_Acc(shape, tuple(sorted((lw.out_axis, lw.in_axis))), False, np.any, np.logical_or, bool)]
+    else:
+        nz_accs = [_Acc(shape, (axis,), False, np.any, np.logical_or, bool) for axis in (lw.out_axis, lw.in_axis)]
     outs = (lw.out_axis,)
     accs: list[tuple[str, _Acc]] = []
     if per_output:
@@ -127,26 +137,44 @@ def weight_stats(model: ModelHandle, lw: LayerWeight, *, near_zero: float = 0.0,
     zeros = near = 0
     l1 = l2sq = 0.0
     max_abs = 0.0
+    # Temporaries are allocated once per tensor and reused for every chunk: fresh allocations of this size
+    # are page-faulted in by the kernel each time, which used to cost more than the arithmetic.
+    bufs: dict[tuple[str, int], np.ndarray] = {}
+
+    def buf(kind: str, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+        n = int(np.prod(shape))
+        key = (kind, dtype.num)
+        if key not in bufs or bufs[key].size < n:
+            bufs[key] = np.empty(n, dtype=dtype)
+        return bufs[key][:n].reshape(shape)
+
     for rows, v in iter_chunks(model, lw):
         if check is not None:
             check()
-        a = np.abs(v)
-        zeros += int(v.size - np.count_nonzero(v))
-        near += int(np.count_nonzero(a <= near_zero))
-        l1 += float(a.sum(dtype=np.float64))
-        l2sq += float(np.square(a, dtype=np.float64).sum())
+        a = np.abs(v, out=buf("abs", v.dtype, v.shape))
+        nonzero = np.not_equal(v, 0, out=buf("nz", np.dtype(bool), v.shape))
+        zeros += int(nonzero.size - np.count_nonzero(nonzero))
+        near += int(np.count_nonzero(np.less_equal(a, near_zero, out=buf("near", np.dtype(bool), v.shape))))
+        flat = buf("f64", np.dtype(np.float64), (a.size,))
+        np.copyto(flat, a.reshape(-1))
+        l1 += float(flat.sum())
+        l2sq += float(np.dot(flat, flat))
         if a.size:
             max_abs = max(max_abs, float(a.max()))
-        nz_acc.add(rows, v != 0)
+        for nz_acc in nz_accs:
+            nz_acc.add(rows, nonzero)
         for key, acc in accs:
             acc.add(rows, a if key == "max_abs" else v)
         if on_chunk is not None:
             on_chunk(rows, v)
-    nz = nz_acc.arr
-    if lw.out_axis > lw.in_axis:
-        nz = nz.T
-    st = WeightStats(lw=lw, size=lw.size, zeros=zeros, near_zero=near, l1=l1, l2sq=l2sq, max_abs=max_abs,
-                     nonzero_out_in=np.ascontiguousarray(nz))
+    # drop the last chunk's view of the memory map now, so that its pages can go before the next tensor
+    del v, a
+    st = WeightStats(lw=lw, size=lw.size, zeros=zeros, near_zero=near, l1=l1, l2sq=l2sq, max_abs=max_abs)
+    if grouped:
+        nz = nz_accs[0].arr
+        st.nonzero_out_in = np.ascontiguousarray(nz.T if lw.out_axis > lw.in_axis else nz)
+    else:
+        st.nonzero_out, st.nonzero_in = nz_accs[0].arr, nz_accs[1].arr
     if per_output:
         got = dict(accs)
         st.out_max_abs, st.out_min, st.out_max = got["max_abs"].arr, got["min"].arr, got["max"].arr

@@ -75,7 +75,7 @@ def test_planted_singular_values(tmp_path: Path, exact_max_dim: int) -> None:
         assert e["rank_99"] == int(np.argmax(cum >= 0.99) + 1)
         assert e["numerical_rank"] == len(s)
         if exact_max_dim == 1 and min(e["matrix"]) // e["blocks"] > 1:
-            assert e["method"] == "gram" and 0 < e["rel_error_bound"] <= 1e-4
+            assert e["method"] == "gram" and 0 < e["rel_error_bound"] <= 1e-3
         elif exact_max_dim == 512:
             assert e["method"] == "svd"
     assert m["layers"]["g"]["blocks"] == 2 and m["layers"]["g"]["matrix"] == [4, 18]
