@@ -250,3 +250,20 @@ def test_filters_skip_without_convs(tmp_path: Path) -> None:
                 {"w": np.ones((3, 2), np.float32)}, tmp_path / "mm.onnx")
     res = run_audit({"checks": [{"use": "sparsity.filters"}]}, model=path, workdir=tmp_path, disable=OTHER_PLUGINS)
     res.assert_status("sparsity.filters", "skipped")
+
+
+def test_grouped_conv_transpose_structured_zeros(tmp_path: Path) -> None:
+    """ConvTranspose weight (C_in, C_out/group, k, k): output j of group g is W[g·C/g:(g+1)·C/g, j]."""
+    r = np.random.default_rng(5)
+    w = r.normal(size=(4, 3, 2, 2)).astype(np.float32)  # 4 inputs, 2 groups of 3 outputs
+    w[0:2, 1] = 0  # group 0's output 1 (global output 1)
+    w[3] = 0  # input channel 3
+    nodes = [helper.make_node("ConvTranspose", ["x", "w"], ["y"], name="up", group=2)]
+    path = save(nodes, helper.make_tensor_value_info("x", FLOAT, ["N", 4, 3, 3]),
+                helper.make_tensor_value_info("y", FLOAT, ["N", 6, 4, 4]), {"w": w}, tmp_path / "ct.onnx")
+    e = run_check(SparsityProfile, path).metrics["weights"]["w"]
+    per_group = [w[g * 2:(g + 1) * 2].any(axis=(0, 2, 3)) for g in range(2)]
+    expected_out = np.flatnonzero(~np.concatenate(per_group)).tolist()
+    assert e["zero_output_indices"] == expected_out == [1]
+    assert e["zero_input_indices"] == np.flatnonzero(~w.any(axis=(1, 2, 3))).tolist() == [3]
+    assert (e["n_outputs"], e["n_inputs"]) == (6, 4)
