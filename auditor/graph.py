@@ -24,8 +24,10 @@ LAYER_OPS = frozenset(
         "GlobalMaxPool", "Softmax", "Flatten", "Attention",
     }
 )
-# Operators whose weight input (index 1) is a layer weight matrix or kernel.
-WEIGHT_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "ConvInteger", "MatMulInteger", "QLinearConv"})
+# Operators with a layer weight (matrix or kernel), and the input index where it sits.
+WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1, "ConvInteger": 1, "MatMulInteger": 1,
+                "QLinearConv": 3, "QLinearMatMul": 3}
+WEIGHT_OPS = frozenset(WEIGHT_INPUT)
 LINEAR_OPS = frozenset({"Gemm", "MatMul", "Conv"})
 
 
@@ -266,7 +268,7 @@ class WeightRef:
     @property
     def is_layer_weight(self) -> bool:
         """Whether this is the weight (input 1) of a Conv/Gemm/MatMul-like layer."""
-        return any(op in WEIGHT_OPS and idx == 1 for _, op, idx in self.consumers) or any(
+        return any(WEIGHT_INPUT.get(op) == idx for _, op, idx in self.consumers) or any(
             op == "Gemm" and idx == 0 for _, op, idx in self.consumers
         )
 

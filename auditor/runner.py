@@ -119,20 +119,29 @@ def _data_for(data: Dataset, other: ModelHandle) -> Dataset:
 
 
 def lookup_metric(metrics: dict[str, Any], path: str) -> Any:
-    """``metrics["a"]["b"]`` for ``"a.b"``; list items by index; ``KeyError`` if absent."""
-    if path in metrics:
-        return metrics[path]
-    cur: Any = metrics
-    for part in path.split("."):
-        if isinstance(cur, dict) and part in cur:
-            cur = cur[part]
-        elif isinstance(cur, dict) and part.lstrip("-").isdigit() and int(part) in cur:
-            cur = cur[int(part)]
-        elif isinstance(cur, list) and part.lstrip("-").isdigit() and -len(cur) <= int(part) < len(cur):
-            cur = cur[int(part)]
-        else:
-            raise KeyError(path)
-    return cur
+    """``metrics["a"]["b"]`` for ``"a.b"``; list items by index; ``KeyError`` if absent.
+
+    Keys may contain dots themselves (ONNX initializer names such as ``conv1.weight``): at each level the
+    longest run of path parts that is a key is tried first, then shorter ones.
+    """
+
+    def walk(cur: Any, parts: list[str]) -> Any:
+        if not parts:
+            return cur
+        if isinstance(cur, dict):
+            for k in range(len(parts), 0, -1):
+                key = ".".join(parts[:k])
+                for cand in (key, int(key)) if key.lstrip("-").isdigit() else (key,):
+                    if cand in cur:
+                        try:
+                            return walk(cur[cand], parts[k:])
+                        except KeyError:
+                            continue
+        elif isinstance(cur, list) and parts[0].lstrip("-").isdigit() and -len(cur) <= int(parts[0]) < len(cur):
+            return walk(cur[int(parts[0])], parts[1:])
+        raise KeyError(path)
+
+    return walk(metrics, path.split("."))
 
 
 def evaluate_gates(gates: list[GateSpec], metrics: dict[str, Any],

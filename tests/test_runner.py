@@ -150,3 +150,12 @@ def test_every_model_call_of_a_check_reports_batches(tmp_path, mlp) -> None:  # 
 
     Runner(spec, reg, Recorder()).run(load_inputs(spec))  # type: ignore[arg-type]
     assert seen and seen[0] == (8, 8)  # fake.hang predicts 8 rows at a time through ctx.model directly
+
+
+def test_gate_paths_reach_keys_with_dots() -> None:
+    m = {"per_layer": {"conv1.weight": {"sparsity": 0.5}, "conv1": {"weight": 1}}, "a.b": 3}
+    assert lookup_metric(m, "per_layer.conv1.weight.sparsity") == 0.5
+    assert lookup_metric(m, "per_layer.conv1.weight") == {"sparsity": 0.5}
+    assert lookup_metric(m, "a.b") == 3
+    with pytest.raises(KeyError):
+        lookup_metric(m, "per_layer.conv2.weight")
