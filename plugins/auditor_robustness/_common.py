@@ -1,0 +1,230 @@
+"""What the robustness checks share: the input's geometry (any image layout), the valid value range, a stratified
+sample, and batched black-box access to the model's class probabilities.
+
+Every perturbation is built in one canonical layout, ``(N, C, H, W)`` (a vector input is ``(N, 1, 1, D)``), and
+turned into the model's own layout only when it is queried. So an NHWC model and the same model exported NCHW
+see the same random draws and give the same numbers, and the attacks need one code path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from auditor import AuditContext, Dataset, ModelHandle, Param, SkipCheck
+from auditor.outputs import interpret, softmax
+
+#: Smallest probability used when taking logs (a probability of exactly 0 must not give -inf margins).
+TINY = 1e-300
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How a per-sample input of shape ``shape`` maps to canonical ``(C, H, W)``.
+
+    ``layout`` is ``"NCHW"``/``"NHWC"`` for 4-D image inputs and ``None`` for anything else, which is flattened
+    to ``(1, 1, D)`` (tabular rows, sequences): "spatial" operations then run along the features.
+    """
+
+    shape: tuple[int, ...]
+    layout: str | None
+    c: int
+    h: int
+    w: int
+
+    @classmethod
+    def of(cls, x: np.ndarray, model_layout: str | None) -> Geometry:
+        """The geometry of batch ``x`` (batch-first) for a model whose layout is ``model_layout``."""
+        shape = tuple(int(d) for d in x.shape[1:])
+        if len(shape) == 3 and model_layout in ("NCHW", "NHWC"):
+            if model_layout == "NCHW":
+                c, h, w = shape
+            else:
+                h, w, c = shape
+            return cls(shape, model_layout, c, h, w)
+        return cls(shape, None, 1, 1, int(np.prod(shape)) if shape else 1)
+
+    @property
+    def is_image(self) -> bool:
+        """Whether the input is a 4-D image batch."""
+        return self.layout is not None
+
+    @property
+    def size(self) -> int:
+        """Number of values per sample."""
+        return self.c * self.h * self.w
+
+    def canonical(self, x: np.ndarray) -> np.ndarray:
+        """Model layout -> ``(N, C, H, W)`` (a copy, C-contiguous)."""
+        x = np.asarray(x)
+        if self.layout == "NHWC":
+            return np.ascontiguousarray(np.transpose(x, (0, 3, 1, 2)))
+        return np.array(x.reshape(len(x), self.c, self.h, self.w), copy=True)
+
+    def to_model(self, xc: np.ndarray) -> np.ndarray:
+        """``(N, C, H, W)`` -> the model's layout (C-contiguous)."""
+        if self.layout == "NHWC":
+            return np.ascontiguousarray(np.transpose(xc, (0, 2, 3, 1)))
+        return np.ascontiguousarray(xc).reshape((len(xc), *self.shape))
+
+
+def range_param(default: Any = None) -> Param:
+    """The ``clip`` parameter every check here declares."""
+    return Param(
+        name="clip", type="array", items="number", default=default, nullable=True,
+        schema={"type": ["array", "null"], "items": {"type": "number"}, "minItems": 2, "maxItems": 2},
+        description="Valid input range [lo, hi]; perturbed inputs are clipped to it. null: inferred for images "
+                    "([0, 1] or [0, 255] when the data lies there, else the data's min and max), no clipping "
+                    "for other inputs.",
+    )
+
+
+def limit_param(default: int | None) -> Param:
+    """The ``limit`` parameter every check here declares."""
+    return Param(name="limit", type="integer", default=default, minimum=1, nullable=True,
+                 description="Audit at most this many rows, a seeded sample stratified by label (noted in the "
+                             "report); null: every row.")
+
+
+def value_range(clip: Sequence[float] | None, x: np.ndarray, geometry: Geometry) -> tuple[float, float] | None:
+    """The ``clip`` parameter, or the range inferred from the data for images (``None``: no clipping)."""
+    if clip is not None:
+        lo, hi = float(clip[0]), float(clip[1])
+        if not lo < hi:
+            raise ValueError(f"clip: lo must be below hi (got [{lo:g}, {hi:g}])")
+        return lo, hi
+    if not geometry.is_image:
+        return None
+    lo, hi = float(np.min(x)), float(np.max(x))
+    if lo >= 0 and hi <= 1:
+        return 0.0, 1.0
+    if lo >= 0 and hi <= 255:
+        return 0.0, 255.0
+    return lo, hi
+
+
+def describe_range(rng: tuple[float, float] | None, given: bool) -> str:
+    """A note for the report saying which range was used and why."""
+    if rng is None:
+        return "no clipping (not an image input; set clip: [lo, hi] to bound the inputs)"
+    how = "given" if given else "inferred from the data"
+    return f"inputs clipped to [{rng[0]:g}, {rng[1]:g}] ({how})"
+
+
+def sample(ctx: AuditContext, limit: int | None) -> tuple[Dataset, list[str]]:
+    """The audit data, or a seeded sample stratified by label when it has more than ``limit`` rows; the
+    notes say which."""
+    data = ctx.require_data()
+    sub = ctx.sample(limit, data)
+    notes = [sub.notes[-1]] if sub is not data and sub.notes else [f"all {data.n} rows"]
+    return sub, notes
+
+
+@dataclass
+class Classifier:
+    """Batched black-box access to a classifier: class scores for inputs in canonical layout.
+
+    Reads the outputs the way :meth:`auditor.AuditContext.predictions` does (``interpret``), but without first
+    running the whole data set, so that a sampled audit of a large data set costs only its sample. When the
+    model ends in a Softmax, the logits entering it are read instead (``prefer_logits``): margins stay exact
+    where float32 probabilities saturate to 0 and 1. Once the first call has shown which output holds the score
+    matrix, later calls fetch only that one and skip the general reading (attacks call this thousands of
+    times). ``queries`` counts the inputs sent to the model.
+    """
+
+    model: ModelHandle
+    geometry: Geometry
+    task: str = "classification"
+    prefer_logits: bool = True
+    queries: int = 0
+    _matrix: tuple[str, bool] | None = None  # (tensor name, holds logits) once known
+
+    def scores(self, x: np.ndarray) -> tuple[np.ndarray, bool]:
+        """Class scores ``(N, C)`` for inputs in the model's layout, and whether they are logits (else
+        probabilities)."""
+        self.queries += len(x)
+        if self._matrix is not None:
+            name, logits = self._matrix
+            return np.asarray(self.model.run(x, [name])[name], dtype=np.float64), logits
+        logits_name = self.model.logits_tensor() if self.prefer_logits else None
+        if logits_name is not None:
+            z = np.asarray(self.model.run(x, [logits_name])[logits_name], dtype=np.float64)
+            if z.ndim == 2 and z.shape[1] >= 2:
+                self._matrix = (logits_name, True)
+                return z, True
+        raw = self.model.run(x)
+        zip_classes = {z.output: z.classes for z in self.model.zipmaps.values()}
+        p = interpret(raw, task=self.task, zip_classes=zip_classes)
+        if p.probs is None:
+            raise SkipCheck("the model is not a classifier")
+        if p.kind in ("probabilities", "logits", "label+probabilities"):
+            # interpret read the first float matrix output with at least two columns
+            name = next(k for k, v in raw.items() if np.asarray(v).dtype.kind == "f" and np.ndim(v) == 2
+                        and np.shape(v)[1] >= 2)
+            self._matrix = (name, p.kind == "logits")
+        return p.probs, False
+
+    def probs(self, xc: np.ndarray) -> np.ndarray:
+        """Class probabilities ``(N, C)`` (float64) for canonical inputs ``xc``."""
+        return self.probs_model_layout(self.geometry.to_model(xc))
+
+    def probs_model_layout(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities for inputs already in the model's layout."""
+        s, logits = self.scores(x)
+        return softmax(s) if logits else s
+
+    def log_probs(self, xc: np.ndarray) -> np.ndarray:
+        """Log-probabilities for canonical inputs: ``log_softmax`` of logits (exact logit differences), else
+        ``log`` of the probabilities (floored at :data:`TINY`)."""
+        s, logits = self.scores(self.geometry.to_model(xc))
+        if logits:
+            z = s - s.max(axis=1, keepdims=True)
+            return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return np.log(np.maximum(s, TINY))
+
+
+def margins(log_probs: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Margin loss of Carlini & Wagner / Square Attack: ``log p_y - max_{k != y} log p_k`` per row.
+
+    Equal to the logit margin ``z_y - max_{k != y} z_k`` for a softmax output; negative exactly when the
+    predicted class is not ``y``.
+    """
+    n = len(y)
+    rows = np.arange(n)
+    true = log_probs[rows, y].copy()
+    other = log_probs.copy()
+    other[rows, y] = -np.inf
+    return true - other.max(axis=1)
+
+
+def task_of(ctx: AuditContext, data: Dataset) -> str:
+    """``classification`` or ``regression``, as the audit reads the model's outputs on ``data``."""
+    return ctx.predictions(data).task
+
+
+def targets(ctx: AuditContext, data: Dataset, clean_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray | None,
+                                                                                list[str]]:
+    """Clean predicted classes (from ``clean_probs``, read by the same :class:`Classifier` that will score the
+    perturbed inputs, so that a flip is never a change of reading), true classes (column indices; ``None``
+    without labels) and notes."""
+    notes: list[str] = []
+    clean = clean_probs.argmax(axis=1)
+    if data.y is None:
+        notes.append("no labels: the model's own predictions are the reference")
+        return clean, None, notes
+    y = ctx.labels(data)
+    unknown = int((y < 0).sum())
+    if unknown:
+        notes.append(f"{unknown} labels are not among the model's classes and count as wrong")
+    return clean, y, notes
+
+
+def as_float(v: Any) -> float | None:
+    """A JSON-able float (``None`` for NaN or a missing value)."""
+    if v is None:
+        return None
+    f = float(v)
+    return None if np.isnan(f) else f

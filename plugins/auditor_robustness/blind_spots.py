@@ -1,0 +1,185 @@
+"""``robustness.blind_spots``: under-sensitivity, large moves that leave the prediction and its confidence put.
+
+Sriram, Bhattacharjee, Khosla & Feizi, "Exploring Geometry of Blind Spots in Vision Models" (NeurIPS 2023)
+find inputs that look like an image of another class yet sit in the source image's equi-confidence level set,
+and observe that the source is *linearly* connected to them by a high-confidence path ("star-like" level sets).
+Their Level Set Traversal needs gradients; this check measures the black-box, forward-pass part:
+
+- toward another class: for pairs (source ``x_s`` of class ``a``, target ``x_t`` of a class ``b ≠ a``, both
+  classified correctly), the largest ``α`` such that every point of ``x_s + α'(x_t − x_s)`` with ``α' ≤ α``
+  (a grid of ``steps`` points, then ``refine`` bisection steps) is still predicted ``a`` with the probability of
+  ``a`` within ``conf_tol`` of the source's. A pair is a blind spot when ``α ≥ alpha_threshold``: the input was
+  moved at least that share of the way to an image of another class and the model did not notice.
+- random: the same along random directions, with radii up to the pair's distance ``‖x_t − x_s‖₂``.
+
+All pairs and grid points go through the model in one batched call per stage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from auditor import AuditContext, Check, CheckResult, Need, Param, SkipCheck
+from auditor_robustness._common import (
+    Classifier,
+    Geometry,
+    as_float,
+    describe_range,
+    limit_param,
+    range_param,
+    sample,
+    targets,
+    value_range,
+)
+
+
+def pick_pairs(cls: np.ndarray, n_pairs: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``n_pairs`` (source, target) row indices with ``cls[source] != cls[target]``, sources spread evenly."""
+    n = len(cls)
+    src = rng.permutation(np.resize(rng.permutation(n), n_pairs))
+    tgt = rng.integers(0, n, n_pairs)
+    for _ in range(64):  # rejection sampling, vectorised: redraw the targets of the same class
+        same = cls[tgt] == cls[src]
+        if not same.any():
+            break
+        tgt[same] = rng.integers(0, n, int(same.sum()))
+    ok = cls[tgt] != cls[src]
+    return src[ok], tgt[ok]
+
+
+Batch = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def held_along(path: Batch, held: Batch, n: int, steps: int, refine: int) -> np.ndarray:
+    """Largest ``t`` in [0, 1] per row such that ``held`` is true at every grid point ``k/steps ≤ t``, then
+    refined by bisection in the first failing interval.
+
+    ``path(t, rows)`` gives the inputs at positions ``t[i]`` on the paths ``rows[i]``; ``held(x, rows)`` says
+    which of them keep the prediction and confidence. Every stage is one batched call.
+    """
+    ts = np.arange(1, steps + 1) / steps
+    grid_t = np.repeat(ts[None, :], n, axis=0).ravel()
+    rows = np.repeat(np.arange(n), steps)
+    ok = held(path(grid_t, rows), rows).reshape(n, steps)
+    prefix = np.cumprod(ok, axis=1).sum(axis=1)  # grid points held before the first failure
+    lo_t = prefix / steps
+    hi_t = np.minimum(lo_t + 1 / steps, 1.0)
+    open_ = prefix < steps
+    for _ in range(refine):
+        r = np.flatnonzero(open_)
+        if len(r) == 0:
+            break
+        mid = (lo_t[r] + hi_t[r]) / 2
+        good = held(path(mid, r), r)
+        lo_t[r[good]] = mid[good]
+        hi_t[r[~good]] = mid[~good]
+    return lo_t
+
+
+class BlindSpots(Check):
+    """How far an input can move toward another class's image (or randomly) unnoticed by the model."""
+
+    name = "robustness.blind_spots"
+    description = ("Under-sensitivity (Sriram et al. 2023): how far an input can be moved toward an image of "
+                   "another class, or along random directions, while the prediction and its confidence stay "
+                   "put; share of such pairs and the distance reached.")
+    params = [
+        Param(name="pairs", type="integer", default=200, minimum=1, description="Source/target pairs probed."),
+        Param(name="conf_tol", type="number", default=0.05, minimum=0, maximum=1,
+              description="Largest change of the source class's probability that still counts as unchanged."),
+        Param(name="alpha_threshold", type="number", default=0.5, minimum=0, maximum=1,
+              description="A pair is a blind spot when held at least this share of the way to the target."),
+        Param(name="steps", type="integer", default=16, minimum=1, description="Grid points along each path."),
+        Param(name="refine", type="integer", default=6, minimum=0,
+              description="Bisection steps after the grid (precision 1/(steps·2^refine))."),
+        Param(name="random_directions", type="integer", default=4, minimum=0,
+              description="Random directions per source (radii up to the pair's distance); 0: none."),
+        range_param(),
+        limit_param(2000),
+    ]
+    needs = frozenset({Need.DATA})
+    metrics_doc = {
+        "blind_spot_rate": "share of pairs held at least alpha_threshold of the way to the other class",
+        "median_alpha": "median share of the way to the other class's image reached unnoticed",
+        "mean_alpha": "mean of that share",
+        "median_distance": "median L2 distance moved unnoticed toward the other class",
+        "random_blind_spot_rate": "share of random directions held for at least alpha_threshold of the radius",
+        "random_median_fraction": "median distance held along random directions, as a share of the pair distance",
+        "n_pairs": "pairs probed",
+    }
+
+    def run(self, ctx: AuditContext) -> CheckResult:
+        """Pick pairs of correctly classified rows of different classes, scan the paths in batches."""
+        p = ctx.params
+        data, notes = sample(ctx, p["limit"])
+        if np.asarray(data.x).dtype.kind != "f":
+            raise SkipCheck(f"the model input is {data.x.dtype}: paths need real-valued inputs")
+        geo = Geometry.of(data.x, ctx.model.layout)
+        xc = geo.canonical(np.asarray(data.x)).astype(np.float64)
+        clf = Classifier(ctx.model, geo)
+        p0 = clf.probs(xc)
+        clean_pred, y, tnotes = targets(ctx, data, p0)
+        notes += tnotes
+        ref = clean_pred if y is None else y
+        ok_rows = np.flatnonzero(clean_pred == ref)
+        if len(np.unique(ref[ok_rows])) < 2:
+            raise SkipCheck("needs correctly classified samples of at least two classes")
+        vr = value_range(p["clip"], xc, geo)
+        notes.append(describe_range(vr, p["clip"] is not None))
+        src, tgt = pick_pairs(ref[ok_rows], p["pairs"], ctx.rng)
+        src, tgt = ok_rows[src], ok_rows[tgt]
+        n = len(src)
+        cls = ref[src]
+        conf0 = p0[src, cls]
+        tol = p["conf_tol"]
+
+        def held(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+            ctx.check_cancelled()
+            pr = clf.probs(x)
+            c = cls[rows]
+            return (pr.argmax(axis=1) == c) & (np.abs(pr[np.arange(len(rows)), c] - conf0[rows]) <= tol)
+
+        xs, xt = xc[src], xc[tgt]
+        diff = xt - xs
+        dist = np.sqrt(np.sum(diff.reshape(n, -1) ** 2, axis=1))
+
+        def toward(t: np.ndarray, rows: np.ndarray) -> np.ndarray:
+            return (xs[rows] + t[:, None, None, None] * diff[rows]).astype(np.float32)
+
+        alpha = held_along(toward, held, n, p["steps"], p["refine"])
+        thr = p["alpha_threshold"]
+        metrics: dict[str, Any] = {
+            "n_pairs": n,
+            "blind_spot_rate": float(np.mean(alpha >= thr)),
+            "median_alpha": float(np.median(alpha)),
+            "mean_alpha": float(np.mean(alpha)),
+            "median_distance": float(np.median(alpha * dist)),
+            "median_pair_distance": float(np.median(dist)),
+        }
+        k = p["random_directions"]
+        if k:
+            rrows = np.repeat(np.arange(n), k)
+            u = ctx.rng.standard_normal((n * k, geo.c, geo.h, geo.w))
+            u /= np.sqrt(np.sum(u.reshape(n * k, -1) ** 2, axis=1))[:, None, None, None]
+            radius = dist[rrows]
+            lo, hi = vr if vr is not None else (-np.inf, np.inf)
+            base = xs[rrows]
+
+            def randomly(t: np.ndarray, rows: np.ndarray) -> np.ndarray:
+                out = base[rows] + (t * radius[rows])[:, None, None, None] * u[rows]
+                return np.clip(out, lo, hi).astype(np.float32)
+
+            def held_random(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+                return held(x, rrows[rows])
+
+            frac = held_along(randomly, held_random, n * k, p["steps"], p["refine"])
+            moved = np.sqrt(np.sum((randomly(frac, np.arange(n * k)) - base).reshape(n * k, -1) ** 2, axis=1))
+            reach = moved / np.maximum(radius, 1e-300)  # clipping to the valid range can shorten the move
+            metrics["random_blind_spot_rate"] = float(np.mean(reach >= thr))
+            metrics["random_median_fraction"] = as_float(np.median(reach))
+        metrics["queries"] = clf.queries
+        notes.append(f"prediction and confidence held: same class, source-class probability within {tol:g}")
+        return CheckResult(metrics=metrics, notes=notes)

@@ -1,0 +1,208 @@
+"""``robustness.fooling``: the highest confidence a model gives to inputs nobody would recognise.
+
+Nguyen, Yosinski & Clune, "Deep Neural Networks are Easily Fooled: High Confidence Predictions for
+Unrecognizable Images" (CVPR 2015). Two probes, both black-box and batched:
+
+- random noise: uniform over the valid range, and Gaussian with the data's mean and std (clipped);
+- evolved inputs: for each class, a population evolved to maximise that class (the paper's directly encoded
+  evolutionary algorithm, simplified to a (μ + λ) strategy: every parent makes one child by Gaussian mutation of
+  a share of its values; the best μ of parents and children survive). The fitness is the margin
+  ``log p_k − max_{j≠k} log p_j``, which keeps improving after ``p_k`` rounds to 1. All classes' populations
+  go through the model together, one batched query per generation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from auditor import AuditContext, Check, CheckResult, Dataset, Need, Param, SkipCheck
+from auditor_robustness._common import Classifier, Geometry, describe_range, limit_param, margins, range_param
+
+#: Share of the values mutated per child, and the mutation std as a share of the input range (large steps,
+#: clipped to the range, reach the saturated inputs that maximise a class; cf. the polynomial mutation of
+#: Nguyen et al.).
+MUTATION_RATE = 0.1
+MUTATION_SCALE = 0.5
+
+
+def evolve(classifier: Classifier, classes: np.ndarray, shape: tuple[int, int, int], lo: float, hi: float, *,
+           population: int, generations: int, rng: np.random.Generator, rate: float = MUTATION_RATE,
+           scale: float = MUTATION_SCALE, on_generation: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """Evolve ``population`` inputs per class in ``classes`` (column indices) to maximise that class.
+
+    Returns the best input per class ``(K, C, H, W)`` and its probabilities ``(K, classes)``.
+    """
+    k = len(classes)
+    target = np.repeat(classes, population)
+    pop = rng.uniform(lo, hi, (k * population, *shape)).astype(np.float32)
+    logp = classifier.log_probs(pop)
+    fit = margins(logp, target)
+    sigma = np.float32(scale * (hi - lo))
+    for g in range(generations):
+        child = pop.copy()
+        mask = rng.random(child.shape) < rate
+        child[mask] += sigma * rng.standard_normal(int(mask.sum()), dtype=np.float32)
+        np.clip(child, lo, hi, out=child)
+        clogp = classifier.log_probs(child)
+        cfit = margins(clogp, target)
+        # (μ + λ) selection within each class: parents and children side by side, keep the best μ
+        both = np.concatenate([fit.reshape(k, population), cfit.reshape(k, population)], axis=1)
+        keep = np.argsort(-both, axis=1, kind="stable")[:, :population]
+        src_child = keep >= population
+        rows = (np.arange(k)[:, None] * population + np.where(src_child, keep - population, keep)).ravel()
+        from_child = src_child.ravel()
+        pop = np.where(from_child[:, None, None, None], child[rows], pop[rows])
+        logp = np.where(from_child[:, None], clogp[rows], logp[rows])
+        fit = np.where(from_child, cfit[rows], fit[rows])
+        if on_generation is not None:
+            on_generation(g + 1)
+    best = fit.reshape(k, population).argmax(axis=1) + np.arange(k) * population
+    return pop[best], np.exp(logp[best])
+
+
+class Fooling(Check):
+    """Confidence on unrecognisable inputs: noise, and inputs evolved to maximise each class."""
+
+    name = "robustness.fooling"
+    description = ("Highest confidence the model gives to unrecognizable inputs: uniform and Gaussian noise, "
+                   "and inputs evolved black-box to maximise each class (Nguyen et al. 2015); per class and "
+                   "overall.")
+    params = [
+        Param(name="n_noise", type="integer", default=1000, minimum=1,
+              description="Random inputs per noise distribution (uniform, Gaussian)."),
+        Param(name="generations", type="integer", default=100, minimum=0,
+              description="Generations of the evolutionary search (one batched query each)."),
+        Param(name="population", type="integer", default=16, minimum=1, description="Population per class."),
+        Param(name="classes", type="array", items="integer", default=None, nullable=True, minimum=0,
+              description="Class columns to evolve inputs for; null: every class, at most max_classes of them "
+                          "(a seeded choice)."),
+        Param(name="max_classes", type="integer", default=20, minimum=1,
+              description="Most classes evolved when classes is null."),
+        Param(name="threshold", type="number", default=0.99, minimum=0, maximum=1,
+              description="Confidence at or above which an input counts as fooling the model."),
+        range_param(),
+        limit_param(2000),
+    ]
+    needs = frozenset[Need]()
+    metrics_doc = {
+        "max_confidence": "highest confidence on any unrecognizable input (noise or evolved)",
+        "noise_max_confidence": "highest top-class confidence on random noise",
+        "noise_fooled_rate": "share of noise inputs classified with confidence >= threshold",
+        "evolved_mean_confidence": "mean over classes of the best evolved input's confidence in its class",
+        "evolved_min_confidence": "the lowest of those",
+        "fooled_class_rate": "share of evolved classes reaching the threshold",
+        "uniform": "uniform noise: max_confidence, mean_confidence, fooled_rate",
+        "gaussian": "Gaussian noise: max_confidence, mean_confidence, fooled_rate",
+        "per_class": "per class: highest confidence in it from uniform noise, Gaussian noise, evolution",
+        "queries": "inputs sent to the model",
+    }
+
+    def run(self, ctx: AuditContext) -> CheckResult:
+        """Noise first (two batched passes), then the evolution (one batched pass per generation)."""
+        p = ctx.params
+        notes: list[str] = []
+        data = None
+        if ctx.data is not None:
+            data = ctx.sample(p["limit"])
+            notes.append(data.notes[-1] if data is not ctx.data and data.notes else "statistics from all rows")
+            x = np.asarray(data.x)
+        else:
+            shape = ctx.model.input.shape
+            dims = [d for d in (shape or ())[1:] if isinstance(d, int)]
+            if not shape or len(dims) != len(shape) - 1:
+                raise SkipCheck("no data, and the model input has unknown dimensions")
+            x = np.zeros((1, *dims), np.float32)
+        if x.dtype.kind != "f":
+            raise SkipCheck(f"the model input is {x.dtype}: noise needs real-valued inputs")
+        geo = Geometry.of(x, ctx.model.layout)
+        xc = geo.canonical(x).astype(np.float32)
+        if p["clip"] is not None:
+            lo, hi = float(p["clip"][0]), float(p["clip"][1])
+            if not lo < hi:
+                raise ValueError(f"clip: lo must be below hi (got [{lo:g}, {hi:g}])")
+            notes.append(describe_range((lo, hi), True))
+        elif ctx.data is None:
+            raise SkipCheck("no data: set clip: [lo, hi] so that the noise has a range")
+        else:
+            lo, hi = float(xc.min()), float(xc.max())
+            if geo.is_image and lo >= 0 and hi <= 1:
+                lo, hi = 0.0, 1.0
+            elif geo.is_image and lo >= 0 and hi <= 255:
+                lo, hi = 0.0, 255.0
+            notes.append(f"noise and evolution within [{lo:g}, {hi:g}] (inferred from the data)")
+        clf = Classifier(ctx.model, geo)
+        shape3 = (geo.c, geo.h, geo.w)
+        n = p["n_noise"]
+        thr = p["threshold"]
+        uni = clf.probs(ctx.rng.uniform(lo, hi, (n, *shape3)).astype(np.float32))
+        if ctx.data is not None:
+            mu, sd = float(xc.mean()), float(xc.std())
+        else:
+            mu, sd = (lo + hi) / 2, (hi - lo) / 4
+        gau_x = np.clip(ctx.rng.normal(mu, sd, (n, *shape3)), lo, hi).astype(np.float32)
+        gau = clf.probs(gau_x)
+        notes.append(f"Gaussian noise: mean {mu:.4g}, std {sd:.4g}, clipped")
+        n_classes = uni.shape[1]
+        labels = self._class_labels(ctx, data, n_classes)
+        classes = self._classes(p, n_classes, ctx.rng, notes)
+
+        def on_generation(g: int) -> None:
+            ctx.check_cancelled()
+            ctx.report_progress(g, p["generations"], "generations")
+
+        _, evo_p = evolve(clf, classes, shape3, lo, hi, population=p["population"], generations=p["generations"],
+                          rng=ctx.rng, on_generation=on_generation)
+        evo_conf = evo_p[np.arange(len(classes)), classes]
+
+        def noise_stats(pr: np.ndarray) -> dict[str, float]:
+            top = pr.max(axis=1)
+            return {"max_confidence": float(top.max()), "mean_confidence": float(top.mean()),
+                    "fooled_rate": float(np.mean(top >= thr))}
+
+        u, g_ = noise_stats(uni), noise_stats(gau)
+        per_class: dict[str, Any] = {}
+        for j in range(n_classes):
+            entry: dict[str, Any] = {"uniform": float(uni[:, j].max()), "gaussian": float(gau[:, j].max())}
+            hit = np.flatnonzero(classes == j)
+            entry["evolved"] = float(evo_conf[hit[0]]) if len(hit) else None
+            per_class[labels[j]] = entry
+        noise_max = max(u["max_confidence"], g_["max_confidence"])
+        metrics: dict[str, Any] = {
+            "max_confidence": max(noise_max, float(evo_conf.max()) if len(evo_conf) else 0.0),
+            "noise_max_confidence": noise_max,
+            "noise_fooled_rate": (u["fooled_rate"] + g_["fooled_rate"]) / 2,
+            "evolved_mean_confidence": float(evo_conf.mean()) if len(evo_conf) else None,
+            "evolved_min_confidence": float(evo_conf.min()) if len(evo_conf) else None,
+            "fooled_class_rate": float(np.mean(evo_conf >= thr)) if len(evo_conf) else None,
+            "uniform": u,
+            "gaussian": g_,
+            "per_class": per_class,
+            "n_classes_evolved": len(classes),
+            "queries": clf.queries,
+        }
+        return CheckResult(metrics=metrics, notes=notes)
+
+    @staticmethod
+    def _class_labels(ctx: AuditContext, data: Dataset | None, n_classes: int) -> list[str]:
+        """Class labels of the model's output columns (column indices when unknown)."""
+        if data is not None:
+            classes = ctx.predictions(data).classes
+            if classes is not None and len(classes) == n_classes:
+                return [str(c) for c in classes]
+        return [str(j) for j in range(n_classes)]
+
+    @staticmethod
+    def _classes(p: dict[str, Any], n_classes: int, rng: np.random.Generator, notes: list[str]) -> np.ndarray:
+        """The class columns to evolve inputs for."""
+        if p["classes"] is not None:
+            cls = np.array(sorted(set(int(c) for c in p["classes"])), dtype=np.int64)
+            if len(cls) and cls.max() >= n_classes:
+                raise ValueError(f"classes: the model has {n_classes} classes (columns 0..{n_classes - 1})")
+            return cls
+        if n_classes <= p["max_classes"]:
+            return np.arange(n_classes)
+        cls = np.sort(rng.choice(n_classes, p["max_classes"], replace=False))
+        notes.append(f"evolved {p['max_classes']} of {n_classes} classes (seeded choice; set classes to pick)")
+        return cls

@@ -1,0 +1,293 @@
+"""``robustness.noise``: accuracy and prediction-flip rate under random noise and common corruptions, as a curve
+over severities.
+
+Kinds: additive Gaussian and uniform noise, salt-and-pepper, Gaussian blur, brightness and contrast (the common
+corruptions of Hendrycks & Dietterich, "Benchmarking Neural Network Robustness to Common Corruptions and
+Perturbations", ICLR 2019, with the severity as a continuous parameter), and feature noise scaled per column for
+tabular data. Images may come in either layout; every corruption is applied in NCHW and handed to the model in
+its own layout. The sweep is the black-box test of Wicker et al., "Feature-Guided Black-Box Safety Testing of
+Deep Neural Networks" (TACAS 2018) reduced to its random-perturbation baseline.
+
+For a model that is not a classifier (regression, image-to-image) the curve holds the noise amplification
+``‖f(x + n) − f(x)‖₂ / ‖n‖₂`` (median over samples), the stability measure of "Ambiguity in solving imaging
+inverse problems with deep learning based operators" (Evangelista et al., 2023).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from auditor import AuditContext, Check, CheckResult, Need, Param, SkipCheck
+from auditor_robustness._common import (
+    Classifier,
+    Geometry,
+    as_float,
+    describe_range,
+    limit_param,
+    range_param,
+    sample,
+    targets,
+    task_of,
+    value_range,
+)
+
+KINDS = ("gaussian", "uniform", "salt_pepper", "blur", "brightness", "contrast", "feature")
+#: Kinds whose severity is a standard deviation (reported as ``sigma`` in the curve).
+SIGMA_KINDS = ("gaussian", "feature")
+#: Default severities. gaussian/uniform: fractions of the input range (scaled to input units, and noted);
+#: salt_pepper: share of pixels; blur: std in pixels; brightness: shift as a share of the range;
+#: contrast: share of contrast removed; feature: multiples of each column's std.
+DEFAULT_SEVERITIES: dict[str, list[float]] = {
+    "gaussian": [0.02, 0.05, 0.1, 0.2],
+    "uniform": [0.02, 0.05, 0.1, 0.2],
+    "salt_pepper": [0.01, 0.02, 0.05, 0.1],
+    "blur": [0.5, 1.0, 1.5, 2.0],
+    "brightness": [0.1, 0.2, 0.3, 0.4],
+    "contrast": [0.2, 0.4, 0.6, 0.8],
+    "feature": [0.1, 0.2, 0.5, 1.0],
+}
+IMAGE_ONLY = ("blur", "contrast")
+
+
+def gaussian_kernel(sigma: float, truncate: float = 4.0) -> np.ndarray:
+    """Normalised 1-D Gaussian taps with radius ``int(truncate * sigma + 0.5)`` (scipy.ndimage's rule)."""
+    radius = int(truncate * sigma + 0.5)
+    t = np.arange(-radius, radius + 1, dtype=np.float64)
+    k = np.exp(-0.5 * (t / sigma) ** 2)
+    return k / k.sum()
+
+
+def blur(xc: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur over H and W of ``(N, C, H, W)``, edges mirrored (scipy's ``reflect``)."""
+    if sigma <= 0:
+        return xc.copy()
+    k = gaussian_kernel(sigma)
+    r = len(k) // 2
+    out = xc.astype(np.float64)
+    for axis in (2, 3):
+        pad = [(0, 0)] * 4
+        pad[axis] = (r, r)
+        p = np.pad(out, pad, mode="symmetric")
+        n = out.shape[axis]
+        acc = np.zeros_like(out)
+        for i, weight in enumerate(k):  # one shifted slice per tap: vectorised over every sample and pixel
+            acc += weight * np.take(p, np.arange(i, i + n), axis=axis)
+        out = acc
+    return out.astype(xc.dtype)
+
+
+def corrupt(kind: str, xc: np.ndarray, severity: float, rng: np.random.Generator, *,
+            value_lo: np.ndarray | float, value_hi: np.ndarray | float, span: float,
+            column_std: np.ndarray) -> np.ndarray:
+    """One draw of corruption ``kind`` at ``severity`` applied to canonical inputs ``xc`` (not clipped).
+
+    ``value_lo``/``value_hi`` are the values salt-and-pepper writes (the clip range, or each column's min and
+    max); ``span`` the width of the input range (brightness); ``column_std`` each value's std over the data
+    (feature noise).
+    """
+    dt = xc.dtype
+    if kind == "gaussian":
+        return xc + dt.type(severity) * rng.standard_normal(xc.shape, dtype=dt)
+    if kind == "uniform":
+        return xc + rng.uniform(-severity, severity, xc.shape).astype(dt)
+    if kind == "feature":
+        return xc + dt.type(severity) * column_std * rng.standard_normal(xc.shape, dtype=dt)
+    if kind == "salt_pepper":
+        n, _, h, w = xc.shape
+        u = rng.random((n, 1, h, w))  # one draw per pixel (all channels of a pixel together)
+        out = xc.copy()
+        lo = np.broadcast_to(np.asarray(value_lo, dt), xc.shape)
+        hi = np.broadcast_to(np.asarray(value_hi, dt), xc.shape)
+        pepper = np.broadcast_to(u < severity / 2, xc.shape)
+        salt = np.broadcast_to((u >= severity / 2) & (u < severity), xc.shape)
+        out[pepper] = lo[pepper]
+        out[salt] = hi[salt]
+        return out
+    if kind == "blur":
+        return blur(xc, severity)
+    if kind == "brightness":
+        return xc + dt.type(severity * span)
+    if kind == "contrast":
+        mean = xc.mean(axis=(2, 3), keepdims=True, dtype=np.float64)
+        return ((xc - mean) * (1.0 - severity) + mean).astype(dt)
+    raise ValueError(f"unknown kind {kind!r}")
+
+
+def curve_area(sev: list[float], values: list[float | None], clean: float | None) -> float | None:
+    """Normalised area under ``values`` over severities (trapezoid, the clean value at severity 0 included):
+    the mean of the curve over the severity range, in the curve's own units."""
+    pts = sorted(zip(sev, values))
+    if clean is not None and 0.0 not in sev:
+        pts = sorted([(0.0, clean), *pts])
+    if any(v is None for _, v in pts) or len(pts) < 2:
+        return None
+    s = np.array([p[0] for p in pts], dtype=np.float64)
+    v = np.array([p[1] for p in pts], dtype=np.float64)
+    width = s[-1] - s[0]
+    if width <= 0:
+        return float(v.mean())
+    return float(np.sum((v[1:] + v[:-1]) / 2 * np.diff(s)) / width)
+
+
+class NoiseSweep(Check):
+    """Accuracy and flip rate over a list of noise or corruption severities."""
+
+    name = "robustness.noise"
+    description = ("Accuracy and prediction-flip rate under Gaussian / uniform / salt-and-pepper noise, blur, "
+                   "brightness, contrast (images, any layout) or per-column feature noise (tabular), as a "
+                   "curve over severities; noise amplification for non-classifiers.")
+    params = [
+        Param(name="kind", type="string", default="gaussian", choices=KINDS,
+              description="Corruption: gaussian, uniform, salt_pepper, blur, brightness, contrast (images) or "
+                          "feature (Gaussian noise scaled by each column's std, for tabular data)."),
+        Param(name="sigma", type=("number", "array"), items="number", default=None, nullable=True, minimum=0,
+              description="Noise standard deviations for kind gaussian (input units) or feature (multiples "
+                          "of each column's std); same as severity."),
+        Param(name="severity", type=("number", "array"), items="number", default=None, nullable=True,
+              description="Severities: uniform: half-width (input units); salt_pepper: share of pixels; "
+                          "blur: std in pixels; brightness: shift as a share of the range; contrast: share "
+                          "of contrast removed (0..1). null: a default list for the kind."),
+        range_param(),
+        Param(name="repeats", type="integer", default=1, minimum=1,
+              description="Independent noise draws per severity (metrics are their mean)."),
+        limit_param(2000),
+    ]
+    needs = frozenset({Need.DATA})
+    metrics_doc = {
+        "curve": "per severity: {sigma|severity, accuracy, flip_rate} (amplification for non-classifiers)",
+        "clean_accuracy": "accuracy without noise (needs labels)",
+        "accuracy_drop": "clean accuracy minus accuracy at the strongest severity",
+        "max_accuracy_drop": "largest drop over the curve",
+        "flip_rate": "share of predictions changed at the strongest severity",
+        "max_flip_rate": "largest flip rate over the curve",
+        "accuracy_auc": "mean accuracy over the severity range (normalised trapezoid, clean point at 0)",
+        "flip_rate_auc": "mean flip rate over the severity range",
+        "max_amplification": "non-classifiers: largest median noise amplification over the curve",
+        "n": "samples evaluated",
+    }
+
+    def run(self, ctx: AuditContext) -> CheckResult:
+        """Corrupt the (sampled) data at each severity, ``repeats`` times, one batched pass each."""
+        p = ctx.params
+        kind = p["kind"]
+        data, notes = sample(ctx, p["limit"])
+        geo = Geometry.of(data.x, ctx.model.layout)
+        if kind in IMAGE_ONLY and not geo.is_image:
+            raise SkipCheck(f"kind {kind} needs 4-D image inputs (got per-sample shape {list(geo.shape)})")
+        severities, sev_note = self._severities(p, kind)
+        work = np.float64 if data.x.dtype == np.float64 else np.float32
+        xc = geo.canonical(np.asarray(data.x)).astype(work)
+        rng_ = value_range(p["clip"], xc, geo)
+        notes.append(describe_range(rng_, p["clip"] is not None))
+        flat_lo, flat_hi = xc.min(axis=0), xc.max(axis=0)
+        span = (rng_[1] - rng_[0]) if rng_ is not None else float(xc.max() - xc.min())
+        if sev_note and kind in ("gaussian", "uniform"):
+            severities = [s * span for s in severities]
+            sev_note += f", times the input range {span:g}"
+        if sev_note:
+            notes.append(sev_note)
+        value_lo = rng_[0] if rng_ is not None else flat_lo
+        value_hi = rng_[1] if rng_ is not None else flat_hi
+        column_std = xc.std(axis=0, dtype=np.float64).astype(work)
+        integer_input = np.asarray(data.x).dtype.kind in "iu"
+
+        def perturbed(sev: float) -> np.ndarray:
+            out = corrupt(kind, xc, sev, ctx.rng, value_lo=value_lo, value_hi=value_hi, span=span,
+                          column_std=column_std)
+            if rng_ is not None:
+                out = np.clip(out, rng_[0], rng_[1], out=out)
+            if integer_input:
+                out = np.rint(out, out=out)
+            return out
+
+        key = "sigma" if kind in SIGMA_KINDS else "severity"
+        if task_of(ctx, data) == "regression":
+            return self._amplification(ctx, data, geo, severities, perturbed, key, p["repeats"], notes)
+
+        clf = Classifier(ctx.model, geo)
+        clean_pred, y, tnotes = targets(ctx, data, clf.probs(xc))
+        notes += tnotes
+        clean_acc = None if y is None else float(np.mean(clean_pred == y))
+        curve: list[dict[str, Any]] = []
+        total = len(severities) * p["repeats"]
+        for i, sev in enumerate(severities):
+            accs, flips = [], []
+            for r in range(p["repeats"]):
+                ctx.check_cancelled()
+                pred = clf.probs(perturbed(sev)).argmax(axis=1)
+                flips.append(float(np.mean(pred != clean_pred)))
+                if y is not None:
+                    accs.append(float(np.mean(pred == y)))
+                ctx.report_progress(i * p["repeats"] + r + 1, total, f"{key} {sev:g}")
+            curve.append({key: float(sev), "accuracy": float(np.mean(accs)) if accs else None,
+                          "flip_rate": float(np.mean(flips))})
+        return CheckResult(metrics=self._summary(curve, key, clean_acc, data.n), notes=notes)
+
+    @staticmethod
+    def _severities(p: dict[str, Any], kind: str) -> tuple[list[float], str]:
+        """The severities to sweep and, for defaults, a note saying so."""
+        sigma, severity = p["sigma"], p["severity"]
+        if sigma is not None and kind not in SIGMA_KINDS:
+            raise ValueError(f"sigma applies to kind gaussian or feature; use severity for kind {kind}")
+        if sigma is not None and severity is not None:
+            raise ValueError("give sigma or severity, not both")
+        given = sigma if sigma is not None else severity
+        if given is None:
+            default = DEFAULT_SEVERITIES[kind]
+            return list(default), f"default severities for {kind}: {default}"
+        values = [float(v) for v in (given if isinstance(given, list) else [given])]
+        if not values:
+            raise ValueError("the list of severities is empty")
+        if kind in ("gaussian", "uniform", "feature", "blur", "salt_pepper") and min(values) < 0:
+            raise ValueError(f"severities of kind {kind} must be >= 0")
+        if kind in ("salt_pepper", "contrast") and max(values) > 1:
+            raise ValueError(f"severities of kind {kind} are shares, at most 1")
+        return values, ""
+
+    @staticmethod
+    def _summary(curve: list[dict[str, Any]], key: str, clean_acc: float | None, n: int) -> dict[str, Any]:
+        """Curve plus the scalar summaries that gates bound."""
+        sev = [c[key] for c in curve]
+        worst = max(range(len(curve)), key=lambda i: (abs(sev[i]), i))  # the strongest severity
+        accs = [c["accuracy"] for c in curve]
+        flips = [c["flip_rate"] for c in curve]
+        m: dict[str, Any] = {"n": n, "curve": curve, "clean_accuracy": clean_acc}
+        if clean_acc is not None:
+            m["accuracy_drop"] = clean_acc - accs[worst]
+            m["max_accuracy_drop"] = max(clean_acc - a for a in accs)
+            m["accuracy_auc"] = curve_area(sev, accs, clean_acc)
+        m["flip_rate"] = flips[worst]
+        m["max_flip_rate"] = max(flips)
+        m["flip_rate_auc"] = curve_area(sev, flips, 0.0)
+        m["worst_" + key] = sev[worst]
+        return m
+
+    @staticmethod
+    def _amplification(ctx: AuditContext, data: Any, geo: Geometry, severities: list[float], perturbed: Any,
+                       key: str, repeats: int, notes: list[str]) -> CheckResult:
+        """Noise amplification ``‖f(x+n) − f(x)‖ / ‖n‖`` of a non-classifier (regression, image-to-image)."""
+        out_name = ctx.model.outputs[0]
+        x0 = np.asarray(data.x)
+        f0 = ctx.model.run(x0, [out_name])[out_name].reshape(len(x0), -1).astype(np.float64)
+        xc0 = geo.canonical(x0).astype(np.float64)
+        curve: list[dict[str, Any]] = []
+        for sev in severities:
+            amps, changes = [], []
+            for _ in range(repeats):
+                ctx.check_cancelled()
+                xn = perturbed(sev)
+                f1 = ctx.model.run(geo.to_model(xn), [out_name])[out_name].reshape(len(x0), -1)
+                dn = np.linalg.norm((xn.astype(np.float64) - xc0).reshape(len(x0), -1), axis=1)
+                df = np.linalg.norm(f1.astype(np.float64) - f0, axis=1)
+                moved = dn > 0
+                amps.append(float(np.median(df[moved] / dn[moved])) if moved.any() else math.nan)
+                changes.append(float(np.mean(df)))
+            curve.append({key: float(sev), "amplification": as_float(np.nanmean(amps)),
+                          "output_change": float(np.mean(changes))})
+        notes.append("not a classifier: the curve reports noise amplification ‖f(x+n) − f(x)‖ / ‖n‖ (median)")
+        amps_all = [c["amplification"] for c in curve if c["amplification"] is not None]
+        return CheckResult(metrics={"n": data.n, "curve": curve,
+                                    "max_amplification": max(amps_all) if amps_all else None}, notes=notes)
