@@ -6,11 +6,8 @@ cross-validated accuracy is compared with the majority-class rate, the accuracy 
 nothing. FairRec (Wu et al., 2021) and adversarial debiasing (Zhang, Lemoine & Mitchell, AIES 2018) measure
 leakage the same way, with the adversary's accuracy on the sensitive attribute.
 
-The probe is ridge-regression classification on standardised features (one-hot targets, argmax decision,
-the decision rule of scikit-learn's ``RidgeClassifier``): ``W = (XᵀX + αI)⁻¹ XᵀY`` on centred data, solved in
-closed form (in the dual, ``Xᵀ(XXᵀ + αI)⁻¹Y``, when features outnumber rows). Closed form keeps it
-deterministic, fast and free of a scikit-learn dependency. Predictions are pooled out of fold over
-stratified, seeded folds.
+The probe is the core's standardised ridge classifier (``auditor.probes``, the decision rule of scikit-learn's
+``RidgeClassifier``); predictions are pooled out of fold over stratified, seeded folds.
 """
 
 from __future__ import annotations
@@ -20,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from auditor import AuditContext, Check, CheckResult, Finding, Need, Param, SkipCheck
+from auditor.probes import balanced_accuracy, cross_validated_probe
 from auditor_bias._common import group_columns, group_rows
 
 
@@ -33,43 +31,6 @@ def stratified_folds(labels: np.ndarray, k: int, rng: np.random.Generator) -> np
     folds = np.empty(n, dtype=np.int64)
     folds[by_class] = np.arange(n) % k
     return folds
-
-
-def ridge_probe_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, n_classes: int,
-                        alpha: float) -> np.ndarray:
-    """Fit the standardised ridge probe on the training rows and predict class indices of the test rows."""
-    mu = x_train.mean(axis=0)
-    sd = x_train.std(axis=0)
-    sd = np.where(sd > 0, sd, 1.0)  # constant features: scale 1, as scikit-learn's StandardScaler
-    xt = (x_train - mu) / sd
-    xs = (x_test - mu) / sd
-    onehot = np.eye(n_classes)[y_train]
-    ym = onehot.mean(axis=0)
-    yc = onehot - ym
-    n, d = xt.shape
-    if d <= n:
-        w = np.linalg.solve(xt.T @ xt + alpha * np.eye(d), xt.T @ yc)
-    else:
-        w = xt.T @ np.linalg.solve(xt @ xt.T + alpha * np.eye(n), yc)
-    scores = xs @ w + ym
-    return np.asarray(np.argmax(scores, axis=1))
-
-
-def cross_validated_probe(features: np.ndarray, labels: np.ndarray, folds: np.ndarray, alpha: float) -> np.ndarray:
-    """Out-of-fold predictions of the probe for every row (``folds`` gives each row's fold id)."""
-    n_classes = int(labels.max()) + 1
-    out = np.full(len(labels), -1, dtype=np.int64)
-    for f in np.unique(folds):
-        test = folds == f
-        out[test] = ridge_probe_predict(features[~test], labels[~test], features[test], n_classes, alpha)
-    return out
-
-
-def balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
-    """Mean recall over the classes present in ``y`` (scikit-learn's ``balanced_accuracy_score``)."""
-    classes = np.unique(y)
-    recalls = [np.mean(pred[y == c] == c) for c in classes]
-    return float(np.mean(recalls))
 
 
 class Leakage(Check):

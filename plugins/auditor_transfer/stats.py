@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from auditor.probes import cross_validated_probe
+
 # ------------------------------------------------------------------------------------------------ ranks
 
 
@@ -344,42 +346,11 @@ def interleaved_folds(y: np.ndarray, k: int) -> np.ndarray:
 
 def ridge_probe_predictions(features: np.ndarray, y: np.ndarray, folds: np.ndarray,
                             alpha: float = 1.0) -> np.ndarray:
-    """Held-out predictions (label codes) of a linear probe: per fold, features standardised on the training
-    part, then a ridge least-squares classifier on ±1 targets (scikit-learn's ``RidgeClassifier`` after a
-    ``StandardScaler``), predicted class the highest score. Solved in the primal or the dual, whichever is
-    smaller."""
+    """Held-out predictions (label codes) of the core's standardised ridge probe
+    (:mod:`auditor.probes`, scikit-learn's ``RidgeClassifier`` after a ``StandardScaler``)."""
     f = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
     codes, _ = encode(y)
-    out = np.full(len(codes), -1, dtype=np.int64)
-    for fold in np.unique(folds):
-        te = folds == fold
-        tr = ~te
-        classes = np.unique(codes[tr])
-        if len(classes) < 2:
-            out[te] = classes[0]
-            continue
-        mu = f[tr].mean(axis=0)
-        sd = f[tr].std(axis=0)
-        sd[sd == 0] = 1.0  # as StandardScaler: constant features are left unscaled
-        xtr = (f[tr] - mu) / sd
-        xte = (f[te] - mu) / sd
-        if len(classes) == 2:  # one ±1 column, as scikit-learn's LabelBinarizer does for two classes
-            t = np.where(codes[tr] == classes[1], 1.0, -1.0)[:, None]
-        else:
-            t = np.where(codes[tr][:, None] == classes[None, :], 1.0, -1.0)
-        tmean = t.mean(axis=0)
-        tc = t - tmean
-        ntr, d = xtr.shape
-        if d <= ntr:
-            w = np.linalg.solve(xtr.T @ xtr + alpha * np.eye(d), xtr.T @ tc)
-        else:
-            w = xtr.T @ np.linalg.solve(xtr @ xtr.T + alpha * np.eye(ntr), tc)
-        score = xte @ w + tmean
-        if len(classes) == 2:
-            out[te] = np.where(score[:, 0] > 0, classes[1], classes[0])
-        else:
-            out[te] = classes[np.argmax(score, axis=1)]
-    return out
+    return cross_validated_probe(f, codes, folds, alpha)
 
 
 # ------------------------------------------------------------------------------------------------ filters
