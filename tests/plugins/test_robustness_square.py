@@ -13,6 +13,7 @@ from auditor_robustness.square import SquareAttack, p_selection, perturbation_no
 from robustness_helpers import audit, binary_linear, cnn_numpy_probs, images, save, tiny_cnn
 
 from auditor.model import ModelConfig, ModelHandle
+from auditor.testing import make_linear_classifier as make_model
 
 
 def linear_case(n: int = 400, d: int = 16, seed: int = 0) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
@@ -193,3 +194,34 @@ def test_default_eps_is_said_in_the_report(tmp_path: Path) -> None:
     assert res.metrics("robustness.square_attack")["eps"] == pytest.approx(0.03)
     assert any(n.startswith("eps = 0.03 (0.03 of the input range 1") for n in
                res.check("robustness.square_attack").notes)
+
+
+def test_the_classifier_reads_logits_probabilities_and_raw_scores_alike(tmp_path: Path) -> None:
+    from auditor_robustness._common import Classifier
+
+    r = np.random.default_rng(4)
+    weight, bias = r.normal(size=(6, 3)) * 30, r.normal(size=3)  # large logits: float32 softmax saturates
+    x = r.normal(size=(50, 6)).astype(np.float32)
+    z = x.astype(np.float64) @ weight.astype(np.float32).astype(np.float64) + bias.astype(np.float32)
+    want = z - z.max(1, keepdims=True)
+    want -= np.log(np.exp(want).sum(1, keepdims=True))
+    geo = Geometry.of(x, None)
+    xc = geo.canonical(x)
+    soft = make_model(tmp_path / "soft.onnx", weight, bias, softmax=True)
+    raw = make_model(tmp_path / "raw.onnx", weight, bias, softmax=False)
+    via_logits = Classifier(ModelHandle(ModelConfig(path=soft)), geo)
+    via_probs = Classifier(ModelHandle(ModelConfig(path=soft)), geo, prefer_logits=False)
+    via_raw = Classifier(ModelHandle(ModelConfig(path=raw)), geo)
+    for clf in (via_logits, via_raw):
+        for _ in range(2):  # the first call finds the score tensor, later calls fetch only it
+            assert clf.log_probs(xc) == pytest.approx(want, abs=1e-4)
+    assert via_logits._matrix == ("logits", True) and via_raw._matrix == ("probs", True)
+    p = np.exp(want)
+    for _ in range(2):
+        assert via_probs.probs(xc) == pytest.approx(p, abs=1e-6)  # the model's own float32 softmax
+    assert via_probs._matrix == ("probs", False)
+    # where float32 probabilities round to 0 the logits still rank the classes
+    with np.errstate(divide="ignore"):
+        assert np.isinf(np.log(via_probs.probs(xc))).any()
+    assert np.all(np.isfinite(via_logits.log_probs(xc)))
+    assert via_logits.queries == via_probs.queries == 150
