@@ -157,7 +157,7 @@ def checks(as_json: bool, disable: tuple[str, ...], plugins: tuple[str, ...]) ->
         click.echo(f"{it['name']}  [plugin {it['plugin']}, {origin}]")
         if it["description"]:
             click.echo(f"    {it['description']}")
-        click.echo(f"    needs: {', '.join(it['needs']) or 'weights only'}")
+        click.echo(f"    needs: {', '.join(it['needs']) or 'the model only (data optional)'}")
         for p in it["params"]:
             click.echo(f"    {p['name']} ({p['type']}, default {p['default']!r}): {p['description']}")
         if it["metrics"]:

@@ -106,11 +106,14 @@ class AuditContext:
         """Class probabilities for arbitrary inputs (perturbed data, attacks), read the same way as
         :meth:`predictions` reads the audit data's outputs."""
         model = model or self.model
-        pred = self.predictions(model=model) if self.data is not None else None
+        # The task is read as for the audit data (cached predictions when there are some), without running
+        # the whole data set first: a sampled audit of a large data set must not pay for a full pass.
+        cached = self.cache.predictions.get((id(model), id(self.data))) if self.data is not None else None
+        task = cached.task if cached is not None else model.config.task
         raw = model.run(x)
         zip_classes = {z.output: z.classes for z in model.zipmaps.values()}
-        p = interpret(raw, task="classification" if pred is None else pred.task, zip_classes=zip_classes,
-                      y=None if self.data is None else self.data.y)
+        p = interpret(raw, task=task if task != "auto" or self.data is not None else "classification",
+                      zip_classes=zip_classes, y=None if self.data is None else self.data.y)
         if p.probs is None:
             raise SkipCheck("the model is not a classifier")
         return p.probs

@@ -159,3 +159,21 @@ def test_gate_paths_reach_keys_with_dots() -> None:
     assert lookup_metric(m, "a.b") == 3
     with pytest.raises(KeyError):
         lookup_metric(m, "per_layer.conv2.weight")
+
+
+def test_predict_proba_does_not_run_the_whole_data_set_first(tmp_path, mlp) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+    from builders import mlp_numpy
+
+    from auditor.context import AuditContext
+    from auditor.data import Dataset
+    from auditor.model import ModelConfig, ModelHandle
+
+    model, _, w = mlp
+    m = ModelHandle(ModelConfig(path=model, device="cpu"))
+    x = np.random.default_rng(0).normal(size=(50, 8)).astype(np.float32)
+    ds = Dataset(x=x, y=np.zeros(50, np.int64), groups={}, columns={}, source="d")
+    ctx = AuditContext(check_id="c", params={}, model=m, data=ds, seed=0, rng=np.random.default_rng(0))
+    p = ctx.predict_proba(x[:5])
+    assert ctx.cache.predictions == {}
+    np.testing.assert_allclose(p, mlp_numpy(x[:5], w), rtol=1e-4, atol=1e-5)
