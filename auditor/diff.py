@@ -173,9 +173,16 @@ def _same(a: Any, b: Any, tol: float) -> tuple[bool, float | None, float | None]
     return abs(d) <= tol, d, rel
 
 
+def _is_timing(path: str) -> bool:
+    last = path.rsplit(".", 1)[-1]
+    return last in ("duration_s", "seconds", "wall_s", "time_s") or last.endswith("_duration_s")
+
+
 def diff_metrics(old: dict[str, Any], new: dict[str, Any], tol: float = 0.0) -> tuple[list[MetricChange], int]:
     """Changed, added and removed metrics (in NEW's order, removed ones last) and the count unchanged."""
-    a, b = flatten(old), flatten(new)
+    # Wall times are noise between two runs, not a change of the model: left out of metric diffs.
+    a = {k: v for k, v in flatten(old).items() if not _is_timing(k)}
+    b = {k: v for k, v in flatten(new).items() if not _is_timing(k)}
     changes: list[MetricChange] = []
     unchanged = 0
     for k, v in b.items():
