@@ -43,7 +43,14 @@ def _factory(handle: Any) -> Any:
         from auditor_torch.backend import factory
     except ImportError as exc:  # installed but broken: the check says why instead of erroring
         raise SkipCheck(f"the torch backend needs torch, which cannot be imported ({exc})") from None
-    return factory(handle)
+    from auditor_torch.registry import UnsupportedOpError
+
+    try:
+        return factory(handle)
+    except UnsupportedOpError as exc:
+        # A graph the interpreter cannot differentiate (a tree ensemble, a custom op) is outside what the
+        # gradient checks can audit, not a failure of the model: skipped, with the ops named.
+        raise SkipCheck(str(exc)) from None
 
 
 @hookimpl

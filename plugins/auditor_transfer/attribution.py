@@ -167,7 +167,14 @@ class AttributionDistance(Check):
         notes = list(sample.notes[-1:]) if sample is not ctx.data else []
         method = str(p["method"])
         if method == "auto":
-            method = "gradient" if "torch" in ctx.backends else "occlusion"
+            method = "occlusion"
+            if "torch" in ctx.backends:
+                try:  # every model must be differentiable by the backend, else all use occlusion
+                    for m in [ctx.model, *refs.values()]:
+                        ctx.backends["torch"](m)
+                    method = "gradient"
+                except SkipCheck as exc:
+                    notes.append(f"gradient × input unavailable ({exc}); occlusion used instead")
         elif method == "gradient" and "torch" not in ctx.backends:
             raise SkipCheck("method 'gradient' needs the 'torch' backend, which no installed plugin provides")
         y = sample.y if p["target"] == "label" else None

@@ -52,7 +52,12 @@ def resolve_layers(model: ModelHandle, which: str | Sequence[str], max_layers: i
             idx = np.unique(np.round(np.linspace(0, len(names) - 1, max_layers)).astype(int))
             names = [names[i] for i in idx]
         return names
-    return model.layer_names(which)
+    try:
+        return model.layer_names(which)
+    except ValueError as exc:
+        if which == "penultimate":  # e.g. a tree ensemble: there is no representation before a linear head
+            raise SkipCheck(f"{exc}: the model has no penultimate features; name tensors with `layers:`") from None
+        raise
 
 
 def as_vectors(a: np.ndarray, n: int, spatial: str) -> np.ndarray:
