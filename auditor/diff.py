@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from auditor.errors import SpecError
-
-_NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+from auditor.report.json_report import json_number
 
 
 def load_report(path: Path) -> dict[str, Any]:
@@ -39,17 +38,6 @@ def load_report(path: Path) -> dict[str, Any]:
     if doc.get("schema", 1) != 1:
         raise SpecError(str(path), [f"report schema {doc.get('schema')} is not supported (this auditor reads 1)"])
     return doc
-
-
-def number(v: Any) -> float | None:
-    """A JSON report value as a number (``"nan"``/``"inf"`` included, booleans excluded), else ``None``."""
-    if isinstance(v, bool):
-        return None
-    if isinstance(v, (int, float)):
-        return float(v)
-    if isinstance(v, str) and v in _NONFINITE:
-        return _NONFINITE[v]
-    return None
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -161,7 +149,7 @@ class ReportDiff:
 
 def _same(a: Any, b: Any, tol: float) -> tuple[bool, float | None, float | None]:
     """Whether two leaves are equal (numbers within ``tol``), and the delta/relative change of numbers."""
-    x, y = number(a), number(b)
+    x, y = json_number(a), json_number(b)
     if x is None or y is None:
         return a == b, None, None
     if math.isnan(x) or math.isnan(y):

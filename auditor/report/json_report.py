@@ -35,6 +35,22 @@ def jsonable(obj: Any) -> Any:
     return str(obj)
 
 
+NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def json_number(v: Any) -> float | None:
+    """A value read back from a JSON report as a number: ints, floats and the strings ``"nan"``, ``"inf"``,
+    ``"-inf"`` that :func:`jsonable` writes for non-finite floats; ``None`` otherwise. Booleans are flags,
+    not numbers."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, str) and v in NONFINITE:
+        return NONFINITE[v]
+    return None
+
+
 class JsonReporter(Reporter):
     """Writes the report dict as indented JSON."""
 

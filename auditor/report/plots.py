@@ -37,27 +37,18 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from auditor.report.json_report import json_number
+
 # Names that read as the x axis of a curve, in order of preference (else: the first monotonic numeric key).
 PREFERRED_X = ("sigma", "epsilon", "eps", "severity", "level", "strength", "budget", "step", "steps", "epoch",
                "iteration", "round", "x", "threshold", "sparsity", "ratio", "fraction", "k", "t")
 MAX_BARS_LABELLED = 60  # above this, bars lose their tick labels (they would overlap)
 MAX_SERIES = 6
 MAX_FIELDS = 6
-_NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 _counter = itertools.count()
 
 
-def as_number(v: Any) -> float | None:
-    """``v`` as a float when it is a number in the JSON report (ints, floats, and the strings ``"nan"``,
-    ``"inf"``, ``"-inf"`` that the JSON reporter writes for non-finite floats); ``None`` otherwise. Booleans
-    are not numbers here (``small: true`` is a flag, not a value to plot)."""
-    if isinstance(v, bool):
-        return None
-    if isinstance(v, (int, float)):
-        return float(v)
-    if isinstance(v, str) and v in _NONFINITE:
-        return _NONFINITE[v]
-    return None
+as_number = json_number
 
 
 def as_interval(v: Any) -> tuple[float, float] | None:
