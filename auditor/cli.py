@@ -2,23 +2,69 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from auditor.errors import AuditorError, ExitCode, SpecError
+from auditor.errors import AuditorError, ExitCode, SpecError, short
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _fail(msg: str, code: int) -> None:
-    click.echo(f"error: {msg}", err=True)
+    # One line, and bounded: an error quoting a huge value stays readable.
+    click.echo(f"error: {short(msg, 2000)}", err=True)
     sys.exit(code)
+
+
+def _silence_stdout() -> None:
+    """The reader of stdout went away (``auditor checks | head``): send what is left to /dev/null, so that
+    neither the rest of the output nor Python's flush at exit raises again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout is not a real file (CliRunner)
+        pass
+
+
+@contextlib.contextmanager
+def _stdout_may_close() -> Iterator[None]:
+    """Output whose reader may go away (``auditor run ... | head``) without changing the exit code."""
+    try:
+        yield
+    except BrokenPipeError:
+        _silence_stdout()
+    except SystemExit:
+        # rich's Console answers a broken pipe with SystemExit(1) after silencing stdout itself; nothing else
+        # in these blocks exits
+        pass
+
+
+class AuditorGroup(click.Group):
+    """Click's group, with usage errors as one line (exit 2)."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        """Run the command line; see :class:`click.Group`."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            _fail(f"{exc.format_message()}{where}", int(ExitCode.USAGE_ERROR))
+        except click.ClickException as exc:
+            _fail(exc.format_message(), exc.exit_code)
+        except (click.exceptions.Abort, KeyboardInterrupt, EOFError):
+            _fail("interrupted", int(ExitCode.INTERRUPTED))
+        sys.exit(rv if isinstance(rv, int) else int(ExitCode.OK))
 
 
 def handle_errors(fn: F) -> F:
@@ -32,9 +78,14 @@ def handle_errors(fn: F) -> F:
         except AuditorError as exc:
             _fail(str(exc), int(exc.exit_code))
         except KeyboardInterrupt:
-            _fail("interrupted", int(ExitCode.USAGE_ERROR))
+            _fail("interrupted", int(ExitCode.INTERRUPTED))
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
+        except BrokenPipeError:
+            # stdout's reader went away (`auditor checks | head`): what it read was all it wanted.
+            # (`run` and `diff` guard their own output, so that their exit code still says what happened.)
+            _silence_stdout()
+            sys.exit(int(ExitCode.OK))
         except Exception as exc:
             traceback.print_exc()
             _fail(f"internal error: {type(exc).__name__}: {exc} (please report this)", int(ExitCode.INTERNAL_ERROR))
@@ -63,7 +114,7 @@ def with_plugin_options(fn: F) -> F:
     return fn
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=AuditorGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="onnx-auditor", prog_name="auditor")
 def main() -> None:
     """Audit an ONNX model against a YAML spec and gate its release on the result."""
@@ -115,15 +166,16 @@ def run(spec_path: Path, report_dir: Path | None, formats: str | None, seed: int
     doc = report.to_dict()
     written = write_reports(doc, spec.report_dir, spec.formats, registry)
     out = Console(highlight=False, soft_wrap=False, width=max(100, Console().width))
-    if not quiet:
-        out.print(summary_table(doc))
-        for path in written:
-            out.print(f"report: {path}")
-    s = doc["summary"]
-    click.echo(f"{doc['status'].upper()}: " + ", ".join(f"{v} {k}" for k, v in s.items() if v))
+    with _stdout_may_close():
+        if not quiet:
+            out.print(summary_table(doc))
+            for path in written:
+                out.print(f"report: {path}")
+        s = doc["summary"]
+        click.echo(f"{doc['status'].upper()}: " + ", ".join(f"{v} {k}" for k, v in s.items() if v))
     if interrupted:
         click.echo("interrupted: partial report written", err=True)
-        sys.exit(int(ExitCode.USAGE_ERROR))
+        sys.exit(int(ExitCode.INTERRUPTED))
     sys.exit(int(ExitCode.OK) if doc["status"] in ("pass", "warn") else int(ExitCode.GATE_FAILED))
 
 
@@ -230,7 +282,8 @@ def diff(old_path: Path, new_path: Path, fmt: str, tolerance: float, max_rows: i
 
     old, new = load_report(old_path), load_report(new_path)
     d = diff_reports(old, new, tolerance=tolerance, old_name=str(old_path), new_name=str(new_path))
-    click.echo(render(d, fmt, max_rows), nl=False)
+    with _stdout_may_close():
+        click.echo(render(d, fmt, max_rows), nl=False)
     sys.exit(int(ExitCode.GATE_FAILED) if d.regressions else int(ExitCode.OK))
 
 

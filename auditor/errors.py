@@ -13,6 +13,14 @@ class ExitCode(IntEnum):
     USAGE_ERROR = 2
     INTERNAL_ERROR = 3
     LOAD_ERROR = 4
+    INTERRUPTED = 130
+    """Ctrl-C or SIGTERM (the shells' 128 + SIGINT); a partial report marked ``interrupted`` is written."""
+
+
+def short(text: str, limit: int = 80) -> str:
+    """``text`` on one line, cut to about ``limit`` characters (an error about a huge value stays readable)."""
+    one = " ".join(str(text).split())
+    return one if len(one) <= limit else one[:limit] + f"… ({len(one) - limit} more characters)"
 
 
 class AuditorError(Exception):

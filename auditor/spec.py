@@ -8,14 +8,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
 from auditor.checks import CheckInfo, Need
 from auditor.data import DataConfig
-from auditor.errors import SpecError
+from auditor.errors import SpecError, short
 from auditor.model import ModelConfig
+from auditor.yamlio import Path_, YamlProblem
+from auditor.yamlio import load as _load_text
 
 GATE_OPS = ("min", "max", "max_drop", "max_increase")
 
@@ -145,6 +146,8 @@ class CheckSpec:
     gates: list[GateSpec]
     timeout_s: float | None
     index: int
+    line: int | None = None
+    """1-based line of the entry's ``use:`` in the spec file (``None`` for a spec given as a dict)."""
 
 
 @dataclass
@@ -162,6 +165,19 @@ class Spec:
     report_dir: Path = Path("reports")
     formats: list[str] = field(default_factory=lambda: ["json", "markdown"])
     raw: dict[str, Any] = field(default_factory=dict)
+    lines: dict[Path_, int] = field(default_factory=dict)
+    """1-based line of every entry, by YAML path (``("checks", 0, "use")``); empty for a dict spec."""
+
+    def line_of(self, *path: str | int) -> int | None:
+        """The line of ``path``, or of its nearest enclosing entry that has one."""
+        return _line_of(self.lines, tuple(path))
+
+
+def _line_of(lines: dict[Path_, int], path: tuple[Any, ...]) -> int | None:
+    for k in range(len(path), 0, -1):
+        if path[:k] in lines:
+            return lines[path[:k]]
+    return None
 
 
 def _fmt_path(parts: Any) -> str:
@@ -171,9 +187,16 @@ def _fmt_path(parts: Any) -> str:
     return out or "(top level)"
 
 
-def _explain(err: ValidationError, doc: Any) -> str:
-    """A readable message for one schema error, with its YAML path and a suggestion for typos."""
-    where = _fmt_path(err.absolute_path)
+def _at(lines: dict[Path_, int], path: tuple[Any, ...]) -> str:
+    n = _line_of(lines, path)
+    return f" (line {n})" if n is not None else ""
+
+
+def _explain(err: ValidationError, doc: Any, lines: dict[Path_, int] | None = None) -> str:
+    """A readable message for one schema error, with its YAML path (and line) and a suggestion for typos."""
+    lines = lines or {}
+    apath = tuple(err.absolute_path)
+    where = _fmt_path(apath)
     if err.validator == "additionalProperties":
         allowed = list((err.schema.get("properties") or {}).keys())
         inst = err.instance if isinstance(err.instance, dict) else {}
@@ -183,44 +206,54 @@ def _explain(err: ValidationError, doc: Any) -> str:
             key_path = f"{where}.{k}" if where != "(top level)" else str(k)
             close = difflib.get_close_matches(str(k), allowed, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else f" (allowed: {', '.join(allowed)})"
-            msgs.append(f"{key_path}: unknown key{hint}")
+            msgs.append(f"{key_path}: unknown key{hint}{_at(lines, (*apath, k))}")
         return "; ".join(msgs)
     if err.validator == "enum" and list(err.absolute_path)[-1:] == ["use"]:
         names = err.validator_value
         close = difflib.get_close_matches(str(err.instance), names, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        return f"{where}: unknown check '{err.instance}'{hint}; installed: {', '.join(names) or 'none'}"
+        return (f"{where}: unknown check '{short(str(err.instance))}'{hint}{_at(lines, apath)}; "
+                f"installed: {', '.join(names) or 'none'}")
     if err.validator == "required":
         key = err.message.split("'")[1] if "'" in err.message else err.message
-        return f"{where + '.' if where != '(top level)' else ''}{key}: required key missing"
+        return f"{where + '.' if where != '(top level)' else ''}{key}: required key missing{_at(lines, apath)}"
     if err.validator == "type":
-        return f"{where}: {err.instance!r} is not of type {err.validator_value}"
-    return f"{where}: {err.message}"
+        return f"{where}: {short(repr(err.instance))} is not of type {err.validator_value}{_at(lines, apath)}"
+    return f"{where}: {short(err.message, 200)}{_at(lines, apath)}"
 
 
-def load_yaml(path: Path) -> Any:
-    """Read a YAML file safely; errors name the file and the line."""
+def load_yaml_lines(path: Path) -> tuple[Any, dict[Path_, int]]:
+    """Read a YAML file safely (see :mod:`auditor.yamlio`): the document and the line of every entry.
+    Errors name the file and the line."""
+    path = Path(path)
     if not path.exists():
         raise SpecError(str(path), ["file not found"])
+    if not path.is_file():
+        raise SpecError(str(path), ["not a file"])
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(str(path), [f"cannot read: {exc}"]) from None
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise SpecError(str(path), [f"{where}invalid YAML: {problem}"]) from None
+        return _load_text(text)
+    except YamlProblem as exc:
+        raise SpecError(str(path), [str(exc)]) from None
+
+
+def load_yaml(path: Path) -> Any:
+    """Read a YAML file safely; errors name the file and the line."""
+    return load_yaml_lines(path)[0]
 
 
 def parse_spec(path: Path, checks: dict[str, CheckInfo], formats: list[str],
-               doc: Any | None = None) -> Spec:
-    """Load and validate ``path`` against the installed checks; raise :class:`SpecError` with every problem."""
+               doc: Any | None = None, lines: dict[Path_, int] | None = None) -> Spec:
+    """Load and validate ``path`` against the installed checks; raise :class:`SpecError` with every problem.
+
+    ``doc`` (with its ``lines``, optional) is used instead of reading ``path``."""
     path = Path(path)
     if doc is None:
-        doc = load_yaml(path)
+        doc, lines = load_yaml_lines(path)
+    lines = dict(lines or {})
     if not isinstance(doc, dict):
         raise SpecError(str(path), ["the spec must be a YAML mapping (version, model, data, checks, ...)"])
     validator = Draft202012Validator(build_schema(checks, formats))
@@ -229,7 +262,7 @@ def parse_spec(path: Path, checks: dict[str, CheckInfo], formats: list[str],
     for e in errors:
         if e.validator == "allOf" or e.validator == "if":
             continue
-        msg = _explain(e, doc)
+        msg = _explain(e, doc, lines)
         if msg and msg not in problems:
             problems.append(msg)
     if problems:
@@ -290,7 +323,8 @@ def parse_spec(path: Path, checks: dict[str, CheckInfo], formats: list[str],
             problems.append(f"checks[{i}] ({use}): needs group columns: set data.groups")
         if Need.REFERENCE in needs and not refs:
             problems.append(f"checks[{i}] ({use}): needs a reference: (or references:) model")
-        parsed.append(CheckSpec(cid, use, params, gates, entry.get("timeout_s"), i))
+        parsed.append(CheckSpec(cid, use, params, gates, entry.get("timeout_s"), i,
+                                line=lines.get(("checks", i, "use"))))
     if problems:
         raise SpecError(str(path), problems)
 
@@ -307,6 +341,7 @@ def parse_spec(path: Path, checks: dict[str, CheckInfo], formats: list[str],
         report_dir=resolve(report.get("dir", "reports")),
         formats=list(report.get("formats", ["json", "markdown"])),
         raw=doc,
+        lines=lines,
     )
 
 

@@ -110,7 +110,7 @@ def run_audit(spec: dict[str, Any] | str | Path, *, model: str | Path | None = N
         try:
             report = Runner(parsed, registry).run(loaded)
         except Interrupted as exc:
-            return AuditResult(int(ExitCode.USAGE_ERROR), exc.report, "interrupted")
+            return AuditResult(int(ExitCode.INTERRUPTED), exc.report, "interrupted")
     except AuditorError as exc:
         return AuditResult(int(exc.exit_code), None, str(exc))
     code = ExitCode.OK if report.status.value in ("pass", "warn") else ExitCode.GATE_FAILED

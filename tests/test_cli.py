@@ -155,7 +155,7 @@ def test_interrupted_run_writes_a_partial_report(tmp_path: Path, mlp) -> None:  
                         "checks": [{"use": "performance.metrics"}, {"use": "fake.interrupt"}],
                         "report": {"dir": str(tmp_path / "r")}})
     code, _, err = invoke("run", str(p), "-p", "fake_plugin")
-    assert code == 2 and "interrupted" in err
+    assert code == 130 and "interrupted" in err
     doc = json.loads((tmp_path / "r" / "report.json").read_text())
     assert doc["interrupted"] is True and doc["checks"][0]["status"] == "pass"
 

@@ -76,7 +76,7 @@ def test_documented_commands_and_options_exist() -> None:
 
 
 def test_exit_code_table_matches_the_cli() -> None:
-    rows = dict(re.findall(r"^\| (\d) \| ([^|]+) \|", DOC.read_text(), flags=re.M))
+    rows = dict(re.findall(r"^\| (\d+) \| ([^|]+) \|", DOC.read_text(), flags=re.M))
     assert {int(k) for k in rows} == {int(c) for c in ExitCode}
     assert "gate failed" in rows[str(int(ExitCode.GATE_FAILED))]
     assert "loaded" in rows[str(int(ExitCode.LOAD_ERROR))]

@@ -34,7 +34,7 @@ def test_a_hanging_check_times_out(tmp_path, mlp) -> None:  # type: ignore[no-un
 
 def test_ctrl_c_gives_a_partial_report_marked_interrupted(tmp_path, mlp) -> None:  # type: ignore[no-untyped-def]
     r = audit(tmp_path, mlp, [{"use": "fake.const"}, {"use": "fake.interrupt"}, {"use": "performance.metrics"}])
-    assert r.error == "interrupted" and r.exit_code == 2
+    assert r.error == "interrupted" and r.exit_code == 130
     doc = r.doc
     assert doc["interrupted"] is True
     assert [c["status"] for c in doc["checks"]] == ["pass", "error", "skipped"]
