@@ -22,6 +22,8 @@ from __future__ import annotations
 from auditor.checks import Check, CheckInfo, Need, Param
 from auditor.context import AuditContext
 from auditor.data import Dataset
+from auditor.datasets.registry import DataSource, LoadRequest
+from auditor.datasets.sources import ArraySource, LazySource
 from auditor.errors import AuditorError, DataError, ModelLoadError, PluginLoadError, SkipCheck, SpecError
 from auditor.model import ModelHandle
 from auditor.outputs import Predictions
@@ -32,6 +34,7 @@ from auditor.results import CheckReport, CheckResult, Finding, GateResult, Statu
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArraySource",
     "AuditContext",
     "AuditorError",
     "Check",
@@ -39,9 +42,12 @@ __all__ = [
     "CheckReport",
     "CheckResult",
     "DataError",
+    "DataSource",
     "Dataset",
     "Finding",
     "GateResult",
+    "LazySource",
+    "LoadRequest",
     "ModelHandle",
     "ModelLoadError",
     "Need",

@@ -152,7 +152,7 @@ def run(spec_path: Path, report_dir: Path | None, formats: str | None, seed: int
                                          f"(available: {', '.join(sorted(registry.reporters))})"])
         spec.formats = wanted
     events = TerminalEvents(quiet=quiet)
-    loaded = load_inputs(spec)
+    loaded = load_inputs(spec, registry.datasets)
     events.message(f"model: {spec.model.path} on {loaded.model.device_note}")
     if loaded.data is not None:
         notes = "; ".join(loaded.data.notes)

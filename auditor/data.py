@@ -1,4 +1,10 @@
-"""Data sets: .npz, .npy, .csv and .parquet, limited and stratified, fitted to the model's input."""
+"""Data sets: .npz, .npy, .csv and .parquet, image folders and manifests (and any source a plugin registers),
+limited and stratified, fitted to the model's input.
+
+``Dataset.x`` is batch-first: an ``np.ndarray`` for data that fits in memory, else a lazy
+:class:`~auditor.datasets.sources.ArraySource` (an ``.npy`` read by row ranges, parquet row groups, decoded image
+files) that checks slice, index or stream with :meth:`Dataset.batches`; nothing here reads it whole.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from auditor.datasets.sources import ArraySource, NpyFile, ParquetRows, column_values, iter_batches, mapped, take_rows
 from auditor.errors import DataError
 
 FORMATS = (".npz", ".npy", ".csv", ".parquet")
@@ -27,6 +34,18 @@ class DataConfig:
     batch_size: int = 256
     columns: list[str] = field(default_factory=list)
     role: str = "data"
+    #: Manifest column holding image paths (``data.path`` is then a .csv/.parquet manifest of images).
+    images: str | None = None
+    #: Class names in the model's output order (image folder names or string labels map to their index).
+    classes: list[str] | None = None
+    #: ``data.preprocess`` as written (a preset and/or explicit steps); resolved against the model input.
+    preprocess: dict[str, Any] | None = None
+    #: A data source by name (built-in ``images`` or one a plugin registers); default: detected from the path.
+    format: str | None = None
+    #: Settings for a plugin's data source.
+    options: dict[str, Any] = field(default_factory=dict)
+    #: Image decoding threads (default: the number of cores, at most 8).
+    workers: int | None = None
 
 
 @dataclass
@@ -38,7 +57,7 @@ class Dataset:
     ``missing``); ``columns`` holds further columns a check may ask for by name.
     """
 
-    x: np.ndarray
+    x: np.ndarray | ArraySource
     y: np.ndarray | None
     groups: dict[str, np.ndarray]
     columns: dict[str, np.ndarray]
@@ -50,6 +69,13 @@ class Dataset:
     indices: np.ndarray | None = None
     #: For tabular data (.csv/.parquet): the column behind each feature of ``x``, in order.
     feature_names: list[str] | None = None
+    #: What the source adds to the report's data section (image folders: files, classes, ``skipped_files``,
+    #: the preprocessing applied).
+    details: dict[str, Any] = field(default_factory=dict)
+    #: How model inputs map to un-normalised pixels in [0, 1] (declared image preprocessing), else ``None``.
+    pixels: Any = None
+    #: Reads a column that is not held in memory (a parquet feature column), by name; ``None`` if absent.
+    column_reader: Any = None
 
     def __len__(self) -> int:
         return len(self.x)
@@ -61,10 +87,7 @@ class Dataset:
 
     def batches(self, batch_size: int | None = None) -> Iterator[tuple[slice, np.ndarray]]:
         """``(slice, x[slice])`` in batches, for checks that stream."""
-        bs = batch_size or self.batch_size
-        for start in range(0, self.n, bs):
-            sl = slice(start, min(start + bs, self.n))
-            yield sl, np.asarray(self.x[sl])
+        yield from iter_batches(self.x, batch_size or self.batch_size)
 
     def column(self, name: str) -> np.ndarray:
         """A named column (label, group or other); ``DataError`` naming the available ones if absent."""
@@ -72,13 +95,17 @@ class Dataset:
             return self.columns[name]
         if name in self.groups:
             return self.groups[name]
+        if self.column_reader is not None:
+            col = self.column_reader(name)
+            if col is not None:
+                return np.asarray(col)
         raise DataError(f"{self.source}: no column '{name}' (available: {', '.join(sorted(self.columns)) or 'none'})")
 
     def subset(self, idx: np.ndarray, note: str | None = None) -> Dataset:
-        """A new data set of the rows ``idx`` (in the given order)."""
+        """A new data set of the rows ``idx`` (in the given order); a large subset of a lazy source stays lazy."""
         idx = np.asarray(idx)
         return Dataset(
-            x=np.asarray(self.x[idx]),
+            x=take_rows(self.x, idx),
             y=None if self.y is None else self.y[idx],
             groups={k: v[idx] for k, v in self.groups.items()},
             columns={k: v[idx] for k, v in self.columns.items()},
@@ -89,6 +116,9 @@ class Dataset:
             total_rows=self.total_rows,
             indices=idx if self.indices is None else self.indices[idx],
             feature_names=self.feature_names,
+            details=dict(self.details),
+            pixels=self.pixels,
+            column_reader=self.column_reader,
         )
 
     def sample(self, limit: int, rng: np.random.Generator, *, stratify: bool = True) -> Dataset:
@@ -121,6 +151,7 @@ class Dataset:
             "groups": sorted(self.groups),
             "missing_group_values": dict(self.missing),
             "notes": list(self.notes),
+            **self.details,
         }
 
 
@@ -153,15 +184,46 @@ def sample_indices(n: int, k: int, rng: np.random.Generator, y: np.ndarray | Non
 # ------------------------------------------------------------------------------------------------ loading
 
 
-def load_dataset(cfg: DataConfig, rng: np.random.Generator | None = None) -> Dataset:
-    """Load ``cfg.path``; errors name the file and the spec key."""
+def load_dataset(cfg: DataConfig, rng: np.random.Generator | None = None, *, request: Any = None,
+                 sources: dict[str, type[Any]] | None = None) -> Dataset:
+    """Load ``cfg.path``; errors name the file and the spec key.
+
+    ``request`` (a :class:`~auditor.datasets.registry.LoadRequest`) tells image sources the model input;
+    ``sources`` are the data sources plugins registered (``auditor_register_datasets``)."""
+    from auditor.datasets.registry import BUILTIN_SOURCES, LoadRequest
+
     path = Path(cfg.path)
     role = cfg.role
+    rng = rng or np.random.default_rng(0)
+    if request is None:
+        request = LoadRequest(rng=rng)
+    plugin_sources = dict(sources or {})
+    every = {**plugin_sources, **BUILTIN_SOURCES}
+    chosen: Any = None
+    if cfg.format is not None:
+        if cfg.format not in every:
+            raise DataError(f"{role}.format: no data source '{cfg.format}' (installed: {', '.join(sorted(every))})")
+        chosen = every[cfg.format]()
+    elif path.exists():
+        # plugins first, so that a plugin can read folders the image source would otherwise claim
+        for cls in [*plugin_sources.values(), *BUILTIN_SOURCES.values()]:
+            src = cls()
+            if src.claims(cfg):
+                chosen = src
+                break
+    if chosen is not None:
+        if not path.exists() and chosen.name == "images":
+            raise DataError(f"{role}.path: data folder or manifest not found: {path}")
+        ds = chosen.load(cfg, request)
+        if cfg.limit is not None and cfg.limit < ds.n:
+            ds = ds.sample(cfg.limit, rng)
+        return ds
     if not path.exists():
         raise DataError(f"{role}.path: data file not found: {path}")
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
         raise DataError(f"{role}.path: {path}: unsupported format '{suffix}' (use {', '.join(FORMATS)})")
+    lazy_x: ParquetRows | None = None
     try:
         if suffix == ".npz":
             table = _load_npz(path)
@@ -170,14 +232,22 @@ def load_dataset(cfg: DataConfig, rng: np.random.Generator | None = None) -> Dat
         elif suffix == ".csv":
             table = _load_csv(path)
         else:
-            table = _load_parquet(path)
+            table, lazy_x = _load_parquet(path, cfg)
     except DataError:
         raise
     except Exception as exc:
         raise DataError(f"{role}.path: cannot read {path}: {type(exc).__name__}: {exc}") from None
-    ds = _assemble(table, cfg, path, tabular=suffix in (".csv", ".parquet"))
+    ds = _assemble(table, cfg, path, tabular=suffix in (".csv", ".parquet"), lazy_x=lazy_x)
+    if cfg.preprocess is not None:
+        from auditor.datasets.loader import preprocess_arrays
+
+        ds = preprocess_arrays(ds, cfg, request)
+    if lazy_x is not None:
+        ds.column_reader = _parquet_column(path)
+        ds.notes.append(f"features read lazily, one row group at a time ({lazy_x._file.metadata.num_row_groups} "
+                        f"row groups)")
     if cfg.limit is not None and cfg.limit < ds.n:
-        ds = ds.sample(cfg.limit, rng or np.random.default_rng(0))
+        ds = ds.sample(cfg.limit, rng)
     return ds
 
 
@@ -186,8 +256,8 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def _load_npy(path: Path, cfg: DataConfig) -> dict[str, np.ndarray]:
-    table = {"x": np.load(path, mmap_mode="r", allow_pickle=False)}
+def _load_npy(path: Path, cfg: DataConfig) -> dict[str, Any]:
+    table: dict[str, Any] = {"x": NpyFile(path)}
     if cfg.y is not None:
         ypath = Path(cfg.y)
         if not ypath.is_absolute():
@@ -229,33 +299,65 @@ def _load_csv(path: Path) -> dict[str, np.ndarray]:
     return {name.strip(): _to_column(list(c)) for name, c in zip(header, cols)}
 
 
-def _load_parquet(path: Path) -> dict[str, np.ndarray]:
+#: A parquet file whose feature columns take more than this in memory is read lazily, one row group at a time.
+LAZY_PARQUET_BYTES = 64 << 20
+
+
+def _load_parquet(path: Path, cfg: DataConfig) -> tuple[dict[str, Any], ParquetRows | None]:
+    """The columns held in memory, and (for a large file) the feature columns as a lazy row-group source."""
     try:
+        import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         raise DataError(
             f"data.path: {path}: reading .parquet needs pyarrow (pip install 'onnx-auditor[parquet]')"
         ) from None
-    table = pq.read_table(path)
-    out: dict[str, np.ndarray] = {}
-    for name in table.column_names:
-        col = table.column(name)
-        arr = col.to_numpy(zero_copy_only=False)
-        if arr.dtype.kind == "O" and col.null_count == 0:
-            try:
-                arr = np.stack(arr)  # list-typed columns (e.g. a flattened image per row)
-            except Exception:
-                pass
-        out[name] = arr
-    return out
+    pf = pq.ParquetFile(path)
+    schema = pf.schema_arrow
+    names = list(schema.names)
+    keep = {k for k in [cfg.y, *cfg.groups, *cfg.columns] if k is not None}
+    x_cols = ([cfg.x] if isinstance(cfg.x, str) else list(cfg.x)) if cfg.x is not None else \
+        [k for k in names if k not in keep]
+
+    def numeric(t: Any) -> bool:
+        if pa.types.is_list(t) or pa.types.is_fixed_size_list(t) or pa.types.is_large_list(t):
+            t = t.value_type
+        return bool(pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t))
+
+    rows = pf.metadata.num_rows
+    lazy_ok = (all(c in names and numeric(schema.field(c).type) for c in x_cols) and x_cols
+               and rows * len(x_cols) * 4 > LAZY_PARQUET_BYTES and pf.metadata.num_row_groups > 0)
+    if not lazy_ok:
+        table = pq.read_table(path)
+        return {name: column_values(table.column(name)) for name in table.column_names}, None
+    first = pf.read_row_group(0, columns=x_cols)
+    widths = [int(np.asarray(column_values(first.column(c))[:1]).reshape(1, -1).shape[1]) for c in x_cols]
+    others = [k for k in names if k in keep]
+    table = pq.read_table(path, columns=others) if others else None
+    in_memory = {k: column_values(table.column(k)) for k in others} if table is not None else {}
+    return in_memory, ParquetRows(path, x_cols, widths)
 
 
-def _assemble(table: dict[str, np.ndarray], cfg: DataConfig, path: Path, tabular: bool) -> Dataset:
+def _parquet_column(path: Path) -> Any:
+    """A reader of one more column of a parquet file, on demand (``None`` if it has no such column)."""
+
+    def read(name: str) -> np.ndarray | None:
+        import pyarrow.parquet as pq
+
+        if name not in pq.ParquetFile(path).schema_arrow.names:
+            return None
+        return column_values(pq.read_table(path, columns=[name]).column(name))
+
+    return read
+
+
+def _assemble(table: dict[str, Any], cfg: DataConfig, path: Path, tabular: bool,
+              lazy_x: ParquetRows | None = None) -> Dataset:
     role = cfg.role
     keys = list(table)
     notes: list[str] = []
 
-    def need(key: str, what: str) -> np.ndarray:
+    def need(key: str, what: str) -> Any:
         if key not in table:
             raise DataError(f"{role}.{what}: '{key}' not in {path} (has: {', '.join(keys)})")
         return table[key]
@@ -269,7 +371,14 @@ def _assemble(table: dict[str, np.ndarray], cfg: DataConfig, path: Path, tabular
     groups = {g: need(g, f"groups[{i}]") for i, g in enumerate(group_keys)}
     extra_cols = {c: need(c, "columns") for c in cfg.columns}
 
-    if tabular:
+    x: np.ndarray | ArraySource
+    if lazy_x is not None:
+        x_cols = lazy_x.columns
+        x = lazy_x
+        notes.append(f"features: {', '.join(x_cols)}")
+        feature_names = x_cols if all(w == 1 for w in lazy_x.widths) else None
+        columns = dict(table)
+    elif tabular:
         if cfg.x is None:
             skip = {y_key, *group_keys, *cfg.columns}
             x_cols = [k for k in keys if k not in skip]
@@ -301,6 +410,15 @@ def _assemble(table: dict[str, np.ndarray], cfg: DataConfig, path: Path, tabular
             raise DataError(f"{role}.{name}: {len(arr)} rows but x has {n} in {path}")
     if y is not None and y.dtype.kind == "f" and np.isnan(y).any():
         raise DataError(f"{role}.y: {int(np.isnan(y).sum())} labels are missing (NaN) in {path}")
+    groups, missing = normalise_groups(groups)
+    return Dataset(x=x, y=y, groups=groups, columns={**columns, **extra_cols}, source=str(path),
+                   batch_size=cfg.batch_size, notes=notes, missing=missing, total_rows=n,
+                   feature_names=feature_names)
+
+
+def normalise_groups(groups: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Group columns with missing values as ``None`` (NaN in numeric columns), and the count per column."""
+    groups = dict(groups)
     missing: dict[str, int] = {}
     for g, v in list(groups.items()):
         if v.dtype.kind == "f":
@@ -314,9 +432,7 @@ def _assemble(table: dict[str, np.ndarray], cfg: DataConfig, path: Path, tabular
             missing[g] = int(sum(1 for e in v if e is None))
         else:
             missing[g] = 0
-    return Dataset(x=x, y=y, groups=groups, columns={**columns, **extra_cols}, source=str(path),
-                   batch_size=cfg.batch_size, notes=notes, missing=missing, total_rows=n,
-                   feature_names=feature_names)
+    return groups, missing
 
 
 def fit_to_model(ds: Dataset, shape: tuple[int | str | None, ...] | None, input_name: str,
@@ -337,18 +453,20 @@ def fit_to_model(ds: Dataset, shape: tuple[int | str | None, ...] | None, input_
         return ds
     if len(have) == 3 and len(want) == 3:
         if fits((have[2], have[0], have[1])):
-            ds.x = np.ascontiguousarray(np.transpose(ds.x, (0, 3, 1, 2)))
+            ds.x = mapped(ds.x, lambda b: np.ascontiguousarray(np.transpose(b, (0, 3, 1, 2))),
+                          (have[2], have[0], have[1]), ds.x.dtype, "NHWC -> NCHW")
             ds.notes.append("data transposed NHWC -> NCHW to fit the model")
             return ds
         if fits((have[1], have[2], have[0])):
-            ds.x = np.ascontiguousarray(np.transpose(ds.x, (0, 2, 3, 1)))
+            ds.x = mapped(ds.x, lambda b: np.ascontiguousarray(np.transpose(b, (0, 2, 3, 1))),
+                          (have[1], have[2], have[0]), ds.x.dtype, "NCHW -> NHWC")
             ds.notes.append("data transposed NCHW -> NHWC to fit the model")
             return ds
     # A missing or extra singleton dimension (e.g. (N, 28, 28) data for a (N, 1, 28, 28) input) is unambiguous.
     if all(isinstance(d, int) for d in want):
         if [d for d in have if d != 1] == [d for d in want if d != 1]:
             new = tuple(int(d) for d in want)  # type: ignore[arg-type]
-            ds.x = np.asarray(ds.x).reshape((len(ds.x), *new))
+            ds.x = mapped(ds.x, lambda b: b.reshape((len(b), *new)), new, ds.x.dtype, "reshape")
             ds.notes.append(f"data reshaped from {list(have)} to {list(new)} per sample (singleton dims)")
             return ds
     raise DataError(

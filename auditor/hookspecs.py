@@ -13,6 +13,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from auditor.checks import Check
+    from auditor.datasets.registry import DataSource
     from auditor.report.base import Reporter
 
 hookspec = pluggy.HookspecMarker("auditor")
@@ -40,6 +41,16 @@ def auditor_register_backends() -> dict[str, Callable[..., Any]]:
     """Return ``{name: factory}``; ``factory(model_handle)`` builds a backend object for a model (e.g.
     ``"torch"``: a differentiable module with gradients). Checks reach them with ``ctx.backend(name)`` and are
     skipped with a reason when no plugin provides the backend."""
+    raise NotImplementedError
+
+
+@hookspec
+def auditor_register_datasets() -> list[type[DataSource]]:
+    """Return :class:`~auditor.datasets.registry.DataSource` subclasses: new kinds of ``data.path`` (e.g.
+    WebDataset shards). Each ``name`` must be unique (a clash stops the run naming both plugins); a spec selects
+    one with ``data.format: <name>``, or the first whose ``claims(cfg)`` accepts the section is used (plugins
+    before the built-in sources). ``load(cfg, request)`` returns an :class:`~auditor.data.Dataset` whose ``x``
+    may be a lazy :class:`~auditor.datasets.sources.ArraySource`, so data larger than memory streams."""
     raise NotImplementedError
 
 

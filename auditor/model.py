@@ -17,6 +17,7 @@ from google.protobuf.message import DecodeError
 
 from auditor import graph as G
 from auditor.cancel import progress_sink, raise_if_cancelled
+from auditor.datasets.sources import XArray
 from auditor.device import CUDA, choose_providers, provider_options, quiet_stderr
 from auditor.errors import DataError, ModelLoadError
 
@@ -347,7 +348,7 @@ class ModelHandle:
         feed.update(self.feeds)
         return feed
 
-    def _decide_batching(self, x: np.ndarray) -> None:
+    def _decide_batching(self, x: XArray) -> None:
         """For a model exported with a fixed batch size: try a symbolic batch dimension and keep it only if
         it gives the same answers as the fixed model on real samples; else fall back to fixed-size chunks."""
         if self._batch_mode is not None:
@@ -402,13 +403,13 @@ class ModelHandle:
 
     def run(
         self,
-        x: np.ndarray,
+        x: XArray,
         outputs: Sequence[str] | None = None,
         *,
         batch_size: int | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> dict[str, np.ndarray]:
-        """Run ``x`` (a batch-first array) through the model in batches.
+        """Run ``x`` (a batch-first array, or a lazy source read batch by batch) through the model in batches.
 
         ``outputs`` are tensor names to return (any tensor in the graph: intermediate ones are added as
         outputs once and cached); ``None`` means the audited outputs. Returns name -> array with the samples

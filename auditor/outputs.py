@@ -37,20 +37,33 @@ class Predictions:
 
 def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
     """Numerically stable softmax."""
-    z = np.asarray(z, dtype=np.float64)
-    z = z - np.max(z, axis=axis, keepdims=True)
-    e = np.exp(z)
-    return e / np.sum(e, axis=axis, keepdims=True)
+    e = np.array(z, dtype=np.float64)  # one copy, then in place (millions of rows need no temporaries)
+    e -= np.max(e, axis=axis, keepdims=True)
+    np.exp(e, out=e)
+    e /= np.sum(e, axis=axis, keepdims=True)
+    return e
 
 
 def looks_like_probabilities(a: np.ndarray, tol: float = 1e-3) -> bool:
-    """Rows are non-negative and sum to one (ignoring non-finite rows)."""
-    a = np.asarray(a, dtype=np.float64)
-    ok = np.all(np.isfinite(a), axis=1)
-    if not ok.any():
-        return False
-    a = a[ok]
-    return bool(np.all(a >= -tol) and np.all(a <= 1 + tol) and np.allclose(a.sum(axis=1), 1.0, atol=tol))
+    """Rows are non-negative and sum to one (ignoring non-finite rows).
+
+    Checked in blocks of rows, so that millions of predictions never need a second float64 copy."""
+    a = np.asarray(a)
+    any_ok = False
+    for start in range(0, len(a), _BLOCK):
+        b = np.asarray(a[start:start + _BLOCK], dtype=np.float64)
+        ok = np.all(np.isfinite(b), axis=1)
+        if not ok.any():
+            continue
+        any_ok = True
+        b = b if ok.all() else b[ok]
+        if not (np.all(b >= -tol) and np.all(b <= 1 + tol) and np.allclose(b.sum(axis=1), 1.0, atol=tol)):
+            return False
+    return any_ok
+
+
+#: Rows per block where a whole-array temporary of millions of predictions would be too large.
+_BLOCK = 1 << 18
 
 
 def _nonfinite_rows(a: np.ndarray) -> int:
@@ -119,7 +132,8 @@ def interpret(
         idx = encode_labels(lab, classes)
         probs = np.eye(len(classes))[idx]
         kind = "labels-only"
-    labels = np.where(np.all(np.isfinite(probs), axis=1), np.argmax(np.nan_to_num(probs, nan=-1.0), axis=1), -1)
+    # Rows with a non-finite score get -1; argmax of the other rows needs no NaN-free copy of the matrix.
+    labels = np.where(np.all(np.isfinite(probs), axis=1), np.argmax(probs, axis=1), -1)
     return Predictions(task="classification", kind=kind, raw=raw, probs=probs, labels=labels,
                        classes=tuple(classes), nonfinite=nonfinite)
 

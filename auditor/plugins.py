@@ -39,6 +39,8 @@ class Registry:
     checks: dict[str, CheckInfo] = field(default_factory=dict)
     reporters: dict[str, Any] = field(default_factory=dict)
     backends: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    #: Data sources from ``auditor_register_datasets``, by name (the built-in ``images`` source is not here).
+    datasets: dict[str, type[Any]] = field(default_factory=dict)
 
 
 def _dist_of(ep: md.EntryPoint) -> tuple[str | None, str | None]:
@@ -140,4 +142,29 @@ def build_registry(
             reg.backends.update(backends)
         except Exception as exc:
             raise PluginLoadError(f"plugin '{impl.plugin_name}' failed to register backends: {exc}") from None
+    _collect_datasets(pm, reg)
     return reg
+
+
+def _collect_datasets(pm: pluggy.PluginManager, reg: Registry) -> None:
+    """Data sources from every plugin; a name used twice (or the built-in ``images``) stops the run."""
+    from auditor.datasets.registry import BUILTIN_SOURCES, DataSource
+
+    owner: dict[str, str] = {n: "auditor (built-in)" for n in BUILTIN_SOURCES}
+    for impl in pm.hook.auditor_register_datasets.get_hookimpls():
+        pname = impl.plugin_name
+        try:
+            classes = cast("list[Any]", impl.function() or [])
+        except Exception as exc:
+            raise PluginLoadError(
+                f"plugin '{pname}' failed to register its data sources: {type(exc).__name__}: {exc}"
+            ) from None
+        for cls in classes:
+            if not (isinstance(cls, type) and issubclass(cls, DataSource)) or not cls.name:
+                raise PluginLoadError(
+                    f"plugin '{pname}' registered {cls!r}, which is not a named DataSource subclass")
+            if cls.name in owner:
+                raise PluginLoadError(
+                    f"data source '{cls.name}' is registered by both '{owner[cls.name]}' and '{pname}'")
+            owner[cls.name] = pname
+            reg.datasets[cls.name] = cls

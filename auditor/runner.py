@@ -20,6 +20,7 @@ from auditor import cancel
 from auditor.checks import CheckInfo, Need
 from auditor.context import AuditContext, SharedCache
 from auditor.data import Dataset, fit_to_model, load_dataset
+from auditor.datasets.registry import LoadRequest
 from auditor.errors import CheckCancelled, SkipCheck, SpecError
 from auditor.model import ModelHandle
 from auditor.plugins import Registry
@@ -78,8 +79,10 @@ def check_seed(seed: int, check_id: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(check_id.encode())])
 
 
-def load_inputs(spec: Spec) -> Loaded:
-    """Load models and data, and fit the data to the model (errors are one line, exit code 4)."""
+def load_inputs(spec: Spec, sources: dict[str, type[Any]] | None = None) -> Loaded:
+    """Load models and data, and fit the data to the model (errors are one line, exit code 4).
+
+    ``sources`` are the data sources plugins registered (``Registry.datasets``)."""
     bs = spec.data.batch_size if spec.data else 256
     model = ModelHandle(spec.model, batch_size=bs, role="model")
     # A weights-only audit (no data) never opens an ONNX Runtime session: a model of many GiB is then read
@@ -92,7 +95,7 @@ def load_inputs(spec: Spec) -> Loaded:
     rng = np.random.default_rng([spec.seed, 1])
     data = None
     if spec.data is not None:
-        data = load_dataset(spec.data, rng)
+        data = load_dataset(spec.data, rng, request=_request(model, rng), sources=sources)
         data = fit_to_model(data, model.input.shape, model.input.name, str(model.path))
     baseline = baseline_data = None
     if spec.baseline is not None:
@@ -108,9 +111,16 @@ def load_inputs(spec: Spec) -> Loaded:
             refs[name].check_loads()
     train = None
     if spec.train_data is not None:
-        train = load_dataset(spec.train_data, np.random.default_rng([spec.seed, 2]))
+        trng = np.random.default_rng([spec.seed, 2])
+        train = load_dataset(spec.train_data, trng, request=_request(model, trng), sources=sources)
         train = fit_to_model(train, model.input.shape, model.input.name, str(model.path))
     return Loaded(model, data, baseline, baseline_data, refs, train)
+
+
+def _request(model: ModelHandle, rng: np.random.Generator) -> LoadRequest:
+    """What a data source may know about the model input it feeds."""
+    return LoadRequest(rng=rng, input_shape=tuple(model.input.shape) if model.input.shape else None,
+                       input_dtype=model.input.dtype, layout=model.layout)
 
 
 def _data_for(data: Dataset, other: ModelHandle) -> Dataset:

@@ -13,6 +13,9 @@ from jsonschema.exceptions import ValidationError
 
 from auditor.checks import CheckInfo, Need
 from auditor.data import DataConfig
+from auditor.datasets.preprocess import PREPROCESS_SCHEMA
+from auditor.datasets.preprocess import merged as merged_preprocess
+from auditor.datasets.preprocess import validate as validate_preprocess
 from auditor.errors import SpecError, short
 from auditor.model import ModelConfig
 from auditor.yamlio import Path_, YamlProblem
@@ -44,7 +47,8 @@ _DATA = {
     "required": ["path"],
     "additionalProperties": False,
     "properties": {
-        "path": {"type": "string", "description": ".npz, .npy, .csv or .parquet (relative to the spec)."},
+        "path": {"type": "string", "description": ".npz, .npy, .csv or .parquet, a folder of images (one "
+                 "sub-folder per class) or a .csv/.parquet manifest of image paths (relative to the spec)."},
         "x": {"type": ["string", "array"], "items": {"type": "string"},
               "description": "Input key (npz) or feature columns (csv/parquet; default: all other columns)."},
         "y": {"type": "string", "description": "Label key or column (for .npy: a .npy file of labels)."},
@@ -55,6 +59,15 @@ _DATA = {
         "limit": {"type": "integer", "minimum": 1,
                   "description": "Audit at most this many rows (a seeded sample, stratified by label)."},
         "batch_size": {"type": "integer", "minimum": 1, "default": 256, "description": "Inference batch size."},
+        "images": {"type": "string", "description": "Manifest column of image paths (relative to the manifest)."},
+        "classes": {"type": "array", "items": {"type": "string"}, "minItems": 1, "uniqueItems": True,
+                    "description": "Class names in the model's output order: folder names and string labels "
+                                   "map to their position. Default: sorted names."},
+        "preprocess": PREPROCESS_SCHEMA,
+        "format": {"type": "string", "description": "Data source by name (images, or one a plugin registers); "
+                   "default: detected from the path."},
+        "options": {"type": "object", "description": "Settings of a plugin's data source."},
+        "workers": {"type": "integer", "minimum": 1, "description": "Image decoding threads (default: cores)."},
     },
 }
 
@@ -282,7 +295,16 @@ def parse_spec(path: Path, checks: dict[str, CheckInfo], formats: list[str],
     def data_cfg(d: dict[str, Any], role: str) -> DataConfig:
         return DataConfig(path=resolve(d["path"]), x=d.get("x"), y=d.get("y"), groups=list(d.get("groups", [])),
                           limit=d.get("limit"), batch_size=d.get("batch_size", 256),
-                          columns=list(d.get("columns", [])), role=role)
+                          columns=list(d.get("columns", [])), role=role, images=d.get("images"),
+                          classes=d.get("classes"), preprocess=d.get("preprocess"), format=d.get("format"),
+                          options=dict(d.get("options") or {}), workers=d.get("workers"))
+
+    for key in ("data", "train_data"):
+        d = doc.get(key)
+        if isinstance(d, dict):
+            problems.extend(_image_rules(d, key, base))
+    if problems:
+        raise SpecError(str(path), problems)
 
     data = data_cfg(doc["data"], "data") if "data" in doc else None
     train = data_cfg(doc["train_data"], "train_data") if "train_data" in doc else None
@@ -317,7 +339,7 @@ def parse_spec(path: Path, checks: dict[str, CheckInfo], formats: list[str],
         for need, key, label in [(Need.DATA, "data", "data:"), (Need.TRAIN_DATA, "train_data", "train_data:")]:
             if need in needs and key not in doc:
                 problems.append(f"checks[{i}] ({use}): needs a {label} section")
-        if Need.LABELS in needs and "data" in doc and "y" not in doc["data"] and not _npz_default_y(doc):
+        if Need.LABELS in needs and "data" in doc and "y" not in doc["data"] and not _npz_default_y(doc, base):
             problems.append(f"checks[{i}] ({use}): needs labels: set data.y")
         if Need.GROUPS in needs and "data" in doc and not doc["data"].get("groups"):
             problems.append(f"checks[{i}] ({use}): needs group columns: set data.groups")
@@ -345,7 +367,27 @@ def parse_spec(path: Path, checks: dict[str, CheckInfo], formats: list[str],
     )
 
 
-def _npz_default_y(doc: dict[str, Any]) -> bool:
-    """An .npz without an explicit ``y`` key still has labels when it stores an array called ``y``."""
+def _image_rules(d: dict[str, Any], key: str, base: Path) -> list[str]:
+    """Cross-field rules of a data section with images or preprocessing, with YAML paths."""
+    out: list[str] = []
+    suffix = Path(str(d.get("path", ""))).suffix.lower()
+    is_dir = (base / Path(str(d.get("path", ""))).expanduser()).is_dir()
+    if d.get("images") is not None and suffix not in (".csv", ".parquet"):
+        out.append(f"{key}.images: names a manifest column; {key}.path must be a .csv or .parquet manifest")
+    pre = d.get("preprocess")
+    if isinstance(pre, dict):
+        out.extend(validate_preprocess(pre, f"{key}.preprocess"))
+        if d.get("images") is None and not is_dir and suffix in (".npz", ".npy", ".csv", ".parquet"):
+            steps = merged_preprocess(pre)
+            for step in ("resize", "center_crop"):
+                if steps.get(step) is not None:
+                    out.append(f"{key}.preprocess.{step}: needs image files (a folder or a manifest with "
+                               f"{key}.images); {suffix} arrays are used as stored")
+    return out
+
+
+def _npz_default_y(doc: dict[str, Any], base: Path) -> bool:
+    """An .npz without an explicit ``y`` key still has labels when it stores an array called ``y``; an image
+    folder has them in its class sub-folder names."""
     p = str(doc["data"].get("path", ""))
-    return p.endswith(".npz")
+    return p.endswith(".npz") or (base / Path(p).expanduser()).is_dir()

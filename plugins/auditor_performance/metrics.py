@@ -15,15 +15,21 @@ from auditor import AuditContext, Check, CheckResult, Finding, Need, Param
 
 
 def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
-    """ECE with ``bins`` equal-width confidence bins (right-closed, as in Guo et al. 2017)."""
-    conf = probs.max(axis=1)
-    correct = (probs.argmax(axis=1) == y).astype(np.float64)
+    """ECE with ``bins`` equal-width confidence bins (right-closed, as in Guo et al. 2017); per-bin sums are
+    accumulated in blocks of rows, so millions of predictions need no full-size temporaries."""
     edges = np.linspace(0.0, 1.0, bins + 1)
-    idx = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, bins - 1)
     n = len(y)
-    count = np.bincount(idx, minlength=bins)
-    acc_sum = np.bincount(idx, weights=correct, minlength=bins)
-    conf_sum = np.bincount(idx, weights=conf, minlength=bins)
+    count = np.zeros(bins, dtype=np.int64)
+    acc_sum = np.zeros(bins)
+    conf_sum = np.zeros(bins)
+    for start in range(0, n, _BLOCK):
+        pb = probs[start:start + _BLOCK]
+        conf = pb.max(axis=1)
+        correct = (pb.argmax(axis=1) == y[start:start + _BLOCK]).astype(np.float64)
+        idx = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, bins - 1)
+        count += np.bincount(idx, minlength=bins)
+        acc_sum += np.bincount(idx, weights=correct, minlength=bins)
+        conf_sum += np.bincount(idx, weights=conf, minlength=bins)
     nz = count > 0
     return float(np.sum(np.abs(acc_sum[nz] - conf_sum[nz])) / n)
 
@@ -31,9 +37,21 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15)
 def log_loss(probs: np.ndarray, y: np.ndarray, eps: float = float(np.finfo(np.float64).eps)) -> float:
     """Mean negative log-likelihood of the true class (probabilities clipped to [eps, 1-eps] with eps the
     float64 machine epsilon, and rows renormalised, as scikit-learn does)."""
-    p = np.clip(probs, eps, 1 - eps)
-    p = p / p.sum(axis=1, keepdims=True)
-    return float(-np.mean(np.log(p[np.arange(len(y)), y])))
+    total = 0.0
+    for start in range(0, len(y), _BLOCK):  # in blocks: no full-size temporaries for millions of rows
+        p = np.clip(probs[start:start + _BLOCK], eps, 1 - eps)
+        yb = y[start:start + _BLOCK]
+        total += float(np.sum(np.log(p[np.arange(len(yb)), yb] / p.sum(axis=1))))
+    return -total / len(y)
+
+
+#: Rows per block of the blocked computations.
+_BLOCK = 1 << 18
+
+
+def _rows(a: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """``a[keep]``, without a copy when every row is kept."""
+    return a if keep.all() else a[keep]
 
 
 def top_k_accuracy(probs: np.ndarray, y: np.ndarray, k: int) -> float:
@@ -92,14 +110,14 @@ class PerformanceMetrics(Check):
         if not known.all():
             findings.append(Finding(message=f"{int((~known).sum())} labels are not among the model's classes",
                                     severity="warn"))
-        probs, labels, y = pred.probs[known], pred.labels[known], y[known]
+        probs, labels, y = _rows(pred.probs, known), _rows(pred.labels, known), _rows(y, known)
         finite = np.all(np.isfinite(probs), axis=1)
         n_classes = probs.shape[1]
         metrics: dict[str, Any] = {"n": len(y), "n_classes": n_classes,
                                    "accuracy": float(np.mean(labels == y)),
                                    "nonfinite_outputs": int(pred.nonfinite)}
         k = int(ctx.params["top_k"])
-        pf, yf = probs[finite], y[finite]
+        pf, yf = _rows(probs, finite), _rows(y, finite)
         if n_classes > k:
             metrics[f"top{k}_accuracy"] = top_k_accuracy(pf, yf, k) * len(yf) / max(len(y), 1)
         if pred.kind == "labels-only":

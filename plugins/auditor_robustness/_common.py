@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, Dataset, ModelHandle, Param, SkipCheck
+from auditor import ArraySource, AuditContext, Dataset, ModelHandle, Param, SkipCheck
 from auditor.outputs import interpret, softmax
 
 #: Smallest probability used when taking logs (a probability of exactly 0 must not give -inf margins).
@@ -36,7 +36,7 @@ class Geometry:
     w: int
 
     @classmethod
-    def of(cls, x: np.ndarray, model_layout: str | None) -> Geometry:
+    def of(cls, x: np.ndarray | ArraySource, model_layout: str | None) -> Geometry:
         """The geometry of batch ``x`` (batch-first) for a model whose layout is ``model_layout``."""
         shape = tuple(int(d) for d in x.shape[1:])
         if len(shape) == 3 and model_layout in ("NCHW", "NHWC"):

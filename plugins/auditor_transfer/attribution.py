@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, Check, CheckResult, ModelHandle, Need, Param, SkipCheck
+from auditor import ArraySource, AuditContext, Check, CheckResult, ModelHandle, Need, Param, SkipCheck
 from auditor import graph as G
 from auditor.outputs import Predictions, encode_labels
 from auditor_transfer.common import REFERENCE_PARAM, data_for, jsonable, pick_references, read_outputs, scores
@@ -200,7 +200,7 @@ class AttributionDistance(Check):
         return CheckResult(metrics={**by_ref[first], "by_reference": by_ref}, notes=notes)
 
     @staticmethod
-    def _patch(x: np.ndarray, model: ModelHandle, patch: int | None) -> int:
+    def _patch(x: np.ndarray | ArraySource, model: ModelHandle, patch: int | None) -> int:
         if patch is not None:
             return int(patch)
         axes = spatial_axes(np.asarray(x[:1]), model.layout)

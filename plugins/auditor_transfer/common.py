@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, Dataset, ModelHandle, Param, SkipCheck
+from auditor import ArraySource, AuditContext, Dataset, ModelHandle, Param, SkipCheck
 from auditor.outputs import Predictions, interpret
 
 REFERENCE_PARAM = Param(
@@ -88,7 +88,7 @@ def read_outputs(model: ModelHandle, raw: dict[str, np.ndarray], *, task: str | 
                      zip_classes=zip_classes)
 
 
-def forward(model: ModelHandle, x: np.ndarray, layers: Sequence[str], *, task: str | None = None,
+def forward(model: ModelHandle, x: np.ndarray | ArraySource, layers: Sequence[str], *, task: str | None = None,
             y: np.ndarray | None = None) -> Pass:
     """Run ``x`` once through ``model`` with the audited outputs and every layer in ``layers`` added as graph
     outputs at once (batched by the model handle)."""
