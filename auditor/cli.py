@@ -134,9 +134,10 @@ def run(spec_path: Path, report_dir: Path | None, formats: str | None, seed: int
     2: bad spec or usage; 3: internal error; 4: model, data or plugin could not be loaded."""
     from rich.console import Console
 
+    from auditor.results import OK_STATUSES
     from auditor.runner import Interrupted, Runner, load_inputs, write_reports
     from auditor.spec import parse_spec
-    from auditor.terminal import TerminalEvents, summary_table
+    from auditor.terminal import TerminalEvents, status_line, summary_table
 
     registry = _registry(disable, plugins)
     spec = parse_spec(spec_path, registry.checks, sorted(registry.reporters))
@@ -171,12 +172,11 @@ def run(spec_path: Path, report_dir: Path | None, formats: str | None, seed: int
             out.print(summary_table(doc))
             for path in written:
                 out.print(f"report: {path}")
-        s = doc["summary"]
-        click.echo(f"{doc['status'].upper()}: " + ", ".join(f"{v} {k}" for k, v in s.items() if v))
+        click.echo(status_line(doc))
     if interrupted:
         click.echo("interrupted: partial report written", err=True)
         sys.exit(int(ExitCode.INTERRUPTED))
-    sys.exit(int(ExitCode.OK) if doc["status"] in ("pass", "warn") else int(ExitCode.GATE_FAILED))
+    sys.exit(int(ExitCode.OK) if report.status in OK_STATUSES else int(ExitCode.GATE_FAILED))
 
 
 @main.command()

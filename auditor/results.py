@@ -8,9 +8,15 @@ from typing import Any
 
 
 class Status(str, Enum):
-    """Outcome of a check, a gate or a whole audit."""
+    """Outcome of a check, a gate or a whole audit.
+
+    ``info``: the check ran and nothing was asserted (no gate, no warning or failing finding); a whole audit is
+    ``info`` when no check was gated. It never reads as ``pass``: a pass means a bound was checked and held.
+    Like ``pass`` and ``warn``, it exits 0.
+    """
 
     PASS = "pass"
+    INFO = "info"
     WARN = "warn"
     FAIL = "fail"
     ERROR = "error"
@@ -20,16 +26,21 @@ class Status(str, Enum):
         return self.value
 
 
-# Worse statuses win when combining; skipped is neutral.
-_RANK = {Status.SKIPPED: 0, Status.PASS: 1, Status.WARN: 2, Status.FAIL: 3, Status.ERROR: 4}
+# Worse statuses win when combining; skipped is neutral; info (nothing asserted) is below pass, so that one
+# gate that held makes an audit ``pass`` while an audit with no gate at all stays ``info``.
+_RANK = {Status.SKIPPED: 0, Status.INFO: 1, Status.PASS: 2, Status.WARN: 3, Status.FAIL: 4, Status.ERROR: 5}
+
+#: Statuses that exit 0 (the release may go on).
+OK_STATUSES = frozenset({Status.PASS, Status.INFO, Status.WARN})
 
 
 def worst(statuses: list[Status]) -> Status:
-    """The most severe status of ``statuses`` (``pass`` for an empty list)."""
+    """The most severe status of ``statuses``; ``info`` when nothing was asserted (an empty list, or only
+    skipped and info)."""
     if not statuses:
-        return Status.PASS
+        return Status.INFO
     best = max(statuses, key=lambda s: _RANK[s])
-    return Status.PASS if best is Status.SKIPPED else best
+    return Status.INFO if best is Status.SKIPPED else best
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -163,6 +174,7 @@ class AuditReport:
             "data": self.data,
             "environment": self.environment,
             "summary": summarize(self.checks),
+            "gating": gating(self.checks),
             "checks": [c.to_dict() for c in self.checks],
         }
 
@@ -173,3 +185,14 @@ def summarize(checks: list[CheckReport]) -> dict[str, int]:
     for c in checks:
         counts[c.status.value] += 1
     return counts
+
+
+def gating(checks: list[CheckReport]) -> dict[str, int]:
+    """How much of the audit was actually asserted: checks with at least one gate, gates, gates met."""
+    gates = [g for c in checks for g in c.gates]
+    return {
+        "checks": len(checks),
+        "checks_gated": sum(bool(c.gates) for c in checks),
+        "gates": len(gates),
+        "gates_met": sum(g.status is Status.PASS for g in gates),
+    }

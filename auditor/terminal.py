@@ -27,8 +27,26 @@ from rich.table import Table
 from auditor.report.markdown import fmt_value, scalar_metrics
 from auditor.results import CheckReport
 
-STYLE = {"pass": "green", "warn": "yellow", "fail": "red", "error": "bold red", "skipped": "dim"}
-MARK = {"pass": "✔", "warn": "!", "fail": "✘", "error": "✘", "skipped": "–"}
+STYLE = {"pass": "green", "info": "cyan", "warn": "yellow", "fail": "red", "error": "bold red", "skipped": "dim"}
+MARK = {"pass": "✔", "info": "i", "warn": "!", "fail": "✘", "error": "✘", "skipped": "–"}
+
+
+def gated_text(report: dict[str, Any]) -> str:
+    """``2 of 5 checks gated (3 of 4 gates met)``: how much of the audit was asserted."""
+    g = report.get("gating") or {}
+    if not g:
+        return ""
+    if not g.get("checks_gated"):
+        return f"no check of {g.get('checks', 0)} gated: nothing asserted"
+    return (f"{g['checks_gated']} of {g['checks']} checks gated ({g['gates_met']} of {g['gates']} gates met)")
+
+
+def status_line(report: dict[str, Any]) -> str:
+    """The final line of ``auditor run``: status, counts per status, how many checks were gated."""
+    s = report.get("summary") or {}
+    counts = ", ".join(f"{v} {k}" for k, v in s.items() if v)
+    gated = gated_text(report)
+    return f"{str(report['status']).upper()}: {counts}" + (f"; {gated}" if gated else "")
 
 
 def in_ci(env: Mapping[str, str] | None = None) -> bool:
@@ -175,7 +193,7 @@ def summary_table(report: dict[str, Any]) -> Table:
     t = Table(title=f"audit of {report['model']['path']}: [{STYLE.get(status, '')}]{status.upper()}[/]",
               title_justify="left", show_footer=True)
     counts = ", ".join(f"{v} {k}" for k, v in (report.get("summary") or {}).items() if v)
-    t.add_column("check", footer=f"{len(report['checks'])} checks")
+    t.add_column("check", footer=gated_text(report) or f"{len(report['checks'])} checks")
     t.add_column("status", footer=counts)
     t.add_column("time", justify="right")
     t.add_column("metrics", overflow="fold")

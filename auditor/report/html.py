@@ -20,7 +20,7 @@ from typing import Any
 from auditor.report.base import Reporter
 from auditor.report.plots import Plot, matplotlib_available, plot_table, plots_for, render_svg
 
-STATUSES = ("pass", "warn", "fail", "error", "skipped")
+STATUSES = ("pass", "info", "warn", "fail", "error", "skipped")
 MAX_METRIC_ROWS = 200
 
 CSS = """
@@ -192,6 +192,10 @@ class HtmlReporter(Reporter):
                '<p class="counts">' + "".join(f"<span>{badge(s)} {int(summary.get(s, 0))}</span>"
                                               for s in STATUSES if summary.get(s)) + "</p>"]
         gates = [(i, c, g) for i, c in enumerate(checks) for g in c.get("gates", [])]
+        gating = report.get("gating")
+        if gating:
+            out.append(f'<p class="gated">{int(gating["checks_gated"])} of {int(gating["checks"])} checks gated. '
+                       f'{badge("info")} means the check ran and nothing was asserted.</p>')
         if gates:
             bad = sum(g["status"] != "pass" for _, _, g in gates)
             out.append(f"<h3>Gates: {len(gates) - bad} of {len(gates)} met</h3>")

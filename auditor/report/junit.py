@@ -37,6 +37,9 @@ class JUnitReporter(Reporter):
         })
         for c in checks:
             case = ET.SubElement(suite, "testcase", classname=c["use"], name=c["id"], time=f"{c['duration_s']:.3f}")
+            # JUnit has no "ran, nothing asserted": an info check is a passing testcase that says so.
+            props = ET.SubElement(case, "properties")
+            ET.SubElement(props, "property", name="status", value=str(c["status"]))
             failed = [g for g in c["gates"] if g["status"] == "fail"]
             if c["status"] == "error":
                 el = ET.SubElement(case, "error", message=str(c.get("error", ""))[:500], type="CheckError")
@@ -48,7 +51,8 @@ class JUnitReporter(Reporter):
                 el.text = msg
             elif c["status"] == "skipped":
                 ET.SubElement(case, "skipped", message=str(c.get("skip_reason", "")))
-            out = [f"{k} = {v}" for k, v in c["metrics"].items() if isinstance(v, (int, float, str))]
+            out = ["[info] no gate: this check asserted nothing"] if c["status"] == "info" else []
+            out += [f"{k} = {v}" for k, v in c["metrics"].items() if isinstance(v, (int, float, str))]
             out += [f"[{g['status']}] {g['message']}" for g in c["gates"]]
             out += [f"[{f['severity']}] {f['message']}" for f in c["findings"]]
             if out:

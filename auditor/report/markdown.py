@@ -6,7 +6,7 @@ from typing import Any
 
 from auditor.report.base import Reporter
 
-ICON = {"pass": "✅", "warn": "⚠️", "fail": "❌", "error": "💥", "skipped": "⏭️"}
+ICON = {"pass": "✅", "info": "ℹ️", "warn": "⚠️", "fail": "❌", "error": "💥", "skipped": "⏭️"}
 
 
 def cell(text: Any) -> str:
@@ -48,7 +48,8 @@ class MarkdownReporter(Reporter):
         status = report["status"]
         model = report["model"]
         lines = [
-            f"## {ICON.get(status, '')} Model audit: **{status.upper()}**",
+            f"## {ICON.get(status, '')} Model audit: **{status.upper()}**"
+            + (" (no gate was checked)" if status == "info" else ""),
             "",
             f"`{model.get('path')}` · sha256 `{str(model.get('sha256'))[:12]}` · opset {model.get('opset')} · "
             f"{model.get('device')}",
@@ -76,5 +77,10 @@ class MarkdownReporter(Reporter):
             lines += ["", "### Findings", ""]
             lines += [f"- `{c['id']}` ({f['severity']}): {cell(f['message'])}" for c, f in findings[:50]]
         s = report.get("summary", {})
-        lines += ["", " · ".join(f"{k}: {v}" for k, v in s.items() if v), ""]
+        lines += ["", " · ".join(f"{k}: {v}" for k, v in s.items() if v)]
+        g = report.get("gating")
+        if g:
+            lines += ["", f"{g['checks_gated']} of {g['checks']} checks gated, {g['gates_met']} of {g['gates']} "
+                          "gates met (`info`: the check ran and nothing was asserted)"]
+        lines.append("")
         return "\n".join(lines)

@@ -75,7 +75,7 @@ def test_leakage_through_the_tool(tmp_path: Path) -> None:
     base, x, sex = _leak_case(tmp_path, leaky=False)
     spec = {**base, "checks": [{"use": "bias.leakage", "with": {"features": "hidden"}}]}
     res = run_audit(spec, workdir=tmp_path, plugins=[auditor_bias], entry_points=False)
-    res.assert_status("bias.leakage", "pass")
+    res.assert_status("bias.leakage", "info")
     m = res.metrics("bias.leakage")
     assert m["probe_accuracy"] <= majority + 0.05
     assert abs(m["probe_balanced_accuracy"] - 0.5) < 0.1
@@ -145,7 +145,7 @@ def test_prediction_skew_through_the_tool(tmp_path: Path) -> None:
 
     np.savez(tmp_path / "d.npz", x=logits_for(y, 3), y=y)  # perfect predictions: no skew
     res = run_audit(spec, workdir=tmp_path, plugins=[auditor_bias], entry_points=False)
-    res.assert_status("bias.prediction_skew", "pass")
+    res.assert_status("bias.prediction_skew", "info")
     assert res.metrics("bias.prediction_skew")["chi2_distance"] == 0.0
 
 
@@ -165,7 +165,7 @@ def test_all_checks_through_installed_entry_point(tmp_path: Path) -> None:
     # other built-in plugins are switched off: only the installed `bias` entry point is under test here
     res = run_audit(spec, workdir=tmp_path, entry_points=True, disable=OTHER_PLUGINS)
     for c in ("bias.group_metrics", "bias.leakage", "bias.prediction_skew", "bias.shortcut"):
-        assert res.check(c).status.value in ("pass", "warn"), (c, res.check(c).error)
+        assert res.check(c).status.value in ("info", "warn"), (c, res.check(c).error)
     assert res.check("bias.group_metrics").plugin == "bias"
     # logit 0 set to -1: exactly the rows predicted 0 (logits [4, 0]) flip to class 1
     m = res.metrics("bias.shortcut")

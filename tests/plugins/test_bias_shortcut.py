@@ -94,7 +94,7 @@ def test_planted_shortcut_is_flagged_and_clean_model_is_not(tmp_path: Path, digi
         assert len(res.check("bias.shortcut").findings) == 2
     else:
         # the cue pixel never varied in training, so its weights stay exactly 0: nothing changes
-        res.assert_status("bias.shortcut", "pass")
+        res.assert_status("bias.shortcut", "info")
         assert m["flip_rate"] == 0.0 and m["flips"] == 0 and m["flip_target_class"] is None
         assert m["aligned_conflicting_gap"] == 0.0
         assert m["accuracy_change"] == 0.0

@@ -42,9 +42,9 @@ def test_tree_ensemble_skips_what_cannot_apply(forest: tuple[Path, Path, Path], 
     r.assert_status("torch.parity", "skipped").assert_status("transfer.similarity", "skipped")
     assert "TreeEnsembleClassifier" in (r.check("torch.parity").skip_reason or "")
     assert "no penultimate features" in (r.check("transfer.similarity").skip_reason or "")
-    r.assert_status("transfer.attribution_distance", "pass")
+    r.assert_status("transfer.attribution_distance", "info")
     notes = " ".join(r.check("transfer.attribution_distance").notes)
     assert "occlusion used instead" in notes
     assert 0.0 <= r.metrics("transfer.attribution_distance")["distance"] <= 2.0
-    r.assert_status("performance.metrics", "pass")
+    r.assert_status("performance.metrics", "info")
     assert r.exit_code == 0

@@ -26,7 +26,7 @@ def test_evolution_approaches_the_closed_form_maximum_confidence_of_a_linear_mod
     best1, best0 = sigmoid(np.maximum(w, 0).sum() + b), sigmoid(-np.minimum(w, 0).sum() - b)
     res = audit(tmp_path, [{"use": "robustness.fooling", "with": {"clip": [0, 1], "generations": 150,
                                                                   "n_noise": 500, "threshold": 0.9}}], model)
-    res.assert_status("robustness.fooling", "pass")
+    res.assert_status("robustness.fooling", "info")
     met = res.metrics("robustness.fooling")
     evolved = [met["per_class"][k]["evolved"] for k in ("0", "1")]
     assert evolved[0] <= best0 + 1e-6 and evolved[1] <= best1 + 1e-6

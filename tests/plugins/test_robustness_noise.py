@@ -31,7 +31,7 @@ def test_gaussian_flip_rate_is_the_closed_form_probability_for_a_linear_model(tm
     sig = [0.1, 0.3, 1.0]
     res = audit(tmp_path, [{"use": "robustness.noise", "with": {"sigma": sig, "repeats": 4, "limit": None}}],
                 model, save(tmp_path, "d.npz", x=x, y=y))
-    res.assert_status("robustness.noise", "pass")
+    res.assert_status("robustness.noise", "info")
     met = res.metrics("robustness.noise")
     assert met["clean_accuracy"] == 1.0 and met["n"] == 3000
     for point, s in zip(met["curve"], sig):

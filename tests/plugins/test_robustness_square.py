@@ -49,7 +49,7 @@ def test_linear_model_minimal_adversarial_distance_in_closed_form(tmp_path: Path
     res = audit(tmp_path, [{"use": "robustness.square_attack",
                             "with": {"eps": eps, "norm": norm, "max_queries": 1000, "limit": None}}],
                 model, save(tmp_path, "d.npz", x=x, y=y))
-    res.assert_status("robustness.square_attack", "pass")
+    res.assert_status("robustness.square_attack", "info")
     met = res.metrics("robustness.square_attack")
     art = res.check("robustness.square_attack").artifacts
     rows = art["rows"]

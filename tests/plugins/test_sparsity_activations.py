@@ -63,7 +63,7 @@ def test_dead_units_zero_fraction_and_rank(tmp_path: Path) -> None:
     path, data, w, x, y = dead_mlp(tmp_path)
     res = run_audit({"checks": [{"use": "sparsity.activations"}]}, model=path, data=data, workdir=tmp_path,
                     disable=OTHER_PLUGINS)
-    res.assert_status("sparsity.activations", "pass")
+    res.assert_status("sparsity.activations", "info")
     m = res.metrics("sparsity.activations")
     h = np.maximum(x.astype(np.float64) @ w["w1"] + w["b1"], 0)  # the Relu output in numpy
     e = m["layers"]["hr"]

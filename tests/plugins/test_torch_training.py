@@ -171,7 +171,7 @@ def test_cnn_retrained_from_scratch(tmp_path: Path) -> None:
                      "checks": [{"use": "torch.retrain", "with": {"reinit": True, "epochs": 3, "rules": rules,
                                                                   "save_dir": str(tmp_path / "out")}}]},
                     model=tmp_path / "cnn.onnx", data=tmp_path / "test.npz", workdir=tmp_path)
-    res.assert_status("torch.retrain", "pass")
+    res.assert_status("torch.retrain", "info")
     met = res.metrics("torch.retrain")
     bp, fa = met["runs"]["backprop"]["sgd"], met["runs"]["feedback_alignment"]["sgd"]
     assert bp["accuracy"] >= 0.85
@@ -201,7 +201,7 @@ def test_mlp_rules_and_optimizers(tmp_path: Path) -> None:
                          "epochs": 4, "rules": ["direct_feedback_alignment", "difference_target_propagation"],
                          "optimizers": ["sgd", "sam"], "save_dir": str(tmp_path / "out")}}]},
                     model=tmp_path / "mlp.onnx", data=tmp_path / "test.npz", workdir=tmp_path)
-    res.assert_status("torch.retrain", "pass")
+    res.assert_status("torch.retrain", "info")
     runs = res.metrics("torch.retrain")["runs"]
     assert set(runs) == {"backprop", "direct_feedback_alignment", "difference_target_propagation"}
     for rule, per in runs.items():

@@ -73,7 +73,7 @@ def _cka(x: np.ndarray, y: np.ndarray) -> float:
 
 def test_similarity_numbers_and_trained_beats_shuffled(world: World) -> None:
     res = audit(world, [{"use": "transfer.similarity"}], {"same": "b", "shuffled": "s"})
-    res.assert_status("transfer.similarity", "pass")
+    res.assert_status("transfer.similarity", "info")
     m = res.metrics("transfer.similarity")
     ha, hb, hs = world.a.hidden(world.x), world.b.hidden(world.x), world.s.hidden(world.x)
     same, shuf = m["by_reference"]["same"], m["by_reference"]["shuffled"]
@@ -129,7 +129,7 @@ def test_transferability_matches_sklearn_and_direct_formulas(world: World) -> No
     np.savez(world.root / "parity.npz", x=world.x, y=parity)
     res = audit(world, [{"use": "transfer.transferability", "with": {"folds": 4}}], {"shuffled": "s"},
                 data=world.root / "parity.npz")
-    res.assert_status("transfer.transferability", "pass")
+    res.assert_status("transfer.transferability", "info")
     m = res.metrics("transfer.transferability")
     f = world.a.hidden(world.x)
     theta = world.a.probs(world.x)
@@ -346,7 +346,7 @@ def test_installed_entry_point(world: World) -> None:
                      "reference": {"path": str(world.paths["b"])}},
                     model=world.paths["a"], data=world.data, workdir=world.root, entry_points=True,
                     disable=_other_plugins())
-    res.assert_status("transfer.similarity", "pass")
+    res.assert_status("transfer.similarity", "info")
     assert res.check("transfer.similarity").plugin == "transfer"
     assert res.metrics("transfer.similarity")["cka"] == pytest.approx(
         _cka(world.a.hidden(world.x), world.b.hidden(world.x)), abs=1e-5)
