@@ -10,6 +10,7 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -247,7 +248,7 @@ def penultimate(graph: GraphProto, output: str) -> str | None:
 
 def _not_constant(name: str, producers: dict[str, onnx.NodeProto]) -> bool:
     p = producers.get(name)
-    return p is None or p.op_type != "Constant"
+    return p is None or p.op_type not in ("Constant", "ConstantOfShape")
 
 
 # ---------------------------------------------------------------------------------------------- weights
@@ -255,7 +256,9 @@ def _not_constant(name: str, producers: dict[str, onnx.NodeProto]) -> bool:
 
 @dataclass(frozen=True)
 class WeightRef:
-    """A weight tensor of the graph (an initializer or a Constant node's value), not yet read."""
+    """A weight tensor of the graph, not yet read: an initializer, a ``Constant`` node's value, a
+    ``ConstantOfShape`` node's output (``fill`` holds its one value; nothing is materialised) or a tensor
+    folded from a constant sub-graph (``folded_from`` names its ops)."""
 
     name: str
     shape: tuple[int, ...]
@@ -264,6 +267,9 @@ class WeightRef:
     external: bool
     nbytes: int
     tensor: TensorProto = field(repr=False, compare=False)
+    fill: float | int | None = None
+    folded_from: tuple[str, ...] = ()
+    source: str = "initializer"  # initializer | Constant | ConstantOfShape | folded
 
     @property
     def is_layer_weight(self) -> bool:
@@ -278,28 +284,183 @@ class WeightRef:
         return self.consumers[0][1] if self.consumers else None
 
 
+def np_dtype(elem_type: int) -> np.dtype | None:
+    """The numpy dtype of an ONNX element type (``ml_dtypes`` ones for bfloat16 / float8), or ``None``."""
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
+    except Exception:
+        return None
+
+
+def is_float_dtype(dtype: np.dtype) -> bool:
+    """Float storage, including the ``ml_dtypes`` types numpy does not call inexact (bfloat16, float8)."""
+    return dtype.kind == "f" or "float" in dtype.name
+
+
+def constant_tensor(node: onnx.NodeProto) -> TensorProto | None:
+    """The value of a ``Constant`` node as a tensor named after its output, whichever attribute holds it
+    (``value``, ``value_float(s)``, ``value_int(s)``, ``sparse_value``); ``None`` for string values."""
+    for a in node.attribute:
+        arr: np.ndarray | None = None
+        if a.name == "value" and a.HasField("t"):
+            t = TensorProto()
+            t.CopyFrom(a.t)
+            t.name = node.output[0]
+            return t
+        if a.name == "sparse_value" and a.HasField("sparse_tensor"):
+            sp = a.sparse_tensor
+            values = numpy_helper.to_array(sp.values)
+            idx = numpy_helper.to_array(sp.indices).astype(np.int64)
+            dims = tuple(int(d) for d in sp.dims)
+            dense = np.zeros(int(np.prod(dims)), dtype=values.dtype)
+            flat = idx if idx.ndim == 1 else np.ravel_multi_index(tuple(idx.T), dims)
+            dense[flat] = values
+            arr = dense.reshape(dims)
+        elif a.name == "value_float":
+            arr = np.asarray(a.f, dtype=np.float32)
+        elif a.name == "value_floats":
+            arr = np.asarray(list(a.floats), dtype=np.float32)
+        elif a.name == "value_int":
+            arr = np.asarray(a.i, dtype=np.int64)
+        elif a.name == "value_ints":
+            arr = np.asarray(list(a.ints), dtype=np.int64)
+        if arr is not None:
+            return numpy_helper.from_array(arr, node.output[0])
+    return None
+
+
+def _static_ints(name: str, inits: dict[str, TensorProto], consts: dict[str, TensorProto]) -> list[int] | None:
+    t = inits.get(name) or consts.get(name)
+    if t is None or t.data_location == TensorProto.EXTERNAL:
+        return None
+    return [int(v) for v in numpy_helper.to_array(t).reshape(-1)]
+
+
 def iter_weights(model: ModelProto) -> Iterator[WeightRef]:
-    """Every initializer and Constant tensor of the main graph, with its consumers, without reading data."""
+    """Every weight tensor of the main graph with its consumers, without reading data: initializers,
+    ``Constant`` values and ``ConstantOfShape`` outputs whose shape is a constant (exporters such as
+    onnx-caffe2 write every weight that way)."""
     g = model.graph
     cons = consumers(g)
-    tensors: list[TensorProto] = list(g.initializer)
+    tensors: list[tuple[TensorProto, float | int | None, str]] = [(t, None, "initializer") for t in g.initializer]
+    inits = {t.name: t for t in g.initializer}
+    consts: dict[str, TensorProto] = {}
     for n in g.node:
-        if n.op_type == "Constant":
-            for a in n.attribute:
-                if a.name == "value" and a.HasField("t"):
-                    t = TensorProto()
-                    t.CopyFrom(a.t)
-                    t.name = n.output[0]
-                    tensors.append(t)
-    for t in tensors:
-        try:
-            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type))
-        except Exception:
+        if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and n.output:
+            t = constant_tensor(n)
+            if t is not None:
+                consts[t.name] = t
+                tensors.append((t, None, "Constant"))
+    for n in g.node:
+        if n.op_type != "ConstantOfShape" or n.domain not in ("", "ai.onnx") or not n.input or not n.output:
+            continue
+        dims = _static_ints(n.input[0], inits, consts)
+        if dims is None or any(d < 0 for d in dims):
+            continue
+        value = np.zeros(1, dtype=np.float32)
+        for a in n.attribute:
+            if a.name == "value":
+                value = numpy_helper.to_array(a.t).reshape(-1)
+        t = TensorProto()
+        t.name, t.data_type = n.output[0], helper.np_dtype_to_tensor_dtype(value.dtype)
+        t.dims.extend(dims)
+        fill = value[0].item() if value.size else 0
+        tensors.append((t, fill, "ConstantOfShape"))
+    for t, fill, source in tensors:
+        dtype = np_dtype(t.data_type)
+        if dtype is None:
             continue
         shape = tuple(int(d) for d in t.dims)
         external = t.data_location == TensorProto.EXTERNAL
         c = tuple((n.name or n.output[0], n.op_type, idx) for n, idx in cons.get(t.name, []))
-        yield WeightRef(t.name, shape, dtype, c, external, int(np.prod(shape)) * dtype.itemsize, t)
+        yield WeightRef(t.name, shape, dtype, c, external, int(np.prod(shape)) * dtype.itemsize, t, fill,
+                        source=source)
+
+
+def folded_weight(name: str, value: np.ndarray, ops: tuple[str, ...],
+                  consumers_of: tuple[tuple[str, str, int], ...] = ()) -> WeightRef:
+    """A :class:`WeightRef` for a tensor computed by constant folding (held in memory)."""
+    arr = np.ascontiguousarray(value)
+    t = numpy_helper.from_array(arr, name)
+    return WeightRef(name, tuple(int(d) for d in arr.shape), arr.dtype, consumers_of, False, int(arr.nbytes), t,
+                     None, ops, "folded")
+
+
+#: Ops a constant sub-graph may contain for :func:`fold_constant` (deterministic, no subgraphs, no data).
+FOLDABLE_OPS = frozenset({
+    "Identity", "Cast", "CastLike", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Concat",
+    "Split", "Slice", "Gather", "Expand", "Tile", "Pad", "Mul", "Add", "Sub", "Div", "Neg", "Abs", "Sqrt",
+    "Reciprocal", "Pow", "Exp", "Log", "Clip", "Max", "Min", "Sum", "Where", "Not", "Equal", "Less",
+    "Greater", "DequantizeLinear", "QuantizeLinear", "ConstantOfShape", "Constant", "Shape", "Size", "Range",
+    "ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceL2", "MatMul", "Sign", "Floor", "Ceil",
+    "Round",
+})
+
+
+def constant_subgraph(graph: GraphProto, name: str, *, max_nodes: int = 64) -> list[onnx.NodeProto] | None:
+    """The nodes computing ``name`` from initializers and constants only (graph order), or ``None`` if it
+    depends on a graph input or on an op outside :data:`FOLDABLE_OPS`. ``[]`` for an initializer."""
+    producers = produced_tensors(graph)
+    inits = initializer_names(graph)
+    data = {i.name for i in graph.input if i.name not in inits}
+    needed: dict[int, onnx.NodeProto] = {}
+    order = {id(n): k for k, n in enumerate(graph.node)}
+    stack, seen = [name], set()
+    while stack:
+        t = stack.pop()
+        if t in seen or not t:
+            continue
+        seen.add(t)
+        if t in inits:
+            continue
+        if t in data or t not in producers:
+            return None
+        node = producers[t]
+        if node.op_type not in FOLDABLE_OPS or node.domain not in ("", "ai.onnx"):
+            return None
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            return None
+        needed[id(node)] = node
+        if len(needed) > max_nodes:
+            return None
+        stack.extend(node.input)
+    return sorted(needed.values(), key=lambda n: order[id(n)])
+
+
+def fold_constant(model: ModelProto, name: str, base_dir: Path) -> tuple[np.ndarray, tuple[str, ...]] | None:
+    """The value of tensor ``name`` if it is computed from constants alone (see :func:`constant_subgraph`),
+    evaluated with onnx's reference implementation, and the op types it went through."""
+    g = model.graph
+    nodes = constant_subgraph(g, name)
+    if nodes is None:
+        return None
+    refs = {r.name: r for r in iter_weights(model)}
+    if not nodes:
+        ref = refs.get(name)
+        return None if ref is None else (np.asarray(read_tensor(ref, base_dir)), ())
+    from onnx.reference import ReferenceEvaluator
+
+    needed_inits = {i for n in nodes for i in n.input if i} - {o for n in nodes for o in n.output}
+    feeds: dict[str, np.ndarray] = {}
+    for i in needed_inits:
+        ref = refs.get(i)
+        if ref is None:
+            return None
+        feeds[i] = np.asarray(read_tensor(ref, base_dir))
+    sub = helper.make_graph(
+        list(nodes), "fold",
+        [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape))
+         for k, v in feeds.items()],
+        [helper.make_tensor_value_info(name, 0, None)],
+    )
+    m = helper.make_model(sub, opset_imports=list(model.opset_import))
+    m.ir_version = min(int(model.ir_version) or 9, 10)
+    try:
+        values: list[Any] = list(ReferenceEvaluator(m).run(None, feeds))
+        value = values[0]
+    except Exception:
+        return None
+    return np.asarray(value), tuple(n.op_type for n in nodes)
 
 
 def external_location(tensor: TensorProto, base_dir: Path) -> tuple[Path, int, int | None]:
@@ -344,4 +505,7 @@ def read_tensor(ref: WeightRef, base_dir: Path) -> np.ndarray:
             raise ValueError(f"external data of '{t.name}' is shorter than its shape says")
         arr = np.memmap(path, dtype=ref.dtype.newbyteorder("<"), mode="r", offset=offset, shape=(count,))
         return arr.reshape(ref.shape)
+    if ref.fill is not None:
+        # a ConstantOfShape output: one value broadcast (no memory), read-only like a memory map
+        return np.broadcast_to(np.asarray(ref.fill, dtype=ref.dtype), ref.shape)
     return numpy_helper.to_array(t)

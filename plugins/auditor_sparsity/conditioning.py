@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 
 from auditor import AuditContext, Check, CheckResult, Finding, Param, SkipCheck
+from auditor.graph import is_float_dtype
+from auditor_sparsity.lipschitz import chain_factors
 from auditor_sparsity.spectral import Spectrum, effective_rank, energy_rank, singular_values
 from auditor_sparsity.weights import LayerWeight, decode, find_layer_weights, layer_values
 
@@ -26,9 +28,20 @@ def matrix_stack(lw: LayerWeight, w: np.ndarray) -> np.ndarray:
     return w.reshape(-1, w.shape[-2], w.shape[-1])
 
 
+def computation_eps(dtype: np.dtype) -> float:
+    """Machine epsilon of the arithmetic a weight of storage type ``dtype`` is analysed in: float32 for
+    float32 and narrower floats (float16 / bfloat16 / float8 are widened exactly, and the decomposition runs
+    in float64, so the storage's own coarse epsilon says nothing about the rank), float64 for float64 and
+    for dequantized integers (decoded in float64)."""
+    if is_float_dtype(dtype) and dtype.itemsize <= 4:
+        return float(np.finfo(np.float32).eps)
+    return float(np.finfo(np.float64).eps)
+
+
 def numerical_rank(s: np.ndarray, shape: tuple[int, int], blocks: int, eps: float) -> int:
     """Singular values above ``σ_max · max(m, n) · eps`` (``numpy.linalg.matrix_rank``'s default
-    tolerance, with ``eps`` of the stored weight type), for the whole block-diagonal matrix."""
+    tolerance, with ``eps`` of the computation: :func:`computation_eps`), for the whole block-diagonal
+    matrix."""
     if not s.size:
         return 0
     tol = s[0] * max(shape[0] * blocks, shape[1] * blocks) * eps
@@ -56,11 +69,13 @@ class Conditioning(Check):
     ``rank_99`` the smallest rank keeping 90 / 99 % of Σσ² (Trained Rank Pruning, Xu et al. 2019), and
     ``numerical_rank``.
 
-    ``spectral_norm_product`` = Π σ_max(W_l) over the layers; ``lipschitz_upper_bound`` multiplies each conv's
-    factor by √(kh·kw), since ``||conv_W||_2 <= √(kh·kw) ||reshape(W)||_2`` (Singla & Feizi, "Fantastic
-    Four", ICLR 2021), which makes the product a true upper bound of the Lipschitz constant of a
-    feed-forward chain with 1-Lipschitz activations (Szegedy et al. 2014); residual additions and
-    normalisation layers are not accounted for.
+    ``spectral_norm_product`` = Π σ_max(W_l) over the layers (a summary, not a bound).
+    ``lipschitz_upper_bound`` is reported only where the graph from the data input to the audited output is
+    a chain (see :mod:`auditor_sparsity.lipschitz`): the product of each linear layer's operator-norm bound
+    (a conv's σ_max times √(kh·kw), since ``||conv_W||_2 <= √(kh·kw) ||reshape(W)||_2``, Singla & Feizi,
+    "Fantastic Four", ICLR 2021) and the Lipschitz factor of every other op on the chain (Szegedy et al.
+    2014). A residual addition, a concatenation, attention, a data-dependent normalisation or a quantizer on
+    the way makes it ``null``, with the node that prevents it named in the notes.
 
     Class weight imbalance: the L2 norm of each class's weights in the classifier head and their spread
     (``class_norm_ratio`` max/min, ``class_norm_cv`` std/mean), the bias that weight aligning corrects (Zhao et
@@ -94,10 +109,13 @@ class Conditioning(Check):
         "max_spectral_norm": "largest spectral norm",
         "max_condition_number": "largest condition number (null if a matrix is singular)",
         "singular_matrices": "matrices whose numerical rank is below min(rows, cols)",
-        "spectral_norm_product": "Π of the spectral norms (null on overflow)",
+        "spectral_norm_product": "Π of the spectral norms (a summary, not a bound; null on overflow or when an "
+                                 "integer weight's scale is unknown)",
         "log10_spectral_norm_product": "log10 of that product",
-        "lipschitz_upper_bound": "Π of per-layer operator-norm bounds (conv: √(kh·kw)·σ_max); null on overflow",
-        "log10_lipschitz_upper_bound": "log10 of that bound",
+        "lipschitz_upper_bound": "L2 Lipschitz bound of the input-to-output chain (Π of operator-norm bounds "
+                                 "and activation factors); null when the graph is not such a chain (notes say "
+                                 "why) or on overflow",
+        "log10_lipschitz_upper_bound": "log10 of that bound (null with it)",
         "class_norms": "L2 norm of each class's weights in the classifier head (output order)",
         "class_norm_ratio": "max / min of the class norms",
         "class_norm_cv": "std / mean of the class norms",
@@ -112,8 +130,10 @@ class Conditioning(Check):
         exact_dim, max_err = int(ctx.params["exact_max_dim"]), float(ctx.params["max_rel_error"])
         out: dict[str, Any] = {}
         findings: list[Finding] = []
-        log_prod = log_lip = 0.0
+        log_prod = 0.0
         zero_norm = False
+        op_norms: dict[str, float | None] = {}
+        unscaled: list[str] = []
         methods: set[str] = set()
         for k, lw in enumerate(layers):
             ctx.check_cancelled()
@@ -124,7 +144,7 @@ class Conditioning(Check):
             alpha = abs(lw.alpha)
             s = spec.values * alpha
             smax, smin = float(s[0]), float(s[-1])
-            eps = float(np.finfo(lw.ref.dtype).eps) if lw.ref.dtype.kind == "f" else float(np.finfo(np.float64).eps)
+            eps = computation_eps(lw.ref.dtype)
             rank = numerical_rank(s, spec.shape, spec.blocks, eps)
             # below the numerical-rank tolerance σ_min is rounding noise of the stored weights, so the
             # condition number is reported as unbounded (null) rather than as a meaningless large number
@@ -149,9 +169,11 @@ class Conditioning(Check):
             methods.add(spec.method)
             kernel = lw.layer_shape[2:] if lw.kind in ("conv", "conv_transpose") else ()
             factor = math.sqrt(float(np.prod(kernel))) if kernel else 1.0
+            op_norms[lw.node] = smax * factor if lw.scale_known else None
+            if not lw.scale_known:
+                unscaled.append(lw.name)
             if smax > 0:
                 log_prod += math.log10(smax)
-                log_lip += math.log10(smax * factor)
             else:
                 zero_norm = True
             if cond is None:
@@ -169,15 +191,26 @@ class Conditioning(Check):
             "max_spectral_norm": max(e["spectral_norm"] for e in out.values()),
             "max_condition_number": None if singular else max(conds),
             "singular_matrices": singular,
-            "log10_spectral_norm_product": None if zero_norm else log_prod,
-            "spectral_norm_product": 0.0 if zero_norm else _finite_pow10(log_prod),
-            "log10_lipschitz_upper_bound": None if zero_norm else log_lip,
-            "lipschitz_upper_bound": 0.0 if zero_norm else _finite_pow10(log_lip),
+            "log10_spectral_norm_product": None if zero_norm or unscaled else log_prod,
+            "spectral_norm_product": None if unscaled else (0.0 if zero_norm else _finite_pow10(log_prod)),
             "layers": out,
         }
         notes = [f"singular values by {', '.join(sorted(methods))} (exact SVD up to {exact_dim} on the short "
-                 f"side; Gram route bounded by relative error {max_err:g})",
-                 "Lipschitz bound: feed-forward chain assumption (residual and normalisation layers ignored)"]
+                 f"side; Gram route bounded by relative error {max_err:g})"]
+        if unscaled:
+            notes.append(f"{len(unscaled)} integer weight(s) without a known scale ({', '.join(unscaled[:3])}): "
+                         f"their spectral norms are of q - zero_point, so no product or bound is reported")
+        log_lip, why = _lipschitz(ctx, layers, op_norms)
+        metrics["log10_lipschitz_upper_bound"] = log_lip
+        metrics["lipschitz_upper_bound"] = None if log_lip is None else (
+            0.0 if log_lip == -math.inf else _finite_pow10(log_lip))
+        if log_lip == -math.inf:
+            metrics["log10_lipschitz_upper_bound"] = None
+        notes.append(why)
+        quantized = [lw.name for lw in layers if lw.quantized]
+        if quantized:
+            notes.append(f"{len(quantized)} quantized weight(s): singular values of the dequantized values "
+                         f"(q - zero_point) * scale")
         head = class_norms(ctx, layers)
         if head is not None:
             lw, norms = head
@@ -188,6 +221,34 @@ class Conditioning(Check):
         else:
             notes.append("no classifier head found (no linear layer reads the penultimate features)")
         return CheckResult(metrics=metrics, findings=findings, notes=notes)
+
+
+def _lipschitz(ctx: AuditContext, layers: list[LayerWeight],
+               op_norms: dict[str, float | None]) -> tuple[float | None, str]:
+    """log10 of the chain bound (``-inf`` for a zero factor), or ``None``, and the note that says why."""
+    h = ctx.model
+    output = h.outputs[0] if h.outputs else h.proto.graph.output[0].name
+    alias = {z.output: z.tensor for z in h.zipmaps.values()}
+    output = alias.get(output, output)
+    slots = {lw.node: lw.slot for lw in layers}
+    chain = chain_factors(h.proto, output, h.input.name, h.path.parent, slots)
+    if chain.reason is not None:
+        return None, (f"lipschitz_upper_bound: null, the graph is not a chain the product of layer norms "
+                      f"bounds: {chain.reason}")
+    total = 0.0
+    for key, op, f in chain.factors:
+        if key in chain.linear:
+            norm = op_norms.get(key)
+            if norm is None:
+                return None, f"lipschitz_upper_bound: null, no operator norm for {op} node '{key}'"
+            f = norm
+        if f <= 0:
+            return -math.inf, "lipschitz_upper_bound: 0 (a layer maps everything to a constant)"
+        total += math.log10(f)
+    nonlinear = sorted({op for key, op, _ in chain.factors if key not in chain.linear})
+    return total, (f"lipschitz_upper_bound: L2 bound of the chain of {len(chain.linear)} linear layers "
+                   f"from '{h.input.name}' to '{output}' (conv: √(kh·kw)·σ_max), times the Lipschitz factors "
+                   f"of {', '.join(nonlinear) or 'no other op'}")
 
 
 def _finite_pow10(x: float) -> float | None:

@@ -27,9 +27,12 @@ def weight_entry(st: WeightStats, limit: int) -> dict[str, Any]:
         "kind": lw.kind,
         "shape": list(lw.shape),
         "via": list(lw.via),
+        "source": lw.ref.source,
         "external": bool(lw.ref.external),
+        "quantized": lw.quantized,
         "params": st.size,
         "zeros": st.zeros,
+        "quantization_zeros": st.zeros if lw.quantized else 0,
         "sparsity": st.sparsity,
         "near_zero_fraction": st.near_zero / st.size if st.size else 0.0,
         "max_abs": st.max_abs,
@@ -57,7 +60,10 @@ class SparsityProfile(Check):
 
     Per layer type and overall the figures are parameter-weighted: sums of zeros over sums of parameters, and
     the PQ index of all the weights of that type seen as one vector (from the summed norms).
-    Integer (quantized) weights count ``q == zero_point`` as zero.
+    Integer (quantized) weights — QDQ ``DequantizeLinear`` chains, QLinear*, *Integer — are read as
+    ``(q - zero_point) * scale`` (per tensor or per axis): ``q == zero_point`` is a zero, which quantization
+    produces for every ``|w| < scale / 2``; those are counted apart in ``quantization_zeros``. Weights that
+    ``Constant`` / ``ConstantOfShape`` nodes or constant sub-graphs produce are read as the layer sees them.
     """
 
     name = "sparsity.profile"
@@ -71,12 +77,15 @@ class SparsityProfile(Check):
     ]
     needs = frozenset()
     metrics_doc = {
-        "weights": "per initializer (keyed by its ONNX name): node, op_type, shape, params, zeros, sparsity, "
+        "weights": "per initializer (keyed by its ONNX name): node, op_type, shape, source (initializer | "
+                   "Constant | ConstantOfShape | folded), quantized, params, zeros, quantization_zeros, sparsity, "
                    "near_zero_fraction, max_abs, pq_index, zero_outputs / zero_inputs (+ indices), n_outputs, "
                    "n_inputs",
         "by_op_type": "per consuming op type: weights, params, zeros, sparsity, near_zero_fraction, pq_index",
         "params": "parameters in layer weights",
         "zeros": "exact zeros in layer weights",
+        "quantization_zeros": "zeros inside quantized weights (q == zero_point: rounded to zero, not "
+                              "necessarily pruned)",
         "sparsity": "zeros / params over all layer weights",
         "near_zero_fraction": "share of layer-weight parameters with |w| <= near_zero",
         "pq_index": "PQ index (p=1, q=2) of all layer weights as one vector",
@@ -94,7 +103,7 @@ class SparsityProfile(Check):
         near, limit = float(ctx.params["near_zero"]), int(ctx.params["max_indices"])
         weights: dict[str, Any] = {}
         groups: dict[str, dict[str, float]] = {}
-        totals = {"params": 0, "zeros": 0, "near": 0, "l1": 0.0, "l2sq": 0.0, "zo": 0, "zi": 0}
+        totals = {"params": 0, "zeros": 0, "near": 0, "l1": 0.0, "l2sq": 0.0, "zo": 0, "zi": 0, "qz": 0}
         findings: list[Finding] = []
         for k, lw in enumerate(layers):
             ctx.report_progress(k, len(layers), lw.name)
@@ -111,6 +120,7 @@ class SparsityProfile(Check):
                 acc["l2sq"] += st.l2sq
             grp["weights"] += 1
             totals["zo"] += entry["zero_outputs"]
+            totals["qz"] += entry["quantization_zeros"]
             totals["zi"] += entry["zero_inputs"]
             if st.zeros == st.size:
                 findings.append(Finding(message=f"weight '{lw.name}' of {lw.node} is entirely zero",
@@ -127,6 +137,7 @@ class SparsityProfile(Check):
             "layer_weights": len(layers),
             "params": n,
             "zeros": int(totals["zeros"]),
+            "quantization_zeros": int(totals["qz"]),
             "sparsity": totals["zeros"] / n,
             "near_zero_fraction": totals["near"] / n,
             "pq_index": pq_index(totals["l1"], totals["l2sq"], n),
@@ -139,4 +150,15 @@ class SparsityProfile(Check):
         ext = sum(1 for lw in layers if lw.ref.external)
         notes = [f"{len(layers)} layer weights streamed in chunks"
                  + (f" ({ext} memory-mapped from external data)" if ext else "")]
+        quantized = [lw for lw in layers if lw.quantized]
+        if quantized:
+            notes.append(f"{len(quantized)} quantized weight(s) read as (q - zero_point) * scale: their "
+                         f"{int(totals['qz'])} zeros are entries stored as the zero point (values that rounded "
+                         f"to 0, |w| < scale / 2), counted in quantization_zeros; not necessarily pruned weights")
+        special = {src: sum(1 for lw in layers if lw.ref.source == src) for src in ("Constant", "ConstantOfShape",
+                                                                                     "folded")}
+        if any(special.values()):
+            notes.append("weights not stored as initializers: " + ", ".join(
+                f"{v} from {k}" + (" (constant sub-graphs evaluated once)" if k == "folded" else "")
+                for k, v in special.items() if v))
         return CheckResult(metrics=metrics, findings=findings, notes=notes)

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from auditor.graph import WeightRef, external_location
+from auditor.graph import WeightRef, external_location, fold_constant, folded_weight, is_float_dtype
 from auditor.model import ModelHandle
 
 #: Bytes of float64 working memory per chunk. Small enough that a chunk and its temporaries stay in the CPU
@@ -77,11 +77,24 @@ class LayerWeight:
     via: tuple[str, ...] = ()
     data_input: str | None = None
     extra: dict[str, object] = field(default_factory=dict)
+    slot: int = 1  # the input index of the layer node that receives the weight
 
     @property
     def name(self) -> str:
         """The initializer's name in the ONNX graph."""
         return self.ref.name
+
+    @property
+    def quantized(self) -> bool:
+        """Whether the layer sees integer values decoded by a scale and zero point (QDQ, QLinear*, *Integer):
+        an exact zero is then a value that rounded to the zero point, not necessarily a pruned weight."""
+        return self.dequant is not None or "DequantizeLinear" in self.via
+
+    @property
+    def scale_known(self) -> bool:
+        """False for an integer weight whose scale could not be located (``ConvInteger`` / ``MatMulInteger``
+        outside the dynamic-quantization pattern): values are then ``q - zero_point``, off by one factor."""
+        return self.dequant is None or self.dequant.scale is not None or self.op_type not in _INT_PARAMS
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -139,8 +152,9 @@ def find_layer_weights(model: ModelHandle) -> list[LayerWeight]:
                 consumers.setdefault(name, []).append((n, i))
     order = {_node_key(n): k for k, n in enumerate(g.node)}
     found: list[tuple[int, LayerWeight]] = []
+    covered: set[str] = set()
     for ref in refs.values():
-        if len(ref.shape) < 2 or 0 in ref.shape or ref.dtype.kind not in "fiu":
+        if len(ref.shape) < 2 or 0 in ref.shape or not (ref.dtype.kind in "iu" or is_float_dtype(ref.dtype)):
             continue
         # Follow single-consumer pass-through nodes: the layer sees the weight after them.
         tensor, perm = ref.name, tuple(range(len(ref.shape)))
@@ -173,9 +187,38 @@ def find_layer_weights(model: ModelHandle) -> list[LayerWeight]:
             lw = _describe(model, node, idx, ref, perm, tuple(via), dequant, inits)
             if lw is not None:
                 found.append((order.get(_node_key(node), 0), lw))
+                covered.add(_node_key(node))
                 break
+    found.extend(_folded_layer_weights(model, covered, order, inits))
     found.sort(key=lambda t: t[0])
     return [lw for _, lw in found]
+
+
+def _folded_layer_weights(model: ModelHandle, covered: set[str], order: dict[str, int],
+                          inits: dict[str, onnx.TensorProto]) -> list[tuple[int, LayerWeight]]:
+    """Layer weights computed by a constant sub-graph that is not a plain pass-through chain (a Reshape, an
+    Unsqueeze, a Mul by a constant, a DequantizeLinear after a Transpose ...): folded once with onnx's
+    reference evaluator and audited as the values the layer receives."""
+    out: list[tuple[int, LayerWeight]] = []
+    for node in model.proto.graph.node:
+        key = _node_key(node)
+        if key in covered or node.op_type not in _WEIGHT_SLOTS:
+            continue
+        for idx in _WEIGHT_SLOTS[node.op_type]:
+            if len(node.input) <= idx or not node.input[idx] or node.input[idx] in inits:
+                continue
+            got = fold_constant(model.proto, node.input[idx], model.path.parent)
+            if got is None:
+                continue
+            value, ops = got
+            if value.ndim < 2 or 0 in value.shape or not (value.dtype.kind in "iu" or is_float_dtype(value.dtype)):
+                continue
+            ref = folded_weight(node.input[idx], value, ops, ((key, node.op_type, idx),))
+            lw = _describe(model, node, idx, ref, tuple(range(value.ndim)), ops, None, inits)
+            if lw is not None:
+                out.append((order.get(key, 0), lw))
+                break
+    return out
 
 
 def _describe(model: ModelHandle, node: onnx.NodeProto, idx: int, ref: WeightRef, perm: tuple[int, ...],
@@ -192,6 +235,8 @@ def _describe(model: ModelHandle, node: onnx.NodeProto, idx: int, ref: WeightRef
         sc = None
         if sci is not None and len(node.input) > sci:
             sc = _small_array(model, node.input[sci], inits)
+        elif sci is None:
+            sc = _integer_op_scale(model, node, inits)
         arrays = [a for a in (zp, sc) if a is not None]
         per_axis = any(a.ndim == 1 and a.size > 1 for a in arrays)
         # Per-channel parameters of these ops run along the output channels.
@@ -204,9 +249,10 @@ def _describe(model: ModelHandle, node: onnx.NodeProto, idx: int, ref: WeightRef
         if op == "ConvTranspose":
             # (C_in, C_out / group, k...): axis 0 indexes inputs, axis 1 outputs within a group.
             return LayerWeight(ref, _node_key(node), op, "conv_transpose", out_axis=perm[1], in_axis=perm[0],
-                               perm=perm, groups=groups, dequant=dequant, via=via, data_input=data_input)
+                               perm=perm, groups=groups, dequant=dequant, via=via, data_input=data_input,
+                               slot=idx)
         return LayerWeight(ref, _node_key(node), op, "conv", out_axis=perm[0], in_axis=perm[1], perm=perm,
-                           groups=groups, dequant=dequant, via=via, data_input=data_input)
+                           groups=groups, dequant=dequant, via=via, data_input=data_input, slot=idx)
     alpha = 1.0
     if op == "Gemm":
         if rank != 2:
@@ -224,7 +270,41 @@ def _describe(model: ModelHandle, node: onnx.NodeProto, idx: int, ref: WeightRef
         # MatMul (and integer forms): X @ W with W (..., K, N), or W @ X with W (M, K) when W comes first.
         out_l, in_l = (rank - 1, rank - 2) if idx != 0 else (rank - 2, rank - 1)
     return LayerWeight(ref, _node_key(node), op, "matrix", out_axis=perm[out_l], in_axis=perm[in_l], perm=perm,
-                       alpha=alpha, dequant=dequant, via=via, data_input=data_input)
+                       alpha=alpha, dequant=dequant, via=via, data_input=data_input, slot=idx)
+
+
+def _integer_op_scale(model: ModelHandle, node: onnx.NodeProto,
+                      inits: dict[str, onnx.TensorProto]) -> np.ndarray | None:
+    """The weight scale of a ``ConvInteger`` / ``MatMulInteger``, which the op itself does not take: ONNX
+    Runtime's dynamic quantizer multiplies the (cast) integer result by ``x_scale * w_scale`` right after it.
+    Found by that pattern (``Mul(x_scale, w_scale)`` with ``w_scale`` an initializer); ``None`` otherwise."""
+    g = model.proto.graph
+    prod = {o: n for n in g.node for o in n.output}
+    cons: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for i in n.input:
+            cons.setdefault(i, []).append(n)
+    t = node.output[0]
+    for _ in range(2):
+        nxt = cons.get(t, [])
+        if len(nxt) != 1:
+            return None
+        n = nxt[0]
+        if n.op_type == "Cast":
+            t = n.output[0]
+            continue
+        if n.op_type != "Mul":
+            return None
+        other = n.input[1] if n.input[0] == t else n.input[0]
+        sp = prod.get(other)
+        if sp is None or sp.op_type != "Mul":
+            return None
+        # x_scale is computed (DynamicQuantizeLinear's second output); the initializer is the weight's
+        cands = [i for i in sp.input if i in inits]
+        if len(cands) != 1:
+            return None
+        return _small_array(model, cands[0], inits)
+    return None
 
 
 def _broadcast(param: np.ndarray, axis: int | None, ndim: int, rows: slice) -> np.ndarray:
