@@ -27,6 +27,7 @@ from auditor.datasets.sources import ArraySource, LazySource
 from auditor.errors import AuditorError, DataError, ModelLoadError, PluginLoadError, SkipCheck, SpecError
 from auditor.model import ModelHandle
 from auditor.outputs import Predictions
+from auditor.params import NoParams, param
 from auditor.plugins import hookimpl
 from auditor.report.base import Reporter
 from auditor.results import CheckReport, CheckResult, Finding, GateResult, Status
@@ -51,6 +52,7 @@ __all__ = [
     "ModelHandle",
     "ModelLoadError",
     "Need",
+    "NoParams",
     "Param",
     "PluginLoadError",
     "Predictions",
@@ -60,4 +62,5 @@ __all__ = [
     "Status",
     "__version__",
     "hookimpl",
+    "param",
 ]

@@ -6,10 +6,13 @@ One declaration gives validation (``auditor run``), documentation (``auditor che
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, ClassVar
+
+from auditor.params import NoParams, build, declared, is_params_class, problems_of
 
 if TYPE_CHECKING:
     from auditor.context import AuditContext
@@ -101,40 +104,88 @@ class Param:
 class Check:
     """Base class of every check. Subclass it, set the class attributes, implement :meth:`run`.
 
-    ``name`` is ``"<plugin>.<check>"`` (a contract: specs refer to it with ``use:``). ``params`` declares
-    the parameters (see :class:`Param`); ``needs`` what the check requires (see :class:`Need`);
-    ``metrics_doc`` names and explains the metrics it reports (gates may bound any of them).
+    ``name`` is ``"<plugin>.<check>"`` (a contract: specs refer to it with ``use:``). ``Params`` is a frozen
+    dataclass declaring the parameters (fields made with :func:`auditor.param`); ``needs`` what the check
+    requires (see :class:`Need`); ``metrics_doc`` names and explains the metrics it reports (gates may bound
+    any of them, and a gate on any other name is a spec error). A key ending in ``.*`` (``per_class_recall.*``)
+    declares a map whose keys are only known at run time.
 
-    ``run`` receives an :class:`~auditor.context.AuditContext` and returns a
+    ``run`` receives an :class:`~auditor.context.AuditContext` and an instance of ``Params`` and returns a
     :class:`~auditor.results.CheckResult`. It may raise :class:`~auditor.errors.SkipCheck`; any other
     exception becomes status ``error`` for this check while the other checks still run.
+
+    Transition: a check that still declares ``params = [Param(...)]`` and implements ``run(self, ctx)``
+    reads its parameters from ``ctx.params`` (a dict), as before.
     """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    Params: ClassVar[type[Any]] = NoParams
+    #: Deprecated: the parameter list of checks written before ``Params`` (read through ``ctx.params``).
     params: ClassVar[Sequence[Param]] = ()
     needs: ClassVar[frozenset[Need]] = frozenset({Need.DATA})
     metrics_doc: ClassVar[dict[str, str]] = {}
     #: Whether the runner should also run this check on the ``baseline:`` model (for delta gates).
     run_on_baseline: ClassVar[bool] = True
 
-    def run(self, ctx: AuditContext) -> CheckResult:
-        """Run the check. Override this."""
-        raise NotImplementedError
+    if TYPE_CHECKING:
+        # Transition: typed as any callable until every legacy ``run(self, ctx)`` is migrated.
+        run: Callable[..., CheckResult]
+    else:
+
+        def run(self, ctx: AuditContext, params: Any) -> CheckResult:
+            """Run the check with its typed parameters. Override this."""
+            raise NotImplementedError
+
+    @classmethod
+    def takes_params(cls) -> bool:
+        """Whether ``run`` takes the typed parameters (``run(ctx, params)``) rather than only ``ctx``."""
+        import inspect
+
+        try:
+            sig = inspect.signature(cls.run)
+        except (TypeError, ValueError):
+            return True
+        pos = [p for p in sig.parameters.values()
+               if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+        return len(pos) >= 3 or any(p.kind is p.VAR_POSITIONAL for p in pos)
+
+    @classmethod
+    def declared_params(cls) -> list[Param]:
+        """Every parameter, from ``Params`` (or the deprecated ``params`` list)."""
+        if cls.Params is NoParams and cls.params:
+            return list(cls.params)
+        cached = cls.__dict__.get("_declared_cache")
+        if cached is None or cached[0] is not cls.Params:
+            cached = (cls.Params, declared(cls.Params))
+            cls._declared_cache = cached  # type: ignore[attr-defined]
+        return list(cached[1])
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
         """The default value of every declared parameter."""
-        return {p.name: p.default for p in cls.params}
+        return {p.name: p.default for p in cls.declared_params()}
+
+    @classmethod
+    def build_params(cls, values: dict[str, Any]) -> Any:
+        """The typed parameters for a validated ``with:`` mapping (``NoParams()`` for a legacy check)."""
+        if cls.Params is NoParams:
+            return NoParams()
+        return build(cls.Params, values)
 
     @classmethod
     def params_schema(cls) -> dict[str, Any]:
         """JSON Schema of the ``with:`` mapping of this check."""
         return {
             "type": "object",
-            "properties": {p.name: p.json_schema() for p in cls.params},
+            "properties": {p.name: p.json_schema() for p in cls.declared_params()},
             "additionalProperties": False,
         }
+
+    @classmethod
+    def metric_names(cls) -> list[str]:
+        """The declared metric names (``metrics_doc`` keys; ``name.*`` patterns included)."""
+        return list(cls.metrics_doc)
 
 
 @dataclass(frozen=True)
@@ -151,3 +202,51 @@ class CheckInfo:
     def name(self) -> str:
         """The check's ``use:`` name."""
         return self.cls.name
+
+
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*\.[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+def check_class_problems(cls: Any) -> list[str]:
+    """What is wrong with a registered check class (empty when it is usable).
+
+    A check must be a :class:`Check` subclass named ``"<plugin>.<check>"`` with a description (or
+    docstring), parameters whose defaults satisfy their own declaration, ``needs`` made of :class:`Need`,
+    and, for typed checks, declared metrics.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Check)):
+        return [f"{cls!r} is not a Check subclass"]
+    name = cls.name or ""
+    if not _NAME.match(name):
+        return [f"{cls.__qualname__}: name {name!r} is not of the form 'plugin.check'"]
+    out: list[str] = []
+    if not (cls.description or (cls.__doc__ or "").strip()):
+        out.append(f"{name}: no description or docstring")
+    if not all(isinstance(n, Need) for n in cls.needs):
+        out.append(f"{name}: needs must be Need members, got {sorted(map(str, cls.needs))}")
+    typed = cls.Params is not NoParams
+    if typed and not is_params_class(cls.Params):
+        return [*out, f"{name}: Params must be a dataclass"]
+    if typed and not cls.takes_params():
+        out.append(f"{name}: declares Params but run() does not take them (run(self, ctx, params))")
+    if typed and not cls.metrics_doc:
+        out.append(f"{name}: declares no metrics (metrics_doc)")
+    try:
+        declared_list = cls.declared_params()
+    except (TypeError, NameError) as exc:
+        return [*out, f"{name}: bad Params declaration: {exc}"]
+    from jsonschema import Draft202012Validator
+
+    for p in declared_list:
+        if p.default is None and (p.nullable or not typed):
+            continue
+        schema = {k: v for k, v in p.json_schema().items() if k != "default"}
+        for err in Draft202012Validator(schema).iter_errors(p.default):
+            out.append(f"{name}: default of parameter '{p.name}' ({p.default!r}) is invalid: {err.message}")
+    if typed and not out:
+        try:
+            instance = cls.Params()
+        except Exception as exc:
+            return [f"{name}: Params() fails: {type(exc).__name__}: {exc}"]
+        out += [f"{name}: defaults break a rule: {msg}" for msg in problems_of(instance)]
+    return out

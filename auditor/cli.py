@@ -101,7 +101,7 @@ def _registry(disable: tuple[str, ...] = (), plugins: tuple[str, ...] = ()) -> A
 
 plugin_options = [
     click.option("--disable", "disable", multiple=True, metavar="PLUGIN",
-                 help="Do not load this plugin (repeatable)."),
+                 help="Do not load this plugin (repeatable); the spec's checks of it are skipped with a reason."),
     click.option("-p", "plugins", multiple=True, metavar="MODULE",
                  help="Load an extra plugin module by import name (repeatable)."),
 ]
@@ -126,21 +126,27 @@ def main() -> None:
 @click.option("--format", "formats", metavar="LIST", help="Comma-separated formats, e.g. json,markdown,junit.")
 @click.option("--seed", type=int, help="Override the spec's seed.")
 @click.option("-q", "--quiet", is_flag=True, help="Only the final status line.")
+@click.option("-k", "keyword", metavar="EXPR",
+              help="Only run checks whose id matches EXPR: substrings combined with and / or / not and "
+                   "parentheses, as pytest's -k (e.g. 'noise or square', 'not torch').")
 @with_plugin_options
 @handle_errors
 def run(spec_path: Path, report_dir: Path | None, formats: str | None, seed: int | None, quiet: bool,
-        disable: tuple[str, ...], plugins: tuple[str, ...]) -> None:
+        keyword: str | None, disable: tuple[str, ...], plugins: tuple[str, ...]) -> None:
     """Run the audit described by SPEC. Exit 0: every gate passed; 1: a gate failed or a check errored;
     2: bad spec or usage; 3: internal error; 4: model, data or plugin could not be loaded."""
     from rich.console import Console
 
     from auditor.results import OK_STATUSES
     from auditor.runner import Interrupted, Runner, load_inputs, write_reports
+    from auditor.select import select_checks
     from auditor.spec import parse_spec
     from auditor.terminal import TerminalEvents, status_line, summary_table
 
     registry = _registry(disable, plugins)
-    spec = parse_spec(spec_path, registry.checks, sorted(registry.reporters))
+    spec = parse_spec(spec_path, registry.checks, sorted(registry.reporters), disabled=registry.disabled)
+    if keyword:
+        spec.checks, deselected = select_checks(spec.checks, keyword)
     if seed is not None:
         spec.seed = seed
     if report_dir is not None:
@@ -153,6 +159,8 @@ def run(spec_path: Path, report_dir: Path | None, formats: str | None, seed: int
                                          f"(available: {', '.join(sorted(registry.reporters))})"])
         spec.formats = wanted
     events = TerminalEvents(quiet=quiet)
+    if keyword:
+        events.message(f"-k {keyword}: {len(spec.checks)} selected, {len(deselected)} deselected")
     loaded = load_inputs(spec, registry.datasets)
     events.message(f"model: {spec.model.path} on {loaded.model.device_note}")
     if loaded.data is not None:
@@ -198,7 +206,7 @@ def checks(as_json: bool, disable: tuple[str, ...], plugins: tuple[str, ...]) ->
             "description": cls.description or ((cls.__doc__ or "").strip().splitlines() or [""])[0],
             "needs": sorted(str(n) for n in cls.needs),
             "params": [{"name": p.name, "type": p.type_label(), "default": p.default, "description": p.description}
-                       for p in cls.params],
+                       for p in cls.declared_params()],
             "metrics": dict(cls.metrics_doc),
         })
     if as_json:

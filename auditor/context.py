@@ -6,13 +6,14 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from auditor.cancel import raise_if_cancelled
 from auditor.data import Dataset
 from auditor.errors import CheckCancelled, SkipCheck
+from auditor.hookspecs import GRADIENTS, GradientBackend, capabilities_of
 from auditor.model import ModelHandle
 from auditor.outputs import Predictions, encode_labels, interpret
 
@@ -164,6 +165,15 @@ class AuditContext:
         if factory is None:
             raise SkipCheck(f"needs the '{name}' backend, which no installed plugin provides")
         return factory(self.model)
+
+    def gradients(self, model: ModelHandle | None = None) -> GradientBackend:
+        """A backend computing input gradients for ``model`` (default: this context's model; a reference or
+        the baseline work the same), from whichever plugin offers the capability; skips the check with a
+        reason when none does."""
+        for _name, factory in sorted(self.backends.items()):
+            if GRADIENTS in capabilities_of(factory):
+                return cast(GradientBackend, factory(model or self.model))
+        raise SkipCheck("needs gradients: install a differentiable backend (pip install 'onnx-auditor[torch]')")
 
     def sample(self, limit: int | None, data: Dataset | None = None) -> Dataset:
         """At most ``limit`` rows of the data, stratified by label and seeded (the sample is noted)."""

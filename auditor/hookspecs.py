@@ -7,14 +7,57 @@ raising implementation would stop the whole hook call), the runner calls each ch
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
+import numpy as np
 import pluggy
 
 if TYPE_CHECKING:
     from auditor.checks import Check
     from auditor.datasets.registry import DataSource
+    from auditor.model import ModelHandle
     from auditor.report.base import Reporter
+
+#: The capability of a backend that computes input gradients (what ``Need.GRADIENTS`` asks for).
+GRADIENTS = "gradients"
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+@runtime_checkable
+class GradientBackend(Protocol):
+    """What a backend offering :data:`GRADIENTS` returns for a model (any model: the audited one, a
+    reference, the baseline). Both calls are batched."""
+
+    def forward(self, x: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        """The audited output for ``x``, without gradients."""
+        ...
+
+    def input_gradients(self, x: np.ndarray, targets: np.ndarray, *, of: str = "logit",
+                        batch_size: int | None = None) -> np.ndarray:
+        """d score(target) / d x for each row (``of``: ``logit``, ``prob`` or ``loss``), shaped like ``x``."""
+        ...
+
+
+#: ``factory(model_handle)`` -> a backend object for that model.
+BackendFactory = Callable[["ModelHandle"], Any]
+
+
+def offers(*capabilities: str) -> Callable[[_F], _F]:
+    """Mark a backend factory with the capabilities it offers (``@offers(GRADIENTS)``): checks that need
+    one reach the backend through the capability, not the plugin's name."""
+
+    def mark(factory: _F) -> _F:
+        factory.capabilities = frozenset(capabilities)  # type: ignore[attr-defined]
+        return factory
+
+    return mark
+
+
+def capabilities_of(factory: Any) -> frozenset[str]:
+    """What a backend factory offers (see :func:`offers`)."""
+    caps: object = getattr(factory, "capabilities", frozenset())
+    return frozenset(caps) if isinstance(caps, (set, frozenset, list, tuple)) else frozenset()
 
 hookspec = pluggy.HookspecMarker("auditor")
 
@@ -37,10 +80,13 @@ def auditor_register_reporters() -> list[type[Reporter]]:
 
 
 @hookspec
-def auditor_register_backends() -> dict[str, Callable[..., Any]]:
+def auditor_register_backends() -> dict[str, BackendFactory]:
     """Return ``{name: factory}``; ``factory(model_handle)`` builds a backend object for a model (e.g.
-    ``"torch"``: a differentiable module with gradients). Checks reach them with ``ctx.backend(name)`` and are
-    skipped with a reason when no plugin provides the backend."""
+    ``"torch"``: a differentiable module with gradients). Mark a factory with :func:`offers` to say what it
+    provides: a factory offering :data:`GRADIENTS` returns a :class:`GradientBackend`, and checks needing
+    ``Need.GRADIENTS`` reach it with ``ctx.gradients(model)``. A named backend is reached with
+    ``ctx.backend(name)``; both skip the check with a reason when no plugin provides it. Two plugins
+    registering the same name stop the run naming both."""
     raise NotImplementedError
 
 

@@ -12,8 +12,9 @@ from typing import Any, cast
 import pluggy
 
 from auditor import hookspecs
-from auditor.checks import Check, CheckInfo
+from auditor.checks import CheckInfo, check_class_problems
 from auditor.errors import PluginLoadError
+from auditor.hookspecs import GRADIENTS, capabilities_of
 
 GROUP = "auditor"
 hookimpl = pluggy.HookimplMarker("auditor")
@@ -41,6 +42,14 @@ class Registry:
     backends: dict[str, Callable[..., Any]] = field(default_factory=dict)
     #: Data sources from ``auditor_register_datasets``, by name (the built-in ``images`` source is not here).
     datasets: dict[str, type[Any]] = field(default_factory=dict)
+    #: Which plugin registered each backend (clashes name both).
+    backend_plugins: dict[str, str] = field(default_factory=dict)
+    #: Plugins switched off with ``--disable``: the spec's checks of theirs are skipped with a reason.
+    disabled: frozenset[str] = frozenset()
+
+    def gradient_backend(self) -> str | None:
+        """The name of a backend offering gradients (``Need.GRADIENTS``), if any plugin registers one."""
+        return next((n for n, f in sorted(self.backends.items()) if GRADIENTS in capabilities_of(f)), None)
 
 
 def _dist_of(ep: md.EntryPoint) -> tuple[str | None, str | None]:
@@ -65,7 +74,7 @@ def build_registry(
     disabled = set(disable)
     pm = pluggy.PluginManager(GROUP)
     pm.add_hookspecs(hookspecs)
-    reg = Registry(pm)
+    reg = Registry(pm, disabled=frozenset(disabled))
 
     from auditor.report import builtin as report_builtin
 
@@ -92,13 +101,14 @@ def build_registry(
         except Exception as exc:
             raise PluginLoadError(f"plugin module '{mod}' (-p) failed to import: {type(exc).__name__}: {exc}") from None
         name = getattr(obj, "__name__", mod)
-        if name in disabled or pm.has_plugin(name):
+        # -p on a plugin that is already installed (registered through its entry point) is harmless.
+        if name in disabled or pm.has_plugin(name) or pm.is_registered(obj):
             continue
         pm.register(obj, name=name)
         infos[name] = PluginInfo(name, mod, None, getattr(obj, "__version__", None), "-p")
     for obj in extra_plugins:
         name = getattr(obj, "__name__", None) or type(obj).__name__
-        if name in disabled or pm.has_plugin(name):
+        if name in disabled or pm.has_plugin(name) or pm.is_registered(obj):
             continue
         pm.register(obj, name=name)
         mod = obj.__name__ if isinstance(obj, ModuleType) else type(obj).__module__
@@ -119,10 +129,9 @@ def build_registry(
                 f"plugin '{pname}' failed to register its checks: {type(exc).__name__}: {exc}"
             ) from None
         for cls in classes:
-            if not (isinstance(cls, type) and issubclass(cls, Check)) or not cls.name or "." not in cls.name:
-                raise PluginLoadError(
-                    f"plugin '{pname}' registered {cls!r}, which is not a Check subclass named 'plugin.check'"
-                )
+            bad = check_class_problems(cls)
+            if bad:
+                raise PluginLoadError(f"plugin '{pname}' registered a broken check: {'; '.join(bad)}")
             if cls.name in reg.checks:
                 other = reg.checks[cls.name].plugin
                 raise PluginLoadError(f"check '{cls.name}' is registered by both '{other}' and '{pname}'")
@@ -139,9 +148,14 @@ def build_registry(
     for impl in pm.hook.auditor_register_backends.get_hookimpls():
         try:
             backends = cast("dict[str, Callable[..., Any]]", impl.function() or {})
-            reg.backends.update(backends)
         except Exception as exc:
             raise PluginLoadError(f"plugin '{impl.plugin_name}' failed to register backends: {exc}") from None
+        for bname, factory in backends.items():
+            if bname in reg.backends:
+                raise PluginLoadError(f"backend '{bname}' is registered by both '{reg.backend_plugins[bname]}' "
+                                      f"and '{impl.plugin_name}'")
+            reg.backends[bname] = factory
+            reg.backend_plugins[bname] = impl.plugin_name
     _collect_datasets(pm, reg)
     return reg
 

@@ -205,28 +205,44 @@ class _Outcome:
     duration: float = 0.0
 
 
-def _execute(check: Any, ctx: AuditContext, timeout_s: float | None) -> _Outcome:
-    """Run ``check.run(ctx)`` in its own thread; a crash is an error, a timeout is an error, Ctrl-C is
-    passed on after the thread was told to stop."""
+def _execute(check: Any, ctx: AuditContext, timeout_s: float | None, params: Any = None) -> _Outcome:
+    """Run ``check.run(ctx, params)`` (``check.run(ctx)`` for a legacy check) in its own thread; a crash is an
+    error, a timeout is an error, Ctrl-C is passed on after the thread was told to stop.
+
+    The thread publishes its outcome under a lock, and only while the runner still waits for it: a check that
+    finishes after its timeout was declared can never turn the recorded error into a result."""
     box = _Outcome()
     ident: list[int] = []
+    lock = threading.Lock()
+    closed = [False]
+
+    def publish(**fields: Any) -> None:
+        with lock:
+            if not closed[0]:
+                for k, v in fields.items():
+                    setattr(box, k, v)
 
     def target() -> None:
         ident.append(threading.get_ident())
         if ctx.progress is not None:
             cancel.set_progress_sink(ctx.progress)
         try:
-            res = check.run(ctx)
+            res = check.run(ctx, params) if type(check).takes_params() else check.run(ctx)
             if not isinstance(res, CheckResult):
                 raise TypeError(f"run() returned {type(res).__name__}, not CheckResult")
-            box.result = res
+            publish(result=res)
         except SkipCheck as exc:
-            box.skip = str(exc) or "skipped"
+            publish(skip=str(exc) or "skipped")
         except CheckCancelled:
-            box.error = box.error or "cancelled"
+            publish(error=box.error or "cancelled")
         except BaseException as exc:  # the check's own failure: recorded, never fatal to the audit
-            box.error = f"{type(exc).__name__}: {exc}"
-            box.traceback = traceback.format_exc()
+            publish(error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+
+    def close(**fields: Any) -> None:
+        with lock:
+            closed[0] = True
+            for k, v in fields.items():
+                setattr(box, k, v)
 
     t0 = time.perf_counter()
     th = threading.Thread(target=target, name=f"check-{ctx.check_id}", daemon=True)
@@ -235,13 +251,14 @@ def _execute(check: Any, ctx: AuditContext, timeout_s: float | None) -> _Outcome
         while th.is_alive():
             th.join(0.05)
             if timeout_s is not None and time.perf_counter() - t0 > timeout_s and th.is_alive():
+                close(result=None, skip=None, traceback=None,
+                      error=f"timed out after {timeout_s:g} s (timeout_s)")
                 ctx.cancel_event.set()
                 cancel.cancel(ident[0] if ident else th.ident)
                 th.join(1.0)
-                box.result, box.skip = None, None
-                box.error = f"timed out after {timeout_s:g} s (timeout_s)"
                 break
     except KeyboardInterrupt:
+        close()
         ctx.cancel_event.set()
         cancel.cancel(ident[0] if ident else th.ident)
         th.join(2.0)
@@ -249,6 +266,7 @@ def _execute(check: Any, ctx: AuditContext, timeout_s: float | None) -> _Outcome
     finally:
         if not th.is_alive():
             cancel.forget(th.ident)
+    close()
     box.duration = time.perf_counter() - t0
     return box
 
@@ -311,19 +329,22 @@ class Runner:
 
     def run_check(self, cs: CheckSpec, loaded: Loaded) -> CheckReport:
         """Run one check (and again on the baseline model), evaluate its gates."""
+        if cs.skip_reason is not None:
+            return self._report(cs, None, _Outcome(skip=cs.skip_reason), None)
         info: CheckInfo = self.registry.checks[cs.use]
         needs = info.cls.needs
         skip_reason = None
-        if Need.GRADIENTS in needs and "torch" not in self.registry.backends:
+        if Need.GRADIENTS in needs and self.registry.gradient_backend() is None:
             skip_reason = "needs gradients: install a differentiable backend (pip install 'onnx-auditor[torch]')"
         if skip_reason is None and loaded.data is not None and Need.LABELS in needs and loaded.data.y is None:
             skip_reason = "needs labels (data.y)"
         if skip_reason is not None:
             return self._report(cs, info, _Outcome(skip=skip_reason), None)
-        outcome = _execute(info.cls(), self._context(cs, loaded, "model"), cs.timeout_s)
+        params = info.cls.build_params(cs.params)
+        outcome = _execute(info.cls(), self._context(cs, loaded, "model"), cs.timeout_s, params)
         base_metrics = None
         if loaded.baseline is not None and info.cls.run_on_baseline and outcome.result is not None:
-            bo = _execute(info.cls(), self._context(cs, loaded, "baseline"), cs.timeout_s)
+            bo = _execute(info.cls(), self._context(cs, loaded, "baseline"), cs.timeout_s, params)
             if bo.result is not None:
                 base_metrics = bo.result.metrics
             else:
@@ -334,7 +355,9 @@ class Runner:
                     notes=outcome.result.notes, artifacts=outcome.result.artifacts)
         return self._report(cs, info, outcome, base_metrics)
 
-    def _report(self, cs: CheckSpec, info: CheckInfo, o: _Outcome, base: dict[str, Any] | None) -> CheckReport:
+    def _report(self, cs: CheckSpec, info: CheckInfo | None, o: _Outcome,
+                base: dict[str, Any] | None) -> CheckReport:
+        plugin = info.plugin if info is not None else cs.use.split(".", 1)[0]
         if o.result is None:
             status = Status.ERROR if o.error else Status.SKIPPED
             gates: list[GateResult] = []
@@ -344,7 +367,7 @@ class Runner:
                                     status=Status.WARN if g.severity == "warn" else Status.FAIL,
                                     severity=g.severity, message=f"{g.metric}: not evaluated (check skipped)")
                          for g in cs.gates for op, t in g.bounds.items()]
-            return CheckReport(id=cs.id, use=cs.use, plugin=info.plugin, status=status, params=cs.params,
+            return CheckReport(id=cs.id, use=cs.use, plugin=plugin, status=status, params=cs.params,
                                metrics={}, gates=gates, findings=[], notes=[], duration_s=o.duration,
                                error=o.error, skip_reason=o.skip if status is Status.SKIPPED else None,
                                artifacts={"traceback": o.traceback} if o.traceback else {})
@@ -353,7 +376,7 @@ class Runner:
         statuses = [g.status for g in gates]
         statuses += [Status.FAIL if f.severity == "fail" else Status.WARN for f in r.findings
                      if f.severity in ("fail", "warn")]
-        return CheckReport(id=cs.id, use=cs.use, plugin=info.plugin, status=worst(statuses), params=cs.params,
+        return CheckReport(id=cs.id, use=cs.use, plugin=plugin, status=worst(statuses), params=cs.params,
                            metrics=r.metrics, gates=gates, findings=list(r.findings), notes=list(r.notes),
                            duration_s=o.duration, baseline_metrics=base, artifacts=dict(r.artifacts))
 
@@ -370,12 +393,12 @@ class Runner:
                 rep = self.run_check(cs, loaded)
             except KeyboardInterrupt:
                 interrupted = True
-                info = self.registry.checks[cs.use]
+                info = self.registry.checks.get(cs.use)
                 rep = self._report(cs, info, _Outcome(error="interrupted (Ctrl-C)"), None)
                 reports.append(rep)
                 self.events.check_finished(rep)
                 for rest in self.spec.checks[i + 1:]:
-                    reports.append(self._report(rest, self.registry.checks[rest.use],
+                    reports.append(self._report(rest, self.registry.checks.get(rest.use),
                                                 _Outcome(skip="not run: interrupted"), None))
                 break
             reports.append(rep)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import difflib
 import os
 from dataclasses import dataclass, field
+from enum import Enum
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +20,24 @@ from auditor.datasets.preprocess import merged as merged_preprocess
 from auditor.datasets.preprocess import validate as validate_preprocess
 from auditor.errors import SpecError, short
 from auditor.model import ModelConfig
+from auditor.params import problems_of
 from auditor.yamlio import Path_, YamlProblem
 from auditor.yamlio import load as _load_text
 
-GATE_OPS = ("min", "max", "max_drop", "max_increase")
+
+class GateOp(str, Enum):
+    """A bound a gate puts on a metric."""
+
+    MIN = "min"
+    MAX = "max"
+    MAX_DROP = "max_drop"
+    MAX_INCREASE = "max_increase"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+GATE_OPS = tuple(op.value for op in GateOp)
 
 _MODEL = {
     "type": "object",
@@ -151,7 +167,10 @@ class GateSpec:
 
 @dataclass(frozen=True)
 class CheckSpec:
-    """One ``checks:`` entry, with defaults filled in."""
+    """One ``checks:`` entry, with defaults filled in.
+
+    ``skip_reason`` is set when the check will not run whatever happens (its plugin is disabled).
+    """
 
     id: str
     use: str
@@ -161,6 +180,7 @@ class CheckSpec:
     index: int
     line: int | None = None
     """1-based line of the entry's ``use:`` in the spec file (``None`` for a spec given as a dict)."""
+    skip_reason: str | None = None
 
 
 @dataclass
@@ -258,19 +278,56 @@ def load_yaml(path: Path) -> Any:
     return load_yaml_lines(path)[0]
 
 
+def unknown_metric(metric: str, declared: list[str]) -> str | None:
+    """Why a gate on ``metric`` can never be evaluated for a check declaring ``declared`` (``None``: it can).
+
+    A gate may name a declared metric, reach inside one (``curve.-1.accuracy``, ``per_class_recall.3``) or
+    match a declared pattern (``per_class_recall.*``). A check that declares no metrics is not checked.
+    """
+    if not declared:
+        return None
+    for name in declared:
+        if metric == name or metric.startswith(name + ".") or ("*" in name and fnmatchcase(metric, name)):
+            return None
+        if name.endswith(".*") and metric == name[:-2]:
+            return None
+    plain = [n for n in declared if "*" not in n]
+    close = difflib.get_close_matches(metric, plain, n=1) or difflib.get_close_matches(
+        metric.split(".")[0], plain, n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return f"the check never reports this metric ({hint}it reports: {', '.join(declared)})"
+
+
+def _disabled_plugin(use: Any, disabled: frozenset[str]) -> str | None:
+    """The disabled plugin whose check ``use`` names (by its ``<plugin>.`` prefix), if any."""
+    if not isinstance(use, str) or "." not in use:
+        return None
+    prefix = use.split(".", 1)[0]
+    return prefix if prefix in disabled else None
+
+
 def parse_spec(path: Path, checks: dict[str, CheckInfo], formats: list[str],
-               doc: Any | None = None, lines: dict[Path_, int] | None = None) -> Spec:
+               doc: Any | None = None, lines: dict[Path_, int] | None = None, *,
+               disabled: frozenset[str] | set[str] = frozenset()) -> Spec:
     """Load and validate ``path`` against the installed checks; raise :class:`SpecError` with every problem.
 
-    ``doc`` (with its ``lines``, optional) is used instead of reading ``path``."""
+    ``doc`` (with its ``lines``, optional) is used instead of reading ``path``. Checks of a plugin in
+    ``disabled`` (``--disable``) are kept and will be reported as skipped; their parameters are not validated
+    (the plugin is not loaded)."""
     path = Path(path)
+    disabled = frozenset(disabled)
     if doc is None:
         doc, lines = load_yaml_lines(path)
     lines = dict(lines or {})
     if not isinstance(doc, dict):
         raise SpecError(str(path), ["the spec must be a YAML mapping (version, model, data, checks, ...)"])
+    entries = doc.get("checks") if isinstance(doc.get("checks"), list) else []
+    off_idx = {i for i, e in enumerate(entries) if isinstance(e, dict) and _disabled_plugin(e.get("use"), disabled)}
     validator = Draft202012Validator(build_schema(checks, formats))
-    errors = sorted(validator.iter_errors(doc), key=lambda e: (list(map(str, e.absolute_path)), e.message))
+    errors = sorted((e for e in validator.iter_errors(doc)
+                     if not (len(e.absolute_path) >= 2 and e.absolute_path[0] == "checks"
+                             and e.absolute_path[1] in off_idx)),
+                    key=lambda e: (list(map(str, e.absolute_path)), e.message))
     problems: list[str] = []
     for e in errors:
         if e.validator == "allOf" or e.validator == "if":
@@ -325,16 +382,34 @@ def parse_spec(path: Path, checks: dict[str, CheckInfo], formats: list[str],
             )
             continue
         seen[cid] = i
-        info = checks[use]
-        params = {**info.cls.defaults(), **(entry.get("with") or {})}
+        off = _disabled_plugin(use, disabled)
         gates = []
         for metric, g in (entry.get("gate") or {}).items():
+            if not isinstance(g, dict):  # only possible for a disabled plugin's entry (not validated)
+                continue
             bounds = {k: float(v) for k, v in g.items() if k in GATE_OPS}
             if not bounds:
                 problems.append(f"checks[{i}].gate.{metric}: give at least one of {', '.join(GATE_OPS)}")
             if ("max_drop" in bounds or "max_increase" in bounds) and "baseline" not in doc:
                 problems.append(f"checks[{i}].gate.{metric}: max_drop/max_increase need a baseline: model")
+            if off is None:
+                why = unknown_metric(str(metric), checks[use].cls.metric_names())
+                if why:
+                    problems.append(f"checks[{i}].gate.{metric}: {why}")
             gates.append(GateSpec(metric, bounds, g.get("severity", "fail")))
+        if off is not None:
+            parsed.append(CheckSpec(cid, use, dict(entry.get("with") or {}), gates, entry.get("timeout_s"), i,
+                                    line=lines.get(("checks", i, "use")),
+                                    skip_reason=f"plugin '{off}' is disabled (--disable {off})"))
+            continue
+        info = checks[use]
+        params = {**info.cls.defaults(), **(entry.get("with") or {})}
+        try:
+            typed = info.cls.build_params(params)
+        except (TypeError, ValueError) as exc:
+            problems.append(f"checks[{i}].with: {exc}")
+        else:
+            problems += [f"checks[{i}].with.{msg}" for msg in problems_of(typed)]
         needs = info.cls.needs
         for need, key, label in [(Need.DATA, "data", "data:"), (Need.TRAIN_DATA, "train_data", "train_data:")]:
             if need in needs and key not in doc:

@@ -106,7 +106,7 @@ def run_audit(spec: dict[str, Any] | str | Path, *, model: str | Path | None = N
         path = (workdir or Path.cwd()) / "spec.yaml"
     try:
         registry = build_registry(disable=disable, extra_plugins=plugins, use_entry_points=entry_points)
-        parsed = parse_spec(path, registry.checks, sorted(registry.reporters), doc=doc)
+        parsed = parse_spec(path, registry.checks, sorted(registry.reporters), doc=doc, disabled=registry.disabled)
         loaded = load_inputs(parsed, registry.datasets)
         try:
             report = Runner(parsed, registry).run(loaded)

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from auditor import Check, SkipCheck, hookimpl
+from auditor.hookspecs import GRADIENTS, offers
 from auditor_torch.registry import UnsupportedOpError, register_op, supported_ops
 
 __version__ = "0.1.0"
@@ -38,6 +39,7 @@ def torch_available() -> bool:
         return False
 
 
+@offers(GRADIENTS)
 def _factory(handle: Any) -> Any:
     try:
         from auditor_torch.backend import factory
