@@ -7,11 +7,12 @@ Expected calibration error follows Guo et al., "On Calibration of Modern Neural 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, Check, CheckResult, Finding, Need, Param
+from auditor import AuditContext, Check, CheckResult, Finding, Need, param
 
 
 def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
@@ -72,15 +73,16 @@ class PerformanceMetrics(Check):
     name = "performance.metrics"
     description = ("Accuracy, top-5 accuracy (more than 5 classes), log loss, expected calibration error, "
                    "per-class recall and confusion matrix for classifiers; MAE, RMSE and R² for regressors.")
-    params = [
-        Param(name="ece_bins", type="integer", default=15, minimum=2, description="Bins of the calibration error."),
-        Param(name="top_k", type="integer", default=5, minimum=2,
-              description="k of top-k accuracy (reported when there are more than k classes)."),
-    ]
+
+    @dataclass(frozen=True)
+    class Params:
+        ece_bins: int = param(15, "Bins of the calibration error.", minimum=2)
+        top_k: int = param(5, "k of top-k accuracy (reported when there are more than k classes).", minimum=2)
+
     needs = frozenset({Need.DATA, Need.LABELS})
     metrics_doc = {
         "accuracy": "share of correct top-1 predictions",
-        "top5_accuracy": "share with the true class among the top k (named top{k}_accuracy)",
+        "top*_accuracy": "share with the true class among the top k (named top{k}_accuracy, e.g. top5_accuracy)",
         "log_loss": "mean negative log-likelihood of the true class",
         "ece": "expected calibration error (equal-width bins)",
         "balanced_accuracy": "mean per-class recall",
@@ -90,9 +92,12 @@ class PerformanceMetrics(Check):
         "rmse": "root mean squared error (regression)",
         "r2": "coefficient of determination (regression)",
         "nonfinite_outputs": "samples whose output has NaN or inf",
+        "n": "samples evaluated (with a known label)",
+        "n_classes": "columns of the model's probabilities",
+        "classes": "the class label of each column",
     }
 
-    def run(self, ctx: AuditContext) -> CheckResult:
+    def run(self, ctx: AuditContext, params: Params) -> CheckResult:
         """Compute the metrics on the whole audit data in one batched pass."""
         data = ctx.require_data()
         pred = ctx.predictions()
@@ -116,7 +121,7 @@ class PerformanceMetrics(Check):
         metrics: dict[str, Any] = {"n": len(y), "n_classes": n_classes,
                                    "accuracy": float(np.mean(labels == y)),
                                    "nonfinite_outputs": int(pred.nonfinite)}
-        k = int(ctx.params["top_k"])
+        k = params.top_k
         pf, yf = _rows(probs, finite), _rows(y, finite)
         if n_classes > k:
             metrics[f"top{k}_accuracy"] = top_k_accuracy(pf, yf, k) * len(yf) / max(len(y), 1)
@@ -124,7 +129,7 @@ class PerformanceMetrics(Check):
             notes.append("the model gives labels only: log loss and calibration are not defined")
         elif len(yf):
             metrics["log_loss"] = log_loss(pf, yf)
-            metrics["ece"] = expected_calibration_error(pf, yf, int(ctx.params["ece_bins"]))
+            metrics["ece"] = expected_calibration_error(pf, yf, params.ece_bins)
         pred_lab = np.where(labels < 0, n_classes, labels)  # NaN rows counted as an extra "no prediction" column
         cm = np.bincount(y * (n_classes + 1) + pred_lab, minlength=n_classes * (n_classes + 1)).reshape(
             n_classes, n_classes + 1)
