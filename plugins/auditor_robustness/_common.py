@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from auditor import ArraySource, AuditContext, Dataset, ModelHandle, Param, SkipCheck
+from auditor import ArraySource, AuditContext, Dataset, ModelHandle, SkipCheck, param
 from auditor.outputs import interpret, softmax
 
 #: Smallest probability used when taking logs (a probability of exactly 0 must not give -inf margins).
@@ -71,22 +71,18 @@ class Geometry:
         return np.ascontiguousarray(xc).reshape((len(xc), *self.shape))
 
 
-def range_param(default: Any = None) -> Param:
-    """The ``clip`` parameter every check here declares."""
-    return Param(
-        name="clip", type="array", items="number", default=default, nullable=True,
-        schema={"type": ["array", "null"], "items": {"type": "number"}, "minItems": 2, "maxItems": 2},
-        description="Valid input range [lo, hi]; perturbed inputs are clipped to it. null: inferred for images "
-                    "([0, 1] or [0, 255] when the data lies there, else the data's min and max), no clipping "
-                    "for other inputs.",
-    )
+def range_param(default: list[float] | None = None) -> Any:
+    """The ``clip`` field every check here declares (``clip: list[float] | None = range_param()``)."""
+    return param(default, "Valid input range [lo, hi]; perturbed inputs are clipped to it. null: inferred for "
+                 "images ([0, 1] or [0, 255] when the data lies there, else the data's min and max), no clipping "
+                 "for other inputs.",
+                 schema={"type": ["array", "null"], "items": {"type": "number"}, "minItems": 2, "maxItems": 2})
 
 
-def limit_param(default: int | None) -> Param:
-    """The ``limit`` parameter every check here declares."""
-    return Param(name="limit", type="integer", default=default, minimum=1, nullable=True,
-                 description="Audit at most this many rows, a seeded sample stratified by label (noted in the "
-                             "report); null: every row.")
+def limit_param(default: int | None) -> Any:
+    """The ``limit`` field every check here declares (``limit: int | None = limit_param(500)``)."""
+    return param(default, "Audit at most this many rows, a seeded sample stratified by label (noted in the "
+                 "report); null: every row.", minimum=1)
 
 
 def value_range(clip: Sequence[float] | None, x: np.ndarray, geometry: Geometry) -> tuple[float, float] | None:

@@ -18,11 +18,12 @@ All pairs and grid points go through the model in one batched call per stage.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, Check, CheckResult, Need, Param, SkipCheck
+from auditor import AuditContext, Check, CheckResult, Need, SkipCheck, param
 from auditor_robustness._common import (
     Classifier,
     Geometry,
@@ -86,20 +87,21 @@ class BlindSpots(Check):
     description = ("Under-sensitivity (Sriram et al. 2023): how far an input can be moved toward an image of "
                    "another class, or along random directions, while the prediction and its confidence stay "
                    "put; share of such pairs and the distance reached.")
-    params = [
-        Param(name="pairs", type="integer", default=200, minimum=1, description="Source/target pairs probed."),
-        Param(name="conf_tol", type="number", default=0.05, minimum=0, maximum=1,
-              description="Largest change of the source class's probability that still counts as unchanged."),
-        Param(name="alpha_threshold", type="number", default=0.5, minimum=0, maximum=1,
-              description="A pair is a blind spot when held at least this share of the way to the target."),
-        Param(name="steps", type="integer", default=16, minimum=1, description="Grid points along each path."),
-        Param(name="refine", type="integer", default=6, minimum=0,
-              description="Bisection steps after the grid (precision 1/(steps·2^refine))."),
-        Param(name="random_directions", type="integer", default=4, minimum=0,
-              description="Random directions per source (radii up to the pair's distance); 0: none."),
-        range_param(),
-        limit_param(2000),
-    ]
+
+    @dataclass(frozen=True)
+    class Params:
+        pairs: int = param(200, "Source/target pairs probed.", minimum=1)
+        conf_tol: float = param(0.05, "Largest change of the source class's probability that still counts as "
+                "unchanged.", minimum=0, maximum=1)
+        alpha_threshold: float = param(0.5, "A pair is a blind spot when held at least this share of the way to the "
+                "target.", minimum=0, maximum=1)
+        steps: int = param(16, "Grid points along each path.", minimum=1)
+        refine: int = param(6, "Bisection steps after the grid (precision 1/(steps·2^refine)).", minimum=0)
+        random_directions: int = param(4, "Random directions per source (radii up to the pair's distance); 0: none.",
+                minimum=0)
+        clip: list[float] | None = range_param()
+        limit: int | None = limit_param(2000)
+
     needs = frozenset({Need.DATA})
     metrics_doc = {
         "blind_spot_rate": "share of pairs held at least alpha_threshold of the way to the other class",
@@ -109,12 +111,14 @@ class BlindSpots(Check):
         "random_blind_spot_rate": "share of random directions held for at least alpha_threshold of the radius",
         "random_median_fraction": "median distance held along random directions, as a share of the pair distance",
         "n_pairs": "pairs probed",
+        "median_pair_distance": "median L2 distance between the two images of a pair",
+        "queries": "inputs sent to the model",
     }
 
-    def run(self, ctx: AuditContext) -> CheckResult:
+    def run(self, ctx: AuditContext, params: Params) -> CheckResult:
         """Pick pairs of correctly classified rows of different classes, scan the paths in batches."""
-        p = ctx.params
-        data, notes = sample(ctx, p["limit"])
+        p = params
+        data, notes = sample(ctx, p.limit)
         if np.asarray(data.x).dtype.kind != "f":
             raise SkipCheck(f"the model input is {data.x.dtype}: paths need real-valued inputs")
         geo = Geometry.of(data.x, ctx.model.layout)
@@ -127,14 +131,14 @@ class BlindSpots(Check):
         ok_rows = np.flatnonzero(clean_pred == ref)
         if len(np.unique(ref[ok_rows])) < 2:
             raise SkipCheck("needs correctly classified samples of at least two classes")
-        vr = value_range(p["clip"], xc, geo)
-        notes.append(describe_range(vr, p["clip"] is not None))
-        src, tgt = pick_pairs(ref[ok_rows], p["pairs"], ctx.rng)
+        vr = value_range(p.clip, xc, geo)
+        notes.append(describe_range(vr, p.clip is not None))
+        src, tgt = pick_pairs(ref[ok_rows], p.pairs, ctx.rng)
         src, tgt = ok_rows[src], ok_rows[tgt]
         n = len(src)
         cls = ref[src]
         conf0 = p0[src, cls]
-        tol = p["conf_tol"]
+        tol = p.conf_tol
 
         def held(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
             ctx.check_cancelled()
@@ -149,8 +153,8 @@ class BlindSpots(Check):
         def toward(t: np.ndarray, rows: np.ndarray) -> np.ndarray:
             return (xs[rows] + t[:, None, None, None] * diff[rows]).astype(np.float32)
 
-        alpha = held_along(toward, held, n, p["steps"], p["refine"])
-        thr = p["alpha_threshold"]
+        alpha = held_along(toward, held, n, p.steps, p.refine)
+        thr = p.alpha_threshold
         metrics: dict[str, Any] = {
             "n_pairs": n,
             "blind_spot_rate": float(np.mean(alpha >= thr)),
@@ -159,7 +163,7 @@ class BlindSpots(Check):
             "median_distance": float(np.median(alpha * dist)),
             "median_pair_distance": float(np.median(dist)),
         }
-        k = p["random_directions"]
+        k = p.random_directions
         if k:
             rrows = np.repeat(np.arange(n), k)
             u = ctx.rng.standard_normal((n * k, geo.c, geo.h, geo.w))
@@ -175,7 +179,7 @@ class BlindSpots(Check):
             def held_random(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
                 return held(x, rrows[rows])
 
-            frac = held_along(randomly, held_random, n * k, p["steps"], p["refine"])
+            frac = held_along(randomly, held_random, n * k, p.steps, p.refine)
             moved = np.sqrt(np.sum((randomly(frac, np.arange(n * k)) - base).reshape(n * k, -1) ** 2, axis=1))
             reach = moved / np.maximum(radius, 1e-300)  # clipping to the valid range can shorten the move
             metrics["random_blind_spot_rate"] = float(np.mean(reach >= thr))

@@ -13,11 +13,12 @@ Unrecognizable Images" (CVPR 2015). Two probes, both black-box and batched:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, Check, CheckResult, Dataset, Need, Param, SkipCheck
+from auditor import AuditContext, Check, CheckResult, Dataset, Need, SkipCheck, param
 from auditor_robustness._common import Classifier, Geometry, describe_range, limit_param, margins, range_param
 
 #: Share of the values mutated per child, and the mutation std as a share of the input range (large steps,
@@ -69,22 +70,20 @@ class Fooling(Check):
     description = ("Highest confidence the model gives to unrecognizable inputs: uniform and Gaussian noise, "
                    "and inputs evolved black-box to maximise each class (Nguyen et al. 2015); per class and "
                    "overall.")
-    params = [
-        Param(name="n_noise", type="integer", default=1000, minimum=1,
-              description="Random inputs per noise distribution (uniform, Gaussian)."),
-        Param(name="generations", type="integer", default=100, minimum=0,
-              description="Generations of the evolutionary search (one batched query each)."),
-        Param(name="population", type="integer", default=16, minimum=1, description="Population per class."),
-        Param(name="classes", type="array", items="integer", default=None, nullable=True, minimum=0,
-              description="Class columns to evolve inputs for; null: every class, at most max_classes of them "
-                          "(a seeded choice)."),
-        Param(name="max_classes", type="integer", default=20, minimum=1,
-              description="Most classes evolved when classes is null."),
-        Param(name="threshold", type="number", default=0.99, minimum=0, maximum=1,
-              description="Confidence at or above which an input counts as fooling the model."),
-        range_param(),
-        limit_param(2000),
-    ]
+
+    @dataclass(frozen=True)
+    class Params:
+        n_noise: int = param(1000, "Random inputs per noise distribution (uniform, Gaussian).", minimum=1)
+        generations: int = param(100, "Generations of the evolutionary search (one batched query each).", minimum=0)
+        population: int = param(16, "Population per class.", minimum=1)
+        classes: list[int] | None = param(None, "Class columns to evolve inputs for; null: every class, at most "
+                "max_classes of them (a seeded choice).", minimum=0)
+        max_classes: int = param(20, "Most classes evolved when classes is null.", minimum=1)
+        threshold: float = param(0.99, "Confidence at or above which an input counts as fooling the model.",
+                minimum=0, maximum=1)
+        clip: list[float] | None = range_param()
+        limit: int | None = limit_param(2000)
+
     needs = frozenset[Need]()
     metrics_doc = {
         "max_confidence": "highest confidence on any unrecognizable input (noise or evolved)",
@@ -97,15 +96,16 @@ class Fooling(Check):
         "gaussian": "Gaussian noise: max_confidence, mean_confidence, fooled_rate",
         "per_class": "per class: highest confidence in it from uniform noise, Gaussian noise, evolution",
         "queries": "inputs sent to the model",
+        "n_classes_evolved": "classes inputs were evolved for",
     }
 
-    def run(self, ctx: AuditContext) -> CheckResult:
+    def run(self, ctx: AuditContext, params: Params) -> CheckResult:
         """Noise first (two batched passes), then the evolution (one batched pass per generation)."""
-        p = ctx.params
+        p = params
         notes: list[str] = []
         data = None
         if ctx.data is not None:
-            data = ctx.sample(p["limit"])
+            data = ctx.sample(p.limit)
             notes.append(data.notes[-1] if data is not ctx.data and data.notes else "statistics from all rows")
             x = np.asarray(data.x)
         else:
@@ -118,8 +118,8 @@ class Fooling(Check):
             raise SkipCheck(f"the model input is {x.dtype}: noise needs real-valued inputs")
         geo = Geometry.of(x, ctx.model.layout)
         xc = geo.canonical(x).astype(np.float32)
-        if p["clip"] is not None:
-            lo, hi = float(p["clip"][0]), float(p["clip"][1])
+        if p.clip is not None:
+            lo, hi = float(p.clip[0]), float(p.clip[1])
             if not lo < hi:
                 raise ValueError(f"clip: lo must be below hi (got [{lo:g}, {hi:g}])")
             notes.append(describe_range((lo, hi), True))
@@ -134,8 +134,8 @@ class Fooling(Check):
             notes.append(f"noise and evolution within [{lo:g}, {hi:g}] (inferred from the data)")
         clf = Classifier(ctx.model, geo)
         shape3 = (geo.c, geo.h, geo.w)
-        n = p["n_noise"]
-        thr = p["threshold"]
+        n = p.n_noise
+        thr = p.threshold
         uni = clf.probs(ctx.rng.uniform(lo, hi, (n, *shape3)).astype(np.float32))
         if ctx.data is not None:
             mu, sd = float(xc.mean()), float(xc.std())
@@ -150,9 +150,9 @@ class Fooling(Check):
 
         def on_generation(g: int) -> None:
             ctx.check_cancelled()
-            ctx.report_progress(g, p["generations"], "generations")
+            ctx.report_progress(g, p.generations, "generations")
 
-        _, evo_p = evolve(clf, classes, shape3, lo, hi, population=p["population"], generations=p["generations"],
+        _, evo_p = evolve(clf, classes, shape3, lo, hi, population=p.population, generations=p.generations,
                           rng=ctx.rng, on_generation=on_generation)
         evo_conf = evo_p[np.arange(len(classes)), classes]
 
@@ -194,15 +194,15 @@ class Fooling(Check):
         return [str(j) for j in range(n_classes)]
 
     @staticmethod
-    def _classes(p: dict[str, Any], n_classes: int, rng: np.random.Generator, notes: list[str]) -> np.ndarray:
+    def _classes(p: Params, n_classes: int, rng: np.random.Generator, notes: list[str]) -> np.ndarray:
         """The class columns to evolve inputs for."""
-        if p["classes"] is not None:
-            cls = np.array(sorted(set(int(c) for c in p["classes"])), dtype=np.int64)
+        if p.classes is not None:
+            cls = np.array(sorted(set(int(c) for c in p.classes)), dtype=np.int64)
             if len(cls) and cls.max() >= n_classes:
                 raise ValueError(f"classes: the model has {n_classes} classes (columns 0..{n_classes - 1})")
             return cls
-        if n_classes <= p["max_classes"]:
+        if n_classes <= p.max_classes:
             return np.arange(n_classes)
-        cls = np.sort(rng.choice(n_classes, p["max_classes"], replace=False))
-        notes.append(f"evolved {p['max_classes']} of {n_classes} classes (seeded choice; set classes to pick)")
+        cls = np.sort(rng.choice(n_classes, p.max_classes, replace=False))
+        notes.append(f"evolved {p.max_classes} of {n_classes} classes (seeded choice; set classes to pick)")
         return cls

@@ -16,11 +16,12 @@ inverse problems with deep learning based operators" (Evangelista et al., 2023).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, Check, CheckResult, Need, Param, SkipCheck
+from auditor import AuditContext, Check, CheckResult, Need, SkipCheck, param
 from auditor_robustness._common import (
     Classifier,
     Geometry,
@@ -139,22 +140,36 @@ class NoiseSweep(Check):
     description = ("Accuracy and prediction-flip rate under Gaussian / uniform / salt-and-pepper noise, blur, "
                    "brightness, contrast (images, any layout) or per-column feature noise (tabular), as a "
                    "curve over severities; noise amplification for non-classifiers.")
-    params = [
-        Param(name="kind", type="string", default="gaussian", choices=KINDS,
-              description="Corruption: gaussian, uniform, salt_pepper, blur, brightness, contrast (images) or "
-                          "feature (Gaussian noise scaled by each column's std, for tabular data)."),
-        Param(name="sigma", type=("number", "array"), items="number", default=None, nullable=True, minimum=0,
-              description="Noise standard deviations for kind gaussian (input units) or feature (multiples "
-                          "of each column's std); same as severity."),
-        Param(name="severity", type=("number", "array"), items="number", default=None, nullable=True,
-              description="Severities: uniform: half-width (input units); salt_pepper: share of pixels; "
-                          "blur: std in pixels; brightness: shift as a share of the range; contrast: share "
-                          "of contrast removed (0..1). null: a default list for the kind."),
-        range_param(),
-        Param(name="repeats", type="integer", default=1, minimum=1,
-              description="Independent noise draws per severity (metrics are their mean)."),
-        limit_param(2000),
-    ]
+
+    @dataclass(frozen=True)
+    class Params:
+        kind: str = param("gaussian", "Corruption: gaussian, uniform, salt_pepper, blur, brightness, contrast "
+                "(images) or feature (Gaussian noise scaled by each column's std, for tabular data).", choices=KINDS)
+        sigma: float | list[float] | None = param(None, "Noise standard deviations for kind gaussian (input units) or "
+                "feature (multiples of each column's std); same as severity.", minimum=0)
+        severity: float | list[float] | None = param(None, "Severities: uniform: half-width (input units); "
+                "salt_pepper: share of pixels; blur: std in pixels; brightness: shift as a share of the range; "
+                "contrast: share of contrast removed (0..1). null: a default list for the kind.")
+        clip: list[float] | None = range_param()
+        repeats: int = param(1, "Independent noise draws per severity (metrics are their mean).", minimum=1)
+        limit: int | None = limit_param(2000)
+
+        def validate(self) -> list[str]:
+            """sigma belongs to the std kinds, and never with severity; bounds per kind."""
+            if self.sigma is not None and self.kind not in SIGMA_KINDS:
+                return [f"sigma: applies to kind gaussian or feature; use severity for kind {self.kind}"]
+            if self.sigma is not None and self.severity is not None:
+                return ["sigma: give sigma or severity, not both"]
+            key, given = ("sigma", self.sigma) if self.sigma is not None else ("severity", self.severity)
+            values = [] if given is None else given if isinstance(given, list) else [given]
+            if given is not None and not values:
+                return [f"{key}: the list of severities is empty"]
+            if self.kind in ("gaussian", "uniform", "feature", "blur", "salt_pepper") and min(values, default=0) < 0:
+                return [f"{key}: severities of kind {self.kind} must be >= 0"]
+            if self.kind in ("salt_pepper", "contrast") and max(values, default=0) > 1:
+                return [f"{key}: severities of kind {self.kind} are shares, at most 1"]
+            return []
+
     needs = frozenset({Need.DATA})
     metrics_doc = {
         "curve": "per severity: {sigma|severity, accuracy, flip_rate} (amplification for non-classifiers)",
@@ -167,21 +182,23 @@ class NoiseSweep(Check):
         "flip_rate_auc": "mean flip rate over the severity range",
         "max_amplification": "non-classifiers: largest median noise amplification over the curve",
         "n": "samples evaluated",
+        "worst_sigma": "the strongest sigma of the curve (kinds gaussian, feature)",
+        "worst_severity": "the strongest severity of the curve (other kinds)",
     }
 
-    def run(self, ctx: AuditContext) -> CheckResult:
+    def run(self, ctx: AuditContext, params: Params) -> CheckResult:
         """Corrupt the (sampled) data at each severity, ``repeats`` times, one batched pass each."""
-        p = ctx.params
-        kind = p["kind"]
-        data, notes = sample(ctx, p["limit"])
+        p = params
+        kind = p.kind
+        data, notes = sample(ctx, p.limit)
         geo = Geometry.of(data.x, ctx.model.layout)
         if kind in IMAGE_ONLY and not geo.is_image:
             raise SkipCheck(f"kind {kind} needs 4-D image inputs (got per-sample shape {list(geo.shape)})")
         severities, sev_note = self._severities(p, kind)
         work = np.float64 if data.x.dtype == np.float64 else np.float32
         xc = geo.canonical(np.asarray(data.x)).astype(work)
-        rng_ = value_range(p["clip"], xc, geo)
-        notes.append(describe_range(rng_, p["clip"] is not None))
+        rng_ = value_range(p.clip, xc, geo)
+        notes.append(describe_range(rng_, p.clip is not None))
         flat_lo, flat_hi = xc.min(axis=0), xc.max(axis=0)
         span = (rng_[1] - rng_[0]) if rng_ is not None else float(xc.max() - xc.min())
         if sev_note and kind in ("gaussian", "uniform"):
@@ -205,47 +222,35 @@ class NoiseSweep(Check):
 
         key = "sigma" if kind in SIGMA_KINDS else "severity"
         if task_of(ctx, data) == "regression":
-            return self._amplification(ctx, data, geo, severities, perturbed, key, p["repeats"], notes)
+            return self._amplification(ctx, data, geo, severities, perturbed, key, p.repeats, notes)
 
         clf = Classifier(ctx.model, geo)
         clean_pred, y, tnotes = targets(ctx, data, clf.probs(xc))
         notes += tnotes
         clean_acc = None if y is None else float(np.mean(clean_pred == y))
         curve: list[dict[str, Any]] = []
-        total = len(severities) * p["repeats"]
+        total = len(severities) * p.repeats
         for i, sev in enumerate(severities):
             accs, flips = [], []
-            for r in range(p["repeats"]):
+            for r in range(p.repeats):
                 ctx.check_cancelled()
                 pred = clf.probs(perturbed(sev)).argmax(axis=1)
                 flips.append(float(np.mean(pred != clean_pred)))
                 if y is not None:
                     accs.append(float(np.mean(pred == y)))
-                ctx.report_progress(i * p["repeats"] + r + 1, total, f"{key} {sev:g}")
+                ctx.report_progress(i * p.repeats + r + 1, total, f"{key} {sev:g}")
             curve.append({key: float(sev), "accuracy": float(np.mean(accs)) if accs else None,
                           "flip_rate": float(np.mean(flips))})
         return CheckResult(metrics=self._summary(curve, key, clean_acc, data.n), notes=notes)
 
     @staticmethod
-    def _severities(p: dict[str, Any], kind: str) -> tuple[list[float], str]:
-        """The severities to sweep and, for defaults, a note saying so."""
-        sigma, severity = p["sigma"], p["severity"]
-        if sigma is not None and kind not in SIGMA_KINDS:
-            raise ValueError(f"sigma applies to kind gaussian or feature; use severity for kind {kind}")
-        if sigma is not None and severity is not None:
-            raise ValueError("give sigma or severity, not both")
-        given = sigma if sigma is not None else severity
+    def _severities(p: Params, kind: str) -> tuple[list[float], str]:
+        """The severities to sweep (validated with the spec) and, for defaults, a note saying so."""
+        given = p.sigma if p.sigma is not None else p.severity
         if given is None:
             default = DEFAULT_SEVERITIES[kind]
             return list(default), f"default severities for {kind}: {default}"
-        values = [float(v) for v in (given if isinstance(given, list) else [given])]
-        if not values:
-            raise ValueError("the list of severities is empty")
-        if kind in ("gaussian", "uniform", "feature", "blur", "salt_pepper") and min(values) < 0:
-            raise ValueError(f"severities of kind {kind} must be >= 0")
-        if kind in ("salt_pepper", "contrast") and max(values) > 1:
-            raise ValueError(f"severities of kind {kind} are shares, at most 1")
-        return values, ""
+        return [float(v) for v in (given if isinstance(given, list) else [given])], ""
 
     @staticmethod
     def _summary(curve: list[dict[str, Any]], key: str, clean_acc: float | None, n: int) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, Check, CheckResult, Finding, ModelHandle, Need, Param, SkipCheck
+from auditor import AuditContext, Check, CheckResult, Finding, ModelHandle, Need, SkipCheck, param
 from auditor_robustness._common import (
     Classifier,
     Geometry,
@@ -385,21 +385,25 @@ class SquareAttack(Check):
                    "loss, per-sample early stop, the published square-size schedule; success rate, robust "
                    "accuracy, queries and perturbation norms, each adversarial example verified in a fresh "
                    "session.")
-    params = [
-        Param(name="eps", type="number", default=None, nullable=True, minimum=0,
-              description="Radius of the perturbation ball (input units). null: 0.03 (linf) or 0.5 (l2) "
-                          "times the width of the input range."),
-        Param(name="norm", type="string", default="linf", choices=("linf", "l2"), description="Threat model."),
-        Param(name="max_queries", type="integer", default=1000, minimum=1,
-              description="Query budget per sample and restart (the initialisation counts as one)."),
-        Param(name="p_init", type="number", default=None, nullable=True, minimum=0, maximum=1,
-              description="Initial share of pixels per square; null: 0.8 (AutoAttack's default; the paper's "
-                          "ImageNet runs used 0.05 for linf, 0.1 for l2)."),
-        range_param(),
-        Param(name="restarts", type="integer", default=1, minimum=1,
-              description="Independent runs from fresh random starts for the samples still not fooled."),
-        limit_param(500),
-    ]
+
+    @dataclass(frozen=True)
+    class Params:
+        eps: float | None = param(None, "Radius of the perturbation ball (input units). null: 0.03 (linf) or 0.5 (l2) "
+                "times the width of the input range.", minimum=0)
+        norm: str = param("linf", "Threat model.", choices=("linf", "l2"))
+        max_queries: int = param(1000, "Query budget per sample and restart (the initialisation counts as one).",
+                minimum=1)
+        p_init: float | None = param(None, "Initial share of pixels per square; null: 0.8 (AutoAttack's default; the "
+                "paper's ImageNet runs used 0.05 for linf, 0.1 for l2).", minimum=0, maximum=1)
+        clip: list[float] | None = range_param()
+        restarts: int = param(1, "Independent runs from fresh random starts for the samples still not fooled.",
+                minimum=1)
+        limit: int | None = limit_param(500)
+
+        def validate(self) -> list[str]:
+            """A zero radius attacks nothing."""
+            return ["eps: must be positive (null: a share of the input range)"] if self.eps == 0 else []
+
     needs = frozenset({Need.DATA})
     metrics_doc = {
         "success_rate": "share of attacked (correctly classified) samples with a verified adversarial example",
@@ -413,13 +417,16 @@ class SquareAttack(Check):
         "unverified": "examples the attack found that failed the fresh-session check (not counted)",
         "queries_total": "inputs sent to the model by the attack",
         "duration_s": "wall time of the attack",
+        "eps": "the radius used (input units)",
+        "norm": "the threat model (linf or l2)",
+        "n": "samples in the (sampled) data",
     }
 
-    def run(self, ctx: AuditContext) -> CheckResult:
+    def run(self, ctx: AuditContext, params: Params) -> CheckResult:
         """Sample, attack the correctly classified rows in batches, verify, summarise."""
-        p = ctx.params
-        norm = p["norm"]
-        data, notes = sample(ctx, p["limit"])
+        p = params
+        norm = p.norm
+        data, notes = sample(ctx, p.limit)
         if np.asarray(data.x).dtype.kind not in "f":
             raise SkipCheck(f"the model input is {data.x.dtype}: the attack needs real-valued inputs")
         geo = Geometry.of(data.x, ctx.model.layout)
@@ -429,22 +436,20 @@ class SquareAttack(Check):
         notes += tnotes
         ref = clean_pred if y is None else y
         correct = clean_pred == ref
-        vr = value_range(p["clip"], xc, geo)
-        notes.append(describe_range(vr, p["clip"] is not None))
+        vr = value_range(p.clip, xc, geo)
+        notes.append(describe_range(vr, p.clip is not None))
         lo, hi = vr if vr is not None else (-np.inf, np.inf)
         outside = int(np.sum((xc < lo) | (xc > hi)))
         if outside:
             notes.append(f"{outside} input values lie outside [{lo:g}, {hi:g}]; the range is widened to "
                          f"include each of them")
-        eps = p["eps"]
+        eps = p.eps
         if eps is None:
             span = (hi - lo) if vr is not None else float(xc.max() - xc.min())
             eps = DEFAULT_EPS[norm] * span
             notes.append(f"eps = {eps:g} ({DEFAULT_EPS[norm]:g} of the input range {span:g}; set eps to choose)")
-        if eps <= 0:
-            raise ValueError("eps must be positive")
         idx = np.flatnonzero(correct)
-        n_steps = p["restarts"] * p["max_queries"]
+        n_steps = p.restarts * p.max_queries
 
         def on_step(step: int, active: int) -> None:
             ctx.check_cancelled()
@@ -453,8 +458,8 @@ class SquareAttack(Check):
         t0 = time.perf_counter()
         if len(idx):
             res = square_attack(clf.log_probs, xc[idx], ref[idx], eps=eps, norm=norm,
-                                max_queries=p["max_queries"], p_init=p["p_init"], lo=lo, hi=hi, rng=ctx.rng,
-                                restarts=p["restarts"], on_step=on_step)
+                                max_queries=p.max_queries, p_init=p.p_init, lo=lo, hi=hi, rng=ctx.rng,
+                                restarts=p.restarts, on_step=on_step)
         else:
             res = AttackResult(xc[:0], np.zeros(0, bool), np.zeros(0, np.int64), np.zeros(0))
         duration = time.perf_counter() - t0

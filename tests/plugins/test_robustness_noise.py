@@ -11,7 +11,7 @@ import pytest
 from auditor_robustness.noise import blur, corrupt, curve_area
 from robustness_helpers import audit, binary_linear, export_mlp, images, save, tiny_cnn
 
-from auditor.testing import make_linear_classifier
+from auditor.testing import make_linear_classifier, run_audit
 
 
 def phi(z: np.ndarray) -> np.ndarray:
@@ -164,9 +164,11 @@ def test_misused_parameters_are_errors_with_a_reason(tmp_path: Path) -> None:
     x = images(10)
     model = tiny_cnn(tmp_path / "m.onnx")
     data = save(tmp_path, "d.npz", x=x)
-    res = audit(tmp_path, [{"use": "robustness.noise", "with": {"kind": "blur", "sigma": [1.0]}}], model, data)
-    res.assert_status("robustness.noise", "error")
-    assert "use severity for kind blur" in (res.check("robustness.noise").error or "")
+    # a rule spanning two parameters is a spec error (exit 2, YAML path), found before the model is loaded
+    res = run_audit({"model": {"path": str(model)}, "data": {"path": str(data)}, "checks": [
+        {"use": "robustness.noise", "with": {"kind": "blur", "sigma": [1.0]}}]}, workdir=tmp_path)
+    assert res.exit_code == 2 and res.report is None
+    assert "checks[0].with.sigma: applies to kind gaussian or feature; use severity for kind blur" in (res.error or "")
     flat = save(tmp_path, "t.npz", x=np.zeros((10, 3), np.float32))
     lin = make_linear_classifier(tmp_path / "l.onnx", np.ones((3, 2)), np.zeros(2))
     audit(tmp_path, [{"use": "robustness.noise", "with": {"kind": "blur"}}], lin, flat) \
