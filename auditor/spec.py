@@ -321,7 +321,7 @@ def parse_spec(path: Path, checks: dict[str, CheckInfo], formats: list[str],
     lines = dict(lines or {})
     if not isinstance(doc, dict):
         raise SpecError(str(path), ["the spec must be a YAML mapping (version, model, data, checks, ...)"])
-    entries = doc.get("checks") if isinstance(doc.get("checks"), list) else []
+    entries: list[Any] = doc["checks"] if isinstance(doc.get("checks"), list) else []
     off_idx = {i for i, e in enumerate(entries) if isinstance(e, dict) and _disabled_plugin(e.get("use"), disabled)}
     validator = Draft202012Validator(build_schema(checks, formats))
     errors = sorted((e for e in validator.iter_errors(doc)
