@@ -237,6 +237,10 @@ def _execute(check: Any, ctx: AuditContext, timeout_s: float | None, params: Any
             publish(error=box.error or "cancelled")
         except BaseException as exc:  # the check's own failure: recorded, never fatal to the audit
             publish(error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+        finally:
+            # A thread that outlived its timeout clears its own cancel mark as it ends: thread idents are
+            # reused, and a later check's thread must not start out cancelled.
+            cancel.forget(threading.get_ident())
 
     def close(**fields: Any) -> None:
         with lock:

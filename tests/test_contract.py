@@ -16,7 +16,7 @@ import typed_plugin
 import yaml
 from click.testing import CliRunner
 
-from auditor import AuditContext, Check, CheckResult, Need, hookimpl, param
+from auditor import AuditContext, Check, CheckResult, Need, cancel, hookimpl, param
 from auditor.cli import main
 from auditor.context import AuditContext as Ctx
 from auditor.errors import PluginLoadError, SpecError
@@ -55,7 +55,7 @@ def test_run_receives_an_instance_in_the_declared_types(tmp_path: Path, mlp) -> 
     model, data, _ = mlp
     r = run_audit({"checks": [{"use": "typed.echo", "with": {"sigma": 1, "tags": ["b", "c"], "repeats": 3}}]},
                   model=model, data=data, plugins=[typed_plugin], workdir=tmp_path)
-    m = r.assert_status("typed.echo", "pass").metrics("typed.echo")
+    m = r.assert_status("typed.echo", "info").metrics("typed.echo")
     assert m["repeats"] == 3 and m["sigma_type"] == "float" and m["tags"] == ["b", "c"]
     assert r.check("typed.echo").params["sigma"] == 1  # the report keeps what the spec said
 
@@ -188,6 +188,7 @@ def test_backend_name_clashes_stop_the_run_naming_both_plugins() -> None:
 
 def test_a_timed_out_check_can_never_publish_a_result_afterwards(mlp) -> None:  # type: ignore[no-untyped-def]
     finished = threading.Event()
+    idents: list[int] = []
 
     class Slow(Check):
         """Ignores cancellation, then returns a result."""
@@ -197,6 +198,7 @@ def test_a_timed_out_check_can_never_publish_a_result_afterwards(mlp) -> None:  
 
         def run(self, ctx: AuditContext, params: Any) -> CheckResult:
             time.sleep(1.5)  # longer than the timeout plus the runner's 1 s grace period
+            idents.append(threading.get_ident())
             finished.set()
             return CheckResult(metrics={"late": 1})
 
@@ -206,3 +208,5 @@ def test_a_timed_out_check_can_never_publish_a_result_afterwards(mlp) -> None:  
     assert finished.wait(5)
     time.sleep(0.05)
     assert box.result is None and box.error == "timed out after 0.1 s (timeout_s)"
+    # ... and its thread leaves no cancel mark behind for a later thread that reuses its ident
+    assert idents and idents[0] not in cancel._cancelled
