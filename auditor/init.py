@@ -16,6 +16,24 @@ def _rel(path: Path, out: Path) -> str:
         return str(path.resolve())
 
 
+def _data_block(handle: ModelHandle, data_path: Path | None, out: Path) -> list[str]:
+    """The ``data:`` lines: an image folder gets its layout and a preprocessing block fitted to the input."""
+    if data_path is not None and data_path.is_dir():
+        from auditor.datasets.initblock import image_data_block
+
+        shape = tuple(handle.input.shape) if handle.input.shape else None
+        return image_data_block(data_path, _rel(data_path, out), shape, handle.input.dtype, handle.layout)
+    return [
+        "data:",
+        f"  path: {_rel(data_path, out) if data_path else 'test.npz   # .npz .npy .csv .parquet, image folder'}",
+        "  x: x                  # input array (npz key) or feature columns (csv/parquet)",
+        "  y: y                  # labels",
+        "  # groups: [sex]       # sensitive-attribute columns, for bias checks",
+        "  # limit: 2000         # audit a seeded, stratified sample",
+        "  batch_size: 256",
+    ]
+
+
 def starter_spec(model_path: Path, data_path: Path | None, out: Path) -> str:
     """YAML text of a starter spec (the model is opened to read its inputs and outputs)."""
     handle = ModelHandle(ModelConfig(path=model_path, device="cpu"))
@@ -37,13 +55,7 @@ def starter_spec(model_path: Path, data_path: Path | None, out: Path) -> str:
         f"  # output: {handle.outputs[0]}",
         "  device: auto          # auto: CUDA when it loads, else CPU; or cpu / cuda",
         "",
-        "data:",
-        f"  path: {_rel(data_path, out) if data_path else 'test.npz   # .npz, .npy, .csv or .parquet'}",
-        "  x: x                  # input array (npz key) or feature columns (csv/parquet)",
-        "  y: y                  # labels",
-        "  # groups: [sex]       # sensitive-attribute columns, for bias checks",
-        "  # limit: 2000         # audit a seeded, stratified sample",
-        "  batch_size: 256",
+        *_data_block(handle, data_path, out),
         "",
         "# baseline: {path: last_release.onnx}   # checks run on both; gates can bound the change",
         "seed: 0",

@@ -314,3 +314,23 @@ def test_data_source_name_clash_names_both_plugins() -> None:
 
     with pytest.raises(PluginLoadError, match="'images' is registered by both 'auditor \\(built-in\\)' and 'clasher'"):
         build_registry(extra_plugins=[P()], use_entry_points=False)
+
+
+def test_init_with_an_image_folder_writes_a_preprocessing_block_that_runs(tmp_path: Path) -> None:
+    import yaml
+
+    from auditor.init import starter_spec
+
+    write_cnn(tmp_path / "cnn.onnx", hw=(16, 16))
+    write_images(tmp_path / "val", {"a": 3, "b": 3, "c": 2}, size=(20, 24), fmt="jpg")
+    text = starter_spec(tmp_path / "cnn.onnx", tmp_path / "val", tmp_path / "audit.yaml")
+    doc = yaml.safe_load(text)
+    pre = doc["data"]["preprocess"]
+    assert doc["data"]["path"] == "val"
+    assert pre["center_crop"] == 16 and pre["resize"] == 18
+    assert pre["layout"] == "NCHW" and pre["dtype"] == "float32" and pre["channels"] == "RGB"
+    assert "3 class sub-folders (a, b, c), 8 image files" in text
+    (tmp_path / "audit.yaml").write_text(text)
+    r = run_audit(tmp_path / "audit.yaml")  # the starter's accuracy gate may fail this random model: exit 0 or 1
+    assert r.exit_code in (0, 1) and r.check("performance.metrics").status.value in ("pass", "fail"), r.error
+    assert r.metrics("performance.metrics")["n"] == 8
