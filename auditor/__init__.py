@@ -30,13 +30,14 @@ from auditor.outputs import Predictions
 from auditor.params import NoParams, param
 from auditor.plugins import hookimpl
 from auditor.report.base import Reporter
-from auditor.results import CheckReport, CheckResult, Finding, GateResult, Status
+from auditor.results import AuditReport, CheckReport, CheckResult, Finding, GateResult, Status
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ArraySource",
     "AuditContext",
+    "AuditReport",
     "AuditorError",
     "Check",
     "CheckInfo",

@@ -172,15 +172,14 @@ def run(spec_path: Path, report_dir: Path | None, formats: str | None, seed: int
         report = runner.run(loaded)
     except Interrupted as exc:
         report, interrupted = exc.report, True
-    doc = report.to_dict()
-    written = write_reports(doc, spec.report_dir, spec.formats, registry)
+    written = write_reports(report, spec.report_dir, spec.formats, registry)
     out = Console(highlight=False, soft_wrap=False, width=max(100, Console().width))
     with _stdout_may_close():
         if not quiet:
-            out.print(summary_table(doc))
+            out.print(summary_table(report))
             for path in written:
                 out.print(f"report: {path}")
-        click.echo(status_line(doc))
+        click.echo(status_line(report))
     if interrupted:
         click.echo("interrupted: partial report written", err=True)
         sys.exit(int(ExitCode.INTERRUPTED))

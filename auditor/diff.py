@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from auditor.errors import SpecError
-from auditor.report.json_report import json_number
+from auditor.jsonenc import dumps, json_number, jsonable
+from auditor.metrics import leaves
+from auditor.results import AuditReport, CheckReport, GateResult, as_report
 
 
-def load_report(path: Path) -> dict[str, Any]:
+def load_report(path: Path) -> AuditReport:
     """A JSON report from disk; a missing, unreadable or foreign file is a one-line error (exit 2)."""
     path = Path(path)
     try:
@@ -35,27 +38,16 @@ def load_report(path: Path) -> dict[str, Any]:
         raise SpecError(str(path), [f"not JSON: {exc}"]) from None
     if not isinstance(doc, dict) or not isinstance(doc.get("checks"), list) or "status" not in doc:
         raise SpecError(str(path), ["not an auditor JSON report (report.json): no status and checks"])
-    if doc.get("schema", 1) != 1:
-        raise SpecError(str(path), [f"report schema {doc.get('schema')} is not supported (this auditor reads 1)"])
-    return doc
+    try:
+        return AuditReport.from_dict(doc)
+    except ValueError as exc:  # a schema this version does not read, an unknown status
+        raise SpecError(str(path), [str(exc)]) from None
+    except (KeyError, TypeError) as exc:
+        raise SpecError(str(path), [f"not an auditor JSON report (report.json): bad entry {exc}"]) from None
 
 
-def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """Every leaf of a metrics tree under its dotted path (list items by index, as gates address them)."""
-    out: dict[str, Any] = {}
-    if isinstance(value, dict):
-        if not value and prefix:
-            out[prefix] = value
-        for k, v in value.items():
-            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    elif isinstance(value, list):
-        if not value and prefix:
-            out[prefix] = value
-        for i, v in enumerate(value):
-            out.update(flatten(v, f"{prefix}.{i}" if prefix else str(i)))
-    else:
-        out[prefix] = value
-    return out
+#: Every leaf of a metrics tree under its dotted path (see :func:`auditor.metrics.leaves`).
+flatten = leaves
 
 
 @dataclass
@@ -186,40 +178,41 @@ def diff_metrics(old: dict[str, Any], new: dict[str, Any], tol: float = 0.0) -> 
     return changes, unchanged
 
 
-def _gate_key(g: dict[str, Any]) -> tuple[str, str]:
-    return str(g["metric"]), str(g["op"])
+def _gate_key(g: GateResult) -> tuple[str, str]:
+    return g.metric, g.op
 
 
-def diff_reports(old: dict[str, Any], new: dict[str, Any], *, tolerance: float = 0.0, old_name: str = "OLD",
-                 new_name: str = "NEW") -> ReportDiff:
-    """Compare two JSON report dicts."""
-    out = ReportDiff(old_name, new_name, old["status"], new["status"], old.get("model") or {},
-                     new.get("model") or {}, tolerance)
-    old_checks = {c["id"]: c for c in old["checks"]}
-    new_ids = {c["id"] for c in new["checks"]}
-    out.added_checks = [c["id"] for c in new["checks"] if c["id"] not in old_checks]
-    out.removed_checks = [c["id"] for c in old["checks"] if c["id"] not in new_ids]
-    for nc in new["checks"]:
-        oc = old_checks.get(nc["id"])
+def diff_reports(old: AuditReport | Mapping[str, Any], new: AuditReport | Mapping[str, Any], *,
+                 tolerance: float = 0.0, old_name: str = "OLD", new_name: str = "NEW") -> ReportDiff:
+    """Compare two reports (typed, or JSON dicts read with :meth:`AuditReport.from_dict`)."""
+    a, b = as_report(old), as_report(new)
+    out = ReportDiff(old_name, new_name, a.status.value, b.status.value, a.model, b.model, tolerance)
+    old_checks: dict[str, CheckReport] = {c.id: c for c in a.checks}
+    new_ids = {c.id for c in b.checks}
+    out.added_checks = [c.id for c in b.checks if c.id not in old_checks]
+    out.removed_checks = [c.id for c in a.checks if c.id not in new_ids]
+    for nc in b.checks:
+        oc = old_checks.get(nc.id)
         if oc is None:
             continue
-        changes, unchanged = diff_metrics(oc.get("metrics") or {}, nc.get("metrics") or {}, tolerance)
-        cd = CheckDiff(nc["id"], nc.get("use", ""), oc["status"], nc["status"], changes, unchanged)
-        og = {_gate_key(g): g for g in oc.get("gates", [])}
-        ng = {_gate_key(g): g for g in nc.get("gates", [])}
+        # compared in their JSON form, so that a report in memory and the same report read back are equal
+        changes, unchanged = diff_metrics(jsonable(oc.metrics), jsonable(nc.metrics), tolerance)
+        cd = CheckDiff(nc.id, nc.use, oc.status.value, nc.status.value, changes, unchanged)
+        og = {_gate_key(g): g for g in oc.gates}
+        ng = {_gate_key(g): g for g in nc.gates}
         for key, g in og.items():
             h = ng.get(key)
             if h is None:
-                if nc["status"] == "error":
+                if nc.status.value == "error":
                     # The check crashed: its gates were not evaluated, which must not read as still met.
-                    out.gate_flips.append(GateFlip(nc["id"], key[0], key[1], g.get("threshold"), g["status"],
-                                                   "error", g.get("value"), None, g.get("threshold")))
+                    out.gate_flips.append(GateFlip(nc.id, key[0], key[1], g.threshold, g.status.value,
+                                                   "error", g.value, None, g.threshold))
                 else:
                     cd.gates_removed.append(f"{key[0]} {key[1]}")
                 continue
-            if g["status"] != h["status"]:
-                out.gate_flips.append(GateFlip(nc["id"], key[0], key[1], h.get("threshold"), g["status"],
-                                               h["status"], g.get("value"), h.get("value"), g.get("threshold")))
+            if g.status is not h.status:
+                out.gate_flips.append(GateFlip(nc.id, key[0], key[1], h.threshold, g.status.value,
+                                               h.status.value, g.value, h.value, g.threshold))
         cd.gates_added = [f"{k[0]} {k[1]}" for k in ng if k not in og]
         out.checks.append(cd)
     return out
@@ -234,7 +227,7 @@ def _v(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.6g}"
     if isinstance(v, (dict, list)):
-        s = json.dumps(v)
+        s = dumps(v, indent=None)
         return s if len(s) <= 40 else s[:37] + "..."
     return str(v)
 
@@ -312,7 +305,7 @@ def _md(s: str) -> str:
 
 def render_markdown(d: ReportDiff, max_rows: int = 25) -> str:
     """Markdown for a pull-request comment or ``$GITHUB_STEP_SUMMARY``."""
-    icon = {"pass": "✅", "warn": "⚠️", "fail": "❌", "error": "💥", "skipped": "⏭️"}
+    icon = {"pass": "✅", "info": "ℹ️", "warn": "⚠️", "fail": "❌", "error": "💥", "skipped": "⏭️"}
     head = "❌ gates regressed" if d.regressions else "✅ no gate regressed"
     lines = [f"## Audit diff: {head}", "",
              f"Status {icon.get(d.old_status, '')} {d.old_status} → {icon.get(d.new_status, '')} {d.new_status}"
@@ -360,7 +353,7 @@ def render_markdown(d: ReportDiff, max_rows: int = 25) -> str:
 def render(d: ReportDiff, fmt: str = "text", max_rows: int = 25) -> str:
     """The diff as ``text``, ``markdown`` or ``json``."""
     if fmt == "json":
-        return json.dumps(d.to_dict(), indent=2) + "\n"
+        return dumps(d.to_dict()) + "\n"
     if fmt == "markdown":
         return render_markdown(d, max_rows)
     return render_text(d, max_rows)

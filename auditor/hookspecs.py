@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from auditor.datasets.registry import DataSource
     from auditor.model import ModelHandle
     from auditor.report.base import Reporter
+    from auditor.results import CheckReport
 
 #: The capability of a backend that computes input gradients (what ``Need.GRADIENTS`` asks for).
 GRADIENTS = "gradients"
@@ -101,16 +102,19 @@ def auditor_register_datasets() -> list[type[DataSource]]:
 
 
 @hookspec(firstresult=True)
-def auditor_render_check(check: dict[str, Any], fmt: str) -> str | None:
+def auditor_render_check(check: CheckReport, fmt: str) -> str | None:
     """Render the plots of one check for report format ``fmt`` (``"html"``); ``None`` to let the reporter
     fall back to its generic plots. The first non-``None`` answer wins, so answer only for your own checks
-    (``check["use"]``).
+    (``check.use``).
 
-    ``check`` is the check's JSON dict from the report (``id``, ``use``, ``status``, ``metrics``,
-    ``baseline_metrics``, ``gates``, ``findings``, ...), the same data every format renders. For ``"html"``
-    return an HTML fragment; it replaces the generic plots only: the heading, gates, findings and metric
-    tables are still written by the reporter. The page forbids fetching anything (Content-Security-Policy),
-    so inline everything: :func:`auditor.report.plots.figure_svg` turns a matplotlib figure into inline SVG.
-    A renderer that raises is reported on the page and the generic plots are shown instead.
+    ``check`` is the typed :class:`~auditor.results.CheckReport` from the report (``id``, ``use``, ``status``,
+    ``metrics``, ``baseline_metrics``, ``gates``, ``findings``, ...; ``check.metric("a.b")`` reads a dotted
+    metric), the same data every format renders. Renderers written for the JSON dict of earlier versions keep
+    working: ``check["metrics"]`` and ``check.get("baseline_metrics")`` read the check's JSON form. For
+    ``"html"`` return an HTML fragment; it replaces the generic plots only: the heading, gates, findings and
+    metric tables are still written by the reporter. The page forbids fetching anything
+    (Content-Security-Policy), so inline everything: :func:`auditor.report.plots.figure_svg` turns a matplotlib
+    figure into inline SVG. A renderer that raises is reported on the page and the generic plots are shown
+    instead.
     """
     raise NotImplementedError

@@ -1,10 +1,21 @@
-"""Results are data: frozen keyword-only dataclasses. Rendering lives in the reporters."""
+"""Results are data: frozen keyword-only dataclasses. Rendering lives in the reporters.
+
+:class:`AuditReport` is the typed report every reporter, ``auditor diff``, the render hook and the Python API
+receive; ``to_dict()`` is the JSON report (schema 1) and :meth:`AuditReport.from_json` reads one back.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class Status(str, Enum):
@@ -43,8 +54,41 @@ def worst(statuses: list[Status]) -> Status:
     return Status.INFO if best is Status.SKIPPED else best
 
 
+class _KeyAccess:
+    """Read access by JSON key (``check["metrics"]``, ``report.get("summary")``) to the JSON form, so that
+    reporters and render hooks written against the dict form of earlier versions keep working. New code uses
+    the attributes."""
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_dict()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The JSON form's ``key``, or ``default``."""
+        return self.to_dict().get(key, default)
+
+    def keys(self) -> list[str]:
+        """The JSON form's keys."""
+        return list(self.to_dict())
+
+
+def _known(cls: type, doc: Mapping[str, Any], renames: Mapping[str, str] | None = None) -> tuple[dict[str, Any],
+                                                                                                  dict[str, Any]]:
+    """Split a JSON dict into the dataclass fields of ``cls`` (``renames``: JSON key -> field) and the rest."""
+    names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+    renames = renames or {}
+    known: dict[str, Any] = {}
+    rest: dict[str, Any] = {}
+    for k, v in doc.items():
+        name = renames.get(k, k)
+        (known if name in names else rest)[name if name in names else k] = v
+    return known, rest
+
+
 @dataclass(frozen=True, kw_only=True)
-class Finding:
+class Finding(_KeyAccess):
     """Something a check wants a person to look at.
 
     ``severity`` is ``info``, ``warn`` or ``fail``; a ``warn`` finding turns a passing check into ``warn``,
@@ -65,6 +109,12 @@ class Finding:
             out["data"] = self.data
         return out
 
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> Finding:
+        """A finding from its JSON form."""
+        return cls(message=str(doc.get("message", "")), severity=str(doc.get("severity", "info")),
+                   location=doc.get("location"), data=dict(doc.get("data") or {}))
+
 
 @dataclass(frozen=True, kw_only=True)
 class CheckResult:
@@ -77,7 +127,7 @@ class CheckResult:
 
 
 @dataclass(frozen=True, kw_only=True)
-class GateResult:
+class GateResult(_KeyAccess):
     """One bound on one metric, evaluated."""
 
     metric: str
@@ -102,10 +152,25 @@ class GateResult:
             "message": self.message,
         }
 
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> GateResult:
+        """A gate result from its JSON form (a ``null`` value or baseline stays ``None``)."""
+        def num(v: Any) -> float | None:
+            return None if v is None or isinstance(v, bool) else float(v) if isinstance(v, (int, float)) else None
+
+        return cls(metric=str(doc["metric"]), op=str(doc["op"]), threshold=float(doc["threshold"]),
+                   value=num(doc.get("value")), baseline=num(doc.get("baseline")), status=Status(doc["status"]),
+                   severity=str(doc.get("severity", "fail")), message=str(doc.get("message", "")))
+
 
 @dataclass(frozen=True, kw_only=True)
-class CheckReport:
-    """A check as it ran in one audit: the runner's record, the unit of every report."""
+class CheckReport(_KeyAccess):
+    """A check as it ran in one audit: the runner's record, the unit of every report.
+
+    ``spec_line`` is the 1-based line of the check's ``use:`` in the spec file (``None`` for a spec given as a
+    dict); ``extra`` holds JSON keys this version does not know (kept, so that a report read back and written
+    again loses nothing). ``artifacts`` (e.g. a traceback) are not part of the JSON form.
+    """
 
     id: str
     use: str
@@ -121,6 +186,19 @@ class CheckReport:
     skip_reason: str | None = None
     baseline_metrics: dict[str, Any] | None = None
     artifacts: dict[str, Any] = field(default_factory=dict)
+    spec_line: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def gated(self) -> bool:
+        """Whether anything was asserted on this check (at least one gate)."""
+        return bool(self.gates)
+
+    def metric(self, path: str, default: Any = None) -> Any:
+        """A metric by dotted path (``per_class_recall.3``), ``default`` if absent."""
+        from auditor.metrics import get
+
+        return get(self.metrics, path, default)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (the report's ``checks`` entries)."""
@@ -142,12 +220,38 @@ class CheckReport:
             out["skip_reason"] = self.skip_reason
         if self.baseline_metrics is not None:
             out["baseline_metrics"] = self.baseline_metrics
+        if self.spec_line is not None:
+            out["spec_line"] = self.spec_line
+        for k, v in self.extra.items():
+            out.setdefault(k, v)
         return out
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> CheckReport:
+        """A check from its JSON form; keys this version does not know go to ``extra``."""
+        known, rest = _known(cls, doc)
+        known.pop("artifacts", None)
+        return cls(
+            **{**known,
+               "id": str(doc["id"]), "use": str(doc.get("use", doc["id"])), "plugin": str(doc.get("plugin", "")),
+               "status": Status(doc["status"]), "params": dict(doc.get("params") or {}),
+               "metrics": dict(doc.get("metrics") or {}),
+               "gates": [GateResult.from_dict(g) for g in doc.get("gates") or []],
+               "findings": [Finding.from_dict(f) for f in doc.get("findings") or []],
+               "notes": [str(n) for n in doc.get("notes") or []],
+               "duration_s": float(doc.get("duration_s") or 0.0)},
+            extra=rest)
 
 
 @dataclass(frozen=True, kw_only=True)
-class AuditReport:
-    """A whole audit: the JSON report is ``to_dict()`` of this."""
+class AuditReport(_KeyAccess):
+    """A whole audit: the JSON report is ``to_dict()`` of this; :meth:`from_json` reads one back.
+
+    What the Python API (:func:`auditor.audit`) returns: ``passed``, ``check(id)``, ``metrics(id)``,
+    ``to_frame()``, ``save(dir)``, and an HTML view in Jupyter.
+    """
+
+    SCHEMA: ClassVar[int] = 1
 
     status: Status
     model: dict[str, Any]
@@ -159,11 +263,98 @@ class AuditReport:
     interrupted: bool = False
     started_at: str = ""
     duration_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # --------------------------------------------------------------------------------------------- reading
+    @property
+    def passed(self) -> bool:
+        """Whether the audit would exit 0: it completed, no gate failed, no check errored (``pass``, ``warn``,
+        or ``info`` when nothing was gated: see :attr:`gating`)."""
+        return self.status in OK_STATUSES and not self.interrupted
+
+    @property
+    def summary(self) -> dict[str, int]:
+        """Count of checks per status."""
+        return summarize(self.checks)
+
+    @property
+    def gating(self) -> dict[str, int]:
+        """Checks gated, gates, gates met (see :func:`gating`)."""
+        return gating(self.checks)
+
+    def check(self, check_id: str) -> CheckReport:
+        """One check by id (``KeyError`` naming the ids there are)."""
+        for c in self.checks:
+            if c.id == check_id:
+                return c
+        raise KeyError(f"no check {check_id!r} in this report (checks: {', '.join(c.id for c in self.checks)})")
+
+    def metrics(self, check_id: str) -> dict[str, Any]:
+        """The metrics of one check."""
+        return self.check(check_id).metrics
+
+    # --------------------------------------------------------------------------------------------- JSON
+    def to_json(self) -> str:
+        """The JSON report's text (the tool's one encoder: non-finite numbers are ``null``)."""
+        from auditor.jsonenc import dumps
+
+        return dumps(self.to_dict()) + "\n"
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> AuditReport:
+        """A report from its JSON form (schema 1). ``summary`` and ``gating`` are recomputed from the checks;
+        keys this version does not know go to ``extra``."""
+        if doc.get("schema", 1) != cls.SCHEMA:
+            raise ValueError(f"report schema {doc.get('schema')} is not supported (this auditor reads 1)")
+        known, rest = _known(cls, doc, {"spec": "spec_path"})
+        for derived in ("schema", "summary", "gating"):
+            rest.pop(derived, None)
+        return cls(**{**known,
+                      "status": Status(doc["status"]), "model": dict(doc.get("model") or {}),
+                      "baseline": doc.get("baseline"), "data": doc.get("data"),
+                      "environment": dict(doc.get("environment") or {}),
+                      "checks": [CheckReport.from_dict(c) for c in doc["checks"]],
+                      "spec_path": str(doc.get("spec", "")), "interrupted": bool(doc.get("interrupted", False)),
+                      "started_at": str(doc.get("started_at", "")),
+                      "duration_s": float(doc.get("duration_s") or 0.0)},
+                   extra=rest)
+
+    @classmethod
+    def from_json(cls, source: str | Path) -> AuditReport:
+        """A report from JSON text, or from a ``report.json`` file when given a :class:`~pathlib.Path` (or a
+        string that is not JSON text)."""
+        if isinstance(source, Path) or not source.lstrip().startswith("{"):
+            source = Path(source).read_text(encoding="utf-8")
+        doc = json.loads(source)
+        if not isinstance(doc, dict) or not isinstance(doc.get("checks"), list) or "status" not in doc:
+            raise ValueError("not an auditor JSON report (report.json): no status and checks")
+        return cls.from_dict(doc)
+
+    # --------------------------------------------------------------------------------------------- views
+    def to_frame(self) -> pd.DataFrame:
+        """One row per (check, metric) with every scalar leaf of the metrics tree: ``check``, ``use``,
+        ``status``, ``metric`` (dotted path), ``value``, ``baseline``, and the gate on it if any (``gate``,
+        ``gate_status``). Needs pandas."""
+        from auditor.api import report_frame
+
+        return report_frame(self)
+
+    def save(self, directory: str | Path, formats: list[str] | tuple[str, ...] = ("json", "markdown", "html"),
+             ) -> list[Path]:
+        """Write the report in ``formats`` (any installed format) to ``directory``; the paths written."""
+        from auditor.api import save_report
+
+        return save_report(self, Path(directory), list(formats))
+
+    def _repr_html_(self) -> str:
+        from auditor.api import report_html
+
+        return report_html(self)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON report (schema 1), the source of truth for every other format."""
-        return {
-            "schema": 1,
+        out = {
+            "schema": self.SCHEMA,
             "status": self.status.value,
             "interrupted": self.interrupted,
             "spec": self.spec_path,
@@ -177,6 +368,14 @@ class AuditReport:
             "gating": gating(self.checks),
             "checks": [c.to_dict() for c in self.checks],
         }
+        for k, v in self.extra.items():
+            out.setdefault(k, v)
+        return out
+
+
+def as_report(report: AuditReport | Mapping[str, Any]) -> AuditReport:
+    """``report`` as the typed report (a JSON dict is read with :meth:`AuditReport.from_dict`)."""
+    return report if isinstance(report, AuditReport) else AuditReport.from_dict(report)
 
 
 def summarize(checks: list[CheckReport]) -> dict[str, int]:

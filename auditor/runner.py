@@ -22,10 +22,11 @@ from auditor.context import AuditContext, SharedCache
 from auditor.data import Dataset, fit_to_model, load_dataset
 from auditor.datasets.registry import LoadRequest
 from auditor.errors import CheckCancelled, SkipCheck, SpecError
+from auditor.metrics import lookup
 from auditor.model import ModelHandle
 from auditor.plugins import Registry
 from auditor.report.base import write_atomic
-from auditor.results import AuditReport, CheckReport, CheckResult, Finding, GateResult, Status, worst
+from auditor.results import AuditReport, CheckReport, CheckResult, Finding, GateResult, Status, as_report, worst
 from auditor.spec import CheckSpec, GateSpec, Spec
 
 
@@ -128,30 +129,8 @@ def _data_for(data: Dataset, other: ModelHandle) -> Dataset:
     return data.fitted_to(other.input.shape, other.input.name, str(other.path))
 
 
-def lookup_metric(metrics: dict[str, Any], path: str) -> Any:
-    """``metrics["a"]["b"]`` for ``"a.b"``; list items by index; ``KeyError`` if absent.
-
-    Keys may contain dots themselves (ONNX initializer names such as ``conv1.weight``): at each level the
-    longest run of path parts that is a key is tried first, then shorter ones.
-    """
-
-    def walk(cur: Any, parts: list[str]) -> Any:
-        if not parts:
-            return cur
-        if isinstance(cur, dict):
-            for k in range(len(parts), 0, -1):
-                key = ".".join(parts[:k])
-                for cand in (key, int(key)) if key.lstrip("-").isdigit() else (key,):
-                    if cand in cur:
-                        try:
-                            return walk(cur[cand], parts[k:])
-                        except KeyError:
-                            continue
-        elif isinstance(cur, list) and parts[0].lstrip("-").isdigit() and -len(cur) <= int(parts[0]) < len(cur):
-            return walk(cur[int(parts[0])], parts[1:])
-        raise KeyError(path)
-
-    return walk(metrics, path.split("."))
+#: Kept under its old name: gates address metrics with :func:`auditor.metrics.lookup`.
+lookup_metric = lookup
 
 
 def evaluate_gates(gates: list[GateSpec], metrics: dict[str, Any],
@@ -371,8 +350,8 @@ class Runner:
                                     status=Status.WARN if g.severity == "warn" else Status.FAIL,
                                     severity=g.severity, message=f"{g.metric}: not evaluated (check skipped)")
                          for g in cs.gates for op, t in g.bounds.items()]
-            return CheckReport(id=cs.id, use=cs.use, plugin=plugin, status=status, params=cs.params,
-                               metrics={}, gates=gates, findings=[], notes=[], duration_s=o.duration,
+            return CheckReport(id=cs.id, use=cs.use, plugin=plugin, spec_line=cs.line, status=status,
+                               params=cs.params, metrics={}, gates=gates, findings=[], notes=[], duration_s=o.duration,
                                error=o.error, skip_reason=o.skip if status is Status.SKIPPED else None,
                                artifacts={"traceback": o.traceback} if o.traceback else {})
         r = o.result
@@ -380,9 +359,10 @@ class Runner:
         statuses = [g.status for g in gates]
         statuses += [Status.FAIL if f.severity == "fail" else Status.WARN for f in r.findings
                      if f.severity in ("fail", "warn")]
-        return CheckReport(id=cs.id, use=cs.use, plugin=plugin, status=worst(statuses), params=cs.params,
-                           metrics=r.metrics, gates=gates, findings=list(r.findings), notes=list(r.notes),
-                           duration_s=o.duration, baseline_metrics=base, artifacts=dict(r.artifacts))
+        return CheckReport(id=cs.id, use=cs.use, plugin=plugin, spec_line=cs.line, status=worst(statuses),
+                           params=cs.params, metrics=r.metrics, gates=gates, findings=list(r.findings),
+                           notes=list(r.notes), duration_s=o.duration, baseline_metrics=base,
+                           artifacts=dict(r.artifacts))
 
     def run(self, loaded: Loaded) -> AuditReport:
         """Run every check; on Ctrl-C raise :class:`Interrupted` with the partial report."""
@@ -425,9 +405,10 @@ class Runner:
         return report
 
 
-def write_reports(report: dict[str, Any], directory: Path, formats: list[str], registry: Registry,
+def write_reports(report: AuditReport, directory: Path, formats: list[str], registry: Registry,
                   on_written: Callable[[Path], None] | None = None) -> list[Path]:
     """Render and atomically write each format; JSON first (the source of truth)."""
+    report = as_report(report)
     written = []
     order = sorted(formats, key=lambda f: (f != "json", formats.index(f)))
     for fmt in order:

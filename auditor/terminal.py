@@ -24,29 +24,26 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from auditor.report.markdown import fmt_value, scalar_metrics
-from auditor.results import CheckReport
+from auditor.report.markdown import fmt_value, headline
+from auditor.results import AuditReport, CheckReport, as_report
 
 STYLE = {"pass": "green", "info": "cyan", "warn": "yellow", "fail": "red", "error": "bold red", "skipped": "dim"}
 MARK = {"pass": "✔", "info": "i", "warn": "!", "fail": "✘", "error": "✘", "skipped": "–"}
 
 
-def gated_text(report: dict[str, Any]) -> str:
+def gated_text(report: AuditReport) -> str:
     """``2 of 5 checks gated (3 of 4 gates met)``: how much of the audit was asserted."""
-    g = report.get("gating") or {}
-    if not g:
-        return ""
+    g = as_report(report).gating
     if not g.get("checks_gated"):
         return f"no check of {g.get('checks', 0)} gated: nothing asserted"
     return (f"{g['checks_gated']} of {g['checks']} checks gated ({g['gates_met']} of {g['gates']} gates met)")
 
 
-def status_line(report: dict[str, Any]) -> str:
+def status_line(report: AuditReport) -> str:
     """The final line of ``auditor run``: status, counts per status, how many checks were gated."""
-    s = report.get("summary") or {}
-    counts = ", ".join(f"{v} {k}" for k, v in s.items() if v)
-    gated = gated_text(report)
-    return f"{str(report['status']).upper()}: {counts}" + (f"; {gated}" if gated else "")
+    report = as_report(report)
+    counts = ", ".join(f"{v} {k}" for k, v in report.summary.items() if v)
+    return f"{report.status.value.upper()}: {counts}; {gated_text(report)}"
 
 
 def in_ci(env: Mapping[str, str] | None = None) -> bool:
@@ -187,30 +184,31 @@ class TerminalEvents:
                 self._task = None
 
 
-def summary_table(report: dict[str, Any]) -> Table:
-    """The end-of-run table: check, status, time, headline metrics, and gates (those not met spelled out)."""
-    status = report["status"]
-    t = Table(title=f"audit of {report['model']['path']}: [{STYLE.get(status, '')}]{status.upper()}[/]",
+def summary_table(report: AuditReport) -> Table:
+    """The end-of-run table: check, status, time, headline metrics (the gated ones first), and gates (those
+    not met spelled out)."""
+    report = as_report(report)
+    status = report.status.value
+    t = Table(title=f"audit of {report.model.get('path')}: [{STYLE.get(status, '')}]{status.upper()}[/]",
               title_justify="left", show_footer=True)
-    counts = ", ".join(f"{v} {k}" for k, v in (report.get("summary") or {}).items() if v)
-    t.add_column("check", footer=gated_text(report) or f"{len(report['checks'])} checks")
+    counts = ", ".join(f"{v} {k}" for k, v in report.summary.items() if v)
+    t.add_column("check", footer=gated_text(report))
     t.add_column("status", footer=counts)
     t.add_column("time", justify="right")
     t.add_column("metrics", overflow="fold")
     t.add_column("gates", overflow="fold")
-    for c in report["checks"]:
-        st = c["status"]
+    for c in report.checks:
+        st = c.status.value
         if st == "error":
-            metrics = c.get("error", "")
+            metrics = c.error or ""
         elif st == "skipped":
-            metrics = c.get("skip_reason", "")
+            metrics = c.skip_reason or ""
         else:
-            metrics = ", ".join(f"{k}={fmt_value(v)}" for k, v in scalar_metrics(c["metrics"])[:5])
-        gates = c["gates"]
-        met = sum(g["status"] == "pass" for g in gates)
-        lines = [f"{met}/{len(gates)} met"] if gates else []
-        lines += [f"[{STYLE[g['status']]}]{g['status']}[/] " + g["message"].replace("[", r"\[")
-                  for g in gates if g["status"] != "pass"]
-        t.add_row(c["id"], f"[{STYLE[st]}]{st}[/]", f"{c.get('duration_s', 0):.2f} s",
-                  metrics.replace("[", r"\["), "\n".join(lines))
+            metrics = ", ".join(f"{k}={fmt_value(v)}" for k, v in headline(c, 5))
+        met = sum(g.status.value == "pass" for g in c.gates)
+        lines = [f"{met}/{len(c.gates)} met"] if c.gates else []
+        lines += [f"[{STYLE[g.status.value]}]{g.status.value}[/] " + g.message.replace("[", r"\[")
+                  for g in c.gates if g.status.value != "pass"]
+        t.add_row(c.id, f"[{STYLE[st]}]{st}[/]", f"{c.duration_s:.2f} s", metrics.replace("[", r"\["),
+                  "\n".join(lines))
     return t

@@ -15,6 +15,7 @@ from sklearn.metrics import accuracy_score
 
 from auditor.report.junit import JUnitReporter
 from auditor.report.markdown import MarkdownReporter
+from auditor.results import AuditReport
 from auditor.testing import run_audit
 
 
@@ -40,7 +41,7 @@ def audit(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], flo
 
 def test_markdown_is_a_compact_summary(audit: tuple[dict[str, Any], float]) -> None:
     doc, acc = audit
-    md = MarkdownReporter().render(doc)
+    md = MarkdownReporter().render(AuditReport.from_dict(doc))
     assert md.startswith("## 💥 Model audit: **ERROR**")  # an error is worse than a failed gate
     rows = [ln for ln in md.splitlines() if ln.startswith("| `")]
     assert [r.split("`")[1] for r in rows] == [c["id"] for c in doc["checks"]]
@@ -61,7 +62,7 @@ def test_markdown_is_a_compact_summary(audit: tuple[dict[str, Any], float]) -> N
 
 def test_junit_has_one_testcase_per_check(audit: tuple[dict[str, Any], float]) -> None:
     doc, acc = audit
-    root = ET.fromstring(JUnitReporter().render(doc).split("\n", 1)[1])
+    root = ET.fromstring(JUnitReporter().render(AuditReport.from_dict(doc)).split("\n", 1)[1])
     assert root.tag == "testsuites"
     (suite,) = root.findall("testsuite")
     cases = suite.findall("testcase")
@@ -97,5 +98,5 @@ def test_reports_written_by_the_cli_are_the_rendered_ones(tmp_path: Path, audit:
     registry = build_registry(extra_plugins=[fake_plugin])
     written = write_reports(doc, tmp_path, ["json", "markdown", "junit", "html"], registry)
     assert [p.name for p in written] == ["report.json", "report.md", "junit.xml", "report.html"]
-    assert (tmp_path / "report.md").read_text() == MarkdownReporter().render(doc)
+    assert (tmp_path / "report.md").read_text() == MarkdownReporter().render(AuditReport.from_dict(doc))
     assert (tmp_path / "report.html").read_text().startswith("<!DOCTYPE html>")

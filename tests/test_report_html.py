@@ -26,6 +26,7 @@ from auditor.cli import main
 from auditor.plugins import build_registry
 from auditor.report.html import HtmlReporter, fmt
 from auditor.report.plots import Plot, as_number, figure_svg, plot_table, plots_for, render_svg
+from auditor.results import AuditReport
 from auditor.testing import run_audit
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -191,7 +192,7 @@ def _audit(tmp_path: Path) -> tuple[dict[str, Any], np.ndarray, np.ndarray, floa
 def audited(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], np.ndarray, np.ndarray, float, str]:
     tmp = tmp_path_factory.mktemp("html")
     doc, cm, pred, base_acc = _audit(tmp)
-    page = HtmlReporter().render(doc, build_registry().pm)
+    page = HtmlReporter().render(AuditReport.from_dict(doc), build_registry().pm)
     return doc, cm, pred, base_acc, page
 
 
@@ -260,13 +261,14 @@ def test_plugin_renders_its_own_check_and_a_broken_renderer_falls_back(audited: 
         def auditor_render_check(self, check: dict[str, Any], fmt: str) -> str | None:
             raise RuntimeError("boom")
 
-    page = HtmlReporter().render(doc, build_registry(extra_plugins=[Renderer()], use_entry_points=False).pm)
+    typed = AuditReport.from_dict(doc)
+    page = HtmlReporter().render(typed, build_registry(extra_plugins=[Renderer()], use_entry_points=False).pm)
     skew = _section(page, "bias.prediction_skew")
     assert f'<p id="mine">n={doc["checks"][1]["metrics"]["n"]}</p>' in skew
     assert "(bar)" not in skew  # the plugin's fragment replaces the generic plots ...
     assert "<h3>Metrics</h3>" in skew  # ... not the tables
     assert "heatmap plot of confusion_matrix" in _section(page, "performance.metrics")
-    broken = HtmlReporter().render(doc, build_registry(extra_plugins=[Broken()], use_entry_points=False).pm)
+    broken = HtmlReporter().render(typed, build_registry(extra_plugins=[Broken()], use_entry_points=False).pm)
     perf = _section(broken, "performance.metrics")
     assert "the plugin&#x27;s renderer failed (RuntimeError: boom)" in perf
     assert "heatmap plot of confusion_matrix" in perf
@@ -275,7 +277,7 @@ def test_plugin_renders_its_own_check_and_a_broken_renderer_falls_back(audited: 
 def test_without_matplotlib_the_page_has_tables_and_a_note(audited: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     doc, cm = audited[0], audited[1]
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
-    page = HtmlReporter().render(doc)
+    page = HtmlReporter().render(AuditReport.from_dict(doc))
     assert "matplotlib is not installed" in page and "<svg" not in page
     perf = _section(page, "performance.metrics")
     first_row = "".join(f"<td>{v}</td>" for v in cm[0])
@@ -292,7 +294,7 @@ def test_errors_skips_and_interrupts_render(tmp_path: Path) -> None:
                            "status": "fail", "severity": "fail", "message": "m: not evaluated (check skipped)"}],
                 "findings": [{"message": "look", "severity": "warn", "location": "fc1"}], "notes": [],
                 "duration_s": 0.0, "skip_reason": "needs labels"}]}
-    page = HtmlReporter().render(doc)
+    page = HtmlReporter().render(AuditReport.from_dict(doc))
     assert "Error: ValueError: &lt;bad&gt;" in page and "<bad>" not in page and "m&lt;1&gt;.onnx" in page
     assert "Skipped: needs labels" in page and "this report is partial" in page
     assert "not evaluated (check skipped)" in page and "Gates: 0 of 1 met" in page

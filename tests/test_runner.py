@@ -7,7 +7,7 @@ from pathlib import Path
 import fake_plugin
 import pytest
 
-from auditor.results import Status
+from auditor.results import AuditReport, Status
 from auditor.runner import evaluate_gates, lookup_metric
 from auditor.spec import GateSpec
 from auditor.testing import run_audit
@@ -122,9 +122,9 @@ def test_junit_and_markdown_for_skipped_gates_and_odd_messages(tmp_path, mlp) ->
                               {"use": "fake.crash"}])
     doc = r.doc
     doc["checks"][1]["error"] = "RuntimeError: a | b\nsecond line"
-    root = ET.fromstring(JUnitReporter().render(doc).split("\n", 1)[1])
+    root = ET.fromstring(JUnitReporter().render(AuditReport.from_dict(doc)).split("\n", 1)[1])
     assert root.get("failures") == "1" and root.get("errors") == "1" and root.get("skipped") == "0"
-    md = MarkdownReporter().render(doc)
+    md = MarkdownReporter().render(AuditReport.from_dict(doc))
     row = next(line for line in md.splitlines() if line.startswith("| `fake.crash`"))
     assert "a \\| b second line" in row and row.count(" | ") == 3
 

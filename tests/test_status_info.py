@@ -19,7 +19,7 @@ from auditor.cli import main
 from auditor.report.html import HtmlReporter
 from auditor.report.junit import JUnitReporter
 from auditor.report.markdown import MarkdownReporter
-from auditor.results import Status, worst
+from auditor.results import AuditReport, Status, worst
 from auditor.terminal import status_line, summary_table
 from auditor.testing import run_audit
 
@@ -51,18 +51,18 @@ def test_ungated_checks_are_info_in_every_format(tmp_path: Path, mlp: tuple[Path
     assert doc["status"] == "warn"
     assert doc["gating"] == {"checks": 3, "checks_gated": 0, "gates": 0, "gates_met": 0}
 
-    md = MarkdownReporter().render(doc)
+    md = MarkdownReporter().render(AuditReport.from_dict(doc))
     rows = [ln for ln in md.splitlines() if ln.startswith("| `")]
     assert "ℹ️ info" in rows[0] and "✅" not in rows[0] and "ℹ️ info" in rows[1]
     assert "0 of 3 checks gated, 0 of 0 gates met" in md
 
-    root = ET.fromstring(JUnitReporter().render(doc).split("\n", 1)[1])
+    root = ET.fromstring(JUnitReporter().render(AuditReport.from_dict(doc)).split("\n", 1)[1])
     cases = root.findall("testsuite/testcase")
     assert [c.find("properties/property[@name='status']").get("value") for c in cases] == ["info", "info", "warn"]
     assert "[info] no gate: this check asserted nothing" in (cases[0].find("system-out").text or "")
     assert cases[0].find("failure") is None and cases[0].find("skipped") is None
 
-    page = HtmlReporter().render(doc)
+    page = HtmlReporter().render(AuditReport.from_dict(doc))
     assert '<span class="badge b-info">info</span> 2' in page  # the summary counts
     assert "0 of 3 checks gated" in page
 
@@ -77,7 +77,8 @@ def test_an_audit_with_no_gate_is_info_and_one_gate_held_is_pass(tmp_path: Path,
                                                                   mlp: tuple[Path, Path, Any]) -> None:
     info = _audit(tmp_path, mlp, [{"use": "fake.const", "with": {"metrics": {"x": 1}}}])
     assert info["status"] == "info"
-    assert MarkdownReporter().render(info).startswith("## ℹ️ Model audit: **INFO** (no gate was checked)")
+    md = MarkdownReporter().render(AuditReport.from_dict(info))
+    assert md.startswith("## ℹ️ Model audit: **INFO** (no gate was checked)")
     gated = _audit(tmp_path, mlp, [{"use": "fake.const", "with": {"metrics": {"x": 1}}},
                                    {"use": "fake.const", "name": "g", "with": {"metrics": {"x": 1}},
                                     "gate": {"x": {"min": 1}}}])

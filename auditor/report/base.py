@@ -6,7 +6,10 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from auditor.results import AuditReport
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -33,12 +36,14 @@ def write_atomic(path: Path, text: str) -> None:
 
 class Reporter:
     """A report format. ``format`` is its name in ``report.formats``; ``filename`` where it is written in the
-    report folder. ``render`` gets the JSON report dict (the source of truth) and returns the file's text;
-    ``pm`` is the plugin manager, for formats that let plugins render their own checks."""
+    report folder. ``render`` gets the typed report (:class:`~auditor.results.AuditReport`; ``to_dict()`` is the
+    JSON report, the source of truth) and returns the file's text; ``pm`` is the plugin manager, for formats
+    that let plugins render their own checks. (A reporter written for the dict of earlier versions keeps
+    working: ``report["checks"]`` and ``report.get(...)`` read the JSON form.)"""
 
     format: ClassVar[str] = ""
     filename: ClassVar[str] = ""
 
-    def render(self, report: dict[str, Any], pm: Any = None) -> str:
+    def render(self, report: AuditReport, pm: Any = None) -> str:
         """The file's text."""
         raise NotImplementedError

@@ -17,8 +17,11 @@ import html
 import re
 from typing import Any
 
+from auditor.metrics import format_value, get, scalars
 from auditor.report.base import Reporter
+from auditor.report.markdown import headline
 from auditor.report.plots import Plot, matplotlib_available, plot_table, plots_for, render_svg
+from auditor.results import AuditReport, CheckReport, GateResult
 
 STATUSES = ("pass", "info", "warn", "fail", "error", "skipped")
 MAX_METRIC_ROWS = 200
@@ -52,6 +55,8 @@ figcaption { color:#59636e; font-size: 12px; }
 ul.findings li { margin: 2px 0; }
 details summary { cursor: pointer; color:#0969da; }
 code { font: 12px ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
+.scroll { max-width: 100%; overflow-x: auto; }
+section table td, section table th { overflow-wrap: anywhere; }
 pre { white-space: pre-wrap; background:#f6f8fa; padding:8px; border-radius:6px; }
 """
 
@@ -68,16 +73,7 @@ def esc(v: Any) -> str:
 
 def fmt(v: Any) -> str:
     """Short text for a scalar value (4 significant digits for floats)."""
-    if v is None:
-        return "–"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, (list, tuple)):
-        text = "[" + ", ".join(fmt(x) for x in v) + "]"
-        return text if len(text) <= 80 else text[:77] + "…"
-    return str(v)
+    return format_value(v)
 
 
 def badge(status: str) -> str:
@@ -90,21 +86,10 @@ def anchor(index: int, check_id: str) -> str:
     return f"check-{index}-" + re.sub(r"[^A-Za-z0-9_-]+", "-", check_id).strip("-")
 
 
-def flatten(metrics: dict[str, Any], prefix: str = "", depth: int = 0) -> list[tuple[str, Any]]:
+def flatten(metrics: dict[str, Any]) -> list[tuple[str, Any]]:
     """Scalar metrics as ``(dotted.name, value)`` rows: nested dicts are expanded (three levels), short lists
     of scalars shown inline; long lists, lists of dicts and matrices are left to the plots."""
-    rows: list[tuple[str, Any]] = []
-    for k, v in metrics.items():
-        name = f"{prefix}{k}"
-        if isinstance(v, dict):
-            if depth < 3:
-                rows.extend(flatten(v, name + ".", depth + 1))
-        elif isinstance(v, list):
-            if len(v) <= 12 and all(not isinstance(x, (list, dict)) for x in v):
-                rows.append((name, v))
-        else:
-            rows.append((name, v))
-    return rows
+    return scalars(metrics, max_depth=3, inline_lists=12)
 
 
 def change(v: Any, b: Any) -> str:
@@ -115,26 +100,17 @@ def change(v: Any, b: Any) -> str:
     return "0" if d == 0 else f"{d:+.4g}"
 
 
-def _lookup(metrics: dict[str, Any] | None, dotted: str) -> Any:
-    cur: Any = metrics
-    for part in dotted.split("."):
-        if not isinstance(cur, dict) or part not in cur:
-            return None
-        cur = cur[part]
-    return cur
-
-
 class HtmlReporter(Reporter):
     """One self-contained HTML page (see the module docstring)."""
 
     format = "html"
     filename = "report.html"
 
-    def render(self, report: dict[str, Any], pm: Any = None) -> str:
+    def render(self, report: AuditReport, pm: Any = None) -> str:
         """The page's text."""
-        checks = report.get("checks", [])
+        checks = report.checks
         can_plot = matplotlib_available()
-        title = f"Model audit: {report.get('status', '?').upper()} · {report.get('model', {}).get('path', '')}"
+        title = f"Model audit: {report.status.value.upper()} · {report.model.get('path', '')}"
         parts = [
             "<!DOCTYPE html>",
             '<html lang="en"><head><meta charset="utf-8">',
@@ -152,9 +128,9 @@ class HtmlReporter(Reporter):
         return "\n".join(parts)
 
     # ------------------------------------------------------------------------------------------- parts
-    def _header(self, report: dict[str, Any], can_plot: bool) -> str:
-        m = report.get("model") or {}
-        status = report.get("status", "?")
+    def _header(self, report: AuditReport, can_plot: bool) -> str:
+        m = report.model
+        status = report.status.value
         out = [f"<header><h1>Model audit {badge(status)}</h1>"]
         rows = [
             ("model", f"<code>{esc(m.get('path'))}</code>"),
@@ -163,21 +139,21 @@ class HtmlReporter(Reporter):
                           f"outputs {', '.join(map(str, m.get('outputs') or []))}")),
             ("device", esc(m.get("device"))),
         ]
-        if report.get("baseline"):
-            b = report["baseline"]
+        if report.baseline:
+            b = report.baseline
             rows.append(("baseline", f"<code>{esc(b.get('path'))}</code> (sha256 "
                                      f"<code>{esc(str(b.get('sha256'))[:12])}</code>)"))
-        if report.get("data"):
-            d = report["data"]
+        if report.data:
+            d = report.data
             extra = f", groups {', '.join(d.get('groups') or [])}" if d.get("groups") else ""
             rows.append(("data", f"<code>{esc(d.get('path'))}</code>, {esc(d.get('rows'))} rows, labels "
                                  f"{'yes' if d.get('labels') else 'no'}{esc(extra)}"))
-        env = report.get("environment") or {}
-        rows.append(("run", esc(f"{report.get('started_at', '')}, {report.get('duration_s', 0):.2f} s, seed "
-                                f"{env.get('seed')}, spec {report.get('spec', '')}")))
+        env = report.environment
+        rows.append(("run", esc(f"{report.started_at}, {report.duration_s:.2f} s, seed "
+                                f"{env.get('seed')}, spec {report.spec_path}")))
         out.append('<table class="meta">' + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
                    + "</table>")
-        if report.get("interrupted"):
+        if report.interrupted:
             out.append('<p class="alert"><strong>Interrupted</strong>: this report is partial.</p>')
         if not can_plot:
             out.append("<p class=\"note\">Plots left out: matplotlib is not installed "
@@ -185,88 +161,87 @@ class HtmlReporter(Reporter):
         out.append("</header>")
         return "\n".join(out)
 
-    def _summary(self, report: dict[str, Any]) -> str:
-        checks = report.get("checks", [])
-        summary = report.get("summary") or {}
+    def _summary(self, report: AuditReport) -> str:
+        checks = report.checks
+        summary = report.summary
         out = ['<nav id="summary"><h2>Summary</h2>',
                '<p class="counts">' + "".join(f"<span>{badge(s)} {int(summary.get(s, 0))}</span>"
                                               for s in STATUSES if summary.get(s)) + "</p>"]
-        gates = [(i, c, g) for i, c in enumerate(checks) for g in c.get("gates", [])]
-        gating = report.get("gating")
-        if gating:
-            out.append(f'<p class="gated">{int(gating["checks_gated"])} of {int(gating["checks"])} checks gated. '
-                       f'{badge("info")} means the check ran and nothing was asserted.</p>')
+        gates = [(i, c, g) for i, c in enumerate(checks) for g in c.gates]
+        gating = report.gating
+        out.append(f'<p class="gated">{int(gating["checks_gated"])} of {int(gating["checks"])} checks gated. '
+                   f'{badge("info")} means the check ran and nothing was asserted.</p>')
         if gates:
-            bad = sum(g["status"] != "pass" for _, _, g in gates)
+            bad = sum(g.status.value != "pass" for _, _, g in gates)
             out.append(f"<h3>Gates: {len(gates) - bad} of {len(gates)} met</h3>")
             out.append("<table><tr><th>check</th><th>metric</th><th>bound</th><th>value</th><th>baseline</th>"
                        "<th>status</th><th>message</th></tr>")
             # Gates not met first: that is what a reader opens the report for.
-            for i, c, g in sorted(gates, key=lambda t: t[2]["status"] == "pass"):
-                out.append(self._gate_row(g, f'<a href="#{anchor(i, c["id"])}">{esc(c["id"])}</a>'))
+            for i, c, g in sorted(gates, key=lambda t: t[2].status.value == "pass"):
+                out.append(self._gate_row(g, f'<a href="#{anchor(i, c.id)}">{esc(c.id)}</a>'))
             out.append("</table>")
         else:
             out.append("<p>No gates in this spec: the status comes from check errors and findings only.</p>")
         out.append("<h3>Checks</h3><table><tr><th>check</th><th>uses</th><th>status</th><th>time</th>"
                    "<th>headline</th></tr>")
         for i, c in enumerate(checks):
-            if c["status"] == "error":
-                head = f"error: {c.get('error', '')}"
-            elif c["status"] == "skipped":
-                head = f"skipped: {c.get('skip_reason', '')}"
+            st = c.status.value
+            if st == "error":
+                head = f"error: {c.error or ''}"
+            elif st == "skipped":
+                head = f"skipped: {c.skip_reason or ''}"
             else:
-                head = ", ".join(f"{k} = {fmt(v)}" for k, v in flatten(c.get("metrics", {}))[:4])
-            out.append(f'<tr class="s-{esc(c["status"])}"><td><a href="#{anchor(i, c["id"])}">{esc(c["id"])}</a>'
-                       f"</td><td><code>{esc(c['use'])}</code></td><td>{badge(c['status'])}</td>"
-                       f'<td class="num">{c.get("duration_s", 0):.2f} s</td><td>{esc(head[:200])}</td></tr>')
+                head = ", ".join(f"{k} = {fmt(v)}" for k, v in headline(c))
+            out.append(f'<tr class="s-{esc(st)}"><td><a href="#{anchor(i, c.id)}">{esc(c.id)}</a>'
+                       f"</td><td><code>{esc(c.use)}</code></td><td>{badge(st)}</td>"
+                       f'<td class="num">{c.duration_s:.2f} s</td><td>{esc(head[:200])}</td></tr>')
         out.append("</table></nav>")
         return "\n".join(out)
 
     @staticmethod
-    def _gate_row(g: dict[str, Any], first: str | None = None) -> str:
+    def _gate_row(g: GateResult, first: str | None = None) -> str:
+        st = g.status.value
         cells = [first] if first is not None else []
         cells += [
-            f"<code>{esc(g['metric'])}</code>",
-            esc(f"{g['op']} {fmt(g['threshold'])}"),
-            f'<span class="num">{esc(fmt(g.get("value")))}</span>',
-            esc(fmt(g.get("baseline"))),
-            badge(g["status"]) + (" (warn only)" if g.get("severity") == "warn" and g["status"] != "pass" else ""),
-            esc(g.get("message", "")),
+            f"<code>{esc(g.metric)}</code>",
+            esc(f"{g.op} {fmt(g.threshold)}"),
+            f'<span class="num">{esc(fmt(g.value))}</span>',
+            esc(fmt(g.baseline)),
+            badge(st) + (" (warn only)" if g.severity == "warn" and st != "pass" else ""),
+            esc(g.message),
         ]
-        return f'<tr class="s-{esc(g["status"])}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+        return f'<tr class="s-{esc(st)}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
 
-    def _check(self, index: int, c: dict[str, Any], pm: Any, can_plot: bool) -> str:
-        out = [f'<section id="{anchor(index, c["id"])}"><h2>{esc(c["id"])} {badge(c["status"])}</h2>',
-               f'<p class="meta"><code>{esc(c["use"])}</code> · plugin {esc(c.get("plugin", ""))} · '
-               f'{c.get("duration_s", 0):.2f} s</p>']
-        if c.get("error"):
-            out.append(f'<p class="alert">Error: {esc(c["error"])}</p>')
-        if c.get("skip_reason"):
-            out.append(f"<p>Skipped: {esc(c['skip_reason'])}</p>")
-        if c.get("gates"):
-            out.append("<h3>Gates</h3><table><tr><th>metric</th><th>bound</th><th>value</th><th>baseline</th>"
-                       "<th>status</th><th>message</th></tr>")
-            out += [self._gate_row(g) for g in c["gates"]]
-            out.append("</table>")
-        if c.get("findings"):
+    def _check(self, index: int, c: CheckReport, pm: Any, can_plot: bool) -> str:
+        out = [f'<section id="{anchor(index, c.id)}"><h2>{esc(c.id)} {badge(c.status.value)}</h2>',
+               f'<p class="meta"><code>{esc(c.use)}</code> · plugin {esc(c.plugin)} · {c.duration_s:.2f} s</p>']
+        if c.error:
+            out.append(f'<p class="alert">Error: {esc(c.error)}</p>')
+        if c.skip_reason:
+            out.append(f"<p>Skipped: {esc(c.skip_reason)}</p>")
+        if c.gates:
+            out.append('<div class="scroll"><h3>Gates</h3><table><tr><th>metric</th><th>bound</th><th>value</th>'
+                       "<th>baseline</th><th>status</th><th>message</th></tr>")
+            out += [self._gate_row(g) for g in c.gates]
+            out.append("</table></div>")
+        if c.findings:
             out.append('<h3>Findings</h3><ul class="findings">')
-            for f in c["findings"]:
-                loc = f" <code>{esc(f['location'])}</code>" if f.get("location") else ""
-                out.append(f"<li>{badge(f.get('severity', 'info'))}{loc} {esc(f['message'])}</li>")
+            for f in c.findings:
+                loc = f" <code>{esc(f.location)}</code>" if f.location else ""
+                out.append(f"<li>{badge(f.severity)}{loc} {esc(f.message)}</li>")
             out.append("</ul>")
-        metrics = c.get("metrics") or {}
-        if metrics:
+        if c.metrics:
             out.append(self._plots(c, pm, can_plot))
-            out.append(self._metric_table(metrics, c.get("baseline_metrics")))
-        if c.get("params"):
+            out.append(self._metric_table(c.metrics, c.baseline_metrics))
+        if c.params:
             out.append("<p class=\"meta\">params: " + ", ".join(
-                f"<code>{esc(k)}={esc(fmt(v))}</code>" for k, v in c["params"].items()) + "</p>")
-        if c.get("notes"):
-            out.append('<h3>Notes</h3><ul>' + "".join(f"<li>{esc(n)}</li>" for n in c["notes"]) + "</ul>")
+                f"<code>{esc(k)}={esc(fmt(v))}</code>" for k, v in c.params.items()) + "</p>")
+        if c.notes:
+            out.append('<h3>Notes</h3><ul>' + "".join(f"<li>{esc(n)}</li>" for n in c.notes) + "</ul>")
         out.append("</section>")
         return "\n".join(out)
 
-    def _plots(self, c: dict[str, Any], pm: Any, can_plot: bool) -> str:
+    def _plots(self, c: CheckReport, pm: Any, can_plot: bool) -> str:
         """The plugin's own rendering if it has one, else generic plots by metric shape."""
         if pm is not None:
             try:
@@ -280,9 +255,9 @@ class HtmlReporter(Reporter):
         return self._generic(c, can_plot)
 
     @staticmethod
-    def _generic(c: dict[str, Any], can_plot: bool) -> str:
+    def _generic(c: CheckReport, can_plot: bool) -> str:
         out = []
-        for p in plots_for(c.get("metrics") or {}):
+        for p in plots_for(c.metrics):
             body = _figure(p) if can_plot else plot_table(p)
             out.append(f"<figure>{body}<figcaption>{esc(p.title)} ({esc(p.kind)})</figcaption></figure>")
         return "\n".join(out)
@@ -300,7 +275,7 @@ class HtmlReporter(Reporter):
             for name, v in items[:MAX_METRIC_ROWS]:
                 cells = f"<td><code>{esc(name)}</code></td><td class=\"num\">{esc(fmt(v))}</td>"
                 if baseline:
-                    b = _lookup(baseline, name)
+                    b = get(baseline, name)
                     cells += f'<td class="num">{esc(fmt(b))}</td><td class="num">{esc(change(v, b))}</td>'
                 body.append(f"<tr>{cells}</tr>")
             more = ""
@@ -310,14 +285,15 @@ class HtmlReporter(Reporter):
 
         out = []
         if top:
-            out.append("<h3>Metrics</h3>" + table(top))
+            out.append('<h3>Metrics</h3><div class="scroll">' + table(top) + "</div>")
         if nested:
-            out.append(f"<details><summary>Nested metrics ({len(nested)})</summary>{table(nested)}</details>")
+            out.append(f'<details><summary>Nested metrics ({len(nested)})</summary><div class="scroll">{table(nested)}'
+                       "</div></details>")
         return "\n".join(out)
 
     @staticmethod
-    def _footer(report: dict[str, Any]) -> str:
-        env = report.get("environment") or {}
+    def _footer(report: AuditReport) -> str:
+        env = report.environment
         versions = ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items() if v)
         plugins = ", ".join(f"{k} {v or ''}".strip() for k, v in (env.get("plugins") or {}).items())
         parts = []

@@ -6,6 +6,13 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 from auditor.report.base import Reporter
+from auditor.results import AuditReport, CheckReport, Status
+
+
+def gate_failed(c: CheckReport) -> bool:
+    """A failed check, or a skipped one whose gates could not be met (it fails the audit, so it is a failure
+    here too)."""
+    return c.status is Status.FAIL or (c.status is Status.SKIPPED and any(g.status is Status.FAIL for g in c.gates))
 
 
 class JUnitReporter(Reporter):
@@ -14,47 +21,41 @@ class JUnitReporter(Reporter):
     format = "junit"
     filename = "junit.xml"
 
-    def render(self, report: dict[str, Any], pm: Any = None) -> str:
+    def render(self, report: AuditReport, pm: Any = None) -> str:
         """XML text."""
-        checks = report["checks"]
-
-        def gate_failed(c: dict[str, Any]) -> bool:
-            # A skipped check whose gates could not be met fails the audit, so it is a failure here too.
-            return c["status"] == "fail" or (
-                c["status"] == "skipped" and any(g["status"] == "fail" for g in c["gates"]))
-
+        checks = report.checks
         counts = {
             "tests": len(checks),
             "failures": sum(gate_failed(c) for c in checks),
-            "errors": sum(c["status"] == "error" for c in checks),
-            "skipped": sum(c["status"] == "skipped" and not gate_failed(c) for c in checks),
+            "errors": sum(c.status is Status.ERROR for c in checks),
+            "skipped": sum(c.status is Status.SKIPPED and not gate_failed(c) for c in checks),
         }
         attrs = {k: str(v) for k, v in counts.items()}
         suites = ET.Element("testsuites", {"name": "onnx-auditor", **attrs})
         suite = ET.SubElement(suites, "testsuite", {
-            "name": f"audit {report['model'].get('path')}", "timestamp": report.get("started_at", ""),
-            "time": f"{report.get('duration_s', 0):.3f}", **attrs,
+            "name": f"audit {report.model.get('path')}", "timestamp": report.started_at,
+            "time": f"{report.duration_s:.3f}", **attrs,
         })
         for c in checks:
-            case = ET.SubElement(suite, "testcase", classname=c["use"], name=c["id"], time=f"{c['duration_s']:.3f}")
+            case = ET.SubElement(suite, "testcase", classname=c.use, name=c.id, time=f"{c.duration_s:.3f}")
             # JUnit has no "ran, nothing asserted": an info check is a passing testcase that says so.
             props = ET.SubElement(case, "properties")
-            ET.SubElement(props, "property", name="status", value=str(c["status"]))
-            failed = [g for g in c["gates"] if g["status"] == "fail"]
-            if c["status"] == "error":
-                el = ET.SubElement(case, "error", message=str(c.get("error", ""))[:500], type="CheckError")
-                el.text = str(c.get("error", ""))
+            ET.SubElement(props, "property", name="status", value=c.status.value)
+            failed = [g for g in c.gates if g.status is Status.FAIL]
+            if c.status is Status.ERROR:
+                el = ET.SubElement(case, "error", message=str(c.error or "")[:500], type="CheckError")
+                el.text = str(c.error or "")
             elif gate_failed(c):
-                msg = "; ".join(g["message"] for g in failed) or "; ".join(
-                    f["message"] for f in c["findings"] if f["severity"] == "fail")
+                msg = "; ".join(g.message for g in failed) or "; ".join(
+                    f.message for f in c.findings if f.severity == "fail")
                 el = ET.SubElement(case, "failure", message=msg[:500], type="GateFailed")
                 el.text = msg
-            elif c["status"] == "skipped":
-                ET.SubElement(case, "skipped", message=str(c.get("skip_reason", "")))
-            out = ["[info] no gate: this check asserted nothing"] if c["status"] == "info" else []
-            out += [f"{k} = {v}" for k, v in c["metrics"].items() if isinstance(v, (int, float, str))]
-            out += [f"[{g['status']}] {g['message']}" for g in c["gates"]]
-            out += [f"[{f['severity']}] {f['message']}" for f in c["findings"]]
+            elif c.status is Status.SKIPPED:
+                ET.SubElement(case, "skipped", message=str(c.skip_reason or ""))
+            out = ["[info] no gate: this check asserted nothing"] if c.status is Status.INFO else []
+            out += [f"{k} = {v}" for k, v in c.metrics.items() if isinstance(v, (int, float, str))]
+            out += [f"[{g.status.value}] {g.message}" for g in c.gates]
+            out += [f"[{f.severity}] {f.message}" for f in c.findings]
             if out:
                 ET.SubElement(case, "system-out").text = "\n".join(out)
         ET.indent(suites)

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from auditor import ArraySource, AuditContext, Dataset, ModelHandle, Param, SkipCheck
+from auditor.jsonenc import jsonable as jsonable  # the core's one encoder (NaN, inf -> None), for this plugin
 from auditor.outputs import Predictions, interpret
 
 REFERENCE_PARAM = Param(
@@ -106,16 +106,3 @@ def scores(pred: Predictions) -> np.ndarray:
     return v.reshape(len(v), -1)
 
 
-def jsonable(a: Any) -> Any:
-    """NaN → None, numpy → Python, recursively (metrics must be JSON)."""
-    if isinstance(a, np.ndarray):
-        return jsonable(a.tolist())
-    if isinstance(a, (list, tuple)):
-        return [jsonable(v) for v in a]
-    if isinstance(a, dict):
-        return {str(k): jsonable(v) for k, v in a.items()}
-    if isinstance(a, (float, np.floating)):
-        return None if not np.isfinite(a) else float(a)
-    if isinstance(a, np.integer):
-        return int(a)
-    return a
