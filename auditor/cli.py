@@ -129,10 +129,13 @@ def main() -> None:
 @click.option("-k", "keyword", metavar="EXPR",
               help="Only run checks whose id matches EXPR: substrings combined with and / or / not and "
                    "parentheses, as pytest's -k (e.g. 'noise or square', 'not torch').")
+@click.option("--traceback", "show_traceback", is_flag=True,
+              help="Print the Python traceback of every check that raised (also kept in report.json).")
 @with_plugin_options
 @handle_errors
 def run(spec_path: Path, report_dir: Path | None, formats: str | None, seed: int | None, quiet: bool,
-        keyword: str | None, disable: tuple[str, ...], plugins: tuple[str, ...]) -> None:
+        keyword: str | None, disable: tuple[str, ...], plugins: tuple[str, ...],
+        show_traceback: bool = False) -> None:
     """Run the audit described by SPEC. Exit 0: every gate passed; 1: a gate failed or a check errored;
     2: bad spec or usage; 3: internal error; 4: model, data or plugin could not be loaded."""
     from rich.console import Console
@@ -179,6 +182,10 @@ def run(spec_path: Path, report_dir: Path | None, formats: str | None, seed: int
             out.print(summary_table(report))
             for path in written:
                 out.print(f"report: {path}")
+        if show_traceback:
+            for c in report.checks:
+                if c.traceback:
+                    click.echo(f"--- traceback of {c.id} ---\n{c.traceback.rstrip()}", err=True)
         click.echo(status_line(report))
     if interrupted:
         click.echo("interrupted: partial report written", err=True)

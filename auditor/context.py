@@ -96,28 +96,47 @@ class AuditContext:
                     done[0] += k
                     self.report_progress(done[0], data.n, "inference")
 
-                raw = model.run(data.x, progress=step)
+                raw = model.run(data.x, inputs=data.inputs, progress=step)
                 zip_classes = {z.output: z.classes for z in model.zipmaps.values()}
                 self.cache.predictions[key] = interpret(
                     raw, task=model.config.task, y=data.y, zip_classes=zip_classes
                 )
             return self.cache.predictions[key]
 
-    def predict_proba(self, x: np.ndarray, model: ModelHandle | None = None) -> np.ndarray:
-        """Class probabilities for arbitrary inputs (perturbed data, attacks), read the same way as
-        :meth:`predictions` reads the audit data's outputs."""
+    def predict_proba(self, x: np.ndarray, model: ModelHandle | None = None, *, data: Dataset | None = None,
+                      rows: np.ndarray | slice | None = None, repeat: int = 1) -> np.ndarray:
+        """Class probabilities for arbitrary inputs of the primary input (perturbed data, attacks), read the
+        same way as :meth:`predictions` reads the audit data's outputs.
+
+        A model with other per-sample inputs (``Dataset.inputs``: an attention mask, a recurrent state) gets
+        them from the rows ``x`` was derived from: ``data`` (a subset the check took; default the audit data)
+        and, within it, ``rows`` (default all; ``repeat`` tiles them for ``repeat`` stacked copies).
+        """
         model = model or self.model
         # The task is read as for the audit data (cached predictions when there are some), without running
         # the whole data set first: a sampled audit of a large data set must not pay for a full pass.
         cached = self.cache.predictions.get((id(model), id(self.data))) if self.data is not None else None
         task = cached.task if cached is not None else model.config.task
-        raw = model.run(x)
+        inputs = self.companions(model, data, rows, repeat)
+        raw = model.run(x, inputs=inputs)
         zip_classes = {z.output: z.classes for z in model.zipmaps.values()}
         p = interpret(raw, task=task if task != "auto" or self.data is not None else "classification",
                       zip_classes=zip_classes, y=None if self.data is None else self.data.y)
         if p.probs is None:
             raise SkipCheck("the model is not a classifier")
         return p.probs
+
+    def companions(self, model: ModelHandle | None = None, data: Dataset | None = None,
+                   rows: np.ndarray | slice | None = None, repeat: int = 1) -> dict[str, np.ndarray]:
+        """The other per-sample inputs ``model`` needs for inputs derived from ``data[rows]`` (empty when the
+        model has a single data input): pass them as ``model.run(x, inputs=...)``."""
+        model = model or self.model
+        if not model.sample_inputs:
+            return {}
+        source = data if data is not None else self.data
+        if source is None:
+            return {}
+        return source.companions(rows, repeat=repeat)
 
     def labels(self, data: Dataset | None = None) -> np.ndarray:
         """True labels as column indices of the model's classes (-1 for unknown labels)."""
@@ -127,7 +146,13 @@ class AuditContext:
         pred = self.predictions(data)
         if pred.classes is None:
             return np.asarray(data.y)
-        return encode_labels(data.y, pred.classes)
+        y = np.asarray(data.y)
+        if y.dtype.kind in "OUS" and not any(isinstance(c, str) for c in pred.classes):
+            example = next((v for v in y if v is not None), "?")
+            raise SkipCheck(f"the labels are strings (e.g. {str(example)!r}) but the model's classes are column "
+                            f"indices 0..{len(pred.classes) - 1}: list the class names in column order with "
+                            f"data.classes")
+        return encode_labels(y, pred.classes)
 
     def activations(self, layers: Sequence[str] | str, data: Dataset | None = None,
                     model: ModelHandle | None = None) -> dict[str, np.ndarray]:
@@ -143,7 +168,7 @@ class AuditContext:
             # The same pass also yields the audited outputs: predictions come free when not cached yet.
             with_preds = (id(model), id(data)) not in self.cache.predictions
             wanted = list(dict.fromkeys(todo + (list(model.outputs) if with_preds else [])))
-            out = model.run(data.x, wanted)
+            out = model.run(data.x, wanted, inputs=data.inputs)
             with self.cache.lock:
                 for n in todo:
                     self.cache.activations[(id(model), id(data), n)] = out[n]

@@ -76,6 +76,19 @@ class Dataset:
     pixels: Any = None
     #: Reads a column that is not held in memory (a parquet feature column), by name; ``None`` if absent.
     column_reader: Any = None
+    #: The model's other per-sample inputs (model input name -> batch-first array, one row per row of ``x``),
+    #: e.g. an ``attention_mask`` beside ``input_ids`` or a recurrent state; ``x`` is the primary input.
+    inputs: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def companions(self, rows: np.ndarray | slice | None = None, *, repeat: int = 1) -> dict[str, np.ndarray]:
+        """The other model inputs for the rows ``rows`` of this data set (all rows for ``None``), to pass as
+        ``ModelHandle.run(x, inputs=...)`` beside inputs derived from ``x[rows]``; ``repeat`` tiles them for a
+        batch that stacks ``repeat`` perturbed copies of those rows one block after another."""
+        out = {}
+        for k, v in self.inputs.items():
+            a = np.asarray(v if rows is None else v[rows])
+            out[k] = np.concatenate([a] * repeat) if repeat > 1 else a
+        return out
 
     def __len__(self) -> int:
         return len(self.x)
@@ -119,6 +132,7 @@ class Dataset:
             details=dict(self.details),
             pixels=self.pixels,
             column_reader=self.column_reader,
+            inputs={k: np.asarray(v[idx]) for k, v in self.inputs.items()},
         )
 
     def sample(self, limit: int, rng: np.random.Generator, *, stratify: bool = True) -> Dataset:
@@ -147,6 +161,7 @@ class Dataset:
             "total_rows": self.total_rows,
             "x_shape": list(self.x.shape),
             "x_dtype": str(self.x.dtype),
+            "inputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in self.inputs.items()},
             "labels": self.y is not None,
             "groups": sorted(self.groups),
             "missing_group_values": dict(self.missing),
@@ -185,11 +200,15 @@ def sample_indices(n: int, k: int, rng: np.random.Generator, y: np.ndarray | Non
 
 
 def load_dataset(cfg: DataConfig, rng: np.random.Generator | None = None, *, request: Any = None,
-                 sources: dict[str, type[Any]] | None = None) -> Dataset:
+                 sources: dict[str, type[Any]] | None = None, inputs: dict[str, str | list[str]] | None = None,
+                 primary: str | None = None) -> Dataset:
     """Load ``cfg.path``; errors name the file and the spec key.
 
     ``request`` (a :class:`~auditor.datasets.registry.LoadRequest`) tells image sources the model input;
-    ``sources`` are the data sources plugins registered (``auditor_register_datasets``)."""
+    ``sources`` are the data sources plugins registered (``auditor_register_datasets``). ``inputs`` maps the
+    model's other per-sample inputs to their data keys (npz keys, or csv/parquet columns: one or a list); each
+    becomes ``Dataset.inputs[name]``. ``primary`` (the primary input's name) is the default ``x`` key when the
+    file has no ``x``."""
     from auditor.datasets.registry import BUILTIN_SOURCES, LoadRequest
 
     path = Path(cfg.path)
@@ -232,12 +251,13 @@ def load_dataset(cfg: DataConfig, rng: np.random.Generator | None = None, *, req
         elif suffix == ".csv":
             table = _load_csv(path)
         else:
-            table, lazy_x = _load_parquet(path, cfg)
+            table, lazy_x = _load_parquet(path, cfg, inputs or {})
     except DataError:
         raise
     except Exception as exc:
         raise DataError(f"{role}.path: cannot read {path}: {type(exc).__name__}: {exc}") from None
-    ds = _assemble(table, cfg, path, tabular=suffix in (".csv", ".parquet"), lazy_x=lazy_x)
+    ds = _assemble(table, cfg, path, tabular=suffix in (".csv", ".parquet"), lazy_x=lazy_x, inputs=inputs or {},
+                   primary=primary)
     if cfg.preprocess is not None:
         from auditor.datasets.loader import preprocess_arrays
 
@@ -303,8 +323,10 @@ def _load_csv(path: Path) -> dict[str, np.ndarray]:
 LAZY_PARQUET_BYTES = 64 << 20
 
 
-def _load_parquet(path: Path, cfg: DataConfig) -> tuple[dict[str, Any], ParquetRows | None]:
-    """The columns held in memory, and (for a large file) the feature columns as a lazy row-group source."""
+def _load_parquet(path: Path, cfg: DataConfig, inputs: dict[str, str | list[str]] | None = None
+                  ) -> tuple[dict[str, Any], ParquetRows | None]:
+    """The columns held in memory (labels, groups, further columns, the model's other inputs), and (for a large
+    file) the feature columns as a lazy row-group source."""
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -315,7 +337,7 @@ def _load_parquet(path: Path, cfg: DataConfig) -> tuple[dict[str, Any], ParquetR
     pf = pq.ParquetFile(path)
     schema = pf.schema_arrow
     names = list(schema.names)
-    keep = {k for k in [cfg.y, *cfg.groups, *cfg.columns] if k is not None}
+    keep = {k for k in [cfg.y, *cfg.groups, *cfg.columns, *_input_columns(inputs or {})] if k is not None}
     x_cols = ([cfg.x] if isinstance(cfg.x, str) else list(cfg.x)) if cfg.x is not None else \
         [k for k in names if k not in keep]
 
@@ -351,9 +373,16 @@ def _parquet_column(path: Path) -> Any:
     return read
 
 
+def _input_columns(inputs: dict[str, str | list[str]]) -> set[str]:
+    """The data keys behind the model's other per-sample inputs."""
+    return {k for v in inputs.values() for k in ([v] if isinstance(v, str) else v)}
+
+
 def _assemble(table: dict[str, Any], cfg: DataConfig, path: Path, tabular: bool,
-              lazy_x: ParquetRows | None = None) -> Dataset:
+              lazy_x: ParquetRows | None = None, inputs: dict[str, str | list[str]] | None = None,
+              primary: str | None = None) -> Dataset:
     role = cfg.role
+    inputs = inputs or {}
     keys = list(table)
     notes: list[str] = []
 
@@ -371,6 +400,24 @@ def _assemble(table: dict[str, Any], cfg: DataConfig, path: Path, tabular: bool,
     groups = {g: need(g, f"groups[{i}]") for i, g in enumerate(group_keys)}
     extra_cols = {c: need(c, "columns") for c in cfg.columns}
 
+    def model_input(name: str, key: str | list[str]) -> np.ndarray:
+        """The data of one of the model's other inputs (a key, or a group of csv/parquet columns)."""
+        keys_ = [key] if isinstance(key, str) else list(key)
+        absent = [k for k in keys_ if k not in table]
+        if absent:
+            raise DataError(
+                f"{role}.path: model input '{name}' takes per-sample data, but {path} has no "
+                f"{'column' if tabular else 'key'} '{absent[0]}' (has: {', '.join(keys)}); map it with "
+                f"model.inputs: {{{name}: KEY}}, or give a constant with model.feeds"
+            )
+        if len(keys_) == 1 and not tabular:
+            return np.asarray(table[keys_[0]])
+        cols = [np.asarray(table[k]) for k in keys_]
+        return np.stack(cols, axis=1) if all(c.ndim == 1 for c in cols) else np.concatenate(
+            [c.reshape(len(c), -1) for c in cols], axis=1)
+
+    extra_inputs = {name: model_input(name, key) for name, key in inputs.items()}
+
     x: np.ndarray | ArraySource
     if lazy_x is not None:
         x_cols = lazy_x.columns
@@ -380,7 +427,7 @@ def _assemble(table: dict[str, Any], cfg: DataConfig, path: Path, tabular: bool,
         columns = dict(table)
     elif tabular:
         if cfg.x is None:
-            skip = {y_key, *group_keys, *cfg.columns}
+            skip = {y_key, *group_keys, *cfg.columns, *_input_columns(inputs)}
             x_cols = [k for k in keys if k not in skip]
         else:
             x_cols = [cfg.x] if isinstance(cfg.x, str) else list(cfg.x)
@@ -398,6 +445,9 @@ def _assemble(table: dict[str, Any], cfg: DataConfig, path: Path, tabular: bool,
         columns = {k: v for k, v in table.items()}
     else:
         x_key = cfg.x if isinstance(cfg.x, str) else "x"
+        if cfg.x is None and "x" not in table and primary is not None and primary in table:
+            x_key = primary
+            notes.append(f"x taken from key '{primary}' (the model input's name)")
         if isinstance(cfg.x, list):
             raise DataError(f"{role}.x: a list of columns needs a .csv or .parquet file")
         x = need(x_key, "x")
@@ -405,15 +455,58 @@ def _assemble(table: dict[str, Any], cfg: DataConfig, path: Path, tabular: bool,
         feature_names = None
 
     n = len(x)
-    for name, arr in [("y", y), *[(f"groups.{g}", v) for g, v in groups.items()]]:
+    for name, arr in [("y", y), *[(f"groups.{g}", v) for g, v in groups.items()],
+                      *[(f"inputs.{k}", v) for k, v in extra_inputs.items()]]:
         if arr is not None and len(arr) != n:
             raise DataError(f"{role}.{name}: {len(arr)} rows but x has {n} in {path}")
+    if y is not None:
+        y = _label_vector(y, cfg, path, notes)
     if y is not None and y.dtype.kind == "f" and np.isnan(y).any():
         raise DataError(f"{role}.y: {int(np.isnan(y).sum())} labels are missing (NaN) in {path}")
     groups, missing = normalise_groups(groups)
     return Dataset(x=x, y=y, groups=groups, columns={**columns, **extra_cols}, source=str(path),
                    batch_size=cfg.batch_size, notes=notes, missing=missing, total_rows=n,
-                   feature_names=feature_names)
+                   feature_names=feature_names, inputs=extra_inputs)
+
+
+def _label_vector(y: np.ndarray, cfg: DataConfig, path: Path, notes: list[str]) -> np.ndarray:
+    """Labels as one value per row: one-hot or probability rows -> their argmax, ``(N, 1)`` -> ``(N,)``, string
+    labels -> indices into ``data.classes`` when it is given (else left as strings, matched to the model's own
+    class labels)."""
+    role = cfg.role
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    elif y.ndim == 2 and y.dtype.kind in "iufb":
+        yf = y.astype(np.float64)
+        finite = np.isfinite(yf).all(axis=1)
+        if not finite.all():
+            raise DataError(f"{role}.y: {int((~finite).sum())} label rows of {path} have missing (NaN) values")
+        ok = (yf >= 0).all() and np.allclose(yf.sum(axis=1), 1.0, atol=1e-3)
+        if not ok:
+            raise DataError(f"{role}.y: labels of {path} have shape {list(y.shape)}, but their rows are neither "
+                            f"one-hot nor probabilities (non-negative, summing to 1)")
+        one_hot = bool(np.isin(yf, (0.0, 1.0)).all())
+        notes.append(f"labels given as {'one-hot' if one_hot else 'probability'} rows of {y.shape[1]} classes: "
+                     f"read as class indices (argmax{'' if one_hot else ', ties to the first'})")
+        y = np.argmax(yf, axis=1)
+    elif y.ndim != 1:
+        raise DataError(f"{role}.y: labels of {path} have shape {list(y.shape)}; give one label per row "
+                        f"(or one-hot rows)")
+    if cfg.classes is not None and y.dtype.kind in "OUS":
+        names = [str(c) for c in cfg.classes]
+        index = {c: i for i, c in enumerate(names)}
+        keys = np.array([None if v is None else str(v) for v in y], dtype=object)
+        unknown = sorted({str(k) for k in keys if k is not None and k not in index})
+        if unknown:
+            raise DataError(f"{role}.y: label(s) {', '.join(repr(u) for u in unknown[:5])} of {path} are not in "
+                            f"data.classes ({', '.join(names[:10])})")
+        missing = np.array([k is None for k in keys])
+        if missing.any():
+            raise DataError(f"{role}.y: {int(missing.sum())} labels are missing in {path}")
+        y = np.array([index[k] for k in keys], dtype=np.int64)
+        notes.append(f"string labels mapped to class indices by data.classes ({len(names)} classes)")
+    return y
 
 
 def normalise_groups(groups: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, int]]:

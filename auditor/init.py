@@ -26,7 +26,8 @@ def _data_block(handle: ModelHandle, data_path: Path | None, out: Path) -> list[
     return [
         "data:",
         f"  path: {_rel(data_path, out) if data_path else 'test.npz   # .npz .npy .csv .parquet, image folder'}",
-        "  x: x                  # input array (npz key) or feature columns (csv/parquet)",
+        (f"  x: {handle.input.name}" if handle.sample_inputs else "  x: x")
+        + "                  # input array (npz key) or feature columns (csv/parquet)",
         "  y: y                  # labels",
         "  # groups: [sex]       # sensitive-attribute columns, for bias checks",
         "  # limit: 2000         # audit a seeded, stratified sample",
@@ -48,7 +49,10 @@ def starter_spec(model_path: Path, data_path: Path | None, out: Path) -> str:
         "model:",
         f"  path: {_rel(model_path, out)}",
         f"  # data inputs: {', '.join(inputs)}",
-        f"  input: {handle.input.name}",
+        f"  input: {handle.input.name}" + ("        # primary input (data.x): the one perturbation checks perturb"
+                                           if handle.sample_inputs else ""),
+        *(["  inputs:                # other per-sample inputs -> their key (npz) or column(s) in the data"]
+          + [f"    {name}: {key}" for name, key in handle.input_keys.items()] if handle.sample_inputs else []),
         f"  # graph outputs: {', '.join(outputs)}",
         "  # output: any tensor of the graph; the model is cut to what it needs"
         + (f" (penultimate features: {pen})" if pen else ""),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from auditor import graph as G
 from auditor.cancel import progress_sink, raise_if_cancelled
 from auditor.datasets.sources import XArray
 from auditor.device import CUDA, choose_providers, provider_options, quiet_stderr
-from auditor.errors import DataError, ModelLoadError
+from auditor.errors import DataError, ModelLoadError, SkipCheck
 
 # Domains that ONNX Runtime implements itself; anything else is a custom domain needing a custom-op library.
 _KNOWN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc", "ai.onnx.training",
@@ -38,6 +38,11 @@ class ModelConfig:
     feeds: dict[str, Any] | None = None
     task: str = "auto"
     layout: str | None = None
+    #: model input -> data key (npz key, or csv/parquet column(s)) for inputs other than ``input`` that the
+    #: data supplies per sample; inputs not named here are looked up by their own name.
+    inputs: dict[str, Any] | None = None
+    #: number of valid ids of an integer (token id) input, when the graph's embedding table does not say.
+    vocab_size: int | None = None
 
 
 def explain_ort_error(path: Path, proto: onnx.ModelProto | None, exc: BaseException) -> str:
@@ -68,6 +73,28 @@ def explain_ort_error(path: Path, proto: onnx.ModelProto | None, exc: BaseExcept
     first = " ".join(text.split())
     first = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", first)
     return f"{path}: onnxruntime cannot load the model: {first[:300]}"
+
+
+def _batch_axis(spec: G.TensorSpec, primary: G.TensorSpec) -> int:
+    """Where ``spec``'s batch axis lies: the axis sharing the primary input's symbolic batch dimension, else 0."""
+    d0 = primary.shape[0] if primary.shape else None
+    if isinstance(d0, str) and spec.shape:
+        for axis, d in enumerate(spec.shape):
+            if d == d0:
+                return axis
+    return 0
+
+
+def _cast(x: np.ndarray, spec: G.TensorSpec, name: str) -> np.ndarray:
+    """Data cast to an input's dtype (no copy when it already fits); fractional values for an integer input
+    are an error, never truncated."""
+    dt = spec.dtype
+    if dt is None or x.dtype == dt:
+        return x
+    if dt.kind in "iu" and x.dtype.kind == "f":
+        if not np.all(np.isfinite(x)) or not np.all(np.mod(x, 1) == 0):
+            raise DataError(f"model input '{name}' wants integers ({dt}) but the data has fractional values")
+    return x.astype(dt, copy=False)
 
 
 def _sha256(path: Path) -> str:
@@ -101,6 +128,9 @@ class ModelHandle:
         self._batch_mode: str | None = None
         self._fixed_batch: int | None = None
         self._io_binding: bool | None = None
+        #: per audited output: whether its first axis follows the batch (``None`` until the first run)
+        self.output_batched: dict[str, bool] | None = None
+        self.output_shapes: dict[str, list[int]] | None = None
         self._load()
 
     # ------------------------------------------------------------------------------------------ loading
@@ -126,6 +156,28 @@ class ModelHandle:
             t.data_location == onnx.TensorProto.EXTERNAL for t in self.proto.graph.initializer
         )
         self.zipmaps = G.find_zipmaps(self.proto.graph)
+        # Classifiers exported without a ZipMap (scikit-learn's zipmap=False) carry their class labels on the
+        # node; the probability output's columns are those labels, in order.
+        outs = {o.name for o in self.proto.graph.output}
+        cons = G.consumers(self.proto.graph)
+        for node in self.proto.graph.node:
+            labels = [a for a in node.attribute if a.name in ("classlabels_strings", "classlabels_int64s")]
+            if not labels or len(node.output) < 2:
+                continue
+            # the probability output, through the column-preserving ops exporters append (Normalizer, Cast)
+            prob = node.output[1]
+            while prob not in outs:
+                nxt = [n for n, slot in cons.get(prob, []) if slot == 0
+                       and n.op_type in ("Normalizer", "Cast", "Identity", "Softmax")]
+                if len(nxt) != 1:
+                    break
+                prob = nxt[0].output[0]
+            if prob in outs and prob not in self.zipmaps:
+                a = labels[0]
+                classes = tuple(v.decode() for v in a.strings) if a.name == "classlabels_strings" else \
+                    tuple(int(v) for v in a.ints)
+                if classes:
+                    self.zipmaps[prob] = G.ZipMapInfo(prob, prob, classes)
         try:
             self.providers, self.device_note = choose_providers(self.config.device)
         except RuntimeError as exc:
@@ -150,12 +202,20 @@ class ModelHandle:
         self.base = G.prune(self.proto, tensors) if tensors != [o.name for o in g.output] else self.proto
         data_ins = G.data_inputs(self.base.graph)
         feeds = dict(self.config.feeds or {})
+        mapped = dict(self.config.inputs or {})
+        all_names = [i.name for i in G.data_inputs(g)]
+        for key, what in ((k, "inputs") for k in mapped):
+            if key not in all_names:
+                raise ModelLoadError(f"{self.role}.{what}: '{key}' is not a data input of {self.path} "
+                                     f"(inputs: {', '.join(all_names)})")
+            if key in feeds:
+                raise ModelLoadError(f"{self.role}.inputs: '{key}' is also given in {self.role}.feeds; "
+                                     f"a constant or per-sample data, not both")
         if self.config.input is not None:
-            names = [i.name for i in G.data_inputs(g)]
-            if self.config.input not in names:
+            if self.config.input not in all_names:
                 raise ModelLoadError(
                     f"{self.role}.input: '{self.config.input}' is not a data input of {self.path} "
-                    f"(inputs: {', '.join(names)})"
+                    f"(inputs: {', '.join(all_names)})"
                 )
             if self.config.input not in {i.name for i in data_ins}:
                 raise ModelLoadError(
@@ -164,35 +224,44 @@ class ModelHandle:
                 )
             chosen = self.config.input
         else:
-            candidates = [i for i in data_ins if i.name not in feeds]
-            if len(candidates) == 1:
-                chosen = candidates[0].name
-            elif not candidates:
+            candidates = [i for i in data_ins if i.name not in feeds and i.name not in mapped]
+            candidates = candidates or [i for i in data_ins if i.name not in feeds]
+            if not candidates:
                 raise ModelLoadError(f"{self.path}: the model has no data input")
-            else:
-                # Prefer the one input that looks like batched data (rank >= 1, float); scalars such as a
-                # keep_prob placeholder are not data.
+            chosen = candidates[0].name
+            if len(candidates) > 1:
+                # The primary input is the one perturbation checks perturb: the only batched float input
+                # when there is one (scalars such as a keep_prob placeholder are not data), else the first.
                 batched = [i for i in candidates if (s := G.value_info_spec(i)).shape and len(s.shape) >= 1
                            and s.dtype is not None and s.dtype.kind == "f"]
-                if len(batched) != 1:
-                    raise ModelLoadError(
-                        f"{self.path}: several data inputs ({', '.join(i.name for i in candidates)}); "
-                        f"set {self.role}.input, and {self.role}.feeds for the others"
-                    )
-                chosen = batched[0].name
-        others = [i.name for i in data_ins if i.name != chosen]
-        unfed = [n for n in others if n not in feeds]
-        if unfed:
-            raise ModelLoadError(
-                f"{self.path}: input(s) {', '.join(unfed)} are needed for {', '.join(self.outputs)} but are "
-                f"not data; give them values with {self.role}.feeds, or pick an earlier {self.role}.output"
-            )
+                chosen = batched[0].name if len(batched) == 1 else chosen
+                self.notes.append(
+                    f"primary input: {chosen} (data.x; the one perturbation checks perturb; set "
+                    f"{self.role}.input to choose); other inputs come from the data by name or "
+                    f"{self.role}.inputs"
+                )
         self.input = G.value_info_spec(next(i for i in data_ins if i.name == chosen))
         specs = {i.name: G.value_info_spec(i) for i in data_ins}
         self.feeds: dict[str, np.ndarray] = {}
-        for name in others:
+        for name in [n for n in specs if n != chosen and n in feeds]:
             dt = specs[name].dtype or np.dtype(np.float32)
             self.feeds[name] = np.asarray(feeds[name], dtype=dt)
+        # A scalar input (a keep_prob or learning-phase placeholder) cannot hold one value per sample.
+        scalars = [n for n, sp in specs.items() if n != chosen and n not in feeds and n not in mapped
+                   and sp.shape is not None and len(sp.shape) == 0]
+        if scalars:
+            raise ModelLoadError(
+                f"{self.path}: input(s) {', '.join(scalars)} are needed for {', '.join(self.outputs)} but are "
+                f"scalars, not data; give them values with {self.role}.feeds, or pick an earlier "
+                f"{self.role}.output"
+            )
+        #: Inputs other than :attr:`input` that the data supplies per sample, and the data key of each.
+        self.sample_inputs: dict[str, G.TensorSpec] = {n: sp for n, sp in specs.items()
+                                                       if n != chosen and n not in feeds}
+        self.input_keys: dict[str, Any] = {n: mapped.get(n, n) for n in self.sample_inputs}
+        #: The axis of each per-sample input that carries the batch (0, or the axis whose symbolic
+        #: dimension is the primary input's batch dimension, e.g. 1 for a ``[layers, batch, hidden]`` state).
+        self.batch_axes: dict[str, int] = {n: _batch_axis(sp, self.input) for n, sp in self.sample_inputs.items()}
         shape = self.input.shape
         d0 = shape[0] if shape else None
         self._fixed_batch = d0 if isinstance(d0, int) else None
@@ -234,7 +303,9 @@ class ModelHandle:
             "opset": opset.get("ai.onnx"),
             "opsets": opset,
             "input": self.input.describe(),
+            "inputs": self.inputs_info(),
             "outputs": list(self.outputs),
+            "graph_outputs": self.outputs_info(),
             "provider": self.provider,
             "device": self.device_note,
             "batching": self._batch_mode or "not yet run",
@@ -242,10 +313,51 @@ class ModelHandle:
             "notes": list(self.notes),
         }
 
+    def inputs_info(self) -> list[dict[str, Any]]:
+        """Every data input: name, dtype, shape and where its values come from (``data.x``, the data key of a
+        per-sample input with its batch axis, or a constant feed)."""
+        out = []
+        for vi in G.data_inputs(self.proto.graph):
+            sp = G.value_info_spec(vi)
+            entry: dict[str, Any] = {"name": sp.name, "dtype": sp.dtype.name if sp.dtype is not None else None,
+                                     "shape": None if sp.shape is None else list(sp.shape)}
+            if sp.name == self.input.name:
+                entry["source"] = "data.x (primary: perturbation checks perturb it)"
+            elif sp.name in self.sample_inputs:
+                entry["source"] = f"data key {self.input_keys[sp.name]!r} (per sample)"
+                entry["batch_axis"] = self.batch_axes[sp.name]
+            elif sp.name in self.feeds:
+                entry["source"] = "model.feeds (constant)"
+            else:
+                entry["source"] = "not needed for the audited outputs"
+            out.append(entry)
+        return out
+
+    def outputs_info(self) -> list[dict[str, Any]]:
+        """Every graph output (name, dtype, declared shape), which ones are scored, and, once the model has run,
+        the shape seen for one sample and whether its first axis follows the batch."""
+        out = []
+        for vi in self.proto.graph.output:
+            sp = G.value_info_spec(vi)
+            entry: dict[str, Any] = {"name": sp.name, "dtype": sp.dtype.name if sp.dtype is not None else None,
+                                     "shape": None if sp.shape is None else list(sp.shape),
+                                     "scored": sp.name in self.outputs}
+            if self.output_batched is not None and sp.name in self.output_batched:
+                entry["batch_axis"] = self.output_batched[sp.name]
+                entry["shape_one_sample"] = (self.output_shapes or {}).get(sp.name)
+            out.append(entry)
+        if self.config.output and self.config.output not in {o["name"] for o in out}:
+            out.append({"name": self.config.output, "dtype": None, "shape": None, "scored": True,
+                        "note": "an intermediate tensor (model.output)"})
+        return out
+
     # ------------------------------------------------------------------------------------------ sessions
     def _session_options(self) -> ort.SessionOptions:
         so = ort.SessionOptions()
-        so.log_severity_level = 3
+        # Fatal only: every error ONNX Runtime logs also reaches us as an exception, which the tool explains in
+        # one line; its own "[E:onnxruntime ...]" lines (from probes that are expected to fail, such as the
+        # symbolic-batch attempt) must not reach the console.
+        so.log_severity_level = 4
         if self.has_external_data:
             # Models built in memory need to be told where their external weight files live.
             so.add_session_config_entry(
@@ -309,15 +421,8 @@ class ModelHandle:
 
     # ------------------------------------------------------------------------------------------ running
     def prepare(self, x: np.ndarray) -> np.ndarray:
-        """Cast data to the input's dtype (no copy when it already fits)."""
-        dt = self.input.dtype
-        if dt is None or x.dtype == dt:
-            return x
-        if dt.kind in "iu" and x.dtype.kind == "f":
-            if not np.all(np.isfinite(x)) or not np.all(np.mod(x, 1) == 0):
-                raise DataError(f"model input '{self.input.name}' wants integers ({dt}) but the data has "
-                                f"fractional values")
-        return x.astype(dt, copy=False)
+        """Cast data to the primary input's dtype (no copy when it already fits)."""
+        return _cast(x, self.input, self.input.name)
 
     @property
     def use_io_binding(self) -> bool:
@@ -343,26 +448,65 @@ class ModelHandle:
             return list(binding.copy_outputs_to_cpu())
         return sess.run(names, feed)
 
-    def _feed(self, xb: np.ndarray) -> dict[str, np.ndarray]:
+    def _feed(self, xb: np.ndarray, others: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """The feed for one batch: the primary input, the per-sample inputs (batch-first in the data, moved to
+        their own batch axis) and the constant feeds."""
         feed = {self.input.name: xb}
+        for name, arr in (others or {}).items():
+            a = _cast(np.asarray(arr), self.sample_inputs[name], name)
+            axis = self.batch_axes.get(name, 0)
+            feed[name] = np.moveaxis(a, 0, axis) if axis else a
         feed.update(self.feeds)
         return feed
 
-    def _decide_batching(self, x: XArray) -> None:
+    def _companions(self, x: XArray, inputs: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+        """The per-sample inputs for ``x``: every one the model needs, each with one row per row of ``x``."""
+        given = dict(inputs or {})
+        missing = [n for n in self.sample_inputs if n not in given]
+        if missing:
+            raise SkipCheck(
+                f"model input(s) {', '.join(missing)} take per-sample data besides '{self.input.name}', and this "
+                f"check does not pass them (it feeds only the primary input)"
+            )
+        out: dict[str, np.ndarray] = {}
+        for name in self.sample_inputs:
+            arr = given[name]
+            if len(arr) != len(x):
+                raise ValueError(f"input '{name}' has {len(arr)} rows for {len(x)} rows of '{self.input.name}'")
+            out[name] = self._per_sample_shape(name, np.asarray(arr))
+        return out
+
+    def _per_sample_shape(self, name: str, arr: np.ndarray) -> np.ndarray:
+        """Rows of a per-sample input reshaped to the input's per-sample shape when that is fixed and only the
+        arrangement differs (csv columns ``s0, s1, s2`` for a ``[layers=1, batch, hidden=3]`` state)."""
+        shape = self.sample_inputs[name].shape
+        if not shape:
+            return arr
+        axis = self.batch_axes.get(name, 0)
+        want = [d for i, d in enumerate(shape) if i != axis]
+        if all(isinstance(d, int) for d in want) and list(arr.shape[1:]) != want \
+                and int(np.prod(arr.shape[1:])) == int(np.prod([int(d) for d in want if isinstance(d, int)])):
+            return arr.reshape((len(arr), *[int(d) for d in want]))  # type: ignore[arg-type]
+        return arr
+
+    def _decide_batching(self, x: XArray, others: Mapping[str, np.ndarray]) -> None:
         """For a model exported with a fixed batch size: try a symbolic batch dimension and keep it only if
         it gives the same answers as the fixed model on real samples; else fall back to fixed-size chunks."""
         if self._batch_mode is not None:
             return
         fixed = self._fixed_batch or 1
         k = min(len(x), max(2 * fixed, 8))
-        if k < 2:
+        if k < 2 or others:
+            # per-sample companion inputs keep their own fixed batch dimension: chunks it is
             self._batch_mode = "fixed"
+            if others and k >= 2:
+                self.notes.append(f"model has a fixed batch size of {fixed}; evaluated in chunks of {fixed}")
             return
         sample = self.prepare(np.asarray(x[:k]))
         ref_sess, ref_names = self._session(())
         tensors = [ref_names[o] for o in self.outputs]
         try:
-            expected = self._chunked(ref_sess, tensors, sample, fixed)
+            expected = self._chunked(ref_sess, tensors, sample, {}, fixed)
         except Exception as exc:
             raise DataError(f"{self.path}: the model fails on the data: {str(exc).splitlines()[0]}") from None
         self._batch_mode = "symbolic"
@@ -388,15 +532,50 @@ class ModelHandle:
                 f"evaluated in chunks of {fixed}"
             )
 
-    def _chunked(self, sess: ort.InferenceSession, names: list[str], x: np.ndarray, size: int) -> list[Any]:
+    def _probe_outputs(self, x: XArray, others: Mapping[str, np.ndarray], sess: ort.InferenceSession,
+                       names: dict[str, str]) -> None:
+        """Which audited outputs carry the batch on their first axis: run two batch sizes and see whether the
+        leading size follows (a detector returning ``[300, 7]`` for one image does not)."""
+        if self.output_batched is not None:
+            return
+        tensors = [names[o] for o in self.outputs]
+        size = (self._fixed_batch or 1) if self._batch_mode == "fixed" else 1
+        # two batch sizes: 1 and 2 rows (or one fixed-size chunk, whose leading size must be the chunk's)
+        reps = np.minimum(np.arange(2 * size), len(x) - 1)
+        xs = self.prepare(np.asarray(x[:2 * size]))[reps]
+        os_ = {k: np.asarray(v)[reps] for k, v in others.items()}
+        try:
+            if self._batch_mode == "fixed":
+                runs = [(size, self._raw(sess, tensors, self._feed(xs[:size], {k: v[:size] for k, v in os_.items()})))]
+            else:
+                runs = [(b, self._raw(sess, tensors, self._feed(xs[:b], {k: v[:b] for k, v in os_.items()})))
+                        for b in (1, 2)]
+        except Exception:
+            return  # the run itself will explain the failure
+        self.output_batched = {
+            o: all(np.ndim(outs[i]) >= 1 and np.shape(outs[i])[0] == b for b, outs in runs)
+            for i, o in enumerate(self.outputs)
+        }
+        self.output_shapes = {o: list(np.shape(runs[0][1][i])) for i, o in enumerate(self.outputs)}
+        unbatched = [o for o, ok in self.output_batched.items() if not ok]
+        if unbatched:
+            self.notes.append(
+                f"output(s) {', '.join(unbatched)} have no batch axis (leading size does not follow the number "
+                f"of samples): per-sample checks skip"
+            )
+
+    def _chunked(self, sess: ort.InferenceSession, names: list[str], x: np.ndarray,
+                 others: Mapping[str, np.ndarray], size: int) -> list[Any]:
         parts: list[list[Any]] = [[] for _ in names]
         n = len(x)
         for start in range(0, n, size):
             xb = x[start:start + size]
+            ob = {k: np.asarray(v[start:start + size]) for k, v in others.items()}
             pad = size - len(xb)
             if pad:  # the fixed shape must be met exactly: pad with the last row, drop its outputs after
                 xb = np.concatenate([xb, np.repeat(xb[-1:], pad, axis=0)])
-            outs = self._raw(sess, names, self._feed(xb))
+                ob = {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) for k, v in ob.items()}
+            outs = self._raw(sess, names, self._feed(xb, ob))
             for i, o in enumerate(outs):
                 parts[i].append(np.asarray(o)[: size - pad] if pad else np.asarray(o))
         return [np.concatenate(p) if p and np.asarray(p[0]).ndim else np.asarray(p) for p in parts]
@@ -406,21 +585,35 @@ class ModelHandle:
         x: XArray,
         outputs: Sequence[str] | None = None,
         *,
+        inputs: Mapping[str, np.ndarray] | None = None,
         batch_size: int | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> dict[str, np.ndarray]:
-        """Run ``x`` (a batch-first array, or a lazy source read batch by batch) through the model in batches.
+        """Run ``x`` (a batch-first array, or a lazy source read batch by batch, for the primary input) through
+        the model in batches.
 
-        ``outputs`` are tensor names to return (any tensor in the graph: intermediate ones are added as
-        outputs once and cached); ``None`` means the audited outputs. Returns name -> array with the samples
-        concatenated along the first axis.
+        ``inputs`` holds the model's other per-sample inputs (:attr:`sample_inputs`), batch-first with one row
+        per row of ``x`` (``Dataset.inputs``, or :meth:`auditor.Dataset.companions` of the rows ``x`` came
+        from); they are batched together with ``x``. ``outputs`` are tensor names to return (any tensor in the
+        graph: intermediate ones are added as outputs once and cached); ``None`` means the audited outputs.
+        Returns name -> array with the samples concatenated along the first axis. An audited output without a
+        batch axis skips the calling check (its rows are not samples).
         """
         wanted = list(outputs) if outputs is not None else list(self.outputs)
         extra = [o for o in wanted if o not in self.outputs]
         if len(x) == 0:
             raise DataError("no samples to run")
-        self._decide_batching(x)
+        others = self._companions(x, inputs)
+        self._decide_batching(x, others)
         sess, names = self._session(extra)
+        self._probe_outputs(x, others, sess, names)
+        flat = [o for o in wanted if self.output_batched is not None and not self.output_batched.get(o, True)]
+        if flat:
+            shapes = self.output_shapes or {}
+            raise SkipCheck(
+                f"output '{flat[0]}' has no batch axis (shape {shapes.get(flat[0])} for one sample; its leading "
+                f"size does not follow the number of samples): its rows are not samples"
+            )
         tensors = [names[o] for o in wanted]
         bs = batch_size or self.batch_size
         if self._batch_mode == "fixed":
@@ -432,11 +625,12 @@ class ModelHandle:
         for start in range(0, n, bs):
             raise_if_cancelled()
             xb = self.prepare(np.asarray(x[start:start + bs]))
+            ob = {k: np.asarray(v[start:start + bs]) for k, v in others.items()}
             if self._batch_mode == "fixed":
-                outs = self._chunked(sess, tensors, xb, bs)
+                outs = self._chunked(sess, tensors, xb, ob, bs)
             else:
                 try:
-                    outs = self._raw(sess, tensors, self._feed(xb))
+                    outs = self._raw(sess, tensors, self._feed(xb, ob))
                 except Exception as exc:
                     msg = " ".join(str(exc).split())
                     msg = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", msg)
@@ -451,9 +645,10 @@ class ModelHandle:
         # Outputs with a batch dimension are concatenated; per-batch scalars (rare) are stacked.
         return {name: np.concatenate(p) if all(a.ndim for a in p) else np.stack(p) for name, p in zip(wanted, parts)}
 
-    def predict(self, x: np.ndarray, *, batch_size: int | None = None) -> np.ndarray:
+    def predict(self, x: np.ndarray, *, inputs: Mapping[str, np.ndarray] | None = None,
+                batch_size: int | None = None) -> np.ndarray:
         """The first audited output for ``x`` (see :meth:`run`)."""
-        return self.run(x, [self.outputs[0]], batch_size=batch_size)[self.outputs[0]]
+        return self.run(x, [self.outputs[0]], inputs=inputs, batch_size=batch_size)[self.outputs[0]]
 
     # ------------------------------------------------------------------------------------------ weights
     def weights(self) -> Iterator[G.WeightRef]:

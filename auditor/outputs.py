@@ -88,6 +88,7 @@ def interpret(
     probability outputs that were scikit-learn ZipMaps.
     """
     zip_classes = zip_classes or {}
+    raw = {k: squeeze_scores(v) for k, v in raw.items()}
     floats = {k: v for k, v in raw.items() if np.asarray(v).dtype.kind == "f"}
     ints = {k: v for k, v in raw.items() if np.asarray(v).dtype.kind in "iuUSO" and np.asarray(v).ndim == 1}
     matrix = {k: v for k, v in floats.items() if v.ndim == 2 and v.shape[1] >= 2}
@@ -136,6 +137,15 @@ def interpret(
     labels = np.where(np.all(np.isfinite(probs), axis=1), np.argmax(probs, axis=1), -1)
     return Predictions(task="classification", kind=kind, raw=raw, probs=probs, labels=labels,
                        classes=tuple(classes), nonfinite=nonfinite)
+
+
+def squeeze_scores(a: np.ndarray) -> np.ndarray:
+    """A score map whose trailing axes are all 1 (a convolutional classifier's ``[N, C, 1, 1]``) read as
+    ``[N, C]``; any other array unchanged."""
+    a = np.asarray(a)
+    if a.ndim > 2 and all(d == 1 for d in a.shape[2:]):
+        return a.reshape(a.shape[:2])
+    return a
 
 
 def _integral(y: np.ndarray) -> bool:

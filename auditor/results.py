@@ -199,6 +199,8 @@ class CheckReport(_KeyAccess):
         from auditor.metrics import get
 
         return get(self.metrics, path, default)
+    #: The Python traceback of a check that raised (status ``error``), kept for whoever debugs it.
+    traceback: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (the report's ``checks`` entries)."""
@@ -218,6 +220,8 @@ class CheckReport(_KeyAccess):
             out["error"] = self.error
         if self.skip_reason is not None:
             out["skip_reason"] = self.skip_reason
+        if self.traceback is not None:
+            out["traceback"] = self.traceback
         if self.baseline_metrics is not None:
             out["baseline_metrics"] = self.baseline_metrics
         if self.spec_line is not None:

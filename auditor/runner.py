@@ -96,7 +96,8 @@ def load_inputs(spec: Spec, sources: dict[str, type[Any]] | None = None) -> Load
     rng = np.random.default_rng([spec.seed, 1])
     data = None
     if spec.data is not None:
-        data = load_dataset(spec.data, rng, request=_request(model, rng), sources=sources)
+        data = load_dataset(spec.data, rng, request=_request(model, rng), sources=sources,
+                            inputs=model.input_keys, primary=model.input.name)
         data = fit_to_model(data, model.input.shape, model.input.name, str(model.path))
     baseline = baseline_data = None
     if spec.baseline is not None:
@@ -113,7 +114,8 @@ def load_inputs(spec: Spec, sources: dict[str, type[Any]] | None = None) -> Load
     train = None
     if spec.train_data is not None:
         trng = np.random.default_rng([spec.seed, 2])
-        train = load_dataset(spec.train_data, trng, request=_request(model, trng), sources=sources)
+        train = load_dataset(spec.train_data, trng, request=_request(model, trng), sources=sources,
+                             inputs=model.input_keys, primary=model.input.name)
         train = fit_to_model(train, model.input.shape, model.input.name, str(model.path))
     return Loaded(model, data, baseline, baseline_data, refs, train)
 
@@ -353,7 +355,8 @@ class Runner:
             return CheckReport(id=cs.id, use=cs.use, plugin=plugin, spec_line=cs.line, status=status,
                                params=cs.params, metrics={}, gates=gates, findings=[], notes=[], duration_s=o.duration,
                                error=o.error, skip_reason=o.skip if status is Status.SKIPPED else None,
-                               artifacts={"traceback": o.traceback} if o.traceback else {})
+                               artifacts={"traceback": o.traceback} if o.traceback else {},
+                               traceback=o.traceback if status is Status.ERROR else None)
         r = o.result
         gates = evaluate_gates(cs.gates, r.metrics, base)
         statuses = [g.status for g in gates]

@@ -45,7 +45,14 @@ _MODEL = {
     "additionalProperties": False,
     "properties": {
         "path": {"type": "string", "description": "The .onnx file (relative to the spec's folder)."},
-        "input": {"type": "string", "description": "The data input, when the model has several inputs."},
+        "input": {"type": "string", "description": "The primary data input (data.x; the one perturbation checks "
+                  "perturb), when the model has several. Default: the only float input, else the first."},
+        "inputs": {"type": "object", "additionalProperties": {"type": ["string", "array"], "items": {"type": "string"}},
+                   "description": "Other per-sample model inputs -> data key (npz key, or csv/parquet column(s)), "
+                                  "e.g. {attention_mask: mask}. Default: the key named like the input."},
+        "vocab_size": {"type": "integer", "minimum": 2,
+                       "description": "Number of valid ids of an integer (token id) primary input, when the graph's "
+                                      "embedding table does not show it."},
         "output": {"type": "string", "description": "Tensor to audit: any tensor of the graph (the model is cut "
                    "to what it needs). Default: the graph's outputs."},
         "device": {"type": "string", "pattern": "^(auto|cpu|cuda(:[0-9]+)?)$", "default": "auto",
@@ -347,7 +354,7 @@ def parse_spec(path: Path, checks: dict[str, CheckInfo], formats: list[str],
     def model_cfg(d: dict[str, Any]) -> ModelConfig:
         return ModelConfig(path=resolve(d["path"]), input=d.get("input"), output=d.get("output"),
                            device=d.get("device", "auto"), feeds=d.get("feeds"), task=d.get("task", "auto"),
-                           layout=d.get("layout"))
+                           layout=d.get("layout"), inputs=d.get("inputs"), vocab_size=d.get("vocab_size"))
 
     def data_cfg(d: dict[str, Any], role: str) -> DataConfig:
         return DataConfig(path=resolve(d["path"]), x=d.get("x"), y=d.get("y"), groups=list(d.get("groups", [])),

@@ -44,7 +44,8 @@ class JUnitReporter(Reporter):
             failed = [g for g in c.gates if g.status is Status.FAIL]
             if c.status is Status.ERROR:
                 el = ET.SubElement(case, "error", message=str(c.error or "")[:500], type="CheckError")
-                el.text = str(c.error or "")
+                # the body keeps the traceback, so a CI test report shows where the check raised
+                el.text = str(c.error or "") + (f"\n\n{c.traceback}" if c.traceback else "")
             elif gate_failed(c):
                 msg = "; ".join(g.message for g in failed) or "; ".join(
                     f.message for f in c.findings if f.severity == "fail")

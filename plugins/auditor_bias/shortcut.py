@@ -24,8 +24,17 @@ from typing import Any
 import numpy as np
 
 from auditor import AuditContext, Check, CheckResult, Finding, Need, Param, SkipCheck
+from auditor.perturb import ValueKind, input_space
 from auditor_bias._common import class_label, find_class, missing_mask
 from auditor_bias.transforms import TRANSFORMS, apply
+
+
+def valid_ids(x: np.ndarray, bounds: tuple[float, float] | None) -> bool:
+    """Whether every value of ``x`` is a whole number inside ``bounds`` (the valid ids)."""
+    x = np.asarray(x)
+    if not np.all(np.isfinite(x)) or not np.all(np.mod(x, 1) == 0):
+        return False
+    return bounds is None or bool(np.all((x >= bounds[0]) & (x <= bounds[1])))
 
 _ALIGNED = {"aligned", "bias-aligned", "bias_aligned", "true", "yes", "1", "1.0"}
 _CONFLICTING = {"conflicting", "bias-conflicting", "bias_conflicting", "false", "no", "0", "0.0"}
@@ -154,10 +163,15 @@ class Shortcut(Check):
 
         if p["transform"] is not None:
             x = np.asarray(data.x)
+            space = input_space(ctx.model, x)
             x_cf, desc = apply(p["transform"], x, p, data, ctx.model.layout, ctx.rng)
+            if space.kind is ValueKind.IDS and not valid_ids(x_cf, space.bounds):
+                # a cue on token ids must itself be ids (e.g. set_feature to another token), never arithmetic
+                space.require_arithmetic(f"transform {p['transform']} (it gives values that are not valid ids)")
+            x_cf = x_cf.astype(x.dtype, copy=False) if space.kind is ValueKind.CONTINUOUS else space.from_space(x_cf)
             changed = int(np.any((x_cf != x).reshape(len(x), -1), axis=1).sum())
             notes.append(f"transform {p['transform']} {desc}; changed {changed} of {data.n} inputs")
-            probs1 = ctx.predict_proba(x_cf.astype(x.dtype, copy=False))
+            probs1 = ctx.predict_proba(x_cf, data=data)  # the model's other inputs unchanged
             lab1 = np.where(np.all(np.isfinite(probs1), axis=1),
                             np.argmax(np.nan_to_num(probs1, nan=-1.0), axis=1), -1)
             fs = flip_stats(lab0, lab1, n_classes)

@@ -9,13 +9,14 @@ see the same random draws and give the same numbers, and the attacks need one co
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from auditor import ArraySource, AuditContext, Dataset, ModelHandle, SkipCheck, param
-from auditor.outputs import interpret, softmax
+from auditor.outputs import interpret, softmax, squeeze_scores
+from auditor.perturb import InputSpace, ValueKind, input_space
 
 #: Smallest probability used when taking logs (a probability of exactly 0 must not give -inf margins).
 TINY = 1e-300
@@ -129,6 +130,11 @@ class Classifier:
     where float32 probabilities saturate to 0 and 1. Once the first call has shown which output holds the score
     matrix, later calls fetch only that one and skip the general reading (attacks call this thousands of
     times). ``queries`` counts the inputs sent to the model.
+
+    ``space`` maps the float perturbations back to what the input takes (rounded and clipped for uint8
+    images); ``inputs`` holds the model's other per-sample inputs for the sample's rows (``Dataset.inputs``):
+    a query of rows ``rows`` of the sample gets theirs, a query of as many inputs as the sample has rows (or a
+    multiple: stacked copies) gets them all, in order.
     """
 
     model: ModelHandle
@@ -136,50 +142,82 @@ class Classifier:
     task: str = "classification"
     prefer_logits: bool = True
     queries: int = 0
+    space: InputSpace | None = None
+    inputs: dict[str, np.ndarray] = field(default_factory=dict)
     _matrix: tuple[str, bool] | None = None  # (tensor name, holds logits) once known
 
-    def scores(self, x: np.ndarray) -> tuple[np.ndarray, bool]:
+    @classmethod
+    def for_data(cls, ctx: AuditContext, data: Dataset, geometry: Geometry, **kw: Any) -> Classifier:
+        """A classifier for inputs derived from the rows of ``data`` (its other inputs and value space)."""
+        return cls(ctx.model, geometry, space=input_space(ctx.model, data.x), inputs=ctx.companions(data=data),
+                   **kw)
+
+    def _companions(self, n: int, rows: np.ndarray | None) -> dict[str, np.ndarray]:
+        if not self.inputs:
+            return {}
+        if rows is not None:
+            return {k: np.asarray(v)[rows] for k, v in self.inputs.items()}
+        m = len(next(iter(self.inputs.values())))
+        if m and n % m == 0:
+            return {k: np.concatenate([np.asarray(v)] * (n // m)) if n != m else np.asarray(v)
+                    for k, v in self.inputs.items()}
+        raise ValueError(f"{n} queries do not match the {m} rows whose other model inputs are known")
+
+    def scores(self, x: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
         """Class scores ``(N, C)`` for inputs in the model's layout, and whether they are logits (else
         probabilities)."""
         self.queries += len(x)
+        if self.space is not None:
+            x = self.space.from_space(x)
+        inputs = self._companions(len(x), rows)
         if self._matrix is not None:
             name, logits = self._matrix
-            return np.asarray(self.model.run(x, [name])[name], dtype=np.float64), logits
+            return squeeze_scores(np.asarray(self.model.run(x, [name], inputs=inputs)[name], dtype=np.float64)), logits
         logits_name = self.model.logits_tensor() if self.prefer_logits else None
         if logits_name is not None:
-            z = np.asarray(self.model.run(x, [logits_name])[logits_name], dtype=np.float64)
+            z = np.asarray(self.model.run(x, [logits_name], inputs=inputs)[logits_name], dtype=np.float64)
+            z = squeeze_scores(z)
             if z.ndim == 2 and z.shape[1] >= 2:
                 self._matrix = (logits_name, True)
                 return z, True
-        raw = self.model.run(x)
+        raw = self.model.run(x, inputs=inputs)
         zip_classes = {z.output: z.classes for z in self.model.zipmaps.values()}
         p = interpret(raw, task=self.task, zip_classes=zip_classes)
         if p.probs is None:
             raise SkipCheck("the model is not a classifier")
         if p.kind in ("probabilities", "logits", "label+probabilities"):
             # interpret read the first float matrix output with at least two columns
-            name = next(k for k, v in raw.items() if np.asarray(v).dtype.kind == "f" and np.ndim(v) == 2
-                        and np.shape(v)[1] >= 2)
+            name = next(k for k, v in raw.items() if np.asarray(v).dtype.kind == "f"
+                        and np.ndim(squeeze_scores(v)) == 2 and np.shape(v)[1] >= 2)
             self._matrix = (name, p.kind == "logits")
         return p.probs, False
 
-    def probs(self, xc: np.ndarray) -> np.ndarray:
-        """Class probabilities ``(N, C)`` (float64) for canonical inputs ``xc``."""
-        return self.probs_model_layout(self.geometry.to_model(xc))
+    def probs(self, xc: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """Class probabilities ``(N, C)`` (float64) for canonical inputs ``xc`` (of the sample's ``rows``)."""
+        return self.probs_model_layout(self.geometry.to_model(xc), rows)
 
-    def probs_model_layout(self, x: np.ndarray) -> np.ndarray:
+    def probs_model_layout(self, x: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
         """Class probabilities for inputs already in the model's layout."""
-        s, logits = self.scores(x)
+        s, logits = self.scores(x, rows)
         return softmax(s) if logits else s
 
-    def log_probs(self, xc: np.ndarray) -> np.ndarray:
+    def log_probs(self, xc: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
         """Log-probabilities for canonical inputs: ``log_softmax`` of logits (exact logit differences), else
         ``log`` of the probabilities (floored at :data:`TINY`)."""
-        s, logits = self.scores(self.geometry.to_model(xc))
+        s, logits = self.scores(self.geometry.to_model(xc), rows)
         if logits:
             z = s - s.max(axis=1, keepdims=True)
             return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
         return np.log(np.maximum(s, TINY))
+
+
+def space_range(space: InputSpace, clip: Sequence[float] | None, xc: np.ndarray,
+                geometry: Geometry) -> tuple[float, float] | None:
+    """The valid range of a perturbed input: ``clip`` when given, else a quantized input's dtype range (uint8:
+    [0, 255]), else the range :func:`value_range` infers."""
+    if clip is None and space.kind is ValueKind.QUANTIZED and space.bounds is not None:
+        return space.bounds
+    return value_range(clip, xc, geometry)
 
 
 def margins(log_probs: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from auditor import AuditContext, Check, CheckResult, Need, SkipCheck, param
+from auditor.perturb import input_space
 from auditor_robustness._common import (
     Classifier,
     Geometry,
@@ -32,8 +33,8 @@ from auditor_robustness._common import (
     limit_param,
     range_param,
     sample,
+    space_range,
     targets,
-    value_range,
 )
 
 
@@ -119,11 +120,11 @@ class BlindSpots(Check):
         """Pick pairs of correctly classified rows of different classes, scan the paths in batches."""
         p = params
         data, notes = sample(ctx, p.limit)
-        if np.asarray(data.x).dtype.kind != "f":
-            raise SkipCheck(f"the model input is {data.x.dtype}: paths need real-valued inputs")
+        space = input_space(ctx.model, data.x)
+        space.require_arithmetic("paths between inputs")
         geo = Geometry.of(data.x, ctx.model.layout)
-        xc = geo.canonical(np.asarray(data.x)).astype(np.float64)
-        clf = Classifier(ctx.model, geo)
+        xc = geo.canonical(space.to_space(np.asarray(data.x))).astype(np.float64)
+        clf = Classifier.for_data(ctx, data, geo)
         p0 = clf.probs(xc)
         clean_pred, y, tnotes = targets(ctx, data, p0)
         notes += tnotes
@@ -131,7 +132,7 @@ class BlindSpots(Check):
         ok_rows = np.flatnonzero(clean_pred == ref)
         if len(np.unique(ref[ok_rows])) < 2:
             raise SkipCheck("needs correctly classified samples of at least two classes")
-        vr = value_range(p.clip, xc, geo)
+        vr = space_range(space, p.clip, xc, geo)
         notes.append(describe_range(vr, p.clip is not None))
         src, tgt = pick_pairs(ref[ok_rows], p.pairs, ctx.rng)
         src, tgt = ok_rows[src], ok_rows[tgt]
@@ -142,7 +143,7 @@ class BlindSpots(Check):
 
         def held(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
             ctx.check_cancelled()
-            pr = clf.probs(x)
+            pr = clf.probs(x, src[rows] if clf.inputs else None)  # the source row's other inputs
             c = cls[rows]
             return (pr.argmax(axis=1) == c) & (np.abs(pr[np.arange(len(rows)), c] - conf0[rows]) <= tol)
 

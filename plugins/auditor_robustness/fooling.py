@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from auditor import AuditContext, Check, CheckResult, Dataset, Need, SkipCheck, param
+from auditor.perturb import ValueKind, input_space
 from auditor_robustness._common import Classifier, Geometry, describe_range, limit_param, margins, range_param
 
 #: Share of the values mutated per child, and the mutation std as a share of the input range (large steps,
@@ -114,15 +115,21 @@ class Fooling(Check):
             if not shape or len(dims) != len(shape) - 1:
                 raise SkipCheck("no data, and the model input has unknown dimensions")
             x = np.zeros((1, *dims), np.float32)
-        if x.dtype.kind != "f":
-            raise SkipCheck(f"the model input is {x.dtype}: noise needs real-valued inputs")
+        space = input_space(ctx.model, x)
+        space.require_arithmetic("noise images")
+        if ctx.model.sample_inputs:
+            raise SkipCheck(f"the model takes other per-sample inputs ({', '.join(ctx.model.sample_inputs)}); "
+                            f"synthetic noise images have no data rows to take them from")
         geo = Geometry.of(x, ctx.model.layout)
-        xc = geo.canonical(x).astype(np.float32)
+        xc = geo.canonical(space.to_space(x)).astype(np.float32)
         if p.clip is not None:
             lo, hi = float(p.clip[0]), float(p.clip[1])
             if not lo < hi:
                 raise ValueError(f"clip: lo must be below hi (got [{lo:g}, {hi:g}])")
             notes.append(describe_range((lo, hi), True))
+        elif space.kind is ValueKind.QUANTIZED and space.bounds is not None:
+            lo, hi = space.bounds
+            notes.append(f"{space.describe()}: noise and evolution in float, rounded and clipped back")
         elif ctx.data is None:
             raise SkipCheck("no data: set clip: [lo, hi] so that the noise has a range")
         else:
@@ -132,7 +139,7 @@ class Fooling(Check):
             elif geo.is_image and lo >= 0 and hi <= 255:
                 lo, hi = 0.0, 255.0
             notes.append(f"noise and evolution within [{lo:g}, {hi:g}] (inferred from the data)")
-        clf = Classifier(ctx.model, geo)
+        clf = Classifier(ctx.model, geo, space=space)
         shape3 = (geo.c, geo.h, geo.w)
         n = p.n_noise
         thr = p.threshold

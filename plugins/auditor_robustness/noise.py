@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from auditor import AuditContext, Check, CheckResult, Need, SkipCheck, param
+from auditor.perturb import InputSpace, ValueKind, input_space, substitute_ids
 from auditor_robustness._common import (
     Classifier,
     Geometry,
@@ -30,12 +31,12 @@ from auditor_robustness._common import (
     limit_param,
     range_param,
     sample,
+    space_range,
     targets,
     task_of,
-    value_range,
 )
 
-KINDS = ("gaussian", "uniform", "salt_pepper", "blur", "brightness", "contrast", "feature")
+KINDS = ("gaussian", "uniform", "salt_pepper", "blur", "brightness", "contrast", "feature", "substitute")
 #: Kinds whose severity is a standard deviation (reported as ``sigma`` in the curve).
 SIGMA_KINDS = ("gaussian", "feature")
 #: Default severities. gaussian/uniform: fractions of the input range (scaled to input units, and noted);
@@ -49,6 +50,7 @@ DEFAULT_SEVERITIES: dict[str, list[float]] = {
     "brightness": [0.1, 0.2, 0.3, 0.4],
     "contrast": [0.2, 0.4, 0.6, 0.8],
     "feature": [0.1, 0.2, 0.5, 1.0],
+    "substitute": [0.05, 0.1, 0.2, 0.3],
 }
 IMAGE_ONLY = ("blur", "contrast")
 
@@ -144,12 +146,15 @@ class NoiseSweep(Check):
     @dataclass(frozen=True)
     class Params:
         kind: str = param("gaussian", "Corruption: gaussian, uniform, salt_pepper, blur, brightness, contrast "
-                "(images) or feature (Gaussian noise scaled by each column's std, for tabular data).", choices=KINDS)
+                "(images), feature (Gaussian noise scaled by each column's std, for tabular data) or substitute "
+                "(token ids: each id replaced by another id of the vocabulary with probability severity).",
+                choices=KINDS)
         sigma: float | list[float] | None = param(None, "Noise standard deviations for kind gaussian (input units) or "
                 "feature (multiples of each column's std); same as severity.", minimum=0)
         severity: float | list[float] | None = param(None, "Severities: uniform: half-width (input units); "
                 "salt_pepper: share of pixels; blur: std in pixels; brightness: shift as a share of the range; "
-                "contrast: share of contrast removed (0..1). null: a default list for the kind.")
+                "contrast: share of contrast removed (0..1); substitute: share of ids replaced. null: a default "
+                "list for the kind.")
         clip: list[float] | None = range_param()
         repeats: int = param(1, "Independent noise draws per severity (metrics are their mean).", minimum=1)
         limit: int | None = limit_param(2000)
@@ -164,9 +169,10 @@ class NoiseSweep(Check):
             values = [] if given is None else given if isinstance(given, list) else [given]
             if given is not None and not values:
                 return [f"{key}: the list of severities is empty"]
-            if self.kind in ("gaussian", "uniform", "feature", "blur", "salt_pepper") and min(values, default=0) < 0:
+            if self.kind in ("gaussian", "uniform", "feature", "blur", "salt_pepper", "substitute") \
+                    and min(values, default=0) < 0:
                 return [f"{key}: severities of kind {self.kind} must be >= 0"]
-            if self.kind in ("salt_pepper", "contrast") and max(values, default=0) > 1:
+            if self.kind in ("salt_pepper", "contrast", "substitute") and max(values, default=0) > 1:
                 return [f"{key}: severities of kind {self.kind} are shares, at most 1"]
             return []
 
@@ -191,13 +197,18 @@ class NoiseSweep(Check):
         p = params
         kind = p.kind
         data, notes = sample(ctx, p.limit)
+        space = input_space(ctx.model, data.x)
+        if space.kind is ValueKind.IDS or kind == "substitute":
+            return self._substitution(ctx, p, data, space, notes)
         geo = Geometry.of(data.x, ctx.model.layout)
         if kind in IMAGE_ONLY and not geo.is_image:
             raise SkipCheck(f"kind {kind} needs 4-D image inputs (got per-sample shape {list(geo.shape)})")
         severities, sev_note = self._severities(p, kind)
-        work = np.float64 if data.x.dtype == np.float64 else np.float32
-        xc = geo.canonical(np.asarray(data.x)).astype(work)
-        rng_ = value_range(p.clip, xc, geo)
+        work = space.work_dtype
+        xc = geo.canonical(space.to_space(np.asarray(data.x))).astype(work)
+        if space.kind is ValueKind.QUANTIZED:
+            notes.append(f"{space.describe()}: noise is added in float and rounded and clipped back")
+        rng_ = space_range(space, p.clip, xc, geo)
         notes.append(describe_range(rng_, p.clip is not None))
         flat_lo, flat_hi = xc.min(axis=0), xc.max(axis=0)
         span = (rng_[1] - rng_[0]) if rng_ is not None else float(xc.max() - xc.min())
@@ -209,22 +220,19 @@ class NoiseSweep(Check):
         value_lo = rng_[0] if rng_ is not None else flat_lo
         value_hi = rng_[1] if rng_ is not None else flat_hi
         column_std = xc.std(axis=0, dtype=np.float64).astype(work)
-        integer_input = np.asarray(data.x).dtype.kind in "iu"
 
         def perturbed(sev: float) -> np.ndarray:
             out = corrupt(kind, xc, sev, ctx.rng, value_lo=value_lo, value_hi=value_hi, span=span,
                           column_std=column_std)
             if rng_ is not None:
                 out = np.clip(out, rng_[0], rng_[1], out=out)
-            if integer_input:
-                out = np.rint(out, out=out)
-            return out
+            return space.snap(out)  # integer-valued inputs: the values the model is really fed
 
         key = "sigma" if kind in SIGMA_KINDS else "severity"
         if task_of(ctx, data) == "regression":
             return self._amplification(ctx, data, geo, severities, perturbed, key, p.repeats, notes)
 
-        clf = Classifier(ctx.model, geo)
+        clf = Classifier.for_data(ctx, data, geo)
         clean_pred, y, tnotes = targets(ctx, data, clf.probs(xc))
         notes += tnotes
         clean_acc = None if y is None else float(np.mean(clean_pred == y))
@@ -242,6 +250,44 @@ class NoiseSweep(Check):
             curve.append({key: float(sev), "accuracy": float(np.mean(accs)) if accs else None,
                           "flip_rate": float(np.mean(flips))})
         return CheckResult(metrics=self._summary(curve, key, clean_acc, data.n), notes=notes)
+
+    def _substitution(self, ctx: AuditContext, p: Params, data: Any, space: InputSpace,
+                      notes: list[str]) -> CheckResult:
+        """Token ids: each id replaced with probability ``severity`` by another id of the vocabulary (the
+        model's other inputs, e.g. an attention mask, unchanged); never arithmetic on ids."""
+        if p.kind != "substitute":
+            space.require_arithmetic(f"kind {p.kind}")
+        if space.kind is not ValueKind.IDS:
+            raise SkipCheck(f"kind substitute replaces token ids; {space.describe()} does not hold ids")
+        if space.vocab is None:
+            raise SkipCheck(f"{space.describe()}: the number of valid ids is unknown (no embedding table in the "
+                            f"graph); set model.vocab_size")
+        severities, sev_note = self._severities(p, "substitute")
+        notes.append(f"{space.describe()}: each id is replaced with probability severity by a different id drawn "
+                     f"uniformly from 0..{space.vocab - 1}")
+        if sev_note:
+            notes.append(sev_note)
+        x = np.asarray(data.x)
+        others = ctx.companions(data=data)
+        if others:
+            notes.append(f"other inputs passed through unchanged: {', '.join(others)}")
+        clean_pred, y, tnotes = targets(ctx, data, ctx.predict_proba(x, data=data))
+        notes += tnotes
+        clean_acc = None if y is None else float(np.mean(clean_pred == y))
+        curve: list[dict[str, Any]] = []
+        total = len(severities) * p.repeats
+        for i, sev in enumerate(severities):
+            accs, flips = [], []
+            for r in range(p.repeats):
+                ctx.check_cancelled()
+                pred = ctx.predict_proba(substitute_ids(x, sev, ctx.rng, space.vocab), data=data).argmax(axis=1)
+                flips.append(float(np.mean(pred != clean_pred)))
+                if y is not None:
+                    accs.append(float(np.mean(pred == y)))
+                ctx.report_progress(i * p.repeats + r + 1, total, f"severity {sev:g}")
+            curve.append({"severity": float(sev), "accuracy": float(np.mean(accs)) if accs else None,
+                          "flip_rate": float(np.mean(flips))})
+        return CheckResult(metrics=self._summary(curve, "severity", clean_acc, data.n), notes=notes)
 
     @staticmethod
     def _severities(p: Params, kind: str) -> tuple[list[float], str]:
@@ -276,7 +322,9 @@ class NoiseSweep(Check):
         """Noise amplification ``‖f(x+n) − f(x)‖ / ‖n‖`` of a non-classifier (regression, image-to-image)."""
         out_name = ctx.model.outputs[0]
         x0 = np.asarray(data.x)
-        f0 = ctx.model.run(x0, [out_name])[out_name].reshape(len(x0), -1).astype(np.float64)
+        space = input_space(ctx.model, x0)
+        others = ctx.companions(data=data)
+        f0 = ctx.model.run(x0, [out_name], inputs=others)[out_name].reshape(len(x0), -1).astype(np.float64)
         xc0 = geo.canonical(x0).astype(np.float64)
         curve: list[dict[str, Any]] = []
         for sev in severities:
@@ -284,7 +332,8 @@ class NoiseSweep(Check):
             for _ in range(repeats):
                 ctx.check_cancelled()
                 xn = perturbed(sev)
-                f1 = ctx.model.run(geo.to_model(xn), [out_name])[out_name].reshape(len(x0), -1)
+                f1 = ctx.model.run(space.from_space(geo.to_model(xn)), [out_name], inputs=others)[out_name]
+                f1 = f1.reshape(len(x0), -1)
                 dn = np.linalg.norm((xn.astype(np.float64) - xc0).reshape(len(x0), -1), axis=1)
                 df = np.linalg.norm(f1.astype(np.float64) - f0, axis=1)
                 moved = dn > 0

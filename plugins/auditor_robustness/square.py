@@ -25,6 +25,7 @@ the success rate, is reported.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import time
@@ -34,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, Check, CheckResult, Finding, ModelHandle, Need, SkipCheck, param
+from auditor import AuditContext, Check, CheckResult, Finding, ModelHandle, Need, param
+from auditor.perturb import ValueKind, input_space
 from auditor_robustness._common import (
     Classifier,
     Geometry,
@@ -44,8 +46,8 @@ from auditor_robustness._common import (
     margins,
     range_param,
     sample,
+    space_range,
     targets,
-    value_range,
 )
 
 #: Initial share of pixels per square: AutoAttack's default for its Square Attack (Croce & Hein, ICML 2020), also
@@ -166,8 +168,21 @@ def _window_shape(p: float, h: int, w: int, norm: str) -> tuple[int, int]:
     return s, s
 
 
+@dataclass(frozen=True)
+class _RowQuery:
+    """``log_probs`` as the attack's runs call it, ``(batch, rows of this run)``: rows are mapped to rows of the
+    attacked ``x`` and passed on when the caller asked for them."""
+
+    fn: Callable[..., np.ndarray]
+    todo: np.ndarray
+    with_rows: bool
+
+    def __call__(self, batch: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return self.fn(batch, self.todo[rows]) if self.with_rows else self.fn(batch)
+
+
 def square_attack(
-    log_probs: Callable[[np.ndarray], np.ndarray],
+    log_probs: Callable[..., np.ndarray],
     x: np.ndarray,
     y: np.ndarray,
     *,
@@ -180,6 +195,7 @@ def square_attack(
     rng: np.random.Generator,
     restarts: int = 1,
     on_step: Callable[[int, int], None] | None = None,
+    with_rows: bool = False,
 ) -> AttackResult:
     """Untargeted Square Attack on canonical inputs ``x`` ``(N, C, H, W)`` with true classes ``y``.
 
@@ -187,7 +203,8 @@ def square_attack(
     every sample still being attacked (never per sample). ``max_queries`` is the budget per sample and restart
     (the initialisation is one query). Each restart starts afresh from ``x`` for the samples not yet fooled.
     ``[lo, hi]`` is the valid range (widened per value to include ``x``). ``on_step(step, active)`` is called
-    after every step (progress, cancellation).
+    after every step (progress, cancellation). With ``with_rows``, ``log_probs(batch, rows)`` also receives the
+    rows of ``x`` the batch holds (a model whose other inputs must follow the rows).
     """
     if norm not in ("linf", "l2"):
         raise ValueError(f"norm must be linf or l2, not {norm!r}")
@@ -220,7 +237,8 @@ def square_attack(
         todo = np.flatnonzero(~fooled)
         if len(todo) == 0:
             break
-        best, m, q = step(log_probs, x[todo], y[todo], _rows(lb, todo), _rows(ub, todo), eps, max_queries, p_init,
+        rows_fn = _RowQuery(log_probs, todo, with_rows)
+        best, m, q = step(rows_fn, x[todo], y[todo], _rows(lb, todo), _rows(ub, todo), eps, max_queries, p_init,
                           rng, on_step)
         x_adv[todo] = best
         margin[todo] = m
@@ -229,7 +247,7 @@ def square_attack(
     return AttackResult(x_adv=x_adv, fooled=fooled, queries=queries, margin=margin)
 
 
-def _linf_run(log_probs: Callable[[np.ndarray], np.ndarray], x: np.ndarray, y: np.ndarray, lb: np.ndarray,
+def _linf_run(log_probs: Callable[[np.ndarray, np.ndarray], np.ndarray], x: np.ndarray, y: np.ndarray, lb: np.ndarray,
               ub: np.ndarray, eps: float, max_queries: int, p_init: float, rng: np.random.Generator,
               on_step: Callable[[int, int], None] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One run of the L∞ attack (Algorithm 2 of the paper, vertical-stripe start)."""
@@ -238,7 +256,7 @@ def _linf_run(log_probs: Callable[[np.ndarray], np.ndarray], x: np.ndarray, y: n
     e = dt(eps)
     stripes = rng.choice(np.array([-e, e], dtype=x.dtype), size=(n, c, 1, w))
     x_best = np.clip(x + stripes, lb, ub)
-    margin = margins(log_probs(x_best), y)
+    margin = margins(log_probs(x_best, np.arange(n)), y)
     queries = np.ones(n, dtype=np.int64)
     signs = np.array([-e, e], dtype=x.dtype)
     for it in range(max_queries - 1):
@@ -261,7 +279,7 @@ def _linf_run(log_probs: Callable[[np.ndarray], np.ndarray], x: np.ndarray, y: n
             cand[k] = np.clip(x_win[k] + rng.choice(signs, size=(len(k), c, 1, 1)), lb_win[k], ub_win[k])
         x_new = x_best[act]
         x_new[win.index] = cand
-        m = margins(log_probs(x_new), y[act])
+        m = margins(log_probs(x_new, act), y[act])
         queries[act] += 1
         better = m < margin[act]
         x_best[act[better]] = x_new[better]
@@ -304,7 +322,7 @@ def _project_l2(x: np.ndarray, delta: np.ndarray, sq: np.ndarray, eps: float, lb
     return out, d, sq_out
 
 
-def _l2_run(log_probs: Callable[[np.ndarray], np.ndarray], x: np.ndarray, y: np.ndarray, lb: np.ndarray,
+def _l2_run(log_probs: Callable[[np.ndarray, np.ndarray], np.ndarray], x: np.ndarray, y: np.ndarray, lb: np.ndarray,
             ub: np.ndarray, eps: float, max_queries: int, p_init: float, rng: np.random.Generator,
             on_step: Callable[[int, int], None] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One run of the L2 attack (Algorithm 3 of the paper, grid-of-bumps start).
@@ -327,7 +345,7 @@ def _l2_run(log_probs: Callable[[np.ndarray], np.ndarray], x: np.ndarray, y: np.
             sgn = rng.choice(np.array([-1.0, 1.0]), size=(n, c, 1, 1))
             delta[:, :, r0 + i * th:r0 + (i + 1) * th, c0 + j * tw:c0 + (j + 1) * tw] += bump * sgn
     x_best, d_best, sq_best = _project_l2(x, delta.astype(dt), np.sum(delta**2, axis=(1, 2, 3)), eps, lb, ub)
-    margin = margins(log_probs(x_best), y)
+    margin = margins(log_probs(x_best, np.arange(n)), y)
     queries = np.ones(n, dtype=np.int64)
     signs = np.array([-1.0, 1.0])
     for it in range(max_queries - 1):
@@ -358,7 +376,7 @@ def _l2_run(log_probs: Callable[[np.ndarray], np.ndarray], x: np.ndarray, y: np.
         d[win1.index] = new
         sq = sq_best[act] - np.sum(sq_both, axis=(1, 2, 3)) + np.sum(new**2, axis=(1, 2, 3))
         x_new, d_new, sq_new = _project_l2(x[act], d, sq, eps, _rows(lb, act), _rows(ub, act))
-        m = margins(log_probs(x_new), y[act])
+        m = margins(log_probs(x_new, act), y[act])
         queries[act] += 1
         better = m < margin[act]
         keep = act[better]
@@ -427,16 +445,19 @@ class SquareAttack(Check):
         p = params
         norm = p.norm
         data, notes = sample(ctx, p.limit)
-        if np.asarray(data.x).dtype.kind not in "f":
-            raise SkipCheck(f"the model input is {data.x.dtype}: the attack needs real-valued inputs")
+        space = input_space(ctx.model, data.x)
+        space.require_arithmetic("an attack adding real-valued perturbations")
         geo = Geometry.of(data.x, ctx.model.layout)
-        xc = geo.canonical(np.asarray(data.x))
-        clf = Classifier(ctx.model, geo)
+        xc = geo.canonical(space.to_space(np.asarray(data.x)))
+        clf = Classifier.for_data(ctx, data, geo)
+        if space.kind is ValueKind.QUANTIZED:
+            notes.append(f"{space.describe()}: the attack works in float; every query and example is rounded "
+                         f"and clipped back to the input's values")
         clean_pred, y, tnotes = targets(ctx, data, clf.probs(xc))
         notes += tnotes
         ref = clean_pred if y is None else y
         correct = clean_pred == ref
-        vr = value_range(p.clip, xc, geo)
+        vr = space_range(space, p.clip, xc, geo)
         notes.append(describe_range(vr, p.clip is not None))
         lo, hi = vr if vr is not None else (-np.inf, np.inf)
         outside = int(np.sum((xc < lo) | (xc > hi)))
@@ -457,14 +478,23 @@ class SquareAttack(Check):
 
         t0 = time.perf_counter()
         if len(idx):
-            res = square_attack(clf.log_probs, xc[idx], ref[idx], eps=eps, norm=norm,
-                                max_queries=p.max_queries, p_init=p.p_init, lo=lo, hi=hi, rng=ctx.rng,
-                                restarts=p.restarts, on_step=on_step)
+            if clf.inputs:  # the model's other inputs follow the attacked rows
+                def log_probs(batch: np.ndarray, rows: np.ndarray) -> np.ndarray:
+                    return clf.log_probs(batch, idx[rows])
+                res = square_attack(log_probs, xc[idx], ref[idx], eps=eps, norm=norm, max_queries=p.max_queries,
+                                    p_init=p.p_init, lo=lo, hi=hi, rng=ctx.rng, restarts=p.restarts,
+                                    on_step=on_step, with_rows=True)
+            else:
+                res = square_attack(clf.log_probs, xc[idx], ref[idx], eps=eps, norm=norm,
+                                    max_queries=p.max_queries, p_init=p.p_init, lo=lo, hi=hi, rng=ctx.rng,
+                                    restarts=p.restarts, on_step=on_step)
+            res = dataclasses.replace(res, x_adv=space.snap(res.x_adv))  # the values the model is really fed
         else:
             res = AttackResult(xc[:0], np.zeros(0, bool), np.zeros(0, np.int64), np.zeros(0))
         duration = time.perf_counter() - t0
         found = np.flatnonzero(res.fooled)
-        ok = self._verify(ctx, geo, xc[idx][found], res.x_adv[found], ref[idx][found], eps, norm, lo, hi)
+        ok = self._verify(ctx, geo, xc[idx][found], res.x_adv[found], ref[idx][found], eps, norm, lo, hi,
+                          clf, idx[found])
         good = found[ok]
         norms = perturbation_norms(xc[idx][good], res.x_adv[good], norm)
         q = res.queries[good]
@@ -494,18 +524,19 @@ class SquareAttack(Check):
         if n_att == 0:
             notes.append("no correctly classified sample to attack")
         rows = data.indices[idx[good]] if data.indices is not None else idx[good]
-        adversarial = geo.to_model(res.x_adv[good])
+        adversarial = space.from_space(geo.to_model(res.x_adv[good]))
         artifacts = {"adversarial_examples": adversarial, "rows": rows, "labels": ref[idx[good]]}
         if len(good):
             path = ctx.artifact_path("adversarial_examples.npz")
-            np.savez_compressed(path, x=geo.to_model(xc[idx][good]), x_adv=adversarial, rows=rows,
+            np.savez_compressed(path, x=space.from_space(geo.to_model(xc[idx][good])), x_adv=adversarial, rows=rows,
                                 labels=ref[idx[good]], queries=q)
             notes.append(f"{len(good)} adversarial examples saved to {path} (x, x_adv, rows, labels, queries)")
         return CheckResult(metrics=metrics, findings=findings, notes=notes, artifacts=artifacts)
 
     @staticmethod
     def _verify(ctx: AuditContext, geo: Geometry, x: np.ndarray, x_adv: np.ndarray, y: np.ndarray, eps: float,
-                norm: str, lo: float, hi: float) -> np.ndarray:
+                norm: str, lo: float, hi: float, clf: Classifier | None = None,
+                rows: np.ndarray | None = None) -> np.ndarray:
         """Which examples are inside the ε-ball and the valid range (float64) and misclassified by a freshly
         opened session of the same model."""
         if len(x) == 0:
@@ -516,5 +547,7 @@ class SquareAttack(Check):
         in_range = np.all((a64 >= lo_el) & (a64 <= hi_el), axis=(1, 2, 3))
         fresh = ModelHandle(ctx.model.config, batch_size=ctx.model.batch_size, role=ctx.model.role)
         # the audited output itself, as a user of the model reads it (not the logits the attack may have used)
-        wrong = Classifier(fresh, geo, prefer_logits=False).probs(x_adv).argmax(axis=1) != y
+        check = Classifier(fresh, geo, prefer_logits=False, space=clf.space if clf else None,
+                           inputs=clf.inputs if clf else {})
+        wrong = check.probs(x_adv, rows if check.inputs else None).argmax(axis=1) != y
         return in_ball & in_range & wrong

@@ -24,6 +24,22 @@ def _clip(v: Any) -> tuple[float, float] | None:
     return float(lo), float(hi)
 
 
+def _one_input(ctx: AuditContext) -> None:
+    """Skip when the model takes other per-sample inputs: the torch backend feeds the primary input only."""
+    if ctx.model.sample_inputs:
+        raise SkipCheck(f"the torch backend feeds one input; the model also takes "
+                        f"{', '.join(ctx.model.sample_inputs)} per sample")
+
+
+def _real_input(ctx: AuditContext, what: str) -> None:
+    """Skip a gradient method on an integer input (token ids, uint8 pixels): no gradient reaches it."""
+    _one_input(ctx)
+    dt = ctx.model.input.dtype
+    if dt is not None and dt.kind in "iub":
+        raise SkipCheck(f"model input '{ctx.model.input.name}' is {dt}: {what} needs a real-valued input that "
+                        f"gradients reach (integer ids or pixels have none)")
+
+
 def _seed(ctx: AuditContext) -> int:
     return int(ctx.rng.integers(0, 2**31 - 1))
 
@@ -56,6 +72,7 @@ class Parity(Check):
 
     def run(self, ctx: AuditContext) -> CheckResult:
         """Run the sample through both runtimes and compare."""
+        _one_input(ctx)
         backend = ctx.backend("torch")
         data = ctx.sample(int(ctx.params["limit"]))
         o = np.asarray(ctx.model.run(data.x, [backend.output_name])[backend.output_name], dtype=np.float64)
@@ -128,6 +145,7 @@ class Pgd(Check):
 
     def run(self, ctx: AuditContext) -> CheckResult:
         """Attack a sample in batches, then re-run the adversarial inputs through ONNX Runtime."""
+        _real_input(ctx, "torch.pgd")
         backend = ctx.backend("torch")  # first: skips with a reason when torch is absent
         import torch
 
@@ -225,6 +243,7 @@ class BlindSpots(Check):
 
     def run(self, ctx: AuditContext) -> CheckResult:
         """Pair sources with targets of another predicted class and traverse, batched."""
+        _real_input(ctx, "torch.blind_spots")
         backend = ctx.backend("torch")
         from auditor_torch.attacks import level_set_traversal
 
@@ -316,6 +335,7 @@ class InputGradients(Check):
 
     def run(self, ctx: AuditContext) -> CheckResult:
         """Attributions in one batched backward pass per batch; every masked set through ONNX Runtime."""
+        _real_input(ctx, "torch.input_gradients")
         backend = ctx.backend("torch")
         p = ctx.params
         data = ctx.sample(int(p["limit"]))
@@ -415,6 +435,7 @@ class Retrain(Check):
 
     def run(self, ctx: AuditContext) -> CheckResult:
         """Train each (rule, optimizer) on a copy of the interpreted graph, write it back, evaluate with ORT."""
+        _one_input(ctx)
         backend = ctx.backend("torch")
         from auditor_torch.export import write_model
         from auditor_torch.training import NotApplicable, TrainConfig, train
