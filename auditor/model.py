@@ -551,7 +551,8 @@ class ModelHandle:
                 runs = [(b, self._raw(sess, tensors, self._feed(xs[:b], {k: v[:b] for k, v in os_.items()})))
                         for b in (1, 2)]
         except Exception:
-            return  # the run itself will explain the failure
+            self.output_batched = {}  # unknown: the run itself will explain any failure; never probe again
+            return
         self.output_batched = {
             o: all(np.ndim(outs[i]) >= 1 and np.shape(outs[i])[0] == b for b, outs in runs)
             for i, o in enumerate(self.outputs)

@@ -118,6 +118,34 @@ def test_two_token_inputs_batched_together_and_perturbed_by_substitution(tmp_pat
     assert r.doc["data"]["inputs"]["attention_mask"]["shape"] == [90, 6]
 
 
+def test_masking_token_ids_and_the_vocabulary_of_an_input_behind_a_cast(tmp_path: Path) -> None:
+    """ids (int32) -> Cast -> Gather(table of 11 rows): the vocabulary is read through the Cast; masking with
+    mask_id replaces the chosen ids by that id, checked against ONNX Runtime on the same draws."""
+    r = np.random.default_rng(0)
+    w = {"E": r.normal(size=(11, 3)).astype(np.float32), "axes": np.array([1], np.int64)}
+    nodes = [helper.make_node("Cast", ["ids"], ["ids64"], to=INT64),
+             helper.make_node("Gather", ["E", "ids64"], ["e"]),
+             helper.make_node("ReduceMean", ["e", "axes"], ["logits"], keepdims=0)]
+    model = save_model(nodes, [helper.make_tensor_value_info("ids", TensorProto.INT32, ["N", 5])],
+                       [helper.make_tensor_value_info("logits", FLOAT, ["N", 3])], w, tmp_path / "ids.onnx",
+                       opset=18)
+    m = ModelHandle(ModelConfig(path=model))
+    space = input_space(m)
+    assert (space.kind, space.vocab, space.bounds) == (ValueKind.IDS, 11, (0.0, 10.0))
+    assert input_space(ModelHandle(ModelConfig(path=model, vocab_size=7))).vocab == 7  # declared wins
+    ids = r.integers(0, 11, (70, 5)).astype(np.int32)
+    y = ort_run(model, {"ids": ids}).argmax(1)
+    np.savez(tmp_path / "ids.npz", x=ids, y=y)
+    res = run_audit({"model": {"path": str(model)}, "data": {"path": str(tmp_path / "ids.npz")}, "seed": 3,
+                     "checks": [{"use": "robustness.noise", "with": {"kind": "substitute", "severity": 0.4,
+                                                                     "mask_id": 0}}]}, workdir=tmp_path)
+    assert res.exit_code == 0, res.error
+    rng = check_seed(3, "robustness.noise")
+    masked = np.where(rng.random(ids.shape) < 0.4, 0, ids).astype(np.int32)
+    want = float(np.mean(ort_run(model, {"ids": masked}).argmax(1) != y))
+    assert res.metrics("robustness.noise")["flip_rate"] == pytest.approx(want, abs=1e-12)
+
+
 def test_substitute_ids_stays_in_the_vocabulary_and_changes_the_share_asked() -> None:
     ids = np.random.default_rng(0).integers(0, 7, (400, 50))
     out = substitute_ids(ids, 0.3, np.random.default_rng(1), 7)

@@ -157,10 +157,14 @@ class NoiseSweep(Check):
                 "list for the kind.")
         clip: list[float] | None = range_param()
         repeats: int = param(1, "Independent noise draws per severity (metrics are their mean).", minimum=1)
+        mask_id: int | None = param(None, "Kind substitute: replace the chosen ids by this id (a [MASK] or "
+                                    "[UNK] token of the vocabulary) instead of by random other ids.", minimum=0)
         limit: int | None = limit_param(2000)
 
         def validate(self) -> list[str]:
-            """sigma belongs to the std kinds, and never with severity; bounds per kind."""
+            """sigma belongs to the std kinds, and never with severity; bounds per kind; mask_id to substitute."""
+            if self.mask_id is not None and self.kind != "substitute":
+                return [f"mask_id: applies to kind substitute, not {self.kind}"]
             if self.sigma is not None and self.kind not in SIGMA_KINDS:
                 return [f"sigma: applies to kind gaussian or feature; use severity for kind {self.kind}"]
             if self.sigma is not None and self.severity is not None:
@@ -263,8 +267,11 @@ class NoiseSweep(Check):
             raise SkipCheck(f"{space.describe()}: the number of valid ids is unknown (no embedding table in the "
                             f"graph); set model.vocab_size")
         severities, sev_note = self._severities(p, "substitute")
-        notes.append(f"{space.describe()}: each id is replaced with probability severity by a different id drawn "
-                     f"uniformly from 0..{space.vocab - 1}")
+        if p.mask_id is not None and p.mask_id >= space.vocab:
+            raise SkipCheck(f"mask_id {p.mask_id} is not an id of the vocabulary (0..{space.vocab - 1})")
+        notes.append(f"{space.describe()}: each id is replaced with probability severity by "
+                     + (f"the mask id {p.mask_id}" if p.mask_id is not None else
+                        f"a different id drawn uniformly from 0..{space.vocab - 1}"))
         if sev_note:
             notes.append(sev_note)
         x = np.asarray(data.x)
@@ -280,7 +287,8 @@ class NoiseSweep(Check):
             accs, flips = [], []
             for r in range(p.repeats):
                 ctx.check_cancelled()
-                pred = ctx.predict_proba(substitute_ids(x, sev, ctx.rng, space.vocab), data=data).argmax(axis=1)
+                xs = substitute_ids(x, sev, ctx.rng, space.vocab, mask_id=p.mask_id)
+                pred = ctx.predict_proba(xs, data=data).argmax(axis=1)
                 flips.append(float(np.mean(pred != clean_pred)))
                 if y is not None:
                     accs.append(float(np.mean(pred == y)))
