@@ -35,9 +35,24 @@ def _data_block(handle: ModelHandle, data_path: Path | None, out: Path) -> list[
     ]
 
 
+def _scalar_inputs(model_path: Path) -> list[str]:
+    """Data inputs of rank 0 (placeholders such as keep_prob): they take one value, never per-sample data."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(model_path), load_external_data=False)
+    except Exception:
+        return []  # ModelHandle explains what is wrong with the file
+    specs = [G.value_info_spec(i) for i in G.data_inputs(proto.graph)]
+    return [sp.name for sp in specs if sp.shape is not None and len(sp.shape) == 0]
+
+
 def starter_spec(model_path: Path, data_path: Path | None, out: Path) -> str:
     """YAML text of a starter spec (the model is opened to read its inputs and outputs)."""
-    handle = ModelHandle(ModelConfig(path=model_path, device="cpu"))
+    scalars = _scalar_inputs(model_path)
+    # scalar placeholders (keep_prob, is_training) need a value the model cannot tell us: the spec leaves a
+    # commented line for each; the model is opened here with a stand-in only to read its inputs and outputs
+    handle = ModelHandle(ModelConfig(path=model_path, device="cpu", feeds={n: 0 for n in scalars} or None))
     g = handle.proto.graph
     inputs = [G.value_info_spec(i).describe() for i in G.data_inputs(g)]
     outputs = [G.value_info_spec(o).describe() for o in g.output]
@@ -53,6 +68,8 @@ def starter_spec(model_path: Path, data_path: Path | None, out: Path) -> str:
                                            if handle.sample_inputs else ""),
         *(["  inputs:                # other per-sample inputs -> their key (npz) or column(s) in the data"]
           + [f"    {name}: {key}" for name, key in handle.input_keys.items()] if handle.sample_inputs else []),
+        *([f"  # feeds: {{{', '.join(f'{n}: VALUE' for n in scalars)}}}   # scalar input(s), not data: "
+           f"give each its value (e.g. keep_prob: 1.0) and uncomment"] if scalars else []),
         f"  # graph outputs: {', '.join(outputs)}",
         "  # output: any tensor of the graph; the model is cut to what it needs"
         + (f" (penultimate features: {pen})" if pen else ""),

@@ -177,6 +177,25 @@ def test_auditor_init_writes_the_input_mapping_for_a_two_input_model(tmp_path: P
     assert r.metrics("performance.metrics")["accuracy"] == pytest.approx(acc, abs=1e-12)
 
 
+def test_auditor_init_leaves_a_scalar_placeholder_to_the_user(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from auditor.cli import main
+
+    r = np.random.default_rng(0)
+    w = {"W": r.normal(size=(4, 3)).astype(np.float32)}
+    nodes = [helper.make_node("Mul", ["x", "keep_prob"], ["xk"]), helper.make_node("MatMul", ["xk", "W"], ["z"])]
+    model = save_model(nodes, [helper.make_tensor_value_info("x", FLOAT, ["N", 4]),
+                               helper.make_tensor_value_info("keep_prob", FLOAT, [])],
+                       [helper.make_tensor_value_info("z", FLOAT, ["N", 3])], w, tmp_path / "tf.onnx")
+    out = tmp_path / "spec.yaml"
+    res = CliRunner().invoke(main, ["init", str(model), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    text = out.read_text()
+    assert "# feeds: {keep_prob: VALUE}" in text and "input: x" in text
+    assert "feeds" not in yaml.safe_load(text)["model"]  # never a guessed value
+
+
 def test_a_missing_per_sample_input_is_one_line_naming_the_key(tmp_path: Path) -> None:
     model = token_classifier(tmp_path)
     data, *_ = token_data(tmp_path, model)
