@@ -31,6 +31,7 @@ from auditor.params import NoParams, param
 from auditor.plugins import hookimpl
 from auditor.report.base import Reporter
 from auditor.results import AuditReport, CheckReport, CheckResult, Finding, GateResult, Status
+from auditor.shards import Plan, PredictionShardedCheck, RowShards, Shard, ShardedCheck
 
 __version__ = "0.1.0"
 
@@ -55,9 +56,14 @@ __all__ = [
     "Need",
     "NoParams",
     "Param",
+    "Plan",
     "PluginLoadError",
+    "PredictionShardedCheck",
     "Predictions",
     "Reporter",
+    "RowShards",
+    "Shard",
+    "ShardedCheck",
     "SkipCheck",
     "SpecError",
     "Status",

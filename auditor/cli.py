@@ -131,17 +131,21 @@ def main() -> None:
                    "parentheses, as pytest's -k (e.g. 'noise or square', 'not torch').")
 @click.option("--traceback", "show_traceback", is_flag=True,
               help="Print the Python traceback of every check that raised (also kept in report.json).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+              help="Run the checks on a Ray cluster: ADDRESS (host:port, ray://..., auto), else RAY_ADDRESS, "
+                   "else a local Ray instance (see docs/ray.md). Put it after SPEC, or write --ray=ADDRESS.")
 @with_plugin_options
 @handle_errors
 def run(spec_path: Path, report_dir: Path | None, formats: str | None, seed: int | None, quiet: bool,
-        keyword: str | None, disable: tuple[str, ...], plugins: tuple[str, ...],
+        keyword: str | None, ray_address: str | None, disable: tuple[str, ...], plugins: tuple[str, ...],
         show_traceback: bool = False) -> None:
     """Run the audit described by SPEC. Exit 0: every gate passed; 1: a gate failed or a check errored;
     2: bad spec or usage; 3: internal error; 4: model, data or plugin could not be loaded."""
     from rich.console import Console
 
+    from auditor.distributed.errors import ClusterLost
     from auditor.results import OK_STATUSES
-    from auditor.runner import Interrupted, Runner, load_inputs, write_reports
+    from auditor.runner import Interrupted, load_inputs, make_runner, write_reports
     from auditor.select import select_checks
     from auditor.spec import parse_spec
     from auditor.terminal import TerminalEvents, status_line, summary_table
@@ -161,6 +165,13 @@ def run(spec_path: Path, report_dir: Path | None, formats: str | None, seed: int
             raise SpecError("--format", [f"unknown format(s) {', '.join(unknown)} "
                                          f"(available: {', '.join(sorted(registry.reporters))})"])
         spec.formats = wanted
+    if ray_address is not None:
+        import dataclasses
+
+        from auditor.distributed.config import ExecutionConfig
+
+        base = spec.execution or ExecutionConfig()
+        spec.execution = dataclasses.replace(base, engine="ray", address=ray_address or base.address)
     events = TerminalEvents(quiet=quiet)
     if keyword:
         events.message(f"-k {keyword}: {len(spec.checks)} selected, {len(deselected)} deselected")
@@ -169,12 +180,15 @@ def run(spec_path: Path, report_dir: Path | None, formats: str | None, seed: int
     if loaded.data is not None:
         notes = "; ".join(loaded.data.notes)
         events.message(f"data: {loaded.data.source}, {loaded.data.n} rows" + (f" ({notes})" if notes else ""))
-    runner = Runner(spec, registry, events)
+    runner = make_runner(spec, registry, events)
     interrupted = False
+    lost: ClusterLost | None = None
     try:
         report = runner.run(loaded)
     except Interrupted as exc:
         report, interrupted = exc.report, True
+    except ClusterLost as exc:  # the partial report is written, then one line and exit 4
+        report, lost = exc.report, exc
     written = write_reports(report, spec.report_dir, spec.formats, registry)
     out = Console(highlight=False, soft_wrap=False, width=max(100, Console().width))
     with _stdout_may_close():
@@ -187,6 +201,8 @@ def run(spec_path: Path, report_dir: Path | None, formats: str | None, seed: int
                 if c.traceback:
                     click.echo(f"--- traceback of {c.id} ---\n{c.traceback.rstrip()}", err=True)
         click.echo(status_line(report))
+    if lost is not None:
+        _fail(f"{lost} (partial report written)", int(lost.exit_code))
     if interrupted:
         click.echo("interrupted: partial report written", err=True)
         sys.exit(int(ExitCode.INTERRUPTED))

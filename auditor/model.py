@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -358,6 +359,10 @@ class ModelHandle:
         # one line; its own "[E:onnxruntime ...]" lines (from probes that are expected to fail, such as the
         # symbolic-batch attempt) must not reach the console.
         so.log_severity_level = 4
+        # A Ray worker owns only its share of the machine's cores (see auditor.distributed.worker).
+        threads = os.environ.get("AUDITOR_ORT_THREADS", "")
+        if threads.isdigit() and int(threads) > 0:
+            so.intra_op_num_threads = int(threads)
         if self.has_external_data:
             # Models built in memory need to be told where their external weight files live.
             so.add_session_config_entry(

@@ -287,6 +287,16 @@ def environment(seed: int, registry: Registry) -> dict[str, Any]:
     }
 
 
+def make_runner(spec: Spec, registry: Registry, events: Events | None = None) -> Runner:
+    """The runner for the spec's ``execution:`` engine: this machine, or a Ray cluster (Ray is imported only
+    then)."""
+    if spec.execution is not None and spec.execution.distributed:
+        from auditor.distributed.engine import RayRunner
+
+        return RayRunner(spec, registry, events)
+    return Runner(spec, registry, events)
+
+
 class Runner:
     """Runs a spec's checks against loaded models and data."""
 
@@ -312,24 +322,34 @@ class Runner:
             artifact_dir=Path(self.spec.report_dir) / "artifacts" / (cs.id if role == "model" else f"{cs.id}.baseline"),
         )
 
+    def skip_reason(self, info: CheckInfo, loaded: Loaded) -> str | None:
+        """Why a check cannot run at all here (no gradient backend, no labels), or ``None``."""
+        needs = info.cls.needs
+        if Need.GRADIENTS in needs and self.registry.gradient_backend() is None:
+            return "needs gradients: install a differentiable backend (pip install 'onnx-auditor[torch]')"
+        if loaded.data is not None and Need.LABELS in needs and loaded.data.y is None:
+            return "needs labels (data.y)"
+        return None
+
     def run_check(self, cs: CheckSpec, loaded: Loaded) -> CheckReport:
         """Run one check (and again on the baseline model), evaluate its gates."""
         if cs.skip_reason is not None:
             return self._report(cs, None, _Outcome(skip=cs.skip_reason), None)
         info: CheckInfo = self.registry.checks[cs.use]
-        needs = info.cls.needs
-        skip_reason = None
-        if Need.GRADIENTS in needs and self.registry.gradient_backend() is None:
-            skip_reason = "needs gradients: install a differentiable backend (pip install 'onnx-auditor[torch]')"
-        if skip_reason is None and loaded.data is not None and Need.LABELS in needs and loaded.data.y is None:
-            skip_reason = "needs labels (data.y)"
+        skip_reason = self.skip_reason(info, loaded)
         if skip_reason is not None:
             return self._report(cs, info, _Outcome(skip=skip_reason), None)
         params = info.cls.build_params(cs.params)
         outcome = _execute(info.cls(), self._context(cs, loaded, "model"), cs.timeout_s, params)
-        base_metrics = None
+        bo = None
         if loaded.baseline is not None and info.cls.run_on_baseline and outcome.result is not None:
             bo = _execute(info.cls(), self._context(cs, loaded, "baseline"), cs.timeout_s, params)
+        return self.finish_check(cs, info, outcome, bo)
+
+    def finish_check(self, cs: CheckSpec, info: CheckInfo, outcome: _Outcome, bo: _Outcome | None) -> CheckReport:
+        """The check's report from its outcome on the model and (if it ran) on the baseline."""
+        base_metrics = None
+        if bo is not None and outcome.result is not None:
             if bo.result is not None:
                 base_metrics = bo.result.metrics
             else:
@@ -367,6 +387,26 @@ class Runner:
                            notes=list(r.notes), duration_s=o.duration, baseline_metrics=base,
                            artifacts=dict(r.artifacts))
 
+    def assemble(self, reports: list[CheckReport], loaded: Loaded, interrupted: bool, started: str,
+                 duration: float, execution: dict[str, Any] | None = None) -> AuditReport:
+        """The audit's report from its checks' reports (``execution``: how a distributed run ran)."""
+        env = environment(self.spec.seed, self.registry)
+        if execution is not None:
+            env["execution"] = execution
+        return AuditReport(
+            status=worst([c.status for c in reports] + [s for c in reports for s in
+                                                       (g.status for g in c.gates)]),
+            model=loaded.model.info(),
+            baseline=loaded.baseline.info() if loaded.baseline else None,
+            data=loaded.data.info() if loaded.data else None,
+            environment=env,
+            checks=reports,
+            spec_path=str(self.spec.path),
+            interrupted=interrupted,
+            started_at=started,
+            duration_s=duration,
+        )
+
     def run(self, loaded: Loaded) -> AuditReport:
         """Run every check; on Ctrl-C raise :class:`Interrupted` with the partial report."""
         started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -390,19 +430,7 @@ class Runner:
                 break
             reports.append(rep)
             self.events.check_finished(rep)
-        report = AuditReport(
-            status=worst([c.status for c in reports] + [s for c in reports for s in
-                                                       (g.status for g in c.gates)]),
-            model=loaded.model.info(),
-            baseline=loaded.baseline.info() if loaded.baseline else None,
-            data=loaded.data.info() if loaded.data else None,
-            environment=environment(self.spec.seed, self.registry),
-            checks=reports,
-            spec_path=str(self.spec.path),
-            interrupted=interrupted,
-            started_at=started,
-            duration_s=time.perf_counter() - t0,
-        )
+        report = self.assemble(reports, loaded, interrupted, started, time.perf_counter() - t0)
         if interrupted:
             raise Interrupted(report)
         return report

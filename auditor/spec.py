@@ -18,6 +18,7 @@ from auditor.data import DataConfig
 from auditor.datasets.preprocess import PREPROCESS_SCHEMA
 from auditor.datasets.preprocess import merged as merged_preprocess
 from auditor.datasets.preprocess import validate as validate_preprocess
+from auditor.distributed.config import EXECUTION_SCHEMA, ExecutionConfig, parse_execution
 from auditor.errors import SpecError, short
 from auditor.model import ModelConfig
 from auditor.params import problems_of
@@ -150,6 +151,7 @@ def build_schema(checks: dict[str, CheckInfo], formats: list[str]) -> dict[str, 
             "data": _DATA,
             "train_data": _DATA,
             "seed": {"type": "integer", "default": 0},
+            "execution": EXECUTION_SCHEMA,
             "checks": {"type": "array", "items": check_item},
             "report": {
                 "type": "object",
@@ -207,6 +209,8 @@ class Spec:
     raw: dict[str, Any] = field(default_factory=dict)
     lines: dict[Path_, int] = field(default_factory=dict)
     """1-based line of every entry, by YAML path (``("checks", 0, "use")``); empty for a dict spec."""
+    #: Where the checks run (``execution:``; ``None``: this machine).
+    execution: ExecutionConfig | None = None
 
     def line_of(self, *path: str | int) -> int | None:
         """The line of ``path``, or of its nearest enclosing entry that has one."""
@@ -446,6 +450,7 @@ def parse_spec(path: Path, checks: dict[str, CheckInfo], formats: list[str],
         formats=list(report.get("formats", ["json", "markdown"])),
         raw=doc,
         lines=lines,
+        execution=parse_execution(doc.get("execution")),
     )
 
 

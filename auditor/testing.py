@@ -88,10 +88,11 @@ def run_audit(spec: dict[str, Any] | str | Path, *, model: str | Path | None = N
     ``spec`` is a dict (``version`` defaults to 1; ``model``/``data`` may be given as keyword paths) or a
     path to a YAML file. ``plugins`` are extra plugin modules or objects (your plugin under test).
     """
+    from auditor.distributed.errors import ClusterLost
     from auditor.errors import AuditorError, ExitCode
     from auditor.plugins import build_registry
     from auditor.results import OK_STATUSES
-    from auditor.runner import Interrupted, Runner, load_inputs
+    from auditor.runner import Interrupted, load_inputs, make_runner
     from auditor.spec import parse_spec
 
     if isinstance(spec, (str, Path)):
@@ -109,9 +110,11 @@ def run_audit(spec: dict[str, Any] | str | Path, *, model: str | Path | None = N
         parsed = parse_spec(path, registry.checks, sorted(registry.reporters), doc=doc, disabled=registry.disabled)
         loaded = load_inputs(parsed, registry.datasets)
         try:
-            report = Runner(parsed, registry).run(loaded)
+            report = make_runner(parsed, registry).run(loaded)
         except Interrupted as exc:
             return AuditResult(int(ExitCode.INTERRUPTED), exc.report, "interrupted")
+        except ClusterLost as exc:
+            return AuditResult(int(exc.exit_code), exc.report, str(exc))
     except AuditorError as exc:
         return AuditResult(int(exc.exit_code), None, str(exc))
     code = ExitCode.OK if report.status in OK_STATUSES else ExitCode.GATE_FAILED

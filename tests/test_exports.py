@@ -24,11 +24,18 @@ from auditor.data import DataConfig, load_dataset
 from auditor.errors import SkipCheck
 from auditor.model import ModelConfig, ModelHandle
 from auditor.perturb import ValueKind, input_space, substitute_ids
-from auditor.runner import check_seed
 from auditor.testing import run_audit
 
 INT64 = TensorProto.INT64
 VOCAB = 50
+
+
+def first_shard_rng(seed: int, check_id: str) -> np.random.Generator:
+    """The generator a sharded check draws from on data that fit in one shard (auditor.shards: seeded by the
+    spec's seed, the check's id and the shard's index)."""
+    from auditor.shards import Shard
+
+    return np.random.default_rng(Shard(0, 1, np.arange(0)).seed(seed, check_id))
 
 
 def ort_run(path: Path, feed: dict[str, np.ndarray], output: str | None = None) -> np.ndarray:
@@ -99,7 +106,7 @@ def test_two_token_inputs_batched_together_and_perturbed_by_substitution(tmp_pat
 
     # substitution: each id replaced with probability severity by another id of the vocabulary (read from the
     # embedding table), the mask passed through unchanged; the same draws made here independently
-    rng = check_seed(seed, "robustness.noise")
+    rng = first_shard_rng(seed, "robustness.noise")
     clean = logits.argmax(1)
     for point, sev in zip(r.metrics("robustness.noise")["curve"], [0.1, 0.5]):
         hit = rng.random(ids.shape) < sev
@@ -140,7 +147,7 @@ def test_masking_token_ids_and_the_vocabulary_of_an_input_behind_a_cast(tmp_path
                      "checks": [{"use": "robustness.noise", "with": {"kind": "substitute", "severity": 0.4,
                                                                      "mask_id": 0}}]}, workdir=tmp_path)
     assert res.exit_code == 0, res.error
-    rng = check_seed(3, "robustness.noise")
+    rng = first_shard_rng(3, "robustness.noise")
     masked = np.where(rng.random(ids.shape) < 0.4, 0, ids).astype(np.int32)
     want = float(np.mean(ort_run(model, {"ids": masked}).argmax(1) != y))
     assert res.metrics("robustness.noise")["flip_rate"] == pytest.approx(want, abs=1e-12)
@@ -248,7 +255,7 @@ def test_a_state_whose_batch_axis_is_not_the_first_gets_its_rows_placed_there(tm
                    "report": {"dir": str(tmp_path / "rep")}}, workdir=tmp_path)
     assert r.exit_code == 0, r.error
     # the state is passed through unchanged while x is perturbed: recompute the curve with numpy
-    rng = check_seed(seed, "robustness.noise")
+    rng = first_shard_rng(seed, "robustness.noise")
     for point, s in zip(r.metrics("robustness.noise")["curve"], sig):
         xn = x.reshape(n, 1, 1, 4) + np.float32(s) * rng.standard_normal((n, 1, 1, 4), dtype=np.float32)
         pred = (xn.reshape(n, 4) @ w["W"] + h[:, 0] @ w["U"] + w["b"]).argmax(1)
@@ -309,7 +316,7 @@ def test_uint8_images_are_perturbed_in_float_and_rounded_and_clipped_back(tmp_pa
                               {"use": "robustness.square_attack", "with": {"eps": 40, "max_queries": 40}}],
                    "report": {"dir": str(tmp_path / "rep")}}, workdir=tmp_path)
     assert r.exit_code == 0, r.error
-    rng = check_seed(seed, "robustness.noise")
+    rng = first_shard_rng(seed, "robustness.noise")
     for point, s in zip(r.metrics("robustness.noise")["curve"], sig):
         noisy = img.astype(np.float32) + np.float32(s) * rng.standard_normal(img.shape, dtype=np.float32)
         fed = np.rint(np.clip(noisy, 0, 255)).astype(np.uint8)

@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, Check, CheckResult, Finding, Need, Param, SkipCheck
+from auditor import AuditContext, CheckResult, Finding, Need, Param, SkipCheck
+from auditor.shards import PredictionShardedCheck
 from auditor_bias._common import class_label, find_class, group_columns, group_rows, num
 
 # bootstrap draws held in memory at once (int64 indices): bounds the working set to ~32 MB
@@ -197,7 +198,7 @@ def _interval(samples: np.ndarray, confidence: float) -> list[float | None]:
     return [float(lo), float(hi)]
 
 
-class GroupMetrics(Check):
+class GroupMetrics(PredictionShardedCheck):
     """Per-group performance and between-group disparities, with bootstrap intervals.
 
     Sources: Hardt, Price & Srebro, "Equality of Opportunity in Supervised Learning" (NeurIPS 2016) for
@@ -251,7 +252,7 @@ class GroupMetrics(Check):
         "small_groups": "groups with fewer than min_group_size rows",
     }
 
-    def run(self, ctx: AuditContext) -> CheckResult:
+    def summarize(self, ctx: AuditContext, params: dict[str, Any]) -> CheckResult:
         """Compute everything from one forward pass on the audit data (shared with other checks)."""
         data = ctx.require_data()
         p = ctx.params

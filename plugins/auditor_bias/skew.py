@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, Check, CheckResult, Finding, Need, Param, SkipCheck
+from auditor import AuditContext, CheckResult, Finding, Need, Param, SkipCheck
+from auditor.shards import PredictionShardedCheck
 from auditor_bias._common import class_label
 
 
@@ -37,7 +38,7 @@ def skew_stats(pred_counts: np.ndarray, true_counts: np.ndarray) -> dict[str, fl
     }
 
 
-class PredictionSkew(Check):
+class PredictionSkew(PredictionShardedCheck):
     """Predicted against true class histogram, chi-square distance, most over- and under-predicted class.
 
     Source: the catalogue's "Happy: A Debiased Learning Framework…" (prediction bias); chi-square distance
@@ -66,7 +67,7 @@ class PredictionSkew(Check):
         "predicted_absent_classes": "classes predicted but never in the labels",
     }
 
-    def run(self, ctx: AuditContext) -> CheckResult:
+    def summarize(self, ctx: AuditContext, params: dict[str, Any]) -> CheckResult:
         """Histograms from the shared forward pass on the whole audit data."""
         pred = ctx.predictions()
         if pred.task != "classification" or pred.labels is None or pred.classes is None:

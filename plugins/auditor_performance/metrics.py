@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, Check, CheckResult, Finding, Need, param
+from auditor import AuditContext, CheckResult, Finding, Need, param
+from auditor.shards import PredictionShardedCheck
 
 
 def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
@@ -67,7 +68,7 @@ def confusion_matrix(y: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndar
     return np.bincount(y * n_classes + pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 
-class PerformanceMetrics(Check):
+class PerformanceMetrics(PredictionShardedCheck):
     """Accuracy and friends for classifiers, error measures for regressors."""
 
     name = "performance.metrics"
@@ -97,7 +98,7 @@ class PerformanceMetrics(Check):
         "classes": "the class label of each column",
     }
 
-    def run(self, ctx: AuditContext, params: Params) -> CheckResult:
+    def summarize(self, ctx: AuditContext, params: Params) -> CheckResult:
         """Compute the metrics on the whole audit data in one batched pass."""
         data = ctx.require_data()
         pred = ctx.predictions()

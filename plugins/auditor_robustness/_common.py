@@ -234,9 +234,79 @@ def margins(log_probs: np.ndarray, y: np.ndarray) -> np.ndarray:
     return true - other.max(axis=1)
 
 
-def task_of(ctx: AuditContext, data: Dataset) -> str:
-    """``classification`` or ``regression``, as the audit reads the model's outputs on ``data``."""
-    return ctx.predictions(data).task
+@dataclass(frozen=True)
+class ValueStats:
+    """Per-value statistics of canonical inputs over many rows, gathered batch by batch (a plan never holds
+    the whole sample): each value's min, max and standard deviation, and the overall min and max."""
+
+    lo: np.ndarray
+    hi: np.ndarray
+    std: np.ndarray
+    n: int
+
+    @property
+    def min(self) -> float:
+        """Smallest value of any row."""
+        return float(self.lo.min())
+
+    @property
+    def max(self) -> float:
+        """Largest value of any row."""
+        return float(self.hi.max())
+
+    @classmethod
+    def of(cls, x: Any, rows: np.ndarray | None, geometry: Geometry, batch: int,
+           dtype: Any = np.float32) -> ValueStats:
+        """Statistics of rows ``rows`` (``None``: all) of batch-first ``x`` in canonical layout, in ``dtype``;
+        the standard deviation combines per-batch means and squared deviations (Chan et al.), in float64."""
+        idx = np.arange(len(x)) if rows is None else np.asarray(rows)
+        lo = hi = mean = m2 = None
+        n = 0
+        for start in range(0, max(len(idx), 1), batch):
+            part = idx[start:start + batch]
+            if len(part) == 0:
+                break
+            xc: np.ndarray = geometry.canonical(np.asarray(x[part])).astype(dtype)
+            b_lo, b_hi = xc.min(axis=0), xc.max(axis=0)
+            b_mean = xc.mean(axis=0, dtype=np.float64)
+            b_m2 = ((xc - b_mean) ** 2).sum(axis=0, dtype=np.float64)
+            k = len(part)
+            if lo is None:
+                lo, hi, mean, m2 = b_lo, b_hi, b_mean, b_m2
+            else:
+                assert hi is not None and mean is not None and m2 is not None
+                lo, hi = np.minimum(lo, b_lo), np.maximum(hi, b_hi)
+                delta = b_mean - mean
+                tot = n + k
+                mean = mean + delta * (k / tot)
+                m2 = m2 + b_m2 + delta**2 * (n * k / tot)
+            n += k
+        assert lo is not None and hi is not None and m2 is not None
+        return cls(lo=lo, hi=hi, std=np.sqrt(m2 / max(n, 1)), n=n)
+
+
+def inferred_range(clip: Sequence[float] | None, stats: ValueStats, geometry: Geometry) -> tuple[float, float] | None:
+    """:func:`value_range` from batch statistics instead of the whole array."""
+    if clip is not None:
+        return value_range(clip, np.zeros(1), geometry)
+    if not geometry.is_image:
+        return None
+    return value_range(None, np.array([stats.min, stats.max]), geometry)
+
+
+def task_of_sample(ctx: AuditContext, data: Dataset, x: np.ndarray, rows: np.ndarray | None) -> str:
+    """``classification`` or ``regression``, as the audit reads the model's outputs on the rows ``rows`` of ``data``
+    (``x`` holds them), without a pass over all of them: the outputs' structure comes from the first batch, the
+    labels from every row, so each shard of a check reads the outputs the same way."""
+    cached = ctx.cache.predictions.get((id(ctx.model), id(data))) if rows is None else None
+    if cached is not None:
+        return cached.task
+    k = max(1, min(len(x), data.batch_size))
+    first = data.subset(np.arange(k) if rows is None else np.asarray(rows)[:k])  # with its other inputs
+    raw = ctx.model.run(np.asarray(first.x), inputs=first.inputs)
+    y = None if data.y is None else (data.y if rows is None else data.y[rows])
+    zip_classes = {z.output: z.classes for z in ctx.model.zipmaps.values()}
+    return interpret(raw, task=ctx.model.config.task, y=y, zip_classes=zip_classes).task
 
 
 def targets(ctx: AuditContext, data: Dataset, clean_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray | None,

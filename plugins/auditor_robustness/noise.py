@@ -16,24 +16,26 @@ inverse problems with deep learning based operators" (Evangelista et al., 2023).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, Check, CheckResult, Need, SkipCheck, param
-from auditor.perturb import InputSpace, ValueKind, input_space, substitute_ids
+from auditor import AuditContext, CheckResult, Need, SkipCheck, param
+from auditor.perturb import ValueKind, input_space, substitute_ids
+from auditor.shards import Plan, RowShards, Shard, ShardedCheck, sampled_rows
 from auditor_robustness._common import (
     Classifier,
     Geometry,
+    ValueStats,
     as_float,
     describe_range,
+    inferred_range,
     limit_param,
     range_param,
-    sample,
-    space_range,
     targets,
-    task_of,
+    task_of_sample,
 )
 
 KINDS = ("gaussian", "uniform", "salt_pepper", "blur", "brightness", "contrast", "feature", "substitute")
@@ -135,7 +137,7 @@ def curve_area(sev: list[float], values: list[float | None], clean: float | None
     return float(np.sum((v[1:] + v[:-1]) / 2 * np.diff(s)) / width)
 
 
-class NoiseSweep(Check):
+class NoiseSweep(ShardedCheck):
     """Accuracy and flip rate over a list of noise or corruption severities."""
 
     name = "robustness.noise"
@@ -196,106 +198,145 @@ class NoiseSweep(Check):
         "worst_severity": "the strongest severity of the curve (other kinds)",
     }
 
-    def run(self, ctx: AuditContext, params: Params) -> CheckResult:
-        """Corrupt the (sampled) data at each severity, ``repeats`` times, one batched pass each."""
-        p = params
-        kind = p.kind
-        data, notes = sample(ctx, p.limit)
-        space = input_space(ctx.model, data.x)
+    shards = RowShards(rows=512)
+
+    def plan(self, ctx: AuditContext, params: Params) -> Plan:
+        """The sample, the severities and what every shard must agree on: the value range, per-value extremes
+        and standard deviations over the whole sample (gathered batch by batch), how the outputs are read."""
+        p, kind = params, params.kind
+        rows, notes = sampled_rows(ctx, p.limit)
+        full = ctx.require_data()
+        first = np.asarray(full.x[:full.batch_size] if rows is None else full.x[rows[:full.batch_size]])
+        space = input_space(ctx.model, first)
+        task = task_of_sample(ctx, full, first, rows)  # decided once, from the whole sample's labels
         if space.kind is ValueKind.IDS or kind == "substitute":
-            return self._substitution(ctx, p, data, space, notes)
-        geo = Geometry.of(data.x, ctx.model.layout)
+            if kind != "substitute":
+                space.require_arithmetic(f"kind {kind}")
+            if space.kind is not ValueKind.IDS:
+                raise SkipCheck(f"kind substitute replaces token ids; {space.describe()} does not hold ids")
+            if space.vocab is None:
+                raise SkipCheck(f"{space.describe()}: the number of valid ids is unknown (no embedding table in "
+                                f"the graph); set model.vocab_size")
+            severities, sev_note = self._severities(p, "substitute")
+            if p.mask_id is not None and p.mask_id >= space.vocab:
+                raise SkipCheck(f"mask_id {p.mask_id} is not an id of the vocabulary (0..{space.vocab - 1})")
+            notes.append(f"{space.describe()}: each id is replaced with probability severity by "
+                         + (f"the mask id {p.mask_id}" if p.mask_id is not None else
+                            f"a different id drawn uniformly from 0..{space.vocab - 1}"))
+            if sev_note:
+                notes.append(sev_note)
+            return Plan(rows=rows, state={"ids": True, "severities": severities, "task": "classification"},
+                        notes=notes)
+        geo = Geometry.of(full.x, ctx.model.layout)
         if kind in IMAGE_ONLY and not geo.is_image:
             raise SkipCheck(f"kind {kind} needs 4-D image inputs (got per-sample shape {list(geo.shape)})")
         severities, sev_note = self._severities(p, kind)
         work = space.work_dtype
-        xc = geo.canonical(space.to_space(np.asarray(data.x))).astype(work)
         if space.kind is ValueKind.QUANTIZED:
             notes.append(f"{space.describe()}: noise is added in float and rounded and clipped back")
-        rng_ = space_range(space, p.clip, xc, geo)
+
+        class _InSpace:  # the rows as the perturbation sees them, read batch by batch
+            shape, dtype = full.x.shape, np.dtype(work)
+
+            def __len__(self) -> int:
+                return len(full.x)
+
+            def __getitem__(self, idx: Any) -> np.ndarray:
+                return space.to_space(np.asarray(full.x[idx]))
+
+        stats = ValueStats.of(_InSpace(), rows, geo, full.batch_size, work)
+        if p.clip is None and space.kind is ValueKind.QUANTIZED and space.bounds is not None:
+            rng_: tuple[float, float] | None = space.bounds
+        else:
+            rng_ = inferred_range(p.clip, stats, geo)
         notes.append(describe_range(rng_, p.clip is not None))
-        flat_lo, flat_hi = xc.min(axis=0), xc.max(axis=0)
-        span = (rng_[1] - rng_[0]) if rng_ is not None else float(xc.max() - xc.min())
+        span = (rng_[1] - rng_[0]) if rng_ is not None else stats.max - stats.min
         if sev_note and kind in ("gaussian", "uniform"):
             severities = [s * span for s in severities]
             sev_note += f", times the input range {span:g}"
         if sev_note:
             notes.append(sev_note)
-        value_lo = rng_[0] if rng_ is not None else flat_lo
-        value_hi = rng_[1] if rng_ is not None else flat_hi
-        column_std = xc.std(axis=0, dtype=np.float64).astype(work)
+        state = {
+            "ids": False, "severities": severities, "range": rng_, "span": span, "task": task,
+            "value_lo": rng_[0] if rng_ is not None else stats.lo,
+            "value_hi": rng_[1] if rng_ is not None else stats.hi,
+            "column_std": stats.std.astype(work),
+        }
+        return Plan(rows=rows, state=state, notes=notes)
+
+    def run_shard(self, ctx: AuditContext, params: Params, plan: Plan, shard: Shard) -> Any:
+        """Clean and corrupted predictions (or output changes) of the shard's rows, drawn from its own
+        generator."""
+        p, kind, st = params, params.kind, plan.state
+        data = ctx.require_data()
+        if data.n == 0:
+            return {"n": 0}
+        severities = st["severities"]
+        x = np.asarray(data.x)
+        key = "severity" if st["ids"] or kind not in SIGMA_KINDS else "sigma"
+        preds = np.empty((len(severities), p.repeats, data.n), dtype=np.int32)
+        if st["ids"]:
+            space = input_space(ctx.model, x)
+            assert space.vocab is not None
+            clean_pred, y, _ = targets(ctx, data, ctx.predict_proba(x, data=data))
+            for i, sev in enumerate(severities):
+                for r in range(p.repeats):
+                    ctx.check_cancelled()
+                    xs = substitute_ids(x, sev, ctx.rng, space.vocab, mask_id=p.mask_id)
+                    preds[i, r] = ctx.predict_proba(xs, data=data).argmax(axis=1)
+                    ctx.report_progress(i * p.repeats + r + 1, len(severities) * p.repeats, f"severity {sev:g}")
+            return {"n": data.n, "clean": clean_pred, "y": y, "preds": preds}
+        geo = Geometry.of(x, ctx.model.layout)
+        space = input_space(ctx.model, x)
+        xc = geo.canonical(space.to_space(x)).astype(space.work_dtype)
+        rng_ = st["range"]
 
         def perturbed(sev: float) -> np.ndarray:
-            out = corrupt(kind, xc, sev, ctx.rng, value_lo=value_lo, value_hi=value_hi, span=span,
-                          column_std=column_std)
+            out = corrupt(kind, xc, sev, ctx.rng, value_lo=st["value_lo"], value_hi=st["value_hi"],
+                          span=st["span"], column_std=st["column_std"])
             if rng_ is not None:
                 out = np.clip(out, rng_[0], rng_[1], out=out)
             return space.snap(out)  # integer-valued inputs: the values the model is really fed
 
-        key = "sigma" if kind in SIGMA_KINDS else "severity"
-        if task_of(ctx, data) == "regression":
-            return self._amplification(ctx, data, geo, severities, perturbed, key, p.repeats, notes)
-
+        if st["task"] == "regression":
+            return self._amplification_shard(ctx, data, geo, severities, perturbed, p.repeats)
         clf = Classifier.for_data(ctx, data, geo)
-        clean_pred, y, tnotes = targets(ctx, data, clf.probs(xc))
-        notes += tnotes
-        clean_acc = None if y is None else float(np.mean(clean_pred == y))
-        curve: list[dict[str, Any]] = []
-        total = len(severities) * p.repeats
+        clean_pred, y, _ = targets(ctx, data, clf.probs(xc))
         for i, sev in enumerate(severities):
-            accs, flips = [], []
             for r in range(p.repeats):
                 ctx.check_cancelled()
-                pred = clf.probs(perturbed(sev)).argmax(axis=1)
-                flips.append(float(np.mean(pred != clean_pred)))
-                if y is not None:
-                    accs.append(float(np.mean(pred == y)))
-                ctx.report_progress(i * p.repeats + r + 1, total, f"{key} {sev:g}")
+                preds[i, r] = clf.probs(perturbed(sev)).argmax(axis=1)
+                ctx.report_progress(i * p.repeats + r + 1, len(severities) * p.repeats, f"{key} {sev:g}")
+        return {"n": data.n, "clean": clean_pred, "y": y, "preds": preds}
+
+    def merge(self, ctx: AuditContext, params: Params, plan: Plan, partials: Sequence[Any]) -> CheckResult:
+        """Accuracy and flip rate per severity over every shard's rows."""
+        st = plan.state
+        key = "severity" if st["ids"] or params.kind not in SIGMA_KINDS else "sigma"
+        notes = list(plan.notes)
+        parts = [q for q in partials if q["n"]]
+        n = sum(q["n"] for q in parts)
+        if st["ids"]:
+            others = ctx.companions(data=ctx.require_data())
+            if others:
+                notes.append(f"other inputs passed through unchanged: {', '.join(others)}")
+        if st["task"] == "regression":
+            return self._amplification_merge(parts, n, st["severities"], key, notes)
+        clean = np.concatenate([q["clean"] for q in parts])
+        preds = np.concatenate([q["preds"] for q in parts], axis=2)
+        y = None if parts[0]["y"] is None else np.concatenate([q["y"] for q in parts])
+        if y is None:
+            notes.append("no labels: the model's own predictions are the reference")
+        elif (unknown := int((y < 0).sum())):
+            notes.append(f"{unknown} labels are not among the model's classes and count as wrong")
+        clean_acc = None if y is None else float(np.mean(clean == y))
+        curve: list[dict[str, Any]] = []
+        for i, sev in enumerate(st["severities"]):
+            flips = [float(np.mean(pr != clean)) for pr in preds[i]]
+            accs = [float(np.mean(pr == y)) for pr in preds[i]] if y is not None else []
             curve.append({key: float(sev), "accuracy": float(np.mean(accs)) if accs else None,
                           "flip_rate": float(np.mean(flips))})
-        return CheckResult(metrics=self._summary(curve, key, clean_acc, data.n), notes=notes)
-
-    def _substitution(self, ctx: AuditContext, p: Params, data: Any, space: InputSpace,
-                      notes: list[str]) -> CheckResult:
-        """Token ids: each id replaced with probability ``severity`` by another id of the vocabulary (the
-        model's other inputs, e.g. an attention mask, unchanged); never arithmetic on ids."""
-        if p.kind != "substitute":
-            space.require_arithmetic(f"kind {p.kind}")
-        if space.kind is not ValueKind.IDS:
-            raise SkipCheck(f"kind substitute replaces token ids; {space.describe()} does not hold ids")
-        if space.vocab is None:
-            raise SkipCheck(f"{space.describe()}: the number of valid ids is unknown (no embedding table in the "
-                            f"graph); set model.vocab_size")
-        severities, sev_note = self._severities(p, "substitute")
-        if p.mask_id is not None and p.mask_id >= space.vocab:
-            raise SkipCheck(f"mask_id {p.mask_id} is not an id of the vocabulary (0..{space.vocab - 1})")
-        notes.append(f"{space.describe()}: each id is replaced with probability severity by "
-                     + (f"the mask id {p.mask_id}" if p.mask_id is not None else
-                        f"a different id drawn uniformly from 0..{space.vocab - 1}"))
-        if sev_note:
-            notes.append(sev_note)
-        x = np.asarray(data.x)
-        others = ctx.companions(data=data)
-        if others:
-            notes.append(f"other inputs passed through unchanged: {', '.join(others)}")
-        clean_pred, y, tnotes = targets(ctx, data, ctx.predict_proba(x, data=data))
-        notes += tnotes
-        clean_acc = None if y is None else float(np.mean(clean_pred == y))
-        curve: list[dict[str, Any]] = []
-        total = len(severities) * p.repeats
-        for i, sev in enumerate(severities):
-            accs, flips = [], []
-            for r in range(p.repeats):
-                ctx.check_cancelled()
-                xs = substitute_ids(x, sev, ctx.rng, space.vocab, mask_id=p.mask_id)
-                pred = ctx.predict_proba(xs, data=data).argmax(axis=1)
-                flips.append(float(np.mean(pred != clean_pred)))
-                if y is not None:
-                    accs.append(float(np.mean(pred == y)))
-                ctx.report_progress(i * p.repeats + r + 1, total, f"severity {sev:g}")
-            curve.append({"severity": float(sev), "accuracy": float(np.mean(accs)) if accs else None,
-                          "flip_rate": float(np.mean(flips))})
-        return CheckResult(metrics=self._summary(curve, "severity", clean_acc, data.n), notes=notes)
+        return CheckResult(metrics=self._summary(curve, key, clean_acc, n), notes=notes)
 
     @staticmethod
     def _severities(p: Params, kind: str) -> tuple[list[float], str]:
@@ -325,25 +366,36 @@ class NoiseSweep(Check):
         return m
 
     @staticmethod
-    def _amplification(ctx: AuditContext, data: Any, geo: Geometry, severities: list[float], perturbed: Any,
-                       key: str, repeats: int, notes: list[str]) -> CheckResult:
-        """Noise amplification ``‖f(x+n) − f(x)‖ / ‖n‖`` of a non-classifier (regression, image-to-image)."""
+    def _amplification_shard(ctx: AuditContext, data: Any, geo: Geometry, severities: list[float], perturbed: Any,
+                             repeats: int) -> dict[str, Any]:
+        """Per-sample ``‖f(x+n) − f(x)‖`` and ``‖n‖`` of a non-classifier (regression, image-to-image)."""
         out_name = ctx.model.outputs[0]
         x0 = np.asarray(data.x)
         space = input_space(ctx.model, x0)
         others = ctx.companions(data=data)
         f0 = ctx.model.run(x0, [out_name], inputs=others)[out_name].reshape(len(x0), -1).astype(np.float64)
         xc0 = geo.canonical(x0).astype(np.float64)
-        curve: list[dict[str, Any]] = []
-        for sev in severities:
-            amps, changes = [], []
-            for _ in range(repeats):
+        dn_all = np.empty((len(severities), repeats, len(x0)))
+        df_all = np.empty_like(dn_all)
+        for i, sev in enumerate(severities):
+            for r in range(repeats):
                 ctx.check_cancelled()
                 xn = perturbed(sev)
                 f1 = ctx.model.run(space.from_space(geo.to_model(xn)), [out_name], inputs=others)[out_name]
-                f1 = f1.reshape(len(x0), -1)
-                dn = np.linalg.norm((xn.astype(np.float64) - xc0).reshape(len(x0), -1), axis=1)
-                df = np.linalg.norm(f1.astype(np.float64) - f0, axis=1)
+                dn_all[i, r] = np.linalg.norm((xn.astype(np.float64) - xc0).reshape(len(x0), -1), axis=1)
+                df_all[i, r] = np.linalg.norm(f1.reshape(len(x0), -1).astype(np.float64) - f0, axis=1)
+        return {"n": len(x0), "dn": dn_all, "df": df_all}
+
+    @staticmethod
+    def _amplification_merge(parts: list[dict[str, Any]], n: int, severities: list[float], key: str,
+                             notes: list[str]) -> CheckResult:
+        """Noise amplification ``‖f(x + n) − f(x)‖ / ‖n‖`` (median over samples) per severity."""
+        dn_all = np.concatenate([q["dn"] for q in parts], axis=2)
+        df_all = np.concatenate([q["df"] for q in parts], axis=2)
+        curve: list[dict[str, Any]] = []
+        for i, sev in enumerate(severities):
+            amps, changes = [], []
+            for dn, df in zip(dn_all[i], df_all[i]):
                 moved = dn > 0
                 amps.append(float(np.median(df[moved] / dn[moved])) if moved.any() else math.nan)
                 changes.append(float(np.mean(df)))
@@ -351,5 +403,5 @@ class NoiseSweep(Check):
                           "output_change": float(np.mean(changes))})
         notes.append("not a classifier: the curve reports noise amplification ‖f(x+n) − f(x)‖ / ‖n‖ (median)")
         amps_all = [c["amplification"] for c in curve if c["amplification"] is not None]
-        return CheckResult(metrics={"n": data.n, "curve": curve,
+        return CheckResult(metrics={"n": n, "curve": curve,
                                     "max_amplification": max(amps_all) if amps_all else None}, notes=notes)

@@ -29,24 +29,25 @@ import dataclasses
 import functools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, Check, CheckResult, Finding, ModelHandle, Need, param
+from auditor import AuditContext, CheckResult, Finding, ModelHandle, Need, param
 from auditor.perturb import ValueKind, input_space
+from auditor.shards import Plan, RowShards, Shard, ShardedCheck, sampled_rows
 from auditor_robustness._common import (
     Classifier,
     Geometry,
+    ValueStats,
     as_float,
     describe_range,
+    inferred_range,
     limit_param,
     margins,
     range_param,
-    sample,
-    space_range,
     targets,
 )
 
@@ -395,7 +396,7 @@ def perturbation_norms(x: np.ndarray, x_adv: np.ndarray, norm: str) -> np.ndarra
     return np.abs(d).max(axis=1) if norm == "linf" else np.sqrt(np.sum(d**2, axis=1))
 
 
-class SquareAttack(Check):
+class SquareAttack(ShardedCheck):
     """Square Attack (L∞ or L2) on the correctly classified samples, every success verified."""
 
     name = "robustness.square_attack"
@@ -440,35 +441,62 @@ class SquareAttack(Check):
         "n": "samples in the (sampled) data",
     }
 
-    def run(self, ctx: AuditContext, params: Params) -> CheckResult:
-        """Sample, attack the correctly classified rows in batches, verify, summarise."""
-        p = params
-        norm = p.norm
-        data, notes = sample(ctx, p.limit)
-        space = input_space(ctx.model, data.x)
+    shards = RowShards(rows=512)
+
+    def plan(self, ctx: AuditContext, params: Params) -> Plan:
+        """The sample, the valid range and eps, decided once over the whole sample (batch by batch)."""
+        p, norm = params, params.norm
+        rows, notes = sampled_rows(ctx, p.limit)
+        full = ctx.require_data()
+        first = np.asarray(full.x[:full.batch_size] if rows is None else full.x[rows[:full.batch_size]])
+        space = input_space(ctx.model, first)
         space.require_arithmetic("an attack adding real-valued perturbations")
-        geo = Geometry.of(data.x, ctx.model.layout)
-        xc = geo.canonical(space.to_space(np.asarray(data.x)))
-        clf = Classifier.for_data(ctx, data, geo)
+        geo = Geometry.of(full.x, ctx.model.layout)
         if space.kind is ValueKind.QUANTIZED:
             notes.append(f"{space.describe()}: the attack works in float; every query and example is rounded "
                          f"and clipped back to the input's values")
-        clean_pred, y, tnotes = targets(ctx, data, clf.probs(xc))
-        notes += tnotes
-        ref = clean_pred if y is None else y
-        correct = clean_pred == ref
-        vr = space_range(space, p.clip, xc, geo)
+
+        class _InSpace:  # the rows as the attack sees them, read batch by batch
+            shape, dtype = full.x.shape, np.dtype(space.work_dtype)
+
+            def __len__(self) -> int:
+                return len(full.x)
+
+            def __getitem__(self, idx: Any) -> np.ndarray:
+                return space.to_space(np.asarray(full.x[idx]))
+
+        stats = ValueStats.of(_InSpace(), rows, geo, full.batch_size, space.work_dtype)
+        if p.clip is None and space.kind is ValueKind.QUANTIZED and space.bounds is not None:
+            vr: tuple[float, float] | None = space.bounds
+        else:
+            vr = inferred_range(p.clip, stats, geo)
         notes.append(describe_range(vr, p.clip is not None))
         lo, hi = vr if vr is not None else (-np.inf, np.inf)
-        outside = int(np.sum((xc < lo) | (xc > hi)))
+        outside = int(np.sum(stats.lo < lo) + np.sum(stats.hi > hi)) if vr is not None else 0
         if outside:
-            notes.append(f"{outside} input values lie outside [{lo:g}, {hi:g}]; the range is widened to "
-                         f"include each of them")
+            notes.append(f"values of {outside} input positions lie outside [{lo:g}, {hi:g}]; the range is "
+                         f"widened to include each of them")
         eps = p.eps
         if eps is None:
-            span = (hi - lo) if vr is not None else float(xc.max() - xc.min())
+            span = (hi - lo) if vr is not None else stats.max - stats.min
             eps = DEFAULT_EPS[norm] * span
             notes.append(f"eps = {eps:g} ({DEFAULT_EPS[norm]:g} of the input range {span:g}; set eps to choose)")
+        return Plan(rows=rows, state={"lo": lo, "hi": hi, "eps": float(eps)}, notes=notes)
+
+    def run_shard(self, ctx: AuditContext, params: Params, plan: Plan, shard: Shard) -> Any:
+        """Attack the shard's correctly classified rows with the shard's generator, verify what was found."""
+        p, norm = params, params.norm
+        lo, hi, eps = plan.state["lo"], plan.state["hi"], plan.state["eps"]
+        data = ctx.require_data()
+        if data.n == 0:
+            return {"n": 0}
+        space = input_space(ctx.model, data.x)
+        geo = Geometry.of(data.x, ctx.model.layout)
+        xc = geo.canonical(space.to_space(np.asarray(data.x)))
+        clf = Classifier.for_data(ctx, data, geo)
+        clean_pred, y, _ = targets(ctx, data, clf.probs(xc))
+        ref = clean_pred if y is None else y
+        correct = clean_pred == ref
         idx = np.flatnonzero(correct)
         n_steps = p.restarts * p.max_queries
 
@@ -496,41 +524,70 @@ class SquareAttack(Check):
         ok = self._verify(ctx, geo, xc[idx][found], res.x_adv[found], ref[idx][found], eps, norm, lo, hi,
                           clf, idx[found])
         good = found[ok]
-        norms = perturbation_norms(xc[idx][good], res.x_adv[good], norm)
-        q = res.queries[good]
-        n_att = len(idx)
+        rows = data.indices[idx[good]] if data.indices is not None else shard.rows[idx[good]]
+        return {"n": data.n, "n_attacked": len(idx), "y": y, "correct": int(correct.sum()), "found": len(found),
+                "x": xc[idx][good], "x_adv": res.x_adv[good], "queries": res.queries[good],
+                "queries_total": int(res.queries.sum()), "labels": ref[idx[good]], "rows": rows,
+                "duration": duration}
+
+    def merge(self, ctx: AuditContext, params: Params, plan: Plan, partials: Sequence[Any]) -> CheckResult:
+        """Success rate, robust accuracy, queries and norms over every shard's verified examples."""
+        norm, eps = params.norm, plan.state["eps"]
+        notes = list(plan.notes)
+        parts = [p for p in partials if p["n"]]
+        n = sum(p["n"] for p in parts)
+        n_att = sum(p["n_attacked"] for p in parts)
+        labelled = bool(parts) and parts[0]["y"] is not None
+        if parts and not labelled:
+            notes.append("no labels: the model's own predictions are the reference")
+        elif parts and (unknown := sum(int((p["y"] < 0).sum()) for p in parts)):
+            notes.append(f"{unknown} labels are not among the model's classes and count as wrong")
+
+        def cat(key: str, like: np.ndarray) -> np.ndarray:
+            return np.concatenate([p[key] for p in parts]) if parts else like
+
+        x_good = cat("x", np.zeros(0))
+        x_adv = cat("x_adv", np.zeros(0))
+        q = cat("queries", np.zeros(0, np.int64))
+        ref_good = cat("labels", np.zeros(0, np.int64))
+        rows = cat("rows", np.zeros(0, np.int64))
+        n_good = len(q)
+        n_found = sum(p["found"] for p in parts)
+        norms = perturbation_norms(x_good, x_adv, norm) if n_good else np.zeros(0)
+        first = np.asarray(ctx.require_data().x[:1])
+        geo = Geometry.of(first, ctx.model.layout)
+        space = input_space(ctx.model, first)
         metrics: dict[str, Any] = {
-            "n": data.n,
+            "n": n,
             "n_attacked": n_att,
-            "clean_accuracy": None if y is None else float(np.mean(correct)),
-            "success_rate": len(good) / n_att if n_att else None,
-            "robust_accuracy": (n_att - len(good)) / data.n if data.n else None,
+            "clean_accuracy": float(sum(p["correct"] for p in parts) / n) if labelled and n else None,
+            "success_rate": n_good / n_att if n_att else None,
+            "robust_accuracy": (n_att - n_good) / n if n else None,
             "median_queries": as_float(np.median(q)) if len(q) else None,
             "mean_queries": as_float(np.mean(q)) if len(q) else None,
             "median_perturbation_norm": as_float(np.median(norms)) if len(norms) else None,
             "max_perturbation_norm": as_float(np.max(norms)) if len(norms) else None,
-            "unverified": int(len(found) - len(good)),
-            "queries_total": int(res.queries.sum()),
+            "unverified": int(n_found - n_good),
+            "queries_total": int(sum(p["queries_total"] for p in parts)),
             "eps": float(eps),
             "norm": norm,
-            "duration_s": duration,
+            "duration_s": float(sum(p["duration"] for p in parts)),
         }
         findings = []
-        if len(found) > len(good):
+        if n_found > n_good:
             findings.append(Finding(
-                message=f"{len(found) - len(good)} adversarial examples failed verification in a fresh session "
+                message=f"{n_found - n_good} adversarial examples failed verification in a fresh session "
                         f"(nondeterministic outputs or a margin at the rounding level); they are not counted",
                 severity="warn"))
         if n_att == 0:
             notes.append("no correctly classified sample to attack")
-        rows = data.indices[idx[good]] if data.indices is not None else idx[good]
-        adversarial = space.from_space(geo.to_model(res.x_adv[good]))
-        artifacts = {"adversarial_examples": adversarial, "rows": rows, "labels": ref[idx[good]]}
-        if len(good):
+        adversarial = space.from_space(geo.to_model(x_adv)) if n_good else x_adv
+        artifacts = {"adversarial_examples": adversarial, "rows": rows, "labels": ref_good}
+        if n_good:
             path = ctx.artifact_path("adversarial_examples.npz")
-            np.savez_compressed(path, x=space.from_space(geo.to_model(xc[idx][good])), x_adv=adversarial, rows=rows,
-                                labels=ref[idx[good]], queries=q)
-            notes.append(f"{len(good)} adversarial examples saved to {path} (x, x_adv, rows, labels, queries)")
+            np.savez_compressed(path, x=space.from_space(geo.to_model(x_good)), x_adv=adversarial, rows=rows,
+                                labels=ref_good, queries=q)
+            notes.append(f"{n_good} adversarial examples saved to {path} (x, x_adv, rows, labels, queries)")
         return CheckResult(metrics=metrics, findings=findings, notes=notes, artifacts=artifacts)
 
     @staticmethod

@@ -1,0 +1,222 @@
+"""The sharding contract: how a check splits its rows so that one audit can run across many workers and still give
+the same report as on one machine.
+
+A data-parallel check subclasses :class:`ShardedCheck` (instead of :class:`~auditor.checks.Check`) and implements
+three methods instead of ``run``:
+
+- :meth:`ShardedCheck.plan` (on the driver, once): which rows of ``ctx.data`` to use (e.g. a seeded sample) and
+  whatever every shard must agree on (an inferred value range, per-column statistics). Returns a :class:`Plan`,
+  which must be picklable and small (no raw inputs).
+- :meth:`ShardedCheck.run_shard` (on any worker, once per shard): ``ctx.data`` holds only the shard's rows and
+  ``ctx.rng`` is the shard's own generator; returns a picklable *partial* (counts, sums, per-sample predictions
+  or scores: ``n × classes`` at most, never the inputs themselves unless they are the check's result).
+- :meth:`ShardedCheck.merge` (on the driver): the partials, in shard order, become the :class:`CheckResult`.
+
+The shards are the rows of the plan in consecutive runs of :attr:`RowShards.rows` (the check's declaration,
+``shards = RowShards(rows=512)``); they depend on the spec only, never on how many workers there are. The
+inherited :meth:`ShardedCheck.run` executes the same shards one after the other, so a single-machine run and a
+distributed one compute the same numbers. Randomness must come from ``ctx.rng`` inside ``run_shard`` (seeded by
+the spec's seed, the check's id and the shard's index) or from the plan; never from a worker's state.
+
+A check that does not subclass :class:`ShardedCheck` runs whole, on one worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from auditor.checks import Check
+from auditor.params import NoParams
+
+if TYPE_CHECKING:
+    from auditor.context import AuditContext
+    from auditor.results import CheckResult
+
+
+@dataclass(frozen=True)
+class RowShards:
+    """A check's declaration of how it shards: consecutive runs of ``rows`` rows of its plan."""
+
+    rows: int = 512
+
+    def __post_init__(self) -> None:
+        if self.rows < 1:
+            raise ValueError("RowShards.rows must be at least 1")
+
+    def split(self, rows: np.ndarray) -> list[np.ndarray]:
+        """The row indices of each shard, in order (an empty plan still has one empty shard, so that
+        :meth:`ShardedCheck.merge` always receives at least one partial)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == 0:
+            return [rows]
+        return [rows[i:i + self.rows] for i in range(0, len(rows), self.rows)]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What :meth:`ShardedCheck.plan` decides once: the rows of ``ctx.data`` to use (``None``: every row),
+    notes for the report, and ``state`` that every shard and the merge receive (picklable, small)."""
+
+    rows: np.ndarray | None = None
+    state: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def row_indices(self, n: int) -> np.ndarray:
+        """The planned rows as indices into a data set of ``n`` rows."""
+        return np.arange(n, dtype=np.int64) if self.rows is None else np.asarray(self.rows, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One shard of a check: its index among ``count`` shards and its rows (indices into ``ctx.data``)."""
+
+    index: int
+    count: int
+    rows: np.ndarray
+
+    def seed(self, seed: int, check_id: str) -> list[int]:
+        """The entropy of this shard's generator: the spec's seed, the check's id, the shard's index."""
+        return [seed, zlib.crc32(check_id.encode()), 1 + self.index]
+
+
+def params_for(cls: type[Check], ctx: AuditContext) -> Any:
+    """What a check's ``plan``/``run_shard``/``merge`` receive: its typed ``Params`` instance, or the parameter
+    dict (``ctx.params``) for a check that still declares a ``params`` list."""
+    if cls.Params is NoParams:
+        return ctx.params
+    return cls.build_params(ctx.params)
+
+
+def shards_of(check: ShardedCheck, ctx: AuditContext, plan: Plan) -> list[Shard]:
+    """The shards of ``plan`` for ``check`` on ``ctx.data``."""
+    n = ctx.data.n if ctx.data is not None else 0
+    parts = check.shards.split(plan.row_indices(n))
+    return [Shard(i, len(parts), rows) for i, rows in enumerate(parts)]
+
+
+def shard_context(ctx: AuditContext, shard: Shard, data: Any = None) -> AuditContext:
+    """``ctx`` narrowed to one shard: its rows as ``data`` (``data`` given: already the shard's rows, e.g.
+    sent through an object store), its own generator, and a cache of its own (a shard's data object lives
+    only as long as the shard, and the shared cache is keyed by object identity)."""
+    from auditor.context import SharedCache
+
+    if data is None:
+        full = ctx.require_data()
+        data = full.subset(shard.rows)
+    parent = ctx.progress
+
+    def progress(done: int, total: int | None, what: str) -> None:
+        if parent is not None:  # a check of one shard reports as an unsharded one would
+            where = f"shard {shard.index + 1}/{shard.count}"
+            parent(done, total, what if shard.count == 1 else f"{where}: {what}" if what else where)
+
+    return dataclasses.replace(
+        ctx, data=data, rng=np.random.default_rng(shard.seed(ctx.seed, ctx.check_id)), cache=SharedCache(),
+        progress=progress,
+    )
+
+
+class ShardedCheck(Check):
+    """A check that splits its rows into shards (see the module docstring for the contract).
+
+    Subclasses implement :meth:`run_shard` and :meth:`merge`, and usually :meth:`plan`; ``run`` is inherited
+    and runs every shard in order on this machine.
+    """
+
+    #: How the rows are split; the same on one machine and on a cluster.
+    shards: ClassVar[RowShards] = RowShards()
+
+    def plan(self, ctx: AuditContext, params: Any) -> Plan:
+        """Decide the rows and shared state once (default: every row, no state)."""
+        ctx.require_data()
+        return Plan()
+
+    def run_shard(self, ctx: AuditContext, params: Any, plan: Plan, shard: Shard) -> Any:
+        """Compute this shard's partial result; ``ctx.data`` holds the shard's rows only."""
+        raise NotImplementedError
+
+    def merge(self, ctx: AuditContext, params: Any, plan: Plan, partials: Sequence[Any]) -> CheckResult:
+        """Combine the partials (in shard order) into the check's result."""
+        raise NotImplementedError
+
+    def run(self, ctx: AuditContext, params: Any = None) -> CheckResult:
+        """Plan, run every shard here in order, merge: exactly what a cluster does, on one machine."""
+        params = params_for(type(self), ctx) if params is None or type(self).Params is NoParams else params
+        plan = self.plan(ctx, params)
+        partials = []
+        for shard in shards_of(self, ctx, plan):
+            ctx.check_cancelled()
+            partials.append(self.run_shard(shard_context(ctx, shard), params, plan, shard))
+        return self.merge(ctx, params, plan, partials)
+
+
+def sampled_rows(ctx: AuditContext, limit: int | None) -> tuple[np.ndarray | None, list[str]]:
+    """The rows a check audits when it takes at most ``limit`` of them: ``None`` (every row) or a seeded sample
+    stratified by label (drawn from ``ctx.rng``, as :meth:`~auditor.context.AuditContext.sample` does), and the
+    note that says which."""
+    from auditor.data import sample_indices
+
+    data = ctx.require_data()
+    if limit is None or limit >= data.n:
+        return None, [f"all {data.n} rows"]
+    rows = sample_indices(data.n, limit, ctx.rng, data.y)
+    how = "stratified by label" if data.y is not None else "uniform"
+    return rows, [f"sampled {limit} of {data.n} rows ({how})"]
+
+
+class PredictionShardedCheck(ShardedCheck):
+    """A check whose only per-row work is the model's forward pass over the audit data (``ctx.predictions()``).
+
+    The shards run that pass and return the raw audited outputs (``n × classes``); the merge reads them together
+    exactly as one pass would, stores them as the audit's shared predictions, and calls :meth:`summarize`, which
+    computes the result from ``ctx.predictions()`` like an unsharded ``run``. Making such a check shard is a change
+    of base class and ``run`` renamed to ``summarize``. When an earlier check of the audit already holds the
+    predictions, the plan has no rows and nothing runs again.
+    """
+
+    shards: ClassVar[RowShards] = RowShards(rows=4096)
+
+    def plan(self, ctx: AuditContext, params: Any) -> Plan:
+        """Every row, or none when the audit already holds the predictions."""
+        data = ctx.require_data()
+        if (id(ctx.model), id(data)) in ctx.cache.predictions:
+            return Plan(rows=np.zeros(0, dtype=np.int64), state={"cached": True})
+        return Plan()
+
+    def run_shard(self, ctx: AuditContext, params: Any, plan: Plan, shard: Shard) -> Any:
+        """The raw audited outputs on the shard's rows."""
+        data = ctx.require_data()
+        if not data.n:
+            return {}
+        done = [0]
+
+        def step(k: int) -> None:
+            done[0] += k
+            ctx.report_progress(done[0], data.n, "inference")
+
+        return ctx.model.run(data.x, inputs=data.inputs, progress=step)
+
+    def merge(self, ctx: AuditContext, params: Any, plan: Plan, partials: Sequence[Any]) -> CheckResult:
+        """The gathered outputs become the audit's predictions; then :meth:`summarize`."""
+        from auditor.outputs import interpret
+
+        data = ctx.require_data()
+        parts = [p for p in partials if p]
+        if parts:
+            model = ctx.model
+            raw = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+            pred = interpret(raw, task=model.config.task, y=data.y,
+                             zip_classes={z.output: z.classes for z in model.zipmaps.values()})
+            with ctx.cache.lock:
+                ctx.cache.predictions.setdefault((id(model), id(data)), pred)
+        return self.summarize(ctx, params)
+
+    def summarize(self, ctx: AuditContext, params: Any) -> CheckResult:
+        """The check's result from ``ctx.predictions()`` (already computed). Override this."""
+        raise NotImplementedError

@@ -1,0 +1,169 @@
+"""Benchmark: one forward-heavy audit (Square Attack + a Gaussian noise sweep on a few thousand images) on this
+machine, and the same audit on a local 2-worker Ray cluster limited to the same CPU cores, in one run.
+
+The single-machine run already uses every core through ONNX Runtime's intra-op threads; the Ray workers get one
+core (one ONNX Runtime thread) each, so what the cluster gains here is the Python-side work of the attack and the
+sweep (window sampling, candidate building, margins) running in two processes instead of one.
+
+Measured, each ``--repeats`` times alternately (the fastest of each is compared, so a busy machine slows both
+alike): the audit's ``Runner.run`` locally and on Ray (workers started inside the timed region; Ray's own start-up
+timed separately), and a tiny audit (``performance.metrics`` on 200 rows) on both, whose difference is the Ray
+overhead per audit. The two reports are compared field by field (timings and ``environment.execution`` aside) and
+must be identical. Per-shard costs (single-machine wall time over the shards of each check) feed the on-paper
+extrapolation in docs/ray.md.
+
+    python benchmarks/bench_ray.py                 # 3,072 images of 3x32x32, 2 repeats
+    python benchmarks/bench_ray.py --quick         # a smoke test
+
+Figures are printed and written to ``benchmarks/results/ray.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
+
+
+def write_cnn(path: Path, c: int, hw: int, classes: int, seed: int = 0) -> Path:
+    """A small random CNN: Conv 3x3 (16) -> Relu -> Conv 3x3 stride 2 (32) -> Relu -> global average pool ->
+    Gemm -> logits -> Softmax, dynamic batch, IR 9."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    r = np.random.default_rng(seed)
+    inits = {
+        "W1": (r.normal(size=(16, c, 3, 3)) / np.sqrt(9 * c)).astype(np.float32),
+        "B1": r.normal(scale=0.1, size=16).astype(np.float32),
+        "W2": (r.normal(size=(32, 16, 3, 3)) / np.sqrt(9 * 16)).astype(np.float32),
+        "B2": r.normal(scale=0.1, size=32).astype(np.float32),
+        "W3": r.normal(size=(32, classes)).astype(np.float32),
+        "B3": np.zeros(classes, np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "W1", "B1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "W2", "B2"], ["c2"], pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("GlobalAveragePool", ["r2"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Gemm", ["f", "W3", "B3"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
+    ]
+    g = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c, hw, hw])],
+                          [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", classes])],
+                          initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], producer_name="bench_ray")
+    m.ir_version = 9
+    onnx.save(m, str(path))
+    return path
+
+
+def comparable(doc: Any, path: str = "") -> Any:
+    """The report without timings and ``environment.execution``."""
+    if isinstance(doc, dict):
+        return {k: comparable(v, f"{path}.{k}") for k, v in doc.items()
+                if k not in ("duration_s", "started_at") and f"{path}.{k}" != ".environment.execution"}
+    if isinstance(doc, list):
+        return [comparable(v, path) for v in doc]
+    return doc
+
+
+def run(doc: dict[str, Any], workdir: Path, registry: Any) -> tuple[float, dict[str, Any]]:
+    """Wall time of ``Runner.run`` (models and data loaded before the clock starts) and the report."""
+    from auditor.runner import load_inputs, make_runner
+    from auditor.spec import parse_spec
+
+    spec = parse_spec(workdir / "spec.yaml", registry.checks, sorted(registry.reporters), doc={"version": 1, **doc})
+    loaded = load_inputs(spec, registry.datasets)
+    t0 = time.perf_counter()
+    report = make_runner(spec, registry).run(loaded)
+    return time.perf_counter() - t0, report.to_dict()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=3072)
+    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--queries", type=int, default=60)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="512 images, 20 queries, 1 repeat")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "ray.json")
+    args = ap.parse_args()
+    if args.quick:
+        args.images, args.queries, args.repeats = 512, 20, 1
+
+    import onnxruntime
+    import ray
+
+    from auditor.plugins import build_registry
+
+    work = Path(tempfile.mkdtemp(prefix="bench-ray-"))
+    model = write_cnn(work / "cnn.onnx", 3, args.size, 10)
+    r = np.random.default_rng(0)
+    x = r.random((args.images, 3, args.size, args.size), dtype=np.float32)
+    sess = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    y = sess.run(None, {"x": x})[0].argmax(axis=1)  # the model's own classes: every image is attacked
+    np.savez(work / "data.npz", x=x, y=y)
+    base = {"model": {"path": str(model)}, "data": {"path": str(work / "data.npz")}, "seed": 0,
+            "report": {"dir": str(work / "reports")}}
+    heavy = {**base, "checks": [
+        {"use": "robustness.square_attack", "with": {"limit": None, "max_queries": args.queries, "eps": 0.01}},
+        {"use": "robustness.noise", "with": {"limit": None, "sigma": [0.05, 0.1, 0.2], "repeats": 2}},
+    ]}
+    tiny = {**base, "data": {**base["data"], "limit": 200}, "checks": [{"use": "performance.metrics"}]}
+    on_ray = {"execution": {"engine": "ray", "workers": 2}}
+    registry = build_registry()
+
+    t0 = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=False, address="local", _node_ip_address="127.0.0.1",
+             log_to_driver=False)
+    ray_start = time.perf_counter() - t0
+    times: dict[str, list[float]] = {"local": [], "ray": [], "tiny_local": [], "tiny_ray": []}
+    reports: dict[str, dict[str, Any]] = {}
+    for _ in range(args.repeats):
+        for key, doc in (("local", heavy), ("ray", {**heavy, **on_ray}), ("tiny_local", tiny),
+                         ("tiny_ray", {**tiny, **on_ray})):
+            wall, rep = run(doc, work, registry)
+            times[key].append(wall)
+            reports[key] = rep
+            print(f"{key:>10}: {wall:7.2f} s", flush=True)
+    ray.shutdown()
+    same = comparable(reports["local"]) == comparable(reports["ray"])
+    best = {k: min(v) for k, v in times.items()}
+    shards = -(-args.images // 512)
+    per_check = {c["id"]: c["duration_s"] for c in reports["local"]["checks"]}
+    result = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "ray": ray.__version__, "onnxruntime": onnxruntime.__version__},
+        "audit": {"images": args.images, "shape": [3, args.size, args.size], "square_attack_max_queries": args.queries,
+                  "noise_sigmas": 3, "noise_repeats": 2, "shards_per_check": shards, "workers": 2},
+        "times_s": times,
+        "best_s": best,
+        "speedup_ray_vs_local": best["local"] / best["ray"],
+        "ray_start_s": ray_start,
+        "ray_overhead_tiny_audit_s": best["tiny_ray"] - best["tiny_local"],
+        "reports_identical": same,
+        "per_shard_cost_s": {k: v / shards for k, v in per_check.items()},
+        "square_attack_queries_total": reports["local"]["checks"][0]["metrics"]["queries_total"],
+    }
+    print(json.dumps(result, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    if not same:
+        sys.exit("the Ray report differs from the single-machine report")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""A sharded check for the Ray tests that can kill the worker running one of its shards.
+
+``flag`` names a file: while it exists, the worker that runs shard 1 dies (``os._exit``) before computing it;
+with ``once: true`` it deletes the file first, so the retry on another worker succeeds. The partial is the
+model's predicted class per row and a random draw per row from the shard's generator.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from auditor import AuditContext, CheckResult, Param, Plan, RowShards, Shard, ShardedCheck, hookimpl
+
+
+class FaultyRows(ShardedCheck):
+    """Predicted classes and seeded draws per shard; kills its worker on shard 1 while ``flag`` exists."""
+
+    name = "faulty.rows"
+    description = "test check: dies on a flag"
+    params = [Param(name="flag", type="string", default="", description="the kill flag file"),
+              Param(name="once", type="boolean", default=True, description="delete the flag before dying")]
+    shards = RowShards(rows=100)
+
+    def run_shard(self, ctx: AuditContext, params: dict[str, Any], plan: Plan, shard: Shard) -> Any:
+        if shard.index == 1 and params["flag"] and os.path.exists(params["flag"]):
+            if params["once"]:
+                os.remove(params["flag"])
+            os._exit(1)
+        data = ctx.require_data()
+        return {"pred": ctx.model.predict(np.asarray(data.x)).argmax(axis=1), "draws": ctx.rng.random(data.n)}
+
+    def merge(self, ctx: AuditContext, params: dict[str, Any], plan: Plan, partials: Sequence[Any]) -> CheckResult:
+        pred = np.concatenate([p["pred"] for p in partials])
+        draws = np.concatenate([p["draws"] for p in partials])
+        return CheckResult(metrics={"n": len(pred), "class_counts": np.bincount(pred).tolist(),
+                                    "draw_sum": float(draws.sum())})
+
+
+@hookimpl
+def auditor_register_checks() -> list[type]:
+    """Register the check."""
+    return [FaultyRows]

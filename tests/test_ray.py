@@ -1,0 +1,184 @@
+"""The Ray engine (#14): the same audit locally and on a local Ray cluster (127.0.0.1, started and stopped here)
+gives the same report field by field; a worker killed mid-audit has its shard rerun elsewhere and the report
+still matches (and says so); workers that keep dying end the run with exit 4 and a partial report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import ray_fault_plugin
+from builders import blobs, mlp_weights, write_mlp
+from click.testing import CliRunner
+
+from auditor.testing import run_audit, write_spec
+
+#: Fields that may differ between two runs of the same audit anywhere: timings, and how the run was executed.
+VOLATILE = {"duration_s", "started_at"}
+
+
+def comparable(doc: Any, path: str = "") -> Any:
+    """The report without timings, ``environment.execution`` and the notes that say a shard was rerun."""
+    if isinstance(doc, dict):
+        return {k: comparable(v, f"{path}.{k}") for k, v in doc.items()
+                if k not in VOLATILE and f"{path}.{k}" != ".environment.execution"}
+    if isinstance(doc, list):
+        return [comparable(v, path) for v in doc
+                if not (path.endswith(".notes") and isinstance(v, str) and v.startswith("ray: "))]
+    return doc
+
+
+def assert_same(local: dict[str, Any], other: dict[str, Any]) -> None:
+    """Field by field, so that a failure names the first differing field."""
+    a, b = comparable(local), comparable(other)
+
+    def walk(x: Any, y: Any, where: str) -> None:
+        assert type(x) is type(y), f"{where}: {x!r} vs {y!r}"
+        if isinstance(x, dict):
+            assert sorted(x) == sorted(y), f"{where}: keys {sorted(x)} vs {sorted(y)}"
+            for k in x:
+                walk(x[k], y[k], f"{where}.{k}")
+        elif isinstance(x, list):
+            assert len(x) == len(y), f"{where}: {len(x)} vs {len(y)} items"
+            for i, (u, v) in enumerate(zip(x, y)):
+                walk(u, v, f"{where}[{i}]")
+        else:
+            assert x == y, f"{where}: {x!r} vs {y!r}"
+
+    walk(a, b, "report")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[None]:
+    """A local Ray instance on 127.0.0.1 with two CPUs, for this module only."""
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'onnx-auditor[ray]')")
+    ray.init(num_cpus=2, include_dashboard=False, address="local", _node_ip_address="127.0.0.1",
+             log_to_driver=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def audit_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A classifier, a weaker baseline and 1,100 rows: three shards of noise and attack, one of metrics."""
+    d = tmp_path_factory.mktemp("ray")
+    w = mlp_weights()
+    weak = {k: (v * 0.5).astype(np.float32) for k, v in w.items()}
+    x, y = blobs(n=1100, w=w)
+    np.savez(d / "data.npz", x=x, y=y)
+    return {"dir": d, "model": write_mlp(d / "model.onnx", w), "baseline": write_mlp(d / "base.onnx", weak),
+            "data": d / "data.npz"}
+
+
+def _doc(f: dict[str, Path], checks: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    return {"model": {"path": str(f["model"])}, "data": {"path": str(f["data"])}, "seed": 11,
+            "checks": checks, "report": {"dir": str(f["dir"] / "reports")}, **extra}
+
+
+CHECKS: list[dict[str, Any]] = [
+    {"use": "performance.metrics", "gate": {"accuracy": {"max_drop": 0.5}}},
+    {"use": "robustness.noise", "with": {"limit": None, "repeats": 2}},
+    {"use": "robustness.square_attack", "with": {"max_queries": 30, "limit": 1100}},
+    {"use": "sparsity.profile"},  # does not shard: runs whole on one worker
+]
+
+
+def test_the_same_audit_on_ray_writes_the_same_report(cluster: None, audit_files: dict[str, Path]) -> None:
+    f = audit_files
+    doc = _doc(f, CHECKS, baseline={"path": str(f["baseline"])})
+    local = run_audit(doc, workdir=f["dir"])
+    on_ray = run_audit({**doc, "execution": {"engine": "ray", "workers": 2}}, workdir=f["dir"])
+    assert local.exit_code == on_ray.exit_code == 0, (local.error, on_ray.error)
+    assert_same(local.doc, on_ray.doc)
+    ex = on_ray.doc["environment"]["execution"]
+    assert ex["engine"] == "ray" and ex["workers"] == 2 and ex["retries"] == []
+    assert "execution" not in local.doc["environment"]
+    noise = on_ray.metrics("robustness.noise")
+    assert noise["n"] == 1100 and on_ray.metrics("robustness.square_attack")["n"] == 1100
+    assert on_ray.check("robustness.noise").baseline_metrics is not None
+
+
+def test_a_worker_killed_mid_audit_has_its_shard_rerun_and_the_report_says_so(
+        cluster: None, audit_files: dict[str, Path]) -> None:
+    f = audit_files
+    flag = f["dir"] / "kill-once"
+    checks = [{"use": "faulty.rows", "with": {"flag": str(flag)}}, CHECKS[1]]
+    local = run_audit(_doc(f, checks), workdir=f["dir"], plugins=[ray_fault_plugin])
+    flag.write_text("die")
+    # the driver's data through the object store this time
+    on_ray = run_audit(_doc(f, checks, execution={"engine": "ray", "workers": 2, "data": "driver"}),
+                       workdir=f["dir"], plugins=[ray_fault_plugin])
+    assert not flag.exists(), on_ray.error
+    assert local.exit_code == on_ray.exit_code == 0, (local.error, on_ray.error)
+    assert_same(local.doc, on_ray.doc)
+    retries = on_ray.doc["environment"]["execution"]["retries"]
+    assert len(retries) == 1 and "shard 2/11 of faulty.rows" in retries[0]
+    assert retries[0] in on_ray.check("faulty.rows").notes
+    # the numbers are the model's own: every row's predicted class is counted once
+    assert sum(on_ray.metrics("faulty.rows")["class_counts"]) == 1100
+
+
+def test_workers_that_keep_dying_end_the_run_with_exit_4_and_a_partial_report(
+        cluster: None, audit_files: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    f = audit_files
+    flag = f["dir"] / "kill-always"
+    flag.write_text("die")
+    spec = write_spec(f["dir"] / "dying.yaml", _doc(f, [
+        {"use": "sparsity.profile"},
+        {"use": "faulty.rows", "with": {"flag": str(flag), "once": False}},
+    ], execution={"engine": "ray", "max_retries": 1}))
+    monkeypatch.syspath_prepend(str(Path(ray_fault_plugin.__file__).parent))
+    res = CliRunner().invoke(__import__("auditor.cli", fromlist=["main"]).main,
+                             ["run", str(spec), "-q", "-p", "ray_fault_plugin", "--format", "json"])
+    assert res.exit_code == 4, res.output
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "workers keep dying" in errors[0] and "partial report written" in errors[0]
+    report = json.loads((f["dir"] / "reports" / "report.json").read_text())
+    assert report["interrupted"] is True and report["status"] == "error"
+    by_id = {c["id"]: c for c in report["checks"]}
+    assert by_id["faulty.rows"]["status"] == "error" and by_id["faulty.rows"]["error"].startswith("not run: ray:")
+    assert report["environment"]["execution"]["error"]
+
+
+def test_the_ray_option_joins_the_running_cluster(cluster: None, audit_files: dict[str, Path]) -> None:
+    f = audit_files
+    spec = write_spec(f["dir"] / "cli.yaml", _doc(f, [{"use": "performance.metrics"}]))
+    res = CliRunner().invoke(__import__("auditor.cli", fromlist=["main"]).main,
+                             ["run", str(spec), "--ray", "--format", "json", "--report-dir", str(f["dir"] / "cli")])
+    assert res.exit_code == 0, res.output
+    assert "ray: " in res.output and "workers" in res.output
+    report = json.loads((f["dir"] / "cli" / "report.json").read_text())
+    assert report["environment"]["execution"]["workers"] == 2
+
+
+def test_without_ray_nothing_imports_it(tmp_path: Path) -> None:
+    w = mlp_weights()
+    model = write_mlp(tmp_path / "m.onnx", w)
+    x, y = blobs(n=64, w=w)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from auditor.testing import run_audit\n"
+        f"r = run_audit({{'checks': [{{'use': 'performance.metrics'}}, {{'use': 'robustness.noise'}}]}}, "
+        f"model={str(model)!r}, data={str(tmp_path / 'd.npz')!r}, workdir=Path({str(tmp_path)!r}))\n"
+        "assert r.exit_code == 0, r.error\n"
+        "print('ray' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+def test_a_bad_execution_section_is_a_spec_error(tmp_path: Path) -> None:
+    w = mlp_weights()
+    model = write_mlp(tmp_path / "m.onnx", w)
+    res = run_audit({"checks": [{"use": "sparsity.profile"}], "execution": {"engine": "dask", "wrokers": 2}},
+                    model=model, workdir=tmp_path)
+    assert res.exit_code == 2
+    assert "execution.engine" in (res.error or "") and "wrokers" in (res.error or "")
