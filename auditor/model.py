@@ -44,6 +44,9 @@ class ModelConfig:
     inputs: dict[str, Any] | None = None
     #: number of valid ids of an integer (token id) input, when the graph's embedding table does not say.
     vocab_size: int | None = None
+    #: how to read an output without a batch axis (a detector's ``[300, 7]`` per image): ``"per_call"`` runs
+    #: one sample per call and stacks each call's output as that sample's; ``None``: per-sample checks skip.
+    unbatched_outputs: str | None = None
 
 
 def explain_ort_error(path: Path, proto: onnx.ModelProto | None, exc: BaseException) -> str:
@@ -565,10 +568,10 @@ class ModelHandle:
         self.output_shapes = {o: list(np.shape(runs[0][1][i])) for i, o in enumerate(self.outputs)}
         unbatched = [o for o, ok in self.output_batched.items() if not ok]
         if unbatched:
-            self.notes.append(
-                f"output(s) {', '.join(unbatched)} have no batch axis (leading size does not follow the number "
-                f"of samples): per-sample checks skip"
-            )
+            how = "run one sample per call, each output stacked as that sample's (model.unbatched_outputs)" \
+                if self.config.unbatched_outputs == "per_call" else "per-sample checks skip"
+            self.notes.append(f"output(s) {', '.join(unbatched)} have no batch axis (leading size does not follow "
+                              f"the number of samples): {how}")
 
     def _chunked(self, sess: ort.InferenceSession, names: list[str], x: np.ndarray,
                  others: Mapping[str, np.ndarray], size: int) -> list[Any]:
@@ -614,7 +617,8 @@ class ModelHandle:
         sess, names = self._session(extra)
         self._probe_outputs(x, others, sess, names)
         flat = [o for o in wanted if self.output_batched is not None and not self.output_batched.get(o, True)]
-        if flat:
+        stack = bool(flat) and self.config.unbatched_outputs == "per_call" and (self._fixed_batch or 1) == 1
+        if flat and not stack:
             shapes = self.output_shapes or {}
             raise SkipCheck(
                 f"output '{flat[0]}' has no batch axis (shape {shapes.get(flat[0])} for one sample; its leading "
@@ -622,8 +626,8 @@ class ModelHandle:
             )
         tensors = [names[o] for o in wanted]
         bs = batch_size or self.batch_size
-        if self._batch_mode == "fixed":
-            bs = self._fixed_batch or 1
+        if self._batch_mode == "fixed" or stack:
+            bs = self._fixed_batch or 1  # one sample per call when its outputs are stacked (model.unbatched_outputs)
         parts: list[list[np.ndarray]] = [[] for _ in wanted]
         n = len(x)
         sink = progress_sink() if progress is None else None
@@ -632,7 +636,7 @@ class ModelHandle:
             raise_if_cancelled()
             xb = self.prepare(np.asarray(x[start:start + bs]))
             ob = {k: np.asarray(v[start:start + bs]) for k, v in others.items()}
-            if self._batch_mode == "fixed":
+            if self._batch_mode == "fixed" and not stack:
                 outs = self._chunked(sess, tensors, xb, ob, bs)
             else:
                 try:
@@ -648,8 +652,10 @@ class ModelHandle:
                 progress(len(xb))
             elif sink is not None:
                 sink(done, n, "batches")
-        # Outputs with a batch dimension are concatenated; per-batch scalars (rare) are stacked.
-        return {name: np.concatenate(p) if all(a.ndim for a in p) else np.stack(p) for name, p in zip(wanted, parts)}
+        # Outputs with a batch dimension are concatenated; per-batch scalars (rare) and the per-call outputs of
+        # model.unbatched_outputs: per_call are stacked, one entry per sample.
+        return {name: np.stack(p) if name in flat or not all(a.ndim for a in p) else np.concatenate(p)
+                for name, p in zip(wanted, parts)}
 
     def predict(self, x: np.ndarray, *, inputs: Mapping[str, np.ndarray] | None = None,
                 batch_size: int | None = None) -> np.ndarray:

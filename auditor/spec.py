@@ -51,6 +51,10 @@ _MODEL = {
         "inputs": {"type": "object", "additionalProperties": {"type": ["string", "array"], "items": {"type": "string"}},
                    "description": "Other per-sample model inputs -> data key (npz key, or csv/parquet column(s)), "
                                   "e.g. {attention_mask: mask}. Default: the key named like the input."},
+        "unbatched_outputs": {"enum": ["per_call"],
+                              "description": "How to read an output without a batch axis (a detector's [300, 7] "
+                                             "per image): per_call runs one sample per call and stacks each "
+                                             "output as that sample's. Default: per-sample checks skip."},
         "vocab_size": {"type": "integer", "minimum": 2,
                        "description": "Number of valid ids of an integer (token id) primary input, when the graph's "
                                       "embedding table does not show it."},
@@ -358,7 +362,8 @@ def parse_spec(path: Path, checks: dict[str, CheckInfo], formats: list[str],
     def model_cfg(d: dict[str, Any]) -> ModelConfig:
         return ModelConfig(path=resolve(d["path"]), input=d.get("input"), output=d.get("output"),
                            device=d.get("device", "auto"), feeds=d.get("feeds"), task=d.get("task", "auto"),
-                           layout=d.get("layout"), inputs=d.get("inputs"), vocab_size=d.get("vocab_size"))
+                           layout=d.get("layout"), inputs=d.get("inputs"), vocab_size=d.get("vocab_size"),
+                           unbatched_outputs=d.get("unbatched_outputs"))
 
     def data_cfg(d: dict[str, Any], role: str) -> DataConfig:
         return DataConfig(path=resolve(d["path"]), x=d.get("x"), y=d.get("y"), groups=list(d.get("groups", [])),

@@ -97,7 +97,8 @@ def test_two_token_inputs_batched_together_and_perturbed_by_substitution(tmp_pat
                    "checks": [{"use": "performance.metrics"},
                               {"use": "robustness.noise", "with": {"kind": "substitute", "severity": [0.1, 0.5]}},
                               {"use": "robustness.noise", "name": "gauss"},
-                              {"use": "robustness.square_attack", "with": {"max_queries": 5}}]},
+                              {"use": "robustness.square_attack", "with": {"max_queries": 5}},
+                              {"use": "torch.pgd"}]},
                   workdir=tmp_path)
     assert r.exit_code == 0, r.error
     logits = ort_run(model, {"input_ids": ids, "attention_mask": mask})
@@ -120,6 +121,7 @@ def test_two_token_inputs_batched_together_and_perturbed_by_substitution(tmp_pat
     r.assert_status("gauss", "skipped").assert_status("robustness.square_attack", "skipped")
     assert "integer ids" in (r.check("gauss").skip_reason or "")
     assert "vocabulary of 50" in (r.check("robustness.square_attack").skip_reason or "")
+    r.assert_status("torch.pgd", "skipped")  # gradients never reach token ids (nor does the backend feed two)
     inputs = {i["name"]: i for i in r.doc["model"]["inputs"]}
     assert inputs["attention_mask"]["source"].startswith("data key 'mask'")
     assert r.doc["data"]["inputs"]["attention_mask"]["shape"] == [90, 6]
@@ -362,6 +364,12 @@ def test_a_detector_output_without_batch_axis_is_never_counted_as_samples(tmp_pa
     res.assert_status("performance.metrics", "skipped")  # both scored: dets still has no batch axis
     outs = {o["name"]: o for o in res.doc["model"]["graph_outputs"]}
     assert outs["dets"]["batch_axis"] is False and outs["dets"]["shape_one_sample"] == [5, 7]
+    # declared: one image per call, each call's detections belong to that image
+    m = ModelHandle(ModelConfig(path=model, output="dets", unbatched_outputs="per_call"), batch_size=4)
+    got = m.predict(x)
+    assert got.shape == (5, 5, 7)
+    for i in range(5):
+        np.testing.assert_allclose(got[i], ort_run(model, {"x": x[i:i + 1]}, "dets"), rtol=1e-6, atol=1e-6)
 
 
 def test_a_classifier_output_n_c_1_1_is_read_as_n_c(tmp_path: Path) -> None:
