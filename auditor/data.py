@@ -528,6 +528,13 @@ def normalise_groups(groups: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarra
     return groups, missing
 
 
+def _relayout(pixels: Any, layout: str) -> Any:
+    """The pixel map of data transposed to ``layout`` (its per-channel constants move with the channel axis)."""
+    import dataclasses
+
+    return None if pixels is None else dataclasses.replace(pixels, layout=layout)
+
+
 def fit_to_model(ds: Dataset, shape: tuple[int | str | None, ...] | None, input_name: str,
                  model_path: str) -> Dataset:
     """Check that the data's per-sample shape fits the model input; fix only unambiguous cases (an NHWC/NCHW
@@ -548,11 +555,13 @@ def fit_to_model(ds: Dataset, shape: tuple[int | str | None, ...] | None, input_
         if fits((have[2], have[0], have[1])):
             ds.x = mapped(ds.x, lambda b: np.ascontiguousarray(np.transpose(b, (0, 3, 1, 2))),
                           (have[2], have[0], have[1]), ds.x.dtype, "NHWC -> NCHW")
+            ds.pixels = _relayout(ds.pixels, "NCHW")
             ds.notes.append("data transposed NHWC -> NCHW to fit the model")
             return ds
         if fits((have[1], have[2], have[0])):
             ds.x = mapped(ds.x, lambda b: np.ascontiguousarray(np.transpose(b, (0, 2, 3, 1))),
                           (have[1], have[2], have[0]), ds.x.dtype, "NCHW -> NHWC")
+            ds.pixels = _relayout(ds.pixels, "NHWC")
             ds.notes.append("data transposed NCHW -> NHWC to fit the model")
             return ds
     # A missing or extra singleton dimension (e.g. (N, 28, 28) data for a (N, 1, 28, 28) input) is unambiguous.

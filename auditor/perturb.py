@@ -15,8 +15,10 @@ unchanged. :func:`input_space` reads what kind of values that input holds:
     with a reason (:meth:`InputSpace.require_arithmetic`).
 
 A check builds its perturbations in the float space ``to_space(x)`` and hands ``from_space(z)`` to the model.
-The abstraction is meant to grow: a normalised image input can map to ``[0, 1]`` pixel space here (the inverse
-of a declared ``mean``/``std``) without any check changing.
+A normalised image input with declared preprocessing (``data.preprocess``, :mod:`auditor.datasets.preprocess`)
+is perturbed in un-normalised pixel space: ``to_space`` inverts the declared ``scale``/``mean``/``std`` to pixels
+in ``[0, 1]`` and ``from_space`` normalises back (uint8 models: to the nearest of the 256 levels), so ``eps`` and
+``sigma`` mean what they mean in the papers (8/255 is eight grey levels) whatever the normalisation.
 """
 
 from __future__ import annotations
@@ -60,6 +62,9 @@ class InputSpace:
     bounds: tuple[float, float] | None = None
     vocab: int | None = None
     source: str = ""
+    #: Declared image preprocessing (:class:`~auditor.datasets.preprocess.PixelSpace`): the space is then
+    #: un-normalised pixels in ``[0, 1]``.
+    pixels: Any = None
 
     @property
     def work_dtype(self) -> np.dtype:
@@ -67,12 +72,21 @@ class InputSpace:
         return np.dtype(np.float64) if self.dtype == np.float64 else np.dtype(np.float32)
 
     def to_space(self, x: np.ndarray) -> np.ndarray:
-        """Model values -> the float space perturbations are built in."""
+        """Model values -> the float space perturbations are built in (pixels in [0, 1] for declared image
+        preprocessing)."""
+        if self.pixels is not None:
+            return np.asarray(self.pixels.to_pixels(np.asarray(x))).astype(self.work_dtype, copy=False)
         return np.asarray(x).astype(self.work_dtype, copy=False)
 
     def snap(self, z: np.ndarray) -> np.ndarray:
         """Perturbed float values -> the nearest valid values, still in float (rounded and clipped to the
-        dtype's range for quantized inputs; unchanged otherwise)."""
+        dtype's range for quantized inputs; unchanged otherwise). In pixel space: clipped to [0, 1], and for
+        integer models rounded to the nearest of the 256 levels."""
+        if self.pixels is not None:
+            out = np.clip(z, 0.0, 1.0)
+            if self.kind is ValueKind.QUANTIZED:
+                out = np.rint(out * 255.0) / 255.0
+            return out.astype(z.dtype, copy=False)
         if self.kind is ValueKind.CONTINUOUS:
             return z
         out = np.rint(z)
@@ -81,7 +95,10 @@ class InputSpace:
         return out
 
     def from_space(self, z: np.ndarray) -> np.ndarray:
-        """Float values -> what the model is fed (snapped, in the input's dtype)."""
+        """Float values -> what the model is fed (snapped, in the input's dtype; normalised again in pixel
+        space)."""
+        if self.pixels is not None:
+            return np.asarray(self.pixels.from_pixels(self.snap(np.asarray(z)))).astype(self.dtype, copy=False)
         return np.asarray(self.snap(np.asarray(z))).astype(self.dtype, copy=False)
 
     def require_arithmetic(self, what: str) -> None:
@@ -99,7 +116,10 @@ class InputSpace:
             text += f", values in [{self.bounds[0]:g}, {self.bounds[1]:g}]"
         if self.vocab is not None:
             text += f", {self.vocab} ids"
-        return text + (f"; {self.source}" if self.source else "") + ")"
+        text += (f"; {self.source}" if self.source else "") + ")"
+        if self.pixels is not None:
+            text += ": " + self.pixels.describe()
+        return text
 
 
 def embedding_vocab(graph: onnx.GraphProto, name: str) -> int | None:
@@ -138,13 +158,25 @@ def embedding_vocab(graph: onnx.GraphProto, name: str) -> int | None:
 
 
 def input_space(model: Any, data_x: Any = None, *, name: str | None = None,
-                declared: Mapping[str, Any] | None = None) -> InputSpace:
+                declared: Mapping[str, Any] | None = None, pixels: Any = None) -> InputSpace:
     """The value space of ``model``'s input ``name`` (default: the primary input, ``model.input``).
 
     ``data_x`` (the audit data for that input) supplies the dtype when the graph leaves it open; ``declared``
     (default: the model's config) may give ``vocab_size``, the number of valid ids, for an integer input whose
-    embedding table the graph does not show.
+    embedding table the graph does not show. ``pixels`` (``Dataset.pixels``: the data's declared image
+    preprocessing) makes a float or small-integer primary input's space un-normalised pixels in ``[0, 1]``.
     """
+    space = _input_space(model, data_x, name=name, declared=declared)
+    if pixels is not None and (name is None or name == model.input.name) and space.kind is not ValueKind.IDS:
+        import dataclasses
+
+        return dataclasses.replace(space, bounds=(0.0, 1.0), pixels=pixels,
+                                   source="un-normalised pixels, from the declared data.preprocess")
+    return space
+
+
+def _input_space(model: Any, data_x: Any = None, *, name: str | None = None,
+                 declared: Mapping[str, Any] | None = None) -> InputSpace:
     spec = model.input if name is None or name == model.input.name else G.value_info_spec(
         next(i for i in model.proto.graph.input if i.name == name))
     dtype = spec.dtype or (np.asarray(data_x).dtype if data_x is not None else np.dtype(np.float32))

@@ -32,8 +32,11 @@ def write_images(root: Path, per_class: dict[str, int], *, size: tuple[int, int]
 
 
 def write_cnn(path: Path, *, c: int = 3, hw: tuple[int, int] | None = (16, 16), n_out: int = 3, seed: int = 0,
-              layout: str = "NCHW", dtype: int = TensorProto.FLOAT) -> dict[str, np.ndarray]:
-    """x -> (transpose) -> GlobalAveragePool -> Flatten -> Gemm -> Softmax; returns the weights."""
+              layout: str = "NCHW", dtype: int = TensorProto.FLOAT,
+              denorm: tuple[list[float], list[float]] | None = None) -> dict[str, np.ndarray]:
+    """x -> (x * std + mean) -> (transpose) -> GlobalAveragePool -> Flatten -> Gemm -> Softmax; returns the
+    weights. ``denorm`` (mean, std) makes a model that takes normalised inputs and undoes the normalisation
+    first: the same function of the pixels as the model without it."""
     r = np.random.default_rng(seed)
     w = {"W": r.normal(size=(c, n_out)).astype(np.float32) * 4, "b": r.normal(size=n_out).astype(np.float32)}
     dims: list[int | str] = ["N", c, *(hw or ("H", "W"))] if layout == "NCHW" else ["N", *(hw or ("H", "W")), c]
@@ -42,6 +45,12 @@ def write_cnn(path: Path, *, c: int = 3, hw: tuple[int, int] | None = (16, 16), 
     if dtype != TensorProto.FLOAT:
         nodes.append(helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT))
         src = "xf"
+    if denorm is not None:
+        shape = (1, c, 1, 1) if layout == "NCHW" else (1, 1, 1, c)
+        w["dn_std"] = np.asarray(denorm[1], np.float32).reshape(shape)
+        w["dn_mean"] = np.asarray(denorm[0], np.float32).reshape(shape)
+        nodes += [helper.make_node("Mul", [src, "dn_std"], ["xs"]), helper.make_node("Add", ["xs", "dn_mean"], ["xd"])]
+        src = "xd"
     if layout == "NHWC":
         nodes.append(helper.make_node("Transpose", [src], ["xt"], perm=[0, 3, 1, 2]))
         src = "xt"

@@ -40,6 +40,9 @@ def test_npy_file_reads_rows_like_numpy(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.concatenate([b for _, b in src.batches(128)]), a)
     np.save(tmp_path / "f.npy", np.asfortranarray(a[:, :, 0]))
     np.testing.assert_array_equal(NpyFile(tmp_path / "f.npy")[5:9], a[5:9, :, 0])
+    import pickle
+
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(src))[3:8], a[3:8])  # travels to Ray workers
 
 
 def test_npy_dataset_is_lazy_sampled_rows_are_read_and_fitting_is_per_batch(tmp_path: Path) -> None:
@@ -72,6 +75,10 @@ def test_parquet_is_read_by_row_groups(tmp_path: Path, monkeypatch: pytest.Monke
     np.testing.assert_array_equal(ds.y, y)
     np.testing.assert_array_equal(ds.column("b"), f[:, 1])  # a feature column, read on demand
     assert ds.feature_names == ["a", "b", "c"]
+    import pickle
+
+    again = pickle.loads(pickle.dumps(ds.x))  # sources travel to Ray workers
+    np.testing.assert_array_equal(again[250:260], f[250:260])
 
 
 # ------------------------------------------------------------------------------------------ preprocessing
@@ -334,3 +341,92 @@ def test_init_with_an_image_folder_writes_a_preprocessing_block_that_runs(tmp_pa
     r = run_audit(tmp_path / "audit.yaml")  # the starter's accuracy gate may fail this random model: exit 0 or 1
     assert r.exit_code in (0, 1) and r.check("performance.metrics").status.value in ("pass", "fail"), r.error
     assert r.metrics("performance.metrics")["n"] == 8
+
+
+class _Counting(NpyFile):
+    """An .npy source that records the largest number of rows read at once."""
+
+    largest = 0
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        type(self).largest = max(type(self).largest, stop - start)
+        return super()._read(start, stop)
+
+
+def test_predictions_stream_a_lazy_source_batch_by_batch(tmp_path: Path) -> None:
+    from auditor.context import AuditContext
+    from auditor.model import ModelConfig, ModelHandle
+    from tests.builders import blobs, mlp_numpy, mlp_weights, write_mlp
+
+    w = mlp_weights()
+    write_mlp(tmp_path / "m.onnx", w)
+    x, y = blobs(1000, w=w)
+    np.save(tmp_path / "x.npy", x)
+    src = _Counting(tmp_path / "x.npy")
+    ds = Dataset(x=src, y=y, groups={}, columns={}, source="x.npy", batch_size=64)
+    model = ModelHandle(ModelConfig(path=tmp_path / "m.onnx", device="cpu"), batch_size=64)
+    ctx = AuditContext(check_id="t", params={}, model=model, data=ds, seed=0, rng=np.random.default_rng(0))
+    pred = ctx.predictions()
+    assert _Counting.largest <= 64  # never more than one batch of inputs in memory
+    np.testing.assert_allclose(pred.probs, mlp_numpy(x, w), rtol=1e-4, atol=1e-6)
+
+
+def test_pixel_space_inverts_the_declared_normalisation_in_either_layout() -> None:
+    from auditor.datasets.preprocess import PixelSpace
+
+    r = np.random.default_rng(0)
+    raw = r.integers(0, 256, (4, 5, 6, 3)).astype(np.uint8)  # NHWC pixels
+    pp, _ = resolve({"preset": "imagenet", "layout": "NHWC"}, None, None, None)
+    x = pp.finish(raw)
+    px = pp.pixels()
+    np.testing.assert_allclose(px.to_pixels(x), raw / 255.0, atol=1e-6)
+    np.testing.assert_allclose(px.from_pixels(raw / 255.0), x, atol=1e-5)
+    nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    np.testing.assert_allclose(px.to_pixels(nchw, canonical=True), raw.transpose(0, 3, 1, 2) / 255.0, atol=1e-6)
+    u8 = PixelSpace(scale=1.0, mean=(0.0,) * 3, std=(1.0,) * 3, layout="NCHW", dtype="uint8", n_channels=3)
+    back = u8.from_pixels(np.array([[[[0.5]], [[1.2]], [[-0.1]]]]))
+    assert back.dtype == np.uint8 and back.ravel().tolist() == [128, 255, 0]  # rounded and clipped
+
+
+def test_noise_is_drawn_in_pixel_space_whatever_the_declared_normalisation(tmp_path: Path) -> None:
+    """sigma is in units of the pixel range [0, 1]: a model fed normalised inputs (undoing the normalisation
+    in its first node) and the same model fed plain pixels give the same curve, and the curve is the one a
+    numpy re-computation in pixel space gives."""
+    from auditor.shards import Shard
+
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    w = write_cnn(tmp_path / "plain.onnx", hw=(5, 5))
+    write_cnn(tmp_path / "normed.onnx", hw=(5, 5), denorm=(mean, std))
+    files = write_images(tmp_path / "val", {"a": 20, "b": 20, "c": 20}, size=(5, 5))
+    sig = [0.1, 0.6]
+    checks = [{"use": "robustness.noise", "with": {"sigma": sig}}]
+
+    def run(model: str, pre: dict[str, Any]) -> Any:
+        spec = {"model": {"path": str(tmp_path / model), "device": "cpu"}, "seed": 4, "checks": checks,
+                "data": {"path": "val", "preprocess": pre}}
+        r = run_audit(spec, workdir=tmp_path)
+        assert r.exit_code == 0, r.error
+        return r
+
+    a = run("plain.onnx", {"scale": 1 / 255})
+    b = run("normed.onnx", {"scale": 1 / 255, "mean": mean, "std": std})
+    ca, cb = a.metrics("robustness.noise")["curve"], b.metrics("robustness.noise")["curve"]
+    assert [p["flip_rate"] for p in ca] == [p["flip_rate"] for p in cb]
+    assert [p["sigma"] for p in ca] == sig  # given in pixel units, reported as given
+    assert any("un-normalised pixels in [0, 1]" in n for n in b.check("robustness.noise").notes)
+    assert any("clipped to [0, 1]" in n for n in b.check("robustness.noise").notes)
+
+    # numpy in pixel space, with the sweep's seeding (auditor.shards: the 60 rows are one shard's)
+    order = sorted(files, key=lambda p: (p.parent.name, p.name))
+    px = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in order]).astype(np.float32) / 255
+    xc = np.ascontiguousarray(px.transpose(0, 3, 1, 2))
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        return (x.astype(np.float64).mean(axis=(2, 3)) @ w["W"] + w["b"]).argmax(1)
+
+    clean = predict(xc)
+    g = np.random.default_rng(Shard(0, 1, np.arange(0)).seed(4, "robustness.noise"))
+    for i, s in enumerate(sig):
+        noisy = np.clip(xc + np.float32(s) * g.standard_normal(xc.shape, dtype=np.float32), 0, 1)
+        assert ca[i]["flip_rate"] == pytest.approx(float(np.mean(predict(noisy) != clean)), abs=1e-12)
+    assert ca[-1]["flip_rate"] > 0

@@ -316,6 +316,18 @@ class ParquetRows(LazySource):
         self._lock = threading.Lock()
         self._cached: tuple[int, np.ndarray] | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.update(_file=None, _lock=None, _cached=None)  # reopened where it is unpickled (a Ray worker)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        import pyarrow.parquet as pq
+
+        self.__dict__.update(state)
+        self._file = pq.ParquetFile(self.path)
+        self._lock = threading.Lock()
+
     def _group(self, g: int) -> np.ndarray:
         with self._lock:
             if self._cached is not None and self._cached[0] == g:

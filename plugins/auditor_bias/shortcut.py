@@ -163,12 +163,22 @@ class Shortcut(Check):
 
         if p["transform"] is not None:
             x = np.asarray(data.x)
-            space = input_space(ctx.model, x)
-            x_cf, desc = apply(p["transform"], x, p, data, ctx.model.layout, ctx.rng)
+            space = input_space(ctx.model, x, pixels=data.pixels)
+            if space.pixels is not None:  # cues drawn on un-normalised pixels, normalised after
+                x0_px = space.to_space(x)
+                x_px, desc = apply(p["transform"], x0_px, p, data, ctx.model.layout, ctx.rng)
+                # rows the cue left alone keep their exact inputs (no round trip through pixel space)
+                moved = np.any((x_px != x0_px).reshape(len(x), -1), axis=1).reshape((-1,) + (1,) * (x.ndim - 1))
+                x_cf = np.where(moved, space.from_space(x_px), x)
+                notes.append(space.pixels.describe())
+            else:
+                x_cf, desc = apply(p["transform"], x, p, data, ctx.model.layout, ctx.rng)
             if space.kind is ValueKind.IDS and not valid_ids(x_cf, space.bounds):
                 # a cue on token ids must itself be ids (e.g. set_feature to another token), never arithmetic
                 space.require_arithmetic(f"transform {p['transform']} (it gives values that are not valid ids)")
-            x_cf = x_cf.astype(x.dtype, copy=False) if space.kind is ValueKind.CONTINUOUS else space.from_space(x_cf)
+            if space.pixels is None:
+                x_cf = x_cf.astype(x.dtype, copy=False) if space.kind is ValueKind.CONTINUOUS else \
+                    space.from_space(x_cf)
             changed = int(np.any((x_cf != x).reshape(len(x), -1), axis=1).sum())
             notes.append(f"transform {p['transform']} {desc}; changed {changed} of {data.n} inputs")
             probs1 = ctx.predict_proba(x_cf, data=data)  # the model's other inputs unchanged

@@ -149,8 +149,8 @@ class Classifier:
     @classmethod
     def for_data(cls, ctx: AuditContext, data: Dataset, geometry: Geometry, **kw: Any) -> Classifier:
         """A classifier for inputs derived from the rows of ``data`` (its other inputs and value space)."""
-        return cls(ctx.model, geometry, space=input_space(ctx.model, data.x), inputs=ctx.companions(data=data),
-                   **kw)
+        space = input_space(ctx.model, data.x, pixels=data.pixels)
+        return cls(ctx.model, geometry, space=space, inputs=ctx.companions(data=data), **kw)
 
     def _companions(self, n: int, rows: np.ndarray | None) -> dict[str, np.ndarray]:
         if not self.inputs:
@@ -214,8 +214,8 @@ class Classifier:
 def space_range(space: InputSpace, clip: Sequence[float] | None, xc: np.ndarray,
                 geometry: Geometry) -> tuple[float, float] | None:
     """The valid range of a perturbed input: ``clip`` when given, else a quantized input's dtype range (uint8:
-    [0, 255]), else the range :func:`value_range` infers."""
-    if clip is None and space.kind is ValueKind.QUANTIZED and space.bounds is not None:
+    [0, 255]) or pixel space's [0, 1], else the range :func:`value_range` infers."""
+    if clip is None and space.bounds is not None and (space.kind is ValueKind.QUANTIZED or space.pixels is not None):
         return space.bounds
     return value_range(clip, xc, geometry)
 

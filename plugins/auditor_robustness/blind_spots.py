@@ -120,7 +120,7 @@ class BlindSpots(Check):
         """Pick pairs of correctly classified rows of different classes, scan the paths in batches."""
         p = params
         data, notes = sample(ctx, p.limit)
-        space = input_space(ctx.model, data.x)
+        space = input_space(ctx.model, data.x, pixels=data.pixels)
         space.require_arithmetic("paths between inputs")
         geo = Geometry.of(data.x, ctx.model.layout)
         xc = geo.canonical(space.to_space(np.asarray(data.x))).astype(np.float64)

@@ -115,7 +115,7 @@ class Fooling(Check):
             if not shape or len(dims) != len(shape) - 1:
                 raise SkipCheck("no data, and the model input has unknown dimensions")
             x = np.zeros((1, *dims), np.float32)
-        space = input_space(ctx.model, x)
+        space = input_space(ctx.model, x, pixels=ctx.data.pixels if ctx.data is not None else None)
         space.require_arithmetic("noise images")
         if ctx.model.sample_inputs:
             raise SkipCheck(f"the model takes other per-sample inputs ({', '.join(ctx.model.sample_inputs)}); "
@@ -127,6 +127,9 @@ class Fooling(Check):
             if not lo < hi:
                 raise ValueError(f"clip: lo must be below hi (got [{lo:g}, {hi:g}])")
             notes.append(describe_range((lo, hi), True))
+        elif space.pixels is not None:
+            lo, hi = 0.0, 1.0
+            notes.append(space.pixels.describe())
         elif space.kind is ValueKind.QUANTIZED and space.bounds is not None:
             lo, hi = space.bounds
             notes.append(f"{space.describe()}: noise and evolution in float, rounded and clipped back")

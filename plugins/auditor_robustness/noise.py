@@ -207,7 +207,7 @@ class NoiseSweep(ShardedCheck):
         rows, notes = sampled_rows(ctx, p.limit)
         full = ctx.require_data()
         first = np.asarray(full.x[:full.batch_size] if rows is None else full.x[rows[:full.batch_size]])
-        space = input_space(ctx.model, first)
+        space = input_space(ctx.model, first, pixels=full.pixels)
         task = task_of_sample(ctx, full, first, rows)  # decided once, from the whole sample's labels
         if space.kind is ValueKind.IDS or kind == "substitute":
             if kind != "substitute":
@@ -232,7 +232,9 @@ class NoiseSweep(ShardedCheck):
             raise SkipCheck(f"kind {kind} needs 4-D image inputs (got per-sample shape {list(geo.shape)})")
         severities, sev_note = self._severities(p, kind)
         work = space.work_dtype
-        if space.kind is ValueKind.QUANTIZED:
+        if space.pixels is not None:
+            notes.append(space.pixels.describe())
+        elif space.kind is ValueKind.QUANTIZED:
             notes.append(f"{space.describe()}: noise is added in float and rounded and clipped back")
 
         class _InSpace:  # the rows as the perturbation sees them, read batch by batch
@@ -245,8 +247,8 @@ class NoiseSweep(ShardedCheck):
                 return space.to_space(np.asarray(full.x[idx]))
 
         stats = ValueStats.of(_InSpace(), rows, geo, full.batch_size, work)
-        if p.clip is None and space.kind is ValueKind.QUANTIZED and space.bounds is not None:
-            rng_: tuple[float, float] | None = space.bounds
+        if p.clip is None and space.bounds is not None and (space.kind is ValueKind.QUANTIZED or space.pixels):
+            rng_: tuple[float, float] | None = space.bounds  # a dtype's range, or pixel space's [0, 1]
         else:
             rng_ = inferred_range(p.clip, stats, geo)
         notes.append(describe_range(rng_, p.clip is not None))
@@ -287,7 +289,7 @@ class NoiseSweep(ShardedCheck):
                     ctx.report_progress(i * p.repeats + r + 1, len(severities) * p.repeats, f"severity {sev:g}")
             return {"n": data.n, "clean": clean_pred, "y": y, "preds": preds}
         geo = Geometry.of(x, ctx.model.layout)
-        space = input_space(ctx.model, x)
+        space = input_space(ctx.model, x, pixels=data.pixels)
         xc = geo.canonical(space.to_space(x)).astype(space.work_dtype)
         rng_ = st["range"]
 
@@ -371,7 +373,7 @@ class NoiseSweep(ShardedCheck):
         """Per-sample ``‖f(x+n) − f(x)‖`` and ``‖n‖`` of a non-classifier (regression, image-to-image)."""
         out_name = ctx.model.outputs[0]
         x0 = np.asarray(data.x)
-        space = input_space(ctx.model, x0)
+        space = input_space(ctx.model, x0, pixels=data.pixels)
         others = ctx.companions(data=data)
         f0 = ctx.model.run(x0, [out_name], inputs=others)[out_name].reshape(len(x0), -1).astype(np.float64)
         xc0 = geo.canonical(x0).astype(np.float64)

@@ -449,10 +449,12 @@ class SquareAttack(ShardedCheck):
         rows, notes = sampled_rows(ctx, p.limit)
         full = ctx.require_data()
         first = np.asarray(full.x[:full.batch_size] if rows is None else full.x[rows[:full.batch_size]])
-        space = input_space(ctx.model, first)
+        space = input_space(ctx.model, first, pixels=full.pixels)
         space.require_arithmetic("an attack adding real-valued perturbations")
         geo = Geometry.of(full.x, ctx.model.layout)
-        if space.kind is ValueKind.QUANTIZED:
+        if space.pixels is not None:
+            notes.append(space.pixels.describe())
+        elif space.kind is ValueKind.QUANTIZED:
             notes.append(f"{space.describe()}: the attack works in float; every query and example is rounded "
                          f"and clipped back to the input's values")
 
@@ -466,8 +468,8 @@ class SquareAttack(ShardedCheck):
                 return space.to_space(np.asarray(full.x[idx]))
 
         stats = ValueStats.of(_InSpace(), rows, geo, full.batch_size, space.work_dtype)
-        if p.clip is None and space.kind is ValueKind.QUANTIZED and space.bounds is not None:
-            vr: tuple[float, float] | None = space.bounds
+        if p.clip is None and space.bounds is not None and (space.kind is ValueKind.QUANTIZED or space.pixels):
+            vr: tuple[float, float] | None = space.bounds  # a dtype's range, or pixel space's [0, 1]
         else:
             vr = inferred_range(p.clip, stats, geo)
         notes.append(describe_range(vr, p.clip is not None))
@@ -490,7 +492,7 @@ class SquareAttack(ShardedCheck):
         data = ctx.require_data()
         if data.n == 0:
             return {"n": 0}
-        space = input_space(ctx.model, data.x)
+        space = input_space(ctx.model, data.x, pixels=data.pixels)
         geo = Geometry.of(data.x, ctx.model.layout)
         xc = geo.canonical(space.to_space(np.asarray(data.x)))
         clf = Classifier.for_data(ctx, data, geo)
@@ -556,7 +558,7 @@ class SquareAttack(ShardedCheck):
         norms = perturbation_norms(x_good, x_adv, norm) if n_good else np.zeros(0)
         first = np.asarray(ctx.require_data().x[:1])
         geo = Geometry.of(first, ctx.model.layout)
-        space = input_space(ctx.model, first)
+        space = input_space(ctx.model, first, pixels=ctx.require_data().pixels)
         metrics: dict[str, Any] = {
             "n": n,
             "n_attacked": n_att,
