@@ -182,3 +182,29 @@ def test_a_bad_execution_section_is_a_spec_error(tmp_path: Path) -> None:
                     model=model, workdir=tmp_path)
     assert res.exit_code == 2
     assert "execution.engine" in (res.error or "") and "wrokers" in (res.error or "")
+
+
+def test_a_two_input_model_gives_the_same_report_on_ray(cluster: None, tmp_path: Path) -> None:
+    """A recurrent cell with a [layers, batch, hidden] state: each shard carries its rows' states."""
+    from builders import FLOAT, save_model
+    from onnx import helper
+
+    r = np.random.default_rng(0)
+    w = {"W": r.normal(size=(4, 3)).astype(np.float32), "U": r.normal(size=(3, 3)).astype(np.float32),
+         "axes": np.array([0], np.int64)}
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Squeeze", ["h", "axes"], ["h0"]),
+             helper.make_node("MatMul", ["h0", "U"], ["hu"]), helper.make_node("Add", ["xw", "hu"], ["logits"])]
+    model = save_model(nodes, [helper.make_tensor_value_info("x", FLOAT, ["N", 4]),
+                               helper.make_tensor_value_info("h", FLOAT, [1, "N", 3])],
+                       [helper.make_tensor_value_info("logits", FLOAT, ["N", 3])], w, tmp_path / "rnn.onnx")
+    x, h = r.normal(size=(300, 4)).astype(np.float32), r.normal(size=(300, 1, 3)).astype(np.float32)
+    y = (x @ w["W"] + h[:, 0] @ w["U"]).argmax(1)
+    np.savez(tmp_path / "rnn.npz", x=x, h=h, y=y)
+    doc = {"model": {"path": str(model)}, "data": {"path": str(tmp_path / "rnn.npz")}, "seed": 4,
+           "checks": [{"use": "performance.metrics"}, {"use": "robustness.noise", "with": {"sigma": [0.5, 1.0]}}],
+           "report": {"dir": str(tmp_path / "reports")}}
+    local = run_audit(doc, workdir=tmp_path)
+    on_ray = run_audit({**doc, "execution": {"engine": "ray", "workers": 2}}, workdir=tmp_path)
+    assert local.exit_code == on_ray.exit_code == 0, (local.error, on_ray.error)
+    assert_same(local.doc, on_ray.doc)
+    assert on_ray.metrics("performance.metrics")["accuracy"] == 1.0
