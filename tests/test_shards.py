@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 from auditor_performance.metrics import PerformanceMetrics
+from auditor_sparsity.activations import Activations
 from builders import mlp_numpy
 
 from auditor import AuditContext, CheckResult, hookimpl
@@ -46,12 +47,19 @@ class SmallShardMetrics(PerformanceMetrics):
     shards = RowShards(rows=13)
 
 
+class SmallShardActivations(Activations):
+    """sparsity.activations in shards of 11 rows."""
+
+    name = "shardtest.activations"
+    shards = RowShards(rows=11)
+
+
 plugin = ModuleType("shardtest_plugin")
 
 
 @hookimpl
 def _register() -> list[type]:
-    return [RowStats, SmallShardMetrics]
+    return [RowStats, SmallShardMetrics, SmallShardActivations]
 
 
 plugin.auditor_register_checks = _register  # type: ignore[attr-defined]
@@ -99,6 +107,22 @@ def test_metrics_in_many_shards_equal_the_numbers_of_one_pass(
     assert small["confusion_matrix"] == whole["confusion_matrix"]
     for key in ("log_loss", "ece", "balanced_accuracy"):
         assert small[key] == pytest.approx(whole[key], rel=1e-6)
+
+
+def test_activation_statistics_in_many_shards_equal_those_of_one_shard(
+        mlp: tuple[Path, Path, dict[str, np.ndarray]], tmp_path: Path) -> None:
+    model, data, w = mlp
+    small = run_audit({"checks": [{"use": "shardtest.activations"}]}, model=model, data=data, plugins=[plugin],
+                      workdir=tmp_path).metrics("shardtest.activations")
+    one = run_audit({"checks": [{"use": "sparsity.activations"}]}, model=model, data=data,
+                    workdir=tmp_path).metrics("sparsity.activations")
+    x = np.load(data)["x"].astype(np.float64)
+    hidden = np.maximum(x @ w["W1"] + w["b1"], 0)  # the MLP's Relu layer, computed independently
+    (name, layer), = [(k, v) for k, v in small["layers"].items() if v["units"] == hidden.shape[1]]
+    assert layer["dead_units"] == one["layers"][name]["dead_units"] == int((hidden.max(axis=0) <= 0).sum())
+    assert layer["zero_fraction"] == pytest.approx(float(np.mean(hidden == 0)))
+    assert layer["effective_rank"] == pytest.approx(one["layers"][name]["effective_rank"], rel=1e-6)
+    assert small["neural_collapse"]["nc1"] == pytest.approx(one["neural_collapse"]["nc1"], rel=1e-5)
 
 
 def test_a_check_after_another_reuses_the_audits_predictions(

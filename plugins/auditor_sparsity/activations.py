@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, Check, CheckResult, Finding, Need, Param, SkipCheck
+from auditor import AuditContext, CheckResult, Finding, Need, Param, SkipCheck
+from auditor.shards import Plan, RowShards, Shard, ShardedCheck, sampled_rows
 from auditor_sparsity.spectral import effective_rank
 
 # Nonlinearities whose outputs are "units that fire" (the default layers).
@@ -95,7 +97,7 @@ def neural_collapse(h: np.ndarray, y: np.ndarray, head: np.ndarray | None = None
     return out
 
 
-class Activations(Check):
+class Activations(ShardedCheck):
     """Dead units, zero activations and feature rank per layer; neural collapse of the penultimate features.
 
     For each layer (default: every nonlinearity's output) on a seeded sample of the data, with units on the
@@ -149,73 +151,104 @@ class Activations(Check):
         except ValueError as exc:
             raise SkipCheck(str(exc)) from None
 
-    def run(self, ctx: AuditContext) -> CheckResult:
-        """One batched forward pass gathers every layer and the penultimate features."""
-        data = ctx.sample(int(ctx.params["limit"]))
+    shards = RowShards(rows=512)
+
+    def plan(self, ctx: AuditContext, params: Any) -> Plan:
+        """The seeded sample (stratified by label) and the layers to gather."""
+        rows, notes = sampled_rows(ctx, int(ctx.params["limit"]))
         names = self._layers(ctx)
         pen = ctx.model.penultimate()
-        labels: np.ndarray | None = None
-        if data.y is not None and pen is not None:
-            labels = ctx.labels(data)
-        wanted = list(dict.fromkeys(names + ([pen] if labels is not None and pen is not None else [])))
+        with_pen = ctx.require_data().y is not None and pen is not None
+        wanted = list(dict.fromkeys(names + ([pen] if with_pen and pen is not None else [])))
         if not wanted:
             raise SkipCheck("no layers to analyse (no nonlinearity in the model; set layers:)")
-        acts = ctx.activations(wanted, data=data)
-        ops = {n.output[0]: n.op_type for n in ctx.model.proto.graph.node if n.output}
+        return Plan(rows=rows, state={"names": names, "pen": pen if with_pen else None, "wanted": wanted,
+                                      "found_pen": pen is not None},
+                    notes=notes[-1:] if rows is not None else [])
+
+    def run_shard(self, ctx: AuditContext, params: Any, plan: Plan, shard: Shard) -> Any:
+        """Per layer: each unit's largest activation, the per-sample mean of each unit, the zero count; the
+        penultimate features and labels (``n × units`` at most, never the inputs)."""
+        data = ctx.require_data()
+        st = plan.state
+        if data.n == 0:
+            return {"n": 0}
+        acts = ctx.activations(st["wanted"], data=data)
         override = ctx.params["unit_axis"]
+        layers: dict[str, Any] = {}
+        for name in st["names"]:
+            ctx.check_cancelled()
+            act = np.asarray(acts[name])
+            if act.ndim < 2 or act.dtype.kind != "f":
+                continue
+            v = unit_view(act, unit_axis(act.ndim, ctx.model.layout, override))
+            layers[name] = {"max": v.max(axis=(0, 1)), "feats": v.mean(axis=1), "nonzero": int(np.count_nonzero(act)),
+                            "size": int(act.size), "shape": list(act.shape[1:])}
+        out: dict[str, Any] = {"n": data.n, "layers": layers}
+        if st["pen"] is not None:
+            out["labels"] = ctx.labels(data)
+            out["pen"] = np.asarray(acts[st["pen"]]).reshape(data.n, -1)
+        return out
+
+    def merge(self, ctx: AuditContext, params: Any, plan: Plan, partials: Sequence[Any]) -> CheckResult:
+        """Dead units, feature ranks and zero shares over every shard's rows; neural collapse on the gathered
+        penultimate features."""
+        st = plan.state
+        parts = [q for q in partials if q["n"]]
+        n = sum(q["n"] for q in parts)
+        ops = {nd.output[0]: nd.op_type for nd in ctx.model.proto.graph.node if nd.output}
         limit = int(ctx.params["max_indices"])
         thr = float(ctx.params["active_threshold"])
         layers: dict[str, Any] = {}
         tot_units = tot_dead = 0
         zeros = values = 0
         findings: list[Finding] = []
-        for name in names:
-            ctx.check_cancelled()
-            a = np.asarray(acts[name])
-            if a.ndim < 2 or a.dtype.kind != "f":
+        for name in st["names"]:
+            got = [q["layers"][name] for q in parts if name in q["layers"]]
+            if not got:
                 continue
-            axis = unit_axis(a.ndim, ctx.model.layout, override)
-            v = unit_view(a, axis)
-            dead = v.max(axis=(0, 1)) <= thr
-            feats = v.mean(axis=1)
+            dead = np.max([g["max"] for g in got], axis=0) <= thr
+            feats = np.concatenate([g["feats"] for g in got])
             erank, r99 = feature_rank(feats)
-            nz = int(np.count_nonzero(a))
+            nz = sum(g["nonzero"] for g in got)
+            size = sum(g["size"] for g in got)
             layers[name] = {
                 "op_type": ops.get(name),
-                "shape": list(a.shape[1:]),
-                "units": int(v.shape[2]),
+                "shape": got[0]["shape"],
+                "units": len(dead),
                 "dead_units": int(dead.sum()),
                 "dead_fraction": float(dead.mean()),
                 "dead_unit_indices": np.flatnonzero(dead)[:limit].tolist(),
-                "zero_fraction": float((a.size - nz) / a.size),
+                "zero_fraction": float((size - nz) / size),
                 "effective_rank": erank,
                 "rank_99": r99,
             }
-            tot_units += int(v.shape[2])
+            tot_units += len(dead)
             tot_dead += int(dead.sum())
-            zeros += a.size - nz
-            values += a.size
+            zeros += size - nz
+            values += size
             if dead.all():
                 findings.append(Finding(message=f"every unit of '{name}' is dead on the data", severity="warn",
                                         location=name))
-        metrics: dict[str, Any] = {"samples": int(data.n), "layers": layers}
+        metrics: dict[str, Any] = {"samples": int(n), "layers": layers}
         if layers:
             metrics.update({
                 "units": tot_units, "dead_units": tot_dead, "dead_fraction": tot_dead / tot_units,
                 "max_dead_fraction": max(e["dead_fraction"] for e in layers.values()),
                 "zero_fraction": zeros / values,
             })
-        notes = list(data.notes[-1:]) if data.n < (ctx.data.n if ctx.data else 0) else []
-        if labels is not None and pen is not None:
+        notes = list(plan.notes)
+        pen = st["pen"]
+        if pen is not None and parts:
+            labels = np.concatenate([q["labels"] for q in parts])
             known = labels >= 0
-            feats = np.asarray(acts[pen])[known]
-            feats = feats.reshape(len(feats), -1)
+            feats = np.concatenate([q["pen"] for q in parts])[known]
             if len(np.unique(labels[known])) >= 2:
                 metrics["neural_collapse"] = {"features": pen, **neural_collapse(feats, labels[known],
                                                                                  _head(ctx, pen, labels[known]))}
             else:
                 notes.append("neural collapse needs at least two classes in the sample")
-        elif pen is None:
+        elif not st["found_pen"]:
             notes.append("no penultimate layer found: neural collapse not measured")
         return CheckResult(metrics=metrics, findings=findings, notes=notes)
 
