@@ -19,6 +19,7 @@ return a :class:`CheckResult`, and register the class from a function marked wit
 
 from __future__ import annotations
 
+from auditor.api import audit
 from auditor.checks import Check, CheckInfo, Need, Param
 from auditor.context import AuditContext
 from auditor.data import Dataset
@@ -68,6 +69,7 @@ __all__ = [
     "SpecError",
     "Status",
     "__version__",
+    "audit",
     "hookimpl",
     "param",
 ]
