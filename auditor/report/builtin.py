@@ -9,11 +9,12 @@ from auditor.report.html import HtmlReporter
 from auditor.report.json_report import JsonReporter
 from auditor.report.junit import JUnitReporter
 from auditor.report.markdown import MarkdownReporter
+from auditor.report.sarif import SarifReporter
 
 hookimpl = pluggy.HookimplMarker("auditor")
 
 
 @hookimpl
 def auditor_register_reporters() -> list[type[Reporter]]:
-    """JSON, Markdown, JUnit XML and HTML (plots need the ``html`` extra, matplotlib)."""
-    return [JsonReporter, MarkdownReporter, JUnitReporter, HtmlReporter]
+    """JSON, Markdown, JUnit XML, HTML (plots need the ``html`` extra, matplotlib) and SARIF 2.1.0."""
+    return [JsonReporter, MarkdownReporter, JUnitReporter, HtmlReporter, SarifReporter]
