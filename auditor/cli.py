@@ -210,14 +210,26 @@ def run(spec_path: Path, report_dir: Path | None, formats: str | None, seed: int
 
 
 @main.command()
+@click.argument("names", metavar="[NAME]...", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @with_plugin_options
 @handle_errors
-def checks(as_json: bool, disable: tuple[str, ...], plugins: tuple[str, ...]) -> None:
-    """List every installed check: plugin, version, parameters, needs, metrics."""
+def checks(names: tuple[str, ...], as_json: bool, disable: tuple[str, ...], plugins: tuple[str, ...]) -> None:
+    """List every installed check (or only the NAMEs given): plugin, version, parameters, needs, metrics.
+    Exit 2: a NAME is not an installed check."""
+    import difflib
+
     registry = _registry(disable, plugins)
+    unknown = [n for n in names if n not in registry.checks]
+    if unknown:
+        problems = []
+        for n in unknown:
+            close = difflib.get_close_matches(n, list(registry.checks), n=1)
+            problems.append(f"no installed check '{n}'" + (f" (did you mean '{close[0]}'?)" if close else
+                                                           " (auditor checks lists them)"))
+        raise SpecError("auditor checks", problems)
     items = []
-    for name in sorted(registry.checks):
+    for name in (list(names) if names else sorted(registry.checks)):
         info = registry.checks[name]
         cls = info.cls
         items.append({
@@ -315,6 +327,30 @@ def diff(old_path: Path, new_path: Path, fmt: str, tolerance: float, max_rows: i
     with _stdout_may_close():
         click.echo(render(d, fmt, max_rows), nl=False)
     sys.exit(int(ExitCode.GATE_FAILED) if d.regressions else int(ExitCode.OK))
+
+
+@main.command()
+@click.argument("report_path", metavar="REPORT", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path),
+              help="Write the card here (e.g. MODEL_CARD.md); default: print it.")
+@handle_errors
+def card(report_path: Path, out: Path | None) -> None:
+    """Write a Markdown model card from a JSON report (REPORT): model details, evaluation results with the
+    gates, bias and limitations from the fairness and robustness checks, and how the numbers were obtained.
+    Exit 2: the report could not be read."""
+    from auditor.card import render_card
+    from auditor.diff import load_report
+    from auditor.report.base import write_atomic
+
+    text = render_card(load_report(report_path))
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        write_atomic(out, text)
+    except OSError as exc:
+        raise SpecError(str(out), [f"cannot write: {exc.strerror or exc}"]) from None
+    click.echo(f"wrote {out}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -196,7 +196,7 @@ def summary_table(report: AuditReport) -> Table:
     t.add_column("status", footer=counts)
     t.add_column("time", justify="right")
     t.add_column("metrics", overflow="fold")
-    t.add_column("gates", overflow="fold")
+    t.add_column("gates, findings", overflow="fold")
     for c in report.checks:
         st = c.status.value
         if st == "error":
@@ -209,6 +209,9 @@ def summary_table(report: AuditReport) -> Table:
         lines = [f"{met}/{len(c.gates)} met"] if c.gates else []
         lines += [f"[{STYLE[g.status.value]}]{g.status.value}[/] " + g.message.replace("[", r"\[")
                   for g in c.gates if g.status.value != "pass"]
+        # the reason for every warning: a check turned warn (or fail) by a finding says which
+        lines += [f"[{STYLE[f.severity]}]{f.severity}[/] " + f.message.replace("[", r"\[")
+                  for f in c.findings if f.severity in ("warn", "fail")]
         t.add_row(c.id, f"[{STYLE[st]}]{st}[/]", f"{c.duration_s:.2f} s", metrics.replace("[", r"\["),
                   "\n".join(lines))
     return t
