@@ -51,7 +51,7 @@ def auditor_commands(doc: Any) -> list[list[str]]:
 
 
 def test_blocks_parse_into_a_github_workflow_and_a_gitlab_job() -> None:
-    gh, gl = yaml_blocks()
+    _, gh, gl = yaml_blocks()  # the first block uses the composite action (tests/test_action.py)
     # PyYAML reads the bare key `on` as True (YAML 1.1); GitHub reads it as the trigger key.
     assert set(gh[True]) == {"pull_request", "push"} and gh["jobs"]["release"]["needs"] == "audit"
     steps = gh["jobs"]["audit"]["steps"]
@@ -84,7 +84,7 @@ def test_exit_code_table_matches_the_cli() -> None:
 
 def test_the_documented_run_writes_every_published_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Run the workflow's `auditor run` line on the demo spec; every reports/ file the workflows read exists."""
-    gh, gl = yaml_blocks()
+    _, gh, gl = yaml_blocks()
     (run,) = [c for c in auditor_commands(gh) if c[0] == "run"]
     run = [a if a != "audit.yaml" else str(REPO / "specs" / "demo.yaml") for a in run]
     monkeypatch.chdir(tmp_path)
