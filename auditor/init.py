@@ -16,7 +16,8 @@ def _rel(path: Path, out: Path) -> str:
         return str(path.resolve())
 
 
-def _data_block(handle: ModelHandle, data_path: Path | None, out: Path) -> list[str]:
+def _data_block(handle: ModelHandle, data_path: Path | None, out: Path, groups: list[str] | None = None,
+                labels: bool = True) -> list[str]:
     """The ``data:`` lines: an image folder gets its layout and a preprocessing block fitted to the input."""
     if data_path is not None and data_path.is_dir():
         from auditor.datasets.initblock import image_data_block
@@ -28,8 +29,9 @@ def _data_block(handle: ModelHandle, data_path: Path | None, out: Path) -> list[
         f"  path: {_rel(data_path, out) if data_path else 'test.npz   # .npz .npy .csv .parquet, image folder'}",
         (f"  x: {handle.input.name}" if handle.sample_inputs else "  x: x")
         + "                  # input array (npz key) or feature columns (csv/parquet)",
-        "  y: y                  # labels",
-        "  # groups: [sex]       # sensitive-attribute columns, for bias checks",
+        "  y: y                  # labels" if labels else "  # y: y                # labels (none in this file)",
+        (f"  groups: [{', '.join(groups)}]    # sensitive-attribute columns, for bias checks" if groups else
+         "  # groups: [sex]       # sensitive-attribute columns, for bias checks"),
         "  # limit: 2000         # audit a seeded, stratified sample",
         "  batch_size: 256",
     ]
@@ -47,6 +49,64 @@ def _scalar_inputs(model_path: Path) -> list[str]:
     return [sp.name for sp in specs if sp.shape is not None and len(sp.shape) == 0]
 
 
+def _data_has(data_path: Path | None) -> tuple[bool, bool, list[str]]:
+    """Whether there is data, whether it has labels, and its likely group columns (read from the file's keys or
+    header only; an unknown or unreadable file is assumed to have labels, as the data block says)."""
+    if data_path is None:
+        return True, True, []
+    if data_path.is_dir():
+        return True, True, []  # an image folder: labels from the sub-folder names
+    keys: list[str] = []
+    try:
+        suffix = data_path.suffix.lower()
+        if suffix == ".npz":
+            import numpy as np
+
+            with np.load(data_path, allow_pickle=False) as z:  # the key list only: no array is read
+                keys = list(z.files)
+        elif suffix == ".csv":
+            with open(data_path, encoding="utf-8-sig") as f:
+                keys = [k.strip() for k in f.readline().split(",")]
+        elif suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            keys = list(pq.read_schema(data_path).names)
+        else:
+            return True, True, []
+    except Exception:
+        return True, True, []
+    labels = "y" in keys
+    groups = [k for k in keys if k.lower() in GROUP_NAMES]
+    return True, labels, groups
+
+
+#: Column names read as sensitive attributes by ``auditor init`` (the spec says so; edit as needed).
+GROUP_NAMES = {"sex", "gender", "age_group", "race", "ethnicity", "site", "group", "country", "region"}
+
+
+def _suite(has_data: bool, labels: bool, groups: list[str]) -> list[str]:
+    """The ``checks:`` entries that fit the model and data: weight checks always; metrics (with calibration),
+    noise when there are labels; group fairness when there are group columns. Each has a gate to start from
+    (commented where no threshold is a safe default)."""
+    out: list[str] = []
+    if has_data and labels:
+        out += ["  - use: performance.metrics          # accuracy, calibration (ece), per-class recall",
+                "    gate:",
+                "      accuracy: {min: 0.9}              # fail the release below 90 % accuracy",
+                "      # accuracy: {max_drop: 0.01}      # with a baseline: at most 1 point below the last release",
+                "      ece: {max: 0.1, severity: warn}   # calibration: expected calibration error",
+                "  - use: robustness.noise             # accuracy under Gaussian input noise",
+                "    # gate: {max_accuracy_drop: {max: 0.05}}"]
+    if has_data and labels and groups:
+        out += ["  - use: bias.group_metrics           # per-group accuracy and fairness gaps, with intervals",
+                "    # gate: {demographic_parity_difference: {max: 0.1}}"]
+    out += ["  - use: sparsity.profile             # zero and near-zero weights per layer",
+            "    # gate: {max_layer_sparsity: {max: 0.95, severity: warn}}",
+            "  - use: sparsity.conditioning        # spectral norms and condition numbers of the weight matrices",
+            "    # gate: {singular_matrices: {max: 0}}"]
+    return out
+
+
 def starter_spec(model_path: Path, data_path: Path | None, out: Path) -> str:
     """YAML text of a starter spec (the model is opened to read its inputs and outputs)."""
     scalars = _scalar_inputs(model_path)
@@ -57,6 +117,7 @@ def starter_spec(model_path: Path, data_path: Path | None, out: Path) -> str:
     inputs = [G.value_info_spec(i).describe() for i in G.data_inputs(g)]
     outputs = [G.value_info_spec(o).describe() for o in g.output]
     pen = handle.penultimate()
+    has_data, labels, groups = _data_has(data_path)
     lines = [
         "# onnx-auditor spec. Run: auditor run " + str(out),
         "# Every key is documented by `auditor checks` and `auditor schema`.",
@@ -76,17 +137,13 @@ def starter_spec(model_path: Path, data_path: Path | None, out: Path) -> str:
         f"  # output: {handle.outputs[0]}",
         "  device: auto          # auto: CUDA when it loads, else CPU; or cpu / cuda",
         "",
-        *_data_block(handle, data_path, out),
+        *_data_block(handle, data_path, out, groups, labels),
         "",
         "# baseline: {path: last_release.onnx}   # checks run on both; gates can bound the change",
         "seed: 0",
         "",
         "checks:",
-        "  - use: performance.metrics",
-        "    gate:",
-        "      accuracy: {min: 0.9}              # fail the release below 90 % accuracy",
-        "      # accuracy: {max_drop: 0.01}      # with a baseline: at most 1 point worse than the last release",
-        "      ece: {max: 0.1, severity: warn}",
+        *_suite(has_data, labels, groups),
         "",
         "report:",
         "  dir: reports",

@@ -157,7 +157,7 @@ class HtmlReporter(Reporter):
             out.append('<p class="alert"><strong>Interrupted</strong>: this report is partial.</p>')
         if not can_plot:
             out.append("<p class=\"note\">Plots left out: matplotlib is not installed "
-                       "(<code>pip install 'onnx-auditor[html]'</code>); their numbers are shown as tables.</p>")
+                       "(<code>pip install matplotlib</code>); their numbers are shown as tables.</p>")
         out.append("</header>")
         return "\n".join(out)
 
@@ -174,16 +174,16 @@ class HtmlReporter(Reporter):
         if gates:
             bad = sum(g.status.value != "pass" for _, _, g in gates)
             out.append(f"<h3>Gates: {len(gates) - bad} of {len(gates)} met</h3>")
-            out.append("<table><tr><th>check</th><th>metric</th><th>bound</th><th>value</th><th>baseline</th>"
-                       "<th>status</th><th>message</th></tr>")
+            out.append('<div class="scroll"><table><tr><th>check</th><th>metric</th><th>bound</th><th>value</th>'
+                       "<th>baseline</th><th>status</th><th>message</th></tr>")
             # Gates not met first: that is what a reader opens the report for.
             for i, c, g in sorted(gates, key=lambda t: t[2].status.value == "pass"):
                 out.append(self._gate_row(g, f'<a href="#{anchor(i, c.id)}">{esc(c.id)}</a>'))
-            out.append("</table>")
+            out.append("</table></div>")
         else:
             out.append("<p>No gates in this spec: the status comes from check errors and findings only.</p>")
-        out.append("<h3>Checks</h3><table><tr><th>check</th><th>uses</th><th>status</th><th>time</th>"
-                   "<th>headline</th></tr>")
+        out.append('<h3>Checks</h3><div class="scroll"><table><tr><th>check</th><th>uses</th><th>status</th>'
+                   "<th>time</th><th>headline</th></tr>")
         for i, c in enumerate(checks):
             st = c.status.value
             if st == "error":
@@ -195,7 +195,7 @@ class HtmlReporter(Reporter):
             out.append(f'<tr class="s-{esc(st)}"><td><a href="#{anchor(i, c.id)}">{esc(c.id)}</a>'
                        f"</td><td><code>{esc(c.use)}</code></td><td>{badge(st)}</td>"
                        f'<td class="num">{c.duration_s:.2f} s</td><td>{esc(head[:200])}</td></tr>')
-        out.append("</table></nav>")
+        out.append("</table></div></nav>")
         return "\n".join(out)
 
     @staticmethod
