@@ -90,7 +90,7 @@ def data_inputs(graph: GraphProto) -> list[ValueInfoProto]:
     return [i for i in graph.input if i.name not in inits]
 
 
-def _subgraph_refs(node: onnx.NodeProto) -> set[str]:
+def subgraph_refs(node: onnx.NodeProto) -> set[str]:
     """Names a control-flow node's subgraphs read from the outer scope."""
     refs: set[str] = set()
     for attr in node.attribute:
@@ -100,8 +100,62 @@ def _subgraph_refs(node: onnx.NodeProto) -> set[str]:
             produced |= initializer_names(g)
             for n in g.node:
                 refs.update(i for i in n.input if i and i not in produced)
-                refs.update(r for r in _subgraph_refs(n) if r not in produced)
+                refs.update(r for r in subgraph_refs(n) if r not in produced)
     return refs
+
+
+def topological_order(graph: GraphProto) -> list[onnx.NodeProto]:
+    """The graph's nodes in an order where every node comes after the producers of its inputs (including the
+    outer-scope names its subgraphs read), by Kahn's algorithm, stable: a sorted graph keeps its order.
+
+    ONNX requires this order, ONNX Runtime sorts anyway, and some exporters (keras2onnx) write nodes out of
+    order. Names no node produces (graph inputs, initializers, outer-scope names of a subgraph) are ready from
+    the start. Raises ``ValueError`` on a cycle."""
+    nodes = list(graph.node)
+    producer: dict[str, int] = {}
+    for k, n in enumerate(nodes):
+        for o in n.output:
+            if o:
+                producer[o] = k
+    deps: list[set[int]] = []
+    users: dict[int, list[int]] = {}
+    for k, n in enumerate(nodes):
+        names = {i for i in n.input if i} | subgraph_refs(n)
+        d = {producer[i] for i in names if i in producer and producer[i] != k}
+        deps.append(d)
+        for p in d:
+            users.setdefault(p, []).append(k)
+    if all(max(d, default=-1) < k for k, d in enumerate(deps)):
+        return nodes
+    import heapq
+
+    missing = [len(d) for d in deps]
+    ready = [k for k, m in enumerate(missing) if m == 0]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        k = heapq.heappop(ready)
+        order.append(k)
+        for u in users.get(k, []):
+            missing[u] -= 1
+            if missing[u] == 0:
+                heapq.heappush(ready, u)
+    if len(order) != len(nodes):
+        stuck = [nodes[k].name or nodes[k].output[0] for k, m in enumerate(missing) if m > 0][:3]
+        raise ValueError(f"the graph has a cycle (nodes {', '.join(stuck)} never become computable)")
+    return [nodes[k] for k in order]
+
+
+def sorted_graph(model: ModelProto) -> ModelProto:
+    """``model`` itself if its main graph is in topological order, else a copy whose nodes are sorted."""
+    nodes = topological_order(model.graph)
+    if all(a is b for a, b in zip(nodes, model.graph.node)):
+        return model
+    out = ModelProto()
+    out.CopyFrom(model)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out
 
 
 def produced_tensors(graph: GraphProto) -> dict[str, onnx.NodeProto]:
@@ -116,6 +170,7 @@ def prune(model: ModelProto, outputs: list[str]) -> ModelProto:
     TensorFlow graph's accuracy output needs, when the audit asks for the softmax inside it). External data
     references are kept as references.
     """
+    model = sorted_graph(model)  # the backward sweep below needs topological order
     g = model.graph
     known = {i.name for i in g.input} | initializer_names(g) | set(produced_tensors(g))
     missing = [o for o in outputs if o not in known]
@@ -127,7 +182,7 @@ def prune(model: ModelProto, outputs: list[str]) -> ModelProto:
         if any(o in needed for o in node.output):
             keep.append(node)
             needed.update(i for i in node.input if i)
-            needed.update(_subgraph_refs(node))
+            needed.update(subgraph_refs(node))
     keep.reverse()
     infos = {vi.name: vi for vi in list(g.value_info) + list(g.output) + list(g.input)}
     new_outputs = []

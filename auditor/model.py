@@ -497,6 +497,16 @@ class ModelHandle:
             return arr.reshape((len(arr), *[int(d) for d in want]))  # type: ignore[arg-type]
         return arr
 
+    def batching(self, x: XArray | None = None,
+                 inputs: Mapping[str, np.ndarray] | None = None) -> tuple[str | None, int | None]:
+        """How the model takes batches: ``(mode, fixed size)`` with mode ``dynamic``, ``symbolic`` (a fixed
+        batch made symbolic after verification), ``fixed`` (run in chunks of exactly that size) or
+        ``unbatched``; decided on ``x`` (and its per-sample companion ``inputs``) first when not decided yet.
+        Other runtimes (the torch backend) follow the same decision."""
+        if self._batch_mode is None and x is not None and len(x):
+            self._decide_batching(x, self._companions(x, inputs))
+        return self._batch_mode, self._fixed_batch
+
     def _decide_batching(self, x: XArray, others: Mapping[str, np.ndarray]) -> None:
         """For a model exported with a fixed batch size: try a symbolic batch dimension and keep it only if
         it gives the same answers as the fixed model on real samples; else fall back to fixed-size chunks."""

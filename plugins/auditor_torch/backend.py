@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -75,6 +76,7 @@ class TorchBackend:
         self.device = device or pick_device(handle.config.device)
         self.batch_size = int(handle.batch_size or 256)
         self.module: OnnxModule = self.build_module().to(self.device).eval()
+        self._modules: dict[tuple[str, ...], OnnxModule] = {}
         self.notes: list[str] = []
         if self.device.type == "cpu" and (handle.config.device or "").startswith("cuda"):
             self.notes.append("torch sees no CUDA device: the torch backend runs on the CPU")
@@ -143,28 +145,69 @@ class TorchBackend:
             return -lp
         raise ValueError(f"of must be 'logit', 'prob' or 'loss', not {of!r}")
 
+    # ------------------------------------------------------------------------------------------ batching
+    def chunks(self, x: np.ndarray, batch_size: int | None = None) -> Iterator[tuple[np.ndarray, int]]:
+        """``(batch, real rows)`` over ``x``, following ONNX Runtime's batching decision
+        (:meth:`ModelHandle.batching`): a model that only runs its fixed export batch gets exactly that many
+        rows, the last chunk padded with copies of its last row (the caller drops the padding's outputs)."""
+        mode, fixed = self.handle.batching(x)
+        if mode == "fixed":
+            size = fixed or 1
+            for s in range(0, len(x), size):
+                xb = np.asarray(x[s:s + size])
+                n = len(xb)
+                if n < size:
+                    xb = np.concatenate([xb, np.repeat(xb[-1:], size - n, axis=0)])
+                yield xb, n
+            return
+        bs = batch_size or self.batch_size
+        for s in range(0, len(x), bs):
+            xb = np.asarray(x[s:s + bs])
+            yield xb, len(xb)
+
     # ------------------------------------------------------------------------------------------ interface
     def forward(self, x: np.ndarray, batch_size: int | None = None) -> np.ndarray:
         """The audited output for ``x`` (batched, no gradients)."""
-        bs = batch_size or self.batch_size
-        parts = []
+        return self.forward_outputs(x, [self.output_name], batch_size)[self.output_name]
+
+    def forward_outputs(self, x: np.ndarray, names: Sequence[str],
+                        batch_size: int | None = None) -> dict[str, np.ndarray]:
+        """Several tensors of the model for ``x`` (batched like :meth:`forward`); a module computing them is
+        built once per set of names."""
+        key = tuple(names)
+        module = self.module if key == (self.output_name,) else self._modules.get(key)
+        if module is None:
+            h = self.handle
+            d0 = h.input.shape[0] if h.input.shape else None
+            module = build_module(h.proto, output=key[0], input_name=h.input.name, base_dir=h.path.parent,
+                                  feeds=h.feeds, fixed_batch=d0 if isinstance(d0, int) else None,
+                                  extra_outputs=key[1:]).to(self.device).eval()
+            self._modules[key] = module
+        parts: dict[str, list[np.ndarray]] = {n: [] for n in key}
         with torch.no_grad():
-            for s in range(0, len(x), bs):
-                parts.append(self.module(self.tensor(x[s:s + bs])).detach().cpu().numpy())
-        return np.concatenate(parts)
+            for xb, n in self.chunks(x, batch_size):
+                res = module.forward_many(self.tensor(xb), key)
+                for name in key:
+                    t = res[name].detach().cpu().numpy()
+                    parts[name].append(t[:n] if t.ndim else t)
+        return {name: np.concatenate(p) if p and p[0].ndim else np.stack(p) for name, p in parts.items()}
 
     def input_gradients(self, x: np.ndarray, targets: np.ndarray, *, of: str = "logit",
                         batch_size: int | None = None) -> np.ndarray:
         """d score(target) / d x, same shape as ``x`` (see :meth:`score`)."""
-        bs = batch_size or self.batch_size
         targets = np.asarray(targets)
         parts = []
-        for s in range(0, len(x), bs):
-            xt = self.tensor(x[s:s + bs]).requires_grad_(True)
-            tt = torch.from_numpy(targets[s:s + bs].astype(np.int64)).to(self.device)
-            # samples do not interact (eval mode), so the gradient of the sum is each sample's gradient
-            g, = torch.autograd.grad(self.score(xt, tt, of).sum(), xt)
-            parts.append(g.detach().cpu().numpy())
+        start = 0
+        for xb, n in self.chunks(x, batch_size):
+            xt = self.tensor(xb).requires_grad_(True)
+            tb = targets[start:start + n].astype(np.int64)
+            tb = np.concatenate([tb, np.repeat(tb[-1:], len(xb) - n)]) if len(xb) > n else tb
+            tt = torch.from_numpy(tb).to(self.device)
+            # samples do not interact (eval mode), so the gradient of the sum over the real rows is each
+            # sample's gradient (padding rows get none)
+            g, = torch.autograd.grad(self.score(xt, tt, of)[:n].sum(), xt)
+            parts.append(g[:n].detach().cpu().numpy())
+            start += n
         return np.concatenate(parts).reshape(np.shape(x))
 
     def loss_grad(self, xt: torch.Tensor, targets: torch.Tensor, of: str = "loss") -> tuple[torch.Tensor,

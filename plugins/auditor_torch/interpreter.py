@@ -26,6 +26,7 @@ from onnx import helper, numpy_helper
 
 from auditor import graph as G
 from auditor_torch import ops as _ops  # noqa: F401  (registers the built-in ops)
+from auditor_torch import quant as _quant  # noqa: F401  (QuantizeLinear / DequantizeLinear)
 from auditor_torch.registry import OpFn, UnsupportedOpError, lookup
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
@@ -42,6 +43,10 @@ class NodeContext:
     opset: int
     module: OnnxModule
     index: int = 0
+    #: outer-scope tensors a control-flow node's subgraphs read (appended to its inputs, in this order)
+    captured: list[str] = field(default_factory=list)
+    #: the node's graph attributes compiled for evaluation (``then_branch`` -> :class:`SubGraph`)
+    subgraphs: dict[str, SubGraph] = field(default_factory=dict)
 
     def attr(self, name: str, default: Any = None) -> Any:
         """An attribute's value (strings decoded), or ``default``."""
@@ -146,7 +151,9 @@ class OnnxModule(torch.nn.Module):
         self.producers: dict[str, onnx.NodeProto] = {}
         steps: list[_Step] = []
         missing: dict[str, int] = {}
-        for idx, node in enumerate(graph.node):
+        self._taken = taken
+        # exporters such as keras2onnx write nodes out of order; evaluation needs producers first
+        for idx, node in enumerate(G.topological_order(graph)):
             for o in node.output:
                 if o:
                     self.producers[o] = node
@@ -157,15 +164,13 @@ class OnnxModule(torch.nn.Module):
                     self.register_buffer(k, to_torch(value))
                     self._where[node.output[0]] = ("buf", k)
                     continue
-            fn = lookup(node.op_type, node.domain)
-            if fn is None:
-                label = f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
-                missing[label] = missing.get(label, 0) + 1
+            ctx = self._node_context(node, idx, missing)
+            if ctx is None:
                 continue
-            dom = node.domain if node.domain not in ("", "ai.onnx") else ""
-            ctx = NodeContext(node, _attrs(node), opsets.get(dom, opsets.get("", 17)), self, idx)
+            fn = lookup(node.op_type, node.domain)
+            assert fn is not None
             ins: list[tuple[str, str] | None] = []
-            for i in node.input:
+            for i in [*node.input, *ctx.captured]:
                 if not i:
                     ins.append(None)
                 else:
@@ -189,6 +194,34 @@ class OnnxModule(torch.nn.Module):
                 steps[si].free.append(name)
         self._steps = steps
         self.train(False)  # inference semantics unless a trainer says otherwise
+
+    def _node_context(self, node: onnx.NodeProto, idx: int, missing: dict[str, int]) -> NodeContext | None:
+        """The :class:`NodeContext` of a node (its subgraphs compiled), or ``None`` with the op counted in
+        ``missing`` when no implementation is registered (ops inside subgraphs are counted too)."""
+        fn = lookup(node.op_type, node.domain)
+        subs: dict[str, SubGraph] = {}
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                subs[a.name] = SubGraph(a.g, self, missing)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                raise UnsupportedOpError(f"{node.op_type} with a list of subgraphs is not supported")
+        if fn is None:
+            label = f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
+            missing[label] = missing.get(label, 0) + 1
+            return None
+        dom = node.domain if node.domain not in ("", "ai.onnx") else ""
+        captured = sorted(G.subgraph_refs(node)) if subs else []
+        return NodeContext(node, _attrs(node), self.opsets.get(dom, self.opsets.get("", 17)), self, idx,
+                           captured, subs)
+
+    def lookup_tensor(self, name: str, env: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``name`` from ``env``, else a parameter / buffer / constant of the module."""
+        if name in env:
+            return env[name]
+        t = self.tensor(name)
+        if t is None:
+            raise KeyError(f"tensor '{name}' was not computed")
+        return t
 
     # ------------------------------------------------------------------------------------------ lookups
     def tensor(self, name: str) -> torch.Tensor | None:
@@ -274,6 +307,50 @@ class OnnxModule(torch.nn.Module):
     def forward_many(self, x: torch.Tensor, outputs: Sequence[str]) -> dict[str, torch.Tensor]:
         """Several tensors for the data input ``x`` in one pass."""
         return self.run({self.input_name: x}, outputs)
+
+
+class SubGraph:
+    """A control-flow node's subgraph (an ``If`` branch), compiled like the main graph: its initializers and
+    ``Constant`` values become buffers of the owning module (they follow ``.to(device)``), its nodes steps.
+    :meth:`run` evaluates it from the outer-scope tensors it reads and returns its outputs in order."""
+
+    def __init__(self, graph: onnx.GraphProto, module: OnnxModule, missing: dict[str, int]) -> None:
+        self.graph = graph
+        self.module = module
+        self.outputs = [o.name for o in graph.output]
+        self.local: dict[str, str] = {}  # subgraph constant -> buffer key of the module
+        for t in graph.initializer:
+            self._buffer(t.name, numpy_helper.to_array(t))
+        self.steps: list[tuple[NodeContext, OpFn, list[str]]] = []
+        for idx, node in enumerate(G.topological_order(graph)):
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+                value = _constant_value(node)
+                if value is not None:
+                    self._buffer(node.output[0], value)
+                    continue
+            ctx = module._node_context(node, idx, missing)
+            fn = lookup(node.op_type, node.domain)
+            if ctx is not None and fn is not None:
+                self.steps.append((ctx, fn, [*node.input, *ctx.captured]))
+
+    def _buffer(self, name: str, value: np.ndarray) -> None:
+        k = _key("sub_" + name, self.module._taken)
+        self.module.register_buffer(k, to_torch(value))
+        self.local[name] = k
+
+    def run(self, outer: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """The subgraph's outputs, from the outer-scope tensors in ``outer``."""
+        env = dict(outer)
+        for name, k in self.local.items():
+            env[name] = getattr(self.module, k)
+        for ctx, fn, ins in self.steps:
+            args = [self.module.lookup_tensor(i, env) if i else None for i in ins]
+            res = fn(ctx, args)
+            outs = list(res) if isinstance(res, (list, tuple)) else [res]
+            for name, t in zip(ctx.node.output, outs):
+                if name:
+                    env[name] = t
+        return [self.module.lookup_tensor(o, env) for o in self.outputs]
 
 
 def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:

@@ -949,3 +949,67 @@ def _scaler(ctx: NodeContext, ins: Ins) -> Tensor:
     off = torch.tensor(_floats(ctx.attr("offset") or [0.0]), dtype=x.dtype, device=x.device)
     sc = torch.tensor(_floats(ctx.attr("scale") or [1.0]), dtype=x.dtype, device=x.device)
     return (x - off) * sc
+
+
+# ---------------------------------------------------------------------------------------------- rearranging
+@register_op("DepthToSpace")
+def _depth_to_space(ctx: NodeContext, ins: Ins) -> Tensor:
+    """(N, C, H, W) -> (N, C/b², H·b, W·b); ``DCR`` (default) reads the channels as (b, b, C/b²), ``CRD`` as
+    (C/b², b, b)."""
+    x = ins[0]
+    b = int(ctx.attr("blocksize"))
+    n, c, h, w = (int(v) for v in x.shape)
+    if str(ctx.attr("mode", "DCR")).upper() == "CRD":
+        y = x.reshape(n, c // (b * b), b, b, h, w).permute(0, 1, 4, 2, 5, 3)
+    else:
+        y = x.reshape(n, b, b, c // (b * b), h, w).permute(0, 3, 4, 1, 5, 2)
+    return y.reshape(n, c // (b * b), h * b, w * b)
+
+
+@register_op("SpaceToDepth")
+def _space_to_depth(ctx: NodeContext, ins: Ins) -> Tensor:
+    """(N, C, H, W) -> (N, C·b², H/b, W/b), the block offsets leading the channels (the inverse of DCR)."""
+    x = ins[0]
+    b = int(ctx.attr("blocksize"))
+    n, c, h, w = (int(v) for v in x.shape)
+    y = x.reshape(n, c, h // b, b, w // b, b).permute(0, 3, 5, 1, 2, 4)
+    return y.reshape(n, c * b * b, h // b, w // b)
+
+
+@register_op("Shrink")
+def _shrink(ctx: NodeContext, ins: Ins) -> Tensor:
+    """``x - bias`` above ``lambd``, ``x + bias`` below ``-lambd``, 0 between."""
+    x = ins[0]
+    lambd, bias = float(ctx.attr("lambd", 0.5)), float(ctx.attr("bias", 0.0))
+    zero = torch.zeros_like(x)
+    return torch.where(x > lambd, x - bias, torch.where(x < -lambd, x + bias, zero))
+
+
+@register_op("TopK")
+def _topk(ctx: NodeContext, ins: Ins) -> list[Tensor]:
+    """Values and int64 indices of the k largest (smallest) along ``axis``; equal values keep the lower index
+    first, as the specification asks (a stable sort, then the first k)."""
+    x = ins[0]
+    k = _ints(ins[1])[0] if len(ins) > 1 and ins[1] is not None else int(ctx.attr("k"))
+    axis = int(ctx.attr("axis", -1))
+    largest = bool(int(ctx.attr("largest", 1)))
+    _, idx = torch.sort(x.detach(), dim=axis, descending=largest, stable=True)
+    idx = idx.narrow(axis, 0, k)
+    return [torch.gather(x, axis, idx), idx.to(torch.int64)]
+
+
+# ---------------------------------------------------------------------------------------------- control flow
+@register_op("If")
+def _if(ctx: NodeContext, ins: Ins) -> list[Tensor]:
+    """Both branches are evaluated on the outer-scope tensors they read; the outputs of the one ``cond``
+    selects are returned, so the gradient flows through that branch only. An error in the branch not taken
+    is ignored (ONNX Runtime never runs it either: a branch may be valid only when it is selected)."""
+    cond = bool(ins[0].reshape(-1)[0])
+    outer = dict(zip(ctx.captured, ins[1:]))
+    taken, other = ("then_branch", "else_branch") if cond else ("else_branch", "then_branch")
+    out = ctx.subgraphs[taken].run(outer)
+    try:
+        ctx.subgraphs[other].run(outer)
+    except Exception:  # see the docstring
+        pass
+    return out
