@@ -1,4 +1,5 @@
-"""QuantizeLinear / DequantizeLinear as fake quantization with a straight-through gradient.
+"""QuantizeLinear / DequantizeLinear (and ONNX Runtime's dynamic quantization: DynamicQuantizeLinear,
+ConvInteger, MatMulInteger) as fake quantization with a straight-through gradient.
 
 ``QuantizeLinear`` computes ``q = saturate(round(x / scale) + zero_point)`` (round half to even, saturation to
 the range of the zero point's integer type, uint8 by default). The interpreter keeps ``q`` in the input's
@@ -89,3 +90,49 @@ def _dequantize(ctx: NodeContext, ins: list[Any]) -> Tensor:
     s = _per_axis(scale, qf, axis)
     y = qf - _per_axis(zp.to(qf.dtype), qf, axis) if zp is not None else qf
     return (y * s.to(y.dtype)).to(out_type)
+
+
+# ---------------------------------------------------------------------------------------------- dynamic quantization
+@register_op("DynamicQuantizeLinear")
+def _dynamic_quantize(ctx: NodeContext, ins: list[Any]) -> list[Tensor]:
+    """uint8 quantization with the scale and zero point of the input's range (extended to contain 0):
+    ``scale = (max(0, max x) - min(0, min x)) / 255``, ``zp = saturate(round(-min / scale))``; ``q`` held in
+    float with the straight-through gradient of :func:`_quantize`."""
+    x = ins[0]
+    lo = torch.clamp(x.detach().min(), max=0.0)
+    hi = torch.clamp(x.detach().max(), min=0.0)
+    scale = (hi - lo) / 255.0
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    zp = torch.clamp(torch.round(-lo / scale), 0.0, 255.0)
+    q = torch.clamp(_RoundSTE.apply(x / scale) + zp, 0.0, 255.0)
+    return [q, scale.to(x.dtype), zp.to(torch.uint8)]
+
+
+def _centred(t: Tensor, zp: Tensor | None, axis: int) -> Tensor:
+    """``t - zero_point`` in float64 (exact for 8-bit operands and their int32 sums)."""
+    t64 = t.to(torch.float64)
+    if zp is None:
+        return t64
+    return t64 - _per_axis(zp.to(torch.float64), t64, axis)
+
+
+@register_op("MatMulInteger")
+def _matmul_integer(ctx: NodeContext, ins: list[Any]) -> Tensor:
+    """``(A - a_zp) @ (B - b_zp)``: int32 values, kept in float64 (exact) so that gradients can flow; a
+    per-column ``b_zero_point`` runs along B's last axis."""
+    a, b = ins[0], ins[1]
+    a_zp = ins[2] if len(ins) > 2 else None
+    b_zp = ins[3] if len(ins) > 3 else None
+    return torch.matmul(_centred(a, a_zp, -1), _centred(b, b_zp, -1))
+
+
+@register_op("ConvInteger")
+def _conv_integer(ctx: NodeContext, ins: list[Any]) -> Tensor:
+    """``conv(x - x_zp, w - w_zp)`` with the Conv attributes (padding with the zero point, i.e. 0 after
+    centring), in float64; a per-channel ``w_zero_point`` runs along the output channels."""
+    from auditor_torch.ops import _conv
+
+    x, w = ins[0], ins[1]
+    x_zp = ins[2] if len(ins) > 2 else None
+    w_zp = ins[3] if len(ins) > 3 else None
+    return _conv(ctx, [_centred(x, x_zp, 1), _centred(w, w_zp, 0)])

@@ -225,3 +225,32 @@ def test_parity_compares_every_output_and_follows_fixed_batch(tmp_path: Any) -> 
     ys = np.concatenate([o.run(["y"], {"x": x[i:i + 1]})[0] for i in range(12)])
     assert bm["outputs"]["label"]["violations"] == int(np.sum(ys.argmax(1) != ys.argmin(1)))
     assert bm["outputs"]["y"]["violations"] == 0
+
+
+def test_dynamic_quantization_ops_are_exact() -> None:
+    """DynamicQuantizeLinear against ONNX Runtime; MatMulInteger / ConvInteger against exact integer arithmetic
+    in numpy (ONNX Runtime's u8 x s8 kernels may saturate on some CPUs, so they are not the reference)."""
+    x = (r(3, 8) * 4).astype(np.float32)
+    m = graph("DynamicQuantizeLinear", x, n_out=3)
+    for o, t in zip(m.graph.output, (TensorProto.UINT8, F32, TensorProto.UINT8)):
+        o.type.tensor_type.elem_type = t
+    compare(m, x, tol=1e-7)
+    a = RNG.integers(0, 256, (2, 5, 6)).astype(np.uint8)
+    b = RNG.integers(-128, 128, (6, 4)).astype(np.int8)
+    mm = graph("MatMulInteger", a, [("b", b), ("az", np.uint8(9)), ("bz", np.array([1, -2, 0, 5], np.int8))],
+               out_type=TensorProto.INT32)
+    got = build_module(mm)(torch.from_numpy(a)).detach().numpy()
+    exact = (a.astype(np.int64) - 9) @ (b.astype(np.int64) - np.array([1, -2, 0, 5]))
+    np.testing.assert_array_equal(got, exact)
+    xi = RNG.integers(0, 256, (1, 2, 5, 5)).astype(np.uint8)
+    wi = RNG.integers(-128, 128, (3, 2, 3, 3)).astype(np.int8)
+    cm = graph("ConvInteger", xi, [("w", wi), ("xz", np.uint8(7)), ("wz", np.int8(2))], {"pads": [1, 1, 1, 1]},
+               out_type=TensorProto.INT32)
+    got = build_module(cm)(torch.from_numpy(xi)).detach().numpy()
+    xc = np.pad(xi.astype(np.int64) - 7, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    wc = wi.astype(np.int64) - 2
+    exact = np.zeros((1, 3, 5, 5), np.int64)
+    for i in range(5):
+        for j in range(5):
+            exact[0, :, i, j] = np.tensordot(wc, xc[0, :, i:i + 3, j:j + 3], axes=([1, 2, 3], [0, 1, 2]))
+    np.testing.assert_array_equal(got, exact)
