@@ -1,0 +1,206 @@
+"""Audit every model of the corpus (``fetch_corpus.py``) with ``auditor run`` and write the table of
+``docs/real-exports.md``.
+
+Per model a spec is written with the weights checks (always) and, where the model has one data input,
+synthetic data of the right shape and dtype (uniform in [0, 1) for floats, small integers for integer inputs;
+digits with labels for the scikit-learn exports) for ``torch.parity``, ``sparsity.activations`` and
+``robustness.noise``. Each ``auditor run`` is a subprocess with a time limit; its report.json is read back and
+the table lists, per model, the checks that ran (with status), those skipped (with the reason) and those
+that errored (with the message), plus the numbers this corpus exists to watch: the Lipschitz bound (or why it
+is null), singular weight matrices, torch/ONNX Runtime parity.
+
+    python benchmarks/corpus/audit_corpus.py [--only SUBSTRING] [--no-docs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import yaml
+
+HERE = Path(__file__).resolve().parent
+MODELS = HERE / "models"
+WORK = HERE / "work"
+DOC = HERE.parents[1] / "docs" / "real-exports.md"
+WEIGHTS = ["sparsity.profile", "sparsity.filters", "sparsity.conditioning"]
+DATA = ["torch.parity", "sparsity.activations", "robustness.noise"]
+TIMEOUT_S = 900
+
+
+def _dims(shape: list[Any], n: int) -> list[int]:
+    """A concrete shape: the batch axis gets ``n`` rows (the loader chunks fixed-batch models itself), other
+    unknown axes a size that image and sequence models accept (64, a multiple of 32)."""
+    out = []
+    for k, d in enumerate(shape):
+        if k == 0:
+            out.append(n)
+        elif isinstance(d, int) and d > 0:
+            out.append(d)
+        else:
+            out.append(64)
+    return out
+
+
+def make_data(model: onnx.ModelProto, row: dict[str, Any], folder: Path) -> tuple[Path | None, str | None]:
+    """Synthetic data for the model's data input, or ``(None, why not)``."""
+    from auditor import graph as G
+
+    if row["file"].startswith("exporters/sklearn"):
+        return MODELS / "exporters" / "digits.npz", None
+    ins = [G.value_info_spec(i) for i in G.data_inputs(model.graph)]
+    if len(ins) != 1:
+        return None, f"{len(ins)} data inputs ({', '.join(i.name for i in ins)})"
+    spec = ins[0]
+    if spec.shape is None or spec.dtype is None:
+        return None, "input without a tensor shape"
+    elements = int(np.prod(_dims(list(spec.shape), 1)))
+    n = 8 if elements > 100_000 else 32
+    shape = _dims(list(spec.shape), n)
+    rng = np.random.default_rng(0)
+    if spec.dtype.kind == "f":
+        x = rng.random(shape, dtype=np.float32).astype(spec.dtype)
+    elif spec.dtype.kind in "iu":
+        x = rng.integers(0, 4, size=shape).astype(spec.dtype)
+    else:
+        return None, f"input of type {spec.dtype}"
+    path = folder / "data.npz"
+    np.savez(path, x=x)
+    return path, None
+
+
+def spec_for(row: dict[str, Any], folder: Path) -> tuple[dict[str, Any], str | None]:
+    """The spec of one model, and why data checks are left out (if they are)."""
+    path = MODELS / row["file"]
+    model = onnx.load(str(path), load_external_data=False)
+    data, why = make_data(model, row, folder)
+    checks: list[dict[str, Any]] = [{"use": c, "timeout_s": TIMEOUT_S} for c in WEIGHTS]
+    doc: dict[str, Any] = {"version": 1, "model": {"path": str(path)}, "seed": 0,
+                           "report": {"dir": str(folder / "report"), "formats": ["json"]}}
+    if data is not None:
+        doc["data"] = {"path": str(data)}
+        checks += [{"use": "torch.parity", "with": {"limit": 32}, "timeout_s": TIMEOUT_S},
+                   {"use": "sparsity.activations", "with": {"limit": 32}, "timeout_s": TIMEOUT_S},
+                   {"use": "robustness.noise", "with": {"limit": 16, "sigma": [0.05]}, "timeout_s": TIMEOUT_S}]
+        if row["file"].startswith("exporters/sklearn"):
+            checks.append({"use": "performance.metrics", "timeout_s": TIMEOUT_S})
+    doc["checks"] = checks
+    return doc, why
+
+
+def audit(row: dict[str, Any]) -> dict[str, Any]:
+    """Run ``auditor run`` on one model and summarise its report."""
+    folder = WORK / row["file"].replace("/", "__").removesuffix(".onnx")
+    folder.mkdir(parents=True, exist_ok=True)
+    doc, why = spec_for(row, folder)
+    spec = folder / "audit.yaml"
+    spec.write_text(yaml.safe_dump(doc, sort_keys=False))
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "auditor.cli", "run", str(spec), "-q"], capture_output=True,
+                              text=True, timeout=TIMEOUT_S * 3)
+        code, err = proc.returncode, (proc.stderr or proc.stdout).strip().splitlines()
+    except subprocess.TimeoutExpired:
+        code, err = -1, ["timed out"]
+    out: dict[str, Any] = {**row, "exit": code, "seconds": round(time.perf_counter() - t0, 1), "no_data": why,
+                           "checks": {}}
+    report = folder / "report" / "report.json"
+    if code in (2, 3, 4, -1) or not report.exists():
+        out["load_error"] = err[-1] if err else f"exit {code}"
+        return out
+    rep = json.loads(report.read_text())
+    for c in rep["checks"]:
+        out["checks"][c["id"]] = {
+            "status": c["status"],
+            "reason": c.get("skip_reason") or c.get("error") or "",
+            "metrics": {k: c.get("metrics", {}).get(k) for k in (
+                "lipschitz_upper_bound", "singular_matrices", "matrices", "layer_weights", "max_abs_diff",
+                "violations", "quantization_zeros", "sparsity")},
+            "notes": c.get("notes", []),
+        }
+    return out
+
+
+def _reason(c: dict[str, Any]) -> str:
+    return " ".join(str(c["reason"]).split())[:140]
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """The Markdown of docs/real-exports.md."""
+    lines = ["| model | source / exporter | ran | skipped (reason) | errored | Lipschitz bound | parity |",
+             "|---|---|---|---|---|---|---|"]
+    totals = {"models": len(rows), "errored_checks": 0, "load_errors": 0, "ran": 0, "skipped": 0}
+    for r in rows:
+        src = f"{r['source']}; {r['exporter']}"
+        if "load_error" in r:
+            totals["load_errors"] += 1
+            lines.append(f"| {r['name']} | {src} | — | — | load: {r['load_error'][:160]} | | |")
+            continue
+        cs = r["checks"]
+        ran = [f"{k} ({v['status']})" for k, v in cs.items() if v["status"] not in ("skipped", "error")]
+        skipped = [f"{k}: {_reason(v)}" for k, v in cs.items() if v["status"] == "skipped"]
+        if r.get("no_data"):
+            skipped.append(f"data checks: {r['no_data']}")
+        errored = [f"{k}: {_reason(v)}" for k, v in cs.items() if v["status"] == "error"]
+        totals["ran"] += len(ran)
+        totals["skipped"] += len(skipped)
+        totals["errored_checks"] += len(errored)
+        cond = cs.get("sparsity.conditioning", {})
+        lip = cond.get("metrics", {}).get("lipschitz_upper_bound") if cond else None
+        lip_s = "—"
+        if cond and cond.get("status") not in ("skipped", "error"):
+            if lip is None:
+                why = next((n for n in cond.get("notes", []) if n.startswith("lipschitz_upper_bound")), "")
+                lip_s = "null: " + why.split("bounds: ")[-1][:90] if "bounds: " in why else "null"
+            else:
+                lip_s = f"{lip:.3g}"
+        par = cs.get("torch.parity", {})
+        par_s = "—"
+        if par and par.get("status") not in ("skipped", "error"):
+            pm = par["metrics"]
+            par_s = f"max diff {pm['max_abs_diff']:.2g}, {pm['violations']} violations"
+        lines.append(f"| {r['name']} | {src} | {', '.join(ran) or '—'} | {'; '.join(skipped) or '—'} | "
+                     f"{'; '.join(errored) or '—'} | {lip_s} | {par_s} |")
+    head = (f"{totals['models']} models: {totals['ran']} checks ran, {totals['skipped']} skipped with a reason, "
+            f"{totals['errored_checks']} errored; {totals['load_errors']} models could not be loaded.")
+    return head + "\n\n" + "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", default="")
+    ap.add_argument("--no-docs", action="store_true")
+    args = ap.parse_args()
+    manifest = json.loads((MODELS / "manifest.json").read_text())
+    rows = []
+    for row in manifest:
+        if args.only and args.only not in row["name"]:
+            continue
+        res = audit(row)
+        rows.append(res)
+        print(f"{res['name']:<45} exit {res['exit']:>2} {res['seconds']:>6}s "
+              + (res.get("load_error") or " ".join(f"{k.split('.')[1]}={v['status']}"
+                                                  for k, v in res["checks"].items())), flush=True)
+    (WORK / "results.json").write_text(json.dumps(rows, indent=1, default=str))
+    if not args.no_docs:
+        text = DOC.read_text() if DOC.exists() else ""
+        marker = "<!-- corpus-table -->"
+        body = table(rows)
+        if marker in text:
+            pre, _, rest = text.partition(marker)
+            _, _, post = rest.partition(marker)
+            DOC.write_text(pre + marker + "\n" + body + marker + post)
+        else:
+            DOC.write_text(text + f"\n{marker}\n{body}{marker}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
