@@ -20,7 +20,8 @@ Factors (each an upper bound of the node's L2 Lipschitz constant):
 * inference BatchNormalization ``max_c |γ_c| / √(σ²_c + ε)``;
 * pooling: max pooling ``√(Π_d w_d)`` with ``w_d`` the most windows that share one input along axis
   ``d`` (1 without overlap), average pooling ``√(Π_d w_d / Π_d n_d)`` with ``n_d`` the fewest inputs a
-  window averages (Hölder's ``||A||_2 <= √(||A||_1 ||A||_∞)``); global pooling 1;
+  window averages (Hölder's ``||A||_2 <= √(||A||_1 ||A||_∞)``); global pooling and ReduceMean 1 (a mean of
+  ``k`` inputs has norm ``1/√k``);
 * shape ops (Reshape, Flatten, Transpose, Squeeze, Unsqueeze, Identity, inference Dropout, Cast), Slice and
   constant Pad 1; a final Softmax 1 (its Jacobian ``diag(p) − p pᵀ`` has norm <= 1/2).
 """
@@ -38,7 +39,7 @@ from auditor import graph as G
 
 _ONE = frozenset({"Relu", "Tanh", "Softplus", "Softsign", "Clip", "Identity", "Dropout", "Reshape", "Flatten",
                   "Transpose", "Squeeze", "Unsqueeze", "Cast", "Slice", "GlobalAveragePool", "GlobalMaxPool",
-                  "Softmax", "Abs", "Neg", "Relu6"})
+                  "Softmax", "Abs", "Neg", "Relu6", "ReduceMean"})
 _LINEAR = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 _SHAPE_ONLY_INPUTS = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Slice", "Clip", "Dropout", "Pad", "Expand"})
 _GELU = 1.1290  # sup of d/dx x·Φ(x), reached at x = √2 (1.12837...), rounded up
