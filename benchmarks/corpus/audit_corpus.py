@@ -220,8 +220,10 @@ def main() -> int:
     done = WORK / "results.jsonl"
     if args.table_only:
         rows = [json.loads(line) for line in done.read_text().splitlines()] if done.exists() else []
-        return _write(rows, manifest, args)
-    done.write_text("")
+        latest = {r["name"]: r for r in rows}  # a model audited again (--only) counts once, as last seen
+        return _write(list(latest.values()), manifest, args)
+    if not args.only:
+        done.write_text("")
 
     def one(row: dict[str, Any]) -> dict[str, Any]:
         res = audit(row)
