@@ -78,9 +78,13 @@ def make_data(model: onnx.ModelProto, row: dict[str, Any],
     for spec in batched:
         assert spec.shape is not None and spec.dtype is not None
         shape = list(spec.shape)
-        axis = next((k for k, d in enumerate(shape) if isinstance(d, str) and d == sym), 0)
+        # the batch axis: the one named like the primary input's first axis, or its one unnamed axis
+        axis = next((k for k, d in enumerate(shape) if d == sym and (isinstance(d, str) or (spec is not primary
+                                                                       and [*shape].count(None) == 1))), 0)
         rest = [d for k, d in enumerate(shape) if k != axis]
-        dims = [n] + [d if isinstance(d, int) and d > 0 else 64 for d in rest]
+        # unknown sizes: 64 for image axes, 512 samples for a [batch, time] signal (silero-vad's window)
+        free = 512 if len(shape) == 2 else 64
+        dims = [n] + [d if isinstance(d, int) and d > 0 else free for d in rest]
         if spec.dtype.kind == "f":
             arr = rng.random(dims, dtype=np.float32).astype(spec.dtype)
         elif spec.dtype.kind in "iu":
