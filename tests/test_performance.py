@@ -164,3 +164,30 @@ def test_nan_outputs_are_reported_not_crashed_on(tmp_path: Path) -> None:
     assert m["nonfinite_outputs"] == 7
     assert m["accuracy"] == pytest.approx(np.mean(np.sqrt(x[7:]).argmax(1) == y[7:]) * 93 / 100)
     assert "7 of 100 samples have NaN/inf outputs" in r.check("performance.metrics").findings[0].message
+
+
+def test_calibration_bins_match_numpy_and_sum_to_the_ece(tmp_path: Path) -> None:
+    w = mlp_weights(n_in=8, n_hidden=16, n_out=7)
+    model = write_mlp(tmp_path / "m.onnx", w)
+    x, y = blobs(400, w=w)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    r = run_audit({"checks": [{"use": "performance.metrics", "with": {"ece_bins": 10}}]}, model=model,
+                  data=tmp_path / "d.npz", workdir=tmp_path)
+    m = r.metrics("performance.metrics")
+    p = ort_outputs(model, x).astype(np.float64)
+    conf, correct = p.max(1), p.argmax(1) == y
+    # np.digitize with right=True puts c in bin i when edges[i-1] < c <= edges[i]: Guo et al.'s (lo, hi].
+    idx = np.clip(np.digitize(conf, np.linspace(0, 1, 11), right=True) - 1, 0, 9)
+    bins = m["calibration_bins"]
+    assert len(bins) == 10 and sum(b["count"] for b in bins) == 400
+    for i, b in enumerate(bins):
+        assert (b["lower"], b["upper"]) == pytest.approx((i / 10, (i + 1) / 10))
+        sel = idx == i
+        assert b["count"] == int(sel.sum())
+        if sel.any():
+            assert b["confidence"] == pytest.approx(conf[sel].mean(), abs=1e-6)
+            assert b["accuracy"] == pytest.approx(correct[sel].mean(), abs=1e-12)
+        else:
+            assert b["confidence"] is None and b["accuracy"] is None
+    gap = sum(b["count"] / 400 * abs(b["accuracy"] - b["confidence"]) for b in bins if b["count"])
+    assert m["ece"] == pytest.approx(gap, abs=1e-9)

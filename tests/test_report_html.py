@@ -231,6 +231,27 @@ def test_page_summary_first_then_sections_with_verified_numbers(audited: Any) ->
     assert plot.data["series"]["predicted_counts"] == counts.astype(float).tolist()
 
 
+def test_calibration_gets_a_reliability_diagram_with_the_baseline(audited: Any) -> None:
+    from auditor_performance.render import reliability_figure
+
+    doc, page = audited[0], audited[4]
+    perf = _section(page, "performance.metrics")
+    assert 'aria-label="reliability diagram of calibration_bins"' in perf and "dashed: the baseline" in perf
+    assert 'aria-label="heatmap plot of confusion_matrix"' in perf  # the other metrics keep their plots
+    check = doc["checks"][0]
+    bins, base = check["metrics"]["calibration_bins"], check["baseline_metrics"]["calibration_bins"]
+    fig = reliability_figure(bins, base)
+    top, bottom = fig.axes
+    filled = [b for b in bins if b["count"]]
+    # Bars span their bin and rise to its accuracy; the count panel holds every bin's count.
+    got = [v for p in top.patches for v in (p.get_x(), p.get_width(), p.get_height())]
+    assert got == pytest.approx([v for b in filled for v in (b["lower"], b["upper"] - b["lower"], b["accuracy"])])
+    assert [p.get_height() for p in bottom.patches] == [b["count"] for b in bins]
+    lines = {ln.get_label(): ln for ln in top.get_lines()}
+    assert list(lines["baseline"].get_xdata()) == pytest.approx([b["confidence"] for b in base if b["count"]])
+    assert list(lines["mean confidence"].get_ydata()) == pytest.approx([b["accuracy"] for b in filled])
+
+
 def test_page_is_self_contained(audited: Any) -> None:
     page = audited[4]
     assert "<script" not in page  # nothing to run

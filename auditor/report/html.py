@@ -256,11 +256,7 @@ class HtmlReporter(Reporter):
 
     @staticmethod
     def _generic(c: CheckReport, can_plot: bool) -> str:
-        out = []
-        for p in plots_for(c.metrics):
-            body = _figure(p) if can_plot else plot_table(p)
-            out.append(f"<figure>{body}<figcaption>{esc(p.title)} ({esc(p.kind)})</figcaption></figure>")
-        return "\n".join(out)
+        return generic_figures(c.metrics, can_plot)
 
     @staticmethod
     def _metric_table(metrics: dict[str, Any], baseline: dict[str, Any] | None) -> str:
@@ -305,6 +301,16 @@ class HtmlReporter(Reporter):
             parts.append(f"plugins: {plugins}")
         parts.append("written by onnx-auditor")
         return f'<footer class="meta">{esc(" · ".join(parts))}</footer>'
+
+
+def generic_figures(metrics: dict[str, Any], can_plot: bool = True, skip: tuple[str, ...] = ()) -> str:
+    """The generic plots of ``metrics`` (chosen by shape) as ``<figure>`` elements; top-level keys in ``skip``
+    are left out (a plugin renderer that draws them its own way calls this for the rest)."""
+    out = []
+    for p in plots_for({k: v for k, v in metrics.items() if k not in skip}):
+        body = _figure(p) if can_plot else plot_table(p)
+        out.append(f"<figure>{body}<figcaption>{esc(p.title)} ({esc(p.kind)})</figcaption></figure>")
+    return "\n".join(out)
 
 
 def _figure(p: Plot) -> str:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from auditor import Check, hookimpl
+from auditor.results import CheckReport
 from auditor_performance.metrics import PerformanceMetrics
+from auditor_performance.render import render
 
 __version__ = "0.1.0"
 
@@ -12,3 +14,9 @@ __version__ = "0.1.0"
 def auditor_register_checks() -> list[type[Check]]:
     """``performance.metrics``."""
     return [PerformanceMetrics]
+
+
+@hookimpl
+def auditor_render_check(check: CheckReport, fmt: str) -> str | None:
+    """The reliability diagram (and the generic plots of the other metrics) for ``performance.metrics``."""
+    return render(check, fmt)

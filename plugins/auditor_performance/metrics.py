@@ -16,15 +16,15 @@ from auditor import AuditContext, CheckResult, Finding, Need, param
 from auditor.shards import PredictionShardedCheck
 
 
-def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
-    """ECE with ``bins`` equal-width confidence bins (right-closed, as in Guo et al. 2017); per-bin sums are
-    accumulated in blocks of rows, so millions of predictions need no full-size temporaries."""
+def calibration_sums(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-bin ``(count, correct, confidence sum)`` over ``bins`` equal-width bins of the top-class confidence
+    (right-closed, as in Guo et al. 2017; the first bin holds 0 too), accumulated in blocks of rows, so millions
+    of predictions need no full-size temporaries."""
     edges = np.linspace(0.0, 1.0, bins + 1)
-    n = len(y)
     count = np.zeros(bins, dtype=np.int64)
     acc_sum = np.zeros(bins)
     conf_sum = np.zeros(bins)
-    for start in range(0, n, _BLOCK):
+    for start in range(0, len(y), _BLOCK):
         pb = probs[start:start + _BLOCK]
         conf = pb.max(axis=1)
         correct = (pb.argmax(axis=1) == y[start:start + _BLOCK]).astype(np.float64)
@@ -32,8 +32,28 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15)
         count += np.bincount(idx, minlength=bins)
         acc_sum += np.bincount(idx, weights=correct, minlength=bins)
         conf_sum += np.bincount(idx, weights=conf, minlength=bins)
+    return count, acc_sum, conf_sum
+
+
+def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
+    """ECE with ``bins`` equal-width confidence bins (see :func:`calibration_sums`)."""
+    count, acc_sum, conf_sum = calibration_sums(probs, y, bins)
     nz = count > 0
-    return float(np.sum(np.abs(acc_sum[nz] - conf_sum[nz])) / n)
+    return float(np.sum(np.abs(acc_sum[nz] - conf_sum[nz])) / len(y))
+
+
+def calibration_bins(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> list[dict[str, Any]]:
+    """The reliability diagram's numbers: per equal-width confidence bin its edges, sample count, mean
+    top-class confidence and accuracy (``None`` for an empty bin); the ECE is their count-weighted gap."""
+    count, acc_sum, conf_sum = calibration_sums(probs, y, bins)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    out = []
+    for b in range(bins):
+        n = int(count[b])
+        out.append({"lower": float(edges[b]), "upper": float(edges[b + 1]), "count": n,
+                    "confidence": float(conf_sum[b] / n) if n else None,
+                    "accuracy": float(acc_sum[b] / n) if n else None})
+    return out
 
 
 def log_loss(probs: np.ndarray, y: np.ndarray, eps: float = float(np.finfo(np.float64).eps)) -> float:
@@ -86,6 +106,7 @@ class PerformanceMetrics(PredictionShardedCheck):
         "top*_accuracy": "share with the true class among the top k (named top{k}_accuracy, e.g. top5_accuracy)",
         "log_loss": "mean negative log-likelihood of the true class",
         "ece": "expected calibration error (equal-width bins)",
+        "calibration_bins": "per confidence bin: lower, upper, count, mean confidence, accuracy (reliability diagram)",
         "balanced_accuracy": "mean per-class recall",
         "per_class_recall": "recall of each class, keyed by class label",
         "confusion_matrix": "rows true class, columns predicted class",
@@ -131,6 +152,7 @@ class PerformanceMetrics(PredictionShardedCheck):
         elif len(yf):
             metrics["log_loss"] = log_loss(pf, yf)
             metrics["ece"] = expected_calibration_error(pf, yf, params.ece_bins)
+            metrics["calibration_bins"] = calibration_bins(pf, yf, params.ece_bins)
         pred_lab = np.where(labels < 0, n_classes, labels)  # NaN rows counted as an extra "no prediction" column
         cm = np.bincount(y * (n_classes + 1) + pred_lab, minlength=n_classes * (n_classes + 1)).reshape(
             n_classes, n_classes + 1)
