@@ -252,6 +252,27 @@ def test_calibration_gets_a_reliability_diagram_with_the_baseline(audited: Any) 
     assert list(lines["mean confidence"].get_ydata()) == pytest.approx([b["accuracy"] for b in filled])
 
 
+def test_baseline_is_overlaid_on_curves_and_bars(audited: Any) -> None:
+    doc, page = audited[0], audited[4]
+    check = doc["checks"][0]
+    plots = by_title(plots_for(check["metrics"], baseline=check["baseline_metrics"]))
+    recall = plots["per_class_recall"]
+    assert recall.data["baseline"]["per_class_recall"] == [check["baseline_metrics"]["per_class_recall"][k]
+                                                          for k in recall.data["labels"]]
+    assert "baseline" not in plots["confusion_matrix"].data  # nowhere to put a second matrix
+    perf = _section(page, "performance.metrics")
+    svg = perf[perf.index('aria-label="bar plot of per_class_recall"'):]
+    assert ">baseline<" in svg[: svg.index("</svg>")]  # its legend entry
+    # A curve: the baseline's line joins only over the same x values; its numbers reach the table too.
+    cur = {"curve": [{"sigma": s, "accuracy": a} for s, a in [(0.0, 0.9), (0.1, 0.7), (0.2, 0.5)]]}
+    base = {"curve": [{"sigma": s, "accuracy": a} for s, a in [(0.0, 0.95), (0.1, 0.8), (0.2, 0.6)]]}
+    line = plots_for(cur, baseline=base)[0]
+    assert line.data["baseline"] == {"accuracy": [0.95, 0.8, 0.6]}
+    assert "accuracy (baseline)" in render_svg(line) and "<td>0.8</td>" in plot_table(line)
+    other = {"curve": [{"sigma": s, "accuracy": 0.5} for s in (0.0, 0.3, 0.6)]}
+    assert "baseline" not in plots_for(cur, baseline=other)[0].data
+
+
 def test_page_is_self_contained(audited: Any) -> None:
     page = audited[4]
     assert "<script" not in page  # nothing to run

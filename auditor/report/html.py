@@ -256,7 +256,7 @@ class HtmlReporter(Reporter):
 
     @staticmethod
     def _generic(c: CheckReport, can_plot: bool) -> str:
-        return generic_figures(c.metrics, can_plot)
+        return generic_figures(c.metrics, can_plot, baseline=c.baseline_metrics)
 
     @staticmethod
     def _metric_table(metrics: dict[str, Any], baseline: dict[str, Any] | None) -> str:
@@ -303,11 +303,13 @@ class HtmlReporter(Reporter):
         return f'<footer class="meta">{esc(" · ".join(parts))}</footer>'
 
 
-def generic_figures(metrics: dict[str, Any], can_plot: bool = True, skip: tuple[str, ...] = ()) -> str:
-    """The generic plots of ``metrics`` (chosen by shape) as ``<figure>`` elements; top-level keys in ``skip``
-    are left out (a plugin renderer that draws them its own way calls this for the rest)."""
+def generic_figures(metrics: dict[str, Any], can_plot: bool = True, skip: tuple[str, ...] = (),
+                    baseline: dict[str, Any] | None = None) -> str:
+    """The generic plots of ``metrics`` (chosen by shape) as ``<figure>`` elements, ``baseline`` metrics
+    overlaid on their curves and bars; top-level keys in ``skip`` are left out (a plugin renderer that draws
+    them its own way calls this for the rest)."""
     out = []
-    for p in plots_for({k: v for k, v in metrics.items() if k not in skip}):
+    for p in plots_for({k: v for k, v in metrics.items() if k not in skip}, baseline=baseline):
         body = _figure(p) if can_plot else plot_table(p)
         out.append(f"<figure>{body}<figcaption>{esc(p.title)} ({esc(p.kind)})</figcaption></figure>")
     return "\n".join(out)

@@ -286,8 +286,30 @@ def _rates(metrics: dict[str, Any]) -> Plot | None:
                                  "ylim": [0.0, 1.0], "horizontal": True})
 
 
-def plots_for(metrics: dict[str, Any], max_plots: int = 6, max_depth: int = 2) -> list[Plot]:
-    """The plots that show ``metrics`` (a check's JSON metrics), in metric order, duplicates left out."""
+def with_baseline(plots: list[Plot], baseline: dict[str, Any] | None) -> list[Plot]:
+    """``plots`` with the baseline's numbers attached (``data["baseline"]``: {series: values}) where the
+    baseline's metrics give the same plot (kind and title) over the same x values or bar labels; lines and
+    bars only (a heatmap or interval plot has no place for a second set of numbers)."""
+    if not baseline:
+        return plots
+    base = {(p.kind, p.title): p for p in plots_for(baseline, max_plots=1000)}
+    out = []
+    for p in plots:
+        b = base.get((p.kind, p.title))
+        axis = "x" if p.kind == "line" else "labels"
+        if p.kind not in ("line", "bar") or b is None or b.data.get(axis) != p.data.get(axis):
+            out.append(p)
+            continue
+        over = {k: v for k, v in b.data["series"].items() if k in p.data["series"]}
+        out.append(Plot(p.kind, p.title, {**p.data, "baseline": over}) if over else p)
+    return out
+
+
+def plots_for(metrics: dict[str, Any], max_plots: int = 6, max_depth: int = 2,
+              baseline: dict[str, Any] | None = None) -> list[Plot]:
+    """The plots that show ``metrics`` (a check's JSON metrics), in metric order, duplicates left out; with
+    ``baseline`` (the baseline model's metrics of the same check) its numbers are overlaid where they fit
+    (:func:`with_baseline`)."""
     found: list[Plot] = []
     seen: set[str] = set()
 
@@ -370,7 +392,7 @@ def plots_for(metrics: dict[str, Any], max_plots: int = 6, max_depth: int = 2) -
 
     add(_rates(metrics))
     walk(metrics, "", 0)
-    return found[:max_plots]
+    return with_baseline(found[:max_plots], baseline)
 
 
 # ------------------------------------------------------------------------------------------------- drawing
@@ -428,12 +450,17 @@ def _draw_line(fig: Any, p: Plot) -> None:
 
     d = p.data
     series = d["series"]
+    base = d.get("baseline") or {}
     # Steps and epochs are whole numbers: no 1.5 on their axis.
     whole = all(float(x).is_integer() for x in d["x"])
     if d.get("split") and len(series) > 1:
         axes = fig.subplots(1, len(series), squeeze=False)[0]
         for ax, (name, ys) in zip(axes, series.items()):
-            ax.plot(d["x"], ys, marker="o", ms=3)
+            line = ax.plot(d["x"], ys, marker="o", ms=3, label=name)[0]
+            if name in base:
+                ax.plot(d["x"], base[name], "--", marker="s", ms=2, color=line.get_color(), alpha=0.6,
+                        label=f"{name} (baseline)")
+                ax.legend(fontsize=7)
             ax.set_title(name, fontsize=9)
             ax.set_xlabel(d["x_label"])
             ax.grid(alpha=0.3)
@@ -442,12 +469,15 @@ def _draw_line(fig: Any, p: Plot) -> None:
     else:
         ax = fig.subplots()
         for name, ys in series.items():
-            ax.plot(d["x"], ys, marker="o", ms=3, label=name)
+            line = ax.plot(d["x"], ys, marker="o", ms=3, label=name)[0]
+            if name in base:
+                ax.plot(d["x"], base[name], "--", marker="s", ms=2, color=line.get_color(), alpha=0.6,
+                        label=f"{name} (baseline)")
         ax.set_xlabel(d["x_label"])
         ax.grid(alpha=0.3)
         if whole:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if len(series) > 1:
+        if len(series) > 1 or base:
             ax.legend(fontsize=8)
 
 
@@ -458,6 +488,14 @@ def _draw_bar(fig: Any, p: Plot) -> None:
     n = len(labels)
     xs = list(range(n))
     show_ticks = n <= MAX_BARS_LABELLED
+    base = d.get("baseline") or {}
+
+    def overlay(ax: Any, name: str, at: list[float], horizontal: bool = False) -> None:
+        # The baseline's value of each bar as a short red tick across it.
+        if name in base:
+            pts = (base[name], at) if horizontal else (at, base[name])
+            ax.plot(*pts, "|" if horizontal else "_", ms=12, mew=2, ls="none", color="#e45756",
+                    label="baseline")
 
     def errs(name: str, ys: list[float]) -> Any:
         ivs = d["errors"].get(name)
@@ -483,6 +521,10 @@ def _draw_bar(fig: Any, p: Plot) -> None:
         ax = fig.subplots()
         ys = next(iter(series.values()))
         bars = ax.barh(xs, ys, color="#4c78a8")
+        name0 = next(iter(series))
+        overlay(ax, name0, [float(x) for x in xs], horizontal=True)
+        if name0 in base:
+            ax.legend(fontsize=7)
         ax.bar_label(bars, labels=[f"{v:.4g}" for v in ys], padding=3, fontsize=8)
         ax.set_yticks(xs)
         ax.set_yticklabels(labels, fontsize=8)
@@ -497,6 +539,7 @@ def _draw_bar(fig: Any, p: Plot) -> None:
         axes = fig.subplots(rows, cols, squeeze=False).ravel()
         for ax, (name, ys) in zip(axes, series.items()):
             ax.bar(xs, ys, yerr=errs(name, ys), capsize=3, color="#4c78a8")
+            overlay(ax, name, [float(x) for x in xs])
             ax.set_title(name, fontsize=9)
             ticks(ax)
         for ax in axes[len(series):]:
@@ -507,11 +550,14 @@ def _draw_bar(fig: Any, p: Plot) -> None:
         for i, (name, ys) in enumerate(series.items()):
             offs = [x + (i - (len(series) - 1) / 2) * width for x in xs]
             ax.bar(offs, ys, width=width, yerr=errs(name, ys), capsize=3, label=name)
+            overlay(ax, name, offs)
         ticks(ax)
         if d.get("ylim"):
             ax.set_ylim(*d["ylim"])
-        if len(series) > 1:
-            ax.legend(fontsize=8)
+        if len(series) > 1 or base:
+            handles, names = ax.get_legend_handles_labels()
+            keep = dict(zip(names, handles))  # one "baseline" entry, however many series have one
+            ax.legend(list(keep.values()), list(keep), fontsize=8)
 
 
 def _draw_heatmap(fig: Any, p: Plot) -> None:
@@ -613,7 +659,7 @@ def plot_table(p: Plot, max_rows: int = 50) -> str:
         return f'<table class="data"><tr><th></th><th>value</th><th>interval</th></tr>{body}</table>'
     keys = d["x"] if p.kind == "line" else d["labels"]
     first = d["x_label"] if p.kind == "line" else ""
-    series = d["series"]
+    series = {**d["series"], **{f"{k} (baseline)": v for k, v in (d.get("baseline") or {}).items()}}
     head = f"<th>{e(first)}</th>" + "".join(f"<th>{e(s)}</th>" for s in series)
     rows = []
     for i, k in enumerate(keys[:max_rows]):

@@ -73,4 +73,4 @@ def render(check: CheckReport, fmt: str) -> str | None:
         caption += "; dashed: the baseline"
     svg = figure_svg(reliability_figure(bins, baseline), label="reliability diagram of calibration_bins")
     head = f"<figure>{svg}<figcaption>{esc(caption)}</figcaption></figure>"
-    return head + generic_figures(check.metrics, skip=("calibration_bins",))
+    return head + generic_figures(check.metrics, skip=("calibration_bins",), baseline=check.baseline_metrics)
