@@ -4,11 +4,12 @@ spread of the classifier's per-class weight norms."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, Check, CheckResult, Finding, Param, SkipCheck
+from auditor import AuditContext, Check, CheckResult, Finding, SkipCheck, param
 from auditor.graph import is_float_dtype
 from auditor_sparsity.lipschitz import chain_factors
 from auditor_sparsity.spectral import Spectrum, effective_rank, energy_rank, singular_values
@@ -90,15 +91,16 @@ class Conditioning(Check):
     description = ("Per weight matrix (conv kernels as out × in·kh·kw): spectral norm, smallest singular value, "
                    "condition number, effective rank, ranks for 90/99 % energy; Lipschitz upper bound; spread "
                    "of the last layer's per-class weight norms. Weights only.")
-    params = [
-        Param(name="exact_max_dim", type="integer", default=512, minimum=1,
-              description="Blocks with min(rows, cols) up to this use the exact SVD; larger ones the Gram route."),
-        Param(name="max_rel_error", type="number", default=1e-3, minimum=0,
-              description="Largest a-priori relative error of any singular value allowed on the Gram route "
-                          "(blocks that would exceed it are recomputed exactly)."),
-        Param(name="max_condition", type="number", default=1e6, minimum=1,
-              description="A weight matrix with a larger condition number is reported as a warning finding."),
-    ]
+
+    @dataclass(frozen=True)
+    class Params:
+        exact_max_dim: int = param(512, "Blocks with min(rows, cols) up to this use the exact SVD; larger ones the "
+                "Gram route.", minimum=1)
+        max_rel_error: float = param(1e-3, "Largest a-priori relative error of any singular value allowed on the Gram "
+                "route (blocks that would exceed it are recomputed exactly).", minimum=0)
+        max_condition: float = param(1e6, "A weight matrix with a larger condition number is reported as a warning "
+                "finding.", minimum=1)
+
     needs = frozenset()
     metrics_doc = {
         "layers": "per weight (keyed by initializer name): node, op_type, matrix [rows, cols], blocks, "
@@ -122,12 +124,12 @@ class Conditioning(Check):
         "head": "initializer of the classifier head",
     }
 
-    def run(self, ctx: AuditContext) -> CheckResult:
+    def run(self, ctx: AuditContext, params: Params) -> CheckResult:
         """One tensor at a time: read, decompose, drop."""
         layers = find_layer_weights(ctx.model)
         if not layers:
             raise SkipCheck("the model has no Conv / Gemm / MatMul layer weights")
-        exact_dim, max_err = int(ctx.params["exact_max_dim"]), float(ctx.params["max_rel_error"])
+        exact_dim, max_err = int(params.exact_max_dim), float(params.max_rel_error)
         out: dict[str, Any] = {}
         findings: list[Finding] = []
         log_prod = 0.0
@@ -180,7 +182,7 @@ class Conditioning(Check):
                 findings.append(Finding(message=f"weight '{lw.name}' of {lw.node} is singular (numerical rank "
                                                 f"{rank} of {s.size})",
                                         severity="info", location=lw.name))
-            elif cond > float(ctx.params["max_condition"]):
+            elif cond > float(params.max_condition):
                 findings.append(Finding(message=f"weight '{lw.name}' of {lw.node} is ill-conditioned "
                                                 f"(condition number {cond:.3g})", severity="warn", location=lw.name))
         ctx.report_progress(len(layers), len(layers), "done")

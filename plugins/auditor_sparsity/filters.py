@@ -3,11 +3,12 @@ Investigation of Trained Convolutional Filters" (CVPR 2022)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, Check, CheckResult, Finding, Param, SkipCheck
+from auditor import AuditContext, Check, CheckResult, Finding, SkipCheck, param
 from auditor_sparsity.stats import weight_stats
 from auditor_sparsity.weights import LayerWeight, find_layer_weights
 
@@ -69,14 +70,15 @@ class DegenerateFilters(Check):
     name = "sparsity.filters"
     description = ("Per convolution: all-zero, near-zero and constant (zero-variance) output filters, their "
                    "indices, and the variance entropy of 3×3 kernels (CNN Filter DB); weights only.")
-    params = [
-        Param(name="near_zero_ratio", type="number", default=0.01, minimum=0, maximum=1,
-              description="A filter is near-zero when its max |w| is below this fraction of the layer's max |w|."),
-        Param(name="constant_tol", type="number", default=0.0, minimum=0,
-              description="A filter is constant when max - min <= constant_tol x the layer's max |w|."),
-        Param(name="max_indices", type="integer", default=1000, minimum=0,
-              description="At most this many filter indices listed per category and layer."),
-    ]
+
+    @dataclass(frozen=True)
+    class Params:
+        near_zero_ratio: float = param(0.01, "A filter is near-zero when its max |w| is below this fraction of the "
+                "layer's max |w|.", minimum=0, maximum=1)
+        constant_tol: float = param(0.0, "A filter is constant when max - min <= constant_tol x the layer's max |w|.",
+                minimum=0)
+        max_indices: int = param(1000, "At most this many filter indices listed per category and layer.", minimum=0)
+
     needs = frozenset()
     metrics_doc = {
         "layers": "per conv weight (keyed by initializer name): node, filters, zero_filters, near_zero_filters, "
@@ -93,13 +95,13 @@ class DegenerateFilters(Check):
         "min_variance_entropy": "lowest 3×3 variance entropy over the layers (absent without 3×3 kernels)",
     }
 
-    def run(self, ctx: AuditContext) -> CheckResult:
+    def run(self, ctx: AuditContext, params: Params) -> CheckResult:
         """One pass per conv weight."""
         convs = [lw for lw in find_layer_weights(ctx.model) if lw.kind == "conv"]
         if not convs:
             raise SkipCheck("the model has no convolution weights")
-        ratio, tol = float(ctx.params["near_zero_ratio"]), float(ctx.params["constant_tol"])
-        limit = int(ctx.params["max_indices"])
+        ratio, tol = float(params.near_zero_ratio), float(params.constant_tol)
+        limit = int(params.max_indices)
         layers: dict[str, Any] = {}
         findings: list[Finding] = []
         tot = {"filters": 0, "zero": 0, "near": 0, "const": 0}

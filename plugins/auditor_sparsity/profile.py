@@ -6,9 +6,10 @@ keeps its weights in external data), so a model of many GiB is audited tensor by
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from auditor import AuditContext, Check, CheckResult, Finding, Param, SkipCheck
+from auditor import AuditContext, Check, CheckResult, Finding, SkipCheck, param
 from auditor_sparsity.stats import WeightStats, pq_index, weight_stats
 from auditor_sparsity.weights import LayerWeight, find_layer_weights
 
@@ -69,12 +70,13 @@ class SparsityProfile(Check):
     name = "sparsity.profile"
     description = ("Sparsity of every layer weight (exact and near zeros, all-zero filters / channels / rows / "
                    "columns, PQ index), per layer type and overall; weights only, streamed tensor by tensor.")
-    params = [
-        Param(name="near_zero", type="number", default=1e-3, minimum=0,
-              description="Absolute threshold of the near-zero fraction: |w| <= near_zero."),
-        Param(name="max_indices", type="integer", default=100, minimum=0,
-              description="At most this many indices of all-zero outputs / inputs listed per weight."),
-    ]
+
+    @dataclass(frozen=True)
+    class Params:
+        near_zero: float = param(1e-3, "Absolute threshold of the near-zero fraction: |w| <= near_zero.", minimum=0)
+        max_indices: int = param(100, "At most this many indices of all-zero outputs / inputs listed per weight.",
+                minimum=0)
+
     needs = frozenset()
     metrics_doc = {
         "weights": "per initializer (keyed by its ONNX name): node, op_type, shape, source (initializer | "
@@ -95,12 +97,12 @@ class SparsityProfile(Check):
         "layer_weights": "number of layer weights audited",
     }
 
-    def run(self, ctx: AuditContext) -> CheckResult:
+    def run(self, ctx: AuditContext, params: Params) -> CheckResult:
         """Stream every layer weight once."""
         layers: list[LayerWeight] = find_layer_weights(ctx.model)
         if not layers:
             raise SkipCheck("the model has no Conv / Gemm / MatMul layer weights")
-        near, limit = float(ctx.params["near_zero"]), int(ctx.params["max_indices"])
+        near, limit = float(params.near_zero), int(params.max_indices)
         weights: dict[str, Any] = {}
         groups: dict[str, dict[str, float]] = {}
         totals = {"params": 0, "zeros": 0, "near": 0, "l1": 0.0, "l2sq": 0.0, "zo": 0, "zi": 0, "qz": 0}

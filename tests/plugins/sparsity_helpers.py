@@ -40,7 +40,7 @@ def run_check(check_cls: type, path: Path, **params: Any) -> CheckResult:
     p = {**check_cls.defaults(), **params}
     ctx = AuditContext(check_id=check_cls.name, params=p, model=handle, data=None, seed=0,
                        rng=np.random.default_rng(0))
-    result: CheckResult = check_cls().run(ctx)
+    result: CheckResult = check_cls().run(ctx, check_cls.build_params(p))
     return result
 
 
