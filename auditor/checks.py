@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from auditor.params import NoParams, build, declared, is_params_class, problems_of
+from auditor.params import NoParams, build, declared, is_params_class
 
 if TYPE_CHECKING:
     from auditor.context import AuditContext
@@ -244,9 +244,9 @@ def check_class_problems(cls: Any) -> list[str]:
         for err in Draft202012Validator(schema).iter_errors(p.default):
             out.append(f"{name}: default of parameter '{p.name}' ({p.default!r}) is invalid: {err.message}")
     if typed and not out:
+        # Every field has a default; validate() may still ask the spec for something (a "one of" rule).
         try:
-            instance = cls.Params()
+            cls.Params()
         except Exception as exc:
             return [f"{name}: Params() fails: {type(exc).__name__}: {exc}"]
-        out += [f"{name}: defaults break a rule: {msg}" for msg in problems_of(instance)]
     return out

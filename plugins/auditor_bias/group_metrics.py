@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, CheckResult, Finding, Need, Param, SkipCheck
+from auditor import AuditContext, CheckResult, Finding, Need, SkipCheck, param
 from auditor.shards import PredictionShardedCheck
 from auditor_bias._common import class_label, find_class, group_columns, group_rows, num
 
@@ -212,21 +212,19 @@ class GroupMetrics(PredictionShardedCheck):
     description = ("Per group (or intersection of group columns): count, accuracy, selection rate, TPR, FPR, "
                    "precision, calibration error; demographic parity / equalized odds / equal opportunity "
                    "differences and ratios, accuracy difference, worst-group accuracy, bootstrap intervals.")
-    params = [
-        Param(name="group", type=("string", "array"), items="string", default=None, nullable=True,
-              description="Group column, or several for their intersections (default: every data.groups column)."),
-        Param(name="positive_class", type=("string", "integer"), default=None, nullable=True,
-              description="Positive class of a binary model (default: its second class). Ignored for "
-                          "multi-class models, which are audited one-vs-rest per class."),
-        Param(name="bootstrap", type="integer", default=200, minimum=0,
-              description="Bootstrap replicates for the confidence intervals (0: no intervals)."),
-        Param(name="confidence", type="number", default=0.95, minimum=0.5, maximum=0.999,
-              description="Confidence level of the percentile intervals."),
-        Param(name="min_group_size", type="integer", default=30, minimum=1,
-              description="Groups smaller than this are flagged (their numbers are still reported)."),
-        Param(name="ece_bins", type="integer", default=15, minimum=2,
-              description="Equal-width confidence bins of the per-group calibration error."),
-    ]
+
+    @dataclass(frozen=True)
+    class Params:
+        group: str | list[str] | None = param(None, "Group column, or several for their intersections (default: every "
+                "data.groups column).")
+        positive_class: str | int | None = param(None, "Positive class of a binary model (default: its second class). "
+                "Ignored for multi-class models, which are audited one-vs-rest per class.")
+        bootstrap: int = param(200, "Bootstrap replicates for the confidence intervals (0: no intervals).", minimum=0)
+        confidence: float = param(0.95, "Confidence level of the percentile intervals.", minimum=0.5, maximum=0.999)
+        min_group_size: int = param(30, "Groups smaller than this are flagged (their numbers are still reported).",
+                minimum=1)
+        ece_bins: int = param(15, "Equal-width confidence bins of the per-group calibration error.", minimum=2)
+
     needs = frozenset({Need.DATA, Need.LABELS, Need.GROUPS})
     metrics_doc = {
         "n": "rows used (labelled, with a group value)",
@@ -252,14 +250,14 @@ class GroupMetrics(PredictionShardedCheck):
         "small_groups": "groups with fewer than min_group_size rows",
     }
 
-    def summarize(self, ctx: AuditContext, params: dict[str, Any]) -> CheckResult:
+    def summarize(self, ctx: AuditContext, params: Params) -> CheckResult:
         """Compute everything from one forward pass on the audit data (shared with other checks)."""
         data = ctx.require_data()
-        p = ctx.params
+        p = params
         pred = ctx.predictions()
         if pred.task != "classification" or pred.probs is None or pred.labels is None or pred.classes is None:
             raise SkipCheck("group metrics need a classifier (the model's outputs read as regression)")
-        groups = group_rows(data, group_columns(p["group"], data))
+        groups = group_rows(data, group_columns(p.group, data))
         if groups.n_groups == 0:
             raise SkipCheck(f"no row has a value in {', '.join(groups.columns)}")
         y = ctx.labels()
@@ -267,12 +265,12 @@ class GroupMetrics(PredictionShardedCheck):
         binary = n_classes == 2
         positive = None
         if binary:
-            positive = 1 if p["positive_class"] is None else find_class(p["positive_class"], pred.classes)
+            positive = 1 if p.positive_class is None else find_class(p.positive_class, pred.classes)
         counts = group_counts(y, pred.labels, groups.codes, groups.n_groups, n_classes)
         rates = group_rates(counts)
         disp = disparities(rates)
         head = headline(disp, positive)
-        ece = group_ece(pred.probs, y, groups.codes, groups.n_groups, int(p["ece_bins"]))
+        ece = group_ece(pred.probs, y, groups.codes, groups.n_groups, int(p.ece_bins))
         classes = [class_label(c) for c in pred.classes]
 
         # groups whose rows all have unknown labels are left out of the rates (their count is 0)
@@ -309,7 +307,7 @@ class GroupMetrics(PredictionShardedCheck):
         if not binary:
             metrics["per_class"] = {str(c): {k: num(disp[k][j]) for k in _CLASSWISE} for j, c in enumerate(classes)}
 
-        min_size = int(p["min_group_size"])
+        min_size = int(p.min_group_size)
         per_group: dict[str, dict[str, Any]] = {}
         for gi, key in enumerate(keys):
             entry: dict[str, Any] = {"count": int(counts.n[gi]), "accuracy": float(rates["accuracy"][gi])}
@@ -338,13 +336,13 @@ class GroupMetrics(PredictionShardedCheck):
         if pred.kind == "labels-only":
             notes.append("the model gives labels only: calibration error is not defined")
 
-        replicates = int(p["bootstrap"])
+        replicates = int(p.bootstrap)
         if replicates > 0:
             ctx.check_cancelled()
             boot = bootstrap_counts(y, pred.labels, codes, len(keys), n_classes, replicates, ctx.rng)
             brates = group_rates(boot)
             bhead = headline(disparities(brates), positive)
-            conf = float(p["confidence"])
+            conf = float(p.confidence)
             metrics["ci"] = {k: _interval(v, conf) for k, v in bhead.items()}
             for gi, key in enumerate(keys):
                 per_group[key]["accuracy_ci"] = _interval(brates["accuracy"][:, gi], conf)

@@ -12,11 +12,12 @@ The probe is the core's standardised ridge classifier (``auditor.probes``, the d
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, Check, CheckResult, Finding, Need, Param, SkipCheck
+from auditor import AuditContext, Check, CheckResult, Finding, Need, SkipCheck, param
 from auditor.probes import balanced_accuracy, cross_validated_probe
 from auditor_bias._common import group_columns, group_rows
 
@@ -44,20 +45,18 @@ class Leakage(Check):
     name = "bias.leakage"
     description = ("Accuracy and balanced accuracy of a cross-validated linear probe predicting the sensitive "
                    "column from the model's outputs or an intermediate tensor, against the majority rate.")
-    params = [
-        Param(name="group", type="string", default=None, nullable=True,
-              description="The sensitive column (default: the first data.groups column)."),
-        Param(name="features", type="string", default="outputs",
-              description="'outputs' (class probabilities, or the regression output), 'penultimate', or the "
-                          "name of an intermediate tensor."),
-        Param(name="folds", type="integer", default=5, minimum=2, description="Cross-validation folds."),
-        Param(name="alpha", type="number", default=1.0, minimum=0,
-              description="Ridge penalty of the probe (on standardised features)."),
-        Param(name="max_advantage", type="number", default=0.05, minimum=0, maximum=1,
-              description="A warning finding when probe accuracy exceeds the majority rate by more."),
-        Param(name="limit", type="integer", default=2000, minimum=10,
-              description="At most this many rows (stratified, seeded sample)."),
-    ]
+
+    @dataclass(frozen=True)
+    class Params:
+        group: str | None = param(None, "The sensitive column (default: the first data.groups column).")
+        features: str = param("outputs", "'outputs' (class probabilities, or the regression output), 'penultimate', "
+                "or the name of an intermediate tensor.")
+        folds: int = param(5, "Cross-validation folds.", minimum=2)
+        alpha: float = param(1.0, "Ridge penalty of the probe (on standardised features).", minimum=0)
+        max_advantage: float = param(0.05, "A warning finding when probe accuracy exceeds the majority rate by more.",
+                minimum=0, maximum=1)
+        limit: int = param(2000, "At most this many rows (stratified, seeded sample).", minimum=10)
+
     needs = frozenset({Need.DATA, Need.GROUPS})
     metrics_doc = {
         "n": "rows probed (with a group value)",
@@ -72,16 +71,16 @@ class Leakage(Check):
         "missing_group_rows": "rows without a group value (left out)",
     }
 
-    def run(self, ctx: AuditContext) -> CheckResult:
+    def run(self, ctx: AuditContext, params: Params) -> CheckResult:
         """One batched pass (outputs or the named tensor), then k closed-form ridge fits."""
-        p = ctx.params
-        data = ctx.sample(int(p["limit"]))
-        col = p["group"] if p["group"] is not None else group_columns(None, data)[0]
+        p = params
+        data = ctx.sample(int(p.limit))
+        col = p.group if p.group is not None else group_columns(None, data)[0]
         groups = group_rows(data, [col])
         keep = groups.codes >= 0
         if groups.n_groups < 2:
             raise SkipCheck(f"column '{col}' has fewer than two values: nothing to predict")
-        what = p["features"]
+        what = p.features
         if what == "outputs":
             pred = ctx.predictions(data)
             feats = pred.probs if pred.probs is not None else np.asarray(pred.values, np.float64).reshape(data.n, -1)
@@ -96,10 +95,10 @@ class Leakage(Check):
         present, lab = np.unique(lab, return_inverse=True)
         if len(present) < 2:
             raise SkipCheck(f"fewer than two values of '{col}' among usable rows")
-        k = int(min(p["folds"], len(lab)))
+        k = int(min(p.folds, len(lab)))
         folds = stratified_folds(lab, k, ctx.rng)
         ctx.check_cancelled()
-        oof = cross_validated_probe(x, lab, folds, float(p["alpha"]))
+        oof = cross_validated_probe(x, lab, folds, float(p.alpha))
         counts = np.bincount(lab)
         acc = float(np.mean(oof == lab))
         bal = balanced_accuracy(lab, oof)
@@ -111,11 +110,11 @@ class Leakage(Check):
             "balanced_advantage": bal - 1.0 / len(present), "missing_group_rows": groups.missing,
         }
         notes = [f"probe on {what} ({x.shape[1]} features) of {len(lab)} rows, {k}-fold stratified "
-                 f"cross-validation (seeded), ridge alpha {p['alpha']}"]
+                 f"cross-validation (seeded), ridge alpha {p.alpha}"]
         if data is not ctx.data:
             notes.append(data.notes[-1])
         findings: list[Finding] = []
-        if acc - majority > float(p["max_advantage"]):
+        if acc - majority > float(p.max_advantage):
             findings.append(Finding(
                 message=f"'{col}' can be predicted from {what} with {acc:.1%} accuracy (majority rate "
                         f"{majority:.1%}): the attribute leaks", severity="warn",

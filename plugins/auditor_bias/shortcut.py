@@ -19,14 +19,15 @@ the attribute alone.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, Check, CheckResult, Finding, Need, Param, SkipCheck
+from auditor import AuditContext, Check, CheckResult, Finding, Need, SkipCheck, param
 from auditor.perturb import ValueKind, input_space
 from auditor_bias._common import class_label, find_class, missing_mask
-from auditor_bias.transforms import TRANSFORMS, apply
+from auditor_bias.transforms import TRANSFORMS, apply, transform_problems
 
 
 def valid_ids(x: np.ndarray, bounds: tuple[float, float] | None) -> bool:
@@ -85,41 +86,40 @@ class Shortcut(Check):
     description = ("Apply a counterfactual cue (set_pixels, paste_patch, set_feature, swap_feature, swap_groups) "
                    "to every input: flip rate, the class the flips go to, accuracy change; accuracy gap "
                    "between bias-aligned and bias-conflicting rows.")
-    params = [
-        Param(name="transform", type="string", choices=TRANSFORMS, default=None, nullable=True,
-              description="The cue to apply (may be left out when only the aligned/conflicting gap is wanted)."),
-        Param(name="pixels", type="array", default=None, nullable=True,
-              schema={"type": ["array", "null"], "items": {"type": "array", "items": {"type": "integer"},
+
+    @dataclass(frozen=True)
+    class Params:
+        transform: str | None = param(None, "The cue to apply (may be left out when only the aligned/conflicting gap "
+                "is wanted).", choices=TRANSFORMS)
+        pixels: list[Any] | None = param(None, "set_pixels: [[channel, row, col], ...]",
+                schema={"type": ["array", "null"], "items": {"type": "array", "items": {"type": "integer"},
                                                              "minItems": 3, "maxItems": 3},
-                      "description": "set_pixels: [[channel, row, col], ...]"},
-              description="set_pixels: [[channel, row, col], ...]"),
-        Param(name="value", type="number", default=None, nullable=True,
-              description="set_pixels / set_feature: the value written; paste_patch: a constant patch value."),
-        Param(name="patch", type="array", default=None, nullable=True,
-              description="paste_patch: the patch, [h, w] or [C, h, w] (channel-first)."),
-        Param(name="patch_size", type="array", items="integer", default=None, nullable=True, minimum=1,
-              description="paste_patch: [h, w] of a constant patch."),
-        Param(name="position", type="array", items="integer", default=[0, 0], minimum=0,
-              description="paste_patch: [row, col] of the patch's top-left corner."),
-        Param(name="feature", type=("integer", "string"), default=None, nullable=True,
-              description="set_feature / swap_feature: input index or tabular column name."),
-        Param(name="values", type="array", items="number", default=None, nullable=True,
-              description="swap_feature: the two values [a, b] exchanged (default: the feature's two values)."),
-        Param(name="group", type="string", default=None, nullable=True,
-              description="swap_groups: the column whose groups are exchanged."),
-        Param(name="features", type="array", default=None, nullable=True,
-              description="swap_groups: input indices or column names that encode the group."),
-        Param(name="aligned", type="string", default=None, nullable=True,
-              description="Column marking bias-aligned (1/aligned) and bias-conflicting (0/conflicting) rows."),
-        Param(name="target_class", type=("string", "integer"), default=None, nullable=True,
-              description="The class the cue is expected to push towards (reports follow_rate)."),
-        Param(name="max_flip_rate", type="number", default=0.1, minimum=0, maximum=1,
-              description="A warning finding above this flip rate."),
-        Param(name="max_gap", type="number", default=0.1, minimum=0, maximum=1,
-              description="A warning finding above this aligned − conflicting accuracy gap."),
-        Param(name="limit", type="integer", default=2000, minimum=1,
-              description="At most this many rows (stratified, seeded sample)."),
-    ]
+                      "description": "set_pixels: [[channel, row, col], ...]"})
+        value: float | None = param(None, "set_pixels / set_feature: the value written; paste_patch: a constant patch "
+                "value.")
+        patch: list[Any] | None = param(None, "paste_patch: the patch, [h, w] or [C, h, w] (channel-first).")
+        patch_size: list[int] | None = param(None, "paste_patch: [h, w] of a constant patch.", minimum=1)
+        position: list[int] = param([0, 0], "paste_patch: [row, col] of the patch's top-left corner.", minimum=0)
+        feature: int | str | None = param(None, "set_feature / swap_feature: input index or tabular column name.")
+        values: list[float] | None = param(None, "swap_feature: the two values [a, b] exchanged (default: the "
+                "feature's two values).")
+        group: str | None = param(None, "swap_groups: the column whose groups are exchanged.")
+        features: list[Any] | None = param(None, "swap_groups: input indices or column names that encode the group.")
+        aligned: str | None = param(None, "Column marking bias-aligned (1/aligned) and bias-conflicting "
+                "(0/conflicting) rows.")
+        target_class: str | int | None = param(None, "The class the cue is expected to push towards (reports "
+                "follow_rate).")
+        max_flip_rate: float = param(0.1, "A warning finding above this flip rate.", minimum=0, maximum=1)
+        max_gap: float = param(0.1, "A warning finding above this aligned − conflicting accuracy gap.",
+                minimum=0, maximum=1)
+        limit: int = param(2000, "At most this many rows (stratified, seeded sample).", minimum=1)
+
+        def validate(self) -> list[str]:
+            """A cue, an aligned column or both; each cue's own arguments."""
+            if self.transform is None and self.aligned is None:
+                return ["transform: declare a `transform`, an `aligned` column, or both"]
+            return transform_problems(self)
+
     needs = frozenset({Need.DATA})
     metrics_doc = {
         "n": "rows used",
@@ -137,14 +137,13 @@ class Shortcut(Check):
         "accuracy_conflicting": "accuracy on bias-conflicting rows",
         "aligned_conflicting_gap": "accuracy_aligned − accuracy_conflicting",
         "n_aligned": "bias-aligned rows", "n_conflicting": "bias-conflicting rows",
+        "inputs_changed": "rows whose input the cue changed",
     }
 
-    def run(self, ctx: AuditContext) -> CheckResult:
+    def run(self, ctx: AuditContext, params: Params) -> CheckResult:
         """Two batched passes over a stratified sample: unchanged and with the cue."""
-        p = ctx.params
-        if p["transform"] is None and p["aligned"] is None:
-            raise ValueError("bias.shortcut: declare a `transform`, an `aligned` column, or both")
-        data = ctx.sample(int(p["limit"]))
+        p = params
+        data = ctx.sample(int(p.limit))
         pred0 = ctx.predictions(data)
         if pred0.task != "classification" or pred0.probs is None or pred0.labels is None \
                 or pred0.classes is None:
@@ -161,26 +160,26 @@ class Shortcut(Check):
             known = y >= 0
             metrics["accuracy_before"] = float(np.mean(lab0[known] == y[known])) if known.any() else None
 
-        if p["transform"] is not None:
+        if p.transform is not None:
             x = np.asarray(data.x)
             space = input_space(ctx.model, x, pixels=data.pixels)
             if space.pixels is not None:  # cues drawn on un-normalised pixels, normalised after
                 x0_px = space.to_space(x)
-                x_px, desc = apply(p["transform"], x0_px, p, data, ctx.model.layout, ctx.rng)
+                x_px, desc = apply(p.transform, x0_px, p, data, ctx.model.layout, ctx.rng)
                 # rows the cue left alone keep their exact inputs (no round trip through pixel space)
                 moved = np.any((x_px != x0_px).reshape(len(x), -1), axis=1).reshape((-1,) + (1,) * (x.ndim - 1))
                 x_cf = np.where(moved, space.from_space(x_px), x)
                 notes.append(space.pixels.describe())
             else:
-                x_cf, desc = apply(p["transform"], x, p, data, ctx.model.layout, ctx.rng)
+                x_cf, desc = apply(p.transform, x, p, data, ctx.model.layout, ctx.rng)
             if space.kind is ValueKind.IDS and not valid_ids(x_cf, space.bounds):
                 # a cue on token ids must itself be ids (e.g. set_feature to another token), never arithmetic
-                space.require_arithmetic(f"transform {p['transform']} (it gives values that are not valid ids)")
+                space.require_arithmetic(f"transform {p.transform} (it gives values that are not valid ids)")
             if space.pixels is None:
                 x_cf = x_cf.astype(x.dtype, copy=False) if space.kind is ValueKind.CONTINUOUS else \
                     space.from_space(x_cf)
             changed = int(np.any((x_cf != x).reshape(len(x), -1), axis=1).sum())
-            notes.append(f"transform {p['transform']} {desc}; changed {changed} of {data.n} inputs")
+            notes.append(f"transform {p.transform} {desc}; changed {changed} of {data.n} inputs")
             probs1 = ctx.predict_proba(x_cf, data=data)  # the model's other inputs unchanged
             lab1 = np.where(np.all(np.isfinite(probs1), axis=1),
                             np.argmax(np.nan_to_num(probs1, nan=-1.0), axis=1), -1)
@@ -191,8 +190,8 @@ class Shortcut(Check):
             metrics["flip_target_class"] = classes[fs["flip_target"]] if "flip_target" in fs else None
             metrics["flip_target_share"] = fs.get("flip_target_share")
             metrics["inputs_changed"] = changed
-            if p["target_class"] is not None:
-                t = find_class(p["target_class"], pred0.classes)
+            if p.target_class is not None:
+                t = find_class(p.target_class, pred0.classes)
                 was_not = lab0 != t
                 metrics["follow_rate"] = float(np.mean(lab1[was_not] == t)) if was_not.any() else None
                 metrics["target_probability_change"] = float(np.nanmean(probs1[:, t] - pred0.probs[:, t]))
@@ -202,20 +201,20 @@ class Shortcut(Check):
                     after = float(np.mean(lab1[known] == y[known]))
                     metrics["accuracy_after"] = after
                     metrics["accuracy_change"] = after - float(metrics["accuracy_before"])
-            if fs["flip_rate"] > float(p["max_flip_rate"]):
+            if fs["flip_rate"] > float(p.max_flip_rate):
                 where = f" (mostly to class {metrics['flip_target_class']!r}, " \
                         f"{metrics['flip_target_share']:.0%} of flips)" if fs["flips"] else ""
                 findings.append(Finding(
-                    message=f"{p['transform']} flips {fs['flip_rate']:.1%} of predictions{where}: the model "
+                    message=f"{p.transform} flips {fs['flip_rate']:.1%} of predictions{where}: the model "
                             "relies on this cue", severity="warn",
                     data={"flip_rate": fs["flip_rate"]}))
 
-        if p["aligned"] is not None and y is None:
-            if p["transform"] is None:
+        if p.aligned is not None and y is None:
+            if p.transform is None:
                 raise SkipCheck("the aligned/conflicting gap needs labels (data.y)")
             notes.append("no labels (data.y): the aligned/conflicting gap is not computed")
-        elif p["aligned"] is not None and y is not None:
-            flags = aligned_flags(data.column(p["aligned"]))
+        elif p.aligned is not None and y is not None:
+            flags = aligned_flags(data.column(p.aligned))
             hit = (lab0 == y) & (y >= 0)
             usable = y >= 0
             al, co = usable & (flags == 1), usable & (flags == 0)
@@ -225,7 +224,7 @@ class Shortcut(Check):
             if al.any() and co.any():
                 gap = float(hit[al].mean() - hit[co].mean())
                 metrics["aligned_conflicting_gap"] = gap
-                if gap > float(p["max_gap"]):
+                if gap > float(p.max_gap):
                     findings.append(Finding(
                         message=f"accuracy {metrics['accuracy_aligned']:.1%} on bias-aligned rows but "
                                 f"{metrics['accuracy_conflicting']:.1%} on bias-conflicting ones: the model "
@@ -235,5 +234,5 @@ class Shortcut(Check):
                 notes.append("the aligned column lacks aligned or conflicting rows: no gap")
             unread = int(np.sum(flags < 0))
             if unread:
-                notes.append(f"{unread} rows with a missing or unreadable `{p['aligned']}` value left out of the gap")
+                notes.append(f"{unread} rows with a missing or unreadable `{p.aligned}` value left out of the gap")
         return CheckResult(metrics=metrics, findings=findings, notes=notes)

@@ -14,11 +14,12 @@ histogram. With predicted shares ``p_k`` and true shares ``q_k``:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, CheckResult, Finding, Need, Param, SkipCheck
+from auditor import AuditContext, CheckResult, Finding, Need, SkipCheck, param
 from auditor.shards import PredictionShardedCheck
 from auditor_bias._common import class_label
 
@@ -47,10 +48,12 @@ class PredictionSkew(PredictionShardedCheck):
 
     name = "bias.prediction_skew"
     description = "Predicted class histogram against the true one, with a chi-square distance."
-    params = [
-        Param(name="max_chi2_distance", type="number", default=0.05, minimum=0, maximum=1,
-              description="A warning finding above this chi-square distance."),
-    ]
+
+    @dataclass(frozen=True)
+    class Params:
+        max_chi2_distance: float = param(0.05, "A warning finding above this chi-square distance.",
+                minimum=0, maximum=1)
+
     needs = frozenset({Need.DATA, Need.LABELS})
     metrics_doc = {
         "n": "rows with a known label and a prediction",
@@ -67,7 +70,7 @@ class PredictionSkew(PredictionShardedCheck):
         "predicted_absent_classes": "classes predicted but never in the labels",
     }
 
-    def summarize(self, ctx: AuditContext, params: dict[str, Any]) -> CheckResult:
+    def summarize(self, ctx: AuditContext, params: Params) -> CheckResult:
         """Histograms from the shared forward pass on the whole audit data."""
         pred = ctx.predictions()
         if pred.task != "classification" or pred.labels is None or pred.classes is None:
@@ -98,7 +101,7 @@ class PredictionSkew(PredictionShardedCheck):
         absent = [classes[i] for i in np.flatnonzero(~seen & (o > 0))]
         metrics["predicted_absent_classes"] = absent
         findings: list[Finding] = []
-        if stats["chi2_distance"] > float(ctx.params["max_chi2_distance"]):
+        if stats["chi2_distance"] > float(params.max_chi2_distance):
             findings.append(Finding(
                 message=f"predicted class histogram is skewed (chi-square distance {stats['chi2_distance']:.3f}): "
                         f"class {classes[hi]!r} predicted {ratio[hi]:.2f}x as often as it occurs",

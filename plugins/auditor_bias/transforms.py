@@ -129,32 +129,37 @@ def swap_groups(x: np.ndarray, data: Dataset, group: str, features: Sequence[int
     return out
 
 
-def apply(name: str, x: np.ndarray, params: dict[str, Any], data: Dataset, layout: str | None,
+def transform_problems(p: Any) -> list[str]:
+    """What the shortcut parameters ``p`` lack for their ``transform`` (``"<param>: <message>"``, checked when
+    the spec is read)."""
+    name = p.transform
+    if name == "set_pixels" and (p.pixels is None or p.value is None):
+        return ["pixels: set_pixels needs `pixels: [[c, row, col], ...]` and `value`"]
+    if name in ("set_feature", "swap_feature") and p.feature is None:
+        return [f"feature: {name} needs `feature` (an input index or a column name)"]
+    if name == "set_feature" and p.value is None:
+        return ["value: set_feature needs `value`"]
+    if name == "swap_groups" and (not p.group or not p.features):
+        return ["group: swap_groups needs `group` (a column) and `features` (inputs that encode it)"]
+    return []
+
+
+def apply(name: str, x: np.ndarray, p: Any, data: Dataset, layout: str | None,
           rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
-    """Apply the transform ``name`` configured by the check's ``params``; returns the new inputs and a
-    description of what was done (for the report)."""
+    """Apply the transform ``name`` configured by the check's parameters ``p`` (already checked by
+    :func:`transform_problems`); returns the new inputs and a description of what was done (for the report)."""
     if name == "set_pixels":
-        if params.get("pixels") is None or params.get("value") is None:
-            raise ValueError("set_pixels needs `pixels: [[c, row, col], ...]` and `value`")
-        return set_pixels(x, params["pixels"], float(params["value"]), layout), {
-            "pixels": len(params["pixels"]), "value": float(params["value"])}
+        return set_pixels(x, p.pixels, float(p.value), layout), {"pixels": len(p.pixels), "value": float(p.value)}
     if name == "paste_patch":
-        pos = params.get("position") or [0, 0]
-        out = paste_patch(x, params.get("patch"), params.get("value"), params.get("patch_size"), pos, layout)
-        return out, {"position": list(pos)}
+        pos = p.position or [0, 0]
+        return paste_patch(x, p.patch, p.value, p.patch_size, pos, layout), {"position": list(pos)}
     if name in ("set_feature", "swap_feature"):
-        if params.get("feature") is None:
-            raise ValueError(f"{name} needs `feature` (an input index or a column name)")
-        j = feature_index(params["feature"], data)
+        j = feature_index(p.feature, data)
         if name == "set_feature":
-            if params.get("value") is None:
-                raise ValueError("set_feature needs `value`")
-            return set_feature(x, j, float(params["value"])), {"feature_index": j, "value": float(params["value"])}
-        out, ab = swap_feature(x, j, params.get("values"))
+            return set_feature(x, j, float(p.value)), {"feature_index": j, "value": float(p.value)}
+        out, ab = swap_feature(x, j, p.values)
         return out, {"feature_index": j, "values": ab}
     if name == "swap_groups":
-        if not params.get("group") or not params.get("features"):
-            raise ValueError("swap_groups needs `group` (a column) and `features` (inputs that encode it)")
-        idx = [feature_index(f, data) for f in params["features"]]
-        return swap_groups(x, data, params["group"], idx, rng), {"group": params["group"], "features": idx}
+        idx = [feature_index(f, data) for f in p.features]
+        return swap_groups(x, data, p.group, idx, rng), {"group": p.group, "features": idx}
     raise ValueError(f"unknown transform {name!r} (known: {', '.join(TRANSFORMS)})")

@@ -223,11 +223,21 @@ def test_paste_patch_through_the_tool_nhwc(tmp_path: Path) -> None:
 def test_misconfigured_shortcut_is_an_error(tmp_path: Path) -> None:
     model = make_softmax_model(tmp_path / "m.onnx", np.eye(2), np.zeros(2), (2,))
     np.savez(tmp_path / "d.npz", x=np.zeros((10, 2), np.float32), y=np.zeros(10, int))
-    for params in [{}, {"transform": "set_pixels", "pixels": [[0, 0, 0]], "value": 1.0},
-                   {"transform": "set_feature", "feature": 5, "value": 1.0}]:
-        spec = {"model": {"path": str(model)}, "data": {"path": str(tmp_path / "d.npz")},
+    def spec(params: dict[str, object]) -> dict[str, object]:
+        return {"model": {"path": str(model)}, "data": {"path": str(tmp_path / "d.npz")},
                 "checks": [{"use": "bias.shortcut", "with": params}]}
-        run_audit(spec, workdir=tmp_path, plugins=[auditor_bias], entry_points=False).assert_status(
+
+    # what the parameters alone say is wrong is a spec error with its YAML path (exit 2, before loading)
+    for params, why in [({}, "transform: declare a `transform`, an `aligned` column, or both"),
+                        ({"transform": "set_pixels", "value": 1.0}, "pixels: set_pixels needs"),
+                        ({"transform": "set_feature", "feature": 1}, "value: set_feature needs `value`"),
+                        ({"transform": "swap_groups", "group": "g"}, "group: swap_groups needs")]:
+        r = run_audit(spec(params), workdir=tmp_path, plugins=[auditor_bias], entry_points=False)
+        assert r.exit_code == 2 and f"checks[0].with.{why}" in (r.error or ""), r.error
+    # what depends on the data (pixels on tabular rows, a feature index out of range) errors at run time
+    for params in [{"transform": "set_pixels", "pixels": [[0, 0, 0]], "value": 1.0},
+                   {"transform": "set_feature", "feature": 5, "value": 1.0}]:
+        run_audit(spec(params), workdir=tmp_path, plugins=[auditor_bias], entry_points=False).assert_status(
             "bias.shortcut", "error")
 
 
