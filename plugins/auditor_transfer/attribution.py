@@ -16,14 +16,15 @@ the Spearman rank correlation of the maps is reported beside it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from auditor import ArraySource, AuditContext, Check, CheckResult, ModelHandle, Need, Param, SkipCheck
+from auditor import ArraySource, AuditContext, Check, CheckResult, ModelHandle, Need, SkipCheck, param
 from auditor import graph as G
 from auditor.outputs import Predictions, encode_labels
-from auditor_transfer.common import REFERENCE_PARAM, data_for, jsonable, pick_references, read_outputs, scores
+from auditor_transfer.common import data_for, jsonable, pick_references, read_outputs, reference_param, scores
 from auditor_transfer.stats import spearman_rows
 
 # Occluded copies are built and run this many bytes at a time (all patches of several samples per batch).
@@ -130,23 +131,23 @@ class AttributionDistance(Check):
     description = ("Cosine distance (and rank correlation) between attribution maps of the model and a "
                    "reference on shared inputs: occlusion through forward passes, or gradient × input with a "
                    "differentiable backend.")
-    params = [
-        Param(name="limit", type="integer", default=64, minimum=1, description="Samples explained."),
-        Param(name="method", type="string", default="auto", choices=["auto", "occlusion", "gradient"],
-              description="'auto': gradient × input when the torch backend is installed, else occlusion."),
-        Param(name="patch", type="integer", default=None, nullable=True, minimum=1,
-              description="Occlusion patch: side in pixels for images (null: an eighth of the smaller side), "
-                          "consecutive values for other inputs (null: 1)."),
-        Param(name="baseline", type="string", default="zero", choices=["zero", "mean"],
-              description="Value an occluded patch takes: 0, or the per-feature mean of the sample."),
-        Param(name="score", type="string", default="logit", choices=["logit", "probability"],
-              description="Score explained: the class logit (the input of a final Softmax; probabilities when "
-                          "the graph has none) or the class probability (saturates for confident samples)."),
-        Param(name="target", type="string", default="predicted", choices=["predicted", "label"],
-              description="Class explained: each model's own predicted class, or the true label (when both "
-                          "models know the label's class)."),
-        REFERENCE_PARAM,
-    ]
+
+    @dataclass(frozen=True)
+    class Params:
+        limit: int = param(64, "Samples explained.", minimum=1)
+        method: str = param("auto", "'auto': gradient × input when a gradient backend (the torch plugin) is "
+                "installed, else occlusion.", choices=["auto", "occlusion", "gradient"])
+        patch: int | None = param(None, "Occlusion patch: side in pixels for images (null: an eighth of the smaller "
+                "side), consecutive values for other inputs (null: 1).", minimum=1)
+        baseline: str = param("zero", "Value an occluded patch takes: 0, or the per-feature mean of the sample.",
+                choices=["zero", "mean"])
+        score: str = param("logit", "Score explained: the class logit (the input of a final Softmax; probabilities "
+                "when the graph has none) or the class probability (saturates for confident samples).",
+                choices=["logit", "probability"])
+        target: str = param("predicted", "Class explained: each model's own predicted class, or the true label (when "
+                "both models know the label's class).", choices=["predicted", "label"])
+        reference: str | None = reference_param()
+
     needs = frozenset({Need.DATA, Need.REFERENCE})
     metrics_doc = {
         "distance": "mean over samples of the cosine distance 1 − cos between the two maps; 0 same direction, "
@@ -159,26 +160,23 @@ class AttributionDistance(Check):
         "by_reference": "all of the above for each reference, by name",
     }
 
-    def run(self, ctx: AuditContext) -> CheckResult:
+    def run(self, ctx: AuditContext, params: Params) -> CheckResult:
         """Explain the same sample with each model, then compare the maps sample by sample."""
-        p = ctx.params
-        sample = ctx.sample(int(p["limit"]))
-        refs = pick_references(ctx, p["reference"])
+        p = params
+        sample = ctx.sample(int(p.limit))
+        refs = pick_references(ctx, p.reference)
         notes = list(sample.notes[-1:]) if sample is not ctx.data else []
-        method = str(p["method"])
+        method = str(p.method)
         if method == "auto":
             method = "occlusion"
-            if "torch" in ctx.backends:
-                try:  # every model must be differentiable by the backend, else all use occlusion
-                    for m in [ctx.model, *refs.values()]:
-                        ctx.backends["torch"](m)
-                    method = "gradient"
-                except SkipCheck as exc:
-                    notes.append(f"gradient × input unavailable ({exc}); occlusion used instead")
-        elif method == "gradient" and "torch" not in ctx.backends:
-            raise SkipCheck("method 'gradient' needs the 'torch' backend, which no installed plugin provides")
-        y = sample.y if p["target"] == "label" else None
-        if p["target"] == "label" and y is None:
+            try:  # every model must be differentiable by a gradient backend, else all use occlusion
+                for m in [ctx.model, *refs.values()]:
+                    ctx.gradients(m)
+                method = "gradient"
+            except SkipCheck as exc:
+                notes.append(f"gradient × input unavailable ({exc}); occlusion used instead")
+        y = sample.y if p.target == "label" else None
+        if p.target == "label" and y is None:
             raise SkipCheck("target 'label' needs labels (data.y)")
         self.explained: set[str] = set()
         model_map = self._maps(ctx, ctx.model, np.asarray(sample.x), sample.y, y, method, p)
@@ -193,7 +191,7 @@ class AttributionDistance(Check):
             by_ref[name] = jsonable(self._compare(model_map, ref_map, method))
         first = next(iter(by_ref))
         notes.append(f"attributions by {'gradient × input' if method == 'gradient' else 'occlusion'}"
-                     + (f", patch {self._patch(sample.x, ctx.model, p['patch'])}, explaining the class "
+                     + (f", patch {self._patch(sample.x, ctx.model, p.patch)}, explaining the class "
                         f"{' / '.join(sorted(self.explained))}" if method == "occlusion" else ""))
         if len(by_ref) > 1:
             notes.append(f"headline metrics are for reference '{first}'")
@@ -209,27 +207,26 @@ class AttributionDistance(Check):
         return max(1, min(x.shape[axes[0]], x.shape[axes[1]]) // 8)
 
     def _maps(self, ctx: AuditContext, model: ModelHandle, x: np.ndarray, y_all: np.ndarray | None,
-              y_target: np.ndarray | None, method: str, p: dict[str, Any]) -> np.ndarray:
+              y_target: np.ndarray | None, method: str, p: Params) -> np.ndarray:
         """Attribution maps (n, map size) of one model."""
         pred = read_outputs(model, model.run(x), y=y_all)
         targets = self._targets(pred, y_target)
         if method == "gradient":
             if pred.task != "classification":
                 raise SkipCheck("gradient × input explains a class logit: the models must be classifiers")
-            backend = ctx.backends["torch"](model)
-            g = np.asarray(backend.input_gradients(x, targets, of="logit"), dtype=np.float64)
+            g = np.asarray(ctx.gradients(model).input_gradients(x, targets, of="logit"), dtype=np.float64)
             a = g * np.asarray(x, dtype=np.float64)
             axes = spatial_axes(x, model.layout)
             if axes is not None:  # sum over channels: one value per pixel, whatever the layout
                 a = a.sum(axis=3 if axes == (1, 2) else 1)
             return a.reshape(len(x), -1)
-        if p["baseline"] == "mean":
+        if p.baseline == "mean":
             base = np.asarray(x, dtype=np.float64).mean(axis=0)
         else:
             base = np.zeros(x.shape[1:])
-        scorer = Scorer(model, str(p["score"]), pred.task)
+        scorer = Scorer(model, str(p.score), pred.task)
         self.explained.add(scorer.kind)
-        return occlusion_maps(scorer, x, targets, patch=self._patch(x, model, p["patch"]), baseline=base,
+        return occlusion_maps(scorer, x, targets, patch=self._patch(x, model, p.patch), baseline=base,
                               check=ctx.check_cancelled)
 
     @staticmethod

@@ -8,20 +8,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from auditor import ArraySource, AuditContext, Dataset, ModelHandle, Param, SkipCheck
+from auditor import ArraySource, AuditContext, Dataset, ModelHandle, SkipCheck, param
 from auditor.jsonenc import jsonable as jsonable  # the core's one encoder (NaN, inf -> None), for this plugin
 from auditor.outputs import Predictions, interpret
 
-REFERENCE_PARAM = Param(
-    name="reference", type="string", default=None, nullable=True,
-    description="Name of the reference model to compare with (a key of references:, or 'reference'); "
-                "null compares with every reference; headline metrics are those of the first.",
-)
-SPATIAL_PARAM = Param(
-    name="spatial", type="string", default="flatten", choices=["flatten", "mean"],
-    description="How a layer's per-sample tensor becomes a vector: 'flatten' (every unit, as Kornblith et al.) "
-                "or 'mean' (average over the spatial axes of 4-D NCHW tensors / the token axis of 3-D ones).",
-)
+
+def reference_param() -> Any:
+    """The ``reference`` field of the checks here (``reference: str | None = reference_param()``)."""
+    return param(None, "Name of the reference model to compare with (a key of references:, or 'reference'); null "
+                 "compares with every reference; headline metrics are those of the first.")
+
+
+def spatial_param() -> Any:
+    """The ``spatial`` field of the checks here (``spatial: str = spatial_param()``)."""
+    return param("flatten", "How a layer's per-sample tensor becomes a vector: 'flatten' (every unit, as Kornblith "
+                 "et al.) or 'mean' (average over the spatial axes of 4-D NCHW tensors / the token axis of 3-D ones).",
+                 choices=["flatten", "mean"])
 
 
 def pick_references(ctx: AuditContext, name: str | None) -> dict[str, ModelHandle]:

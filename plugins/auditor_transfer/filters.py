@@ -13,12 +13,13 @@ different numbers of layers are compared at the same relative depth (B = the sma
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, Check, CheckResult, ModelHandle, Need, Param, SkipCheck
-from auditor_transfer.common import REFERENCE_PARAM, jsonable, pick_references
+from auditor import AuditContext, Check, CheckResult, ModelHandle, Need, SkipCheck, param
+from auditor_transfer.common import jsonable, pick_references, reference_param
 from auditor_transfer.stats import filter_basis, histogram_divergences
 
 
@@ -49,14 +50,15 @@ class FilterShift(Check):
     name = "transfer.filter_shift"
     description = ("KL and Jensen–Shannon divergence between the distributions of 3×3 convolution filters of "
                    "the model and a reference, per relative depth, in a shared eigen-filter basis.")
-    params = [
-        Param(name="depth_bins", type="integer", default=None, nullable=True, minimum=1,
-              description="Depth bins; null: the smaller number of 3×3 convolutions of the two models (one "
-                          "layer per bin when both have the same)."),
-        Param(name="bins", type="integer", default=None, nullable=True, minimum=2,
-              description="Histogram bins per coefficient; null: √(filters of the smaller side), 5 to 50."),
-        REFERENCE_PARAM,
-    ]
+
+    @dataclass(frozen=True)
+    class Params:
+        depth_bins: int | None = param(None, "Depth bins; null: the smaller number of 3×3 convolutions of the two "
+                "models (one layer per bin when both have the same).", minimum=1)
+        bins: int | None = param(None, "Histogram bins per coefficient; null: √(filters of the smaller side), 5 to 50.",
+                minimum=2)
+        reference: str | None = reference_param()
+
     needs = frozenset({Need.REFERENCE})
     metrics_doc = {
         "mean_kl": "mean over depths of KL(model ‖ reference) of the filter coefficient distributions, nats; "
@@ -69,9 +71,9 @@ class FilterShift(Check):
         "by_reference": "all of the above for each reference, by name",
     }
 
-    def run(self, ctx: AuditContext) -> CheckResult:
+    def run(self, ctx: AuditContext, params: Params) -> CheckResult:
         """Read the filters of both models and compare them depth by depth."""
-        refs = pick_references(ctx, ctx.params["reference"])
+        refs = pick_references(ctx, params.reference)
         mine = conv3x3_filters(ctx.model)
         if not mine:
             raise SkipCheck("the model has no 3×3 convolutions")
@@ -83,7 +85,7 @@ class FilterShift(Check):
             if not theirs:
                 notes.append(f"{name}: no 3×3 convolutions")
                 continue
-            by_ref[name] = jsonable(self._compare(mine, theirs, ctx.params["depth_bins"], ctx.params["bins"]))
+            by_ref[name] = jsonable(self._compare(mine, theirs, params.depth_bins, params.bins))
         if not by_ref:
             raise SkipCheck("no reference has 3×3 convolutions")
         first = next(iter(by_ref))

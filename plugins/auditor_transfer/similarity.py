@@ -13,21 +13,22 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, Check, CheckResult, Need, Param
+from auditor import AuditContext, Check, CheckResult, Need, param
 from auditor.outputs import encode_labels
 from auditor_transfer.common import (
-    REFERENCE_PARAM,
-    SPATIAL_PARAM,
     as_vectors,
     data_for,
     forward,
     jsonable,
     pick_references,
+    reference_param,
     resolve_layers,
+    spatial_param,
 )
 from auditor_transfer.stats import CKAAccumulator, RSAAccumulator
 
@@ -48,27 +49,24 @@ class Similarity(Check):
     name = "transfer.similarity"
     description = ("Linear CKA and RSA between layers of the model and a reference (layer-by-layer matrices, "
                    "headline for the penultimate features), prediction agreement and complementary knowledge.")
-    params = [
-        Param(name="layers", type=("string", "array"), items="string", default="penultimate",
-              description="Model layers: 'penultimate', 'all' (every activation-producing node, subsampled to "
-                          "max_layers) or a list of tensor names."),
-        Param(name="reference_layers", type=("string", "array"), items="string", default=None, nullable=True,
-              description="Reference layers, same forms; null: the same rule (or names) as layers."),
-        Param(name="max_layers", type="integer", default=8, minimum=1,
-              description="With 'all', at most this many layers, evenly spaced (first and last kept)."),
-        Param(name="limit", type="integer", default=1000, minimum=4,
-              description="Samples used (stratified, seeded)."),
-        Param(name="minibatch", type="integer", default=None, nullable=True, minimum=4,
-              description=f"Minibatch CKA with batches of this size; null: exact if the sample has at most "
-                          f"{FULL_MAX} rows, else batches of {AUTO_MINIBATCH}."),
-        Param(name="unbiased", type="boolean", default=None, nullable=True,
-              description="Use the unbiased HSIC estimator (Song et al. 2012); null: unbiased for minibatches, "
-                          "biased (the classic linear CKA) for one batch."),
-        Param(name="rsa", type="boolean", default=True,
-              description="Also compute RSA (O(n²) per layer, like CKA)."),
-        SPATIAL_PARAM,
-        REFERENCE_PARAM,
-    ]
+
+    @dataclass(frozen=True)
+    class Params:
+        layers: str | list[str] = param("penultimate", "Model layers: 'penultimate', 'all' (every "
+                "activation-producing node, subsampled to max_layers) or a list of tensor names.")
+        reference_layers: str | list[str] | None = param(None, "Reference layers, same forms; null: the same rule (or "
+                "names) as layers.")
+        max_layers: int = param(8, "With 'all', at most this many layers, evenly spaced (first and last kept).",
+                minimum=1)
+        limit: int = param(1000, "Samples used (stratified, seeded).", minimum=4)
+        minibatch: int | None = param(None, f"Minibatch CKA with batches of this size; null: exact if the sample has "
+                f"at most {FULL_MAX} rows, else batches of {AUTO_MINIBATCH}.", minimum=4)
+        unbiased: bool | None = param(None, "Use the unbiased HSIC estimator (Song et al. 2012); null: unbiased for "
+                "minibatches, biased (the classic linear CKA) for one batch.")
+        rsa: bool = param(True, "Also compute RSA (O(n²) per layer, like CKA).")
+        spatial: str = spatial_param()
+        reference: str | None = reference_param()
+
     needs = frozenset({Need.DATA, Need.REFERENCE})
     metrics_doc = {
         "cka": "linear CKA of the penultimate features of the model and the (first) reference; 0 unrelated, "
@@ -91,15 +89,15 @@ class Similarity(Check):
         "unbiased": "whether the unbiased HSIC estimator was used",
     }
 
-    def run(self, ctx: AuditContext) -> CheckResult:
+    def run(self, ctx: AuditContext, params: Params) -> CheckResult:
         """Gather features minibatch by minibatch, accumulate CKA/RSA, compare predictions."""
-        p = ctx.params
-        sample = ctx.sample(int(p["limit"]))
-        refs = pick_references(ctx, p["reference"])
+        p = params
+        sample = ctx.sample(int(p.limit))
+        refs = pick_references(ctx, p.reference)
         notes = list(sample.notes[-1:]) if sample is not ctx.data else []
         model = ctx.model
-        spatial = str(p["spatial"])
-        m_layers = resolve_layers(model, p["layers"], int(p["max_layers"]))
+        spatial = str(p.spatial)
+        m_layers = resolve_layers(model, p.layers, int(p.max_layers))
         m_pen = model.penultimate()
         m_all = list(dict.fromkeys(m_layers + ([m_pen] if m_pen else [])))
         ref_data = {name: data_for(sample, ref) for name, ref in refs.items()}
@@ -107,15 +105,15 @@ class Similarity(Check):
         r_all: dict[str, list[str]] = {}
         r_pen: dict[str, str | None] = {}
         for name, ref in refs.items():
-            r_layers[name] = self._reference_layers(ref, p["layers"], p["reference_layers"], int(p["max_layers"]))
+            r_layers[name] = self._reference_layers(ref, p.layers, p.reference_layers, int(p.max_layers))
             r_pen[name] = ref.penultimate()
             pen = r_pen[name]
             r_all[name] = list(dict.fromkeys(r_layers[name] + ([pen] if pen else [])))
 
         n = sample.n
-        size = int(p["minibatch"]) if p["minibatch"] is not None else (n if n <= FULL_MAX else AUTO_MINIBATCH)
+        size = int(p.minibatch) if p.minibatch is not None else (n if n <= FULL_MAX else AUTO_MINIBATCH)
         splits = np.array_split(np.arange(n), max(1, int(np.ceil(n / size))))
-        unbiased = bool(p["unbiased"]) if p["unbiased"] is not None else len(splits) > 1
+        unbiased = bool(p.unbiased) if p.unbiased is not None else len(splits) > 1
         if unbiased and min(len(s) for s in splits) < 4:
             raise ValueError("the unbiased estimator needs at least 4 samples per minibatch")
         cka = {name: CKAAccumulator(len(m_all), len(r_all[name]), unbiased=unbiased) for name in refs}
@@ -140,7 +138,7 @@ class Similarity(Check):
                 r_task[name], r_classes[name] = rp.predictions.task, rp.predictions.classes
                 r_feats = [as_vectors(rp.layers[t], len(idx), spatial) for t in r_all[name]]
                 cka[name].add(m_feats, r_feats)
-                if p["rsa"]:
+                if p.rsa:
                     rsa[name].add(m_feats, r_feats)
                 if rp.predictions.labels is not None:
                     r_labels[name].append(rp.predictions.labels)
@@ -149,7 +147,7 @@ class Similarity(Check):
         by_ref: dict[str, dict[str, Any]] = {}
         for name in refs:
             cm = cka[name].result()
-            rm = rsa[name].result() if p["rsa"] else None
+            rm = rsa[name].result() if p.rsa else None
             rows = [m_all.index(t) for t in m_layers]
             cols = [r_all[name].index(t) for t in r_layers[name]]
             out: dict[str, Any] = {
@@ -179,7 +177,7 @@ class Similarity(Check):
                                    "batches": len(splits), "unbiased": unbiased}
         if len(splits) > 1:
             notes.append(f"minibatch CKA over {len(splits)} batches of about {size} samples"
-                         + ("; RSA is the mean over batches" if p["rsa"] else ""))
+                         + ("; RSA is the mean over batches" if p.rsa else ""))
         if len(refs) > 1:
             notes.append(f"headline metrics are for reference '{first}'")
         return CheckResult(metrics=metrics, notes=notes)

@@ -14,12 +14,13 @@ Formulas are in :mod:`auditor_transfer.stats`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, Check, CheckResult, ModelHandle, Need, Param, SkipCheck
-from auditor_transfer.common import SPATIAL_PARAM, as_vectors, data_for, forward, jsonable, resolve_layers
+from auditor import AuditContext, Check, CheckResult, ModelHandle, Need, SkipCheck, param
+from auditor_transfer.common import as_vectors, data_for, forward, jsonable, resolve_layers, spatial_param
 from auditor_transfer.stats import (
     encode,
     hscore_and_rank,
@@ -46,21 +47,18 @@ class Transferability(Check):
     name = "transfer.transferability"
     description = ("LogME, LEEP, NCE, H-score and cross-validated linear-probe accuracy of a layer's features "
                    "for the target labels of the audit data (and for each reference model).")
-    params = [
-        Param(name="layer", type="string", default="penultimate",
-              description="Feature layer: 'penultimate' or a tensor name."),
-        Param(name="reference_layer", type="string", default=None, nullable=True,
-              description="Feature layer of the references; null: 'layer' if the reference has that tensor, "
-                          "else its penultimate features."),
-        Param(name="limit", type="integer", default=2000, minimum=10,
-              description="Samples used (stratified, seeded)."),
-        Param(name="folds", type="integer", default=5, minimum=2, description="Folds of the linear probe."),
-        Param(name="probe_alpha", type="number", default=1.0, minimum=0,
-              description="Ridge penalty of the linear probe (on standardised features)."),
-        Param(name="include_references", type="boolean", default=True,
-              description="Also score each reference model, under by_model."),
-        SPATIAL_PARAM,
-    ]
+
+    @dataclass(frozen=True)
+    class Params:
+        layer: str = param("penultimate", "Feature layer: 'penultimate' or a tensor name.")
+        reference_layer: str | None = param(None, "Feature layer of the references; null: 'layer' if the reference "
+                "has that tensor, else its penultimate features.")
+        limit: int = param(2000, "Samples used (stratified, seeded).", minimum=10)
+        folds: int = param(5, "Folds of the linear probe.", minimum=2)
+        probe_alpha: float = param(1.0, "Ridge penalty of the linear probe (on standardised features).", minimum=0)
+        include_references: bool = param(True, "Also score each reference model, under by_model.")
+        spatial: str = spatial_param()
+
     needs = frozenset({Need.DATA, Need.LABELS})
     metrics_doc = {
         "logme": "LogME (You et al. 2021): mean over target classes of the maximised log evidence per sample of "
@@ -80,31 +78,31 @@ class Transferability(Check):
         "by_model": "the same scores for 'model' and each reference, by name",
     }
 
-    def run(self, ctx: AuditContext) -> CheckResult:
+    def run(self, ctx: AuditContext, params: Params) -> CheckResult:
         """Score the model (and the references) on one stratified sample."""
-        p = ctx.params
-        sample = ctx.sample(int(p["limit"]))
+        p = params
+        sample = ctx.sample(int(p.limit))
         if sample.y is None:
             raise SkipCheck("needs labels (data.y)")
         codes, classes = encode(sample.y)
         if len(classes) < 2:
             raise SkipCheck("the target labels have a single class")
         notes = list(sample.notes[-1:]) if sample is not ctx.data else []
-        models: dict[str, tuple[ModelHandle, str]] = {"model": (ctx.model, str(p["layer"]))}
-        if p["include_references"]:
+        models: dict[str, tuple[ModelHandle, str]] = {"model": (ctx.model, str(p.layer))}
+        if p.include_references:
             for name, ref in ctx.references.items():
-                models[name] = (ref, self._reference_layer(ref, str(p["layer"]), p["reference_layer"], notes,
+                models[name] = (ref, self._reference_layer(ref, str(p.layer), p.reference_layer, notes,
                                                            name))
         base = {"n": int(sample.n), "n_classes": len(classes), "label_entropy": label_entropy(codes),
                 "chance_accuracy": float(np.bincount(codes).max() / len(codes))}
-        folds = interleaved_folds(codes, int(p["folds"]))
+        folds = interleaved_folds(codes, int(p.folds))
         by_model: dict[str, dict[str, Any]] = {}
         for name, (model, layer) in models.items():
             ctx.check_cancelled()
             tensor = resolve_layers(model, layer, 1)[0]
             data = sample if model is ctx.model else data_for(sample, model)
             fp = forward(model, data.x, [tensor], y=sample.y)
-            feats = as_vectors(fp.layers[tensor], sample.n, str(p["spatial"]))
+            feats = as_vectors(fp.layers[tensor], sample.n, str(p.spatial))
             out: dict[str, Any] = {"layer": tensor, "feature_dim": int(feats.shape[1])}
             out["logme"] = logme(feats, codes)
             out["hscore"], rank = hscore_and_rank(feats, codes)
@@ -112,7 +110,7 @@ class Transferability(Check):
             if rank >= sample.n - 1:
                 notes.append(f"{name}: the features have as many dimensions as samples; hscore saturates at "
                              f"its maximum (use more samples or spatial: mean)")
-            pred = ridge_probe_predictions(feats, codes, folds, float(p["probe_alpha"]))
+            pred = ridge_probe_predictions(feats, codes, folds, float(p.probe_alpha))
             out["probe_accuracy"] = float(np.mean(pred == codes))
             probs = fp.predictions.probs
             if probs is not None and fp.predictions.labels is not None:
@@ -124,8 +122,8 @@ class Transferability(Check):
         metrics: dict[str, Any] = {**base, **by_model["model"]}
         if len(by_model) > 1:
             metrics["by_model"] = by_model
-        notes.append(f"linear probe: ridge (alpha {p['probe_alpha']}) on standardised features, "
-                     f"{p['folds']} stratified folds")
+        notes.append(f"linear probe: ridge (alpha {p.probe_alpha}) on standardised features, "
+                     f"{p.folds} stratified folds")
         return CheckResult(metrics=jsonable(metrics), notes=notes)
 
     @staticmethod

@@ -267,6 +267,7 @@ def test_attribution_distance_gradient_times_input(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     x = rng.normal(size=(16, 10)).astype(np.float32)
     wa, wb = rng.normal(size=(10, 3)), rng.normal(size=(10, 3))
+    from auditor.hookspecs import GRADIENTS, offers
     from auditor.testing import make_linear_classifier
 
     pa = make_linear_classifier(tmp_path / "a.onnx", wa, np.zeros(3))
@@ -277,7 +278,8 @@ def test_attribution_distance_gradient_times_input(tmp_path: Path) -> None:
     class FakeTorchPlugin:
         @hookimpl
         def auditor_register_backends(self) -> dict[str, Any]:
-            return {"torch": lambda handle: _FakeTorchBackend(weights[str(handle.path)])}
+            # offers the gradients capability, which is what the check asks for (not a plugin's name)
+            return {"torch": offers(GRADIENTS)(lambda handle: _FakeTorchBackend(weights[str(handle.path)]))}
 
     spec = {"checks": [{"use": "transfer.attribution_distance"}], "reference": {"path": str(pb)}}
     res = run_audit(spec, model=pa, data=tmp_path / "d.npz", workdir=tmp_path,
