@@ -7,7 +7,7 @@ One declaration gives validation (``auditor run``), documentation (``auditor che
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -128,14 +128,9 @@ class Check:
     #: Whether the runner should also run this check on the ``baseline:`` model (for delta gates).
     run_on_baseline: ClassVar[bool] = True
 
-    if TYPE_CHECKING:
-        # Transition: typed as any callable until every legacy ``run(self, ctx)`` is migrated.
-        run: Callable[..., CheckResult]
-    else:
-
-        def run(self, ctx: AuditContext, params: Any) -> CheckResult:
-            """Run the check with its typed parameters. Override this."""
-            raise NotImplementedError
+    def run(self, ctx: AuditContext, params: Any) -> CheckResult:
+        """Run the check with its typed parameters (an instance of ``Params``). Override this."""
+        raise NotImplementedError
 
     @classmethod
     def takes_params(cls) -> bool:

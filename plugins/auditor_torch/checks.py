@@ -5,16 +5,19 @@ inside ``run``."""
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, Check, CheckResult, Dataset, Finding, ModelHandle, Need, Param, SkipCheck
+from auditor import AuditContext, Check, CheckResult, Dataset, Finding, ModelHandle, Need, SkipCheck, param
 from auditor.outputs import interpret
 
-_LIMIT = Param(name="limit", type="integer", default=500, minimum=1,
-               description="At most this many audit rows (a seeded sample, stratified by label).")
+
+def _limit() -> Any:
+    """The ``limit`` field of the checks here (``limit: int = _limit()``)."""
+    return param(500, "At most this many audit rows (a seeded sample, stratified by label).", minimum=1)
 
 
 def _clip(v: Any) -> tuple[float, float] | None:
@@ -40,6 +43,12 @@ def _real_input(ctx: AuditContext, what: str) -> None:
                         f"gradients reach (integer ids or pixels have none)")
 
 
+def _clip_problems(clip: list[float] | None) -> list[str]:
+    if clip is not None and (len(clip) != 2 or not clip[0] < clip[1]):
+        return [f"clip: must be [low, high] with low < high, got {clip}"]
+    return []
+
+
 def _seed(ctx: AuditContext) -> int:
     return int(ctx.rng.integers(0, 2**31 - 1))
 
@@ -60,11 +69,13 @@ class Parity(Check):
     name = "torch.parity"
     description = ("Largest absolute/relative difference between the torch interpreter and ONNX Runtime over "
                    "every output; fails where |torch − ort| > tol + rtol·|ort|.")
-    params = [_LIMIT,
-              Param(name="tol", type="number", default=1e-4, minimum=0,
-                    description="Absolute tolerance atol of |torch − ort| <= atol + rtol·|ort|."),
-              Param(name="rtol", type="number", default=1e-5, minimum=0,
-                    description="Relative tolerance rtol of |torch − ort| <= atol + rtol·|ort|.")]
+
+    @dataclass(frozen=True)
+    class Params:
+        limit: int = _limit()
+        tol: float = param(1e-4, "Absolute tolerance atol of |torch − ort| <= atol + rtol·|ort|.", minimum=0)
+        rtol: float = param(1e-5, "Relative tolerance rtol of |torch − ort| <= atol + rtol·|ort|.", minimum=0)
+
     needs = frozenset({Need.DATA})
     metrics_doc = {
         "max_abs_diff": "largest |torch − onnxruntime| over all elements of all compared outputs",
@@ -78,12 +89,12 @@ class Parity(Check):
         "ops": "number of distinct op types interpreted",
     }
 
-    def run(self, ctx: AuditContext) -> CheckResult:
+    def run(self, ctx: AuditContext, params: Params) -> CheckResult:
         """Run the sample through both runtimes and compare every output."""
         _one_input(ctx)
         backend = ctx.backend("torch")
-        data = ctx.sample(int(ctx.params["limit"]))
-        atol, rtol = float(ctx.params["tol"]), float(ctx.params["rtol"])
+        data = ctx.sample(int(params.limit))
+        atol, rtol = float(params.tol), float(params.rtol)
         h = ctx.model
         alias = {z.output: z.tensor for z in h.zipmaps.values()}
         names = list(dict.fromkeys([backend.output_name, *(alias.get(o, o) for o in h.outputs)]))
@@ -246,20 +257,28 @@ class Pgd(Check):
 
     name = "torch.pgd"
     description = "White-box PGD/FGSM (L∞ or L2) at eps: success rate and robust accuracy, verified with ONNX Runtime."
-    params = [
-        Param(name="eps", type="number", default=0.03, minimum=0, description="Perturbation budget ε."),
-        Param(name="norm", type="string", default="linf", choices=["linf", "l2"], description="Threat model."),
-        Param(name="attack", type="string", default="pgd", choices=["pgd", "fgsm"],
-              description="PGD, or FGSM (one step of size eps, no random start)."),
-        Param(name="steps", type="integer", default=10, minimum=1, description="PGD iterations."),
-        Param(name="step_size", type="number", default=None, nullable=True, minimum=0,
-              description="Step α (default 2.5·eps/steps)."),
-        Param(name="restarts", type="integer", default=1, minimum=1, description="Random restarts."),
-        Param(name="random_start", type="boolean", default=True, description="Start at a random point of the ball."),
-        Param(name="clip", type="array", items="number", default=None, nullable=True,
-              description="[low, high] valid input range (e.g. [0, 1] for images); none: unclipped."),
-        _LIMIT,
-    ]
+
+    @dataclass(frozen=True)
+    class Params:
+        eps: float = param(0.03, "Perturbation budget ε.", minimum=0)
+        norm: str = param("linf", "Threat model.", choices=["linf", "l2"])
+        attack: str = param("pgd", "PGD, or FGSM (one step of size eps, no random start).", choices=["pgd", "fgsm"])
+        steps: int = param(10, "PGD iterations.", minimum=1)
+        step_size: float | None = param(None, "Step α (default 2.5·eps/steps).", minimum=0)
+        restarts: int = param(1, "Random restarts.", minimum=1)
+        random_start: bool = param(True, "Start at a random point of the ball.")
+        clip: list[float] | None = param(None, "[low, high] valid input range (e.g. [0, 1] for images); none: "
+                "unclipped.")
+        limit: int = _limit()
+
+        def validate(self) -> list[str]:
+            """A positive budget, a step no larger than the ball, a clip range that is a range."""
+            out = [] if self.eps > 0 else ["eps: must be positive"]
+            if self.step_size is not None and self.eps > 0 and self.step_size > 2 * self.eps:
+                out.append(f"step_size: {self.step_size:g} is more than twice eps ({self.eps:g}) for norm "
+                           f"{self.norm}: every step leaves the ball")
+            return out + _clip_problems(self.clip)
+
     needs = frozenset({Need.DATA, Need.LABELS, Need.GRADIENTS})
     metrics_doc = {
         "success_rate": "share of correctly classified samples whose adversarial example is misclassified (ORT)",
@@ -271,7 +290,7 @@ class Pgd(Check):
         "median_l2": "median L2 norm of the successful perturbations",
     }
 
-    def run(self, ctx: AuditContext) -> CheckResult:
+    def run(self, ctx: AuditContext, params: Params) -> CheckResult:
         """Attack a sample in batches, then re-run the adversarial inputs through ONNX Runtime."""
         _real_input(ctx, "torch.pgd")
         backend = ctx.backend("torch")  # first: skips with a reason when torch is absent
@@ -279,18 +298,18 @@ class Pgd(Check):
 
         from auditor_torch.attacks import AttackConfig, pgd
 
-        p = ctx.params
-        data = ctx.sample(int(p["limit"]))
+        p = params
+        data = ctx.sample(int(p.limit))
         y = ctx.labels(data)
         keep = y >= 0
         x, y = np.asarray(data.x)[keep], y[keep]
         if not len(y):
             raise SkipCheck("no sample has a label the model knows")
-        eps = float(p["eps"])
-        fgsm = p["attack"] == "fgsm"
-        cfg = AttackConfig(eps=eps, norm=p["norm"], steps=1 if fgsm else int(p["steps"]),
-                           step_size=eps if fgsm else p["step_size"], restarts=1 if fgsm else int(p["restarts"]),
-                           random_start=False if fgsm else bool(p["random_start"]), clip=_clip(p["clip"]))
+        eps = float(p.eps)
+        fgsm = p.attack == "fgsm"
+        cfg = AttackConfig(eps=eps, norm=p.norm, steps=1 if fgsm else int(p.steps),
+                           step_size=eps if fgsm else p.step_size, restarts=1 if fgsm else int(p.restarts),
+                           random_start=False if fgsm else bool(p.random_start), clip=_clip(p.clip))
         gen = torch.Generator().manual_seed(_seed(ctx))
         adv = pgd(backend, x, y, cfg, gen, ctx.check_cancelled)
         clean_ok = ctx.predict_proba(x).argmax(1) == y
@@ -307,7 +326,7 @@ class Pgd(Check):
             "median_linf": float(np.median(np.abs(flat[success]).max(1))) if success.any() else None,
             "median_l2": float(np.median(np.linalg.norm(flat[success], axis=1))) if success.any() else None,
         }
-        notes = [f"{p['attack']} {p['norm']} eps={eps:g}, steps={cfg.steps}, restarts={cfg.restarts}; "
+        notes = [f"{p.attack} {p.norm} eps={eps:g}, steps={cfg.steps}, restarts={cfg.restarts}; "
                  f"every adversarial example re-evaluated with ONNX Runtime"]
         findings = []
         if metrics["torch_ort_disagreement"] > 0:
@@ -343,20 +362,18 @@ class BlindSpots(Check):
     name = "torch.blind_spots"
     description = ("Level set traversal from a source towards an image of another class at constant "
                    "confidence: how close it gets (blind spots).")
-    params = [
-        Param(name="limit", type="integer", default=32, minimum=1, description="Source/target pairs (sampled)."),
-        Param(name="steps", type="integer", default=200, minimum=1, description="Traversal iterations."),
-        Param(name="step_size", type="number", default=0.05, minimum=0, maximum=1,
-              description="η: fraction of the orthogonal component of (target − x) taken per step."),
-        Param(name="tolerance", type="number", default=0.05, minimum=0, maximum=1,
-              description="Allowed drop of the source-class confidence."),
-        Param(name="close", type="number", default=0.2, minimum=0,
-              description="A pair is a blind spot when its relative distance is at most this."),
-        Param(name="path_points", type="integer", default=8, minimum=2,
-              description="Points checked on the straight path from source to the final point."),
-        Param(name="clip", type="array", items="number", default=None, nullable=True,
-              description="[low, high] valid input range."),
-    ]
+
+    @dataclass(frozen=True)
+    class Params:
+        limit: int = param(32, "Source/target pairs (sampled).", minimum=1)
+        steps: int = param(200, "Traversal iterations.", minimum=1)
+        step_size: float = param(0.05, "η: fraction of the orthogonal component of (target − x) taken per step.",
+                minimum=0, maximum=1)
+        tolerance: float = param(0.05, "Allowed drop of the source-class confidence.", minimum=0, maximum=1)
+        close: float = param(0.2, "A pair is a blind spot when its relative distance is at most this.", minimum=0)
+        path_points: int = param(8, "Points checked on the straight path from source to the final point.", minimum=2)
+        clip: list[float] | None = param(None, "[low, high] valid input range.")
+
     needs = frozenset({Need.DATA, Need.GRADIENTS})
     metrics_doc = {
         "mean_relative_distance": "mean ‖x_final − x_target‖ / ‖x_source − x_target‖",
@@ -369,19 +386,19 @@ class BlindSpots(Check):
         "n_pairs": "pairs traversed",
     }
 
-    def run(self, ctx: AuditContext) -> CheckResult:
+    def run(self, ctx: AuditContext, params: Params) -> CheckResult:
         """Pair sources with targets of another predicted class and traverse, batched."""
         _real_input(ctx, "torch.blind_spots")
         backend = ctx.backend("torch")
         from auditor_torch.attacks import level_set_traversal
 
-        p = ctx.params
+        p = params
         data = ctx.require_data()
         probs = ctx.predict_proba(np.asarray(data.x))
         pred = probs.argmax(1)
         if len(np.unique(pred)) < 2:
             raise SkipCheck("the model predicts a single class on the data: no target of another class")
-        k = min(int(p["limit"]), data.n)
+        k = min(int(p.limit), data.n)
         src_idx = ctx.rng.choice(data.n, size=k, replace=False)
         tgt_idx = np.empty(k, dtype=np.int64)
         for i, s in enumerate(src_idx):  # picking indices only; the model runs batched below
@@ -389,8 +406,8 @@ class BlindSpots(Check):
             tgt_idx[i] = others[ctx.rng.integers(len(others))]
         x = np.asarray(data.x)
         xs, xt, cls = x[src_idx], x[tgt_idx], pred[src_idx]
-        res = level_set_traversal(backend, xs, xt, cls, steps=int(p["steps"]), step_size=float(p["step_size"]),
-                                  tolerance=float(p["tolerance"]), clip=_clip(p["clip"]),
+        res = level_set_traversal(backend, xs, xt, cls, steps=int(p.steps), step_size=float(p.step_size),
+                                  tolerance=float(p.tolerance), clip=_clip(p.clip),
                                   check=ctx.check_cancelled)
         xf = res.x
         d0 = np.linalg.norm((xs - xt).reshape(k, -1).astype(np.float64), axis=1)
@@ -400,11 +417,11 @@ class BlindSpots(Check):
         pf = ctx.predict_proba(xf)
         kept = pf.argmax(1) == cls
         drop = p_src - pf[np.arange(k), cls]
-        ts = np.linspace(0.0, 1.0, int(p["path_points"]))
+        ts = np.linspace(0.0, 1.0, int(p.path_points))
         path = np.concatenate([xs + t * (xf - xs) for t in ts]).astype(xs.dtype)
         pp = ctx.predict_proba(path)[:, :].reshape(len(ts), k, -1)[:, np.arange(k), cls]
-        tol = float(p["tolerance"])
-        blind = (rel <= float(p["close"])) & kept & (drop <= tol + 1e-6)
+        tol = float(p.tolerance)
+        blind = (rel <= float(p.close)) & kept & (drop <= tol + 1e-6)
         metrics = {
             "mean_relative_distance": float(rel.mean()),
             "median_relative_distance": float(np.median(rel)),
@@ -416,13 +433,13 @@ class BlindSpots(Check):
         }
         findings = []
         if blind.any():
-            findings.append(Finding(message=f"{int(blind.sum())} of {k} inputs moved within {p['close']:g} of "
+            findings.append(Finding(message=f"{int(blind.sum())} of {k} inputs moved within {p.close:g} of "
                                     f"an image of another class keeping prediction and confidence",
                                     severity="info"))
         artifacts = {"source_index": src_idx.tolist(), "target_index": tgt_idx.tolist(),
                      "relative_distance": rel.tolist()}
         return CheckResult(metrics=metrics, findings=findings, artifacts=artifacts,
-                           notes=[f"{p['steps']} steps of size {p['step_size']:g}; confidence of the source's "
+                           notes=[f"{p.steps} steps of size {p.step_size:g}; confidence of the source's "
                                   f"predicted class"])
 
 
@@ -441,15 +458,15 @@ class InputGradients(Check):
     name = "torch.input_gradients"
     description = ("Removal test (DiffROAR-style): does removing the top input-gradient features hurt more than "
                    "removing the bottom ones?")
-    params = [
-        Param(name="fractions", type="array", items="number", default=[0.1, 0.25, 0.5], minimum=0, maximum=1,
-              description="Fractions of input coordinates removed."),
-        Param(name="fill", type="string", default="mean", choices=["mean", "zero"],
-              description="Value a removed coordinate takes."),
-        Param(name="of", type="string", default="logit", choices=["logit", "prob", "loss"],
-              description="Score whose gradient is the attribution."),
-        _LIMIT,
-    ]
+
+    @dataclass(frozen=True)
+    class Params:
+        fractions: list[float] = param([0.1, 0.25, 0.5], "Fractions of input coordinates removed.",
+                minimum=0, maximum=1)
+        fill: str = param("mean", "Value a removed coordinate takes.", choices=["mean", "zero"])
+        of: str = param("logit", "Score whose gradient is the attribution.", choices=["logit", "prob", "loss"])
+        limit: int = _limit()
+
     needs = frozenset({Need.DATA, Need.LABELS, Need.GRADIENTS})
     metrics_doc = {
         "clean_accuracy": "accuracy on the sample (ORT)",
@@ -461,12 +478,12 @@ class InputGradients(Check):
         "fractions": "the fractions, in order",
     }
 
-    def run(self, ctx: AuditContext) -> CheckResult:
+    def run(self, ctx: AuditContext, params: Params) -> CheckResult:
         """Attributions in one batched backward pass per batch; every masked set through ONNX Runtime."""
         _real_input(ctx, "torch.input_gradients")
         backend = ctx.backend("torch")
-        p = ctx.params
-        data = ctx.sample(int(p["limit"]))
+        p = params
+        data = ctx.sample(int(p.limit))
         y = ctx.labels(data)
         keep = y >= 0
         x, y = np.asarray(data.x)[keep], y[keep]
@@ -475,10 +492,10 @@ class InputGradients(Check):
             raise SkipCheck("no sample has a label the model knows")
         flat = x.reshape(n, -1)
         d = flat.shape[1]
-        a = np.abs(backend.input_gradients(x, y, of=p["of"]).reshape(n, -1))
+        a = np.abs(backend.input_gradients(x, y, of=p.of).reshape(n, -1))
         order = np.argsort(-a, axis=1, kind="stable")  # most attributed first
         rand_order = np.argsort(ctx.rng.random((n, d)), axis=1)
-        fill = flat.mean(axis=0) if p["fill"] == "mean" else np.zeros(d, dtype=flat.dtype)
+        fill = flat.mean(axis=0) if p.fill == "mean" else np.zeros(d, dtype=flat.dtype)
         fill_full = np.broadcast_to(fill, flat.shape)
         rows = np.arange(n)[:, None]
 
@@ -487,7 +504,7 @@ class InputGradients(Check):
             xm[rows, idx] = fill_full[rows, idx]
             return float(np.mean(ctx.predict_proba(xm.reshape(x.shape)).argmax(1) == y))
 
-        fr = [float(f) for f in p["fractions"]]
+        fr = [float(f) for f in p.fractions]
         top, bottom, rnd = [], [], []
         for f in fr:
             ctx.check_cancelled()
@@ -507,7 +524,7 @@ class InputGradients(Check):
                                     "least-attributed: input gradients do not highlight discriminative features",
                                     severity="warn"))
         return CheckResult(metrics=metrics, findings=findings,
-                           notes=[f"attribution |d {p['of']} / dx| of the true class; fill={p['fill']}"])
+                           notes=[f"attribution |d {p.of} / dx| of the true class; fill={p.fill}"])
 
 
 # ============================================================================================== retrain
@@ -528,30 +545,27 @@ class Retrain(Check):
     name = "torch.retrain"
     description = ("Retrain under backprop / feedback alignment / DFA / DTP with SGD / Adam / SAM; accuracy gap "
                    "to backprop.")
-    params = [
-        Param(name="rules", type="array", items="string", default=["backprop", "feedback_alignment"],
-              schema={"type": "array", "items": {"enum": ["backprop", "feedback_alignment",
+
+    @dataclass(frozen=True)
+    class Params:
+        rules: list[str] = param(["backprop", "feedback_alignment"], "Training rules.",
+                schema={"type": "array", "items": {"enum": ["backprop", "feedback_alignment",
                                                           "direct_feedback_alignment",
                                                           "difference_target_propagation"]},
-                      "default": ["backprop", "feedback_alignment"], "description": "Training rules."},
-              description="Training rules."),
-        Param(name="optimizers", type="array", items="string", default=["sgd"],
-              schema={"type": "array", "items": {"enum": ["sgd", "adam", "sam"]}, "default": ["sgd"],
-                      "description": "Optimizers (each rule is trained with each)."},
-              description="Optimizers (each rule is trained with each)."),
-        Param(name="reinit", type="boolean", default=False,
-              description="Train from re-initialised weights (true) or fine-tune the shipped ones (false)."),
-        Param(name="epochs", type="integer", default=5, minimum=1, description="Training epochs."),
-        Param(name="batch_size", type="integer", default=64, minimum=1, description="Mini-batch size."),
-        Param(name="lr", type="number", default=None, nullable=True, minimum=0,
-              description="Learning rate (default: 0.05 for SGD and SAM, 0.001 for Adam)."),
-        Param(name="momentum", type="number", default=0.9, minimum=0, maximum=1, description="SGD/SAM momentum."),
-        Param(name="rho", type="number", default=0.05, minimum=0, description="SAM neighbourhood radius ρ."),
-        Param(name="limit", type="integer", default=5000, minimum=1,
-              description="At most this many training rows (and audit rows for evaluation), sampled."),
-        Param(name="save_dir", type="string", default=None, nullable=True,
-              description="Folder for the retrained .onnx models (default: <report dir>/artifacts/<check id>)."),
-    ]
+                      "default": ["backprop", "feedback_alignment"], "description": "Training rules."})
+        optimizers: list[str] = param(["sgd"], "Optimizers (each rule is trained with each).",
+                schema={"type": "array", "items": {"enum": ["sgd", "adam", "sam"]}, "default": ["sgd"],
+                      "description": "Optimizers (each rule is trained with each)."})
+        reinit: bool = param(False, "Train from re-initialised weights (true) or fine-tune the shipped ones (false).")
+        epochs: int = param(5, "Training epochs.", minimum=1)
+        batch_size: int = param(64, "Mini-batch size.", minimum=1)
+        lr: float | None = param(None, "Learning rate (default: 0.05 for SGD and SAM, 0.001 for Adam).", minimum=0)
+        momentum: float = param(0.9, "SGD/SAM momentum.", minimum=0, maximum=1)
+        rho: float = param(0.05, "SAM neighbourhood radius ρ.", minimum=0)
+        limit: int = param(5000, "At most this many training rows (and audit rows for evaluation), sampled.", minimum=1)
+        save_dir: str | None = param(None, "Folder for the retrained .onnx models (default: <report "
+                "dir>/artifacts/<check id>).")
+
     needs = frozenset({Need.DATA, Need.LABELS, Need.TRAIN_DATA})
     run_on_baseline = False
     metrics_doc = {
@@ -561,17 +575,17 @@ class Retrain(Check):
         "max_gap_to_backprop": "largest gap_to_backprop over the applicable non-backprop runs",
     }
 
-    def run(self, ctx: AuditContext) -> CheckResult:
+    def run(self, ctx: AuditContext, params: Params) -> CheckResult:
         """Train each (rule, optimizer) on a copy of the interpreted graph, write it back, evaluate with ORT."""
         _one_input(ctx)
         backend = ctx.backend("torch")
         from auditor_torch.export import write_model
         from auditor_torch.training import NotApplicable, TrainConfig, train
 
-        p = ctx.params
+        p = params
         if ctx.train_data is None:
             raise SkipCheck("the spec has no train_data: section")
-        limit = int(p["limit"])
+        limit = int(p.limit)
         train_set = ctx.sample(limit, ctx.train_data)
         ytr = ctx.labels(train_set)
         ok = ytr >= 0
@@ -580,16 +594,16 @@ class Retrain(Check):
         yev = ctx.labels(eval_set)
         if ctx.predictions().task != "classification":
             raise SkipCheck("retraining supports classifiers")
-        save = Path(p["save_dir"]) if p["save_dir"] else ctx.artifact_path("retrained")
-        rules = list(dict.fromkeys(p["rules"]))
-        optimizers = list(dict.fromkeys(p["optimizers"]))
+        save = Path(p.save_dir) if p.save_dir else ctx.artifact_path("retrained")
+        rules = list(dict.fromkeys(p.rules))
+        optimizers = list(dict.fromkeys(p.optimizers))
         if "backprop" not in rules:
             rules.insert(0, "backprop")  # the reference every gap is measured against
         seed = _seed(ctx)
         original = _evaluate(ctx.model, eval_set, yev)
         runs: dict[str, dict[str, Any]] = {}
         notes: list[str] = [f"trained on {len(ytr)} rows of train_data, evaluated on {eval_set.n} rows of data; "
-                            f"{'re-initialised' if p['reinit'] else 'fine-tuned from the shipped'} weights"]
+                            f"{'re-initialised' if p.reinit else 'fine-tuned from the shipped'} weights"]
         artifacts: dict[str, Any] = {"models": {}}
         total = len(rules) * len(optimizers)
         done = 0
@@ -597,9 +611,9 @@ class Retrain(Check):
             runs[rule] = {}
             for opt in optimizers:
                 ctx.check_cancelled()
-                cfg = TrainConfig(rule=rule, optimizer=opt, epochs=int(p["epochs"]),
-                                  batch_size=int(p["batch_size"]), lr=p["lr"], momentum=float(p["momentum"]),
-                                  rho=float(p["rho"]), reinit=bool(p["reinit"]), seed=seed)
+                cfg = TrainConfig(rule=rule, optimizer=opt, epochs=int(p.epochs),
+                                  batch_size=int(p.batch_size), lr=p.lr, momentum=float(p.momentum),
+                                  rho=float(p.rho), reinit=bool(p.reinit), seed=seed)
                 module = backend.build_module()
                 try:
                     res = train(module, backend, xtr, ytr, cfg, backend.device, ctx.check_cancelled)

@@ -7,9 +7,11 @@ Perspective on the Phenomenon of Adversarial Examples").
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from auditor import AuditContext, Check, CheckResult, Finding, Need, Param, SkipCheck, hookimpl
+from auditor import AuditContext, Check, CheckResult, Finding, Need, SkipCheck, hookimpl, param
 
 __version__ = "0.1.0"
 
@@ -25,31 +27,32 @@ class Margin(Check):
 
     name = "example.margin"
     description = "Margin between the top two class probabilities; share of predictions below a threshold."
-    params = [
-        Param(name="threshold", type="number", default=0.1, minimum=0, maximum=1,
-              description="A margin below this counts as a low-margin prediction."),
-        Param(name="limit", type="integer", default=None, nullable=True, minimum=1,
-              description="Audit at most this many samples (stratified sample)."),
-    ]
+
+    @dataclass(frozen=True)
+    class Params:
+        threshold: float = param(0.1, "A margin below this counts as a low-margin prediction.", minimum=0, maximum=1)
+        limit: int | None = param(None, "Audit at most this many samples (stratified sample).", minimum=1)
+
     needs = frozenset({Need.DATA})
     metrics_doc = {
         "mean_margin": "mean of p(top-1) − p(top-2)",
         "median_margin": "median of the margin",
         "low_margin_rate": "share of samples whose margin is below `threshold`",
+        "n": "samples evaluated",
     }
 
-    def run(self, ctx: AuditContext) -> CheckResult:
+    def run(self, ctx: AuditContext, params: Params) -> CheckResult:
         """One batched forward pass, then numpy."""
-        data = ctx.sample(ctx.params["limit"])
+        data = ctx.sample(params.limit)
         pred = ctx.predictions(data)
         if pred.probs is None or pred.probs.shape[1] < 2:
             raise SkipCheck("needs a classifier with at least two classes")
         m = top2_margin(pred.probs)
-        rate = float(np.mean(m < ctx.params["threshold"]))
+        rate = float(np.mean(m < params.threshold))
         findings = []
         if rate > 0.25:
             findings.append(Finding(message=f"{rate:.0%} of predictions have a margin below "
-                                            f"{ctx.params['threshold']}", severity="warn"))
+                                            f"{params.threshold}", severity="warn"))
         return CheckResult(
             metrics={"mean_margin": float(m.mean()), "median_margin": float(np.median(m)), "low_margin_rate": rate,
                      "n": len(m)},
