@@ -27,7 +27,7 @@ from auditor.datasets.registry import DataSource, LoadRequest
 from auditor.datasets.sources import ArraySource, LazySource
 from auditor.errors import AuditorError, DataError, ModelLoadError, PluginLoadError, SkipCheck, SpecError
 from auditor.model import ModelHandle
-from auditor.outputs import Predictions
+from auditor.outputs import Predictions, predictions_of
 from auditor.params import NoParams, param
 from auditor.plugins import hookimpl
 from auditor.report.base import Reporter
@@ -72,4 +72,5 @@ __all__ = [
     "audit",
     "hookimpl",
     "param",
+    "predictions_of",
 ]

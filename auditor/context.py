@@ -15,7 +15,7 @@ from auditor.data import Dataset
 from auditor.errors import CheckCancelled, SkipCheck
 from auditor.hookspecs import GRADIENTS, GradientBackend, capabilities_of
 from auditor.model import ModelHandle
-from auditor.outputs import Predictions, encode_labels, interpret
+from auditor.outputs import Predictions, encode_labels, predictions_of
 
 
 @dataclass
@@ -97,10 +97,7 @@ class AuditContext:
                     self.report_progress(done[0], data.n, "inference")
 
                 raw = model.run(data.x, inputs=data.inputs, progress=step)
-                zip_classes = {z.output: z.classes for z in model.zipmaps.values()}
-                self.cache.predictions[key] = interpret(
-                    raw, task=model.config.task, y=data.y, zip_classes=zip_classes
-                )
+                self.cache.predictions[key] = predictions_of(model, raw, y=data.y)
             return self.cache.predictions[key]
 
     def predict_proba(self, x: np.ndarray, model: ModelHandle | None = None, *, data: Dataset | None = None,
@@ -119,9 +116,8 @@ class AuditContext:
         task = cached.task if cached is not None else model.config.task
         inputs = self.companions(model, data, rows, repeat)
         raw = model.run(x, inputs=inputs)
-        zip_classes = {z.output: z.classes for z in model.zipmaps.values()}
-        p = interpret(raw, task=task if task != "auto" or self.data is not None else "classification",
-                      zip_classes=zip_classes, y=None if self.data is None else self.data.y)
+        p = predictions_of(model, raw, task=task if task != "auto" or self.data is not None else "classification",
+                           y=None if self.data is None else self.data.y)
         if p.probs is None:
             raise SkipCheck("the model is not a classifier")
         return p.probs
@@ -173,9 +169,7 @@ class AuditContext:
                 for n in todo:
                     self.cache.activations[(id(model), id(data), n)] = out[n]
                 if with_preds:
-                    self.cache.predictions[(id(model), id(data))] = interpret(
-                        {o: out[o] for o in model.outputs}, task=model.config.task, y=data.y,
-                        zip_classes={z.output: z.classes for z in model.zipmaps.values()})
+                    self.cache.predictions[(id(model), id(data))] = predictions_of(model, out, y=data.y)
         return {n: self.cache.activations[(id(model), id(data), n)] for n in names}
 
     def data_for(self, model: ModelHandle, data: Dataset | None = None) -> Dataset:

@@ -3,6 +3,7 @@ label + probabilities (ZipMap already unwrapped by the loader), or regression va
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,3 +177,17 @@ def encode_labels(y: np.ndarray, classes: tuple[Any, ...]) -> np.ndarray:
     pos = np.clip(pos, 0, len(sorted_cls) - 1)
     found = sorted_cls[pos] == ys
     return np.where(found, order[pos], -1)
+
+
+def predictions_of(model: Any, raw: Mapping[str, np.ndarray], *, task: str | None = None,
+                   y: np.ndarray | None = None) -> Predictions:
+    """A model's raw outputs read as predictions: the one place outputs become probabilities and labels.
+
+    ``model`` is an :class:`~auditor.model.ModelHandle` (its audited outputs, scikit-learn ZipMap class labels
+    and ``model.task`` are used); ``raw`` maps tensor names to batch-first arrays, as ``model.run`` returns
+    them (other tensors, e.g. intermediate layers, are ignored). ``task`` overrides ``model.task``; ``y``
+    (labels) helps ``auto`` tell a binary score from a regression value.
+    """
+    zip_classes = {z.output: z.classes for z in model.zipmaps.values()}
+    audited = {o: raw[o] for o in model.outputs if o in raw} or dict(raw)
+    return interpret(audited, task=task or model.config.task, y=y, zip_classes=zip_classes)

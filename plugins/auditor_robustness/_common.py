@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from auditor import ArraySource, AuditContext, Dataset, ModelHandle, SkipCheck, param
-from auditor.outputs import interpret, softmax, squeeze_scores
+from auditor.outputs import predictions_of, softmax, squeeze_scores
 from auditor.perturb import InputSpace, ValueKind, input_space
 
 #: Smallest probability used when taking logs (a probability of exactly 0 must not give -inf margins).
@@ -181,8 +181,7 @@ class Classifier:
                 self._matrix = (logits_name, True)
                 return z, True
         raw = self.model.run(x, inputs=inputs)
-        zip_classes = {z.output: z.classes for z in self.model.zipmaps.values()}
-        p = interpret(raw, task=self.task, zip_classes=zip_classes)
+        p = predictions_of(self.model, raw, task=self.task)
         if p.probs is None:
             raise SkipCheck("the model is not a classifier")
         if p.kind in ("probabilities", "logits", "label+probabilities"):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from auditor.model import ModelHandle
+from auditor import ModelHandle
 from auditor_sparsity.weights import LayerWeight, iter_chunks
 
 

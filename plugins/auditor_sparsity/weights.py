@@ -23,8 +23,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from auditor import ModelHandle
 from auditor.graph import WeightRef, external_location, fold_constant, folded_weight, is_float_dtype
-from auditor.model import ModelHandle
 
 #: Bytes of float64 working memory per chunk. Small enough that a chunk and its temporaries stay in the CPU
 #: cache across the several reductions made on it (measured: 2 MiB is ~3x faster than 32 MiB); module-level so

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from auditor import AuditContext, Check, CheckResult, Dataset, Finding, ModelHandle, Need, SkipCheck, param
-from auditor.outputs import interpret
+from auditor.outputs import predictions_of
 
 
 def _limit() -> Any:
@@ -654,8 +654,7 @@ def _evaluate(handle: ModelHandle, data: Dataset, y: np.ndarray) -> dict[str, An
 
     x = np.asarray(data.x)
     raw = handle.run(x)
-    zip_classes = {z.output: z.classes for z in handle.zipmaps.values()}
-    pred = interpret(raw, task=handle.config.task, y=data.y, zip_classes=zip_classes)
+    pred = predictions_of(handle, raw, y=data.y)
     known = y >= 0
     assert pred.labels is not None
     out: dict[str, Any] = {"accuracy": float(np.mean(pred.labels[known] == y[known]))}

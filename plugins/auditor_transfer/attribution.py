@@ -23,8 +23,8 @@ import numpy as np
 
 from auditor import ArraySource, AuditContext, Check, CheckResult, ModelHandle, Need, SkipCheck, param
 from auditor import graph as G
-from auditor.outputs import Predictions, encode_labels
-from auditor_transfer.common import data_for, jsonable, pick_references, read_outputs, reference_param, scores
+from auditor.outputs import Predictions, encode_labels, predictions_of
+from auditor_transfer.common import data_for, jsonable, pick_references, reference_param, scores
 from auditor_transfer.stats import spearman_rows
 
 # Occluded copies are built and run this many bytes at a time (all patches of several samples per batch).
@@ -95,7 +95,7 @@ class Scorer:
         if self.logits is not None:
             z = np.asarray(self.model.run(x, [self.logits])[self.logits], dtype=np.float64)
             return z.reshape(len(x), -1)
-        return scores(read_outputs(self.model, self.model.run(x), task=self.task))
+        return scores(predictions_of(self.model, self.model.run(x), task=self.task))
 
 
 def occlusion_maps(score: Scorer, x: np.ndarray, targets: np.ndarray, *, patch: int, baseline: np.ndarray,
@@ -209,7 +209,7 @@ class AttributionDistance(Check):
     def _maps(self, ctx: AuditContext, model: ModelHandle, x: np.ndarray, y_all: np.ndarray | None,
               y_target: np.ndarray | None, method: str, p: Params) -> np.ndarray:
         """Attribution maps (n, map size) of one model."""
-        pred = read_outputs(model, model.run(x), y=y_all)
+        pred = predictions_of(model, model.run(x), y=y_all)
         targets = self._targets(pred, y_target)
         if method == "gradient":
             if pred.task != "classification":

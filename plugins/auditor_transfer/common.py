@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from auditor import ArraySource, AuditContext, Dataset, ModelHandle, SkipCheck, param
 from auditor.jsonenc import jsonable as jsonable  # the core's one encoder (NaN, inf -> None), for this plugin
-from auditor.outputs import Predictions, interpret
+from auditor.outputs import Predictions, predictions_of
 
 
 def reference_param() -> Any:
@@ -82,21 +83,13 @@ class Pass:
     layers: dict[str, np.ndarray]
 
 
-def read_outputs(model: ModelHandle, raw: dict[str, np.ndarray], *, task: str | None = None,
-                 y: np.ndarray | None = None) -> Predictions:
-    """Interpret a model's audited outputs (as :meth:`AuditContext.predictions` does)."""
-    zip_classes = {z.output: z.classes for z in model.zipmaps.values()}
-    return interpret({o: raw[o] for o in model.outputs}, task=task or model.config.task, y=y,
-                     zip_classes=zip_classes)
-
-
 def forward(model: ModelHandle, x: np.ndarray | ArraySource, layers: Sequence[str], *, task: str | None = None,
             y: np.ndarray | None = None) -> Pass:
     """Run ``x`` once through ``model`` with the audited outputs and every layer in ``layers`` added as graph
     outputs at once (batched by the model handle)."""
     wanted = list(dict.fromkeys([*model.outputs, *layers]))
     raw = model.run(x, wanted)
-    return Pass(read_outputs(model, raw, task=task, y=y), {name: raw[name] for name in layers})
+    return Pass(predictions_of(model, raw, task=task, y=y), {name: raw[name] for name in layers})
 
 
 def scores(pred: Predictions) -> np.ndarray:

@@ -1,0 +1,49 @@
+"""The built-in plugins use only the public API: the ``auditor`` package's exported names and the documented
+public modules (a third-party plugin has nothing more)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import auditor
+
+REPO = Path(__file__).resolve().parents[1]
+#: The modules a plugin may import from, as docs/plugin-authoring.md lists them.
+PUBLIC_MODULES = {"auditor", "auditor.graph", "auditor.hookspecs", "auditor.outputs", "auditor.probes",
+                  "auditor.testing", "auditor.report.plots"}
+
+
+def _imports(path: Path) -> list[tuple[str, str, int]]:
+    """``(module, name, line)`` for every import of the core in a file."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "auditor":
+            out += [(node.module, a.name, node.lineno) for a in node.names]
+        elif isinstance(node, ast.Import):
+            out += [(a.name, "", node.lineno) for a in node.names if a.name.split(".")[0] == "auditor"]
+    return out
+
+
+def test_plugins_import_only_public_modules_and_names() -> None:
+    files = sorted((REPO / "plugins").rglob("*.py")) + sorted((REPO / "examples").rglob("*.py"))
+    assert len(files) > 30
+    bad = []
+    for f in files:
+        for module, name, line in _imports(f):
+            where = f"{f.relative_to(REPO)}:{line}"
+            full = f"{module}.{name}" if module == "auditor" and name in {"graph", "hookspecs", "outputs",
+                                                                           "probes", "testing"} else module
+            if full not in PUBLIC_MODULES:
+                bad.append(f"{where}: imports {module} (not a public module)")
+            elif name.startswith("_"):
+                bad.append(f"{where}: imports the private name {module}.{name}")
+            elif module == "auditor" and name and full == "auditor" and name not in auditor.__all__:
+                bad.append(f"{where}: auditor.{name} is not exported (auditor.__all__)")
+    assert bad == []
+
+
+def test_the_public_modules_are_documented() -> None:
+    doc = (REPO / "docs" / "plugin-authoring.md").read_text(encoding="utf-8")
+    for module in sorted(PUBLIC_MODULES - {"auditor"}):
+        assert f"`{module}`" in doc, module
