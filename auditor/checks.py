@@ -6,6 +6,7 @@ One declaration gives validation (``auditor run``), documentation (``auditor che
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -104,8 +105,9 @@ class Param:
 class Check:
     """Base class of every check. Subclass it, set the class attributes, implement :meth:`run`.
 
-    ``name`` is ``"<plugin>.<check>"`` (a contract: specs refer to it with ``use:``). ``Params`` is a frozen
-    dataclass declaring the parameters (fields made with :func:`auditor.param`); ``needs`` what the check
+    ``name`` is ``"<plugin>.<check>"`` (a contract: specs refer to it with ``use:``). ``Params`` declares the
+    parameters as fields made with :func:`auditor.param` (a nested ``class Params:`` is made a frozen dataclass
+    automatically; a module-level one is decorated with ``@dataclass(frozen=True)``); ``needs`` what the check
     requires (see :class:`Need`); ``metrics_doc`` names and explains the metrics it reports (gates may bound
     any of them, and a gate on any other name is a spec error). A key ending in ``.*`` (``per_class_recall.*``)
     declares a map whose keys are only known at run time.
@@ -131,6 +133,13 @@ class Check:
     def run(self, ctx: AuditContext, params: Any) -> CheckResult:
         """Run the check with its typed parameters (an instance of ``Params``). Override this."""
         raise NotImplementedError
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("Params")
+        # A nested ``class Params:`` is made a frozen dataclass here, so that plugins need no decorator.
+        if isinstance(own, type) and not dataclasses.is_dataclass(own):
+            dataclasses.dataclass(frozen=True)(own)
 
     @classmethod
     def takes_params(cls) -> bool:

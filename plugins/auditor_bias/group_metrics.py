@@ -213,7 +213,6 @@ class GroupMetrics(PredictionShardedCheck):
                    "precision, calibration error; demographic parity / equalized odds / equal opportunity "
                    "differences and ratios, accuracy difference, worst-group accuracy, bootstrap intervals.")
 
-    @dataclass(frozen=True)
     class Params:
         group: str | list[str] | None = param(None, "Group column, or several for their intersections (default: every "
                 "data.groups column).")
@@ -250,10 +249,9 @@ class GroupMetrics(PredictionShardedCheck):
         "small_groups": "groups with fewer than min_group_size rows",
     }
 
-    def summarize(self, ctx: AuditContext, params: Params) -> CheckResult:
+    def summarize(self, ctx: AuditContext, p: Params) -> CheckResult:
         """Compute everything from one forward pass on the audit data (shared with other checks)."""
         data = ctx.require_data()
-        p = params
         pred = ctx.predictions()
         if pred.task != "classification" or pred.probs is None or pred.labels is None or pred.classes is None:
             raise SkipCheck("group metrics need a classifier (the model's outputs read as regression)")

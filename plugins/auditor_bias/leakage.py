@@ -12,7 +12,6 @@ The probe is the core's standardised ridge classifier (``auditor.probes``, the d
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -46,7 +45,6 @@ class Leakage(Check):
     description = ("Accuracy and balanced accuracy of a cross-validated linear probe predicting the sensitive "
                    "column from the model's outputs or an intermediate tensor, against the majority rate.")
 
-    @dataclass(frozen=True)
     class Params:
         group: str | None = param(None, "The sensitive column (default: the first data.groups column).")
         features: str = param("outputs", "'outputs' (class probabilities, or the regression output), 'penultimate', "
@@ -71,9 +69,8 @@ class Leakage(Check):
         "missing_group_rows": "rows without a group value (left out)",
     }
 
-    def run(self, ctx: AuditContext, params: Params) -> CheckResult:
+    def run(self, ctx: AuditContext, p: Params) -> CheckResult:
         """One batched pass (outputs or the named tensor), then k closed-form ridge fits."""
-        p = params
         data = ctx.sample(int(p.limit))
         col = p.group if p.group is not None else group_columns(None, data)[0]
         groups = group_rows(data, [col])

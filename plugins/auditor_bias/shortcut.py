@@ -19,7 +19,6 @@ the attribute alone.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -87,7 +86,6 @@ class Shortcut(Check):
                    "to every input: flip rate, the class the flips go to, accuracy change; accuracy gap "
                    "between bias-aligned and bias-conflicting rows.")
 
-    @dataclass(frozen=True)
     class Params:
         transform: str | None = param(None, "The cue to apply (may be left out when only the aligned/conflicting gap "
                 "is wanted).", choices=TRANSFORMS)
@@ -140,9 +138,8 @@ class Shortcut(Check):
         "inputs_changed": "rows whose input the cue changed",
     }
 
-    def run(self, ctx: AuditContext, params: Params) -> CheckResult:
+    def run(self, ctx: AuditContext, p: Params) -> CheckResult:
         """Two batched passes over a stratified sample: unchanged and with the cue."""
-        p = params
         data = ctx.sample(int(p.limit))
         pred0 = ctx.predictions(data)
         if pred0.task != "classification" or pred0.probs is None or pred0.labels is None \

@@ -14,7 +14,6 @@ histogram. With predicted shares ``p_k`` and true shares ``q_k``:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -49,7 +48,6 @@ class PredictionSkew(PredictionShardedCheck):
     name = "bias.prediction_skew"
     description = "Predicted class histogram against the true one, with a chi-square distance."
 
-    @dataclass(frozen=True)
     class Params:
         max_chi2_distance: float = param(0.05, "A warning finding above this chi-square distance.",
                 minimum=0, maximum=1)
@@ -70,7 +68,7 @@ class PredictionSkew(PredictionShardedCheck):
         "predicted_absent_classes": "classes predicted but never in the labels",
     }
 
-    def summarize(self, ctx: AuditContext, params: Params) -> CheckResult:
+    def summarize(self, ctx: AuditContext, p: Params) -> CheckResult:
         """Histograms from the shared forward pass on the whole audit data."""
         pred = ctx.predictions()
         if pred.task != "classification" or pred.labels is None or pred.classes is None:
@@ -101,7 +99,7 @@ class PredictionSkew(PredictionShardedCheck):
         absent = [classes[i] for i in np.flatnonzero(~seen & (o > 0))]
         metrics["predicted_absent_classes"] = absent
         findings: list[Finding] = []
-        if stats["chi2_distance"] > float(params.max_chi2_distance):
+        if stats["chi2_distance"] > float(p.max_chi2_distance):
             findings.append(Finding(
                 message=f"predicted class histogram is skewed (chi-square distance {stats['chi2_distance']:.3f}): "
                         f"class {classes[hi]!r} predicted {ratio[hi]:.2f}x as often as it occurs",

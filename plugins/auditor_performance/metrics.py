@@ -7,7 +7,6 @@ Expected calibration error follows Guo et al., "On Calibration of Modern Neural 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -95,7 +94,6 @@ class PerformanceMetrics(PredictionShardedCheck):
     description = ("Accuracy, top-5 accuracy (more than 5 classes), log loss, expected calibration error, "
                    "per-class recall and confusion matrix for classifiers; MAE, RMSE and R² for regressors.")
 
-    @dataclass(frozen=True)
     class Params:
         ece_bins: int = param(15, "Bins of the calibration error.", minimum=2)
         top_k: int = param(5, "k of top-k accuracy (reported when there are more than k classes).", minimum=2)

@@ -304,8 +304,7 @@ def task_of_sample(ctx: AuditContext, data: Dataset, x: np.ndarray, rows: np.nda
     first = data.subset(np.arange(k) if rows is None else np.asarray(rows)[:k])  # with its other inputs
     raw = ctx.model.run(np.asarray(first.x), inputs=first.inputs)
     y = None if data.y is None else (data.y if rows is None else data.y[rows])
-    zip_classes = {z.output: z.classes for z in ctx.model.zipmaps.values()}
-    return interpret(raw, task=ctx.model.config.task, y=y, zip_classes=zip_classes).task
+    return predictions_of(ctx.model, raw, y=y).task
 
 
 def targets(ctx: AuditContext, data: Dataset, clean_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray | None,

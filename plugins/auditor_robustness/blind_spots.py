@@ -18,7 +18,6 @@ All pairs and grid points go through the model in one batched call per stage.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -89,7 +88,6 @@ class BlindSpots(Check):
                    "another class, or along random directions, while the prediction and its confidence stay "
                    "put; share of such pairs and the distance reached.")
 
-    @dataclass(frozen=True)
     class Params:
         pairs: int = param(200, "Source/target pairs probed.", minimum=1)
         conf_tol: float = param(0.05, "Largest change of the source class's probability that still counts as "
@@ -116,9 +114,8 @@ class BlindSpots(Check):
         "queries": "inputs sent to the model",
     }
 
-    def run(self, ctx: AuditContext, params: Params) -> CheckResult:
+    def run(self, ctx: AuditContext, p: Params) -> CheckResult:
         """Pick pairs of correctly classified rows of different classes, scan the paths in batches."""
-        p = params
         data, notes = sample(ctx, p.limit)
         space = input_space(ctx.model, data.x, pixels=data.pixels)
         space.require_arithmetic("paths between inputs")

@@ -13,7 +13,6 @@ Unrecognizable Images" (CVPR 2015). Two probes, both black-box and batched:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -72,7 +71,6 @@ class Fooling(Check):
                    "and inputs evolved black-box to maximise each class (Nguyen et al. 2015); per class and "
                    "overall.")
 
-    @dataclass(frozen=True)
     class Params:
         n_noise: int = param(1000, "Random inputs per noise distribution (uniform, Gaussian).", minimum=1)
         generations: int = param(100, "Generations of the evolutionary search (one batched query each).", minimum=0)
@@ -100,9 +98,8 @@ class Fooling(Check):
         "n_classes_evolved": "classes inputs were evolved for",
     }
 
-    def run(self, ctx: AuditContext, params: Params) -> CheckResult:
+    def run(self, ctx: AuditContext, p: Params) -> CheckResult:
         """Noise first (two batched passes), then the evolution (one batched pass per generation)."""
-        p = params
         notes: list[str] = []
         data = None
         if ctx.data is not None:

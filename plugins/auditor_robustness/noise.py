@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -145,7 +144,6 @@ class NoiseSweep(ShardedCheck):
                    "brightness, contrast (images, any layout) or per-column feature noise (tabular), as a "
                    "curve over severities; noise amplification for non-classifiers.")
 
-    @dataclass(frozen=True)
     class Params:
         kind: str = param("gaussian", "Corruption: gaussian, uniform, salt_pepper, blur, brightness, contrast "
                 "(images), feature (Gaussian noise scaled by each column's std, for tabular data) or substitute "

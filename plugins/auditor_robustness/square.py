@@ -405,7 +405,6 @@ class SquareAttack(ShardedCheck):
                    "accuracy, queries and perturbation norms, each adversarial example verified in a fresh "
                    "session.")
 
-    @dataclass(frozen=True)
     class Params:
         eps: float | None = param(None, "Radius of the perturbation ball (input units). null: 0.03 (linf) or 0.5 (l2) "
                 "times the width of the input range.", minimum=0)

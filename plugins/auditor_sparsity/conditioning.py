@@ -4,7 +4,6 @@ spread of the classifier's per-class weight norms."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -92,7 +91,6 @@ class Conditioning(Check):
                    "condition number, effective rank, ranks for 90/99 % energy; Lipschitz upper bound; spread "
                    "of the last layer's per-class weight norms. Weights only.")
 
-    @dataclass(frozen=True)
     class Params:
         exact_max_dim: int = param(512, "Blocks with min(rows, cols) up to this use the exact SVD; larger ones the "
                 "Gram route.", minimum=1)

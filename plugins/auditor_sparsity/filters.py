@@ -3,7 +3,6 @@ Investigation of Trained Convolutional Filters" (CVPR 2022)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -71,7 +70,6 @@ class DegenerateFilters(Check):
     description = ("Per convolution: all-zero, near-zero and constant (zero-variance) output filters, their "
                    "indices, and the variance entropy of 3×3 kernels (CNN Filter DB); weights only.")
 
-    @dataclass(frozen=True)
     class Params:
         near_zero_ratio: float = param(0.01, "A filter is near-zero when its max |w| is below this fraction of the "
                 "layer's max |w|.", minimum=0, maximum=1)

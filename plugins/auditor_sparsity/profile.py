@@ -6,7 +6,6 @@ keeps its weights in external data), so a model of many GiB is audited tensor by
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from auditor import AuditContext, Check, CheckResult, Finding, SkipCheck, param
@@ -71,7 +70,6 @@ class SparsityProfile(Check):
     description = ("Sparsity of every layer weight (exact and near zeros, all-zero filters / channels / rows / "
                    "columns, PQ index), per layer type and overall; weights only, streamed tensor by tensor.")
 
-    @dataclass(frozen=True)
     class Params:
         near_zero: float = param(1e-3, "Absolute threshold of the near-zero fraction: |w| <= near_zero.", minimum=0)
         max_indices: int = param(100, "At most this many indices of all-zero outputs / inputs listed per weight.",

@@ -5,7 +5,6 @@ inside ``run``."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +69,6 @@ class Parity(Check):
     description = ("Largest absolute/relative difference between the torch interpreter and ONNX Runtime over "
                    "every output; fails where |torch − ort| > tol + rtol·|ort|.")
 
-    @dataclass(frozen=True)
     class Params:
         limit: int = _limit()
         tol: float = param(1e-4, "Absolute tolerance atol of |torch − ort| <= atol + rtol·|ort|.", minimum=0)
@@ -258,7 +256,6 @@ class Pgd(Check):
     name = "torch.pgd"
     description = "White-box PGD/FGSM (L∞ or L2) at eps: success rate and robust accuracy, verified with ONNX Runtime."
 
-    @dataclass(frozen=True)
     class Params:
         eps: float = param(0.03, "Perturbation budget ε.", minimum=0)
         norm: str = param("linf", "Threat model.", choices=["linf", "l2"])
@@ -290,7 +287,7 @@ class Pgd(Check):
         "median_l2": "median L2 norm of the successful perturbations",
     }
 
-    def run(self, ctx: AuditContext, params: Params) -> CheckResult:
+    def run(self, ctx: AuditContext, p: Params) -> CheckResult:
         """Attack a sample in batches, then re-run the adversarial inputs through ONNX Runtime."""
         _real_input(ctx, "torch.pgd")
         backend = ctx.backend("torch")  # first: skips with a reason when torch is absent
@@ -298,7 +295,6 @@ class Pgd(Check):
 
         from auditor_torch.attacks import AttackConfig, pgd
 
-        p = params
         data = ctx.sample(int(p.limit))
         y = ctx.labels(data)
         keep = y >= 0
@@ -363,7 +359,6 @@ class BlindSpots(Check):
     description = ("Level set traversal from a source towards an image of another class at constant "
                    "confidence: how close it gets (blind spots).")
 
-    @dataclass(frozen=True)
     class Params:
         limit: int = param(32, "Source/target pairs (sampled).", minimum=1)
         steps: int = param(200, "Traversal iterations.", minimum=1)
@@ -386,13 +381,12 @@ class BlindSpots(Check):
         "n_pairs": "pairs traversed",
     }
 
-    def run(self, ctx: AuditContext, params: Params) -> CheckResult:
+    def run(self, ctx: AuditContext, p: Params) -> CheckResult:
         """Pair sources with targets of another predicted class and traverse, batched."""
         _real_input(ctx, "torch.blind_spots")
         backend = ctx.backend("torch")
         from auditor_torch.attacks import level_set_traversal
 
-        p = params
         data = ctx.require_data()
         probs = ctx.predict_proba(np.asarray(data.x))
         pred = probs.argmax(1)
@@ -459,7 +453,6 @@ class InputGradients(Check):
     description = ("Removal test (DiffROAR-style): does removing the top input-gradient features hurt more than "
                    "removing the bottom ones?")
 
-    @dataclass(frozen=True)
     class Params:
         fractions: list[float] = param([0.1, 0.25, 0.5], "Fractions of input coordinates removed.",
                 minimum=0, maximum=1)
@@ -478,11 +471,10 @@ class InputGradients(Check):
         "fractions": "the fractions, in order",
     }
 
-    def run(self, ctx: AuditContext, params: Params) -> CheckResult:
+    def run(self, ctx: AuditContext, p: Params) -> CheckResult:
         """Attributions in one batched backward pass per batch; every masked set through ONNX Runtime."""
         _real_input(ctx, "torch.input_gradients")
         backend = ctx.backend("torch")
-        p = params
         data = ctx.sample(int(p.limit))
         y = ctx.labels(data)
         keep = y >= 0
@@ -546,7 +538,6 @@ class Retrain(Check):
     description = ("Retrain under backprop / feedback alignment / DFA / DTP with SGD / Adam / SAM; accuracy gap "
                    "to backprop.")
 
-    @dataclass(frozen=True)
     class Params:
         rules: list[str] = param(["backprop", "feedback_alignment"], "Training rules.",
                 schema={"type": "array", "items": {"enum": ["backprop", "feedback_alignment",
@@ -575,14 +566,13 @@ class Retrain(Check):
         "max_gap_to_backprop": "largest gap_to_backprop over the applicable non-backprop runs",
     }
 
-    def run(self, ctx: AuditContext, params: Params) -> CheckResult:
+    def run(self, ctx: AuditContext, p: Params) -> CheckResult:
         """Train each (rule, optimizer) on a copy of the interpreted graph, write it back, evaluate with ORT."""
         _one_input(ctx)
         backend = ctx.backend("torch")
         from auditor_torch.export import write_model
         from auditor_torch.training import NotApplicable, TrainConfig, train
 
-        p = params
         if ctx.train_data is None:
             raise SkipCheck("the spec has no train_data: section")
         limit = int(p.limit)

@@ -16,7 +16,6 @@ the Spearman rank correlation of the maps is reported beside it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -132,7 +131,6 @@ class AttributionDistance(Check):
                    "reference on shared inputs: occlusion through forward passes, or gradient × input with a "
                    "differentiable backend.")
 
-    @dataclass(frozen=True)
     class Params:
         limit: int = param(64, "Samples explained.", minimum=1)
         method: str = param("auto", "'auto': gradient × input when a gradient backend (the torch plugin) is "
@@ -160,9 +158,8 @@ class AttributionDistance(Check):
         "by_reference": "all of the above for each reference, by name",
     }
 
-    def run(self, ctx: AuditContext, params: Params) -> CheckResult:
+    def run(self, ctx: AuditContext, p: Params) -> CheckResult:
         """Explain the same sample with each model, then compare the maps sample by sample."""
-        p = params
         sample = ctx.sample(int(p.limit))
         refs = pick_references(ctx, p.reference)
         notes = list(sample.notes[-1:]) if sample is not ctx.data else []

@@ -13,7 +13,6 @@ different numbers of layers are compared at the same relative depth (B = the sma
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -51,7 +50,6 @@ class FilterShift(Check):
     description = ("KL and Jensen–Shannon divergence between the distributions of 3×3 convolution filters of "
                    "the model and a reference, per relative depth, in a shared eigen-filter basis.")
 
-    @dataclass(frozen=True)
     class Params:
         depth_bins: int | None = param(None, "Depth bins; null: the smaller number of 3×3 convolutions of the two "
                 "models (one layer per bin when both have the same).", minimum=1)

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -50,7 +49,6 @@ class Similarity(Check):
     description = ("Linear CKA and RSA between layers of the model and a reference (layer-by-layer matrices, "
                    "headline for the penultimate features), prediction agreement and complementary knowledge.")
 
-    @dataclass(frozen=True)
     class Params:
         layers: str | list[str] = param("penultimate", "Model layers: 'penultimate', 'all' (every "
                 "activation-producing node, subsampled to max_layers) or a list of tensor names.")
@@ -89,9 +87,8 @@ class Similarity(Check):
         "unbiased": "whether the unbiased HSIC estimator was used",
     }
 
-    def run(self, ctx: AuditContext, params: Params) -> CheckResult:
+    def run(self, ctx: AuditContext, p: Params) -> CheckResult:
         """Gather features minibatch by minibatch, accumulate CKA/RSA, compare predictions."""
-        p = params
         sample = ctx.sample(int(p.limit))
         refs = pick_references(ctx, p.reference)
         notes = list(sample.notes[-1:]) if sample is not ctx.data else []

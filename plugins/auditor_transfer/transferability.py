@@ -14,7 +14,6 @@ Formulas are in :mod:`auditor_transfer.stats`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -48,7 +47,6 @@ class Transferability(Check):
     description = ("LogME, LEEP, NCE, H-score and cross-validated linear-probe accuracy of a layer's features "
                    "for the target labels of the audit data (and for each reference model).")
 
-    @dataclass(frozen=True)
     class Params:
         layer: str = param("penultimate", "Feature layer: 'penultimate' or a tensor name.")
         reference_layer: str | None = param(None, "Feature layer of the references; null: 'layer' if the reference "
@@ -78,9 +76,8 @@ class Transferability(Check):
         "by_model": "the same scores for 'model' and each reference, by name",
     }
 
-    def run(self, ctx: AuditContext, params: Params) -> CheckResult:
+    def run(self, ctx: AuditContext, p: Params) -> CheckResult:
         """Score the model (and the references) on one stratified sample."""
-        p = params
         sample = ctx.sample(int(p.limit))
         if sample.y is None:
             raise SkipCheck("needs labels (data.y)")

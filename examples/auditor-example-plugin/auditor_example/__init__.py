@@ -7,8 +7,6 @@ Perspective on the Phenomenon of Adversarial Examples").
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from auditor import AuditContext, Check, CheckResult, Finding, Need, SkipCheck, hookimpl, param
@@ -28,7 +26,6 @@ class Margin(Check):
     name = "example.margin"
     description = "Margin between the top two class probabilities; share of predictions below a threshold."
 
-    @dataclass(frozen=True)
     class Params:
         threshold: float = param(0.1, "A margin below this counts as a low-margin prediction.", minimum=0, maximum=1)
         limit: int | None = param(None, "Audit at most this many samples (stratified sample).", minimum=1)
