@@ -668,3 +668,17 @@ def plot_table(p: Plot, max_rows: int = 50) -> str:
     more = f'<tr><td colspan="{len(series) + 1}">… {len(keys) - max_rows} more</td></tr>' \
         if len(keys) > max_rows else ""
     return f'<table class="data"><tr>{head}</tr>{"".join(rows)}{more}</table>'
+
+
+# ------------------------------------------------------------------------------------ for render hooks
+def esc(v: Any) -> str:
+    """HTML-escaped text, for the fragments an ``auditor_render_check`` implementation returns."""
+    return html.escape(str(v), quote=True)
+
+
+def generic_figures(metrics: dict[str, Any], can_plot: bool = True, skip: tuple[str, ...] = ()) -> str:
+    """The HTML reporter's generic plots of ``metrics`` (minus the ``skip`` keys), for a render hook that draws
+    a designed figure for some metrics and leaves the rest to the generic plots."""
+    from auditor.report import html as html_report  # the reporter imports this module: import it lazily
+
+    return html_report.generic_figures(metrics, can_plot, skip)

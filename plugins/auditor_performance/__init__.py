@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from auditor import Check, hookimpl
-from auditor.results import CheckReport
+from auditor import Check, CheckReport, hookimpl
 from auditor_performance.metrics import PerformanceMetrics
 from auditor_performance.render import render
 

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from auditor.report.html import esc, generic_figures
-from auditor.report.plots import figure_svg
-from auditor.results import CheckReport
+from auditor import CheckReport
+from auditor.report.plots import esc, figure_svg, generic_figures
 
 CHECK = "performance.metrics"
 
