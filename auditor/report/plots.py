@@ -676,9 +676,11 @@ def esc(v: Any) -> str:
     return html.escape(str(v), quote=True)
 
 
-def generic_figures(metrics: dict[str, Any], can_plot: bool = True, skip: tuple[str, ...] = ()) -> str:
+def generic_figures(metrics: dict[str, Any], can_plot: bool = True, skip: tuple[str, ...] = (),
+                    baseline: dict[str, Any] | None = None) -> str:
     """The HTML reporter's generic plots of ``metrics`` (minus the ``skip`` keys), for a render hook that draws
-    a designed figure for some metrics and leaves the rest to the generic plots."""
+    a designed figure for some metrics and leaves the rest to the generic plots; ``baseline`` metrics are
+    overlaid on their curves and bars."""
     from auditor.report import html as html_report  # the reporter imports this module: import it lazily
 
-    return html_report.generic_figures(metrics, can_plot, skip)
+    return html_report.generic_figures(metrics, can_plot, skip, baseline)
