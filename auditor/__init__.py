@@ -31,7 +31,7 @@ from auditor.outputs import Predictions, predictions_of
 from auditor.params import NoParams, param
 from auditor.plugins import hookimpl
 from auditor.report.base import Reporter
-from auditor.results import AuditReport, CheckReport, CheckResult, Finding, GateResult, Status
+from auditor.results import AuditReport, CheckReport, CheckResult, Finding, GateResult, Severity, Status
 from auditor.shards import Plan, PredictionShardedCheck, RowShards, Shard, ShardedCheck
 
 __version__ = "0.1.0"
@@ -63,6 +63,7 @@ __all__ = [
     "Predictions",
     "Reporter",
     "RowShards",
+    "Severity",
     "Shard",
     "ShardedCheck",
     "SkipCheck",

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -93,6 +94,20 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def quiet_numpy_warnings(fn: F) -> F:
+    """numpy's RuntimeWarnings ("invalid value encountered", "Mean of empty slice") are about NaN inputs that
+    the checks report as NaN metrics; they are not for the console."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"numpy(\.|$)")
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 def _registry(disable: tuple[str, ...] = (), plugins: tuple[str, ...] = ()) -> Any:
     from auditor.plugins import build_registry
 
@@ -124,7 +139,7 @@ def main() -> None:
 @click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
 @click.option("--report-dir", type=click.Path(path_type=Path), help="Write reports here (overrides report.dir).")
 @click.option("--format", "formats", metavar="LIST", help="Comma-separated formats, e.g. json,markdown,junit.")
-@click.option("--seed", type=int, help="Override the spec's seed.")
+@click.option("--seed", type=click.IntRange(min=0), help="Override the spec's seed (a non-negative integer).")
 @click.option("-q", "--quiet", is_flag=True, help="Only the final status line.")
 @click.option("-k", "keyword", metavar="EXPR",
               help="Only run checks whose id matches EXPR: substrings combined with and / or / not and "
@@ -136,13 +151,15 @@ def main() -> None:
                    "else a local Ray instance (see docs/ray.md). Put it after SPEC, or write --ray=ADDRESS.")
 @with_plugin_options
 @handle_errors
+@quiet_numpy_warnings
 def run(spec_path: Path, report_dir: Path | None, formats: str | None, seed: int | None, quiet: bool,
         keyword: str | None, ray_address: str | None, disable: tuple[str, ...], plugins: tuple[str, ...],
         show_traceback: bool = False) -> None:
     """Run the audit described by SPEC. Exit 0: every gate passed; 1: a gate failed or a check errored;
-    2: bad spec or usage; 3: internal error; 4: model, data or plugin could not be loaded."""
+    2: bad spec or usage; 3: internal error; 4: model, data or plugin could not be loaded; 130: interrupted."""
     from rich.console import Console
 
+    from auditor import signals
     from auditor.distributed.errors import ClusterLost
     from auditor.results import OK_STATUSES
     from auditor.runner import Interrupted, load_inputs, make_runner, write_reports
@@ -157,6 +174,11 @@ def run(spec_path: Path, report_dir: Path | None, formats: str | None, seed: int
     if seed is not None:
         spec.seed = seed
     if report_dir is not None:
+        from auditor.spec import path_problem
+
+        problem = path_problem(str(report_dir))
+        if problem:
+            raise SpecError("--report-dir", [problem])
         spec.report_dir = report_dir
     if formats:
         wanted = [f.strip() for f in formats.split(",") if f.strip()]
@@ -175,21 +197,31 @@ def run(spec_path: Path, report_dir: Path | None, formats: str | None, seed: int
     events = TerminalEvents(quiet=quiet)
     if keyword:
         events.message(f"-k {keyword}: {len(spec.checks)} selected, {len(deselected)} deselected")
-    loaded = load_inputs(spec, registry.datasets)
-    events.message(f"model: {spec.model.path} on {loaded.model.device_note}")
-    if loaded.data is not None:
-        notes = "; ".join(loaded.data.notes)
-        events.message(f"data: {loaded.data.source}, {loaded.data.n} rows" + (f" ({notes})" if notes else ""))
-    runner = make_runner(spec, registry, events)
-    interrupted = False
+    how = None
     lost: ClusterLost | None = None
-    try:
-        report = runner.run(loaded)
-    except Interrupted as exc:
-        report, interrupted = exc.report, True
-    except ClusterLost as exc:  # the partial report is written, then one line and exit 4
-        report, lost = exc.report, exc
-    written = write_reports(report, spec.report_dir, spec.formats, registry)
+    with signals.terminate_like_interrupt():
+        try:
+            loaded = load_inputs(spec, registry.datasets)
+        except KeyboardInterrupt as exc:
+            _fail(f"interrupted ({signals.describe(exc)}) while loading the model and data: no report written",
+                  int(ExitCode.INTERRUPTED))
+        events.message(f"model: {spec.model.path} on {loaded.model.device_note}")
+        if loaded.data is not None:
+            notes = "; ".join(loaded.data.notes)
+            events.message(f"data: {loaded.data.source}, {loaded.data.n} rows" + (f" ({notes})" if notes else ""))
+        runner = make_runner(spec, registry, events)
+        try:
+            report = runner.run(loaded)
+        except Interrupted as exc:
+            report, how = exc.report, exc.how
+        except ClusterLost as exc:  # the partial report is written, then one line and exit 4
+            report, lost = exc.report, exc
+        written = write_reports(report, spec.report_dir, spec.formats, registry)
+    for fmt, why in written.failed.items():
+        click.echo(f"error: report format '{fmt}' ({registry.reporters[fmt].__module__}) failed, its file was not "
+                   f"written: {short(why, 500)}", err=True)
+    report = written.report  # what the files say: marked interrupted if a signal came while they were written
+    how = how or written.interrupted
     out = Console(highlight=False, soft_wrap=False, width=max(100, Console().width))
     with _stdout_may_close():
         if not quiet:
@@ -201,11 +233,13 @@ def run(spec_path: Path, report_dir: Path | None, formats: str | None, seed: int
                 if c.traceback:
                     click.echo(f"--- traceback of {c.id} ---\n{c.traceback.rstrip()}", err=True)
         click.echo(status_line(report))
-    if lost is not None:
+    if lost is not None and how is None:
         _fail(f"{lost} (partial report written)", int(lost.exit_code))
-    if interrupted:
-        click.echo("interrupted: partial report written", err=True)
+    if how is not None:
+        click.echo(f"interrupted ({how}): partial report written", err=True)
         sys.exit(int(ExitCode.INTERRUPTED))
+    if written.failed:  # a missing report never reads as a pass
+        sys.exit(int(ExitCode.GATE_FAILED))
     sys.exit(int(ExitCode.OK) if report.status in OK_STATUSES else int(ExitCode.GATE_FAILED))
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from auditor.datasets.sources import ArraySource, NpyFile, ParquetRows, column_values, iter_batches, mapped, take_rows
-from auditor.errors import DataError
+from auditor.errors import DataError, short
 
 FORMATS = (".npz", ".npy", ".csv", ".parquet")
 
@@ -284,7 +284,11 @@ def _load_npy(path: Path, cfg: DataConfig) -> dict[str, Any]:
             ypath = path.parent / ypath
         if not ypath.exists():
             raise DataError(f"{cfg.role}.y: labels file not found: {ypath} (for .npy data, y names a .npy file)")
-        table["y"] = np.load(ypath, allow_pickle=False)
+        try:
+            table["y"] = np.load(ypath, allow_pickle=False)
+        except Exception as exc:  # name the labels file, not the data file, when it is the unreadable one
+            raise DataError(f"{cfg.role}.y: cannot read the labels file {ypath}: {type(exc).__name__}: "
+                            f"{short(str(exc), 200)}") from None
     return table
 
 
@@ -312,6 +316,8 @@ def _load_csv(path: Path) -> dict[str, np.ndarray]:
         except StopIteration:
             raise DataError(f"data.path: {path} is empty") from None
         rows = [r for r in reader if r]
+    if not rows:
+        raise DataError(f"data.path: {path} has a header and no rows")
     bad = [i + 2 for i, r in enumerate(rows) if len(r) != len(header)]
     if bad:
         raise DataError(f"data.path: {path}: line {bad[0]} has a different number of fields than the header")
@@ -454,15 +460,19 @@ def _assemble(table: dict[str, Any], cfg: DataConfig, path: Path, tabular: bool,
         columns = {k: v for k, v in table.items() if k != x_key}
         feature_names = None
 
+    for name, arr in [("x", x), ("y", y), *[(f"groups.{g}", v) for g, v in groups.items()]]:
+        if arr is not None and len(getattr(arr, "shape", ())) == 0:
+            raise DataError(f"{role}.{name}: {path} holds a single value (a 0-d array), not one row per sample")
     n = len(x)
+    if n == 0:
+        raise DataError(f"{role}.path: {path} has no rows")
     for name, arr in [("y", y), *[(f"groups.{g}", v) for g, v in groups.items()],
                       *[(f"inputs.{k}", v) for k, v in extra_inputs.items()]]:
         if arr is not None and len(arr) != n:
             raise DataError(f"{role}.{name}: {len(arr)} rows but x has {n} in {path}")
     if y is not None:
+        check_labels_present(np.asarray(y), f"{role}.y", str(path))
         y = _label_vector(y, cfg, path, notes)
-    if y is not None and y.dtype.kind == "f" and np.isnan(y).any():
-        raise DataError(f"{role}.y: {int(np.isnan(y).sum())} labels are missing (NaN) in {path}")
     groups, missing = normalise_groups(groups)
     return Dataset(x=x, y=y, groups=groups, columns={**columns, **extra_cols}, source=str(path),
                    batch_size=cfg.batch_size, notes=notes, missing=missing, total_rows=n,
@@ -507,6 +517,35 @@ def _label_vector(y: np.ndarray, cfg: DataConfig, path: Path, notes: list[str]) 
         y = np.array([index[k] for k in keys], dtype=np.int64)
         notes.append(f"string labels mapped to class indices by data.classes ({len(names)} classes)")
     return y
+
+
+def check_labels_present(y: np.ndarray, where: str, source: str) -> None:
+    """Every label is there: NaN (numbers) and empty cells / ``None`` (text) are refused the same way in
+    every format, naming the first missing row."""
+    if y.dtype.kind == "f":
+        missing = np.isnan(y) if y.ndim == 1 else np.isnan(y).any(axis=tuple(range(1, y.ndim)))
+    elif y.dtype.kind == "O":
+        missing = np.fromiter((v is None or (isinstance(v, float) and v != v) for v in y.reshape(len(y), -1)[:, 0]),
+                              bool, count=len(y))
+    else:
+        return
+    if missing.any():
+        first = int(np.flatnonzero(missing)[0])
+        raise DataError(f"{where}: {int(missing.sum())} labels are missing (NaN or empty) in {source}, "
+                        f"the first in row {first}")
+
+
+def check_class_labels(y: np.ndarray, where: str = "data.y") -> None:
+    """Labels read as class indices must be whole numbers: 3.5 is an error, never truncated to 3."""
+    if y.dtype.kind != "f" or y.ndim != 1:
+        return
+    finite = np.isfinite(y)
+    frac = finite & (np.mod(np.where(finite, y, 0.0), 1) != 0)
+    if frac.any():
+        i = int(np.flatnonzero(frac)[0])
+        raise DataError(f"{where}: labels must be whole class numbers for a classifier, but row {i} is "
+                        f"{float(y[i]):g} ({int(frac.sum())} such labels); for a regression model set "
+                        "model.task: regression")
 
 
 def normalise_groups(groups: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, int]]:

@@ -352,9 +352,10 @@ def is_float_dtype(dtype: np.dtype) -> bool:
     return dtype.kind == "f" or "float" in dtype.name
 
 
-def constant_tensor(node: onnx.NodeProto) -> TensorProto | None:
+def constant_tensor(node: onnx.NodeProto, base_dir: Path | None = None) -> TensorProto | None:
     """The value of a ``Constant`` node as a tensor named after its output, whichever attribute holds it
-    (``value``, ``value_float(s)``, ``value_int(s)``, ``sparse_value``); ``None`` for string values."""
+    (``value``, ``value_float(s)``, ``value_int(s)``, ``sparse_value``); ``None`` for string values, and for
+    a ``sparse_value`` kept in external files when no ``base_dir`` says where they may be read from."""
     for a in node.attribute:
         arr: np.ndarray | None = None
         if a.name == "value" and a.HasField("t"):
@@ -364,8 +365,10 @@ def constant_tensor(node: onnx.NodeProto) -> TensorProto | None:
             return t
         if a.name == "sparse_value" and a.HasField("sparse_tensor"):
             sp = a.sparse_tensor
-            values = numpy_helper.to_array(sp.values)
-            idx = numpy_helper.to_array(sp.indices).astype(np.int64)
+            if base_dir is None and TensorProto.EXTERNAL in (sp.values.data_location, sp.indices.data_location):
+                return None
+            values = tensor_array(sp.values, base_dir)
+            idx = tensor_array(sp.indices, base_dir).astype(np.int64)
             dims = tuple(int(d) for d in sp.dims)
             dense = np.zeros(int(np.prod(dims)), dtype=values.dtype)
             flat = idx if idx.ndim == 1 else np.ravel_multi_index(tuple(idx.T), dims)
@@ -388,7 +391,7 @@ def _static_ints(name: str, inits: dict[str, TensorProto], consts: dict[str, Ten
     t = inits.get(name) or consts.get(name)
     if t is None or t.data_location == TensorProto.EXTERNAL:
         return None
-    return [int(v) for v in numpy_helper.to_array(t).reshape(-1)]
+    return [int(v) for v in tensor_array(t).reshape(-1)]
 
 
 def iter_weights(model: ModelProto) -> Iterator[WeightRef]:
@@ -414,8 +417,8 @@ def iter_weights(model: ModelProto) -> Iterator[WeightRef]:
             continue
         value = np.zeros(1, dtype=np.float32)
         for a in n.attribute:
-            if a.name == "value":
-                value = numpy_helper.to_array(a.t).reshape(-1)
+            if a.name == "value" and a.t.data_location != TensorProto.EXTERNAL:
+                value = tensor_array(a.t).reshape(-1)
         t = TensorProto()
         t.name, t.data_type = n.output[0], helper.np_dtype_to_tensor_dtype(value.dtype)
         t.dims.extend(dims)
@@ -518,36 +521,120 @@ def fold_constant(model: ModelProto, name: str, base_dir: Path) -> tuple[np.ndar
     return np.asarray(value), tuple(n.op_type for n in nodes)
 
 
+class ExternalDataError(ValueError):
+    """A tensor's external data cannot be used: its location leaves the model's folder, its ``offset`` or
+    ``length`` is not a non-negative integer, or it is read where no folder is known."""
+
+
 def external_location(tensor: TensorProto, base_dir: Path) -> tuple[Path, int, int | None]:
-    """Resolved file, offset and length of an external tensor; refuses paths outside ``base_dir``."""
+    """Resolved file, offset and length of an external tensor; refuses paths outside ``base_dir`` and offsets
+    or lengths that are not non-negative integers (:class:`ExternalDataError`, naming the tensor and why)."""
     info = {e.key: e.value for e in tensor.external_data}
     loc = info.get("location", "")
+    name = tensor.name or "(unnamed)"
+    if not loc:
+        raise ExternalDataError(f"external data of tensor '{name}' has no location")
+    if "\0" in loc:
+        raise ExternalDataError(f"external data of tensor '{name}' has a location with a NUL byte: refused")
     base = base_dir.resolve()
     target = (base / loc).resolve()
     if os.path.isabs(loc) or not target.is_relative_to(base):
-        raise PermissionError(
-            f"external data of tensor '{tensor.name}' points outside the model's folder ({loc!r}): refused"
+        raise ExternalDataError(
+            f"external data of tensor '{name}' points outside the model's folder ({loc!r}): refused"
         )
-    offset = int(info.get("offset", 0) or 0)
-    length = int(info["length"]) if "length" in info else None
+
+    def count(key: str) -> int | None:
+        raw = info.get(key)
+        if raw is None or raw == "":
+            return None
+        text = raw.strip()
+        if not text.isdigit():  # digits only: no sign, no fraction, no exponent
+            raise ExternalDataError(f"external data of tensor '{name}': {key} {raw[:40]!r} is not a "
+                                    f"non-negative integer")
+        return int(text)
+
+    offset = count("offset") or 0
+    length = count("length")
     return target, offset, length
 
 
-def check_external_paths(model: ModelProto, base_dir: Path) -> None:
-    """Raise ``PermissionError`` if any external tensor (in any subgraph) points outside ``base_dir``."""
+def all_tensors(model: ModelProto) -> Iterator[TensorProto]:
+    """Every ``TensorProto`` a model holds: initializers and sparse initializers (values and indices) of the
+    main graph and every subgraph, tensor attributes (``t``, ``tensors``, ``sparse_tensor(s)`` as used by
+    ``Constant.sparse_value``), and the same inside local function bodies."""
 
-    def tensors(g: GraphProto) -> Iterator[TensorProto]:
-        yield from g.initializer
-        for n in g.node:
+    def sparse(sp: onnx.SparseTensorProto) -> Iterator[TensorProto]:
+        yield sp.values
+        yield sp.indices
+
+    def nodes(ns: Iterable[onnx.NodeProto]) -> Iterator[TensorProto]:
+        for n in ns:
             for a in n.attribute:
                 if a.HasField("t"):
                     yield a.t
-                for sub in list(a.graphs) + ([a.g] if a.HasField("g") else []):
-                    yield from tensors(sub)
+                yield from a.tensors
+                if a.HasField("sparse_tensor"):
+                    yield from sparse(a.sparse_tensor)
+                for sp in a.sparse_tensors:
+                    yield from sparse(sp)
+                for sub in [*a.graphs, *([a.g] if a.HasField("g") else [])]:
+                    yield from graph(sub)
 
-    for t in tensors(model.graph):
-        if t.data_location == TensorProto.EXTERNAL:
-            external_location(t, base_dir)
+    def graph(g: GraphProto) -> Iterator[TensorProto]:
+        yield from g.initializer
+        for sp in g.sparse_initializer:
+            yield from sparse(sp)
+        yield from nodes(g.node)
+
+    yield from graph(model.graph)
+    for f in model.functions:
+        yield from nodes(f.node)
+
+
+def check_external_paths(model: ModelProto, base_dir: Path) -> None:
+    """Raise :class:`ExternalDataError` if any external tensor anywhere in the model (see :func:`all_tensors`)
+    points outside ``base_dir`` or has a malformed offset or length."""
+    for t in all_tensors(model):
+        if t.data_location != TensorProto.EXTERNAL:
+            continue
+        path, offset, length = external_location(t, base_dir)
+        name = t.name or "(unnamed)"
+        # The real cause, named at load time, rather than an mmap error when a check first reads the tensor.
+        if not path.is_file():
+            raise ExternalDataError(f"external data of tensor '{name}': file {path.name!r} not found in the "
+                                    f"model's folder")
+        dtype = np_dtype(t.data_type)
+        if dtype is None:
+            continue
+        need = (int(np.prod([int(d) for d in t.dims])) if len(t.dims) else 1) * dtype.itemsize
+        if length is not None and length < need:
+            raise ExternalDataError(f"external data of tensor '{name}': length {length} is shorter than its "
+                                    f"shape and type need ({need} bytes)")
+        size = path.stat().st_size
+        if offset + need > size:
+            raise ExternalDataError(f"external data of tensor '{name}': bytes {offset}..{offset + need} of "
+                                    f"{path.name!r} are needed, but the file has {size}")
+
+
+def tensor_array(t: TensorProto, base_dir: Path | None = None) -> np.ndarray:
+    """The values of any tensor: inline data through onnx, external data from ``base_dir`` only (confined and
+    checked by :func:`external_location`). onnx's own reader would resolve an external location against the
+    current folder; without ``base_dir`` an external tensor is refused instead."""
+    if t.data_location != TensorProto.EXTERNAL:
+        return numpy_helper.to_array(t)
+    if base_dir is None:
+        raise ExternalDataError(f"tensor '{t.name or '(unnamed)'}' keeps its data in an external file where "
+                                "only inline values are read")
+    dtype = np_dtype(t.data_type)
+    if dtype is None:
+        raise ExternalDataError(f"external tensor '{t.name}' has a data type ({t.data_type}) that is not numeric")
+    path, offset, length = external_location(t, base_dir)
+    shape = tuple(int(d) for d in t.dims)
+    n = int(np.prod(shape)) if shape else 1
+    if length is not None and length < n * dtype.itemsize:
+        raise ExternalDataError(f"external data of '{t.name}' is shorter than its shape says")
+    arr = np.memmap(path, dtype=dtype.newbyteorder("<"), mode="r", offset=offset, shape=(n,))
+    return np.asarray(arr).reshape(shape)
 
 
 def read_tensor(ref: WeightRef, base_dir: Path) -> np.ndarray:
@@ -557,10 +644,10 @@ def read_tensor(ref: WeightRef, base_dir: Path) -> np.ndarray:
         path, offset, length = external_location(t, base_dir)
         count = int(np.prod(ref.shape)) if ref.shape else 1
         if length is not None and length < count * ref.dtype.itemsize:
-            raise ValueError(f"external data of '{t.name}' is shorter than its shape says")
+            raise ExternalDataError(f"external data of '{t.name}' is shorter than its shape says")
         arr = np.memmap(path, dtype=ref.dtype.newbyteorder("<"), mode="r", offset=offset, shape=(count,))
         return arr.reshape(ref.shape)
     if ref.fill is not None:
         # a ConstantOfShape output: one value broadcast (no memory), read-only like a memory map
         return np.broadcast_to(np.asarray(ref.fill, dtype=ref.dtype), ref.shape)
-    return numpy_helper.to_array(t)
+    return tensor_array(t)

@@ -20,7 +20,7 @@ from auditor import graph as G
 from auditor.cancel import progress_sink, raise_if_cancelled
 from auditor.datasets.sources import XArray
 from auditor.device import CUDA, choose_providers, provider_options, quiet_stderr
-from auditor.errors import DataError, ModelLoadError, SkipCheck
+from auditor.errors import DataError, ModelLoadError, SkipCheck, short
 
 # Domains that ONNX Runtime implements itself; anything else is a custom domain needing a custom-op library.
 _KNOWN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc", "ai.onnx.training",
@@ -154,7 +154,7 @@ class ModelHandle:
             raise ModelLoadError(f"{path}: not an ONNX model (the file parses to an empty graph)")
         try:
             G.check_external_paths(self.proto, path.parent)
-        except PermissionError as exc:
+        except G.ExternalDataError as exc:
             raise ModelLoadError(f"{path}: {exc}") from None
         self.has_external_data = any(
             t.data_location == onnx.TensorProto.EXTERNAL for t in self.proto.graph.initializer
@@ -200,6 +200,9 @@ class ModelHandle:
             )
         # The audited outputs: the named one, or every declared output (sklearn gives label + probabilities).
         self.outputs: list[str] = [out] if out else [o.name for o in g.output]
+        if not self.outputs:
+            raise ModelLoadError(f"{self.path}: the graph declares no outputs (set {self.role}.output to the tensor "
+                                 "to audit)")
         # A ZipMap output is read as the probability matrix it wraps (vectorised, no per-sample dicts).
         self._alias = {z.output: z.tensor for z in self.zipmaps.values()}
         tensors = [self._alias.get(o, o) for o in self.outputs]
@@ -247,9 +250,22 @@ class ModelHandle:
         self.input = G.value_info_spec(next(i for i in data_ins if i.name == chosen))
         specs = {i.name: G.value_info_spec(i) for i in data_ins}
         self.feeds: dict[str, np.ndarray] = {}
+        known = {i.name for i in g.input}
+        for name in feeds:
+            if name not in known:
+                raise ModelLoadError(f"{self.role}.feeds.{short(str(name), 60)}: {self.path} has no input of that "
+                                     f"name (inputs: {short(', '.join(sorted(known)), 200)})")
         for name in [n for n in specs if n != chosen and n in feeds]:
             dt = specs[name].dtype or np.dtype(np.float32)
-            self.feeds[name] = np.asarray(feeds[name], dtype=dt)
+            try:
+                self.feeds[name] = np.asarray(feeds[name], dtype=dt)
+            except (TypeError, ValueError) as exc:
+                raise ModelLoadError(f"{self.role}.feeds.{name}: {short(repr(feeds[name]), 80)} is not a valid "
+                                     f"{dt} value for input '{name}' ({short(str(exc), 120)})") from None
+            want = specs[name].shape
+            if want is not None and self.feeds[name].ndim != len(want):
+                raise ModelLoadError(f"{self.role}.feeds.{name}: a value of rank {self.feeds[name].ndim}, but input "
+                                     f"'{name}' has rank {len(want)} (shape {list(want)})")
         # A scalar input (a keep_prob or learning-phase placeholder) cannot hold one value per sample.
         scalars = [n for n, sp in specs.items() if n != chosen and n not in feeds and n not in mapped
                    and sp.shape is not None and len(sp.shape) == 0]

@@ -164,8 +164,12 @@ def _many_values(y: np.ndarray) -> bool:
 
 
 def encode_labels(y: np.ndarray, classes: tuple[Any, ...]) -> np.ndarray:
-    """Map true labels to column indices of ``classes``; -1 for labels the model does not know."""
+    """Map true labels to column indices of ``classes``; -1 for labels the model does not know. Fractional
+    labels raise :class:`~auditor.errors.DataError` (never truncated)."""
+    from auditor.data import check_class_labels
+
     y = np.asarray(y)
+    check_class_labels(y)
     cls = np.asarray(classes)
     if y.dtype.kind in "iuf" and cls.dtype.kind in "iu" and np.array_equal(cls, np.arange(len(cls))):
         yi = y.astype(np.int64)

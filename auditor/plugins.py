@@ -138,13 +138,7 @@ def build_registry(
             reg.checks[cls.name] = CheckInfo(
                 cls, pname, info.distribution if info else None, info.version if info else None
             )
-    for impl in pm.hook.auditor_register_reporters.get_hookimpls():
-        try:
-            reporters = cast("list[Any]", impl.function() or [])
-            for rcls in reporters:
-                reg.reporters[rcls.format] = rcls
-        except Exception as exc:
-            raise PluginLoadError(f"plugin '{impl.plugin_name}' failed to register reporters: {exc}") from None
+    _register_reporters(pm, reg)
     for impl in pm.hook.auditor_register_backends.get_hookimpls():
         try:
             backends = cast("dict[str, Callable[..., Any]]", impl.function() or {})
@@ -182,3 +176,41 @@ def _collect_datasets(pm: pluggy.PluginManager, reg: Registry) -> None:
                     f"data source '{cls.name}' is registered by both '{owner[cls.name]}' and '{pname}'")
             owner[cls.name] = pname
             reg.datasets[cls.name] = cls
+
+
+def _register_reporters(pm: pluggy.PluginManager, reg: Registry) -> None:
+    """Collect report formats. A format or file name registered twice stops the run naming both plugins (a
+    plugin must not silently replace a built-in format), and a file name must be a plain name in the report
+    folder (no separators, no ``..``)."""
+    from auditor.report.base import Reporter, valid_filename
+
+    owner: dict[str, str] = {}
+    files: dict[str, tuple[str, str]] = {}
+    # get_hookimpls() lists in registration order, the core's own formats first: a clash names the built-in
+    # as the first owner.
+    for impl in pm.hook.auditor_register_reporters.get_hookimpls():
+        pname = impl.plugin_name
+        try:
+            reporters = list(cast("list[Any]", impl.function() or []))
+        except Exception as exc:
+            raise PluginLoadError(
+                f"plugin '{pname}' failed to register reporters: {type(exc).__name__}: {exc}") from None
+        for rcls in reporters:
+            if not (isinstance(rcls, type) and issubclass(rcls, Reporter)):
+                raise PluginLoadError(f"plugin '{pname}' registered {rcls!r} as a reporter, not a Reporter subclass")
+            fmt, filename = getattr(rcls, "format", ""), getattr(rcls, "filename", "")
+            if not isinstance(fmt, str) or not fmt.replace("_", "").replace("-", "").isalnum():
+                raise PluginLoadError(f"plugin '{pname}': reporter {rcls.__name__} has no valid format name "
+                                      f"({fmt!r}: letters, digits, '-' and '_')")
+            if not valid_filename(filename):
+                raise PluginLoadError(f"plugin '{pname}': reporter '{fmt}' writes to {filename!r}, which is not a "
+                                      "plain file name in the report folder")
+            if fmt in owner:
+                raise PluginLoadError(f"report format '{fmt}' is registered by both '{owner[fmt]}' and '{pname}'")
+            if filename in files:
+                other_fmt, other = files[filename]
+                raise PluginLoadError(f"report file '{filename}' is written by format '{other_fmt}' of "
+                                      f"'{other}' and by format '{fmt}' of '{pname}'")
+            owner[fmt] = pname
+            files[filename] = (fmt, pname)
+            reg.reporters[fmt] = rcls

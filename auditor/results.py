@@ -9,10 +9,12 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -87,22 +89,48 @@ def _known(cls: type, doc: Mapping[str, Any], renames: Mapping[str, str] | None 
     return known, rest
 
 
+class Severity(str, Enum):
+    """How much a :class:`Finding` matters: ``info`` is shown, ``warn`` turns a passing check into ``warn``,
+    ``fail`` fails it. A ``str`` enum, so ``finding.severity == "warn"`` reads as before."""
+
+    INFO = "info"
+    WARN = "warn"
+    FAIL = "fail"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass(frozen=True, kw_only=True)
 class Finding(_KeyAccess):
     """Something a check wants a person to look at.
 
-    ``severity`` is ``info``, ``warn`` or ``fail``; a ``warn`` finding turns a passing check into ``warn``,
-    a ``fail`` finding fails it.
+    ``severity`` is a :class:`Severity` (or its name: ``"info"``, ``"warn"``, ``"fail"``); anything else raises
+    ``ValueError`` here, where the plugin builds it (an unknown severity must never read as a pass).
     """
 
     message: str
-    severity: str = "info"
+    severity: Severity | str = Severity.INFO
     location: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        try:
+            sev = Severity(self.severity)
+        except ValueError:
+            allowed = ", ".join(s.value for s in Severity)
+            raise ValueError(f"Finding severity {self.severity!r} is not one of {allowed}") from None
+        object.__setattr__(self, "severity", sev)
+        if not isinstance(self.message, str):
+            raise TypeError(f"Finding message must be a string, not {type(self.message).__name__}")
+        if self.location is not None and not isinstance(self.location, str):
+            raise TypeError(f"Finding location must be a string or None, not {type(self.location).__name__}")
+        if not isinstance(self.data, Mapping):
+            raise TypeError(f"Finding data must be a mapping, not {type(self.data).__name__}")
+
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
-        out: dict[str, Any] = {"message": self.message, "severity": self.severity}
+        out: dict[str, Any] = {"message": self.message, "severity": Severity(self.severity).value}
         if self.location is not None:
             out["location"] = self.location
         if self.data:
@@ -124,6 +152,94 @@ class CheckResult:
     findings: list[Finding] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     artifacts: dict[str, Any] = field(default_factory=dict)
+
+
+class MalformedResult(TypeError):
+    """A check returned something that is not a well-formed :class:`CheckResult` (the check is an error)."""
+
+
+MAX_METRIC_DEPTH = 32
+MAX_METRIC_VALUES = 1_000_000
+
+
+def plain_json(value: Any, where: str = "metrics") -> Any:
+    """``value`` as plain JSON types (dict with string keys, list, str, int, float, bool, None), numpy scalars
+    and arrays converted; raise :class:`MalformedResult` naming the path of the first value that is not JSON
+    (an object, a set, bytes, a non-string key, a structure that contains itself, or one too deep or too big).
+    Non-finite floats stay floats: the JSON writer spells them."""
+    count = 0
+    active: set[int] = set()
+
+    def conv(v: Any, path: str, depth: int) -> Any:
+        nonlocal count
+        count += 1
+        if count > MAX_METRIC_VALUES:
+            raise MalformedResult(f"{where}: more than {MAX_METRIC_VALUES} values")
+        if v is None or isinstance(v, (bool, str)):
+            return v
+        if isinstance(v, int):
+            return int(v)
+        if isinstance(v, float):
+            return float(v)
+        if isinstance(v, Enum) and isinstance(v.value, str):
+            return v.value
+        if isinstance(v, np.generic):
+            item = v.item()
+            if isinstance(item, (bool, int, float, str)):
+                return item
+            raise MalformedResult(f"{path}: numpy {v.dtype} is not a JSON value")
+        if depth >= MAX_METRIC_DEPTH:
+            raise MalformedResult(f"{path}: nested deeper than {MAX_METRIC_DEPTH} levels")
+        if isinstance(v, np.ndarray):
+            if v.dtype.kind not in "biuf":
+                raise MalformedResult(f"{path}: a numpy array of {v.dtype} is not JSON")
+            if v.size > MAX_METRIC_VALUES:
+                raise MalformedResult(f"{path}: an array of {v.size} values is too large for a report")
+            return conv(v.tolist(), path, depth)
+        if isinstance(v, (dict, list, tuple)):
+            if id(v) in active:
+                raise MalformedResult(f"{path}: contains itself")
+            active.add(id(v))
+            try:
+                if isinstance(v, dict):
+                    out: dict[str, Any] = {}
+                    for k, item in v.items():
+                        if not isinstance(k, str):
+                            raise MalformedResult(f"{path}: key {k!r} is not a string")
+                        out[k] = conv(item, f"{path}.{k}", depth + 1)
+                    return out
+                return [conv(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(v)]
+            finally:
+                active.discard(id(v))
+        raise MalformedResult(f"{path}: {type(v).__name__} is not a JSON value")
+
+    return conv(value, where, 0)
+
+
+def validate_result(res: Any) -> CheckResult:
+    """Check what a plugin's ``run`` returned and return it with plain JSON metrics; raise
+    :class:`MalformedResult` with what is wrong. Plugins are third-party code: a malformed result must cost only
+    that check, never the report."""
+    if not isinstance(res, CheckResult):
+        raise MalformedResult(f"run() returned {type(res).__name__}, not CheckResult")
+    if not isinstance(res.metrics, Mapping):
+        raise MalformedResult(f"metrics is a {type(res.metrics).__name__}, not a mapping")
+    metrics = plain_json(res.metrics if isinstance(res.metrics, dict) else dict(res.metrics))
+    if not isinstance(res.findings, (list, tuple)):
+        raise MalformedResult(f"findings is a {type(res.findings).__name__}, not a list of Finding")
+    findings = list(res.findings)
+    for i, f in enumerate(findings):
+        if not isinstance(f, Finding):
+            raise MalformedResult(f"findings[{i}] is a {type(f).__name__}, not a Finding")
+        if not isinstance(f.severity, Severity):  # built without __post_init__ (object.__setattr__ games)
+            raise MalformedResult(f"findings[{i}].severity {f.severity!r} is not one of info, warn, fail")
+        plain_json(f.data if isinstance(f.data, dict) else dict(f.data), f"findings[{i}].data")
+    if not isinstance(res.notes, (list, tuple)) or not all(isinstance(n, str) for n in res.notes):
+        raise MalformedResult(f"notes must be a list of strings, not {type(res.notes).__name__}"
+                              + ("" if not isinstance(res.notes, (list, tuple)) else " with other items"))
+    if not isinstance(res.artifacts, Mapping) or not all(isinstance(k, str) for k in res.artifacts):
+        raise MalformedResult("artifacts must be a mapping with string keys")
+    return replace(res, metrics=metrics, findings=findings, notes=list(res.notes), artifacts=dict(res.artifacts))
 
 
 @dataclass(frozen=True, kw_only=True)

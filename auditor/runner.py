@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import math
 import platform
@@ -16,17 +17,29 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from auditor import cancel
+from auditor import cancel, signals
 from auditor.checks import CheckInfo, Need
 from auditor.context import AuditContext, SharedCache
-from auditor.data import Dataset, fit_to_model, load_dataset
+from auditor.data import Dataset, check_class_labels, fit_to_model, load_dataset
 from auditor.datasets.registry import LoadRequest
-from auditor.errors import CheckCancelled, SkipCheck, SpecError
+from auditor.errors import CheckCancelled, DataError, SkipCheck, SpecError
 from auditor.metrics import lookup
 from auditor.model import ModelHandle
 from auditor.plugins import Registry
-from auditor.report.base import write_atomic
-from auditor.results import AuditReport, CheckReport, CheckResult, Finding, GateResult, Status, as_report, worst
+from auditor.report.base import commit, discard, stage, valid_filename
+from auditor.results import (
+    OK_STATUSES,
+    AuditReport,
+    CheckReport,
+    CheckResult,
+    Finding,
+    GateResult,
+    MalformedResult,
+    Status,
+    as_report,
+    validate_result,
+    worst,
+)
 from auditor.spec import CheckSpec, GateSpec, Spec
 
 
@@ -56,11 +69,12 @@ class NullEvents:
 
 
 class Interrupted(Exception):
-    """Ctrl-C during a check; carries the partial report."""
+    """Ctrl-C or SIGTERM during a check; carries the partial report and ``how`` (``Ctrl-C``/``SIGTERM``)."""
 
-    def __init__(self, report: AuditReport) -> None:
+    def __init__(self, report: AuditReport, how: str = "Ctrl-C") -> None:
         super().__init__("interrupted")
         self.report = report
+        self.how = how
 
 
 @dataclass
@@ -99,6 +113,7 @@ def load_inputs(spec: Spec, sources: dict[str, type[Any]] | None = None) -> Load
         data = load_dataset(spec.data, rng, request=_request(model, rng), sources=sources,
                             inputs=model.input_keys, primary=model.input.name)
         data = fit_to_model(data, model.input.shape, model.input.name, str(model.path))
+        _check_values(model, data, "data")
     baseline = baseline_data = None
     if spec.baseline is not None:
         baseline = ModelHandle(spec.baseline, batch_size=bs, role="baseline")
@@ -117,7 +132,19 @@ def load_inputs(spec: Spec, sources: dict[str, type[Any]] | None = None) -> Load
         train = load_dataset(spec.train_data, trng, request=_request(model, trng), sources=sources,
                              inputs=model.input_keys, primary=model.input.name)
         train = fit_to_model(train, model.input.shape, model.input.name, str(model.path))
+        _check_values(model, train, "train_data")
     return Loaded(model, data, baseline, baseline_data, refs, train)
+
+
+def _check_values(model: ModelHandle, data: Dataset, role: str) -> None:
+    """Data values the model cannot take, found before any check runs (exit 4, one line)."""
+    want = model.input.dtype
+    have = getattr(data.x, "dtype", None)
+    if want is not None and want.kind in "OSU" and have is not None and np.dtype(have).kind not in "OSU":
+        raise DataError(f"{role}.x: model input '{model.input.name}' of {model.path} takes strings, but the data "
+                        f"is {np.dtype(have)}")
+    if model.config.task == "classification" and data.y is not None:
+        check_class_labels(np.asarray(data.y), f"{role}.y")
 
 
 def _request(model: ModelHandle, rng: np.random.Generator) -> LoadRequest:
@@ -208,16 +235,24 @@ def _execute(check: Any, ctx: AuditContext, timeout_s: float | None, params: Any
         if ctx.progress is not None:
             cancel.set_progress_sink(ctx.progress)
         try:
-            res = check.run(ctx, params) if type(check).takes_params() else check.run(ctx)
-            if not isinstance(res, CheckResult):
-                raise TypeError(f"run() returned {type(res).__name__}, not CheckResult")
-            publish(result=res)
+            # Floating-point warnings (NaN outputs, empty groups) are the check's business: it reports NaN
+            # metrics, which gates fail; numpy's own lines must not leak onto the console.
+            with np.errstate(all="ignore"):
+                res = check.run(ctx, params) if type(check).takes_params() else check.run(ctx)
+            try:
+                publish(result=validate_result(res))
+            except MalformedResult as exc:  # plugins are untrusted: a malformed result is this check's error
+                publish(error=f"malformed result from {type(check).__name__}.run(): {exc}")
         except SkipCheck as exc:
             publish(skip=str(exc) or "skipped")
         except CheckCancelled:
             publish(error=box.error or "cancelled")
         except BaseException as exc:  # the check's own failure: recorded, never fatal to the audit
-            publish(error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+            try:
+                message = f"{type(exc).__name__}: {exc}"
+            except BaseException:  # an exception whose __str__ raises is still only this check's error
+                message = f"{type(exc).__name__} (its message could not be read)"
+            publish(error=message, traceback=traceback.format_exc())
         finally:
             # A thread that outlived its timeout clears its own cancel mark as it ends: thread idents are
             # reused, and a later check's thread must not start out cancelled.
@@ -414,14 +449,15 @@ class Runner:
         reports: list[CheckReport] = []
         total = len(self.spec.checks)
         interrupted = False
+        how = "Ctrl-C"
         for i, cs in enumerate(self.spec.checks):
             self.events.check_started(i + 1, total, cs.id)
             try:
                 rep = self.run_check(cs, loaded)
-            except KeyboardInterrupt:
-                interrupted = True
+            except KeyboardInterrupt as exc:
+                interrupted, how = True, signals.describe(exc)
                 info = self.registry.checks.get(cs.use)
-                rep = self._report(cs, info, _Outcome(error="interrupted (Ctrl-C)"), None)
+                rep = self._report(cs, info, _Outcome(error=f"interrupted ({how})"), None)
                 reports.append(rep)
                 self.events.check_finished(rep)
                 for rest in self.spec.checks[i + 1:]:
@@ -432,25 +468,87 @@ class Runner:
             self.events.check_finished(rep)
         report = self.assemble(reports, loaded, interrupted, started, time.perf_counter() - t0)
         if interrupted:
-            raise Interrupted(report)
+            raise Interrupted(report, how)
         return report
 
 
-def write_reports(report: AuditReport, directory: Path, formats: list[str], registry: Registry,
-                  on_written: Callable[[Path], None] | None = None) -> list[Path]:
-    """Render and atomically write each format; JSON first (the source of truth)."""
+class WrittenReports(list[Path]):
+    """The report files written, in order; ``failed`` maps each format whose reporter raised to the reason
+    (its file is not written, the others are); ``interrupted`` names the signal (``Ctrl-C``/``SIGTERM``) that
+    arrived while they were written, if one did; ``report`` is the report the files say (marked interrupted
+    when the signal came before they were committed)."""
+
+    def __init__(self, paths: list[Path], failed: dict[str, str], interrupted: str | None,
+                 report: AuditReport) -> None:
+        super().__init__(paths)
+        self.failed = failed
+        self.interrupted = interrupted
+        self.report = report
+
+
+def mark_interrupted(report: AuditReport) -> AuditReport:
+    """The report of a run interrupted while its reports were written: ``interrupted``, and never ``pass``,
+    ``info`` or ``warn`` (a run that was stopped did not pass)."""
+    status = Status.ERROR if report.status in OK_STATUSES else report.status
+    return dataclasses.replace(report, interrupted=True, status=status)
+
+
+def write_reports(report: AuditReport | dict[str, Any], directory: Path, formats: list[str], registry: Registry,
+                  on_written: Callable[[Path], None] | None = None) -> WrittenReports:
+    """Render every format, stage each file beside its target, then commit them all; JSON first.
+
+    A reporter that raises loses only its own file (``failed``). SIGINT/SIGTERM while this runs are deferred
+    (:func:`auditor.signals.deferred`): if one arrives before the files are committed, every format is
+    rendered again from the report marked interrupted, so no file says ``pass`` for a stopped run and none is
+    missing. A file name that would leave ``directory`` is refused (the registry already checks it)."""
     report = as_report(report)
-    written = []
     order = sorted(formats, key=lambda f: (f != "json", formats.index(f)))
-    for fmt in order:
-        cls = registry.reporters[fmt]
-        text = cls().render(report, registry.pm)
-        path = Path(directory) / cls.filename
+    directory = Path(directory)
+    staged: list[tuple[Path, Path]] = []
+    failed: dict[str, str] = {}
+
+    def render_and_stage(doc: AuditReport) -> None:
+        for fmt in order:
+            cls = registry.reporters[fmt]
+            name = getattr(cls, "filename", "")
+            if not valid_filename(name):
+                failed[fmt] = f"file name {name!r} is not a plain name in the report folder"
+                continue
+            try:
+                text = cls().render(doc, registry.pm)
+                if not isinstance(text, str):
+                    raise TypeError(f"render() returned {type(text).__name__}, not str")
+            except Exception as exc:  # a reporter is plugin code: it loses its own file, nothing more
+                failed[fmt] = f"{type(exc).__name__}: {exc}"
+                continue
+            path = directory / name
+            try:
+                staged.append((stage(path, text), path))
+            except OSError as exc:
+                raise SpecError("report.dir", [f"cannot write {path}: {exc.strerror or exc}"]) from None
+
+    def drop_staged() -> None:
+        for tmp, _ in staged:
+            discard(tmp)
+        staged.clear()
+
+    written: list[Path] = []
+    with signals.deferred() as sig:
         try:
-            write_atomic(path, text)
-        except OSError as exc:
-            raise SpecError("report.dir", [f"cannot write {path}: {exc.strerror or exc}"]) from None
-        written.append(path)
-        if on_written:
+            render_and_stage(report)
+            if sig.caught and not report.interrupted:
+                drop_staged()
+                failed.clear()
+                report = mark_interrupted(report)
+                render_and_stage(report)
+            for tmp, path in staged:
+                commit(tmp, path)
+                written.append(path)
+            staged.clear()
+        except BaseException:
+            drop_staged()
+            raise
+    if on_written:
+        for path in written:
             on_written(path)
-    return written
+    return WrittenReports(written, failed, sig.first or None, report)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from dataclasses import dataclass, field
 from enum import Enum
@@ -154,7 +155,7 @@ def build_schema(checks: dict[str, CheckInfo], formats: list[str]) -> dict[str, 
                            "description": "Several reference models, by name."},
             "data": _DATA,
             "train_data": _DATA,
-            "seed": {"type": "integer", "default": 0},
+            "seed": {"type": "integer", "minimum": 0, "default": 0},
             "execution": EXECUTION_SCHEMA,
             "checks": {"type": "array", "items": check_item},
             "report": {
@@ -350,6 +351,7 @@ def parse_spec(path: Path, checks: dict[str, CheckInfo], formats: list[str],
         msg = _explain(e, doc, lines)
         if msg and msg not in problems:
             problems.append(msg)
+    problems += _path_problems(doc, lines)
     if problems:
         raise SpecError(str(path), problems)
 
@@ -404,6 +406,9 @@ def parse_spec(path: Path, checks: dict[str, CheckInfo], formats: list[str],
             if not isinstance(g, dict):  # only possible for a disabled plugin's entry (not validated)
                 continue
             bounds = {k: float(v) for k, v in g.items() if k in GATE_OPS}
+            if any(not math.isfinite(v) for v in bounds.values()):
+                problems.append(f"checks[{i}].gate.{metric}: bounds must be finite numbers"
+                                f"{_at(lines, ('checks', i, 'gate', metric))}")
             if not bounds:
                 problems.append(f"checks[{i}].gate.{metric}: give at least one of {', '.join(GATE_OPS)}")
             if ("max_drop" in bounds or "max_increase" in bounds) and "baseline" not in doc:
@@ -476,6 +481,40 @@ def _image_rules(d: dict[str, Any], key: str, base: Path) -> list[str]:
                     out.append(f"{key}.preprocess.{step}: needs image files (a folder or a manifest with "
                                f"{key}.images); {suffix} arrays are used as stored")
     return out
+
+
+def _path_problems(doc: dict[str, Any], lines: dict[Path_, int]) -> list[str]:
+    """File paths the operating system could not take: a NUL byte, a ``~user`` with no such user."""
+    found: list[tuple[tuple[str, ...], Any]] = []
+    for section in ("model", "baseline", "reference", "data", "train_data"):
+        if isinstance(doc.get(section), dict):
+            found.append(((section, "path"), doc[section].get("path")))
+    for name, m in (doc.get("references") or {}).items():
+        if isinstance(m, dict):
+            found.append((("references", name, "path"), m.get("path")))
+    if isinstance(doc.get("report"), dict):
+        found.append((("report", "dir"), doc["report"].get("dir")))
+    out = []
+    for where, value in found:
+        if not isinstance(value, str):
+            continue
+        problem = path_problem(value)
+        if problem:
+            out.append(f"{_fmt_path(where)}: {problem}{_at(lines, where)}")
+    return out
+
+
+def path_problem(value: str) -> str | None:
+    """Why ``value`` cannot be used as a file path, or ``None``."""
+    if "\0" in value:
+        return f"{short(repr(value), 60)} contains a NUL byte"
+    if value.startswith("~"):
+        try:
+            Path(value).expanduser()
+        except RuntimeError:
+            user = value[1:].split("/", 1)[0]
+            return f"cannot expand '~{short(user, 40)}': no such user (or no home folder)"
+    return None
 
 
 def _npz_default_y(doc: dict[str, Any], base: Path) -> bool:

@@ -24,10 +24,11 @@ class JUnitReporter(Reporter):
     def render(self, report: AuditReport, pm: Any = None) -> str:
         """XML text."""
         checks = report.checks
+        interrupted = bool(report.interrupted)
         counts = {
-            "tests": len(checks),
+            "tests": len(checks) + interrupted,
             "failures": sum(gate_failed(c) for c in checks),
-            "errors": sum(c.status is Status.ERROR for c in checks),
+            "errors": sum(c.status is Status.ERROR for c in checks) + interrupted,
             "skipped": sum(c.status is Status.SKIPPED and not gate_failed(c) for c in checks),
         }
         attrs = {k: str(v) for k, v in counts.items()}
@@ -59,5 +60,10 @@ class JUnitReporter(Reporter):
             out += [f"[{f.severity}] {f.message}" for f in c.findings]
             if out:
                 ET.SubElement(case, "system-out").text = "\n".join(out)
+        if interrupted:
+            # A run that was stopped did not pass, even when every check it ran did: say so as an error.
+            case = ET.SubElement(suite, "testcase", classname="auditor", name="audit interrupted", time="0.000")
+            ET.SubElement(case, "error", message="the audit was interrupted: this report is partial",
+                          type="Interrupted").text = "the audit was interrupted (Ctrl-C or SIGTERM)"
         ET.indent(suites)
         return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"

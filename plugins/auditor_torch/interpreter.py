@@ -381,8 +381,9 @@ def read_initializers(model: onnx.ModelProto, base_dir: Path | None) -> dict[str
         if ref.name in names:
             out[ref.name] = G.read_tensor(ref, base_dir or Path("."))
     for sp in model.graph.sparse_initializer:
-        values = numpy_helper.to_array(sp.values)
-        idx = numpy_helper.to_array(sp.indices).astype(np.int64)
+        # external parts are read from the model's folder only (auditor.graph confines them)
+        values = G.tensor_array(sp.values, base_dir)
+        idx = G.tensor_array(sp.indices, base_dir).astype(np.int64)
         dims = tuple(int(d) for d in sp.dims)
         dense = np.zeros(int(np.prod(dims)), dtype=values.dtype)
         # indices are linear positions (1-D) or coordinates (one row per value)
