@@ -158,7 +158,10 @@ def load(text: str) -> tuple[Any, dict[Path_, int]]:
     """Parse one YAML document; return it and the line of every entry. Raise :class:`YamlProblem`."""
     if len(text.encode("utf-8", "surrogatepass")) > MAX_BYTES:
         raise YamlProblem(f"larger than {MAX_BYTES // (1024 * 1024)} MiB")
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # the reader refuses unprintable characters (a NUL byte) right here
+    except yaml.YAMLError as exc:
+        raise YamlProblem(f"invalid YAML: {_short(str(exc).splitlines()[0], 200)}") from None
     try:
         try:
             root = loader.get_single_node()

@@ -85,6 +85,7 @@ def test_duplicate_key_names_both_lines_and_exits_2(tmp_path: Path) -> None:
     ("a: !!set {x, y}\n", "the YAML tag tag:yaml.org,2002:set is not allowed"),
     ("a: !!python/object/apply:os.system ['touch pwned']\n", "could not determine a constructor"),
     ("a: [1,\n", "line 2: invalid YAML"),
+    ("a: b\x00c\n", "unacceptable character #x0000"),  # found by benchmarks/fuzz_inputs.py (exit 3 before)
 ])
 def test_hostile_yaml_is_one_line_exit_2(tmp_path: Path, text: str, needle: str) -> None:
     code, err = run_cli(tmp_path, text)
