@@ -44,6 +44,7 @@ def classify(code: int, out: str, spec_ok_expected: bool = False) -> str | None:
 
 def worker(kind: str, start: int, count: int, workdir: Path, results: Path) -> None:
     """Run inputs ``start .. start+count`` of ``kind`` in this process, one JSON line per input."""
+    import fuzzing
     import numpy as np
     import onnx
     import yaml
@@ -52,7 +53,6 @@ def worker(kind: str, start: int, count: int, workdir: Path, results: Path) -> N
     from hypothesis import HealthCheck, given, settings
     from hypothesis import seed as hseed
 
-    import fuzzing
     from auditor.cli import main
 
     if not (workdir / "mlp.onnx").exists():
