@@ -359,11 +359,15 @@ class RayRunner(Runner):
     @staticmethod
     def _merge(p: _Pending) -> _Outcome:
         from auditor.errors import SkipCheck
+        from auditor.results import MalformedResult, validate_result
 
         try:
             result = p.check.merge(p.ctx, params_for(type(p.check), p.ctx), p.plan,
                                    [p.partials[i] for i in range(p.count)])
-            return _Outcome(result=result, duration=time.perf_counter() - p.t0)
+            # plugins are untrusted on a cluster too: the merged result is checked like a local one
+            return _Outcome(result=validate_result(result), duration=time.perf_counter() - p.t0)
+        except MalformedResult as exc:
+            return _Outcome(error=f"malformed result from {type(p.check).__name__}.merge(): {exc}")
         except SkipCheck as exc:
             return _Outcome(skip=str(exc) or "skipped")
         except Exception as exc:
