@@ -541,6 +541,9 @@ def _draw_bar(fig: Any, p: Plot) -> None:
             ax.bar(xs, ys, yerr=errs(name, ys), capsize=3, color="#4c78a8")
             overlay(ax, name, [float(x) for x in xs])
             ax.set_title(name, fontsize=9)
+            if _log_scale(ys + base.get(name, [])):
+                ax.set_yscale("log")  # condition numbers, spectral norms: orders of magnitude apart
+                ax.set_title(f"{name} (log scale)", fontsize=9)
             ticks(ax)
         for ax in axes[len(series):]:
             ax.set_visible(False)
@@ -558,6 +561,12 @@ def _draw_bar(fig: Any, p: Plot) -> None:
             handles, names = ax.get_legend_handles_labels()
             keep = dict(zip(names, handles))  # one "baseline" entry, however many series have one
             ax.legend(list(keep.values()), list(keep), fontsize=8)
+
+
+def _log_scale(values: list[float]) -> bool:
+    """Whether positive values span more than two orders of magnitude (a linear axis hides the small ones)."""
+    finite = [v for v in values if math.isfinite(v)]
+    return bool(finite) and min(finite) > 0 and max(finite) / min(finite) > 100
 
 
 def _draw_heatmap(fig: Any, p: Plot) -> None:
@@ -625,15 +634,20 @@ def _size(p: Plot) -> tuple[float, float]:
     return 7.0, 3.2
 
 
-def render_svg(p: Plot) -> str:
-    """Draw ``p`` with matplotlib and return it as an inline ``<svg>`` element."""
+def render_figure(p: Plot) -> Any:
+    """Draw ``p`` on a new matplotlib figure (Agg canvas, no pyplot) and return the figure."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=_size(p), layout="constrained")
     FigureCanvasAgg(fig)
     _DRAW[p.kind](fig, p)
-    return figure_svg(fig, label=f"{p.kind} plot of {p.title}")
+    return fig
+
+
+def render_svg(p: Plot) -> str:
+    """Draw ``p`` with matplotlib and return it as an inline ``<svg>`` element."""
+    return figure_svg(render_figure(p), label=f"{p.kind} plot of {p.title}")
 
 
 def _fmt(v: Any) -> str:
