@@ -5,6 +5,7 @@ matplotlib figure and the SVG)."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -107,3 +108,57 @@ def test_group_metrics_bars_carry_their_bootstrap_intervals(figures_audit: Any) 
     assert np.allclose(spans, [r["accuracy_ci"] for r in per_group.values()])
     assert all(lo <= r["accuracy"] <= hi for (lo, hi), r in zip(spans, per_group.values()))
     assert 'aria-label="bar plot of per_group"' in page
+
+
+LAYOUT_PROBE = """window.addEventListener('error', function (e) { window.__e.push(String(e.message)); });
+window.__e = [];
+window.addEventListener('load', function () {
+  var w = document.documentElement.clientWidth, wide = [];
+  document.querySelectorAll('body *').forEach(function (el) {
+    var r = el.getBoundingClientRect();
+    if (r.right > w + 1 || r.left < -1) { wide.push(el.tagName + '#' + el.id + ' ' + Math.round(r.width)); }
+  });
+  var out = document.createElement('pre'); out.id = 'probe';
+  out.textContent = JSON.stringify({wide: wide, errors: window.__e, width: w});
+  document.body.appendChild(out);
+});"""
+
+
+def test_chromium_layout_no_element_wider_than_the_viewport(figures_audit: Any, tmp_path: Path) -> None:
+    import base64
+    import hashlib
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("headless Chromium not installed (apt-get install chromium)")
+    page = figures_audit[1]
+    # The test copy only: the policy allows exactly this script (by its hash) and nothing else inline.
+    digest = base64.b64encode(hashlib.sha256(LAYOUT_PROBE.encode()).digest()).decode()
+    assert "script-src 'unsafe-inline'" in page
+    hooked = page.replace("script-src 'unsafe-inline'", f"script-src 'sha256-{digest}'", 1)
+    hooked = hooked.replace("<head>", f"<head><script>{LAYOUT_PROBE}</script>", 1)
+    probe = _probe(chromium, tmp_path, hooked, "page.html")
+    assert probe["width"] > 0 and probe["errors"] == [] and probe["wide"] == []
+    # The probe is not blind: an element wider than the page is listed.
+    bad = _probe(chromium, tmp_path, hooked.replace("</main>", '<div id="wide" style="width:3000px">x</div></main>'),
+                 "bad.html")
+    assert any(w.startswith("DIV#wide") for w in bad["wide"])
+
+
+def _probe(chromium: str, tmp_path: Path, text: str, name: str) -> dict[str, Any]:
+    import html as htmllib
+    import json
+    import os
+    import subprocess
+
+    out = tmp_path / name
+    out.write_text(text)
+    r = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                        f"--user-data-dir={tmp_path / 'profile'}", "--window-size=800,1000",
+                        "--virtual-time-budget=3000", "--dump-dom", out.as_uri()],
+                       capture_output=True, text=True, timeout=90, env={**os.environ, "HOME": str(tmp_path)})
+    m = re.search(r'<pre id="probe">([^<]*)</pre>', r.stdout)
+    assert m, r.stderr[-2000:]
+    probe: dict[str, Any] = json.loads(htmllib.unescape(m.group(1)))
+    return probe
