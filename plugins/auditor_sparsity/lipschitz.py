@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import onnx
 
 from auditor import graph as G
+from auditor_sparsity.weights import _attr
+from auditor_sparsity.weights import _node_key as _key
 
 _ONE = frozenset({"Relu", "Tanh", "Softplus", "Softsign", "Clip", "Identity", "Dropout", "Reshape", "Flatten",
                   "Transpose", "Squeeze", "Unsqueeze", "Cast", "Slice", "GlobalAveragePool", "GlobalMaxPool",
@@ -54,17 +55,6 @@ class Chain:
     factors: tuple[tuple[str, str, float], ...]
     linear: tuple[str, ...]
     reason: str | None = None
-
-
-def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
-
-
-def _key(node: onnx.NodeProto) -> str:
-    return node.name or node.output[0]
 
 
 class _Consts:

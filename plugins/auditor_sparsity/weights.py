@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -118,7 +119,8 @@ class LayerWeight:
         return tuple(a for a in range(len(self.ref.shape)) if a not in (self.out_axis, self.in_axis))
 
 
-def _attr(node: onnx.NodeProto, name: str, default: object) -> object:
+def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
+    """An attribute's value, or ``default`` when the node does not set it (shared with the Lipschitz chain)."""
     for a in node.attribute:
         if a.name == name:
             return onnx.helper.get_attribute_value(a)
@@ -177,7 +179,7 @@ def find_layer_weights(model: ModelHandle) -> list[LayerWeight]:
                 if scale is None:
                     break
                 per_axis = scale.ndim == 1 and scale.size > 1
-                ax = int(_attr(node, "axis", 1)) % len(ref.shape) if per_axis else None  # type: ignore[call-overload]
+                ax = int(_attr(node, "axis", 1)) % len(ref.shape) if per_axis else None
                 dequant = Dequant(zp, scale, ax)
             via.append(node.op_type)
             tensor = node.output[0]
@@ -245,7 +247,7 @@ def _describe(model: ModelHandle, node: onnx.NodeProto, idx: int, ref: WeightRef
             ax = perm[0] if op in _CONV_OPS else perm[rank - 1]
         dequant = Dequant(zp, sc, ax)
     if op in _CONV_OPS or op == "ConvTranspose":
-        groups = int(_attr(node, "group", 1))  # type: ignore[call-overload]
+        groups = int(_attr(node, "group", 1))
         if op == "ConvTranspose":
             # (C_in, C_out / group, k...): axis 0 indexes inputs, axis 1 outputs within a group.
             return LayerWeight(ref, _node_key(node), op, "conv_transpose", out_axis=perm[1], in_axis=perm[0],
@@ -257,7 +259,7 @@ def _describe(model: ModelHandle, node: onnx.NodeProto, idx: int, ref: WeightRef
     if op == "Gemm":
         if rank != 2:
             return None
-        alpha = float(_attr(node, "alpha", 1.0))  # type: ignore[arg-type]
+        alpha = float(_attr(node, "alpha", 1.0))
         if idx == 1:
             # B is (K, N), or (N, K) with transB: the layer maps K inputs to N outputs.
             trans = bool(_attr(node, "transB", 0))
