@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from auditor.gallery import Gallery
+from auditor.gallery import problems as gallery_problems
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -146,12 +149,18 @@ class Finding(_KeyAccess):
 
 @dataclass(frozen=True, kw_only=True)
 class CheckResult:
-    """What a check's ``run`` returns: its metrics (JSON-able), findings, and notes on how it ran."""
+    """What a check's ``run`` returns: its metrics (JSON-able), findings, and notes on how it ran.
+
+    ``gallery`` (optional, size-capped: :mod:`auditor.gallery`) holds a few example inputs for the HTML
+    report (adversarial examples, fooling images); it goes into report.json beside the metrics, never into
+    them, so gates and diffs do not see it. ``artifacts`` stay in memory (Python API) and out of the report.
+    """
 
     metrics: dict[str, Any] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     artifacts: dict[str, Any] = field(default_factory=dict)
+    gallery: Gallery | None = None
 
 
 class MalformedResult(TypeError):
@@ -239,6 +248,8 @@ def validate_result(res: Any) -> CheckResult:
                               + ("" if not isinstance(res.notes, (list, tuple)) else " with other items"))
     if not isinstance(res.artifacts, Mapping) or not all(isinstance(k, str) for k in res.artifacts):
         raise MalformedResult("artifacts must be a mapping with string keys")
+    if res.gallery is not None and (wrong := gallery_problems(res.gallery)):
+        raise MalformedResult("; ".join(wrong))
     return replace(res, metrics=metrics, findings=findings, notes=list(res.notes), artifacts=dict(res.artifacts))
 
 
@@ -285,7 +296,8 @@ class CheckReport(_KeyAccess):
 
     ``spec_line`` is the 1-based line of the check's ``use:`` in the spec file (``None`` for a spec given as a
     dict); ``extra`` holds JSON keys this version does not know (kept, so that a report read back and written
-    again loses nothing). ``artifacts`` (e.g. a traceback) are not part of the JSON form.
+    again loses nothing). ``artifacts`` (e.g. a traceback) are not part of the JSON form; ``gallery`` (the
+    check's example inputs, :mod:`auditor.gallery`) is, under the key ``gallery``.
     """
 
     id: str
@@ -303,6 +315,7 @@ class CheckReport(_KeyAccess):
     baseline_metrics: dict[str, Any] | None = None
     artifacts: dict[str, Any] = field(default_factory=dict)
     spec_line: int | None = None
+    gallery: Gallery | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -342,6 +355,8 @@ class CheckReport(_KeyAccess):
             out["baseline_metrics"] = self.baseline_metrics
         if self.spec_line is not None:
             out["spec_line"] = self.spec_line
+        if self.gallery is not None:
+            out["gallery"] = self.gallery.to_dict()
         for k, v in self.extra.items():
             out.setdefault(k, v)
         return out
@@ -351,6 +366,7 @@ class CheckReport(_KeyAccess):
         """A check from its JSON form; keys this version does not know go to ``extra``."""
         known, rest = _known(cls, doc)
         known.pop("artifacts", None)
+        gallery = known.pop("gallery", None)
         return cls(
             **{**known,
                "id": str(doc["id"]), "use": str(doc.get("use", doc["id"])), "plugin": str(doc.get("plugin", "")),
@@ -359,7 +375,8 @@ class CheckReport(_KeyAccess):
                "gates": [GateResult.from_dict(g) for g in doc.get("gates") or []],
                "findings": [Finding.from_dict(f) for f in doc.get("findings") or []],
                "notes": [str(n) for n in doc.get("notes") or []],
-               "duration_s": float(doc.get("duration_s") or 0.0)},
+               "duration_s": float(doc.get("duration_s") or 0.0),
+               "gallery": Gallery.from_dict(gallery) if isinstance(gallery, Mapping) else None},
             extra=rest)
 
 

@@ -388,11 +388,10 @@ class Runner:
             if bo.result is not None:
                 base_metrics = bo.result.metrics
             else:
-                outcome.result = CheckResult(
-                    metrics=outcome.result.metrics,
+                outcome.result = dataclasses.replace(
+                    outcome.result,
                     findings=[*outcome.result.findings, Finding(
-                        message=f"could not run on the baseline model: {bo.error or bo.skip}", severity="warn")],
-                    notes=outcome.result.notes, artifacts=outcome.result.artifacts)
+                        message=f"could not run on the baseline model: {bo.error or bo.skip}", severity="warn")])
         return self._report(cs, info, outcome, base_metrics)
 
     def _report(self, cs: CheckSpec, info: CheckInfo | None, o: _Outcome,
@@ -420,7 +419,7 @@ class Runner:
         return CheckReport(id=cs.id, use=cs.use, plugin=plugin, spec_line=cs.line, status=worst(statuses),
                            params=cs.params, metrics=r.metrics, gates=gates, findings=list(r.findings),
                            notes=list(r.notes), duration_s=o.duration, baseline_metrics=base,
-                           artifacts=dict(r.artifacts))
+                           artifacts=dict(r.artifacts), gallery=r.gallery)
 
     def assemble(self, reports: list[CheckReport], loaded: Loaded, interrupted: bool, started: str,
                  duration: float, execution: dict[str, Any] | None = None) -> AuditReport:

@@ -6,8 +6,9 @@ URLs; a Content-Security-Policy forbids the browser to fetch anything, so a plug
 Only what the tables and plots show is embedded (not the raw report, not the data).
 
 A plugin draws its own check's plots through the ``auditor_render_check(check, fmt="html")`` hook (``check``
-is the check's JSON dict); checks without a plugin renderer get generic plots chosen by the shape of their
-metrics (:mod:`auditor.report.plots`). Without matplotlib (the ``html`` extra) the page still renders, with
+is the typed :class:`~auditor.results.CheckReport`); checks without a plugin renderer get their example gallery
+(:mod:`auditor.report.gallery`) and generic plots chosen by the shape of their metrics
+(:mod:`auditor.report.plots`). Without matplotlib (the ``html`` extra) the page still renders, with
 the plots' numbers as tables and a one-line note.
 """
 
@@ -19,6 +20,8 @@ from typing import Any
 
 from auditor.metrics import format_value, get, scalars
 from auditor.report.base import Reporter
+from auditor.report.gallery import CSS as GALLERY_CSS
+from auditor.report.gallery import gallery_section
 from auditor.report.markdown import headline
 from auditor.report.plots import Plot, matplotlib_available, plot_table, plots_for, render_svg
 from auditor.results import AuditReport, CheckReport, GateResult
@@ -31,7 +34,7 @@ CSS = """
 * { box-sizing: border-box; }
 body { font: 14px/1.45 -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; color:#1f2328; margin:0;
        background:#f6f8fa; }
-main { max-width: 1180px; margin: 0 auto; padding: 24px; }
+main { max-width: 1180px; margin: 0 auto; padding: 24px; overflow-wrap: anywhere; }
 h1 { font-size: 24px; margin: 0 0 8px; } h2 { font-size: 18px; margin: 0 0 6px; }
 h3 { font-size: 14px; margin: 16px 0 6px; color:#424a53; }
 section, header, footer, nav { background:#fff; border:1px solid var(--line); border-radius:8px; padding:16px 20px;
@@ -56,9 +59,10 @@ ul.findings li { margin: 2px 0; }
 details summary { cursor: pointer; color:#0969da; }
 code { font: 12px ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
 .scroll { max-width: 100%; overflow-x: auto; }
-section table td, section table th { overflow-wrap: anywhere; }
+section table td, section table th, nav table td, nav table th, header table td { overflow-wrap: anywhere; }
+table.meta code { word-break: break-all; }
 pre { white-space: pre-wrap; background:#f6f8fa; padding:8px; border-radius:6px; }
-"""
+""" + GALLERY_CSS
 
 # Nothing may be fetched: no network, no file next to the report. Inline styles, inline SVG and data: images
 # (matplotlib embeds heatmap rasters as data: PNG) only; inline scripts for plugin fragments that need them.
@@ -256,7 +260,8 @@ class HtmlReporter(Reporter):
 
     @staticmethod
     def _generic(c: CheckReport, can_plot: bool) -> str:
-        return generic_figures(c.metrics, can_plot, baseline=c.baseline_metrics)
+        # a check's example gallery needs no plotting library (PNG images the check made)
+        return gallery_section(c, can_plot)
 
     @staticmethod
     def _metric_table(metrics: dict[str, Any], baseline: dict[str, Any] | None) -> str:

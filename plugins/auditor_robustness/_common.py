@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from auditor import ArraySource, AuditContext, Dataset, ModelHandle, SkipCheck, param
+from auditor.gallery import MAX_EXAMPLES
 from auditor.outputs import predictions_of, softmax, squeeze_scores
 from auditor.perturb import InputSpace, ValueKind, input_space
 
@@ -78,6 +79,12 @@ def range_param(default: list[float] | None = None) -> Any:
                  "images ([0, 1] or [0, 255] when the data lies there, else the data's min and max), no clipping "
                  "for other inputs.",
                  schema={"type": ["array", "null"], "items": {"type": "number"}, "minItems": 2, "maxItems": 2})
+
+
+def examples_param(what: str) -> Any:
+    """The ``examples`` field of the checks that show inputs in the report's gallery."""
+    return param(4, f"{what[0].upper()}{what[1:]} shown in the HTML report's gallery (the first ones in sample "
+                 f"order, stored small in report.json; 0: none).", minimum=0, maximum=MAX_EXAMPLES)
 
 
 def limit_param(default: int | None) -> Any:

@@ -18,8 +18,17 @@ from typing import Any
 import numpy as np
 
 from auditor import AuditContext, Check, CheckResult, Dataset, Need, SkipCheck, param
+from auditor.gallery import input_gallery
 from auditor.perturb import ValueKind, input_space
-from auditor_robustness._common import Classifier, Geometry, describe_range, limit_param, margins, range_param
+from auditor_robustness._common import (
+    Classifier,
+    Geometry,
+    describe_range,
+    examples_param,
+    limit_param,
+    margins,
+    range_param,
+)
 
 #: Share of the values mutated per child, and the mutation std as a share of the input range (large steps,
 #: clipped to the range, reach the saturated inputs that maximise a class; cf. the polynomial mutation of
@@ -82,6 +91,7 @@ class Fooling(Check):
                 minimum=0, maximum=1)
         clip: list[float] | None = range_param()
         limit: int | None = limit_param(2000)
+        examples: int = examples_param("evolved inputs")
 
     needs = frozenset[Need]()
     metrics_doc = {
@@ -159,8 +169,8 @@ class Fooling(Check):
             ctx.check_cancelled()
             ctx.report_progress(g, p.generations, "generations")
 
-        _, evo_p = evolve(clf, classes, shape3, lo, hi, population=p.population, generations=p.generations,
-                          rng=ctx.rng, on_generation=on_generation)
+        evo_x, evo_p = evolve(clf, classes, shape3, lo, hi, population=p.population, generations=p.generations,
+                              rng=ctx.rng, on_generation=on_generation)
         evo_conf = evo_p[np.arange(len(classes)), classes]
 
         def noise_stats(pr: np.ndarray) -> dict[str, float]:
@@ -189,7 +199,16 @@ class Fooling(Check):
             "n_classes_evolved": len(classes),
             "queries": clf.queries,
         }
-        return CheckResult(metrics=metrics, notes=notes)
+        gallery = None
+        if geo.is_image and p.examples and len(classes):
+            names = labels if labels != [str(j) for j in range(n_classes)] else None
+            gallery = input_gallery(
+                evo_x, layout="NCHW", predicted=evo_p.argmax(axis=1), confidence=evo_p.max(axis=1),
+                labels=classes, panel="evolved", k=p.examples, value_range=(lo, hi), classes=names,
+                total=len(classes), title="inputs evolved to maximise a class (label: the class evolved for)",
+                notes=[f"the best evolved input of the first {min(p.examples, len(classes))} classes evolved, in "
+                       f"class order, after {p.generations} generations"])
+        return CheckResult(metrics=metrics, notes=notes, gallery=gallery)
 
     @staticmethod
     def _class_labels(ctx: AuditContext, data: Dataset | None, n_classes: int) -> list[str]:

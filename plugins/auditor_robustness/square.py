@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from auditor import AuditContext, CheckResult, Finding, ModelHandle, Need, param
+from auditor.gallery import adversarial_gallery, class_names
 from auditor.perturb import ValueKind, input_space
 from auditor.shards import Plan, RowShards, Shard, ShardedCheck, sampled_rows
 from auditor_robustness._common import (
@@ -44,6 +45,7 @@ from auditor_robustness._common import (
     ValueStats,
     as_float,
     describe_range,
+    examples_param,
     inferred_range,
     limit_param,
     margins,
@@ -417,6 +419,7 @@ class SquareAttack(ShardedCheck):
         restarts: int = param(1, "Independent runs from fresh random starts for the samples still not fooled.",
                 minimum=1)
         limit: int | None = limit_param(500)
+        examples: int = examples_param("adversarial examples")
 
         def validate(self) -> list[str]:
             """A zero radius attacks nothing."""
@@ -495,7 +498,8 @@ class SquareAttack(ShardedCheck):
         geo = Geometry.of(data.x, ctx.model.layout)
         xc = geo.canonical(space.to_space(np.asarray(data.x)))
         clf = Classifier.for_data(ctx, data, geo)
-        clean_pred, y, _ = targets(ctx, data, clf.probs(xc))
+        clean_probs = clf.probs(xc)
+        clean_pred, y, _ = targets(ctx, data, clean_probs)
         ref = clean_pred if y is None else y
         correct = clean_pred == ref
         idx = np.flatnonzero(correct)
@@ -522,14 +526,18 @@ class SquareAttack(ShardedCheck):
             res = AttackResult(xc[:0], np.zeros(0, bool), np.zeros(0, np.int64), np.zeros(0))
         duration = time.perf_counter() - t0
         found = np.flatnonzero(res.fooled)
-        ok = self._verify(ctx, geo, xc[idx][found], res.x_adv[found], ref[idx][found], eps, norm, lo, hi,
-                          clf, idx[found])
+        ok, adv_probs = self.verify_with_probs(ctx, geo, xc[idx][found], res.x_adv[found], ref[idx][found], eps,
+                                               norm, lo, hi, clf, idx[found])
         good = found[ok]
         rows = data.indices[idx[good]] if data.indices is not None else shard.rows[idx[good]]
+        clean = clean_probs[idx[good]]
         return {"n": data.n, "n_attacked": len(idx), "y": y, "correct": int(correct.sum()), "found": len(found),
                 "x": xc[idx][good], "x_adv": res.x_adv[good], "queries": res.queries[good],
                 "queries_total": int(res.queries.sum()), "labels": ref[idx[good]], "rows": rows,
-                "duration": duration}
+                "duration": duration,
+                # for the report's gallery: what the model says of each verified example and its original
+                "pred": clean.argmax(axis=1), "conf": clean.max(axis=1),
+                "pred_adv": adv_probs[ok].argmax(axis=1), "conf_adv": adv_probs[ok].max(axis=1)}
 
     def merge(self, ctx: AuditContext, params: Params, plan: Plan, partials: Sequence[Any]) -> CheckResult:
         """Success rate, robust accuracy, queries and norms over every shard's verified examples."""
@@ -584,12 +592,26 @@ class SquareAttack(ShardedCheck):
             notes.append("no correctly classified sample to attack")
         adversarial = space.from_space(geo.to_model(x_adv)) if n_good else x_adv
         artifacts = {"adversarial_examples": adversarial, "rows": rows, "labels": ref_good}
+        gallery = None
+        if n_good and params.examples:
+            k = min(params.examples, n_good)  # the first k verified examples in sample (shard) order
+
+            def head(key: str) -> np.ndarray:
+                return np.concatenate([p[key][:k] for p in parts])[:k]
+
+            gallery = adversarial_gallery(
+                x_good[:k], x_adv[:k], layout="NCHW" if geo.is_image else None, labels=ref_good[:k],
+                predicted=head("pred"), confidence=head("conf"), predicted_adv=head("pred_adv"),
+                confidence_adv=head("conf_adv"), rows=rows[:k], value_range=(plan.state["lo"], plan.state["hi"]),
+                classes=class_names(ctx.model, ctx.data), total=n_good, k=k, norms={norm: norms[:k]},
+                title=f"Square Attack ({norm}, eps {eps:.4g}): adversarial examples",
+                space="un-normalised pixels" if space.pixels is not None else "model input values")
         if n_good:
             path = ctx.artifact_path("adversarial_examples.npz")
             np.savez_compressed(path, x=space.from_space(geo.to_model(x_good)), x_adv=adversarial, rows=rows,
                                 labels=ref_good, queries=q)
             notes.append(f"{n_good} adversarial examples saved to {path} (x, x_adv, rows, labels, queries)")
-        return CheckResult(metrics=metrics, findings=findings, notes=notes, artifacts=artifacts)
+        return CheckResult(metrics=metrics, findings=findings, notes=notes, artifacts=artifacts, gallery=gallery)
 
     @staticmethod
     def _verify(ctx: AuditContext, geo: Geometry, x: np.ndarray, x_adv: np.ndarray, y: np.ndarray, eps: float,
@@ -597,8 +619,16 @@ class SquareAttack(ShardedCheck):
                 rows: np.ndarray | None = None) -> np.ndarray:
         """Which examples are inside the ε-ball and the valid range (float64) and misclassified by a freshly
         opened session of the same model."""
+        return SquareAttack.verify_with_probs(ctx, geo, x, x_adv, y, eps, norm, lo, hi, clf, rows)[0]
+
+    @staticmethod
+    def verify_with_probs(ctx: AuditContext, geo: Geometry, x: np.ndarray, x_adv: np.ndarray, y: np.ndarray,
+                          eps: float, norm: str, lo: float, hi: float, clf: Classifier | None = None,
+                          rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Which examples are inside the ε-ball and the valid range (float64) and misclassified by a freshly
+        opened session of the same model; and that session's probabilities for each example."""
         if len(x) == 0:
-            return np.zeros(0, dtype=bool)
+            return np.zeros(0, dtype=bool), np.zeros((0, 1))
         x64, a64 = x.astype(np.float64), x_adv.astype(np.float64)
         in_ball = perturbation_norms(x64, a64, norm) <= eps
         lo_el, hi_el = np.minimum(lo, x64), np.maximum(hi, x64)
@@ -607,5 +637,5 @@ class SquareAttack(ShardedCheck):
         # the audited output itself, as a user of the model reads it (not the logits the attack may have used)
         check = Classifier(fresh, geo, prefer_logits=False, space=clf.space if clf else None,
                            inputs=clf.inputs if clf else {})
-        wrong = check.probs(x_adv, rows if check.inputs else None).argmax(axis=1) != y
-        return in_ball & in_range & wrong
+        probs = check.probs(x_adv, rows if check.inputs else None)
+        return in_ball & in_range & (probs.argmax(axis=1) != y), probs

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from auditor import AuditContext, Check, CheckResult, Dataset, Finding, ModelHandle, Need, SkipCheck, param
+from auditor.gallery import MAX_EXAMPLES, adversarial_gallery, class_names
 from auditor.outputs import predictions_of
 
 
@@ -267,6 +268,8 @@ class Pgd(Check):
         clip: list[float] | None = param(None, "[low, high] valid input range (e.g. [0, 1] for images); none: "
                 "unclipped.")
         limit: int = _limit()
+        examples: int = param(4, "Adversarial examples shown in the HTML report's gallery (the first successes in "
+                "sample order, stored small in report.json; 0: none).", minimum=0, maximum=MAX_EXAMPLES)
 
         def validate(self) -> list[str]:
             """A positive budget, a step no larger than the ball, a clip range that is a range."""
@@ -308,8 +311,9 @@ class Pgd(Check):
                            random_start=False if fgsm else bool(p.random_start), clip=_clip(p.clip))
         gen = torch.Generator().manual_seed(_seed(ctx))
         adv = pgd(backend, x, y, cfg, gen, ctx.check_cancelled)
-        clean_ok = ctx.predict_proba(x).argmax(1) == y
-        adv_ok = ctx.predict_proba(adv).argmax(1) == y
+        clean_p, adv_p = ctx.predict_proba(x), ctx.predict_proba(adv)
+        clean_ok = clean_p.argmax(1) == y
+        adv_ok = adv_p.argmax(1) == y
         torch_ok = _torch_probs(backend, adv).argmax(1) == y
         flat = (adv.astype(np.float64) - x.astype(np.float64)).reshape(len(x), -1)
         success = clean_ok & ~adv_ok
@@ -329,7 +333,19 @@ class Pgd(Check):
             findings.append(Finding(message=f"torch and ONNX Runtime disagree on "
                                     f"{metrics['torch_ort_disagreement']:.1%} of adversarial examples "
                                     f"(counted as ONNX Runtime says)", severity="info"))
-        return CheckResult(metrics=metrics, findings=findings, notes=notes)
+        every_row = (data.indices if data.indices is not None else np.arange(data.n))[keep]
+        show = np.flatnonzero(success)[:p.examples]  # the first successes in sample order
+        rows = every_row[show]
+        gallery = adversarial_gallery(
+            x[show], adv[show], layout=ctx.model.layout, labels=y[show], predicted=clean_p[show].argmax(1),
+            confidence=clean_p[show].max(1), predicted_adv=adv_p[show].argmax(1), confidence_adv=adv_p[show].max(1),
+            rows=rows, value_range=_clip(p.clip), classes=class_names(ctx.model, data), total=int(success.sum()),
+            k=p.examples, norms={p.norm: np.abs(flat[show]).max(1) if p.norm == "linf"
+                                 else np.linalg.norm(flat[show], axis=1)},
+            title=f"{p.attack.upper()} ({p.norm}, eps {eps:.4g}): adversarial examples (ONNX Runtime's predictions)",
+            space="model input values") if len(show) else None
+        artifacts = {"adversarial_examples": adv[success], "rows": every_row[success]}
+        return CheckResult(metrics=metrics, findings=findings, notes=notes, gallery=gallery, artifacts=artifacts)
 
 
 def _torch_probs(backend: Any, x: np.ndarray) -> np.ndarray:
