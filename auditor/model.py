@@ -79,14 +79,33 @@ def explain_ort_error(path: Path, proto: onnx.ModelProto | None, exc: BaseExcept
     return f"{path}: onnxruntime cannot load the model: {first[:300]}"
 
 
-def _batch_axis(spec: G.TensorSpec, primary: G.TensorSpec) -> int:
-    """Where ``spec``'s batch axis lies: the axis sharing the primary input's symbolic batch dimension, else 0."""
+def _batch_axis_candidates(spec: G.TensorSpec, primary: G.TensorSpec) -> list[int]:
+    """The axes of per-sample input ``spec`` that may carry the batch, best first: the axis sharing the primary
+    input's symbolic batch dimension decides alone; otherwise every axis whose size is not fixed (unnamed or
+    another symbol) or equals the primary's fixed batch size. ``[0]`` when nothing is known."""
+    shape = spec.shape
+    if not shape:
+        return [0]
     d0 = primary.shape[0] if primary.shape else None
-    if isinstance(d0, str) and spec.shape:
-        for axis, d in enumerate(spec.shape):
-            if d == d0:
-                return axis
-    return 0
+    if isinstance(d0, str):
+        named = [axis for axis, d in enumerate(shape) if d == d0]
+        if named:
+            return named[:1]
+    free = [axis for axis, d in enumerate(shape)
+            if not isinstance(d, int) or d <= 0 or (isinstance(d0, int) and d == d0)]
+    return free or [0]
+
+
+def _fits(shape: Sequence[int | str | None], axis: int, per_sample: Sequence[int]) -> bool:
+    """Whether rows of shape ``per_sample``, placed on ``axis``, meet every fixed size of ``shape``."""
+    rest = [d for k, d in enumerate(shape) if k != axis]
+    return len(rest) == len(per_sample) and all(
+        not isinstance(d, int) or d <= 0 or d == s for d, s in zip(rest, per_sample))
+
+
+def _dims(shape: Sequence[int | str | None]) -> str:
+    """``[2, ?, 128]``: a declared shape as the report writes it (``?`` for an unnamed dimension)."""
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
 def _cast(x: np.ndarray, spec: G.TensorSpec, name: str) -> np.ndarray:
@@ -135,6 +154,11 @@ class ModelHandle:
         #: per audited output: whether its first axis follows the batch (``None`` until the first run)
         self.output_batched: dict[str, bool] | None = None
         self.output_shapes: dict[str, list[int]] | None = None
+        #: audited outputs whose batch lies on another axis than the first (a recurrent state
+        #: ``[layers, batch, hidden]``): :meth:`run` returns them batch-first.
+        self.output_axes: dict[str, int] = {}
+        self._tensor_axes: dict[str, int] = {}
+        self._axis_hints: dict[str, int] = {}
         self._load()
 
     # ------------------------------------------------------------------------------------------ loading
@@ -278,10 +302,33 @@ class ModelHandle:
         #: Inputs other than :attr:`input` that the data supplies per sample, and the data key of each.
         self.sample_inputs: dict[str, G.TensorSpec] = {n: sp for n, sp in specs.items()
                                                        if n != chosen and n not in feeds}
+        # model.inputs: {name: KEY} or {name: {key: KEY, batch_axis: AXIS}} (a declared batch axis)
+        declared: dict[str, int] = {}
+        for name, value in mapped.items():
+            if isinstance(value, Mapping):
+                axis = value.get("batch_axis")
+                rank = None if specs.get(name) is None or specs[name].shape is None else len(specs[name].shape or ())
+                if axis is not None:
+                    if not isinstance(axis, int) or axis < 0 or (rank is not None and axis >= rank):
+                        raise ModelLoadError(f"{self.role}.inputs.{name}.batch_axis: {axis!r} is not an axis of input "
+                                             f"'{name}' (rank {rank})")
+                    declared[name] = axis
+                mapped[name] = value.get("key", name)
         self.input_keys: dict[str, Any] = {n: mapped.get(n, n) for n in self.sample_inputs}
-        #: The axis of each per-sample input that carries the batch (0, or the axis whose symbolic
-        #: dimension is the primary input's batch dimension, e.g. 1 for a ``[layers, batch, hidden]`` state).
-        self.batch_axes: dict[str, int] = {n: _batch_axis(sp, self.input) for n, sp in self.sample_inputs.items()}
+        #: The axis of each per-sample input that carries the batch: declared (``model.inputs.NAME.batch_axis``),
+        #: the axis whose symbolic dimension is the primary input's batch dimension, the one axis whose size is
+        #: not fixed (``state [2, ?, 128]``: 1), else settled on the first data run (:meth:`_settle_axes`).
+        self.batch_axes: dict[str, int] = {}
+        #: per-sample inputs whose batch axis the declared shape leaves open: the candidate axes
+        self._open_axes: dict[str, list[int]] = {}
+        for n, sp in self.sample_inputs.items():
+            if n in declared:
+                self.batch_axes[n] = declared[n]
+                continue
+            cands = _batch_axis_candidates(sp, self.input)
+            self.batch_axes[n] = cands[0]
+            if len(cands) > 1:
+                self._open_axes[n] = cands
         shape = self.input.shape
         d0 = shape[0] if shape else None
         self._fixed_batch = d0 if isinstance(d0, int) else None
@@ -497,8 +544,61 @@ class ModelHandle:
             arr = given[name]
             if len(arr) != len(x):
                 raise ValueError(f"input '{name}' has {len(arr)} rows for {len(x)} rows of '{self.input.name}'")
-            out[name] = self._per_sample_shape(name, np.asarray(arr))
-        return out
+            out[name] = np.asarray(arr)
+        if self._open_axes:
+            self._settle_axes(x, out)
+        return {name: self._per_sample_shape(name, arr) for name, arr in out.items()}
+
+    def _settle_axes(self, x: XArray, given: Mapping[str, np.ndarray]) -> None:
+        """Decide the batch axis of per-sample inputs whose declared shape leaves it open (unnamed dims), on the
+        first data: keep the axes where the data's rows meet the input's fixed sizes; if several remain, feed
+        a few rows with each placement and keep the placements the model accepts. Still several: every check
+        running the model skips, asking for ``model.inputs.NAME.batch_axis`` (a guess could score wrong)."""
+        with self._lock:
+            for name in list(self._open_axes):
+                shape = self.sample_inputs[name].shape or ()
+                per = np.shape(given[name])[1:]
+                cands = [a for a in self._open_axes[name] if _fits(shape, a, per)] or self._open_axes[name]
+                if len(cands) > 1:
+                    cands = self._axes_the_model_takes(name, cands, x, given) or cands
+                if len(cands) > 1:
+                    raise SkipCheck(
+                        f"model input '{name}' {_dims(shape)}: its batch axis cannot be told from the shape "
+                        f"(unnamed dimensions) nor by running the model (it accepts the rows on axis "
+                        f"{' or '.join(map(str, cands))}); declare it: {self.role}.inputs: {{{name}: "
+                        f"{{key: {self.input_keys[name]}, batch_axis: AXIS}}}}")
+                self.batch_axes[name] = cands[0]
+                del self._open_axes[name]
+                if cands[0] != 0:
+                    self.notes.append(f"input '{name}' {_dims(shape)}: rows placed on axis {cands[0]} (the only "
+                                      f"placement the shape and the model accept)")
+
+    def _axes_the_model_takes(self, name: str, cands: list[int], x: XArray,
+                              given: Mapping[str, np.ndarray]) -> list[int]:
+        """The candidate batch axes of input ``name`` with which the model runs a few rows (a batch size that
+        matches no other size of the rows, so that a wrong placement shows)."""
+        if self._fixed_batch is not None:
+            return cands  # a fixed batch leaves no second size to tell placements apart
+        sizes = {int(d) for a in given.values() for d in np.shape(a)[1:]} | {int(d) for d in np.shape(x)[1:]}
+        b = next(k for k in range(3, 64) if k not in sizes)
+        first = self.prepare(np.asarray(x[:b]))
+        xs = first[np.arange(b) % len(first)]
+        rows = {k: _cast(np.asarray(v[:b]), self.sample_inputs[k], k) for k, v in given.items()}
+        rows = {k: v[np.arange(b) % len(v)] for k, v in rows.items()}
+        sess, names = self._session(())
+        tensors = [names[o] for o in self.outputs]
+        keep = []
+        saved = dict(self.batch_axes)
+        for axis in cands:
+            self.batch_axes[name] = axis
+            try:
+                with quiet_stderr():
+                    self._raw(sess, tensors, self._feed(xs, rows))
+                keep.append(axis)
+            except Exception:
+                pass
+        self.batch_axes = saved
+        return keep
 
     def _per_sample_shape(self, name: str, arr: np.ndarray) -> np.ndarray:
         """Rows of a per-sample input reshaped to the input's per-sample shape when that is fixed and only the
@@ -592,12 +692,70 @@ class ModelHandle:
             for i, o in enumerate(self.outputs)
         }
         self.output_shapes = {o: list(np.shape(runs[0][1][i])) for i, o in enumerate(self.outputs)}
+        if len(runs) == 2:
+            self._find_output_axes(names, [outs for _, outs in runs], others)
         unbatched = [o for o, ok in self.output_batched.items() if not ok]
         if unbatched:
             how = "run one sample per call, each output stacked as that sample's (model.unbatched_outputs)" \
                 if self.config.unbatched_outputs == "per_call" else "per-sample checks skip"
             self.notes.append(f"output(s) {', '.join(unbatched)} have no batch axis (leading size does not follow "
                               f"the number of samples): {how}")
+
+    def _find_output_axes(self, names: dict[str, str], runs: list[list[Any]],
+                          others: Mapping[str, np.ndarray]) -> None:
+        """Outputs whose batch is on another axis than the first, from their shapes at batch sizes 1 and 2
+        (exactly one axis goes from 1 to 2, every other keeps its size). Such an axis is read as the batch,
+        and the output returned batch-first, only where the graph says it is one: it carries the primary
+        input's batch symbol, or the output has the per-sample shape of an input whose rows lie on that axis
+        (a recurrent ``stateN`` beside its ``state``). Otherwise (a time-major sequence ``[time, batch, C]``)
+        the output keeps counting as one without a batch axis, and the skip says where the batch seems to be."""
+        assert self.output_batched is not None
+        declared = {o.name: G.value_info_spec(o).shape for o in self.proto.graph.output}
+        d0 = self.input.shape[0] if self.input.shape else None
+        states = {tuple(int(d) for d in np.shape(v)[1:]): self.batch_axes.get(k, 0) for k, v in others.items()}
+        for i, o in enumerate(self.outputs):
+            if self.output_batched.get(o, True):
+                continue
+            s1, s2 = np.shape(runs[0][i]), np.shape(runs[1][i])
+            axes = [k for k in range(len(s1)) if len(s1) == len(s2) and s1[k] == 1 and s2[k] == 2
+                    and all(s1[j] == s2[j] for j in range(len(s1)) if j != k)]
+            if len(axes) != 1:
+                continue
+            k = axes[0]
+            shape = declared.get(names[o])
+            named = isinstance(d0, str) and shape is not None and len(shape) > k and shape[k] == d0
+            per = tuple(int(d) for j, d in enumerate(s1) if j != k)
+            if named or states.get(per) == k:
+                self.output_batched[o] = True
+                self.output_axes[o] = k
+                self._tensor_axes[names[o]] = k
+                self.notes.append(f"output '{o}' carries the batch on axis {k} (shape {list(s1)} for one sample): "
+                                  f"read batch-first")
+            else:
+                self._axis_hints[o] = k
+
+    def _batch_first(self, tensor: str, value: Any) -> np.ndarray:
+        """An output as the checks read it: its batch axis first (a recurrent state ``[layers, batch, hidden]``
+        comes back ``[batch, layers, hidden]``, see :attr:`output_axes`)."""
+        axis = self._tensor_axes.get(tensor, 0)
+        return np.moveaxis(np.asarray(value), axis, 0) if axis else np.asarray(value)
+
+    def _failure(self, exc: BaseException, xb: np.ndarray, others: Mapping[str, np.ndarray]) -> str:
+        """One line for a model that fails on the data: ONNX Runtime's reason, then what it was fed against
+        what the graph declares, and for a per-sample input placed on a guessed axis, how to declare it."""
+        msg = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", " ".join(str(exc).split()))[:300]
+        try:
+            feed = self._feed(xb, others)
+        except Exception:
+            return f"{self.path}: the model fails on the data: {msg}"
+        specs = {self.input.name: self.input, **self.sample_inputs}
+        fed = "; ".join(f"{k} {list(np.shape(v))}" + (f" (declared {_dims(specs[k].shape or ())})"
+                                                      if k in specs and specs[k].shape is not None else "")
+                        for k, v in feed.items())
+        hint = "".join(f"; '{k}' rows are placed on axis {a}: if that is wrong, declare {self.role}.inputs: "
+                       f"{{{k}: {{key: {self.input_keys[k]}, batch_axis: AXIS}}}}"
+                       for k, a in self.batch_axes.items() if k in others)
+        return f"{self.path}: the model fails on the data: {msg} (fed {fed}{hint})"
 
     def _chunked(self, sess: ort.InferenceSession, names: list[str], x: np.ndarray,
                  others: Mapping[str, np.ndarray], size: int) -> list[Any]:
@@ -610,7 +768,7 @@ class ModelHandle:
             if pad:  # the fixed shape must be met exactly: pad with the last row, drop its outputs after
                 xb = np.concatenate([xb, np.repeat(xb[-1:], pad, axis=0)])
                 ob = {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) for k, v in ob.items()}
-            outs = self._raw(sess, names, self._feed(xb, ob))
+            outs = [self._batch_first(t, o) for t, o in zip(names, self._raw(sess, names, self._feed(xb, ob)))]
             for i, o in enumerate(outs):
                 parts[i].append(np.asarray(o)[: size - pad] if pad else np.asarray(o))
         return [np.concatenate(p) if p and np.asarray(p[0]).ndim else np.asarray(p) for p in parts]
@@ -646,6 +804,14 @@ class ModelHandle:
         stack = bool(flat) and self.config.unbatched_outputs == "per_call" and (self._fixed_batch or 1) == 1
         if flat and not stack:
             shapes = self.output_shapes or {}
+            hint = self._axis_hints.get(flat[0])
+            if hint is not None:
+                raise SkipCheck(
+                    f"output '{flat[0]}' follows the number of samples on axis {hint}, not on its first axis "
+                    f"(shape {shapes.get(flat[0])} for one sample, e.g. a time-major sequence), and the graph "
+                    f"does not name that axis the batch: its rows are not samples; set {self.role}.output to a "
+                    f"batch-first output (graph outputs: {', '.join(o.name for o in self.proto.graph.output)})"
+                )
             raise SkipCheck(
                 f"output '{flat[0]}' has no batch axis (shape {shapes.get(flat[0])} for one sample; its leading "
                 f"size does not follow the number of samples): its rows are not samples"
@@ -662,15 +828,14 @@ class ModelHandle:
             raise_if_cancelled()
             xb = self.prepare(np.asarray(x[start:start + bs]))
             ob = {k: np.asarray(v[start:start + bs]) for k, v in others.items()}
-            if self._batch_mode == "fixed" and not stack:
-                outs = self._chunked(sess, tensors, xb, ob, bs)
-            else:
-                try:
-                    outs = self._raw(sess, tensors, self._feed(xb, ob))
-                except Exception as exc:
-                    msg = " ".join(str(exc).split())
-                    msg = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", msg)
-                    raise DataError(f"{self.path}: the model fails on the data: {msg[:300]}") from None
+            try:
+                if self._batch_mode == "fixed" and not stack:
+                    outs = self._chunked(sess, tensors, xb, ob, bs)
+                else:
+                    outs = [self._batch_first(t, o) for t, o in zip(tensors, self._raw(sess, tensors,
+                                                                                     self._feed(xb, ob)))]
+            except Exception as exc:
+                raise DataError(self._failure(exc, xb, ob)) from None
             for i, o in enumerate(outs):
                 parts[i].append(np.asarray(o))
             done += len(xb)

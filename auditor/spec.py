@@ -49,9 +49,16 @@ _MODEL = {
         "path": {"type": "string", "description": "The .onnx file (relative to the spec's folder)."},
         "input": {"type": "string", "description": "The primary data input (data.x; the one perturbation checks "
                   "perturb), when the model has several. Default: the only float input, else the first."},
-        "inputs": {"type": "object", "additionalProperties": {"type": ["string", "array"], "items": {"type": "string"}},
+        "inputs": {"type": "object", "additionalProperties": {"anyOf": [
+                       {"type": ["string", "array"], "items": {"type": "string"}},
+                       {"type": "object", "additionalProperties": False, "properties": {
+                           "key": {"type": ["string", "array"], "items": {"type": "string"}},
+                           "batch_axis": {"type": "integer", "minimum": 0}}}]},
                    "description": "Other per-sample model inputs -> data key (npz key, or csv/parquet column(s)), "
-                                  "e.g. {attention_mask: mask}. Default: the key named like the input."},
+                                  "e.g. {attention_mask: mask}, or {key: KEY, batch_axis: AXIS} to say which axis "
+                                  "of that input carries the batch (the data holds its rows first). Default: the "
+                                  "key named like the input; the axis sharing the primary input's batch "
+                                  "dimension, or the one the shapes and the model leave."},
         "unbatched_outputs": {"enum": ["per_call"],
                               "description": "How to read an output without a batch axis (a detector's [300, 7] "
                                              "per image): per_call runs one sample per call and stacks each "
