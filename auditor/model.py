@@ -530,6 +530,26 @@ class ModelHandle:
         feed.update(self.feeds)
         return feed
 
+    def companions_for(self, x: XArray, inputs: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+        """The model's other per-sample inputs for the rows ``x``, checked (one row per row of ``x``; skips the
+        calling check when one is missing) and batch-first; the same as :meth:`run` uses, for other runtimes
+        (the torch backend) to batch with ``x``."""
+        return self._companions(x, inputs)
+
+    def sample_feed(self, xb: np.ndarray, others: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """The model's per-sample inputs for one batch as the graph takes them: ``xb`` for the primary input, the
+        batch-first ``others`` cast to their dtypes and moved to their batch axes (:attr:`batch_axes`); the
+        constant :attr:`feeds` are not included."""
+        feed = self._feed(xb, others)
+        for k in self.feeds:
+            feed.pop(k, None)
+        return feed
+
+    def batch_first(self, tensor: str, value: np.ndarray) -> np.ndarray:
+        """Output ``tensor`` of a batch with its batch axis first, as :meth:`run` returns it (see
+        :attr:`output_axes`; other tensors unchanged)."""
+        return self._batch_first(tensor, value)
+
     def _companions(self, x: XArray, inputs: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
         """The per-sample inputs for ``x``: every one the model needs, each with one row per row of ``x``."""
         given = dict(inputs or {})

@@ -121,7 +121,8 @@ def test_two_token_inputs_batched_together_and_perturbed_by_substitution(tmp_pat
     r.assert_status("gauss", "skipped").assert_status("robustness.square_attack", "skipped")
     assert "integer ids" in (r.check("gauss").skip_reason or "")
     assert "vocabulary of 50" in (r.check("robustness.square_attack").skip_reason or "")
-    r.assert_status("torch.pgd", "skipped")  # gradients never reach token ids (nor does the backend feed two)
+    r.assert_status("torch.pgd", "skipped")  # gradients never reach token ids
+    assert "int64" in (r.check("torch.pgd").skip_reason or "")
     inputs = {i["name"]: i for i in r.doc["model"]["inputs"]}
     assert inputs["attention_mask"]["source"].startswith("data key 'mask'")
     assert r.doc["data"]["inputs"]["attention_mask"]["shape"] == [90, 6]

@@ -36,16 +36,27 @@ class AttackConfig:
     clip: tuple[float, float] | None = None
 
 
+def _batch_inputs(backend: TorchBackend, x: np.ndarray, others: dict[str, np.ndarray],
+                  s: int, bs: int) -> dict[str, torch.Tensor]:
+    """The other per-sample inputs of rows ``s .. s+bs`` as the graph takes them (empty for one input)."""
+    if not others:
+        return {}
+    return backend.companion_tensors(x[s:s + bs], {k: v[s:s + bs] for k, v in others.items()})
+
+
 def pgd(backend: TorchBackend, x: np.ndarray, y: np.ndarray, cfg: AttackConfig, gen: torch.Generator,
-        check: Callable[[], None] = lambda: None) -> np.ndarray:
+        check: Callable[[], None] = lambda: None, *, inputs: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """Untargeted PGD (Madry et al. 2018) maximising the cross-entropy of the true class within the
     ``eps`` ball (L∞: signed-gradient steps; L2: normalised-gradient steps), projected, clipped; with
-    restarts each sample keeps the first restart that fools the torch model, else the highest-loss one."""
+    restarts each sample keeps the first restart that fools the torch model, else the highest-loss one.
+    ``inputs``: the model's other per-sample inputs (batch-first), passed through unchanged."""
     alpha = cfg.step_size if cfg.step_size is not None else 2.5 * cfg.eps / max(cfg.steps, 1)
     bs = backend.batch_size
+    others = backend._companions(x, inputs)
     out = np.empty_like(np.asarray(x, dtype=backend.handle.prepare(np.asarray(x[:1])).dtype))
     for s in range(0, len(x), bs):
         x0 = backend.tensor(x[s:s + bs])
+        extra = _batch_inputs(backend, x, others, s, bs)
         yt = torch.from_numpy(np.asarray(y[s:s + bs], dtype=np.int64)).to(backend.device)
         best = x0.clone()
         best_loss = torch.full((len(x0),), -float("inf"), device=x0.device)
@@ -67,7 +78,7 @@ def pgd(backend: TorchBackend, x: np.ndarray, y: np.ndarray, cfg: AttackConfig, 
             if cfg.clip is not None:
                 xa = xa.clamp(*cfg.clip)
             for _ in range(cfg.steps):
-                _, g = backend.loss_grad(xa, yt, "loss")
+                _, g = backend.loss_grad(xa, yt, "loss", inputs=extra)
                 if cfg.norm == "linf":
                     step = alpha * g.sign()
                 else:
@@ -76,7 +87,7 @@ def pgd(backend: TorchBackend, x: np.ndarray, y: np.ndarray, cfg: AttackConfig, 
                 if cfg.clip is not None:
                     xa = xa.clamp(*cfg.clip)
             with torch.no_grad():
-                o, lg = backend.outputs(xa)
+                o, lg = backend.outputs(xa, inputs=extra)
                 lp = backend.log_probs(o, lg)
                 loss = -lp.gather(1, yt.reshape(-1, 1))[:, 0]
                 fooled = lp.argmax(1) != yt
@@ -98,7 +109,8 @@ class TraversalResult:
 
 def level_set_traversal(backend: TorchBackend, src: np.ndarray, tgt: np.ndarray, cls: np.ndarray, *,
                         steps: int, step_size: float, tolerance: float, clip: tuple[float, float] | None,
-                        check: Callable[[], None] = lambda: None) -> TraversalResult:
+                        check: Callable[[], None] = lambda: None,
+                        inputs: dict[str, np.ndarray] | None = None) -> TraversalResult:
     """Level Set Traversal (Bansal et al., "Exploring Geometry of Blind Spots in Vision Models", 2023).
 
     From ``x = src`` towards ``tgt``: ``Δ = tgt − x``, remove its component along the confidence gradient
@@ -107,18 +119,20 @@ def level_set_traversal(backend: TorchBackend, src: np.ndarray, tgt: np.ndarray,
     (``x ← x + (p* − p_c(x)) g/‖g‖²``). Batched over all pairs.
     """
     bs = backend.batch_size
+    others = backend._companions(src, inputs)  # the sources' other inputs, held along the traversal
     xs, confs = [], []
     for s in range(0, len(src), bs):
         x0 = backend.tensor(src[s:s + bs])
         xt = backend.tensor(tgt[s:s + bs])
+        extra = _batch_inputs(backend, src, others, s, bs)
         ct = torch.from_numpy(np.asarray(cls[s:s + bs], dtype=np.int64)).to(backend.device)
-        p0, _ = backend.loss_grad(x0, ct, "prob")
+        p0, _ = backend.loss_grad(x0, ct, "prob", inputs=extra)
         level = p0 - tolerance
         x = x0.clone()
         shape = (-1, *([1] * (x0.dim() - 1)))
         for _ in range(steps):
             check()
-            p, g = backend.loss_grad(x, ct, "prob")
+            p, g = backend.loss_grad(x, ct, "prob", inputs=extra)
             gf = g.reshape(len(g), -1)
             gg = (gf * gf).sum(1).clamp_min(1e-30)
             # back onto the level set where confidence dropped (first-order Newton step along g)
@@ -130,7 +144,7 @@ def level_set_traversal(backend: TorchBackend, src: np.ndarray, tgt: np.ndarray,
             if clip is not None:
                 x = x.clamp(*clip)
         with torch.no_grad():
-            o, lg = backend.outputs(x)
+            o, lg = backend.outputs(x, inputs=extra)
             pf = backend.log_probs(o, lg).gather(1, ct.reshape(-1, 1))[:, 0].exp()
         xs.append(x.detach().cpu().numpy())
         confs.append(pf.cpu().numpy())

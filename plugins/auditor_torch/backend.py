@@ -2,6 +2,11 @@
 
 Agreed interface: ``.module`` (input tensor -> audited output tensor), ``.device``, ``.forward(x)``,
 ``.input_gradients(x, targets, of="logit" | "prob" | "loss")``, all batched.
+
+A model with other per-sample inputs (``ModelHandle.sample_inputs``: an attention mask, a recurrent state) gets
+them as ONNX Runtime does: every method takes ``inputs=``, the batch-first companions of the rows of ``x``
+(``ctx.companions(data=...)``), batched with ``x`` and placed on their batch axes; gradients and attacks act on
+the primary input only, the others pass through unchanged.
 """
 
 from __future__ import annotations
@@ -101,12 +106,33 @@ class TorchBackend:
         """Data as a tensor on the backend's device, in the model input's dtype."""
         return torch.from_numpy(np.ascontiguousarray(self.handle.prepare(np.asarray(x)))).to(self.device)
 
+    def companion_tensors(self, xb: np.ndarray, others: dict[str, np.ndarray] | None) -> dict[str, torch.Tensor]:
+        """The other per-sample inputs of the batch ``xb`` (batch-first numpy rows, ``None`` or empty for a
+        single-input model) as the graph takes them: cast, on their batch axes, on the backend's device."""
+        if not others and not self.handle.sample_inputs:
+            return {}
+        feed = self.handle.sample_feed(np.asarray(xb), others or {})
+        feed.pop(self.handle.input.name, None)
+        return {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in feed.items()}
+
+    def _companions(self, x: np.ndarray, inputs: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+        """Every per-sample companion the model needs for the rows ``x`` (checked, batch-first), or the
+        calling check skips saying which are missing."""
+        return self.handle.companions_for(x, inputs) if self.handle.sample_inputs else {}
+
+    def _moved(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        """An output tensor with its batch axis first, as ONNX Runtime's are read (``ModelHandle.output_axes``)."""
+        axis = self.handle._tensor_axes.get(name, 0)
+        return t.movedim(axis, 0) if axis else t
+
     # ------------------------------------------------------------------------------------------ scores
-    def outputs(self, xt: torch.Tensor, module: OnnxModule | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(output, logits)`` tensors for a batch."""
+    def outputs(self, xt: torch.Tensor, module: OnnxModule | None = None,
+                inputs: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(output, logits)`` tensors for a batch (``inputs``: its :meth:`companion_tensors`)."""
         m = module or self.module
-        res = m.forward_many(xt, [self.output_name, self.logit_name])
-        return res[self.output_name], res[self.logit_name]
+        res = m.forward_many(xt, [self.output_name, self.logit_name], inputs)
+        return self._moved(self.output_name, res[self.output_name]), self._moved(self.logit_name,
+                                                                                 res[self.logit_name])
 
     def log_probs(self, out: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """(N, C) log class probabilities, read the way the core reads outputs (``auditor.outputs``)."""
@@ -127,10 +153,10 @@ class TorchBackend:
         return torch.stack([torch.nn.functional.logsigmoid(-s), torch.nn.functional.logsigmoid(s)], dim=1)
 
     def score(self, xt: torch.Tensor, targets: torch.Tensor, of: str = "logit",
-              module: OnnxModule | None = None) -> torch.Tensor:
+              module: OnnxModule | None = None, inputs: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Per-sample score of the target class: ``logit`` (pre-softmax score; for a single-column output
         ``+s`` for class 1 and ``-s`` for class 0), ``prob`` (probability) or ``loss`` (cross-entropy)."""
-        out, logits = self.outputs(xt, module)
+        out, logits = self.outputs(xt, module, inputs)
         n = len(out)
         t = targets.long().reshape(-1, 1)
         if of == "logit":
@@ -150,30 +176,35 @@ class TorchBackend:
         """``(batch, real rows)`` over ``x``, following ONNX Runtime's batching decision
         (:meth:`ModelHandle.batching`): a model that only runs its fixed export batch gets exactly that many
         rows, the last chunk padded with copies of its last row (the caller drops the padding's outputs)."""
-        mode, fixed = self.handle.batching(x)
-        if mode == "fixed":
-            size = fixed or 1
-            for s in range(0, len(x), size):
-                xb = np.asarray(x[s:s + size])
-                n = len(xb)
-                if n < size:
-                    xb = np.concatenate([xb, np.repeat(xb[-1:], size - n, axis=0)])
-                yield xb, n
-            return
-        bs = batch_size or self.batch_size
-        for s in range(0, len(x), bs):
-            xb = np.asarray(x[s:s + bs])
-            yield xb, len(xb)
+        for xb, _ob, n in self.chunks_with(x, None, batch_size):
+            yield xb, n
+
+    def chunks_with(self, x: np.ndarray, inputs: dict[str, np.ndarray] | None,
+                    batch_size: int | None = None) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray], int]]:
+        """``(batch, its companion rows, real rows)``: :meth:`chunks` with the model's other per-sample inputs
+        (batch-first, one row per row of ``x``) cut and padded the same way."""
+        others = self._companions(x, inputs)
+        mode, fixed = self.handle.batching(x, others)
+        size = (fixed or 1) if mode == "fixed" else (batch_size or self.batch_size)
+        for s in range(0, len(x), size):
+            xb = np.asarray(x[s:s + size])
+            ob = {k: np.asarray(v[s:s + size]) for k, v in others.items()}
+            n = len(xb)
+            if mode == "fixed" and n < size:
+                xb = np.concatenate([xb, np.repeat(xb[-1:], size - n, axis=0)])
+                ob = {k: np.concatenate([v, np.repeat(v[-1:], size - n, axis=0)]) for k, v in ob.items()}
+            yield xb, ob, n
 
     # ------------------------------------------------------------------------------------------ interface
-    def forward(self, x: np.ndarray, batch_size: int | None = None) -> np.ndarray:
-        """The audited output for ``x`` (batched, no gradients)."""
-        return self.forward_outputs(x, [self.output_name], batch_size)[self.output_name]
+    def forward(self, x: np.ndarray, batch_size: int | None = None, *,
+                inputs: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """The audited output for ``x`` (batched, no gradients; ``inputs``: the other per-sample inputs)."""
+        return self.forward_outputs(x, [self.output_name], batch_size, inputs=inputs)[self.output_name]
 
-    def forward_outputs(self, x: np.ndarray, names: Sequence[str],
-                        batch_size: int | None = None) -> dict[str, np.ndarray]:
-        """Several tensors of the model for ``x`` (batched like :meth:`forward`); a module computing them is
-        built once per set of names."""
+    def forward_outputs(self, x: np.ndarray, names: Sequence[str], batch_size: int | None = None, *,
+                        inputs: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Several tensors of the model for ``x`` (batched like :meth:`forward`, outputs batch-first as ONNX
+        Runtime's are read); a module computing them is built once per set of names."""
         key = tuple(names)
         module = self.module if key == (self.output_name,) else self._modules.get(key)
         if module is None:
@@ -185,38 +216,50 @@ class TorchBackend:
             self._modules[key] = module
         parts: dict[str, list[np.ndarray]] = {n: [] for n in key}
         with torch.no_grad():
-            for xb, n in self.chunks(x, batch_size):
-                res = module.forward_many(self.tensor(xb), key)
+            for xb, ob, n in self.chunks_with(x, inputs, batch_size):
+                res = module.forward_many(self.tensor(xb), key, self.companion_tensors(xb, ob))
                 for name in key:
-                    t = res[name].detach().cpu().numpy()
+                    t = self._moved(name, res[name]).detach().cpu().numpy()
                     parts[name].append(t[:n] if t.ndim else t)
         return {name: np.concatenate(p) if p and p[0].ndim else np.stack(p) for name, p in parts.items()}
 
     def input_gradients(self, x: np.ndarray, targets: np.ndarray, *, of: str = "logit",
-                        batch_size: int | None = None) -> np.ndarray:
-        """d score(target) / d x, same shape as ``x`` (see :meth:`score`)."""
+                        batch_size: int | None = None, inputs: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """d score(target) / d x, same shape as ``x`` (see :meth:`score`); the other per-sample ``inputs`` are
+        held fixed."""
+        self.require_real_input()
         targets = np.asarray(targets)
         parts = []
         start = 0
-        for xb, n in self.chunks(x, batch_size):
+        for xb, ob, n in self.chunks_with(x, inputs, batch_size):
             xt = self.tensor(xb).requires_grad_(True)
+            extra = self.companion_tensors(xb, ob)
             tb = targets[start:start + n].astype(np.int64)
             tb = np.concatenate([tb, np.repeat(tb[-1:], len(xb) - n)]) if len(xb) > n else tb
             tt = torch.from_numpy(tb).to(self.device)
             # samples do not interact (eval mode), so the gradient of the sum over the real rows is each
             # sample's gradient (padding rows get none)
-            g, = torch.autograd.grad(self.score(xt, tt, of)[:n].sum(), xt)
+            g, = torch.autograd.grad(self.score(xt, tt, of, inputs=extra)[:n].sum(), xt)
             parts.append(g[:n].detach().cpu().numpy())
             start += n
         return np.concatenate(parts).reshape(np.shape(x))
 
-    def loss_grad(self, xt: torch.Tensor, targets: torch.Tensor, of: str = "loss") -> tuple[torch.Tensor,
-                                                                                             torch.Tensor]:
-        """``(score, d score / d x)`` for a tensor batch already on the device (attacks stay in torch)."""
+    def loss_grad(self, xt: torch.Tensor, targets: torch.Tensor, of: str = "loss",
+                  inputs: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(score, d score / d x)`` for a tensor batch already on the device (attacks stay in torch;
+        ``inputs``: the batch's :meth:`companion_tensors`, held fixed)."""
         xt = xt.detach().requires_grad_(True)
-        sc = self.score(xt, targets, of)
+        sc = self.score(xt, targets, of, inputs=inputs)
         g, = torch.autograd.grad(sc.sum(), xt)
         return sc.detach(), g.detach()
+
+    def require_real_input(self) -> None:
+        """Skip a gradient method on an integer primary input (token ids, uint8 pixels): no gradient reaches
+        it."""
+        dt = self.handle.input.dtype
+        if dt is not None and dt.kind in "iub":
+            raise SkipCheck(f"model input '{self.handle.input.name}' is {dt}: gradients need a real-valued "
+                            f"input (integer ids or pixels have none)")
 
     def __repr__(self) -> str:
         return f"TorchBackend({self.handle.path.name}, output={self.output_name!r}, device={self.device})"

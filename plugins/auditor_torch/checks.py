@@ -28,15 +28,15 @@ def _clip(v: Any) -> tuple[float, float] | None:
 
 
 def _one_input(ctx: AuditContext) -> None:
-    """Skip when the model takes other per-sample inputs: the torch backend feeds the primary input only."""
+    """Skip when the model takes other per-sample inputs: retraining feeds the primary input only."""
     if ctx.model.sample_inputs:
-        raise SkipCheck(f"the torch backend feeds one input; the model also takes "
+        raise SkipCheck(f"retraining feeds one input; the model also takes "
                         f"{', '.join(ctx.model.sample_inputs)} per sample")
 
 
 def _real_input(ctx: AuditContext, what: str) -> None:
-    """Skip a gradient method on an integer input (token ids, uint8 pixels): no gradient reaches it."""
-    _one_input(ctx)
+    """Skip a gradient method on an integer input (token ids, uint8 pixels): no gradient reaches it. The
+    model's other per-sample inputs pass through unchanged (only the primary input is differentiated)."""
     dt = ctx.model.input.dtype
     if dt is not None and dt.kind in "iub":
         raise SkipCheck(f"model input '{ctx.model.input.name}' is {dt}: {what} needs a real-valued input that "
@@ -90,28 +90,28 @@ class Parity(Check):
 
     def run(self, ctx: AuditContext, params: Params) -> CheckResult:
         """Run the sample through both runtimes and compare every output."""
-        _one_input(ctx)
         backend = ctx.backend("torch")
         data = ctx.sample(int(params.limit))
         atol, rtol = float(params.tol), float(params.rtol)
         h = ctx.model
         alias = {z.output: z.tensor for z in h.zipmaps.values()}
         names = list(dict.fromkeys([backend.output_name, *(alias.get(o, o) for o in h.outputs)]))
-        ort_out = h.run(data.x, names)
+        others = ctx.companions(data=data)
+        ort_out = h.run(data.x, names, inputs=others)
         numeric = [n for n in names if np.asarray(ort_out[n]).dtype.kind in "fiub"]
         notes = [f"torch backend on {backend.device}, tolerance |torch − ort| <= {atol:g} + {rtol:g}·|ort|",
                  *backend.notes]
         skipped = [n for n in names if n not in numeric]
         try:
-            got = backend.forward_outputs(data.x, numeric)
+            got = backend.forward_outputs(data.x, numeric, inputs=others)
         except Exception as exc:  # an output the interpreter cannot produce: compare the audited one alone
-            got = backend.forward_outputs(data.x, [backend.output_name])
+            got = backend.forward_outputs(data.x, [backend.output_name], inputs=others)
             skipped += [n for n in numeric if n != backend.output_name]
             notes.append(f"only '{backend.output_name}' compared: {type(exc).__name__}: {str(exc)[:200]}")
             numeric = [backend.output_name]
         if skipped:
             notes.append(f"not compared (not numeric, or not interpretable): {', '.join(skipped)}")
-        mode, fixed = h.batching(data.x)
+        mode, fixed = h.batching(data.x, others)
         if mode == "fixed":
             notes.append(f"fixed batch size {fixed}: both runtimes evaluated in chunks of {fixed}")
         low = _low_precision_eps(h.proto)
@@ -133,7 +133,7 @@ class Parity(Check):
         }
         quant_ops = sorted({n.op_type for n in h.proto.graph.node} & _QUANT_OPS)
         if violations and quant_ops:
-            ref = _unoptimized(h, backend, data.x, numeric)
+            ref = _unoptimized(h, backend, data.x, numeric, others)
             if ref is not None:
                 _, r_abs, _, r_viol, _, _ = _compare(ref, got, numeric, atol, rtol_eff, backend.output_name)
                 metrics["reference_max_abs_diff"], metrics["reference_violations"] = r_abs, r_viol
@@ -183,7 +183,8 @@ def _low_precision_eps(model: Any) -> tuple[float, str] | None:
     return None
 
 
-def _unoptimized(h: ModelHandle, backend: Any, x: Any, names: list[str]) -> dict[str, np.ndarray] | None:
+def _unoptimized(h: ModelHandle, backend: Any, x: Any, names: list[str],
+                 others: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray] | None:
     """The outputs of an ONNX Runtime session with graph optimizations off (no fused integer kernels), batched
     like the backend; ``None`` when the names are not outputs of the model file."""
     import onnxruntime as ort
@@ -196,10 +197,10 @@ def _unoptimized(h: ModelHandle, backend: Any, x: Any, names: list[str]) -> dict
     try:
         sess = ort.InferenceSession(str(h.path), so, providers=["CPUExecutionProvider"])
         parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
-        for xb, n in backend.chunks(x):
-            outs = sess.run(names, {h.input.name: h.prepare(xb), **h.feeds})
+        for xb, ob, n in backend.chunks_with(x, others):
+            outs = sess.run(names, {**h.sample_feed(h.prepare(xb), ob), **h.feeds})
             for name, o in zip(names, outs):
-                parts[name].append(np.asarray(o)[:n])
+                parts[name].append(h.batch_first(name, np.asarray(o))[:n])
     except Exception:
         return None
     return {k: np.concatenate(v) for k, v in parts.items()}
@@ -310,11 +311,13 @@ class Pgd(Check):
                            step_size=eps if fgsm else p.step_size, restarts=1 if fgsm else int(p.restarts),
                            random_start=False if fgsm else bool(p.random_start), clip=_clip(p.clip))
         gen = torch.Generator().manual_seed(_seed(ctx))
-        adv = pgd(backend, x, y, cfg, gen, ctx.check_cancelled)
-        clean_p, adv_p = ctx.predict_proba(x), ctx.predict_proba(adv)
+        others = ctx.companions(data=data, rows=keep)  # the other inputs pass through unchanged
+        adv = pgd(backend, x, y, cfg, gen, ctx.check_cancelled, inputs=others)
+        clean_p = ctx.predict_proba(x, data=data, rows=keep)
+        adv_p = ctx.predict_proba(adv, data=data, rows=keep)
         clean_ok = clean_p.argmax(1) == y
         adv_ok = adv_p.argmax(1) == y
-        torch_ok = _torch_probs(backend, adv).argmax(1) == y
+        torch_ok = _torch_probs(backend, adv, others).argmax(1) == y
         flat = (adv.astype(np.float64) - x.astype(np.float64)).reshape(len(x), -1)
         success = clean_ok & ~adv_ok
         metrics: dict[str, Any] = {
@@ -348,13 +351,13 @@ class Pgd(Check):
         return CheckResult(metrics=metrics, findings=findings, notes=notes, gallery=gallery, artifacts=artifacts)
 
 
-def _torch_probs(backend: Any, x: np.ndarray) -> np.ndarray:
+def _torch_probs(backend: Any, x: np.ndarray, others: dict[str, np.ndarray] | None = None) -> np.ndarray:
     import torch
 
     parts = []
     with torch.no_grad():
-        for xb, n in backend.chunks(x):
-            o, lg = backend.outputs(backend.tensor(xb))
+        for xb, ob, n in backend.chunks_with(x, others):
+            o, lg = backend.outputs(backend.tensor(xb), inputs=backend.companion_tensors(xb, ob))
             parts.append(backend.log_probs(o, lg).exp().cpu().numpy()[:n])
     return np.concatenate(parts)
 
@@ -416,20 +419,23 @@ class BlindSpots(Check):
             tgt_idx[i] = others[ctx.rng.integers(len(others))]
         x = np.asarray(data.x)
         xs, xt, cls = x[src_idx], x[tgt_idx], pred[src_idx]
+        # a traversal keeps the source's other inputs (its mask, its state) all the way
+        held = ctx.companions(data=data, rows=src_idx)
         res = level_set_traversal(backend, xs, xt, cls, steps=int(p.steps), step_size=float(p.step_size),
                                   tolerance=float(p.tolerance), clip=_clip(p.clip),
-                                  check=ctx.check_cancelled)
+                                  check=ctx.check_cancelled, inputs=held)
         xf = res.x
         d0 = np.linalg.norm((xs - xt).reshape(k, -1).astype(np.float64), axis=1)
         d1 = np.linalg.norm((xf - xt).reshape(k, -1).astype(np.float64), axis=1)
         rel = d1 / np.maximum(d0, 1e-12)
         p_src = probs[src_idx, cls]
-        pf = ctx.predict_proba(xf)
+        pf = ctx.predict_proba(xf, data=data, rows=src_idx)
         kept = pf.argmax(1) == cls
         drop = p_src - pf[np.arange(k), cls]
         ts = np.linspace(0.0, 1.0, int(p.path_points))
         path = np.concatenate([xs + t * (xf - xs) for t in ts]).astype(xs.dtype)
-        pp = ctx.predict_proba(path)[:, :].reshape(len(ts), k, -1)[:, np.arange(k), cls]
+        pp = ctx.predict_proba(path, data=data, rows=src_idx, repeat=len(ts))[:, :].reshape(
+            len(ts), k, -1)[:, np.arange(k), cls]
         tol = float(p.tolerance)
         blind = (rel <= float(p.close)) & kept & (drop <= tol + 1e-6)
         metrics = {
@@ -500,7 +506,8 @@ class InputGradients(Check):
             raise SkipCheck("no sample has a label the model knows")
         flat = x.reshape(n, -1)
         d = flat.shape[1]
-        a = np.abs(backend.input_gradients(x, y, of=p.of).reshape(n, -1))
+        others = ctx.companions(data=data, rows=keep)
+        a = np.abs(backend.input_gradients(x, y, of=p.of, inputs=others).reshape(n, -1))
         order = np.argsort(-a, axis=1, kind="stable")  # most attributed first
         rand_order = np.argsort(ctx.rng.random((n, d)), axis=1)
         fill = flat.mean(axis=0) if p.fill == "mean" else np.zeros(d, dtype=flat.dtype)
@@ -510,7 +517,7 @@ class InputGradients(Check):
         def acc_without(idx: np.ndarray) -> float:
             xm = flat.copy()
             xm[rows, idx] = fill_full[rows, idx]
-            return float(np.mean(ctx.predict_proba(xm.reshape(x.shape)).argmax(1) == y))
+            return float(np.mean(ctx.predict_proba(xm.reshape(x.shape), data=data, rows=keep).argmax(1) == y))
 
         fr = [float(f) for f in p.fractions]
         top, bottom, rnd = [], [], []
@@ -522,7 +529,7 @@ class InputGradients(Check):
             rnd.append(acc_without(rand_order[:, :k]))
         diff = [b - t for b, t in zip(bottom, top)]
         metrics = {
-            "clean_accuracy": float(np.mean(ctx.predict_proba(x).argmax(1) == y)),
+            "clean_accuracy": float(np.mean(ctx.predict_proba(x, data=data, rows=keep).argmax(1) == y)),
             "acc_top_removed": top, "acc_bottom_removed": bottom, "acc_random_removed": rnd,
             "diff_roar": diff, "diff_roar_mean": float(np.mean(diff)) if diff else 0.0, "fractions": fr,
         }

@@ -304,9 +304,11 @@ class OnnxModule(torch.nn.Module):
         """The first output for the data input ``x``."""
         return self.run({self.input_name: x}, self.output_names[:1])[self.output_names[0]]
 
-    def forward_many(self, x: torch.Tensor, outputs: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Several tensors for the data input ``x`` in one pass."""
-        return self.run({self.input_name: x}, outputs)
+    def forward_many(self, x: torch.Tensor, outputs: Sequence[str],
+                     inputs: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Several tensors for the data input ``x`` in one pass; ``inputs`` holds the graph's other data inputs
+        (an attention mask, a recurrent state), as the graph takes them."""
+        return self.run({**(inputs or {}), self.input_name: x}, outputs)
 
 
 class SubGraph:
