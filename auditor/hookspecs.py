@@ -35,8 +35,11 @@ class GradientBackend(Protocol):
         ...
 
     def input_gradients(self, x: np.ndarray, targets: np.ndarray, *, of: str = "logit",
-                        batch_size: int | None = None) -> np.ndarray:
-        """d score(target) / d x for each row (``of``: ``logit``, ``prob`` or ``loss``), shaped like ``x``."""
+                        batch_size: int | None = None,
+                        inputs: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """d score(target) / d x for each row (``of``: ``logit``, ``prob`` or ``loss``), shaped like ``x``.
+        ``inputs``: the model's other per-sample inputs (batch-first, one row per row of ``x``), held fixed;
+        callers pass it only when there are some, so a backend for one-input models may leave it out."""
         ...
 
 

@@ -78,10 +78,18 @@ class Scorer:
     Softmax) when ``score`` is ``"logit"`` and the graph has one, else the class probabilities as the
     auditor reads them (or a regressor's values)."""
 
-    def __init__(self, model: ModelHandle, score: str, task: str) -> None:
+    def __init__(self, model: ModelHandle, score: str, task: str,
+                 inputs: dict[str, np.ndarray] | None = None) -> None:
         self.model = model
         self.task = task
         self.logits = logit_tensor(model) if score == "logit" else None
+        #: the model's other per-sample inputs of the explained rows (batch-first; empty for one input)
+        self.inputs = inputs or {}
+
+    def companions(self, rows: np.ndarray, repeat: int = 1) -> dict[str, np.ndarray]:
+        """The other inputs of the explained rows ``rows``, each row repeated ``repeat`` times in a row (the
+        occluded copies of one sample follow each other)."""
+        return {k: np.repeat(np.asarray(v)[rows], repeat, axis=0) for k, v in self.inputs.items()}
 
     @property
     def kind(self) -> str:
@@ -90,11 +98,14 @@ class Scorer:
             return "logit"
         return "probability" if self.task == "classification" else "value"
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, inputs: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """Scores of ``x``; ``inputs``: the other per-sample inputs of its rows (default: those of every
+        explained row, for ``x`` holding those rows)."""
+        others = inputs if inputs is not None else self.inputs
         if self.logits is not None:
-            z = np.asarray(self.model.run(x, [self.logits])[self.logits], dtype=np.float64)
+            z = np.asarray(self.model.run(x, [self.logits], inputs=others)[self.logits], dtype=np.float64)
             return z.reshape(len(x), -1)
-        return scores(predictions_of(self.model, self.model.run(x), task=self.task))
+        return scores(predictions_of(self.model, self.model.run(x, inputs=others), task=self.task))
 
 
 def occlusion_maps(score: Scorer, x: np.ndarray, targets: np.ndarray, *, patch: int, baseline: np.ndarray,
@@ -117,7 +128,8 @@ def occlusion_maps(score: Scorer, x: np.ndarray, targets: np.ndarray, *, patch: 
             check()
         xb = x[start:start + chunk]
         occluded = np.where(masks[None], baseline.astype(x.dtype)[None, None], xb[:, None])  # (b, P, *shape)
-        s = score(occluded.reshape((-1, *shape))).reshape(len(xb), n_p, -1)
+        rows = np.arange(start, start + len(xb))
+        s = score(occluded.reshape((-1, *shape)), score.companions(rows, n_p)).reshape(len(xb), n_p, -1)
         t = targets[start:start + chunk]
         out[start:start + chunk] = clean[start:start + chunk, None] - s[np.arange(len(xb)), :, t]
     return out
@@ -176,12 +188,14 @@ class AttributionDistance(Check):
         if p.target == "label" and y is None:
             raise SkipCheck("target 'label' needs labels (data.y)")
         self.explained: set[str] = set()
-        model_map = self._maps(ctx, ctx.model, np.asarray(sample.x), sample.y, y, method, p)
+        model_map = self._maps(ctx, ctx.model, np.asarray(sample.x), sample.y, y, method, p,
+                               ctx.companions(ctx.model, sample))
         by_ref: dict[str, dict[str, Any]] = {}
         for name, ref in refs.items():
             ctx.check_cancelled()
-            rx = np.asarray(data_for(sample, ref).x)
-            ref_map = self._maps(ctx, ref, rx, sample.y, y, method, p)
+            ref_data = data_for(sample, ref)
+            ref_map = self._maps(ctx, ref, np.asarray(ref_data.x), sample.y, y, method, p,
+                                 ctx.companions(ref, ref_data))
             if ref_map.shape != model_map.shape:
                 raise ValueError(f"attribution maps of the model {model_map.shape[1:]} and of '{name}' "
                                  f"{ref_map.shape[1:]} differ in shape")
@@ -204,14 +218,20 @@ class AttributionDistance(Check):
         return max(1, min(x.shape[axes[0]], x.shape[axes[1]]) // 8)
 
     def _maps(self, ctx: AuditContext, model: ModelHandle, x: np.ndarray, y_all: np.ndarray | None,
-              y_target: np.ndarray | None, method: str, p: Params) -> np.ndarray:
-        """Attribution maps (n, map size) of one model."""
-        pred = predictions_of(model, model.run(x), y=y_all)
+              y_target: np.ndarray | None, method: str, p: Params,
+              others: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """Attribution maps (n, map size) of one model; ``others``: its other per-sample inputs for the rows of
+        ``x``, held fixed (never occluded, never differentiated)."""
+        pred = predictions_of(model, model.run(x, inputs=others), y=y_all)
         targets = self._targets(pred, y_target)
         if method == "gradient":
             if pred.task != "classification":
                 raise SkipCheck("gradient × input explains a class logit: the models must be classifiers")
-            g = np.asarray(ctx.gradients(model).input_gradients(x, targets, of="logit"), dtype=np.float64)
+            backend = ctx.gradients(model)
+            # a backend written for one-input models need not take inputs=: pass it only when there are some
+            raw = backend.input_gradients(x, targets, of="logit", inputs=others) if others else \
+                backend.input_gradients(x, targets, of="logit")
+            g = np.asarray(raw, dtype=np.float64)
             a = g * np.asarray(x, dtype=np.float64)
             axes = spatial_axes(x, model.layout)
             if axes is not None:  # sum over channels: one value per pixel, whatever the layout
@@ -221,7 +241,7 @@ class AttributionDistance(Check):
             base = np.asarray(x, dtype=np.float64).mean(axis=0)
         else:
             base = np.zeros(x.shape[1:])
-        scorer = Scorer(model, str(p.score), pred.task)
+        scorer = Scorer(model, str(p.score), pred.task, others)
         self.explained.add(scorer.kind)
         return occlusion_maps(scorer, x, targets, patch=self._patch(x, model, p.patch), baseline=base,
                               check=ctx.check_cancelled)

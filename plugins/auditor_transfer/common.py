@@ -3,7 +3,7 @@ and gathering a model's predictions and intermediate features in one batched pas
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,11 +84,12 @@ class Pass:
 
 
 def forward(model: ModelHandle, x: np.ndarray | ArraySource, layers: Sequence[str], *, task: str | None = None,
-            y: np.ndarray | None = None) -> Pass:
+            y: np.ndarray | None = None, inputs: Mapping[str, np.ndarray] | None = None) -> Pass:
     """Run ``x`` once through ``model`` with the audited outputs and every layer in ``layers`` added as graph
-    outputs at once (batched by the model handle)."""
+    outputs at once (batched by the model handle); ``inputs``: the model's other per-sample inputs for the rows
+    of ``x`` (``ctx.companions(model, data, rows)``)."""
     wanted = list(dict.fromkeys([*model.outputs, *layers]))
-    raw = model.run(x, wanted)
+    raw = model.run(x, wanted, inputs=inputs)
     return Pass(predictions_of(model, raw, task=task, y=y), {name: raw[name] for name in layers})
 
 

@@ -125,13 +125,15 @@ class Similarity(Check):
         for done, idx in enumerate(splits):
             ctx.check_cancelled()
             yb = None if y is None else y[idx]
-            mp = forward(model, sample.x[idx], m_all, task=m_task, y=yb)
+            mp = forward(model, sample.x[idx], m_all, task=m_task, y=yb,
+                         inputs=ctx.companions(model, sample, idx))
             m_task, m_classes = mp.predictions.task, mp.predictions.classes
             m_feats = [as_vectors(mp.layers[t], len(idx), spatial) for t in m_all]
             if mp.predictions.labels is not None:
                 m_labels.append(mp.predictions.labels)
             for name, ref in refs.items():
-                rp = forward(ref, ref_data[name].x[idx], r_all[name], task=r_task[name], y=yb)
+                rp = forward(ref, ref_data[name].x[idx], r_all[name], task=r_task[name], y=yb,
+                             inputs=ctx.companions(ref, ref_data[name], idx))
                 r_task[name], r_classes[name] = rp.predictions.task, rp.predictions.classes
                 r_feats = [as_vectors(rp.layers[t], len(idx), spatial) for t in r_all[name]]
                 cka[name].add(m_feats, r_feats)

@@ -98,7 +98,7 @@ class Transferability(Check):
             ctx.check_cancelled()
             tensor = resolve_layers(model, layer, 1)[0]
             data = sample if model is ctx.model else data_for(sample, model)
-            fp = forward(model, data.x, [tensor], y=sample.y)
+            fp = forward(model, data.x, [tensor], y=sample.y, inputs=ctx.companions(model, data))
             feats = as_vectors(fp.layers[tensor], sample.n, str(p.spatial))
             out: dict[str, Any] = {"layer": tensor, "feature_dim": int(feats.shape[1])}
             out["logme"] = logme(feats, codes)
