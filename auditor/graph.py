@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import GraphProto, ModelProto, TensorProto, ValueInfoProto, helper, numpy_helper
+from onnx import AttributeProto, GraphProto, ModelProto, TensorProto, ValueInfoProto, helper, numpy_helper
 
 # Operators whose output is a "layer" activation, for ``layers="every"`` style requests.
 LAYER_OPS = frozenset(
@@ -397,8 +397,32 @@ def _static_ints(name: str, inits: dict[str, TensorProto], consts: dict[str, Ten
 def iter_weights(model: ModelProto) -> Iterator[WeightRef]:
     """Every weight tensor of the main graph with its consumers, without reading data: initializers,
     ``Constant`` values and ``ConstantOfShape`` outputs whose shape is a constant (exporters such as
-    onnx-caffe2 write every weight that way)."""
-    g = model.graph
+    onnx-caffe2 write every weight that way). Subgraphs: :func:`subgraphs` and :func:`iter_graph_weights`."""
+    return iter_graph_weights(model.graph)
+
+
+def subgraphs(graph: GraphProto, path: str = "") -> Iterator[tuple[str, GraphProto]]:
+    """Every subgraph below ``graph`` (``If`` branches, ``Loop`` / ``Scan`` bodies, nested at any depth), depth
+    first, with its path ``/<node>/<attribute>`` (e.g. ``/If_0/then_branch/inner_if/else_branch``)."""
+    for node in graph.node:
+        yield from node_subgraphs(node, path)
+
+
+def node_subgraphs(node: onnx.NodeProto, path: str = "") -> Iterator[tuple[str, GraphProto]]:
+    """:func:`subgraphs` of one node (its own, then theirs), paths starting ``{path}/<node>/<attribute>``."""
+    key = node.name or (node.output[0] if node.output else node.op_type)
+    for a in node.attribute:
+        bodies = [a.g] if a.type == AttributeProto.GRAPH else list(a.graphs) if a.type == AttributeProto.GRAPHS \
+            else []
+        for k, body in enumerate(bodies):
+            sub = f"{path}/{key}/{a.name}" + (f"[{k}]" if a.type == AttributeProto.GRAPHS else "")
+            yield sub, body
+            yield from subgraphs(body, sub)
+
+
+def iter_graph_weights(g: GraphProto) -> Iterator[WeightRef]:
+    """:func:`iter_weights` of one graph (the main graph or a subgraph: its own initializers and constants;
+    consumers are that graph's nodes)."""
     cons = consumers(g)
     tensors: list[tuple[TensorProto, float | int | None, str]] = [(t, None, "initializer") for t in g.initializer]
     inits = {t.name: t for t in g.initializer}

@@ -198,6 +198,10 @@ def chain_factors(model: onnx.ModelProto, output: str, data_input: str, base_dir
         if node.domain not in ("", "ai.onnx"):
             return Chain((), (), f"{node.domain}::{node.op_type} node '{_key(node)}' (no bound implemented)")
         key = _key(node)
+        if any(at.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for at in node.attribute):
+            # control flow (If / Loop / Scan): its subgraphs read the data from the outer scope
+            return Chain((), (), f"{node.op_type} node '{key}' computes in subgraphs (control flow: no bound "
+                                 f"implemented)")
         if node.op_type in _LINEAR:
             slot = weight_slots.get(key)
             if slot is None:

@@ -12,6 +12,7 @@ memory-mapped tensor of many GiB costs only a bounded working set beyond its pag
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ import onnx
 from onnx import numpy_helper
 
 from auditor import ModelHandle
+from auditor import graph as G
 from auditor.graph import WeightRef, external_location, fold_constant, folded_weight, is_float_dtype
 
 #: Bytes of float64 working memory per chunk. Small enough that a chunk and its temporaries stay in the CPU
@@ -143,18 +145,41 @@ def _small_array(model: ModelHandle, name: str, inits: dict[str, onnx.TensorProt
 
 
 def find_layer_weights(model: ModelHandle) -> list[LayerWeight]:
-    """Every layer weight of the main graph, in graph order of the consuming layers."""
+    """Every layer weight of the model, in graph order of the consuming layers: the main graph's, then those
+    inside subgraphs (``If`` branches, ``Loop`` / ``Scan`` bodies: silero-vad keeps its whole network there),
+    each named with its branch path (``/If_0/then_branch/<weight>``) and placed after the node that holds it."""
     g = model.proto.graph
     inits = {t.name: t for t in g.initializer}
     refs = {r.name: r for r in model.weights()}
+    order = {_node_key(n): k for k, n in enumerate(g.node)}
+    found: list[tuple[tuple[int, ...], LayerWeight]] = []
+    covered: set[str] = set()
+    for k, lw in _graph_layer_weights(model, g, refs, inits, ""):
+        found.append(((order.get(lw.node, k), 0, 0), lw))
+        covered.add(lw.node)
+    found.extend(((i, 0, 0), lw) for i, lw in _folded_layer_weights(model, covered, order, inits))
+    subs = ((top, path, sub) for top, node in enumerate(g.node) for path, sub in G.node_subgraphs(node))
+    for seq, (top, path, sub) in enumerate(subs, start=1):
+        sub_refs = {r.name: r for r in G.iter_graph_weights(sub)}
+        # the branch's own tensors: initializers, and Constant values (scales, zero points) for dequantization
+        sub_inits = {t.name: t for t in sub.initializer}
+        sub_inits.update({r.name: r.tensor for r in sub_refs.values() if r.source == "Constant"})
+        found.extend(((top, seq, k), lw) for k, lw in _graph_layer_weights(model, sub, sub_refs, sub_inits, path))
+    found.sort(key=lambda t: t[0])
+    return [lw for _, lw in found]
+
+
+def _graph_layer_weights(model: ModelHandle, g: onnx.GraphProto, refs: dict[str, WeightRef],
+                         inits: dict[str, onnx.TensorProto], path: str) -> list[tuple[int, LayerWeight]]:
+    """``(node index, layer weight)`` for the weights ``refs`` of graph ``g`` consumed by its layers, through
+    pass-through chains; weight and node names prefixed with ``path`` for a subgraph."""
     consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
     for n in g.node:
         for i, name in enumerate(n.input):
             if name:
                 consumers.setdefault(name, []).append((n, i))
-    order = {_node_key(n): k for k, n in enumerate(g.node)}
+    index = {_node_key(n): k for k, n in enumerate(g.node)}
     found: list[tuple[int, LayerWeight]] = []
-    covered: set[str] = set()
     for ref in refs.values():
         if len(ref.shape) < 2 or 0 in ref.shape or not (ref.dtype.kind in "iu" or is_float_dtype(ref.dtype)):
             continue
@@ -186,14 +211,14 @@ def find_layer_weights(model: ModelHandle) -> list[LayerWeight]:
         for node, idx in consumers.get(tensor, []):
             if idx not in _WEIGHT_SLOTS.get(node.op_type, ()):
                 continue
-            lw = _describe(model, node, idx, ref, perm, tuple(via), dequant, inits)
+            named = ref if not path else dataclasses.replace(ref, name=f"{path}/{ref.name}")
+            lw = _describe(model, node, idx, named, perm, tuple(via), dequant, inits)
             if lw is not None:
-                found.append((order.get(_node_key(node), 0), lw))
-                covered.add(_node_key(node))
+                if path:
+                    lw = dataclasses.replace(lw, node=f"{path}/{lw.node}")
+                found.append((index.get(_node_key(node), 0), lw))
                 break
-    found.extend(_folded_layer_weights(model, covered, order, inits))
-    found.sort(key=lambda t: t[0])
-    return [lw for _, lw in found]
+    return found
 
 
 def _folded_layer_weights(model: ModelHandle, covered: set[str], order: dict[str, int],
