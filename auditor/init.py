@@ -19,7 +19,21 @@ def _rel(path: Path, out: Path) -> str:
 def _data_block(handle: ModelHandle, data_path: Path | None, out: Path, groups: list[str] | None = None,
                 labels: bool = True) -> list[str]:
     """The ``data:`` lines: an image folder gets its layout and a preprocessing block fitted to the input."""
-    if data_path is not None and data_path.is_dir():
+    if data_path is None:
+        # no data yet: the spec runs as written (weights checks only); the block shows what to add
+        return [
+            "# data: the audit data, needed by the checks that run the model (performance.metrics,",
+            "# robustness.noise, bias.*, torch.*). To use it, uncomment this block, point path at your file",
+            "# (or rerun `auditor init MODEL --data FILE`, which also picks the checks that fit it):",
+            "# data:",
+            "#   path: test.npz      # .npz .npy .csv .parquet, or an image folder (one sub-folder per class)",
+            f"#   x: {handle.input.name if handle.sample_inputs else 'x'}"
+            + "                # input array (npz key) or feature columns (csv/parquet)",
+            "#   y: y                # labels",
+            "#   # groups: [sex]     # sensitive-attribute columns, for bias checks",
+            "#   batch_size: 256",
+        ]
+    if data_path.is_dir():
         from auditor.datasets.initblock import image_data_block
 
         shape = tuple(handle.input.shape) if handle.input.shape else None
@@ -53,7 +67,7 @@ def _data_has(data_path: Path | None) -> tuple[bool, bool, list[str]]:
     """Whether there is data, whether it has labels, and its likely group columns (read from the file's keys or
     header only; an unknown or unreadable file is assumed to have labels, as the data block says)."""
     if data_path is None:
-        return True, True, []
+        return False, False, []
     if data_path.is_dir():
         return True, True, []  # an image folder: labels from the sub-folder names
     keys: list[str] = []
@@ -100,6 +114,11 @@ def _suite(has_data: bool, labels: bool, groups: list[str]) -> list[str]:
     if has_data and labels and groups:
         out += ["  - use: bias.group_metrics           # per-group accuracy and fairness gaps, with intervals",
                 "    # gate: {demographic_parity_difference: {max: 0.1}}"]
+    if not has_data:
+        out += ["  # with a data: section (above), add checks that run the model, e.g.:",
+                "  # - use: performance.metrics        # accuracy, calibration (ece), per-class recall",
+                "  #   gate: {accuracy: {min: 0.9}}",
+                "  # - use: robustness.noise           # accuracy under Gaussian input noise"]
     out += ["  - use: sparsity.profile             # zero and near-zero weights per layer",
             "    # gate: {max_layer_sparsity: {max: 0.95, severity: warn}}",
             "  - use: sparsity.conditioning        # spectral norms and condition numbers of the weight matrices",

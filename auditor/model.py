@@ -293,15 +293,17 @@ class ModelHandle:
         # A scalar input (a keep_prob or learning-phase placeholder) cannot hold one value per sample.
         scalars = [n for n, sp in specs.items() if n != chosen and n not in feeds and n not in mapped
                    and sp.shape is not None and len(sp.shape) == 0]
+        # Said when the model is first run (check_loads, run): a weights-only audit never feeds the model.
+        self._unfed: str | None = None
         if scalars:
-            raise ModelLoadError(
+            self._unfed = (
                 f"{self.path}: input(s) {', '.join(scalars)} are needed for {', '.join(self.outputs)} but are "
                 f"scalars, not data; give them values with {self.role}.feeds, or pick an earlier "
                 f"{self.role}.output"
             )
         #: Inputs other than :attr:`input` that the data supplies per sample, and the data key of each.
         self.sample_inputs: dict[str, G.TensorSpec] = {n: sp for n, sp in specs.items()
-                                                       if n != chosen and n not in feeds}
+                                                       if n != chosen and n not in feeds and n not in scalars}
         # model.inputs: {name: KEY} or {name: {key: KEY, batch_axis: AXIS}} (a declared batch axis)
         declared: dict[str, int] = {}
         for name, value in mapped.items():
@@ -449,7 +451,10 @@ class ModelHandle:
             raise ModelLoadError(explain_ort_error(self.path, self.proto, exc)) from None
 
     def check_loads(self) -> None:
-        """Open the base session now, so that a model ONNX Runtime refuses fails before any check runs."""
+        """Open the base session now, so that a model ONNX Runtime refuses (or whose scalar inputs have no
+        value in ``feeds``) fails before any check runs."""
+        if self._unfed:
+            raise ModelLoadError(self._unfed)
         self._session(())
 
     def _graph_for(self, extra: Sequence[str]) -> tuple[onnx.ModelProto | None, dict[str, str]]:
@@ -812,6 +817,8 @@ class ModelHandle:
         Returns name -> array with the samples concatenated along the first axis. An audited output without a
         batch axis skips the calling check (its rows are not samples).
         """
+        if self._unfed:
+            raise ModelLoadError(self._unfed)
         wanted = list(outputs) if outputs is not None else list(self.outputs)
         extra = [o for o in wanted if o not in self.outputs]
         if len(x) == 0:

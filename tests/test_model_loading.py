@@ -165,8 +165,11 @@ def _tf_style_graph(path: Path, w: dict[str, np.ndarray]) -> Path:
 def test_intermediate_output_cuts_the_graph_and_unused_inputs_vanish(tmp_path: Path) -> None:
     w = mlp_weights()
     path = _tf_style_graph(tmp_path / "tf.onnx", w)
+    unfed = handle(path, output="softmax")  # keep_prob is still needed and has no value: said before it runs
     with pytest.raises(ModelLoadError, match="keep_prob"):
-        handle(path, output="softmax")  # keep_prob is still needed and has no value
+        unfed.check_loads()  # (a weights-only audit, which never feeds the model, needs no value)
+    with pytest.raises(ModelLoadError, match="keep_prob"):
+        unfed.predict(blobs(3, w=w)[0])
     m = handle(path, output="softmax", feeds={"keep_prob": 1.0})
     x, _ = blobs(30, w=w)
     np.testing.assert_allclose(m.predict(x), mlp_numpy(x, w), rtol=1e-4, atol=1e-5)
