@@ -5,14 +5,22 @@ fairness and robustness checks; how the numbers were obtained).
 Everything in the card is read from the report; nothing is invented. What a report cannot know (intended uses,
 training data, licence) is left as a visible ``_To be written_`` line for the model's owner, rather than
 guessed.
+
+The card opens with YAML front matter in the Hub's metadata schema: ``library_name: onnx``, ``tags`` and a
+``model-index`` (:func:`model_index`) holding the evaluation results the audit measured on its data, one
+``results`` entry per check (task, dataset, metrics with ``type``, ``value`` and ``name``), so that the Hub and
+tools that read model cards (``huggingface_hub.ModelCard``) find the numbers without parsing the Markdown.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import PurePath
 from typing import Any
 
-from auditor.metrics import format_value, scalars
+import yaml
+
+from auditor.metrics import format_value, get, scalars
 from auditor.report.markdown import ICON, cell
 from auditor.results import AuditReport, CheckReport, Status
 
@@ -59,12 +67,72 @@ def _check_block(c: CheckReport) -> list[str]:
     return [*out, ""] if c.gates or c.findings else out
 
 
+#: Checks whose numbers describe the weights alone, not an evaluation on the data (left out of model-index).
+WEIGHTS_ONLY = ("sparsity.profile", "sparsity.filters", "sparsity.conditioning")
+#: Metric names that are identifiers of the Hub's metrics (https://hf.co/metrics); others keep their own name.
+HUB_METRICS = {"accuracy": "accuracy", "f1": "f1", "macro_f1": "f1", "precision": "precision", "recall": "recall",
+               "mae": "mae", "mse": "mse", "rmse": "mse", "r2": "r_squared", "roc_auc": "roc_auc"}
+
+
+def _task_type(report: AuditReport) -> str:
+    """The Hub's task id for the audited model: classification or regression (read from the metrics the audit
+    reported), of images (a 4-D input), token ids or tabular rows."""
+    regression = any(c.use == "performance.metrics" and "rmse" in c.metrics and "accuracy" not in c.metrics
+                     for c in report.checks)
+    inputs = report.model.get("inputs") or []
+    first = inputs[0] if inputs and isinstance(inputs[0], dict) else {}
+    shape, dtype = first.get("shape"), str(first.get("dtype") or "")
+    if isinstance(shape, list) and len(shape) == 4:
+        return "image-classification" if not regression else "image-to-image"
+    if not regression and dtype.startswith("int") and isinstance(shape, list) and len(shape) == 2:
+        return "text-classification"
+    return "tabular-regression" if regression else "tabular-classification"
+
+
+def _index_metrics(c: CheckReport) -> list[dict[str, Any]]:
+    """The numbers of one check for model-index: its gated metrics, then every other top-level finite float
+    (integers are counts and sizes, ``duration_s`` a wall time)."""
+    names = list(dict.fromkeys([g.metric for g in c.gates]
+                               + [k for k, v in c.metrics.items() if isinstance(v, float) and k != "duration_s"]))
+    out = []
+    for name in names:
+        v = get(c.metrics, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            continue
+        gate = "; ".join(f"gate {g.op} {_v(g.threshold)}: {g.status.value}" for g in c.gates if g.metric == name)
+        out.append({"type": HUB_METRICS.get(name, name), "value": v,
+                    "name": f"{c.id}: {name}" + (f" ({gate})" if gate else "")})
+    return out
+
+
+def model_index(report: AuditReport) -> dict[str, Any]:
+    """The card's metadata (Hub schema): ``library_name``, ``tags`` and ``model-index`` with one result per
+    check that ran on the audit data (task, dataset, metrics), every value the report's own."""
+    name = PurePath(str(report.model.get("path") or "model.onnx")).stem
+    meta: dict[str, Any] = {"library_name": "onnx", "tags": ["onnx", "onnx-auditor"]}
+    d = report.data
+    results = []
+    if d:
+        dataset = {"type": PurePath(str(d.get("path"))).name, "name": f"{PurePath(str(d.get('path'))).name} "
+                   f"({d.get('rows')} rows)"}
+        task = {"type": _task_type(report)}
+        for c in report.checks:
+            if c.status in (Status.SKIPPED, Status.ERROR) or c.use in WEIGHTS_ONLY:
+                continue
+            metrics = _index_metrics(c)
+            if metrics:
+                results.append({"task": dict(task), "dataset": dict(dataset), "metrics": metrics})
+    meta["model-index"] = [{"name": name, "results": results}]
+    return meta
+
+
 def render_card(report: AuditReport) -> str:
-    """The model card's Markdown text."""
+    """The model card's Markdown text, with the Hub's YAML metadata (:func:`model_index`) in front."""
     m = report.model
     name = PurePath(str(m.get("path") or "model.onnx")).name
     g = report.gating
-    lines = [f"# Model card: {name}", "",
+    front = yaml.safe_dump(model_index(report), sort_keys=False, allow_unicode=True, width=1000)
+    lines = ["---", front.rstrip("\n"), "---", "", f"# Model card: {name}", "",
              f"Audit status: {ICON.get(report.status.value, '')} **{report.status.value}** · "
              f"{g['checks_gated']} of {g['checks']} checks gated, {g['gates_met']} of {g['gates']} gates met"
              + (" · **interrupted: the audit is partial**" if report.interrupted else ""), ""]

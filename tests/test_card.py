@@ -114,3 +114,38 @@ def test_card_of_the_typed_report_and_bad_input(card: tuple[str, dict[str, Any],
     # stdout when no -o is given
     r = CliRunner().invoke(main, ["card", str(path)])
     assert r.exit_code == 0 and r.output.rstrip("\n") == text.rstrip("\n")
+
+
+def test_front_matter_is_a_hub_model_index_with_the_reports_numbers(card: tuple[str, dict[str, Any], Path]) -> None:
+    text, report, _ = card
+    assert text.startswith("---\n")
+    meta = yaml.safe_load(text.split("---\n")[1])
+    assert meta["library_name"] == "onnx" and "onnx" in meta["tags"]
+    (entry,) = meta["model-index"]
+    assert entry["name"] == "m"
+    checks = {c["id"]: c for c in report["checks"]}
+    got: dict[str, dict[str, Any]] = {}
+    for res in entry["results"]:
+        assert res["task"] == {"type": "tabular-classification"}
+        assert res["dataset"] == {"type": "d.npz", "name": f"d.npz ({report['data']['rows']} rows)"}
+        for m in res["metrics"]:
+            cid, metric = m["name"].split(" (")[0].split(": ")
+            got.setdefault(cid, {})[metric] = m
+    # every check that ran on the data is there (the skipped one is not), each number exactly the report's
+    assert set(got) == {"performance.metrics", "bias.group_metrics", "robustness.noise"}
+    for cid, metrics in got.items():
+        want = [k for k, v in checks[cid]["metrics"].items() if isinstance(v, float) and k != "duration_s"]
+        gated = [g["metric"] for g in checks[cid]["gates"]]
+        assert list(metrics) == list(dict.fromkeys(gated + want))
+        for metric, m in metrics.items():
+            assert m["value"] == checks[cid]["metrics"][metric]
+    acc = got["performance.metrics"]["accuracy"]
+    assert acc["type"] == "accuracy" and acc["name"] == "performance.metrics: accuracy (gate min 0.5: pass)"
+    assert got["performance.metrics"]["ece"]["name"].endswith("(gate max 0.01: fail)")
+    # the Hub's own reader finds the same results
+    hub = pytest.importorskip("huggingface_hub")
+    results = hub.ModelCard(text).data.eval_results
+    assert len(results) == sum(len(v) for v in got.values())
+    assert {(r.metric_name, r.metric_value) for r in results} == {
+        (m["name"], m["value"]) for v in got.values() for m in v.values()}
+    assert all(r.task_type == "tabular-classification" and r.dataset_type == "d.npz" for r in results)
