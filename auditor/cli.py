@@ -165,7 +165,7 @@ def run(spec_path: Path, report_dir: Path | None, formats: str | None, seed: int
     from auditor.runner import Interrupted, load_inputs, make_runner, write_reports
     from auditor.select import select_checks
     from auditor.spec import parse_spec
-    from auditor.terminal import TerminalEvents, status_line, summary_table
+    from auditor.terminal import TerminalEvents, print_summary, status_line
 
     registry = _registry(disable, plugins)
     spec = parse_spec(spec_path, registry.checks, sorted(registry.reporters), disabled=registry.disabled)
@@ -222,10 +222,10 @@ def run(spec_path: Path, report_dir: Path | None, formats: str | None, seed: int
                    f"written: {short(why, 500)}", err=True)
     report = written.report  # what the files say: marked interrupted if a signal came while they were written
     how = how or written.interrupted
-    out = Console(highlight=False, soft_wrap=False, width=max(100, Console().width))
+    out = Console(highlight=False, soft_wrap=False)  # the terminal's width (COLUMNS, else 80 when piped)
     with _stdout_may_close():
         if not quiet:
-            out.print(summary_table(report))
+            print_summary(out, report)
             for path in written:
                 out.print(f"report: {path}")
         if show_traceback:

@@ -6,7 +6,8 @@
 - In CI (``CI`` set to anything but ``""``, ``0``, ``false``, ``no``), when piped, or with ``TERM=dumb``:
   plain lines, no escape codes: one when a check starts, one when it ends, and in between a progress line at
   most every ``interval`` seconds (so that a long check shows it is alive without flooding the log).
-- At the end: :func:`summary_table`.
+- At the end: :func:`summary` (a table, or one block per check on a narrow terminal; lines break between
+  words, never inside a number or a name).
 
 Everything goes to stderr, keeping stdout for the summary and the final status line.
 """
@@ -184,34 +185,119 @@ class TerminalEvents:
                 self._task = None
 
 
-def summary_table(report: AuditReport) -> Table:
-    """The end-of-run table: check, status, time, headline metrics (the gated ones first), and gates (those
-    not met spelled out)."""
-    report = as_report(report)
-    status = report.status.value
-    t = Table(title=f"audit of {report.model.get('path')}: [{STYLE.get(status, '')}]{status.upper()}[/]",
-              title_justify="left", show_footer=True)
-    counts = ", ".join(f"{v} {k}" for k, v in report.summary.items() if v)
-    t.add_column("check", footer=gated_text(report))
-    t.add_column("status", footer=counts)
-    t.add_column("time", justify="right")
-    t.add_column("metrics", overflow="fold")
-    t.add_column("gates, findings", overflow="fold")
+def _rows(report: AuditReport) -> list[tuple[CheckReport, list[str], list[tuple[str, str]]]]:
+    """Per check: its metric tokens (``name=value``; or its skip/error reason, word by word) and its detail
+    lines as ``(style key, text)``: gates met, every gate not met, every warning or failing finding."""
+    out = []
     for c in report.checks:
         st = c.status.value
         if st == "error":
-            metrics = c.error or ""
+            metrics = [f"error: {c.error or ''}"]
         elif st == "skipped":
-            metrics = c.skip_reason or ""
+            metrics = [f"skipped: {c.skip_reason or ''}"]
         else:
-            metrics = ", ".join(f"{k}={fmt_value(v)}" for k, v in headline(c, 5))
-        met = sum(g.status.value == "pass" for g in c.gates)
-        lines = [f"{met}/{len(c.gates)} met"] if c.gates else []
-        lines += [f"[{STYLE[g.status.value]}]{g.status.value}[/] " + g.message.replace("[", r"\[")
-                  for g in c.gates if g.status.value != "pass"]
+            metrics = [f"{k}={fmt_value(v)}" for k, v in headline(c, 5)]
+        details: list[tuple[str, str]] = []
+        if c.gates:
+            details.append(("", f"{sum(g.status.value == 'pass' for g in c.gates)}/{len(c.gates)} met"))
+        details += [(g.status.value, g.message) for g in c.gates if g.status.value != "pass"]
         # the reason for every warning: a check turned warn (or fail) by a finding says which
-        lines += [f"[{STYLE[f.severity]}]{f.severity}[/] " + f.message.replace("[", r"\[")
-                  for f in c.findings if f.severity in ("warn", "fail")]
-        t.add_row(c.id, f"[{STYLE[st]}]{st}[/]", f"{c.duration_s:.2f} s", metrics.replace("[", r"\["),
-                  "\n".join(lines))
+        details += [(str(f.severity), f.message) for f in c.findings if f.severity in ("warn", "fail")]
+        out.append((c, metrics, details))
+    return out
+
+
+def _longest_word(texts: list[str]) -> int:
+    return max((len(w) for t in texts for w in t.split()), default=0)
+
+
+#: Columns' borders and padding of the summary table (5 columns: 3 characters each, one more at the edge).
+_TABLE_CHROME = 16
+#: Width of the status column (the longest status, ``skipped``).
+_STATUS_W = 7
+
+
+def summary(report: AuditReport, width: int) -> Any:
+    """The end-of-run summary for a terminal ``width`` characters wide: :func:`summary_table` when every column
+    can be at least as wide as its longest word, else one block per check (:func:`summary_blocks`). Either way
+    lines break between words, never inside a name, a number or a path (a word longer than the whole line
+    gets a line of its own)."""
+    report = as_report(report)
+    rows = _rows(report)
+    ids = max((len(c.id) for c, _, _ in rows), default=5)
+    times = max((len(f"{c.duration_s:.2f} s") for c, _, _ in rows), default=6)
+    metric_w = max(_longest_word([", ".join(ms) for _, ms, _ in rows]), 10)  # the comma stays with its word
+    detail_w = max(_longest_word([f"{sev} {d}" for _, _, ds in rows for sev, d in ds]), 12)
+    need = ids + _STATUS_W + times + metric_w + detail_w + _TABLE_CHROME
+    return summary_table(report, (ids, metric_w, detail_w)) if need <= width else summary_blocks(report, width)
+
+
+def summary_blocks(report: AuditReport, width: int) -> Any:
+    """The summary for a narrow terminal: per check a line with its mark, id, status and time, then its
+    metrics (or its skip/error reason) and its gates and findings, wrapped at word boundaries."""
+    import textwrap
+
+    from rich.console import Group
+    from rich.text import Text
+
+    report = as_report(report)
+    status = report.status.value
+    lines: list[Text] = []
+
+    def wrapped(text: str, indent: str, style: str = "") -> None:
+        for ln in textwrap.wrap(text, width=max(width, 20), initial_indent=indent, subsequent_indent=indent + "  ",
+                                break_long_words=False, break_on_hyphens=False):
+            lines.append(Text(ln, style=style, no_wrap=True, overflow="ignore"))
+
+    wrapped(f"audit of {report.model.get('path')}: {status.upper()}", "", f"bold {STYLE.get(status, '')}")
+
+    for c, metrics, details in _rows(report):
+        st = c.status.value
+        head = Text(no_wrap=True, overflow="ignore")
+        head.append(f"{MARK[st]} ")
+        head.append(c.id, style="bold")
+        head.append(" ")
+        head.append(st, style=STYLE[st])
+        head.append(f" {c.duration_s:.2f} s")
+        lines.append(head)
+        if metrics:
+            wrapped(", ".join(metrics), "    ", STYLE[st] if st in ("error", "skipped") else "")
+        for sev, text in details:
+            wrapped(f"{sev} {text}" if sev else text, "    ", STYLE.get(sev, ""))
+    counts = ", ".join(f"{v} {k}" for k, v in report.summary.items() if v)
+    wrapped(f"{counts}; {gated_text(report)}", "")
+    return Group(*lines)
+
+
+def print_summary(console: Console, report: AuditReport) -> None:
+    """Print :func:`summary` for ``console``'s width. Lines are not cropped: a word longer than the terminal
+    (a path) is left whole for the terminal to fold, never cut."""
+    console.print(summary(report, console.width), crop=False)
+
+
+def _markup_safe(text: str) -> str:
+    return text.replace("[", r"\[")
+
+
+def summary_table(report: AuditReport, min_widths: tuple[int, int, int] = (0, 0, 0)) -> Table:
+    """The end-of-run table: check, status, time, headline metrics (the gated ones first), and gates (those
+    not met spelled out) and the finding behind every warning. ``min_widths`` keeps the check, metrics and
+    gates columns at least that wide (:func:`summary` passes their longest words, so that rich wraps cells
+    between words)."""
+    report = as_report(report)
+    status = report.status.value
+    counts = ", ".join(f"{v} {k}" for k, v in report.summary.items() if v)
+    t = Table(title=f"audit of {_markup_safe(str(report.model.get('path')))}: "
+                    f"[{STYLE.get(status, '')}]{status.upper()}[/]", title_justify="left",
+              caption=f"{counts}; {gated_text(report)}", caption_justify="left")
+    t.add_column("check", min_width=min_widths[0] or None)
+    t.add_column("status")
+    t.add_column("time", justify="right", no_wrap=True)
+    t.add_column("metrics", overflow="fold", min_width=min_widths[1] or None)
+    t.add_column("gates, findings", overflow="fold", min_width=min_widths[2] or None)
+    for c, metrics, details in _rows(report):
+        st = c.status.value
+        lines = [(f"[{STYLE[sev]}]{sev}[/] " if sev else "") + _markup_safe(text) for sev, text in details]
+        t.add_row(_markup_safe(c.id), f"[{STYLE[st]}]{st}[/]", f"{c.duration_s:.2f} s",
+                  _markup_safe(", ".join(metrics)), "\n".join(lines))
     return t
