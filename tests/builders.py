@@ -1,6 +1,7 @@
 """Builders shared by the core tests: small ONNX models with known answers, written with onnx.helper.
 
-IR 9 is set explicitly: ONNX Runtime 1.31 cannot read the IR 14 that onnx 1.23 writes by default."""
+Written with ``auditor.testing.save_model``: ONNX Runtime 1.31 cannot read the IR 14 that onnx 1.23 writes
+by default."""
 
 from __future__ import annotations
 
@@ -11,13 +12,17 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from auditor.testing import save_model as save_proto
+
 FLOAT = TensorProto.FLOAT
 
 
 def save_model(nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto],
-               inits: dict[str, np.ndarray], path: Path, *, opset: int = 17, ir: int = 9,
+               inits: dict[str, np.ndarray], path: Path, *, opset: int = 17, ir: int | None = None,
                extra_opsets: Sequence[tuple[str, int]] = (), list_inits_as_inputs: bool = False) -> Path:
-    """Write a graph; ``list_inits_as_inputs`` mimics old exporters (IR < 4) that list weights as inputs."""
+    """Write a graph; ``list_inits_as_inputs`` mimics old exporters (IR < 4) that list weights as inputs; ``ir``
+    writes exactly that IR version (an old exporter's, or one too new for ONNX Runtime); by default
+    ``auditor.testing.save_model`` writes one ONNX Runtime reads."""
     init_protos = [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()]
     ins = list(inputs)
     if list_inits_as_inputs:
@@ -26,6 +31,8 @@ def save_model(nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto], o
     g = helper.make_graph(nodes, "test", ins, outputs, initializer=init_protos)
     opsets = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, v) for d, v in extra_opsets]
     m = helper.make_model(g, opset_imports=opsets, producer_name="tests")
+    if ir is None:
+        return save_proto(m, path)
     m.ir_version = ir
     onnx.save(m, str(path))
     return path

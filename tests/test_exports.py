@@ -25,6 +25,7 @@ from auditor.errors import SkipCheck
 from auditor.model import ModelConfig, ModelHandle
 from auditor.perturb import ValueKind, input_space, substitute_ids
 from auditor.testing import run_audit
+from auditor.testing import save_model as save_proto
 
 INT64 = TensorProto.INT64
 VOCAB = 50
@@ -70,9 +71,7 @@ def token_classifier(tmp_path: Path) -> Path:
                           output_names=["logits"], opset_version=17, dynamo=False,
                           dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
                                         "logits": {0: "batch"}})
-    m = onnx.load(str(path))
-    m.ir_version = min(m.ir_version, 9)
-    onnx.save(m, str(path))
+    save_proto(onnx.load(str(path)), path)
     return path
 
 
@@ -435,9 +434,7 @@ def test_string_labels_match_the_models_class_labels_or_data_classes(tmp_path: P
     for zipmap in (True, False):
         onx = skl2onnx.convert_sklearn(clf, initial_types=[("x", FloatTensorType([None, 3]))],
                                        options={id(clf): {"zipmap": zipmap}}, target_opset=17)
-        onx.ir_version = 9
-        path = tmp_path / f"lr_{zipmap}.onnx"
-        onnx.save(onx, str(path))
+        path = save_proto(onx, tmp_path / f"lr_{zipmap}.onnx")
         res = run_audit({"model": {"path": str(path)}, "data": {"path": str(data)},
                          "checks": [{"use": "performance.metrics"}]}, workdir=tmp_path)
         assert res.metrics("performance.metrics")["accuracy"] == pytest.approx(want, abs=1e-12)

@@ -17,6 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from auditor import graph as G
 from auditor.cli import main
+from auditor.testing import save_model
 
 
 def externalise(t: TensorProto, location: str, offset: str | None = None, length: str | None = None) -> None:
@@ -73,8 +74,7 @@ HIDING: dict[str, Callable[[onnx.ModelProto, str], None]] = {
 
 def weights_only_run(tmp: Path, m: onnx.ModelProto) -> tuple[int, str]:
     path = tmp / "m" / "mlp.onnx"
-    m.ir_version = 9
-    onnx.save(m, str(path))
+    save_model(m, path)
     spec = tmp / "spec.yaml"
     spec.write_text(yaml.safe_dump({"version": 1, "model": {"path": str(path)},
                                     "checks": [{"use": "sparsity.profile"}], "report": {"dir": str(tmp / "r")}}))

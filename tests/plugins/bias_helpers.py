@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from auditor.testing import save_model
+
 
 def make_softmax_model(path: Path, weight: np.ndarray, bias: np.ndarray, input_shape: tuple[int, ...],
                        *, with_hidden: bool = False) -> Path:
@@ -14,7 +16,7 @@ def make_softmax_model(path: Path, weight: np.ndarray, bias: np.ndarray, input_s
     With ``with_hidden`` the logits are also exposed as an intermediate tensor named ``hidden`` (for probes).
     IR version 9: onnx 1.23 writes IR 14, which onnxruntime 1.31 rejects.
     """
-    from onnx import TensorProto, helper, numpy_helper, save
+    from onnx import TensorProto, helper, numpy_helper
 
     w = numpy_helper.from_array(np.asarray(weight, np.float32), "W")
     b = numpy_helper.from_array(np.asarray(bias, np.float32), "B")
@@ -27,9 +29,7 @@ def make_softmax_model(path: Path, weight: np.ndarray, bias: np.ndarray, input_s
     if with_hidden:
         g.value_info.append(helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["N", weight.shape[1]]))
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], producer_name="bias-tests")
-    m.ir_version = 9
-    save(m, str(path))
-    return Path(path)
+    return save_model(m, path)
 
 
 def identity_model(path: Path, n_classes: int) -> Path:

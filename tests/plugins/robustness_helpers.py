@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from auditor.testing import AuditResult, make_linear_classifier, run_audit
+from auditor.testing import AuditResult, make_linear_classifier, run_audit, save_model
 
 #: The built-in plugins other than this one stay off: these tests are about robustness alone.
 OTHERS = ["bias", "sparsity", "transfer", "torch"]
@@ -68,10 +67,7 @@ def tiny_cnn(path: Path, layout: str = "NCHW", c: int = 3, hw: int = 8, classes:
     g = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
                           [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", classes])],
                           initializer=inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], producer_name="tests")
-    m.ir_version = 9
-    onnx.save(m, str(path))
-    return path
+    return save_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], producer_name="tests"), path)
 
 
 def cnn_numpy_probs(path: Path, x: np.ndarray) -> np.ndarray:
@@ -112,10 +108,7 @@ def export_mlp(clf: Any, path: Path) -> Path:
     g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", n_in])],
                           [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", n_out])],
                           initializer=inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], producer_name="tests")
-    m.ir_version = 9
-    onnx.save(m, str(path))
-    return path
+    return save_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], producer_name="tests"), path)
 
 
 __all__ = ["OTHERS", "audit", "binary_linear", "cnn_numpy_probs", "export_mlp", "images",

@@ -12,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from auditor.context import AuditContext
 from auditor.model import ModelConfig, ModelHandle
 from auditor.results import CheckResult
+from auditor.testing import save_model
 
 FLOAT = TensorProto.FLOAT
 #: The other built-in plugins, switched off in these tests so that they exercise the installed ``sparsity``
@@ -25,13 +26,10 @@ def save(nodes: list[onnx.NodeProto], x: onnx.ValueInfoProto, out: onnx.ValueInf
     g = helper.make_graph(nodes, "planted", [x], [out],
                           initializer=[numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], producer_name="tests")
-    m.ir_version = 9
     if external:
-        onnx.save(m, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                  location=path.name + ".data", size_threshold=0)
-    else:
-        onnx.save(m, str(path))
-    return path
+        return save_model(m, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                          location=path.name + ".data", size_threshold=0)
+    return save_model(m, path)
 
 
 def run_check(check_cls: type, path: Path, **params: Any) -> CheckResult:

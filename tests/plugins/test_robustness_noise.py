@@ -177,15 +177,15 @@ def test_misused_parameters_are_errors_with_a_reason(tmp_path: Path) -> None:
 
 def test_noise_amplification_of_a_regression_model(tmp_path: Path) -> None:
     # f(x) = 3x (a linear image-to-image operator): ‖f(x+n) − f(x)‖ / ‖n‖ = 3 exactly, whatever the noise
-    from onnx import TensorProto, helper, numpy_helper, save_model
+    from onnx import TensorProto, helper, numpy_helper
+
+    from auditor.testing import save_model
 
     w = numpy_helper.from_array((3 * np.eye(5)).astype(np.float32), "W")
     g = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "amp",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])], initializer=[w])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 9
-    save_model(m, str(tmp_path / "amp.onnx"))
+    save_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "amp.onnx")
     x = np.random.default_rng(0).normal(size=(200, 5)).astype(np.float32)
     res = audit(tmp_path, [{"use": "robustness.noise", "with": {"sigma": [0.1, 1.0]}}],
                 {"path": str(tmp_path / "amp.onnx"), "task": "regression"},

@@ -17,6 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 from sparsity_helpers import FLOAT, run_check, save
 
 from auditor import graph as G
+from auditor.testing import save_model
 
 RNG = np.random.default_rng(0)
 W_CONV = RNG.normal(size=(4, 2, 3, 3)).astype(np.float32)
@@ -135,11 +136,7 @@ def _fp16_model(tmp_path: Path, dtype: int) -> Path:
                           initializer=[numpy_helper.from_array(W_CONV.astype(np_dt), "k_lp"),
                                        numpy_helper.from_array(W_FC.astype(np_dt), "w_lp"),
                                        numpy_helper.from_array(B_FC, "b")])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 9
-    path = tmp_path / f"lp{dtype}.onnx"
-    onnx.save(m, str(path))
-    return path
+    return save_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / f"lp{dtype}.onnx")
 
 
 @pytest.mark.parametrize("dtype", [TensorProto.FLOAT16, TensorProto.BFLOAT16])

@@ -22,7 +22,7 @@ from auditor_torch import register_op  # noqa: E402
 from auditor_torch.registry import lookup  # noqa: E402
 
 from auditor.runner import check_seed  # noqa: E402
-from auditor.testing import make_linear_classifier, run_audit  # noqa: E402
+from auditor.testing import make_linear_classifier, run_audit, save_model  # noqa: E402
 
 RNG = np.random.default_rng(3)
 
@@ -154,11 +154,7 @@ def relu_model(tmp_path: Path, w: np.ndarray, b: np.ndarray) -> Path:
     g = helper.make_graph(nodes, "relu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
                           initializer=[numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 9
-    path = tmp_path / "relu.onnx"
-    path.write_bytes(m.SerializeToString())
-    return path
+    return save_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "relu.onnx")
 
 
 def test_parity_passes_and_detects_a_wrong_op(tmp_path: Path) -> None:
@@ -260,10 +256,7 @@ def sklearn_logreg(tmp_path: Path, coef: np.ndarray, intercept: np.ndarray) -> P
                           [helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
                            helper.make_value_info("probabilities", zip_type)])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 1)])
-    m.ir_version = 9
-    path = tmp_path / "logreg.onnx"
-    path.write_bytes(m.SerializeToString())
-    return path
+    return save_model(m, tmp_path / "logreg.onnx")
 
 
 def test_sklearn_graph_parity_and_gradients(tmp_path: Path) -> None:

@@ -17,6 +17,8 @@ torch = pytest.importorskip("torch")
 from auditor_torch.interpreter import build_module  # noqa: E402
 from test_torch_interpreter import compare, graph  # noqa: E402
 
+from auditor.testing import readable_ir, save_model  # noqa: E402
+
 RNG = np.random.default_rng(3)
 F32 = TensorProto.FLOAT
 
@@ -63,9 +65,7 @@ def _qdq_model(axis_scale: bool) -> onnx.ModelProto:
                           [helper.make_tensor_value_info("y", F32, ["N", 3])],
                           initializer=[numpy_helper.from_array(np.asarray(s), "s"),
                                        numpy_helper.from_array(np.asarray(z), "z")])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 9
-    return m
+    return readable_ir(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
 
 
 @pytest.mark.parametrize("per_channel", [False, True])
@@ -105,9 +105,7 @@ def _if_model() -> onnx.ModelProto:
     g = helper.make_graph(nodes, "if", [helper.make_tensor_value_info("x", F32, [2, 2])],
                           [helper.make_tensor_value_info("y", F32, [2, 2])],
                           initializer=[numpy_helper.from_array(r(2, 2), "W")])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 9
-    return m
+    return readable_ir(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
 
 
 def test_if_selects_the_branch_and_its_gradient() -> None:
@@ -133,8 +131,7 @@ def test_nodes_out_of_topological_order() -> None:
     g = helper.make_graph(nodes, "unsorted", [helper.make_tensor_value_info("x", F32, ["N", 4])],
                           [helper.make_tensor_value_info("y", F32, ["N", 3])],
                           initializer=[numpy_helper.from_array(w1, "W1"), numpy_helper.from_array(w2, "W2")])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 9
+    m = readable_ir(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
     x = r(6, 4)
     compare(m, x, tol=1e-6)
     z = np.maximum(x.astype(np.float64) @ w1, 0) @ w2
@@ -144,12 +141,6 @@ def test_nodes_out_of_topological_order() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- torch.parity
-def _save(m: onnx.ModelProto, path: Any) -> Any:
-    m.ir_version = 9
-    onnx.save(m, str(path))
-    return path
-
-
 def test_parity_tolerance_is_absolute_plus_relative(tmp_path: Any) -> None:
     """Logits in the thousands that differ by 3e-7 relative (1e-3 absolute) agree; the reported figures are
     numpy's on the same outputs. The difference is planted by a replaced Identity (x·(1 + 3e-7))."""
@@ -163,7 +154,7 @@ def test_parity_tolerance_is_absolute_plus_relative(tmp_path: Any) -> None:
                           "big", [helper.make_tensor_value_info("x", F32, ["N", 4])],
                           [helper.make_tensor_value_info("y", F32, ["N", 3])],
                           initializer=[numpy_helper.from_array(w, "W")])
-    path = _save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "big.onnx")
+    path = save_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "big.onnx")
     x = r(40, 4)
     np.savez(tmp_path / "d.npz", x=x)
     ident = lookup("Identity")
@@ -203,7 +194,7 @@ def test_parity_compares_every_output_and_follows_fixed_batch(tmp_path: Any) -> 
                           [helper.make_tensor_value_info("y", F32, [1, 3]),
                            helper.make_tensor_value_info("label", TensorProto.INT64, [1])],
                           initializer=[numpy_helper.from_array(w, "W"), numpy_helper.from_array(r(1, 2), "c")])
-    path = _save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "two.onnx")
+    path = save_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "two.onnx")
     x = r(12, 4)
     np.savez(tmp_path / "d.npz", x=x)
     spec = {"checks": [{"use": "torch.parity"}]}

@@ -21,7 +21,7 @@ from auditor_torch.interpreter import build_module  # noqa: E402
 from torch_helpers import export  # noqa: E402
 
 from auditor.model import ModelConfig, ModelHandle  # noqa: E402
-from auditor.testing import make_linear_classifier  # noqa: E402
+from auditor.testing import make_linear_classifier, readable_ir  # noqa: E402
 
 RNG = np.random.default_rng(0)
 F32 = TensorProto.FLOAT
@@ -37,9 +37,8 @@ def graph(op: str, x: np.ndarray, consts: list[tuple[str, np.ndarray] | None] = 
     xin = helper.make_tensor_value_info("x", helper.np_dtype_to_tensor_dtype(x.dtype), list(x.shape))
     yout = [helper.make_tensor_value_info(o, out_type, None) for o in outs]
     ops = [helper.make_opsetid("", opset)] + ([helper.make_opsetid(domain, 1)] if domain else [])
-    m = helper.make_model(helper.make_graph([node], "g", [xin], yout, initializer=inits), opset_imports=ops)
-    m.ir_version = 9
-    return m
+    return readable_ir(helper.make_model(helper.make_graph([node], "g", [xin], yout, initializer=inits),
+                                         opset_imports=ops))
 
 
 def compare(model: onnx.ModelProto, x: np.ndarray, tol: float = 1e-4) -> None:
@@ -225,9 +224,8 @@ def test_sklearn_linear_classifier_matches_onnxruntime(name: str, attrs: dict) -
     g = helper.make_graph([n1, n2], "skl", [helper.make_tensor_value_info("x", F32, [None, 4])],
                           [helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
                            helper.make_tensor_value_info("scores", F32, [None, None])])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 1)])
-    m.ir_version = 9
-    compare(m, x)
+    compare(readable_ir(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17),
+                                                            helper.make_opsetid("ai.onnx.ml", 1)])), x)
 
 
 @pytest.mark.parametrize("op,attrs", [("Normalizer", {"norm": "L2"}), ("Normalizer", {"norm": "MAX"}),

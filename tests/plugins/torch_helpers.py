@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from auditor.testing import readable_ir, save_model
+
 
 def export(module: object, example: object, path: Path | None = None, *, opset: int = 17,
            dynamic: bool = True) -> onnx.ModelProto:
-    """Export a torch module with the TorchScript exporter (IR 9, which onnxruntime reads)."""
+    """Export a torch module with the TorchScript exporter (at an IR onnxruntime reads)."""
     import torch
 
     buf = io.BytesIO()
@@ -21,10 +23,9 @@ def export(module: object, example: object, path: Path | None = None, *, opset: 
         torch.onnx.export(module, (example,), buf, dynamo=False, input_names=["x"], output_names=["y"],
                           opset_version=opset,
                           dynamic_axes={"x": {0: "N"}, "y": {0: "N"}} if dynamic else None)
-    model = onnx.load_from_string(buf.getvalue())
-    model.ir_version = 9
+    model = readable_ir(onnx.load_from_string(buf.getvalue()))
     if path is not None:
-        onnx.save(model, str(path))
+        save_model(model, path)
     return model
 
 

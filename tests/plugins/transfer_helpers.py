@@ -7,16 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from onnx import TensorProto, helper, numpy_helper, save
+from onnx import TensorProto, helper, numpy_helper
+
+from auditor.testing import save_model
 
 
 def _save(nodes: list, inputs: list, outputs: list, inits: dict[str, np.ndarray], path: Path) -> Path:
     g = helper.make_graph(nodes, "t", inputs, outputs,
                           initializer=[numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 9  # onnx writes a newer IR than onnxruntime reads
-    save(m, str(path))
-    return Path(path)
+    return save_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
 
 
 @dataclass
