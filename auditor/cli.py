@@ -170,7 +170,11 @@ def run(spec_path: Path, report_dir: Path | None, formats: str | None, seed: int
     registry = _registry(disable, plugins)
     spec = parse_spec(spec_path, registry.checks, sorted(registry.reporters), disabled=registry.disabled)
     if keyword:
+        ids = [c.id for c in spec.checks]
         spec.checks, deselected = select_checks(spec.checks, keyword)
+        if ids and not spec.checks:  # like a typo in a gate: a usage error, never an audit that asserts nothing
+            raise SpecError("-k", [f"{keyword!r} selects none of the checks of {spec_path} "
+                                   f"(their ids: {', '.join(ids)})"])
     if seed is not None:
         spec.seed = seed
     if report_dir is not None:

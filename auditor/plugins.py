@@ -132,6 +132,11 @@ def build_registry(
             bad = check_class_problems(cls)
             if bad:
                 raise PluginLoadError(f"plugin '{pname}' registered a broken check: {'; '.join(bad)}")
+            prefix = cls.name.split(".", 1)[0]
+            if info is not None and info.source == "entry point" and prefix != pname:
+                # `--disable NAME` and `use: NAME.*` rely on it; and no plugin can fill another's namespace
+                raise PluginLoadError(f"plugin '{pname}' registered check '{cls.name}': the checks of an installed "
+                                      f"plugin are named '{pname}.<check>' after its entry point")
             if cls.name in reg.checks:
                 other = reg.checks[cls.name].plugin
                 raise PluginLoadError(f"check '{cls.name}' is registered by both '{other}' and '{pname}'")

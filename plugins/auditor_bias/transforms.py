@@ -129,10 +129,21 @@ def swap_groups(x: np.ndarray, data: Dataset, group: str, features: Sequence[int
     return out
 
 
+#: The transforms each cue argument configures (an argument given to another transform is a spec error).
+ARGUMENTS = {"pixels": ("set_pixels",), "value": ("set_pixels", "set_feature", "paste_patch"),
+             "patch": ("paste_patch",), "patch_size": ("paste_patch",), "feature": ("set_feature", "swap_feature"),
+             "values": ("swap_feature",), "group": ("swap_groups",), "features": ("swap_groups",)}
+
+
 def transform_problems(p: Any) -> list[str]:
-    """What the shortcut parameters ``p`` lack for their ``transform`` (``"<param>: <message>"``, checked when
-    the spec is read)."""
+    """What the shortcut parameters ``p`` lack for their ``transform``, or give that it does not take
+    (``"<param>: <message>"``, checked when the spec is read)."""
     name = p.transform
+    for arg, users in ARGUMENTS.items():
+        if getattr(p, arg) is not None and name not in users:
+            return [f"{arg}: applies to transform {' / '.join(users)}, not {name or 'none (no transform given)'}"]
+    if name == "paste_patch" and p.patch is None and (p.value is None or p.patch_size is None):
+        return ["patch: paste_patch needs `patch` ([h, w] or [C, h, w]), or a constant `value` with `patch_size`"]
     if name == "set_pixels" and (p.pixels is None or p.value is None):
         return ["pixels: set_pixels needs `pixels: [[c, row, col], ...]` and `value`"]
     if name in ("set_feature", "swap_feature") and p.feature is None:
