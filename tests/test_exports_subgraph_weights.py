@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from auditor.testing import run_audit
+from auditor.testing import readable_ir, run_audit, save_model
 
 FLOAT = TensorProto.FLOAT
 
@@ -50,12 +50,9 @@ def branched(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
                           [helper.make_tensor_value_info("x", FLOAT, ["N", 4])],
                           [helper.make_tensor_value_info("y", FLOAT, ["N", None])],
                           initializer=[numpy_helper.from_array(np.array(True), "flag")])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 9
+    m = readable_ir(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
     onnx.checker.check_model(m)
-    path = tmp_path / "branched.onnx"
-    onnx.save(m, str(path))
-    return path, w
+    return save_model(m, tmp_path / "branched.onnx"), w
 
 
 def test_weights_inside_if_branches_are_audited_with_their_branch_path(tmp_path: Path) -> None:
