@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import html
+import sys
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -165,10 +166,7 @@ def as_dataset(data: Any, *, label: str | None = None, groups: Sequence[str] | N
 
     if isinstance(data, Dataset):
         return data
-    try:
-        import pandas as pd
-    except ImportError:  # pragma: no cover - pandas is optional
-        pd = None
+    pd = sys.modules.get("pandas")  # a DataFrame exists only where pandas is imported; never import it here
     if pd is not None and isinstance(data, pd.DataFrame):
         cols = [str(c) for c in data.columns]
         y_col = label if label is not None else next((c for c in ("y", "label") if c in cols), None)
@@ -222,7 +220,7 @@ class _MemorySource:
 
     def load(self, cfg: DataConfig, request: LoadRequest) -> Dataset:
         """The dataset, with the spec's batch size and ``data.preprocess`` applied as for a data file."""
-        ds = copy.copy(self.dataset)
+        ds: Dataset = copy.copy(self.dataset)
         ds.batch_size = cfg.batch_size
         if cfg.preprocess is not None:
             from auditor.datasets.loader import preprocess_arrays

@@ -233,7 +233,7 @@ def load_dataset(cfg: DataConfig, rng: np.random.Generator | None = None, *, req
     if chosen is not None:
         if not path.exists() and chosen.name == "images":
             raise DataError(f"{role}.path: data folder or manifest not found: {path}")
-        ds = chosen.load(cfg, request)
+        ds: Dataset = chosen.load(cfg, request)
         if cfg.limit is not None and cfg.limit < ds.n:
             ds = ds.sample(cfg.limit, rng)
         return ds
@@ -356,8 +356,8 @@ def _load_parquet(path: Path, cfg: DataConfig, inputs: dict[str, str | list[str]
     lazy_ok = (all(c in names and numeric(schema.field(c).type) for c in x_cols) and x_cols
                and rows * len(x_cols) * 4 > LAZY_PARQUET_BYTES and pf.metadata.num_row_groups > 0)
     if not lazy_ok:
-        table = pq.read_table(path)
-        return {name: column_values(table.column(name)) for name in table.column_names}, None
+        whole = pq.read_table(path)
+        return {name: column_values(whole.column(name)) for name in whole.column_names}, None
     first = pf.read_row_group(0, columns=x_cols)
     widths = [int(np.asarray(column_values(first.column(c))[:1]).reshape(1, -1).shape[1]) for c in x_cols]
     others = [k for k in names if k in keep]

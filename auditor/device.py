@@ -67,7 +67,7 @@ def _tiny_model() -> bytes:
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 7
-    return model.SerializeToString()
+    return bytes(model.SerializeToString())
 
 
 @functools.lru_cache(maxsize=1)

@@ -202,7 +202,7 @@ def downsample(x: np.ndarray, factor: int) -> np.ndarray:
     n, c, h, w = x.shape
     hh, ww = h // factor, w // factor
     x = x[:, :, :hh * factor, :ww * factor]
-    return x.reshape(n, c, hh, factor, ww, factor).mean(axis=(3, 5))
+    return np.asarray(x.reshape(n, c, hh, factor, ww, factor).mean(axis=(3, 5)))
 
 
 def to_uint8(x: np.ndarray, lo: float, hi: float) -> np.ndarray:

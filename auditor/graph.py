@@ -296,7 +296,7 @@ def penultimate(graph: GraphProto, output: str) -> str | None:
         if node.op_type in LINEAR_OPS:
             data_in = [i for i in node.input if i and i not in inits and _not_constant(i, producers)]
             if data_in:
-                return data_in[0]
+                return str(data_in[0])
         frontier.extend(i for i in node.input if i and i not in inits)
     return None
 

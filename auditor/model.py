@@ -522,7 +522,7 @@ class ModelHandle:
                 binding.bind_output(n, device, device_id if device == "cuda" else 0)
             sess.run_with_iobinding(binding)
             return list(binding.copy_outputs_to_cpu())
-        return sess.run(names, feed)
+        return list(sess.run(names, feed))
 
     def _feed(self, xb: np.ndarray, others: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """The feed for one batch: the primary input, the per-sample inputs (batch-first in the data, moved to
@@ -914,7 +914,7 @@ class ModelHandle:
         out = self._alias.get(self.outputs[-1], self.outputs[-1])
         node = G.produced_tensors(self.proto.graph).get(out)
         if node is not None and node.op_type in ("Softmax", "LogSoftmax") and node.input:
-            return node.input[0]
+            return str(node.input[0])
         return None
 
     def penultimate(self) -> str | None:

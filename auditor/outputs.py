@@ -33,7 +33,7 @@ class Predictions:
     def confidence(self) -> np.ndarray:
         """Probability of the predicted class (classification only)."""
         assert self.probs is not None
-        return self.probs.max(axis=1)
+        return np.asarray(self.probs.max(axis=1))
 
 
 def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:

@@ -49,7 +49,7 @@ def param(default: T, description: str, *, minimum: float | None = None, maximum
                         "choices": None if choices is None else list(choices), "schema": schema}}
     if isinstance(default, (list, dict, set)):
         return typing.cast(T, dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=meta))
-    return typing.cast(T, dataclasses.field(default=default, metadata=meta))
+    return dataclasses.field(default=default, metadata=meta)
 
 
 def is_params_class(cls: Any) -> bool:

@@ -83,7 +83,7 @@ class InputSpace:
         dtype's range for quantized inputs; unchanged otherwise). In pixel space: clipped to [0, 1], and for
         integer models rounded to the nearest of the 256 levels."""
         if self.pixels is not None:
-            out = np.clip(z, 0.0, 1.0)
+            out: np.ndarray = np.clip(z, 0.0, 1.0)
             if self.kind is ValueKind.QUANTIZED:
                 out = np.rint(out * 255.0) / 255.0
             return out.astype(z.dtype, copy=False)

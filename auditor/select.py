@@ -26,7 +26,7 @@ def _both(a: Callable[[str], bool], b: Callable[[str], bool]) -> Callable[[str],
 
 def compile_expr(expr: str) -> Callable[[str], bool]:
     """A predicate on check ids for ``expr``; :class:`SpecError` (exit 2) when it does not parse."""
-    tokens = [t for t in _TOKEN.findall(expr) if t]
+    tokens: list[str] = [t for t in _TOKEN.findall(expr) if t]
     pos = 0
 
     def fail(why: str) -> SpecError:

@@ -254,7 +254,7 @@ def _explain(err: ValidationError, doc: Any, lines: dict[Path_, int] | None = No
     apath = tuple(err.absolute_path)
     where = _fmt_path(apath)
     if err.validator == "additionalProperties":
-        allowed = list((err.schema.get("properties") or {}).keys())
+        allowed = list((err.schema.get("properties") or {}).keys()) if isinstance(err.schema, dict) else []
         inst = err.instance if isinstance(err.instance, dict) else {}
         extra = [k for k in inst if k not in allowed]
         msgs = []
@@ -265,7 +265,7 @@ def _explain(err: ValidationError, doc: Any, lines: dict[Path_, int] | None = No
             msgs.append(f"{key_path}: unknown key{hint}{_at(lines, (*apath, k))}")
         return "; ".join(msgs)
     if err.validator == "enum" and list(err.absolute_path)[-1:] == ["use"]:
-        names = err.validator_value
+        names = list(err.validator_value) if isinstance(err.validator_value, list) else []
         close = difflib.get_close_matches(str(err.instance), names, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         return (f"{where}: unknown check '{short(str(err.instance))}'{hint}{_at(lines, apath)}; "

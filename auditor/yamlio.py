@@ -16,7 +16,7 @@ the 1-based line where that entry starts: the key's line for a mapping entry, th
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import yaml
@@ -65,8 +65,9 @@ class _Loader(yaml.SafeLoader):
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
-                mark = self.peek_event().start_mark
-                raise YamlProblem(f"nested deeper than {MAX_DEPTH} levels", int(mark.line) + 1)
+                peek: Callable[[], yaml.Event] = self.peek_event  # typed here: untyped in types-PyYAML
+                mark = peek().start_mark
+                raise YamlProblem(f"nested deeper than {MAX_DEPTH} levels", None if mark is None else mark.line + 1)
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1

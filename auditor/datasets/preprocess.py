@@ -271,17 +271,17 @@ class PixelSpace:
     def to_pixels(self, x: np.ndarray, *, canonical: bool = False) -> np.ndarray:
         """Model inputs (or canonical NCHW ones) -> pixels in [0, 1] (float of ``x``'s precision or float32)."""
         mean, std = self._consts(x.ndim, canonical)
-        out = (np.asarray(x, np.float64) * std + mean) / (255.0 * self.scale)
+        out: np.ndarray = (np.asarray(x, np.float64) * std + mean) / (255.0 * self.scale)
         return out.astype(x.dtype if x.dtype.kind == "f" else np.float32)
 
     def from_pixels(self, p: np.ndarray, *, canonical: bool = False) -> np.ndarray:
         """Pixels in [0, 1] -> model inputs (uint8 models: rounded and clipped to 0..255)."""
         mean, std = self._consts(p.ndim, canonical)
-        x = (np.asarray(p, np.float64) * (255.0 * self.scale) - mean) / std
+        x: np.ndarray = (np.asarray(p, np.float64) * (255.0 * self.scale) - mean) / std
         if np.dtype(self.dtype).kind in "iu":
             info = np.iinfo(np.dtype(self.dtype))
-            return np.clip(np.rint(x), info.min, info.max).astype(self.dtype)
-        return x.astype(self.dtype)
+            return np.asarray(np.clip(np.rint(x), info.min, info.max), dtype=np.dtype(self.dtype))
+        return x.astype(np.dtype(self.dtype))
 
     def describe(self) -> str:
         """One line for the report."""

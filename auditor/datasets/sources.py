@@ -108,7 +108,8 @@ class LazySource(ABC):
             i = int(idx) + (n if int(idx) < 0 else 0)
             if not 0 <= i < n:
                 raise IndexError(f"row {int(idx)} out of range for {n} rows")
-            return self._read(i, i + 1)[0]
+            row: np.ndarray = self._read(i, i + 1)[0]
+            return row
         arr = np.asarray(idx)
         if arr.dtype == bool:
             arr = np.flatnonzero(arr)

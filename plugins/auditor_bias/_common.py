@@ -54,11 +54,11 @@ def missing_mask(values: np.ndarray) -> np.ndarray:
     empty string."""
     arr = np.asarray(values)
     if arr.dtype.kind == "f":
-        return ~np.isfinite(arr)
+        return np.asarray(~np.isfinite(arr))
     if arr.dtype.kind in "iub":
         return np.zeros(len(arr), dtype=bool)
     if arr.dtype.kind in "US":
-        return arr == arr.dtype.type("")
+        return np.asarray(arr == arr.dtype.type(""))
     # object column: a per-element test is unavoidable (mixed Python objects), once per check
     return np.fromiter(
         (v is None or (isinstance(v, float) and not math.isfinite(v)) or (isinstance(v, str) and v == "")

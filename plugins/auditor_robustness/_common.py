@@ -213,8 +213,8 @@ class Classifier:
         s, logits = self.scores(self.geometry.to_model(xc), rows)
         if logits:
             z = s - s.max(axis=1, keepdims=True)
-            return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-        return np.log(np.maximum(s, TINY))
+            return np.asarray(z - np.log(np.exp(z).sum(axis=1, keepdims=True)))
+        return np.asarray(np.log(np.maximum(s, TINY)))
 
 
 def space_range(space: InputSpace, clip: Sequence[float] | None, xc: np.ndarray,
@@ -237,7 +237,7 @@ def margins(log_probs: np.ndarray, y: np.ndarray) -> np.ndarray:
     true = log_probs[rows, y].copy()
     other = log_probs.copy()
     other[rows, y] = -np.inf
-    return true - other.max(axis=1)
+    return np.asarray(true - other.max(axis=1))
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,7 @@ def held_along(path: Batch, held: Batch, n: int, steps: int, refine: int) -> np.
     rows = np.repeat(np.arange(n), steps)
     ok = held(path(grid_t, rows), rows).reshape(n, steps)
     prefix = np.cumprod(ok, axis=1).sum(axis=1)  # grid points held before the first failure
-    lo_t = prefix / steps
+    lo_t = np.asarray(prefix / steps)
     hi_t = np.minimum(lo_t + 1 / steps, 1.0)
     open_ = prefix < steps
     for _ in range(refine):
@@ -142,14 +142,14 @@ class BlindSpots(Check):
             ctx.check_cancelled()
             pr = clf.probs(x, src[rows] if clf.inputs else None)  # the source row's other inputs
             c = cls[rows]
-            return (pr.argmax(axis=1) == c) & (np.abs(pr[np.arange(len(rows)), c] - conf0[rows]) <= tol)
+            return np.asarray((pr.argmax(axis=1) == c) & (np.abs(pr[np.arange(len(rows)), c] - conf0[rows]) <= tol))
 
         xs, xt = xc[src], xc[tgt]
         diff = xt - xs
         dist = np.sqrt(np.sum(diff.reshape(n, -1) ** 2, axis=1))
 
         def toward(t: np.ndarray, rows: np.ndarray) -> np.ndarray:
-            return (xs[rows] + t[:, None, None, None] * diff[rows]).astype(np.float32)
+            return np.asarray(xs[rows] + t[:, None, None, None] * diff[rows], np.float32)
 
         alpha = held_along(toward, held, n, p.steps, p.refine)
         thr = p.alpha_threshold
@@ -172,7 +172,7 @@ class BlindSpots(Check):
 
             def randomly(t: np.ndarray, rows: np.ndarray) -> np.ndarray:
                 out = base[rows] + (t * radius[rows])[:, None, None, None] * u[rows]
-                return np.clip(out, lo, hi).astype(np.float32)
+                return np.asarray(np.clip(out, lo, hi), np.float32)
 
             def held_random(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
                 return held(x, rrows[rows])

@@ -61,7 +61,7 @@ def gaussian_kernel(sigma: float, truncate: float = 4.0) -> np.ndarray:
     radius = int(truncate * sigma + 0.5)
     t = np.arange(-radius, radius + 1, dtype=np.float64)
     k = np.exp(-0.5 * (t / sigma) ** 2)
-    return k / k.sum()
+    return np.asarray(k / k.sum())
 
 
 def blur(xc: np.ndarray, sigma: float) -> np.ndarray:
@@ -94,11 +94,11 @@ def corrupt(kind: str, xc: np.ndarray, severity: float, rng: np.random.Generator
     """
     dt = xc.dtype
     if kind == "gaussian":
-        return xc + dt.type(severity) * rng.standard_normal(xc.shape, dtype=dt)
+        return np.asarray(xc + dt.type(severity) * rng.standard_normal(xc.shape, dtype=dt))
     if kind == "uniform":
-        return xc + rng.uniform(-severity, severity, xc.shape).astype(dt)
+        return np.asarray(xc + rng.uniform(-severity, severity, xc.shape).astype(dt))
     if kind == "feature":
-        return xc + dt.type(severity) * column_std * rng.standard_normal(xc.shape, dtype=dt)
+        return np.asarray(xc + dt.type(severity) * column_std * rng.standard_normal(xc.shape, dtype=dt))
     if kind == "salt_pepper":
         n, _, h, w = xc.shape
         u = rng.random((n, 1, h, w))  # one draw per pixel (all channels of a pixel together)
@@ -113,10 +113,10 @@ def corrupt(kind: str, xc: np.ndarray, severity: float, rng: np.random.Generator
     if kind == "blur":
         return blur(xc, severity)
     if kind == "brightness":
-        return xc + dt.type(severity * span)
+        return np.asarray(xc + dt.type(severity * span))
     if kind == "contrast":
         mean = xc.mean(axis=(2, 3), keepdims=True, dtype=np.float64)
-        return ((xc - mean) * (1.0 - severity) + mean).astype(dt)
+        return np.asarray(((xc - mean) * (1.0 - severity) + mean).astype(dt))
     raise ValueError(f"unknown kind {kind!r}")
 
 

@@ -78,7 +78,7 @@ def _pseudo_gaussian(a: int, b: int) -> np.ndarray:
     ca, cb = a // 2, b // 2
     for k in range(max(a // 2 + 1, b // 2 + 1)):
         d[max(ca - k, 0):min(ca - k + 2 * k + 1, a), max(cb - k, 0):min(cb - k + 2 * k + 1, b)] += 1.0 / (k + 1) ** 2
-    return d / np.sqrt(np.sum(d**2))
+    return np.asarray(d / np.sqrt(np.sum(d**2)))
 
 
 @functools.lru_cache(maxsize=256)
@@ -95,7 +95,7 @@ def meta_pseudo_gaussian(a: int, b: int) -> np.ndarray:
         d[:, b // 2:] = -_pseudo_gaussian(a, b - b // 2)
     else:
         d[:] = 1.0
-    d = d / np.sqrt(np.sum(d**2))
+    d = np.asarray(d / np.sqrt(np.sum(d**2)))
     d.setflags(write=False)
     return d
 
@@ -395,7 +395,7 @@ def _l2_run(log_probs: Callable[[np.ndarray, np.ndarray], np.ndarray], x: np.nda
 def perturbation_norms(x: np.ndarray, x_adv: np.ndarray, norm: str) -> np.ndarray:
     """Per-sample ‖x_adv − x‖ (L∞ or L2) in float64."""
     d = (np.asarray(x_adv, np.float64) - np.asarray(x, np.float64)).reshape(len(x), -1)
-    return np.abs(d).max(axis=1) if norm == "linf" else np.sqrt(np.sum(d**2, axis=1))
+    return np.asarray(np.abs(d).max(axis=1) if norm == "linf" else np.sqrt(np.sum(d**2, axis=1)))
 
 
 class SquareAttack(ShardedCheck):

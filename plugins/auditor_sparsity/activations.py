@@ -263,4 +263,4 @@ def _head(ctx: AuditContext, pen: str, y: np.ndarray) -> np.ndarray | None:
     w = decode(head, ctx.model.read_weight(head.ref), slice(None)).astype(np.float64)
     if head.out_axis == 1:
         w = w.T
-    return w[np.unique(y)] * head.alpha
+    return np.asarray(w[np.unique(y)] * head.alpha)

@@ -13,7 +13,8 @@ from auditor_torch.backend import TorchBackend
 
 
 def _per_sample_norm(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(len(t), -1).norm(dim=1).reshape(-1, *([1] * (t.dim() - 1)))
+    norms: torch.Tensor = t.reshape(len(t), -1).norm(dim=1)  # Tensor.norm is untyped in torch
+    return norms.reshape(-1, *([1] * (t.dim() - 1)))
 
 
 def _project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:

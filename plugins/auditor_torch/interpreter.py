@@ -7,7 +7,7 @@ not a framework's re-interpretation. Float initializers become ``nn.Parameter`` 
 other initializers, ``Constant`` node values and fixed feeds become buffers (they follow ``.to(device)``).
 
 Linear ops (Conv, ConvTranspose, Gemm, MatMul) go through :meth:`OnnxModule.linear`, where a training rule
-(feedback alignment, direct feedback alignment; :mod:`auditor_torch.rules`) can replace how the error flows
+(feedback alignment, direct feedback alignment; :mod:`auditor_torch.training`) can replace how the error flows
 back to the op's input while the forward value stays exactly the same.
 """
 
@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import onnx
@@ -32,6 +32,17 @@ from auditor_torch.registry import OpFn, UnsupportedOpError, lookup
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
                onnx.TensorProto.BFLOAT16}
 LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+LinearFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class TrainingRule(Protocol):
+    """A training rule (:mod:`auditor_torch.training`): how the error reaches the input of a linear op."""
+
+    def capture(self, logits: torch.Tensor) -> None:
+        """Called on the logits of each forward pass (before the loss is taken)."""
+
+    def linear(self, ctx: NodeContext, fn: LinearFn, x: torch.Tensor, name: str, w: torch.Tensor) -> torch.Tensor:
+        """``fn(x, w)`` in value, with the rule's gradient to ``x``."""
 
 
 @dataclass
@@ -55,7 +66,7 @@ class NodeContext:
     @property
     def training(self) -> bool:
         """Whether the module is in training mode (dropout active, batch norm on batch statistics)."""
-        return self.module.training
+        return bool(self.module.training)
 
     @property
     def name(self) -> str:
@@ -122,8 +133,8 @@ class OnnxModule(torch.nn.Module):
         self.output_names = list(output_names)
         self.fixed_batch = fixed_batch
         self.current_batch: int | None = None
-        #: a training rule that may intercept linear ops (see :mod:`auditor_torch.rules`); None = backprop
-        self.rule: Any = None
+        #: a training rule that may intercept linear ops; None = backprop
+        self.rule: TrainingRule | None = None
         self.params = torch.nn.ParameterDict()
         taken: set[str] = set()
         self._where: dict[str, tuple[str, str]] = {}
@@ -230,7 +241,8 @@ class OnnxModule(torch.nn.Module):
         if where is None:
             return None
         kind, key = where
-        return self.params[key] if kind == "param" else getattr(self, key)
+        t: torch.Tensor = self.params[key] if kind == "param" else getattr(self, key)
+        return t
 
     def is_param(self, name: str) -> bool:
         """Whether ``name`` is a float initializer held as a parameter."""
@@ -246,8 +258,8 @@ class OnnxModule(torch.nn.Module):
         return self._steps
 
     # ------------------------------------------------------------------------------------------ evaluation
-    def linear(self, ctx: NodeContext, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-               x: torch.Tensor, weight_name: str, w: torch.Tensor) -> torch.Tensor:
+    def linear(self, ctx: NodeContext, fn: LinearFn, x: torch.Tensor, weight_name: str, w: torch.Tensor
+               ) -> torch.Tensor:
         """``fn(x, w)`` for a linear op (bias added by the caller); a training rule may change how the error
         reaches ``x`` (not the forward value)."""
         if self.rule is not None and self.is_param(weight_name):

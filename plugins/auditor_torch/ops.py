@@ -17,14 +17,16 @@ import onnx
 import torch
 import torch.nn.functional as F
 from onnx import numpy_helper
+from torch import Tensor
 
 from auditor_torch.registry import UnsupportedOpError, register_op
 
 if TYPE_CHECKING:
     from auditor_torch.interpreter import NodeContext
 
-Tensor = torch.Tensor
-Ins = list[Any]
+# A node's input tensors in order. An omitted optional input is None there: such inputs are read with ``_opt``
+# (typed ``Tensor | None``); the required ones are indexed directly.
+Ins = list[Tensor]
 
 _DTYPES: dict[int, torch.dtype] = {
     onnx.TensorProto.FLOAT: torch.float32, onnx.TensorProto.DOUBLE: torch.float64,
@@ -59,7 +61,7 @@ def _floats(t: Any) -> list[float]:
     return [float(v) for v in t]
 
 
-def _opt(ins: Ins, i: int) -> Any:
+def _opt(ins: Ins, i: int) -> Tensor | None:
     return ins[i] if len(ins) > i else None
 
 
@@ -469,7 +471,7 @@ def _lrn(ctx: NodeContext, ins: Ins) -> Tensor:
 @register_op("Reshape")
 def _reshape(ctx: NodeContext, ins: Ins) -> Tensor:
     x = ins[0]
-    shape = _ints(ins[1]) if len(ins) > 1 and ins[1] is not None else _ints(ctx.attr("shape"))
+    shape = _ints(_opt(ins, 1)) if _opt(ins, 1) is not None else _ints(ctx.attr("shape"))
     if not int(ctx.attr("allowzero", 0)):
         shape = [int(x.shape[i]) if s == 0 else s for i, s in enumerate(shape)]
     fb = ctx.module.fixed_batch
@@ -990,7 +992,7 @@ def _topk(ctx: NodeContext, ins: Ins) -> list[Tensor]:
     """Values and int64 indices of the k largest (smallest) along ``axis``; equal values keep the lower index
     first, as the specification asks (a stable sort, then the first k)."""
     x = ins[0]
-    k = _ints(ins[1])[0] if len(ins) > 1 and ins[1] is not None else int(ctx.attr("k"))
+    k = _ints(_opt(ins, 1))[0] if _opt(ins, 1) is not None else int(ctx.attr("k"))
     axis = int(ctx.attr("axis", -1))
     largest = bool(int(ctx.attr("largest", 1)))
     _, idx = torch.sort(x.detach(), dim=axis, descending=largest, stable=True)

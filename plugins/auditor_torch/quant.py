@@ -12,17 +12,18 @@ does.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import Tensor
 
-from auditor_torch.ops import torch_dtype
+from auditor_torch.ops import Ins, _opt, torch_dtype
 from auditor_torch.registry import UnsupportedOpError, register_op
 
 if TYPE_CHECKING:
     from auditor_torch.interpreter import NodeContext
 
-Tensor = torch.Tensor
 _RANGES = {torch.int8: (-128, 127), torch.uint8: (0, 255), torch.int16: (-32768, 32767),
            torch.int32: (-2**31, 2**31 - 1)}
 
@@ -53,12 +54,19 @@ class _RoundSTE(torch.autograd.Function):
         return g
 
 
-@register_op("QuantizeLinear")
-def _quantize(ctx: NodeContext, ins: list[Any]) -> Tensor:
+# ``Function.apply`` is untyped in torch: typed once here.
+_round_ste: Callable[[Tensor], Tensor] = _RoundSTE.apply
+
+
+def _qargs(ctx: NodeContext, ins: Ins) -> tuple[Tensor, Tensor, Tensor | None, int]:
+    """(Dequantize|Quantize)Linear's operands: input, scale, optional zero point, and the axis."""
     _check_block(ctx)
-    x, scale = ins[0], ins[1]
-    zp = ins[2] if len(ins) > 2 else None
-    axis = int(ctx.attr("axis", 1))
+    return ins[0], ins[1], _opt(ins, 2), int(ctx.attr("axis", 1))
+
+
+@register_op("QuantizeLinear")
+def _quantize(ctx: NodeContext, ins: Ins) -> Tensor:
+    x, scale, zp, axis = _qargs(ctx, ins)
     if zp is not None:
         qtype = zp.dtype
     elif ctx.attr("output_dtype"):
@@ -71,17 +79,14 @@ def _quantize(ctx: NodeContext, ins: list[Any]) -> Tensor:
     xf = x if x.is_floating_point() else x.to(torch.float32)
     s = _per_axis(scale.to(xf.dtype), xf, axis)
     z = _per_axis(zp.to(xf.dtype), xf, axis) if zp is not None else torch.zeros((), dtype=xf.dtype, device=xf.device)
-    q = _RoundSTE.apply(xf / s) + z
+    q = _round_ste(xf / s) + z
     # clamp: zero gradient outside the representable range, as fake quantization does
     return torch.clamp(q, float(lo), float(hi))
 
 
 @register_op("DequantizeLinear")
-def _dequantize(ctx: NodeContext, ins: list[Any]) -> Tensor:
-    _check_block(ctx)
-    q, scale = ins[0], ins[1]
-    zp = ins[2] if len(ins) > 2 else None
-    axis = int(ctx.attr("axis", 1))
+def _dequantize(ctx: NodeContext, ins: Ins) -> Tensor:
+    q, scale, zp, axis = _qargs(ctx, ins)
     out_type = scale.dtype if scale.is_floating_point() else torch.float32
     if q.dtype in (torch.int32,) and zp is None:
         qf = q.to(torch.float64)  # int32 biases: exact in float64 before the scale
@@ -94,7 +99,7 @@ def _dequantize(ctx: NodeContext, ins: list[Any]) -> Tensor:
 
 # ---------------------------------------------------------------------------------------------- dynamic quantization
 @register_op("DynamicQuantizeLinear")
-def _dynamic_quantize(ctx: NodeContext, ins: list[Any]) -> list[Tensor]:
+def _dynamic_quantize(ctx: NodeContext, ins: Ins) -> list[Tensor]:
     """uint8 quantization with the scale and zero point of the input's range (extended to contain 0):
     ``scale = (max(0, max x) - min(0, min x)) / 255``, ``zp = saturate(round(-min / scale))``; ``q`` held in
     float with the straight-through gradient of :func:`_quantize`."""
@@ -104,7 +109,7 @@ def _dynamic_quantize(ctx: NodeContext, ins: list[Any]) -> list[Tensor]:
     scale = (hi - lo) / 255.0
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     zp = torch.clamp(torch.round(-lo / scale), 0.0, 255.0)
-    q = torch.clamp(_RoundSTE.apply(x / scale) + zp, 0.0, 255.0)
+    q = torch.clamp(_round_ste(x / scale) + zp, 0.0, 255.0)
     return [q, scale.to(x.dtype), zp.to(torch.uint8)]
 
 
@@ -117,22 +122,22 @@ def _centred(t: Tensor, zp: Tensor | None, axis: int) -> Tensor:
 
 
 @register_op("MatMulInteger")
-def _matmul_integer(ctx: NodeContext, ins: list[Any]) -> Tensor:
+def _matmul_integer(ctx: NodeContext, ins: Ins) -> Tensor:
     """``(A - a_zp) @ (B - b_zp)``: int32 values, kept in float64 (exact) so that gradients can flow; a
     per-column ``b_zero_point`` runs along B's last axis."""
     a, b = ins[0], ins[1]
-    a_zp = ins[2] if len(ins) > 2 else None
-    b_zp = ins[3] if len(ins) > 3 else None
+    a_zp = _opt(ins, 2)
+    b_zp = _opt(ins, 3)
     return torch.matmul(_centred(a, a_zp, -1), _centred(b, b_zp, -1))
 
 
 @register_op("ConvInteger")
-def _conv_integer(ctx: NodeContext, ins: list[Any]) -> Tensor:
+def _conv_integer(ctx: NodeContext, ins: Ins) -> Tensor:
     """``conv(x - x_zp, w - w_zp)`` with the Conv attributes (padding with the zero point, i.e. 0 after
     centring), in float64; a per-channel ``w_zero_point`` runs along the output channels."""
     from auditor_torch.ops import _conv
 
     x, w = ins[0], ins[1]
-    x_zp = ins[2] if len(ins) > 2 else None
-    w_zp = ins[3] if len(ins) > 3 else None
+    x_zp = _opt(ins, 2)
+    w_zp = _opt(ins, 3)
     return _conv(ctx, [_centred(x, x_zp, 1), _centred(w, w_zp, 0)])

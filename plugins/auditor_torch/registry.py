@@ -10,9 +10,10 @@ order.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 OpFn = Callable[[Any, list[Any]], Any]
+_F = TypeVar("_F", bound=OpFn)
 
 # (domain, op_type) -> implementation; "" is the default ONNX domain (also written "ai.onnx").
 _OPS: dict[tuple[str, str], OpFn] = {}
@@ -26,14 +27,14 @@ def _norm_domain(domain: str) -> str:
     return "" if domain in ("", "ai.onnx") else domain
 
 
-def register_op(op_type: str, domain: str = "", *, replace: bool = False) -> Callable[[OpFn], OpFn]:
+def register_op(op_type: str, domain: str = "", *, replace: bool = False) -> Callable[[_F], _F]:
     """Decorator registering ``fn`` as the torch implementation of ``op_type`` in ``domain``.
 
     A second registration of the same op raises ``ValueError`` unless ``replace=True`` (so that two plugins
     silently overriding each other cannot happen).
     """
 
-    def deco(fn: OpFn) -> OpFn:
+    def deco(fn: _F) -> _F:
         key = (_norm_domain(domain), op_type)
         if key in _OPS and not replace and _OPS[key] is not fn:
             raise ValueError(f"op {domain or 'ai.onnx'}::{op_type} is already registered")

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from auditor_torch.interpreter import LINEAR_OPS, NodeContext, OnnxModule, _Step
+from auditor_torch.interpreter import LINEAR_OPS, LinearFn, NodeContext, OnnxModule, TrainingRule, _Step
 
 RULES = ("backprop", "feedback_alignment", "direct_feedback_alignment", "difference_target_propagation")
 OPTIMIZERS = ("sgd", "adam", "sam")
@@ -149,8 +149,8 @@ class FeedbackAlignment:
     def capture(self, logits: torch.Tensor) -> None:
         """Nothing to capture (the error flows layer by layer)."""
 
-    def linear(self, ctx: NodeContext, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-               x: torch.Tensor, name: str, w: torch.Tensor) -> torch.Tensor:
+    def linear(self, ctx: NodeContext, fn: LinearFn, x: torch.Tensor, name: str,
+               w: torch.Tensor) -> torch.Tensor:
         """``fn(x, W)`` in value; the gradient to ``x`` is that of ``fn(x, B)``, the one to ``W`` uses ``x``."""
         b = self.feedback.get(name)
         if b is None or not x.requires_grad:
@@ -177,6 +177,10 @@ class _Inject(torch.autograd.Function):
         e = e.reshape(len(e), -1)
         b = ctx.rule.matrix(ctx.name, int(e.shape[1]), int(np.prod(ctx.shape[1:])), e)
         return (e @ b).reshape(ctx.shape), None, None
+
+
+# ``Function.apply`` is untyped in torch: typed once here.
+_inject: Callable[[torch.Tensor, DirectFeedbackAlignment, str], torch.Tensor] = _Inject.apply
 
 
 class DirectFeedbackAlignment:
@@ -211,15 +215,15 @@ class DirectFeedbackAlignment:
             self.feedback[name] = b
         return b
 
-    def linear(self, ctx: NodeContext, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-               x: torch.Tensor, name: str, w: torch.Tensor) -> torch.Tensor:
+    def linear(self, ctx: NodeContext, fn: LinearFn, x: torch.Tensor, name: str,
+               w: torch.Tensor) -> torch.Tensor:
         """``fn(x, W)`` in value; ``x`` gets the projected output error instead of ``Wᵀ δ``."""
         if name not in self.names or not x.requires_grad:
             return fn(x, w)
-        return fn(x.detach(), w) + _Inject.apply(x, self, name)
+        return fn(x.detach(), w) + _inject(x, self, name)
 
 
-def make_rule(rule: str, module: OnnxModule, roles: dict[str, Role], gen: torch.Generator) -> Any:
+def make_rule(rule: str, module: OnnxModule, roles: dict[str, Role], gen: torch.Generator) -> TrainingRule | None:
     """The module-level rule object for ``rule`` (``None`` for backprop)."""
     if rule == "backprop":
         return None
@@ -327,8 +331,11 @@ class DtpTrainer(torch.nn.Module):
 
     def inverse(self, lyr: int, h: torch.Tensor) -> torch.Tensor:
         """g_lyr, the learned inverse of segment ``lyr``: h_{lyr+1} -> h_lyr."""
-        act = _ACTS.get(self.chain.activations[lyr], lambda t: t)
-        return act(self.inverses[lyr - 1](h))
+        act = _ACTS.get(self.chain.activations[lyr])
+        g = self.inverses[lyr - 1]
+        assert isinstance(g, torch.nn.Linear)
+        y = torch.nn.functional.linear(h, g.weight, g.bias)  # the module's forward, typed
+        return act(y) if act is not None else y
 
     def loss(self, x: torch.Tensor, head: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -43,7 +43,7 @@ def patch_masks(shape: tuple[int, ...], axes: tuple[int, int] | None, patch: int
     if axes is None:
         d = int(np.prod(shape))
         groups = np.arange(d) // patch
-        masks = groups[None, :] == np.arange(groups[-1] + 1)[:, None]
+        masks = np.asarray(groups[None, :] == np.arange(groups[-1] + 1)[:, None])
         return masks.reshape((-1, *shape))
     h, w = shape[axes[0] - 1], shape[axes[1] - 1]
     gh, gw = -(-h // patch), -(-w // patch)
@@ -253,7 +253,7 @@ class AttributionDistance(Check):
             return np.zeros(len(pred.values), dtype=np.int64)  # the (first) output value
         assert pred.labels is not None and pred.classes is not None
         if y is None:
-            return np.maximum(pred.labels, 0)
+            return np.asarray(np.maximum(pred.labels, 0))
         t = encode_labels(y, pred.classes)
         if (t < 0).any():
             raise SkipCheck("target 'label': some labels are not among a model's classes")

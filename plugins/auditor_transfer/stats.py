@@ -20,7 +20,7 @@ def rank_rows(a: np.ndarray) -> np.ndarray:
     vectorised over rows (what ``scipy.stats.rankdata(a, axis=1)`` returns)."""
     a = np.asarray(a, dtype=np.float64)
     if a.ndim == 1:
-        return rank_rows(a[None, :])[0]
+        return np.asarray(rank_rows(a[None, :])[0])
     n, p = a.shape
     if p == 0:
         return a.copy()
@@ -43,14 +43,14 @@ def _standardise_rows(a: np.ndarray) -> np.ndarray:
     """Rows centred and scaled to unit norm (zero rows stay zero), so that a row product is a correlation."""
     c = a - a.mean(axis=1, keepdims=True)
     norm = np.linalg.norm(c, axis=1, keepdims=True)
-    return np.divide(c, norm, out=np.zeros_like(c), where=norm > 0)
+    return np.asarray(np.divide(c, norm, out=np.zeros_like(c), where=norm > 0))
 
 
 def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Spearman rank correlation of each row of ``a`` with the same row of ``b`` (NaN for constant rows)."""
     ra = _standardise_rows(rank_rows(a))
     rb = _standardise_rows(rank_rows(b))
-    out = np.sum(ra * rb, axis=1)
+    out = np.asarray(np.sum(ra * rb, axis=1))
     const = (np.ptp(np.atleast_2d(a), axis=1) == 0) | (np.ptp(np.atleast_2d(b), axis=1) == 0)
     out[const] = np.nan
     return out
@@ -70,7 +70,7 @@ def center_gram(k: np.ndarray) -> np.ndarray:
     k = np.asarray(k, dtype=np.float64)
     row = k.mean(axis=1, keepdims=True)
     col = k.mean(axis=0, keepdims=True)
-    return k - row - col + k.mean()
+    return np.asarray(k - row - col + k.mean())
 
 
 def u_center_gram(k: np.ndarray) -> np.ndarray:
@@ -84,7 +84,7 @@ def u_center_gram(k: np.ndarray) -> np.ndarray:
     np.fill_diagonal(k, 0.0)
     r = k.sum(axis=1)
     total = r.sum()
-    u = k - r[:, None] / (n - 2) - r[None, :] / (n - 2) + total / ((n - 1) * (n - 2))
+    u = np.asarray(k - r[:, None] / (n - 2) - r[None, :] / (n - 2) + total / ((n - 1) * (n - 2)))
     np.fill_diagonal(u, 0.0)
     return u
 
@@ -169,7 +169,7 @@ def rdm_upper(x: np.ndarray) -> np.ndarray:
     z = _standardise_rows(np.asarray(x, dtype=np.float64).reshape(len(x), -1))
     corr = z @ z.T
     iu = np.triu_indices(len(z), k=1)
-    return 1.0 - corr[iu]
+    return np.asarray(1.0 - corr[iu])
 
 
 class RSAAccumulator:
