@@ -27,7 +27,7 @@ from auditor.datasets.registry import DataSource, LoadRequest
 from auditor.datasets.sources import ArraySource, LazySource
 from auditor.errors import AuditorError, DataError, ModelLoadError, PluginLoadError, SkipCheck, SpecError
 from auditor.model import ModelHandle
-from auditor.outputs import Predictions, predictions_of
+from auditor.outputs import Predictions, Task, predictions_of
 from auditor.params import NoParams, param
 from auditor.plugins import hookimpl
 from auditor.report.base import Reporter
@@ -69,6 +69,7 @@ __all__ = [
     "SkipCheck",
     "SpecError",
     "Status",
+    "Task",
     "__version__",
     "audit",
     "hookimpl",

@@ -15,7 +15,7 @@ from auditor.data import Dataset
 from auditor.errors import CheckCancelled, SkipCheck
 from auditor.hookspecs import GRADIENTS, GradientBackend, capabilities_of
 from auditor.model import ModelHandle
-from auditor.outputs import Predictions, encode_labels, predictions_of
+from auditor.outputs import Predictions, Task, encode_labels, predictions_of
 
 
 @dataclass
@@ -116,8 +116,9 @@ class AuditContext:
         task = cached.task if cached is not None else model.config.task
         inputs = self.companions(model, data, rows, repeat)
         raw = model.run(x, inputs=inputs)
-        p = predictions_of(model, raw, task=task if task != "auto" or self.data is not None else "classification",
-                           y=None if self.data is None else self.data.y)
+        if task is Task.AUTO and self.data is None:
+            task = Task.CLASSIFICATION
+        p = predictions_of(model, raw, task=task, y=None if self.data is None else self.data.y)
         if p.probs is None:
             raise SkipCheck("the model is not a classifier")
         return p.probs

@@ -21,6 +21,7 @@ from auditor.cancel import progress_sink, raise_if_cancelled
 from auditor.datasets.sources import XArray
 from auditor.device import CUDA, choose_providers, provider_options, quiet_stderr
 from auditor.errors import DataError, ModelLoadError, SkipCheck, short
+from auditor.outputs import Task
 
 # Domains that ONNX Runtime implements itself; anything else is a custom domain needing a custom-op library.
 _KNOWN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc", "ai.onnx.training",
@@ -37,7 +38,7 @@ class ModelConfig:
     output: str | None = None
     device: str = "auto"
     feeds: dict[str, Any] | None = None
-    task: str = "auto"
+    task: Task = Task.AUTO
     layout: str | None = None
     #: model input -> data key (npz key, or csv/parquet column(s)) for inputs other than ``input`` that the
     #: data supplies per sample; inputs not named here are looked up by their own name.
@@ -47,6 +48,9 @@ class ModelConfig:
     #: how to read an output without a batch axis (a detector's ``[300, 7]`` per image): ``"per_call"`` runs
     #: one sample per call and stacks each call's output as that sample's; ``None``: per-sample checks skip.
     unbatched_outputs: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "task", Task.of(self.task, "model.task"))
 
 
 def explain_ort_error(path: Path, proto: onnx.ModelProto | None, exc: BaseException) -> str:

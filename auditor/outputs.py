@@ -5,9 +5,32 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import numpy as np
+
+
+class Task(str, Enum):
+    """What a model's output is: class scores (``classification``) or values (``regression``); ``auto`` (a
+    spec's ``model.task`` only) decides from the output and the labels. A ``str`` enum, so
+    ``pred.task == "classification"`` reads as before; anything else raises ``ValueError`` where it is built."""
+
+    AUTO = "auto"
+    CLASSIFICATION = "classification"
+    REGRESSION = "regression"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def of(cls, value: Task | str, where: str = "task") -> Task:
+        """``value`` as a :class:`Task`; ``ValueError`` naming ``where`` and the allowed names otherwise."""
+        try:
+            return cls(value)
+        except ValueError:
+            allowed = ", ".join(t.value for t in cls)
+            raise ValueError(f"{where} {value!r} is not one of {allowed}") from None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -20,7 +43,7 @@ class Predictions:
     ``label+probabilities``, ``labels-only``, ``values``); ``nonfinite`` counts samples with NaN/inf output.
     """
 
-    task: str
+    task: Task
     kind: str
     raw: dict[str, np.ndarray]
     probs: np.ndarray | None = None
@@ -28,6 +51,11 @@ class Predictions:
     classes: tuple[Any, ...] | None = None
     values: np.ndarray | None = None
     nonfinite: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "task", Task.of(self.task, "Predictions task"))
+        if self.task is Task.AUTO:
+            raise ValueError("Predictions task must be decided: classification or regression, not auto")
 
     @property
     def confidence(self) -> np.ndarray:
@@ -78,7 +106,7 @@ def _nonfinite_rows(a: np.ndarray) -> int:
 def interpret(
     raw: dict[str, np.ndarray],
     *,
-    task: str = "auto",
+    task: Task | str = Task.AUTO,
     y: np.ndarray | None = None,
     zip_classes: dict[str, tuple[Any, ...]] | None = None,
 ) -> Predictions:
@@ -88,6 +116,7 @@ def interpret(
     between a binary classifier's single score and a regressor. ``zip_classes`` gives class labels of
     probability outputs that were scikit-learn ZipMaps.
     """
+    task = Task.of(task)
     zip_classes = zip_classes or {}
     raw = {k: squeeze_scores(v) for k, v in raw.items()}
     floats = {k: v for k, v in raw.items() if np.asarray(v).dtype.kind == "f"}
@@ -97,13 +126,13 @@ def interpret(
     y_binary = y is not None and np.asarray(y).dtype.kind in "iub" and set(np.unique(y)).issubset({0, 1})
     y_integral = y is not None and _integral(np.asarray(y))
 
-    if task == "regression" or (task == "auto" and not matrix and not ints and not y_binary
+    if task is Task.REGRESSION or (task is Task.AUTO and not matrix and not ints and not y_binary
                                  and (y is None or not y_integral or _many_values(y))):
         name = next(iter(floats or raw))
         v = np.asarray(raw[name], dtype=np.float64)
         if v.ndim == 2 and v.shape[1] == 1:
             v = v[:, 0]
-        return Predictions(task="regression", kind="values", raw=raw, values=v, nonfinite=nonfinite)
+        return Predictions(task=Task.REGRESSION, kind="values", raw=raw, values=v, nonfinite=nonfinite)
 
     if matrix:
         name = next(iter(matrix))
@@ -136,7 +165,7 @@ def interpret(
         kind = "labels-only"
     # Rows with a non-finite score get -1; argmax of the other rows needs no NaN-free copy of the matrix.
     labels = np.where(np.all(np.isfinite(probs), axis=1), np.argmax(probs, axis=1), -1)
-    return Predictions(task="classification", kind=kind, raw=raw, probs=probs, labels=labels,
+    return Predictions(task=Task.CLASSIFICATION, kind=kind, raw=raw, probs=probs, labels=labels,
                        classes=tuple(classes), nonfinite=nonfinite)
 
 
@@ -183,7 +212,7 @@ def encode_labels(y: np.ndarray, classes: tuple[Any, ...]) -> np.ndarray:
     return np.where(found, order[pos], -1)
 
 
-def predictions_of(model: Any, raw: Mapping[str, np.ndarray], *, task: str | None = None,
+def predictions_of(model: Any, raw: Mapping[str, np.ndarray], *, task: Task | str | None = None,
                    y: np.ndarray | None = None) -> Predictions:
     """A model's raw outputs read as predictions: the one place outputs become probabilities and labels.
 

@@ -25,6 +25,7 @@ from auditor.datasets.registry import LoadRequest
 from auditor.errors import CheckCancelled, DataError, SkipCheck, SpecError
 from auditor.metrics import lookup
 from auditor.model import ModelHandle
+from auditor.outputs import Task
 from auditor.plugins import Registry
 from auditor.report.base import commit, discard, stage, valid_filename
 from auditor.results import (
@@ -143,7 +144,7 @@ def _check_values(model: ModelHandle, data: Dataset, role: str) -> None:
     if want is not None and want.kind in "OSU" and have is not None and np.dtype(have).kind not in "OSU":
         raise DataError(f"{role}.x: model input '{model.input.name}' of {model.path} takes strings, but the data "
                         f"is {np.dtype(have)}")
-    if model.config.task == "classification" and data.y is not None:
+    if model.config.task is Task.CLASSIFICATION and data.y is not None:
         check_class_labels(np.asarray(data.y), f"{role}.y")
 
 

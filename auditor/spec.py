@@ -22,6 +22,7 @@ from auditor.datasets.preprocess import validate as validate_preprocess
 from auditor.distributed.config import EXECUTION_SCHEMA, ExecutionConfig, parse_execution
 from auditor.errors import SpecError, short
 from auditor.model import ModelConfig
+from auditor.outputs import Task
 from auditor.params import problems_of
 from auditor.yamlio import Path_, YamlProblem
 from auditor.yamlio import load as _load_text
@@ -71,7 +72,7 @@ _MODEL = {
         "device": {"type": "string", "pattern": "^(auto|cpu|cuda(:[0-9]+)?)$", "default": "auto",
                    "description": "auto (CUDA when it loads, else CPU), cpu, cuda or cuda:N."},
         "feeds": {"type": "object", "description": "Fixed values for inputs that are not data (e.g. keep_prob)."},
-        "task": {"enum": ["auto", "classification", "regression"], "default": "auto",
+        "task": {"enum": [t.value for t in Task], "default": "auto",
                  "description": "How outputs are read; auto decides from the output shape and labels."},
         "layout": {"enum": ["NCHW", "NHWC", "nchw", "nhwc"],
                    "description": "Image layout, when the input shape does not make it clear."},

@@ -4,6 +4,8 @@ public modules (a third-party plugin has nothing more)."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import auditor
@@ -49,3 +51,26 @@ def test_the_public_modules_are_documented() -> None:
     doc = (REPO / "docs" / "plugin-authoring.md").read_text(encoding="utf-8")
     for module in sorted(PUBLIC_MODULES - {"auditor"}):
         assert f"`{module}`" in doc, module
+
+
+def _probe(*dirs: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(REPO / "tests" / "public_api_probe.py"), ",".join(PUBLIC_MODULES),
+                           *map(str, dirs)], capture_output=True, text=True, timeout=600)
+
+
+def test_every_plugin_module_imports_with_the_core_private_names_hidden(tmp_path: Path) -> None:
+    # A plugin module that reaches into the core is caught: the probe must see it fail.
+    leaky = tmp_path / "auditor_leaky"
+    leaky.mkdir()
+    (leaky / "__init__.py").write_text("from auditor import Check\n")
+    (leaky / "deep.py").write_text("from auditor.checks import Check\n")
+    (leaky / "named.py").write_text("from auditor import plugins\n")
+    (leaky / "under.py").write_text("from auditor.graph import _not_constant\n")
+    r = _probe(tmp_path)
+    assert r.returncode == 1, r.stdout + r.stderr
+    failed = sorted(line.split(":")[0] for line in r.stdout.splitlines() if line)
+    assert failed == ["auditor_leaky.deep", "auditor_leaky.named", "auditor_leaky.under"], r.stdout
+    # Every built-in plugin module, and the example plugin's, import with only the public API visible.
+    r = _probe(REPO / "plugins", REPO / "examples" / "auditor-example-plugin")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert int(r.stderr.split()[0]) >= len(list((REPO / "plugins").rglob("*.py"))), r.stderr

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, CheckResult, Finding, Need, SkipCheck, param
+from auditor import AuditContext, CheckResult, Finding, Need, SkipCheck, Task, param
 from auditor.shards import PredictionShardedCheck
 from auditor_bias._common import class_label, find_class, group_columns, group_rows, num
 
@@ -253,7 +253,7 @@ class GroupMetrics(PredictionShardedCheck):
         """Compute everything from one forward pass on the audit data (shared with other checks)."""
         data = ctx.require_data()
         pred = ctx.predictions()
-        if pred.task != "classification" or pred.probs is None or pred.labels is None or pred.classes is None:
+        if pred.task != Task.CLASSIFICATION or pred.probs is None or pred.labels is None or pred.classes is None:
             raise SkipCheck("group metrics need a classifier (the model's outputs read as regression)")
         groups = group_rows(data, group_columns(p.group, data))
         if groups.n_groups == 0:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, Check, CheckResult, Finding, Need, SkipCheck, param
+from auditor import AuditContext, Check, CheckResult, Finding, Need, SkipCheck, Task, param
 from auditor.perturb import ValueKind, input_space
 from auditor_bias._common import class_label, find_class, missing_mask
 from auditor_bias.transforms import TRANSFORMS, apply, transform_problems
@@ -142,7 +142,7 @@ class Shortcut(Check):
         """Two batched passes over a stratified sample: unchanged and with the cue."""
         data = ctx.sample(int(p.limit))
         pred0 = ctx.predictions(data)
-        if pred0.task != "classification" or pred0.probs is None or pred0.labels is None \
+        if pred0.task != Task.CLASSIFICATION or pred0.probs is None or pred0.labels is None \
                 or pred0.classes is None:
             raise SkipCheck("shortcut reliance needs a classifier")
         classes = [class_label(c) for c in pred0.classes]

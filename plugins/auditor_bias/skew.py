@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, CheckResult, Finding, Need, SkipCheck, param
+from auditor import AuditContext, CheckResult, Finding, Need, SkipCheck, Task, param
 from auditor.shards import PredictionShardedCheck
 from auditor_bias._common import class_label
 
@@ -71,7 +71,7 @@ class PredictionSkew(PredictionShardedCheck):
     def summarize(self, ctx: AuditContext, p: Params) -> CheckResult:
         """Histograms from the shared forward pass on the whole audit data."""
         pred = ctx.predictions()
-        if pred.task != "classification" or pred.labels is None or pred.classes is None:
+        if pred.task != Task.CLASSIFICATION or pred.labels is None or pred.classes is None:
             raise SkipCheck("prediction skew needs a classifier")
         y = ctx.labels()
         ok = (y >= 0) & (pred.labels >= 0)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, CheckResult, Finding, Need, param
+from auditor import AuditContext, CheckResult, Finding, Need, Task, param
 from auditor.shards import PredictionShardedCheck
 
 
@@ -126,7 +126,7 @@ class PerformanceMetrics(PredictionShardedCheck):
         if pred.nonfinite:
             findings.append(Finding(message=f"{pred.nonfinite} of {data.n} samples have NaN/inf outputs",
                                     severity="fail", data={"count": pred.nonfinite}))
-        if pred.task == "regression":
+        if pred.task == Task.REGRESSION:
             return CheckResult(metrics=self._regression(pred.values, data.y, pred.nonfinite),
                                findings=findings, notes=notes)
         assert pred.probs is not None and pred.labels is not None and pred.classes is not None

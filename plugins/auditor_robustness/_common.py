@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from auditor import ArraySource, AuditContext, Dataset, ModelHandle, SkipCheck, param
+from auditor import ArraySource, AuditContext, Dataset, ModelHandle, SkipCheck, Task, param
 from auditor.gallery import MAX_EXAMPLES
 from auditor.outputs import predictions_of, softmax, squeeze_scores
 from auditor.perturb import InputSpace, ValueKind, input_space
@@ -146,7 +146,7 @@ class Classifier:
 
     model: ModelHandle
     geometry: Geometry
-    task: str = "classification"
+    task: Task = Task.CLASSIFICATION
     prefer_logits: bool = True
     queries: int = 0
     space: InputSpace | None = None
@@ -300,7 +300,7 @@ def inferred_range(clip: Sequence[float] | None, stats: ValueStats, geometry: Ge
     return value_range(None, np.array([stats.min, stats.max]), geometry)
 
 
-def task_of_sample(ctx: AuditContext, data: Dataset, x: np.ndarray, rows: np.ndarray | None) -> str:
+def task_of_sample(ctx: AuditContext, data: Dataset, x: np.ndarray, rows: np.ndarray | None) -> Task:
     """``classification`` or ``regression``, as the audit reads the model's outputs on the rows ``rows`` of ``data``
     (``x`` holds them), without a pass over all of them: the outputs' structure comes from the first batch, the
     labels from every row, so each shard of a check reads the outputs the same way."""

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, CheckResult, Need, SkipCheck, param
+from auditor import AuditContext, CheckResult, Need, SkipCheck, Task, param
 from auditor.perturb import ValueKind, input_space, substitute_ids
 from auditor.shards import Plan, RowShards, Shard, ShardedCheck, sampled_rows
 from auditor_robustness._common import (
@@ -223,7 +223,7 @@ class NoiseSweep(ShardedCheck):
                             f"a different id drawn uniformly from 0..{space.vocab - 1}"))
             if sev_note:
                 notes.append(sev_note)
-            return Plan(rows=rows, state={"ids": True, "severities": severities, "task": "classification"},
+            return Plan(rows=rows, state={"ids": True, "severities": severities, "task": Task.CLASSIFICATION},
                         notes=notes)
         geo = Geometry.of(full.x, ctx.model.layout)
         if kind in IMAGE_ONLY and not geo.is_image:
@@ -298,7 +298,7 @@ class NoiseSweep(ShardedCheck):
                 out = np.clip(out, rng_[0], rng_[1], out=out)
             return space.snap(out)  # integer-valued inputs: the values the model is really fed
 
-        if st["task"] == "regression":
+        if st["task"] == Task.REGRESSION:
             return self._amplification_shard(ctx, data, geo, severities, perturbed, p.repeats)
         clf = Classifier.for_data(ctx, data, geo)
         clean_pred, y, _ = targets(ctx, data, clf.probs(xc))
@@ -320,7 +320,7 @@ class NoiseSweep(ShardedCheck):
             others = ctx.companions(data=ctx.require_data())
             if others:
                 notes.append(f"other inputs passed through unchanged: {', '.join(others)}")
-        if st["task"] == "regression":
+        if st["task"] == Task.REGRESSION:
             return self._amplification_merge(parts, n, st["severities"], key, notes)
         clean = np.concatenate([q["clean"] for q in parts])
         preds = np.concatenate([q["preds"] for q in parts], axis=2)

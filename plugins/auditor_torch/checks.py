@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, Check, CheckResult, Dataset, Finding, ModelHandle, Need, SkipCheck, param
+from auditor import AuditContext, Check, CheckResult, Dataset, Finding, ModelHandle, Need, SkipCheck, Task, param
 from auditor.gallery import MAX_EXAMPLES, adversarial_gallery, class_names
 from auditor.outputs import predictions_of
 
@@ -605,7 +605,7 @@ class Retrain(Check):
         xtr, ytr = np.asarray(train_set.x)[ok], ytr[ok]
         eval_set = ctx.sample(limit)
         yev = ctx.labels(eval_set)
-        if ctx.predictions().task != "classification":
+        if ctx.predictions().task != Task.CLASSIFICATION:
             raise SkipCheck("retraining supports classifiers")
         save = Path(p.save_dir) if p.save_dir else ctx.artifact_path("retrained")
         rules = list(dict.fromkeys(p.rules))

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from auditor import ArraySource, AuditContext, Check, CheckResult, ModelHandle, Need, SkipCheck, param
+from auditor import ArraySource, AuditContext, Check, CheckResult, ModelHandle, Need, SkipCheck, Task, param
 from auditor import graph as G
 from auditor.outputs import Predictions, encode_labels, predictions_of
 from auditor_transfer.common import data_for, jsonable, pick_references, reference_param, scores
@@ -78,7 +78,7 @@ class Scorer:
     Softmax) when ``score`` is ``"logit"`` and the graph has one, else the class probabilities as the
     auditor reads them (or a regressor's values)."""
 
-    def __init__(self, model: ModelHandle, score: str, task: str,
+    def __init__(self, model: ModelHandle, score: str, task: Task,
                  inputs: dict[str, np.ndarray] | None = None) -> None:
         self.model = model
         self.task = task
@@ -96,7 +96,7 @@ class Scorer:
         """``logit`` or ``probability`` (``value`` for regressors)."""
         if self.logits is not None:
             return "logit"
-        return "probability" if self.task == "classification" else "value"
+        return "probability" if self.task == Task.CLASSIFICATION else "value"
 
     def __call__(self, x: np.ndarray, inputs: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """Scores of ``x``; ``inputs``: the other per-sample inputs of its rows (default: those of every
@@ -225,7 +225,7 @@ class AttributionDistance(Check):
         pred = predictions_of(model, model.run(x, inputs=others), y=y_all)
         targets = self._targets(pred, y_target)
         if method == "gradient":
-            if pred.task != "classification":
+            if pred.task != Task.CLASSIFICATION:
                 raise SkipCheck("gradient × input explains a class logit: the models must be classifiers")
             backend = ctx.gradients(model)
             # a backend written for one-input models need not take inputs=: pass it only when there are some
@@ -248,7 +248,7 @@ class AttributionDistance(Check):
 
     @staticmethod
     def _targets(pred: Predictions, y: np.ndarray | None) -> np.ndarray:
-        if pred.task != "classification":
+        if pred.task != Task.CLASSIFICATION:
             assert pred.values is not None
             return np.zeros(len(pred.values), dtype=np.int64)  # the (first) output value
         assert pred.labels is not None and pred.classes is not None

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from auditor import ArraySource, AuditContext, Dataset, ModelHandle, SkipCheck, param
+from auditor import ArraySource, AuditContext, Dataset, ModelHandle, SkipCheck, Task, param
 from auditor.jsonenc import jsonable as jsonable  # the core's one encoder (NaN, inf -> None), for this plugin
 from auditor.outputs import Predictions, predictions_of
 
@@ -83,7 +83,7 @@ class Pass:
     layers: dict[str, np.ndarray]
 
 
-def forward(model: ModelHandle, x: np.ndarray | ArraySource, layers: Sequence[str], *, task: str | None = None,
+def forward(model: ModelHandle, x: np.ndarray | ArraySource, layers: Sequence[str], *, task: Task | None = None,
             y: np.ndarray | None = None, inputs: Mapping[str, np.ndarray] | None = None) -> Pass:
     """Run ``x`` once through ``model`` with the audited outputs and every layer in ``layers`` added as graph
     outputs at once (batched by the model handle); ``inputs``: the model's other per-sample inputs for the rows

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, Check, CheckResult, Need, param
+from auditor import AuditContext, Check, CheckResult, Need, Task, param
 from auditor.outputs import encode_labels
 from auditor_transfer.common import (
     as_vectors,
@@ -117,8 +117,8 @@ class Similarity(Check):
         rsa = {name: RSAAccumulator(len(m_all), len(r_all[name])) for name in refs}
         m_labels: list[np.ndarray] = []
         r_labels: dict[str, list[np.ndarray]] = {name: [] for name in refs}
-        m_task: str | None = None
-        r_task: dict[str, str | None] = dict.fromkeys(refs)
+        m_task: Task | None = None
+        r_task: dict[str, Task | None] = dict.fromkeys(refs)
         m_classes: tuple[Any, ...] | None = None
         r_classes: dict[str, tuple[Any, ...] | None] = dict.fromkeys(refs)
         y = sample.y
@@ -161,7 +161,7 @@ class Similarity(Check):
                 out["rsa_matrix"] = rm[np.ix_(rows, cols)]
                 if m_pen and pen:
                     out["rsa"] = rm[m_all.index(m_pen), r_all[name].index(pen)]
-            if m_task == "classification" and r_task[name] == "classification" and m_labels and r_labels[name]:
+            if m_task == Task.CLASSIFICATION and r_task[name] == Task.CLASSIFICATION and m_labels and r_labels[name]:
                 rc = r_classes[name]
                 assert m_classes is not None and rc is not None
                 out.update(self._agreement(np.concatenate(m_labels), m_classes, np.concatenate(r_labels[name]),
