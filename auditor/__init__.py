@@ -1,16 +1,21 @@
 """onnx-auditor: audit trained neural networks (exported to ONNX from any framework) before they ship.
 
-The public API for plugin authors: subclass :class:`Check`, declare :class:`Param` s and :class:`Need` s,
-return a :class:`CheckResult`, and register the class from a function marked with :data:`hookimpl`::
+The public API for plugin authors: subclass :class:`Check`, declare its ``Params`` (fields made with
+:func:`param`) and :class:`Need` s, return a :class:`CheckResult`, and register the class from a function
+marked with :data:`hookimpl`::
 
-    from auditor import Check, CheckResult, Param, hookimpl
+    from auditor import AuditContext, Check, CheckResult, hookimpl, param
 
     class MyCheck(Check):
         name = "mine.thing"
-        params = [Param(name="limit", type="integer", default=100, description="rows to use")]
+        description = "Counts the rows it audits."
+        metrics_doc = {"n": "rows audited"}
 
-        def run(self, ctx):
-            return CheckResult(metrics={"n": ctx.require_data().n})
+        class Params:
+            limit: int = param(100, "rows to use", minimum=1)
+
+        def run(self, ctx: AuditContext, params: Params) -> CheckResult:
+            return CheckResult(metrics={"n": min(ctx.require_data().n, params.limit)})
 
     @hookimpl
     def auditor_register_checks():

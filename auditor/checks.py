@@ -39,7 +39,8 @@ class Need(str, Enum):
 
 @dataclass(frozen=True, kw_only=True)
 class Param:
-    """A typed check parameter with a default and a description.
+    """One declared check parameter, as read from a check's ``Params`` (what ``auditor checks`` lists and the
+    spec's JSON Schema is built from); checks declare parameters with :func:`auditor.param`, not with this.
 
     ``type`` is a JSON Schema type name or a tuple of them (``("number", "array")`` for "a number or a list").
     ``items`` is the JSON type of list items; ``choices`` an enumeration; ``minimum``/``maximum`` bounds for
@@ -112,19 +113,15 @@ class Check:
     any of them, and a gate on any other name is a spec error). A key ending in ``.*`` (``per_class_recall.*``)
     declares a map whose keys are only known at run time.
 
-    ``run`` receives an :class:`~auditor.context.AuditContext` and an instance of ``Params`` and returns a
-    :class:`~auditor.results.CheckResult`. It may raise :class:`~auditor.errors.SkipCheck`; any other
-    exception becomes status ``error`` for this check while the other checks still run.
-
-    Transition: a check that still declares ``params = [Param(...)]`` and implements ``run(self, ctx)``
-    reads its parameters from ``ctx.params`` (a dict), as before.
+    ``run`` receives an :class:`~auditor.context.AuditContext` and an instance of ``Params`` (``NoParams()``
+    for a check without parameters) and returns a :class:`~auditor.results.CheckResult`. It may raise
+    :class:`~auditor.errors.SkipCheck`; any other exception becomes status ``error`` for this check while the
+    other checks still run.
     """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     Params: ClassVar[type[Any]] = NoParams
-    #: Deprecated: the parameter list of checks written before ``Params`` (read through ``ctx.params``).
-    params: ClassVar[Sequence[Param]] = ()
     needs: ClassVar[frozenset[Need]] = frozenset({Need.DATA})
     metrics_doc: ClassVar[dict[str, str]] = {}
     #: Whether the runner should also run this check on the ``baseline:`` model (for delta gates).
@@ -156,9 +153,7 @@ class Check:
 
     @classmethod
     def declared_params(cls) -> list[Param]:
-        """Every parameter, from ``Params`` (or the deprecated ``params`` list)."""
-        if cls.Params is NoParams and cls.params:
-            return list(cls.params)
+        """Every parameter, from ``Params``."""
         cached = cls.__dict__.get("_declared_cache")
         if cached is None or cached[0] is not cls.Params:
             cached = (cls.Params, declared(cls.Params))
@@ -172,9 +167,7 @@ class Check:
 
     @classmethod
     def build_params(cls, values: dict[str, Any]) -> Any:
-        """The typed parameters for a validated ``with:`` mapping (``NoParams()`` for a legacy check)."""
-        if cls.Params is NoParams:
-            return NoParams()
+        """The typed parameters for a validated ``with:`` mapping."""
         return build(cls.Params, values)
 
     @classmethod
@@ -215,8 +208,8 @@ def check_class_problems(cls: Any) -> list[str]:
     """What is wrong with a registered check class (empty when it is usable).
 
     A check must be a :class:`Check` subclass named ``"<plugin>.<check>"`` with a description (or
-    docstring), parameters whose defaults satisfy their own declaration, ``needs`` made of :class:`Need`,
-    and, for typed checks, declared metrics.
+    docstring), a ``Params`` dataclass whose defaults satisfy their own declaration, ``run(self, ctx, params)``,
+    ``needs`` made of :class:`Need`, and (when it declares parameters) declared metrics.
     """
     if not (isinstance(cls, type) and issubclass(cls, Check)):
         return [f"{cls!r} is not a Check subclass"]
@@ -228,12 +221,14 @@ def check_class_problems(cls: Any) -> list[str]:
         out.append(f"{name}: no description or docstring")
     if not all(isinstance(n, Need) for n in cls.needs):
         out.append(f"{name}: needs must be Need members, got {sorted(map(str, cls.needs))}")
-    typed = cls.Params is not NoParams
-    if typed and not is_params_class(cls.Params):
+    if isinstance(cls.__dict__.get("params"), (list, tuple)):
+        out.append(f"{name}: declares 'params = [Param(...)]', which is no longer read: declare a 'class Params:' "
+                   "of auditor.param fields (docs/plugin-authoring.md)")
+    if not is_params_class(cls.Params):
         return [*out, f"{name}: Params must be a dataclass"]
-    if typed and not cls.takes_params():
-        out.append(f"{name}: declares Params but run() does not take them (run(self, ctx, params))")
-    if typed and not cls.metrics_doc:
+    if not cls.takes_params():
+        out.append(f"{name}: run() must take the parameters: run(self, ctx, params)")
+    if cls.Params is not NoParams and not cls.metrics_doc:
         out.append(f"{name}: declares no metrics (metrics_doc)")
     try:
         declared_list = cls.declared_params()
@@ -242,12 +237,12 @@ def check_class_problems(cls: Any) -> list[str]:
     from jsonschema import Draft202012Validator
 
     for p in declared_list:
-        if p.default is None and (p.nullable or not typed):
+        if p.default is None and p.nullable:
             continue
         schema = {k: v for k, v in p.json_schema().items() if k != "default"}
         for err in Draft202012Validator(schema).iter_errors(p.default):
             out.append(f"{name}: default of parameter '{p.name}' ({p.default!r}) is invalid: {err.message}")
-    if typed and not out:
+    if not out:
         # Every field has a default; validate() may still ask the spec for something (a "one of" rule).
         try:
             cls.Params()

@@ -28,7 +28,6 @@ LAYER_OPS = frozenset(
 # Operators with a layer weight (matrix or kernel), and the input index where it sits.
 WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1, "ConvInteger": 1, "MatMulInteger": 1,
                 "QLinearConv": 3, "QLinearMatMul": 3}
-WEIGHT_OPS = frozenset(WEIGHT_INPUT)
 LINEAR_OPS = frozenset({"Gemm", "MatMul", "Conv"})
 
 

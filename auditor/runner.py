@@ -239,7 +239,7 @@ def _execute(check: Any, ctx: AuditContext, timeout_s: float | None, params: Any
             # Floating-point warnings (NaN outputs, empty groups) are the check's business: it reports NaN
             # metrics, which gates fail; numpy's own lines must not leak onto the console.
             with np.errstate(all="ignore"):
-                res = check.run(ctx, params) if type(check).takes_params() else check.run(ctx)
+                res = check.run(ctx, params)
             try:
                 publish(result=validate_result(res))
             except MalformedResult as exc:  # plugins are untrusted: a malformed result is this check's error

@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from auditor.checks import Check
-from auditor.params import NoParams
 
 if TYPE_CHECKING:
     from auditor.context import AuditContext
@@ -86,10 +85,8 @@ class Shard:
 
 
 def params_for(cls: type[Check], ctx: AuditContext) -> Any:
-    """What a check's ``plan``/``run_shard``/``merge`` receive: its typed ``Params`` instance, or the parameter
-    dict (``ctx.params``) for a check that still declares a ``params`` list."""
-    if cls.Params is NoParams:
-        return ctx.params
+    """What a check's ``plan``/``run_shard``/``merge`` receive: its typed ``Params`` instance (rebuilt from the
+    validated ``with:`` values, as a worker does)."""
     return cls.build_params(ctx.params)
 
 
@@ -147,7 +144,7 @@ class ShardedCheck(Check):
 
     def run(self, ctx: AuditContext, params: Any = None) -> CheckResult:
         """Plan, run every shard here in order, merge: exactly what a cluster does, on one machine."""
-        params = params_for(type(self), ctx) if params is None or type(self).Params is NoParams else params
+        params = params_for(type(self), ctx) if params is None else params
         plan = self.plan(ctx, params)
         partials = []
         for shard in shards_of(self, ctx, plan):

@@ -38,8 +38,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "plugins"))
 
+from auditor_transfer._common import forward
 from auditor_transfer.attribution import Scorer, occlusion_maps
-from auditor_transfer.common import forward
 from auditor_transfer.stats import CKAAccumulator, logme
 from transfer_helpers import write_conv_stack
 

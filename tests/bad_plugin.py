@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from auditor import AuditContext, Check, CheckResult, Finding, Param, Reporter, hookimpl
+from auditor import AuditContext, Check, CheckResult, Finding, Reporter, hookimpl, param
 
 
 class Malformed(Check):
@@ -16,10 +16,13 @@ class Malformed(Check):
 
     name = "bad.malformed"
     needs = frozenset()
-    params = [Param(name="how", type="string", default="dict", description="which way to be broken")]
+    metrics_doc = {"*": "whatever the broken result holds"}
 
-    def run(self, ctx: AuditContext) -> Any:
-        how = ctx.params["how"]
+    class Params:
+        how: str = param("dict", "which way to be broken")
+
+    def run(self, ctx: AuditContext, params: Params) -> Any:
+        how = params.how
         if how == "dict":
             return {"accuracy": 1.0}
         if how == "none":
@@ -69,7 +72,7 @@ class Slow(Check):
     name = "bad.slow"
     needs = frozenset()
 
-    def run(self, ctx: AuditContext) -> CheckResult:
+    def run(self, ctx: AuditContext, params: Any) -> CheckResult:
         Path(os.environ["BAD_PLUGIN_MARKER"] + ".check").touch()
         for _ in range(3000):
             ctx.check_cancelled()

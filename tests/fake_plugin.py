@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import _thread
 import time
+from typing import Any
 
-from auditor import AuditContext, Check, CheckResult, Finding, Need, Param, SkipCheck, hookimpl
+from auditor import AuditContext, Check, CheckResult, Finding, Need, SkipCheck, hookimpl, param
 
 
 class Crash(Check):
@@ -14,7 +15,7 @@ class Crash(Check):
     name = "fake.crash"
     needs = frozenset()
 
-    def run(self, ctx: AuditContext) -> CheckResult:
+    def run(self, ctx: AuditContext, params: Any) -> CheckResult:
         raise RuntimeError("boom")
 
 
@@ -24,7 +25,7 @@ class Hang(Check):
     name = "fake.hang"
     needs = frozenset({Need.DATA})
 
-    def run(self, ctx: AuditContext) -> CheckResult:
+    def run(self, ctx: AuditContext, params: Any) -> CheckResult:
         for _ in range(100000):
             ctx.model.predict(ctx.require_data().x[:8])
             time.sleep(0.01)
@@ -37,7 +38,7 @@ class Interrupt(Check):
     name = "fake.interrupt"
     needs = frozenset()
 
-    def run(self, ctx: AuditContext) -> CheckResult:
+    def run(self, ctx: AuditContext, params: Any) -> CheckResult:
         _thread.interrupt_main()
         time.sleep(5)
         return CheckResult(metrics={})
@@ -48,20 +49,20 @@ class Const(Check):
 
     name = "fake.const"
     needs = frozenset()
-    params = [
-        Param(name="metrics", type="object", default={}, description="metrics to report"),
-        Param(name="baseline_offset", type="number", default=0.0, description="added on the baseline"),
-        Param(name="finding", type="string", default=None, nullable=True, choices=["info", "warn", "fail"],
-              description="add a finding of this severity"),
-        Param(name="skip", type="boolean", default=False, description="skip instead"),
-    ]
+    metrics_doc = {"*": "the metrics it is given"}
 
-    def run(self, ctx: AuditContext) -> CheckResult:
-        if ctx.params["skip"]:
+    class Params:
+        metrics: dict[str, Any] = param({}, "metrics to report")
+        baseline_offset: float = param(0.0, "added on the baseline")
+        finding: str | None = param(None, "add a finding of this severity", choices=["info", "warn", "fail"])
+        skip: bool = param(False, "skip instead")
+
+    def run(self, ctx: AuditContext, params: Params) -> CheckResult:
+        if params.skip:
             raise SkipCheck("asked to skip")
-        off = ctx.params["baseline_offset"] if ctx.role == "baseline" else 0.0
-        metrics = {k: (v + off if isinstance(v, (int, float)) else v) for k, v in ctx.params["metrics"].items()}
-        sev = ctx.params["finding"]
+        off = params.baseline_offset if ctx.role == "baseline" else 0.0
+        metrics = {k: (v + off if isinstance(v, (int, float)) else v) for k, v in params.metrics.items()}
+        sev = params.finding
         return CheckResult(metrics=metrics, findings=[Finding(message="look", severity=sev)] if sev else [])
 
 
@@ -71,7 +72,7 @@ class Draw(Check):
     name = "fake.draw"
     needs = frozenset()
 
-    def run(self, ctx: AuditContext) -> CheckResult:
+    def run(self, ctx: AuditContext, params: Any) -> CheckResult:
         return CheckResult(metrics={"draws": ctx.rng.random(3).tolist()})
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, CheckResult, Param, Plan, RowShards, Shard, ShardedCheck, hookimpl
+from auditor import AuditContext, CheckResult, Plan, RowShards, Shard, ShardedCheck, hookimpl, param
 
 
 class FaultyRows(ShardedCheck):
@@ -21,19 +21,23 @@ class FaultyRows(ShardedCheck):
 
     name = "faulty.rows"
     description = "test check: dies on a flag"
-    params = [Param(name="flag", type="string", default="", description="the kill flag file"),
-              Param(name="once", type="boolean", default=True, description="delete the flag before dying")]
+    metrics_doc = {"n": "rows", "class_counts": "predicted classes, counted", "draw_sum": "sum of the draws"}
+
+    class Params:
+        flag: str = param("", "the kill flag file")
+        once: bool = param(True, "delete the flag before dying")
+
     shards = RowShards(rows=100)
 
-    def run_shard(self, ctx: AuditContext, params: dict[str, Any], plan: Plan, shard: Shard) -> Any:
-        if shard.index == 1 and params["flag"] and os.path.exists(params["flag"]):
-            if params["once"]:
-                os.remove(params["flag"])
+    def run_shard(self, ctx: AuditContext, params: Params, plan: Plan, shard: Shard) -> Any:
+        if shard.index == 1 and params.flag and os.path.exists(params.flag):
+            if params.once:
+                os.remove(params.flag)
             os._exit(1)
         data = ctx.require_data()
         return {"pred": ctx.model.predict(np.asarray(data.x)).argmax(axis=1), "draws": ctx.rng.random(data.n)}
 
-    def merge(self, ctx: AuditContext, params: dict[str, Any], plan: Plan, partials: Sequence[Any]) -> CheckResult:
+    def merge(self, ctx: AuditContext, params: Params, plan: Plan, partials: Sequence[Any]) -> CheckResult:
         pred = np.concatenate([p["pred"] for p in partials])
         draws = np.concatenate([p["draws"] for p in partials])
         return CheckResult(metrics={"n": len(pred), "class_counts": np.bincount(pred).tolist(),

@@ -155,11 +155,6 @@ class LazySource(ABC):
         return out
 
 
-def is_lazy(x: Any) -> bool:
-    """Whether ``x`` is a lazy source (not an ``np.ndarray``)."""
-    return not isinstance(x, np.ndarray)
-
-
 def iter_batches(x: np.ndarray | ArraySource, batch_size: int) -> Iterator[tuple[slice, np.ndarray]]:
     """``(slice, rows as ndarray)`` of any batch-first array or source."""
     n = len(x)

@@ -82,11 +82,6 @@ def top_k_accuracy(probs: np.ndarray, y: np.ndarray, k: int) -> float:
     return float(np.mean(higher < k))
 
 
-def confusion_matrix(y: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
-    """Rows: true class; columns: predicted class."""
-    return np.bincount(y * n_classes + pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
-
-
 class PerformanceMetrics(PredictionShardedCheck):
     """Accuracy and friends for classifiers, error measures for regressors."""
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, CheckResult, Finding, Need, Param, SkipCheck
+from auditor import AuditContext, CheckResult, Finding, Need, SkipCheck, param
 from auditor.shards import Plan, RowShards, Shard, ShardedCheck, sampled_rows
 from auditor_sparsity.spectral import effective_rank
 
@@ -116,17 +116,16 @@ class Activations(ShardedCheck):
     name = "sparsity.activations"
     description = ("Per layer on the data: dead units (never active), fraction of zero activations, effective "
                    "rank of the features; neural collapse of the penultimate features when labels are given.")
-    params = [
-        Param(name="layers", type=("string", "array"), items="string", default="activations",
-              description="'activations' (outputs of nonlinearities), 'every', 'penultimate', or tensor names."),
-        Param(name="limit", type="integer", default=1000, minimum=2, description="Samples used (seeded, stratified)."),
-        Param(name="active_threshold", type="number", default=0.0,
-              description="A unit is active on an input when its value exceeds this."),
-        Param(name="unit_axis", type="integer", default=None, nullable=True,
-              description="Axis of the units in every layer (default: 1, or the last for sequences / NHWC)."),
-        Param(name="max_indices", type="integer", default=100, minimum=0,
-              description="At most this many dead-unit indices listed per layer."),
-    ]
+
+    class Params:
+        layers: str | list[str] = param("activations", "'activations' (outputs of nonlinearities), 'every', "
+                                        "'penultimate', or tensor names.")
+        limit: int = param(1000, "Samples used (seeded, stratified).", minimum=2)
+        active_threshold: float = param(0.0, "A unit is active on an input when its value exceeds this.")
+        unit_axis: int | None = param(None, "Axis of the units in every layer (default: 1, or the last for "
+                                      "sequences / NHWC).")
+        max_indices: int = param(100, "At most this many dead-unit indices listed per layer.", minimum=0)
+
     needs = frozenset({Need.DATA})
     metrics_doc = {
         "layers": "per tensor: op_type, units, dead_units, dead_fraction, dead_unit_indices, zero_fraction, "
@@ -141,8 +140,7 @@ class Activations(ShardedCheck):
                            "equiangular_std, mean_cosine, etf_distance, nc3_self_duality",
     }
 
-    def _layers(self, ctx: AuditContext) -> list[str]:
-        which = ctx.params["layers"]
+    def _layers(self, ctx: AuditContext, which: str | list[str]) -> list[str]:
         if which == "activations":
             g = ctx.model.base.graph
             return [n.output[0] for n in g.node if n.op_type in ACTIVATION_OPS and n.output and n.output[0]]
@@ -153,10 +151,10 @@ class Activations(ShardedCheck):
 
     shards = RowShards(rows=512)
 
-    def plan(self, ctx: AuditContext, params: Any) -> Plan:
+    def plan(self, ctx: AuditContext, params: Params) -> Plan:
         """The seeded sample (stratified by label) and the layers to gather."""
-        rows, notes = sampled_rows(ctx, int(ctx.params["limit"]))
-        names = self._layers(ctx)
+        rows, notes = sampled_rows(ctx, params.limit)
+        names = self._layers(ctx, params.layers)
         pen = ctx.model.penultimate()
         with_pen = ctx.require_data().y is not None and pen is not None
         wanted = list(dict.fromkeys(names + ([pen] if with_pen and pen is not None else [])))
@@ -166,7 +164,7 @@ class Activations(ShardedCheck):
                                       "found_pen": pen is not None},
                     notes=notes[-1:] if rows is not None else [])
 
-    def run_shard(self, ctx: AuditContext, params: Any, plan: Plan, shard: Shard) -> Any:
+    def run_shard(self, ctx: AuditContext, params: Params, plan: Plan, shard: Shard) -> Any:
         """Per layer: each unit's largest activation, the per-sample mean of each unit, the zero count; the
         penultimate features and labels (``n × units`` at most, never the inputs)."""
         data = ctx.require_data()
@@ -174,14 +172,13 @@ class Activations(ShardedCheck):
         if data.n == 0:
             return {"n": 0}
         acts = ctx.activations(st["wanted"], data=data)
-        override = ctx.params["unit_axis"]
         layers: dict[str, Any] = {}
         for name in st["names"]:
             ctx.check_cancelled()
             act = np.asarray(acts[name])
             if act.ndim < 2 or act.dtype.kind != "f":
                 continue
-            v = unit_view(act, unit_axis(act.ndim, ctx.model.layout, override))
+            v = unit_view(act, unit_axis(act.ndim, ctx.model.layout, params.unit_axis))
             layers[name] = {"max": v.max(axis=(0, 1)), "feats": v.mean(axis=1), "nonzero": int(np.count_nonzero(act)),
                             "size": int(act.size), "shape": list(act.shape[1:])}
         out: dict[str, Any] = {"n": data.n, "layers": layers}
@@ -190,15 +187,13 @@ class Activations(ShardedCheck):
             out["pen"] = np.asarray(acts[st["pen"]]).reshape(data.n, -1)
         return out
 
-    def merge(self, ctx: AuditContext, params: Any, plan: Plan, partials: Sequence[Any]) -> CheckResult:
+    def merge(self, ctx: AuditContext, params: Params, plan: Plan, partials: Sequence[Any]) -> CheckResult:
         """Dead units, feature ranks and zero shares over every shard's rows; neural collapse on the gathered
         penultimate features."""
         st = plan.state
         parts = [q for q in partials if q["n"]]
         n = sum(q["n"] for q in parts)
         ops = {nd.output[0]: nd.op_type for nd in ctx.model.proto.graph.node if nd.output}
-        limit = int(ctx.params["max_indices"])
-        thr = float(ctx.params["active_threshold"])
         layers: dict[str, Any] = {}
         tot_units = tot_dead = 0
         zeros = values = 0
@@ -207,7 +202,7 @@ class Activations(ShardedCheck):
             got = [q["layers"][name] for q in parts if name in q["layers"]]
             if not got:
                 continue
-            dead = np.max([g["max"] for g in got], axis=0) <= thr
+            dead = np.max([g["max"] for g in got], axis=0) <= params.active_threshold
             feats = np.concatenate([g["feats"] for g in got])
             erank, r99 = feature_rank(feats)
             nz = sum(g["nonzero"] for g in got)
@@ -218,7 +213,7 @@ class Activations(ShardedCheck):
                 "units": len(dead),
                 "dead_units": int(dead.sum()),
                 "dead_fraction": float(dead.mean()),
-                "dead_unit_indices": np.flatnonzero(dead)[:limit].tolist(),
+                "dead_unit_indices": np.flatnonzero(dead)[:params.max_indices].tolist(),
                 "zero_fraction": float((size - nz) / size),
                 "effective_rank": erank,
                 "rank_99": r99,

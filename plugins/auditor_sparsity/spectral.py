@@ -37,21 +37,6 @@ class Spectrum:
     method: str
     rel_error_bound: float
 
-    @property
-    def spectral_norm(self) -> float:
-        """Largest singular value."""
-        return float(self.values[0]) if self.values.size else 0.0
-
-    @property
-    def sigma_min(self) -> float:
-        """Smallest singular value (of ``min(m, n)`` per block)."""
-        return float(self.values[-1]) if self.values.size else 0.0
-
-    @property
-    def condition_number(self) -> float:
-        """``σ_max / σ_min`` (``inf`` when singular)."""
-        return self.spectral_norm / self.sigma_min if self.sigma_min > 0 else float("inf")
-
 
 def effective_rank(s: np.ndarray) -> float:
     """Roy & Vetterli, "The effective rank: a measure of effective dimensionality" (EUSIPCO 2007):

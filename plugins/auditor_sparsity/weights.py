@@ -114,12 +114,6 @@ class LayerWeight:
         """Number of parameters."""
         return int(np.prod(self.ref.shape)) if self.ref.shape else 1
 
-    @property
-    def kernel_axes(self) -> tuple[int, ...]:
-        """Stored axes that are neither the output nor the input axis (spatial kernel axes, or batch axes of
-        a stacked MatMul weight)."""
-        return tuple(a for a in range(len(self.ref.shape)) if a not in (self.out_axis, self.in_axis))
-
 
 def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
     """An attribute's value, or ``default`` when the node does not set it (shared with the Lipschitz chain)."""

@@ -35,8 +35,6 @@ import torch
 
 from auditor_torch.interpreter import LINEAR_OPS, LinearFn, NodeContext, OnnxModule, TrainingRule, _Step
 
-RULES = ("backprop", "feedback_alignment", "direct_feedback_alignment", "difference_target_propagation")
-OPTIMIZERS = ("sgd", "adam", "sam")
 DEFAULT_LR = {"sgd": 0.05, "sam": 0.05, "adam": 0.001}
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from auditor import ArraySource, AuditContext, Check, CheckResult, ModelHandle, Need, SkipCheck, Task, param
 from auditor import graph as G
 from auditor.outputs import Predictions, encode_labels, predictions_of
-from auditor_transfer.common import data_for, jsonable, pick_references, reference_param, scores
+from auditor_transfer._common import data_for, jsonable, pick_references, reference_param, scores
 from auditor_transfer.stats import spearman_rows
 
 # Occluded copies are built and run this many bytes at a time (all patches of several samples per batch).
@@ -53,13 +53,6 @@ def patch_masks(shape: tuple[int, ...], axes: tuple[int, int] | None, patch: int
     chan = 0 if axes == (2, 3) else 2
     masks = np.expand_dims(masks, axis=1 + chan)
     return np.broadcast_to(masks, (gh * gw, *shape))
-
-
-def map_shape(shape: tuple[int, ...], axes: tuple[int, int] | None, patch: int) -> tuple[int, ...]:
-    """Shape of one occlusion map."""
-    if axes is None:
-        return (-(-int(np.prod(shape)) // patch),)
-    return (-(-shape[axes[0] - 1] // patch), -(-shape[axes[1] - 1] // patch))
 
 
 def logit_tensor(model: ModelHandle) -> str | None:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from auditor import AuditContext, Check, CheckResult, ModelHandle, Need, SkipCheck, param
-from auditor_transfer.common import jsonable, pick_references, reference_param
+from auditor_transfer._common import jsonable, pick_references, reference_param
 from auditor_transfer.stats import filter_basis, histogram_divergences
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from auditor import AuditContext, Check, CheckResult, Need, Task, param
 from auditor.outputs import encode_labels
-from auditor_transfer.common import (
+from auditor_transfer._common import (
     as_vectors,
     data_for,
     forward,

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from auditor import AuditContext, Check, CheckResult, ModelHandle, Need, SkipCheck, param
-from auditor_transfer.common import as_vectors, data_for, forward, jsonable, resolve_layers, spatial_param
+from auditor_transfer._common import as_vectors, data_for, forward, jsonable, resolve_layers, spatial_param
 from auditor_transfer.stats import (
     encode,
     hscore_and_rank,
