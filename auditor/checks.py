@@ -227,7 +227,9 @@ def check_class_problems(cls: Any) -> list[str]:
     if not is_params_class(cls.Params):
         return [*out, f"{name}: Params must be a dataclass"]
     if not cls.takes_params():
-        out.append(f"{name}: run() must take the parameters: run(self, ctx, params)")
+        what = "declares Params but run() does not take them" if cls.Params is not NoParams else \
+            "run() does not take the parameters"
+        out.append(f"{name}: {what} (run(self, ctx, params))")
     if cls.Params is not NoParams and not cls.metrics_doc:
         out.append(f"{name}: declares no metrics (metrics_doc)")
     try:

@@ -16,7 +16,7 @@ import typed_plugin
 import yaml
 from click.testing import CliRunner
 
-from auditor import AuditContext, Check, CheckResult, Need, Param, cancel, hookimpl, param
+from auditor import AuditContext, Check, CheckResult, Need, NoParams, Param, cancel, hookimpl, param
 from auditor.cli import main
 from auditor.context import AuditContext as Ctx
 from auditor.errors import PluginLoadError, SpecError
@@ -94,7 +94,8 @@ def test_a_default_that_breaks_its_own_bound_stops_registration_naming_the_plugi
     # the parameter list and run(ctx) of checks written before Params are no longer read
     ({"params": [Param(name="limit", type="integer", default=3, description="rows")]},
      r"declares 'params = \[Param\(...\)\]', which is no longer read: declare a 'class Params:'"),
-    ({"run": lambda self, ctx: CheckResult()}, r"run\(\) must take the parameters: run\(self, ctx, params\)"),
+    ({"Params": NoParams, "run": lambda self, ctx: CheckResult()},
+     r"run\(\) does not take the parameters \(run\(self, ctx, params\)\)"),
 ])
 def test_a_check_class_is_validated_at_registration(attrs: dict[str, Any], why: str) -> None:
     body = {"name": "ok.check", "__doc__": "doc", "Params": typed_plugin.EchoParams, "needs": frozenset({Need.DATA}),
