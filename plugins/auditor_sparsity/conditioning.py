@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from auditor import AuditContext, Check, CheckResult, Finding, SkipCheck, param
+from auditor import graph as G
 from auditor.graph import is_float_dtype
 from auditor_sparsity.lipschitz import chain_factors
 from auditor_sparsity.spectral import Spectrum, effective_rank, energy_rank, singular_values
@@ -36,16 +37,6 @@ def computation_eps(dtype: np.dtype) -> float:
     if is_float_dtype(dtype) and dtype.itemsize <= 4:
         return float(np.finfo(np.float32).eps)
     return float(np.finfo(np.float64).eps)
-
-
-def numerical_rank(s: np.ndarray, shape: tuple[int, int], blocks: int, eps: float) -> int:
-    """Singular values above ``σ_max · max(m, n) · eps`` (``numpy.linalg.matrix_rank``'s default
-    tolerance, with ``eps`` of the computation: :func:`computation_eps`), for the whole block-diagonal
-    matrix."""
-    if not s.size:
-        return 0
-    tol = s[0] * max(shape[0] * blocks, shape[1] * blocks) * eps
-    return int(np.count_nonzero(s > tol))
 
 
 def class_norms(ctx: AuditContext, layers: list[LayerWeight]) -> tuple[LayerWeight, np.ndarray] | None:
@@ -81,9 +72,11 @@ class Conditioning(Check):
     (``class_norm_ratio`` max/min, ``class_norm_cv`` std/mean), the bias that weight aligning corrects (Zhao et
     al., "Maintaining Discrimination and Fairness in Class Incremental Learning", CVPR 2020).
 
-    Precision: blocks with ``min(m, n) <= exact_max_dim`` use LAPACK's SVD; larger ones the float64 Gram
-    eigenvalues with an a-priori relative error bound on every singular value (reported as
-    ``rel_error_bound``, at most ``max_rel_error``; see :mod:`auditor_sparsity.spectral`).
+    Precision: blocks with ``min(m, n) <= exact_max_dim`` use LAPACK's SVD; larger ones a certified low-rank
+    projection where the matrix is numerically low-rank, else the float64 Gram eigenvalues, else (too
+    ill-conditioned for those at ``max_rel_error``) the SVD; each per matrix with its stated error
+    (``rel_error_bound`` above the numerical-rank tolerance, ``abs_error_bound`` on every value; see
+    :mod:`auditor_sparsity.spectral`). The Lipschitz bound uses σ_max rounded up by its error.
     """
 
     name = "sparsity.conditioning"
@@ -104,7 +97,11 @@ class Conditioning(Check):
         "layers": "per weight (keyed by initializer name): node, op_type, matrix [rows, cols], blocks, "
                   "spectral_norm, sigma_min, condition_number (null if numerically singular: numerical_rank < "
                   "min(rows, cols)), effective_rank, rank_90, "
-                  "rank_99, numerical_rank, method (svd | gram), rel_error_bound",
+                  "rank_99 (effective_rank and rank_* of the numerically nonzero values), numerical_rank "
+                  "(values above σ_max·max(rows, cols)·eps, eps of the computation: float32's for float32 and "
+                  "narrower weights), method (svd | lowrank | gram, or a '+' of several for a stack), "
+                  "rel_error_bound (of every value above that tolerance), abs_error_bound (of every value, "
+                  "sigma_min of a singular matrix included)",
         "matrices": "weights analysed",
         "max_spectral_norm": "largest spectral norm",
         "max_condition_number": "largest condition number (null if a matrix is singular)",
@@ -139,16 +136,18 @@ class Conditioning(Check):
             ctx.check_cancelled()
             ctx.report_progress(k, len(layers), lw.name)
             w = layer_values(ctx.model, lw)
-            spec: Spectrum = singular_values(matrix_stack(lw, w), exact_max_dim=exact_dim, max_rel_error=max_err)
-            del w
-            alpha = abs(lw.alpha)
-            s = spec.values * alpha
-            smax, smin = float(s[0]), float(s[-1])
             eps = computation_eps(lw.ref.dtype)
-            rank = numerical_rank(s, spec.shape, spec.blocks, eps)
-            # below the numerical-rank tolerance σ_min is rounding noise of the stored weights, so the
-            # condition number is reported as unbounded (null) rather than as a meaningless large number
+            spec: Spectrum = singular_values(matrix_stack(lw, w), exact_max_dim=exact_dim, max_rel_error=max_err,
+                                             eps=eps, seed=ctx.seed).scaled(abs(lw.alpha))
+            del w
+            s = spec.values
+            smax, smin = float(s[0]), float(s[-1])
+            rank = spec.rank
+            # below the numerical-rank tolerance a singular value is rounding noise of the stored weights
+            # (and known only to abs_error_bound), so the condition number is unbounded (null) rather than a
+            # meaningless large number, and the rank profile counts the numerically nonzero values only
             cond = smax / smin if smin > 0 and rank == s.size else None
+            nonzero = spec.nonzero
             entry = {
                 "node": lw.node,
                 "op_type": lw.op_type,
@@ -158,18 +157,20 @@ class Conditioning(Check):
                 "spectral_norm": smax,
                 "sigma_min": smin,
                 "condition_number": cond,
-                "effective_rank": effective_rank(s),
-                "rank_90": energy_rank(s, 0.90),
-                "rank_99": energy_rank(s, 0.99),
+                "effective_rank": effective_rank(nonzero),
+                "rank_90": energy_rank(nonzero, 0.90),
+                "rank_99": energy_rank(nonzero, 0.99),
                 "numerical_rank": rank,
                 "method": spec.method,
                 "rel_error_bound": spec.rel_error_bound,
+                "abs_error_bound": spec.abs_error_bound,
             }
             out[lw.name] = entry
             methods.add(spec.method)
             kernel = lw.layer_shape[2:] if lw.kind in ("conv", "conv_transpose") else ()
             factor = math.sqrt(float(np.prod(kernel))) if kernel else 1.0
-            op_norms[lw.node] = smax * factor if lw.scale_known else None
+            # an upper bound needs σ_max rounded up by its stated error
+            op_norms[lw.node] = (smax + spec.abs_error_bound) * factor if lw.scale_known else None
             if not lw.scale_known:
                 unscaled.append(lw.name)
             if smax > 0:
@@ -196,7 +197,9 @@ class Conditioning(Check):
             "layers": out,
         }
         notes = [f"singular values by {', '.join(sorted(methods))} (exact SVD up to {exact_dim} on the short "
-                 f"side; Gram route bounded by relative error {max_err:g})"]
+                 f"side; larger blocks by a certified low-rank projection or the float64 Gram matrix, each only "
+                 f"where its error bound meets {max_err:g} relative above the numerical-rank tolerance, else "
+                 f"the SVD; per-matrix bounds in rel_error_bound / abs_error_bound)"]
         if unscaled:
             notes.append(f"{len(unscaled)} integer weight(s) without a known scale ({', '.join(unscaled[:3])}): "
                          f"their spectral norms are of q - zero_point, so no product or bound is reported")
@@ -227,9 +230,10 @@ def _lipschitz(ctx: AuditContext, layers: list[LayerWeight],
                op_norms: dict[str, float | None]) -> tuple[float | None, str]:
     """log10 of the chain bound (``-inf`` for a zero factor), or ``None``, and the note that says why."""
     h = ctx.model
-    output = h.outputs[0] if h.outputs else h.proto.graph.output[0].name
-    alias = {z.output: z.tensor for z in h.zipmaps.values()}
-    output = alias.get(output, output)
+    output = _bounded_output(h)
+    if output is None:
+        return None, ("lipschitz_upper_bound: null, every audited output is integer-valued (labels: a step "
+                      "function has no finite Lipschitz constant)")
     slots = {lw.node: lw.slot for lw in layers}
     chain = chain_factors(h.proto, output, h.input.name, h.path.parent, slots)
     if chain.reason is not None:
@@ -249,6 +253,23 @@ def _lipschitz(ctx: AuditContext, layers: list[LayerWeight],
     return total, (f"lipschitz_upper_bound: L2 bound of the chain of {len(chain.linear)} linear layers "
                    f"from '{h.input.name}' to '{output}' (conv: √(kh·kw)·σ_max), times the Lipschitz factors "
                    f"of {', '.join(nonlinear) or 'no other op'}")
+
+
+def _bounded_output(h: Any) -> str | None:
+    """The audited output the bound is of: the first floating-point one (scikit-learn's probabilities, read
+    through their ZipMap, rather than the integer label before them), or ``None`` if all are integer."""
+    alias = {z.output: z.tensor for z in h.zipmaps.values()}
+    declared = {o.name: o for o in h.proto.graph.output}
+    names = list(h.outputs) if h.outputs else [h.proto.graph.output[0].name]
+    for name in names:
+        if name in alias:
+            return str(alias[name])  # a ZipMap wraps a float probability tensor
+        vi = declared.get(name)
+        dtype = G.np_dtype(vi.type.tensor_type.elem_type) if vi is not None and vi.type.HasField(
+            "tensor_type") else None
+        if vi is None or dtype is None or is_float_dtype(dtype):
+            return str(name)  # an intermediate tensor named in the spec, or a float output
+    return None
 
 
 def _finite_pow10(x: float) -> float | None:

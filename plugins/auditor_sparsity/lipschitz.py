@@ -22,8 +22,10 @@ Factors (each an upper bound of the node's L2 Lipschitz constant):
   ``d`` (1 without overlap), average pooling ``√(Π_d w_d / Π_d n_d)`` with ``n_d`` the fewest inputs a
   window averages (Hölder's ``||A||_2 <= √(||A||_1 ||A||_∞)``); global pooling and ReduceMean 1 (a mean of
   ``k`` inputs has norm ``1/√k``);
-* shape ops (Reshape, Flatten, Transpose, Squeeze, Unsqueeze, Identity, inference Dropout, Cast), Slice and
-  constant Pad 1; a final Softmax 1 (its Jacobian ``diag(p) − p pᵀ`` has norm <= 1/2).
+* shape ops (Reshape, Flatten, Transpose, Squeeze, Unsqueeze, Identity, inference Dropout), Slice and
+  constant Pad 1; a final Softmax 1 (its Jacobian ``diag(p) − p pᵀ`` has norm <= 1/2);
+* a Cast between floating-point types 1 (the bound, like every other factor here, is of the real-arithmetic
+  function the graph denotes); a Cast to an integer type rounds, a step function, and breaks the chain.
 """
 
 from __future__ import annotations
@@ -102,6 +104,11 @@ def _window_overlap(node: onnx.NodeProto, rank: int) -> tuple[list[int], list[in
 def _node_factor(node: onnx.NodeProto, consts: _Consts, path_input: str) -> float | str:
     """The Lipschitz factor of a non-linear-layer node with respect to ``path_input``, or why there is none."""
     op = node.op_type
+    if op == "Cast":
+        dtype = G.np_dtype(int(_attr(node, "to", 0)))
+        if dtype is None or not G.is_float_dtype(dtype):
+            return f"Cast to {dtype if dtype is not None else 'a non-numeric type'} (a step function)"
+        return 1.0
     if op in _ONE:
         if op == "Dropout" and len(node.input) > 2 and node.input[2] and not consts.is_const(node.input[2]):
             return "Dropout with a training-mode input"
