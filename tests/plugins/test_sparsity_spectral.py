@@ -92,9 +92,9 @@ def test_lipschitz_bound_is_of_the_probabilities_not_the_label(tmp_path: Path) -
     """A scikit-learn MLP (skl2onnx: label first, ZipMap'd probabilities second): the bound is of the
     probabilities, ``||W1|| · ||W2||`` (Relu, Softmax and float Casts 1), from sklearn's own coefficients."""
     import onnx
+    from skl2onnx import to_onnx
     from sklearn.datasets import load_digits
     from sklearn.neural_network import MLPClassifier
-    from skl2onnx import to_onnx
 
     x, y = load_digits(return_X_y=True)
     x = x[:300].astype(np.float32)
