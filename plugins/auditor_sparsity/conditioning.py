@@ -85,10 +85,11 @@ class Conditioning(Check):
                    "of the last layer's per-class weight norms. Weights only.")
 
     class Params:
-        exact_max_dim: int = param(512, "Blocks with min(rows, cols) up to this use the exact SVD; larger ones the "
-                "Gram route.", minimum=1)
-        max_rel_error: float = param(1e-3, "Largest a-priori relative error of any singular value allowed on the Gram "
-                "route (blocks that would exceed it are recomputed exactly).", minimum=0)
+        exact_max_dim: int = param(256, "Blocks with min(rows, cols) up to this use the exact SVD; larger ones a "
+                "certified low-rank projection or the float64 Gram route where those meet max_rel_error.", minimum=1)
+        max_rel_error: float = param(1e-3, "Largest proven relative error of a singular value above the numerical-rank "
+                "tolerance allowed on the fast routes (blocks that would exceed it are recomputed exactly).",
+                minimum=0)
         max_condition: float = param(1e6, "A weight matrix with a larger condition number is reported as a warning "
                 "finding.", minimum=1)
 

@@ -10,7 +10,8 @@ any is numerically singular (no condition number).
 
 Three routes, per ``m x n`` block (``m <= n`` after transposing), the cheapest that meets ``max_rel_error``:
 
-* **svd** (``m <= exact_max_dim``, or when the others cannot meet the precision): LAPACK's SVD, values only.
+* **svd** (``m <= exact_max_dim``, 256 by default, or when the others cannot meet the precision): LAPACK's SVD,
+  values only.
   Its error is ``|σ̂_i - σ_i| <= p(m, n) u σ_max`` (LAPACK Users' Guide §4.9.1), stated with ``p = max(m, n)``.
 * **lowrank**: a randomized range finder (Halko, Martinsson & Tropp, SIAM Review 2011, §4.1) with ``ℓ``
   columns, *certified a posteriori*: with ``Q`` an orthonormal basis of ``W^T Ω`` and ``B = W Q``,
@@ -18,8 +19,9 @@ Three routes, per ``m x n`` block (``m <= n`` after transposing), the cheapest t
   ``σ_i(B) <= σ_i(W) <= sqrt(σ_i(B)^2 + ||R||^2)`` and ``σ_i(W) <= ||R||`` for ``i > ℓ``; ``||R||_F`` is
   computed, not estimated. The route is taken only when every value beyond ``ℓ`` is thereby proven below the
   tolerance and the others meet ``max_rel_error``: a numerically low-rank matrix (e.g. a constant-filled
-  4096 x 25088 layer) costs ``O(mnℓ)`` instead of ``O(m^2 n)``. The randomness decides only whether the route
-  succeeds, never the values' error bounds.
+  4096 x 25088 layer) costs ``O(mnℓ)`` instead of ``O(m^2 n)``. It is attempted only when a few power
+  iterations put the stable rank ``||W||_F^2 / σ_max^2`` (a lower bound of the rank) at most ``ℓ``. The
+  randomness decides only whether the route is taken, never the values' error bounds.
 * **gram**: the squared singular values are the eigenvalues of ``G = W W^T``, accumulated in float64 over
   column blocks (one BLAS ``syrk`` per block) and diagonalised with ``eigvalsh``: ``m^2 n + 4/3 m^3`` flops
   against the SVD's ``2 m^2 n + 8/3 m^3`` with half of those in slow BLAS-2 bidiagonalisation.
@@ -165,6 +167,24 @@ def _lowrank(w: np.ndarray, rng: np.random.Generator, ell: int) -> _Block:
     return _Block(vals, lo, hi, "lowrank")
 
 
+def _stable_rank_at_most(w: np.ndarray, ell: int, rng: np.random.Generator, steps: int = 4) -> bool:
+    """Whether ``||W||_F^2 / σ̂^2 <= ell`` with ``σ̂ <= σ_max`` from a few power iterations: a cheap test
+    (``~4·steps·m·n`` flops, in the storage's precision, no copy of ``w``) that skips the low-rank attempt on
+    a matrix whose stable rank, a lower bound of its rank, is already too large for a sketch of ``ell``
+    columns. It only decides which route is tried, so its own rounding does not matter."""
+    wf = w if w.dtype in (np.float32, np.float64) else w.astype(np.float32)
+    v = np.asarray(rng.standard_normal(wf.shape[1]), dtype=wf.dtype)
+    sigma2 = 0.0
+    for _ in range(steps):
+        v /= np.linalg.norm(v) or 1.0
+        v = wf.T @ (wf @ v)
+        sigma2 = float(np.linalg.norm(v))  # ||W^T W v|| <= σ_max^2 for a unit v
+    step = max(1, _GRAM_BLOCK_BYTES // (8 * max(wf.shape[0], 1)))
+    fro2 = sum(float(np.einsum("ij,ij->", wf[:, j:j + step], wf[:, j:j + step]))
+               for j in range(0, wf.shape[1], step))
+    return sigma2 > 0 and fro2 / sigma2 <= ell
+
+
 def _accepts(blk: _Block, tol: float, max_rel_error: float) -> bool:
     """Whether every value's interval lies on one side of the tolerance and those above meet the precision."""
     above = blk.lo > tol
@@ -182,7 +202,7 @@ def _rel(blk: _Block, tol: float) -> float:
     return float(np.max(np.maximum(hi - v, v - lo) / lo))
 
 
-def singular_values(stack: np.ndarray, *, exact_max_dim: int = 512, max_rel_error: float = 1e-3,
+def singular_values(stack: np.ndarray, *, exact_max_dim: int = 256, max_rel_error: float = 1e-3,
                     eps: float = float(np.finfo(np.float64).eps), seed: int = 0) -> Spectrum:
     """Singular values of a ``(blocks, m, n)`` stack seen as one block-diagonal matrix (a grouped conv, a
     batched MatMul weight), with the numerical-rank tolerance of ``eps`` (the computation's machine epsilon:
@@ -208,7 +228,7 @@ def singular_values(stack: np.ndarray, *, exact_max_dim: int = 512, max_rel_erro
     # it depend on the rest of the spectrum, so a first pass finds each block's candidate (cheap if low-rank)
     blocks: list[_Block] = []
     for w in mats:
-        blk = _lowrank(w, rng, min(_SKETCH, k)) if k > 2 * _SKETCH else None
+        blk = _lowrank(w, rng, _SKETCH) if k > 4 * _SKETCH and _stable_rank_at_most(w, _SKETCH, rng) else None
         if blk is None or not np.all(blk.hi[min(_SKETCH, k):] <= blk.lo[0] * size * eps):
             blk = _gram(w)
         blocks.append(blk)
