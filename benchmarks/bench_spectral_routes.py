@@ -20,7 +20,8 @@ numerical-rank tolerance) next to the bounds the route states::
     ill-conditioned (1e4) 1024x1024    gram         2.31     4.64  0.498  2.7e-13 / 3.2e-08   1.8e-09 / 2.1e-04
     total: ours 98.8 s, numpy.linalg.svd 467.5 s, ratio 0.211
 
-(every rank equal to the SVD's; the random square matrix has two values below the float32 tolerance, the
+(measured before the stable-rank pre-test, which now skips the low-rank attempt on the random matrices; every
+rank equal to the SVD's; the random square matrix has two values below the float32 tolerance, the
 ill-conditioned one 23.) Before this route existed, the rank-one layer took the SVD after the Gram route
 (ratio > 1). Timings on a loaded machine are noisy; the ratios are what the run compares."""
 
