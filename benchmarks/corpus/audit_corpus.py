@@ -7,9 +7,10 @@ labels for the scikit-learn exports) for ``torch.parity``, ``sparsity.activation
 (parity only for inputs of more than 100k elements, to keep the run short). Each ``auditor run`` is a
 subprocess with a time limit; its report.json is read back and the table lists, per model, the checks that
 ran (with status), those skipped (with the reason) and those that errored (with the message), plus the
-numbers this corpus exists to watch: the Lipschitz bound (or why it is null) and torch/ONNX Runtime parity.
+figures of every check that ran, the Lipschitz bound (or why it is null) next to an observed lower bound
+computed here with plain ONNX Runtime, and torch/ONNX Runtime parity.
 
-    python benchmarks/corpus/audit_corpus.py [--only SUBSTRING] [--no-docs]
+    python benchmarks/corpus/audit_corpus.py [--jobs 2] [--timeout 900] [--only SUBSTRING] [--table-only] [--no-docs]
 """
 
 from __future__ import annotations
@@ -361,8 +362,7 @@ def _write(rows: list[dict[str, Any]], manifest: list[dict[str, Any]], args: arg
         marker = "<!-- corpus-table -->"
         body = table(rows)
         if missing:
-            body += (f"\nNot audited in this run ({len(missing)}: `--all`, or a run cut short on a loaded "
-                     f"machine): {', '.join(missing)}.\n")
+            body += (f"\nNot audited in this run ({len(missing)}: a run cut short): {', '.join(missing)}.\n")
         if marker in text:
             pre, _, rest = text.partition(marker)
             _, _, post = rest.partition(marker)

@@ -153,11 +153,18 @@ def find_layer_weights(model: ModelHandle) -> list[LayerWeight]:
         covered.add(lw.node)
     found.extend(((i, 0, 0), lw) for i, lw in _folded_layer_weights(model, covered, order, inits))
     subs = ((top, path, sub) for top, node in enumerate(g.node) for path, sub in G.node_subgraphs(node))
+    claimed = {lw.ref.name for _, lw in found}
     for seq, (top, path, sub) in enumerate(subs, start=1):
         sub_refs = {r.name: r for r in G.iter_graph_weights(sub)}
         # the branch's own tensors: initializers, and Constant values (scales, zero points) for dequantization
         sub_inits = {t.name: t for t in sub.initializer}
         sub_inits.update({r.name: r.tensor for r in sub_refs.values() if r.source == "Constant"})
+        # main-graph initializers the branch captures by name (silero_vad_op18_ifless keeps every weight in
+        # the main graph and its layers in the If branches), each counted once, in the first branch using it
+        captured = {i for n in sub.node for i in n.input if i in refs and i not in sub_refs and i not in claimed}
+        sub_refs.update({name: refs[name] for name in captured})
+        sub_inits.update({name: t for name, t in inits.items() if name not in sub_inits})
+        claimed |= captured
         found.extend(((top, seq, k), lw) for k, lw in _graph_layer_weights(model, sub, sub_refs, sub_inits, path))
     found.sort(key=lambda t: t[0])
     return [lw for _, lw in found]

@@ -122,3 +122,39 @@ def test_cast_to_integer_breaks_the_chain(tmp_path: Path) -> None:
     r = run_check(Conditioning, path)
     assert r.metrics["lipschitz_upper_bound"] is None
     assert any("Cast to int32" in n and "to_int" in n for n in r.notes)
+
+
+def test_main_graph_weights_captured_by_if_branches(tmp_path: Path) -> None:
+    """silero_vad_op18_ifless's layout: every weight a main-graph initializer, every layer inside an If branch
+    that captures it by name. Each weight is found once (one used by both branches too) with numpy's norms."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    a = _orth(4, 6, np.array([3.0, 2.0, 1.0, 0.5]), 5)
+    b = _orth(4, 6, np.array([1.5, 1.0, 0.7, 0.1]), 6)
+    shared = _orth(6, 6, np.array([2.5, 2.0, 1.0, 1.0, 0.5, 0.2]), 7)
+
+    def branch(name: str, w: str) -> onnx.GraphProto:
+        nodes = [helper.make_node("MatMul", ["x", w], [f"{name}_h"], name=f"{name}_mm"),
+                 helper.make_node("MatMul", [f"{name}_h", "s"], [f"{name}_y"], name=f"{name}_mm2")]
+        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(f"{name}_y", FLOAT, ["N", 6])])
+
+    node = helper.make_node("If", ["cond"], ["y"], name="pick", then_branch=branch("t", "a"),
+                            else_branch=branch("e", "b"))
+    g = helper.make_graph([node], "captured", [helper.make_tensor_value_info("x", FLOAT, ["N", 4])],
+                          [helper.make_tensor_value_info("y", FLOAT, ["N", 6])],
+                          initializer=[numpy_helper.from_array(a, "a"), numpy_helper.from_array(b, "b"),
+                                       numpy_helper.from_array(shared, "s"),
+                                       numpy_helper.from_array(np.array(True), "cond")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 9
+    assert TensorProto.BOOL == g.initializer[3].data_type
+    path = tmp_path / "captured.onnx"
+    onnx.save(m, str(path))
+    r = run_check(Conditioning, path)
+    layers = r.metrics["layers"]
+    assert r.metrics["matrices"] == 3
+    for name, w in (("a", a), ("b", b), ("s", shared)):
+        key = next(k for k in layers if k.endswith(f"/{name}"))
+        assert layers[key]["spectral_norm"] == pytest.approx(np.linalg.norm(w.astype(np.float64), 2), rel=1e-9)
+    assert r.metrics["lipschitz_upper_bound"] is None  # control flow is not a chain
