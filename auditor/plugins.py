@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.metadata as md
 from collections.abc import Callable, Iterable
@@ -13,7 +14,7 @@ import pluggy
 
 from auditor import hookspecs
 from auditor.checks import CheckInfo, check_class_problems
-from auditor.errors import PluginLoadError
+from auditor.errors import PluginLoadError, SpecError
 from auditor.hookspecs import GRADIENTS, capabilities_of
 
 GROUP = "auditor"
@@ -59,6 +60,20 @@ def _dist_of(ep: md.EntryPoint) -> tuple[str | None, str | None]:
     return dist.metadata["Name"], dist.version
 
 
+def _refuse_unknown_disabled(disabled: set[str], extra_modules: Iterable[str], extra_plugins: Iterable[object]) -> None:
+    """A ``--disable`` name that names no plugin is a usage error: a typo (``--disable torhc``) would otherwise run
+    the very checks the user meant to switch off, and the report would not say so."""
+    known = {ep.name for ep in md.entry_points(group=GROUP)}
+    for mod in extra_modules:
+        known.update({mod, mod.rsplit(".", 1)[-1]})
+    for obj in extra_plugins:
+        known.add(getattr(obj, "__name__", None) or type(obj).__name__)
+    for name in sorted(disabled - known):
+        close = difflib.get_close_matches(name, sorted(known), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else f" (installed: {', '.join(sorted(known))})"
+        raise SpecError("--disable", [f"{name}: no plugin of that name is installed{hint}"])
+
+
 def build_registry(
     disable: Iterable[str] = (),
     extra_modules: Iterable[str] = (),
@@ -72,6 +87,8 @@ def build_registry(
     never read as a pass.
     """
     disabled = set(disable)
+    # Walked twice: once to register, once to check the --disable names.
+    extra_modules, extra_plugins = list(extra_modules), list(extra_plugins)
     pm = pluggy.PluginManager(GROUP)
     pm.add_hookspecs(hookspecs)
     reg = Registry(pm, disabled=frozenset(disabled))
@@ -113,6 +130,7 @@ def build_registry(
         pm.register(obj, name=name)
         mod = obj.__name__ if isinstance(obj, ModuleType) else type(obj).__module__
         infos[name] = PluginInfo(name, mod, None, getattr(obj, "__version__", None), "object")
+    _refuse_unknown_disabled(disabled, extra_modules, extra_plugins)
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:

@@ -144,6 +144,20 @@ def test_bad_specs_exit_2_before_the_model_is_loaded(tmp_path: Path) -> None:
     assert "did you mean 'accuracy'?" in r.output
 
 
+def test_disable_of_a_plugin_that_is_not_installed_is_a_usage_error(tmp_path: Path) -> None:
+    # A typo must not run the very checks the user meant to switch off.
+    with pytest.raises(SpecError, match=r"torhc: no plugin of that name is installed \(did you mean 'torch'\?\)"):
+        build_registry(disable=["torhc"])
+    with pytest.raises(SpecError, match=r"nosuch: no plugin .*installed: .*performance"):
+        build_registry(disable=["nosuch"])
+    spec = _spec(tmp_path, [{"use": "performance.metrics"}])
+    r = CliRunner().invoke(main, ["run", str(spec), "--disable", "torhc"])
+    assert r.exit_code == 2
+    assert "--disable: torhc: no plugin of that name is installed" in r.output
+    assert build_registry(disable=["torch"]).disabled == frozenset({"torch"})
+    assert build_registry(disable=["typed_plugin"], extra_plugins=[typed_plugin]).disabled == {"typed_plugin"}
+
+
 def test_disable_skips_that_plugins_checks_with_a_reason(tmp_path: Path, mlp) -> None:  # type: ignore[no-untyped-def]
     model, data, _ = mlp
     r = run_audit({"checks": [{"use": "performance.metrics", "gate": {"accuracy": {"min": 0.5}}},
