@@ -55,6 +55,8 @@ class AuditContext:
     #: Where this check may write files a person should keep (e.g. retrained models): a folder beside the
     #: reports, ``<report dir>/artifacts/<check id>``; created on first use by :meth:`artifact_path`.
     artifact_dir: Path | None = None
+    #: Rows per shard of sharded checks when the spec sets ``execution.shard_rows`` (``None``: each check's own).
+    shard_rows: int | None = None
 
     def artifact_path(self, name: str) -> Path:
         """A path for a file this check writes, inside :attr:`artifact_dir` (a temporary folder without one)."""

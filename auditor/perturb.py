@@ -33,6 +33,7 @@ import onnx
 
 from auditor import graph as G
 from auditor.errors import SkipCheck
+from auditor.rowrandom import RowRandom
 
 
 class ValueKind(str, Enum):
@@ -202,7 +203,7 @@ def _input_space(model: Any, data_x: Any = None, *, name: str | None = None,
                       "the number of valid ids)")
 
 
-def substitute_ids(x: np.ndarray, rate: float, rng: np.random.Generator, vocab: int,
+def substitute_ids(x: np.ndarray, rate: float, rng: np.random.Generator | RowRandom, vocab: int,
                    mask_id: int | None = None) -> np.ndarray:
     """Replace each id of ``x`` with probability ``rate`` by a different id drawn uniformly from
     ``0 .. vocab-1`` (or by ``mask_id`` when given): a perturbation that stays inside the vocabulary."""

@@ -356,6 +356,7 @@ class Runner:
             train_data=loaded.train_data, spec=self.spec.raw, backends=self.registry.backends,
             progress=progress, cache=self.cache,
             artifact_dir=Path(self.spec.report_dir) / "artifacts" / (cs.id if role == "model" else f"{cs.id}.baseline"),
+            shard_rows=self.spec.execution.shard_rows if self.spec.execution is not None else None,
         )
 
     def skip_reason(self, info: CheckInfo, loaded: Loaded) -> str | None:

@@ -13,10 +13,16 @@ three methods instead of ``run``:
 - :meth:`ShardedCheck.merge` (on the driver): the partials, in shard order, become the :class:`CheckResult`.
 
 The shards are the rows of the plan in consecutive runs of :attr:`RowShards.rows` (the check's declaration,
-``shards = RowShards(rows=512)``); they depend on the spec only, never on how many workers there are. The
-inherited :meth:`ShardedCheck.run` executes the same shards one after the other, so a single-machine run and a
-distributed one compute the same numbers. Randomness must come from ``ctx.rng`` inside ``run_shard`` (seeded by
-the spec's seed, the check's id and the shard's index) or from the plan; never from a worker's state.
+``shards = RowShards(rows=512)``, or the spec's ``execution.shard_rows``); they depend on the spec only, never on
+how many workers there are. The inherited :meth:`ShardedCheck.run` executes the same shards one after the other,
+so a single-machine run and a distributed one compute the same numbers. A plan's rows may also be pairs (an
+``(m, 2)`` array: each item two rows of the data, kept together in one shard).
+
+Randomness inside ``run_shard`` should come from :meth:`Shard.random` (one stream per sample, keyed by the spec's
+seed, the check's id and the sample's position in the plan: the report then does not depend on the shard size)
+or from the plan; never from a worker's state. ``ctx.rng`` in a shard is the shard's own generator (seeded by
+the shard's index): a check that draws from it gives the same report on one machine and on a cluster, but a
+different one when ``execution.shard_rows`` changes the shards.
 
 A check that does not subclass :class:`ShardedCheck` runs whole, on one worker.
 """
@@ -32,6 +38,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from auditor.checks import Check
+from auditor.rowrandom import RowRandom  # re-exported: the streams Shard.random hands out
+
+__all__ = ["Plan", "PredictionShardedCheck", "RowRandom", "RowShards", "Shard", "ShardedCheck", "params_for",
+           "sampled_rows", "shard_context", "shards_of"]
 
 if TYPE_CHECKING:
     from auditor.context import AuditContext
@@ -49,8 +59,9 @@ class RowShards:
             raise ValueError("RowShards.rows must be at least 1")
 
     def split(self, rows: np.ndarray) -> list[np.ndarray]:
-        """The row indices of each shard, in order (an empty plan still has one empty shard, so that
-        :meth:`ShardedCheck.merge` always receives at least one partial)."""
+        """The row indices of each shard, in order, ``rows`` items a shard (an item is a row, or a row of a
+        2-D plan); an empty plan still has one empty shard, so that :meth:`ShardedCheck.merge` always receives
+        at least one partial."""
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) == 0:
             return [rows]
@@ -65,23 +76,43 @@ class Plan:
     rows: np.ndarray | None = None
     state: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: Work that is not rows of the data: ``items`` work items (synthetic inputs, classes, ...), split by the
+    #: check's own declaration (``execution.shard_rows`` does not apply); a shard's ``ctx.data`` is then the
+    #: whole data set and its ``rows`` the item indices.
+    items: int | None = None
 
     def row_indices(self, n: int) -> np.ndarray:
-        """The planned rows as indices into a data set of ``n`` rows."""
+        """The planned rows as indices into a data set of ``n`` rows (the item indices for a plan of items)."""
+        if self.items is not None:
+            return np.arange(self.items, dtype=np.int64)
         return np.arange(n, dtype=np.int64) if self.rows is None else np.asarray(self.rows, dtype=np.int64)
 
 
 @dataclass(frozen=True)
 class Shard:
-    """One shard of a check: its index among ``count`` shards and its rows (indices into ``ctx.data``)."""
+    """One shard of a check: its index among ``count`` shards, its rows (indices into ``ctx.data``; ``(k, 2)``
+    for a plan of pairs) and the position of its first item in the plan."""
 
     index: int
     count: int
     rows: np.ndarray
+    start: int = 0
+    #: The shard holds work items of the plan, not rows of the data (:attr:`Plan.items`).
+    items: bool = False
 
     def seed(self, seed: int, check_id: str) -> list[int]:
         """The entropy of this shard's generator: the spec's seed, the check's id, the shard's index."""
         return [seed, zlib.crc32(check_id.encode()), 1 + self.index]
+
+    @property
+    def positions(self) -> np.ndarray:
+        """The positions of this shard's items in the plan."""
+        return np.arange(self.start, self.start + len(self.rows), dtype=np.int64)
+
+    def random(self, ctx: AuditContext, *salt: int) -> RowRandom:
+        """One random stream per item of this shard, keyed by the spec's seed, the check's id, the item's
+        position in the plan (and ``salt``, to tell apart several uses): the same whatever the shard size."""
+        return RowRandom.for_positions(ctx.seed, ctx.check_id, self.positions, *salt)
 
 
 def params_for(cls: type[Check], ctx: AuditContext) -> Any:
@@ -91,10 +122,13 @@ def params_for(cls: type[Check], ctx: AuditContext) -> Any:
 
 
 def shards_of(check: ShardedCheck, ctx: AuditContext, plan: Plan) -> list[Shard]:
-    """The shards of ``plan`` for ``check`` on ``ctx.data``."""
+    """The shards of ``plan`` for ``check`` on ``ctx.data`` (``ctx.shard_rows``, the spec's
+    ``execution.shard_rows``, overrides the check's declared size)."""
     n = ctx.data.n if ctx.data is not None else 0
-    parts = check.shards.split(plan.row_indices(n))
-    return [Shard(i, len(parts), rows) for i, rows in enumerate(parts)]
+    how = check.shards if ctx.shard_rows is None or plan.items is not None else RowShards(rows=ctx.shard_rows)
+    parts = how.split(plan.row_indices(n))
+    starts = np.cumsum([0, *(len(p) for p in parts)])
+    return [Shard(i, len(parts), rows, int(starts[i]), plan.items is not None) for i, rows in enumerate(parts)]
 
 
 def shard_context(ctx: AuditContext, shard: Shard, data: Any = None) -> AuditContext:
@@ -103,9 +137,11 @@ def shard_context(ctx: AuditContext, shard: Shard, data: Any = None) -> AuditCon
     only as long as the shard, and the shared cache is keyed by object identity)."""
     from auditor.context import SharedCache
 
-    if data is None:
+    if shard.items:
+        data = ctx.data
+    elif data is None:
         full = ctx.require_data()
-        data = full.subset(shard.rows)
+        data = full.subset(np.asarray(shard.rows).reshape(-1))  # pairs: source, target, source, ...
     parent = ctx.progress
 
     def progress(done: int, total: int | None, what: str) -> None:

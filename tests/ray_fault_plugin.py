@@ -1,13 +1,15 @@
 """A sharded check for the Ray tests that can kill the worker running one of its shards.
 
 ``flag`` names a file: while it exists, the worker that runs shard 1 dies (``os._exit``) before computing it;
-with ``once: true`` it deletes the file first, so the retry on another worker succeeds. The partial is the
+with ``once: true`` it deletes the file first, so the retry on another worker succeeds. With ``sleep_s`` shard 0
+sleeps first (a shard over its time limit). The partial is the
 model's predicted class per row and a random draw per row from the shard's generator.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,10 +28,13 @@ class FaultyRows(ShardedCheck):
     class Params:
         flag: str = param("", "the kill flag file")
         once: bool = param(True, "delete the flag before dying")
+        sleep_s: float = param(0.0, "shard 0 sleeps this long first (a shard over its time limit)", minimum=0)
 
     shards = RowShards(rows=100)
 
     def run_shard(self, ctx: AuditContext, params: Params, plan: Plan, shard: Shard) -> Any:
+        if shard.index == 0 and params.sleep_s:
+            time.sleep(params.sleep_s)
         if shard.index == 1 and params.flag and os.path.exists(params.flag):
             if params.once:
                 os.remove(params.flag)

@@ -392,7 +392,7 @@ def test_noise_is_drawn_in_pixel_space_whatever_the_declared_normalisation(tmp_p
     """sigma is in units of the pixel range [0, 1]: a model fed normalised inputs (undoing the normalisation
     in its first node) and the same model fed plain pixels give the same curve, and the curve is the one a
     numpy re-computation in pixel space gives."""
-    from auditor.shards import Shard
+    from auditor.rowrandom import RowRandom
 
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     w = write_cnn(tmp_path / "plain.onnx", hw=(5, 5))
@@ -416,7 +416,7 @@ def test_noise_is_drawn_in_pixel_space_whatever_the_declared_normalisation(tmp_p
     assert any("un-normalised pixels in [0, 1]" in n for n in b.check("robustness.noise").notes)
     assert any("clipped to [0, 1]" in n for n in b.check("robustness.noise").notes)
 
-    # numpy in pixel space, with the sweep's seeding (auditor.shards: the 60 rows are one shard's)
+    # numpy in pixel space, with the sweep's seeding
     order = sorted(files, key=lambda p: (p.parent.name, p.name))
     px = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in order]).astype(np.float32) / 255
     xc = np.ascontiguousarray(px.transpose(0, 3, 1, 2))
@@ -425,8 +425,8 @@ def test_noise_is_drawn_in_pixel_space_whatever_the_declared_normalisation(tmp_p
         return (x.astype(np.float64).mean(axis=(2, 3)) @ w["W"] + w["b"]).argmax(1)
 
     clean = predict(xc)
-    g = np.random.default_rng(Shard(0, 1, np.arange(0)).seed(4, "robustness.noise"))
-    for i, s in enumerate(sig):
+    for i, s in enumerate(sig):  # one stream per sample and severity (auditor.shards.Shard.random)
+        g = RowRandom.for_positions(4, "robustness.noise", np.arange(len(xc))).at(i, 0)
         noisy = np.clip(xc + np.float32(s) * g.standard_normal(xc.shape, dtype=np.float32), 0, 1)
         assert ca[i]["flip_rate"] == pytest.approx(float(np.mean(predict(noisy) != clean)), abs=1e-12)
     assert ca[-1]["flip_rate"] > 0

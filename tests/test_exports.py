@@ -24,6 +24,7 @@ from auditor.data import DataConfig, load_dataset
 from auditor.errors import SkipCheck
 from auditor.model import ModelConfig, ModelHandle
 from auditor.perturb import ValueKind, input_space, substitute_ids
+from auditor.rowrandom import RowRandom
 from auditor.testing import run_audit
 from auditor.testing import save_model as save_proto
 
@@ -31,12 +32,10 @@ INT64 = TensorProto.INT64
 VOCAB = 50
 
 
-def first_shard_rng(seed: int, check_id: str) -> np.random.Generator:
-    """The generator a sharded check draws from on data that fit in one shard (auditor.shards: seeded by the
-    spec's seed, the check's id and the shard's index)."""
-    from auditor.shards import Shard
-
-    return np.random.default_rng(Shard(0, 1, np.arange(0)).seed(seed, check_id))
+def noise_streams(seed: int, check_id: str, n: int, severity: int, repeat: int = 0) -> RowRandom:
+    """The random streams a noise sweep draws from at one severity and repeat: one per sample, keyed by the spec's
+    seed, the check's id and the sample's position (auditor.shards.Shard.random, auditor.rowrandom)."""
+    return RowRandom.for_positions(seed, check_id, np.arange(n)).at(severity, repeat)
 
 
 def ort_run(path: Path, feed: dict[str, np.ndarray], output: str | None = None) -> np.ndarray:
@@ -106,9 +105,9 @@ def test_two_token_inputs_batched_together_and_perturbed_by_substitution(tmp_pat
 
     # substitution: each id replaced with probability severity by another id of the vocabulary (read from the
     # embedding table), the mask passed through unchanged; the same draws made here independently
-    rng = first_shard_rng(seed, "robustness.noise")
     clean = logits.argmax(1)
-    for point, sev in zip(r.metrics("robustness.noise")["curve"], [0.1, 0.5]):
+    for i, (point, sev) in enumerate(zip(r.metrics("robustness.noise")["curve"], [0.1, 0.5])):
+        rng = noise_streams(seed, "robustness.noise", len(ids), i)
         hit = rng.random(ids.shape) < sev
         draw = rng.integers(0, VOCAB - 1, size=ids.shape)
         xs = np.where(hit, draw + (draw >= ids), ids)
@@ -149,7 +148,7 @@ def test_masking_token_ids_and_the_vocabulary_of_an_input_behind_a_cast(tmp_path
                      "checks": [{"use": "robustness.noise", "with": {"kind": "substitute", "severity": 0.4,
                                                                      "mask_id": 0}}]}, workdir=tmp_path)
     assert res.exit_code == 0, res.error
-    rng = first_shard_rng(3, "robustness.noise")
+    rng = noise_streams(3, "robustness.noise", len(ids), 0)
     masked = np.where(rng.random(ids.shape) < 0.4, 0, ids).astype(np.int32)
     want = float(np.mean(ort_run(model, {"ids": masked}).argmax(1) != y))
     assert res.metrics("robustness.noise")["flip_rate"] == pytest.approx(want, abs=1e-12)
@@ -257,8 +256,8 @@ def test_a_state_whose_batch_axis_is_not_the_first_gets_its_rows_placed_there(tm
                    "report": {"dir": str(tmp_path / "rep")}}, workdir=tmp_path)
     assert r.exit_code == 0, r.error
     # the state is passed through unchanged while x is perturbed: recompute the curve with numpy
-    rng = first_shard_rng(seed, "robustness.noise")
-    for point, s in zip(r.metrics("robustness.noise")["curve"], sig):
+    for i, (point, s) in enumerate(zip(r.metrics("robustness.noise")["curve"], sig)):
+        rng = noise_streams(seed, "robustness.noise", n, i)
         xn = x.reshape(n, 1, 1, 4) + np.float32(s) * rng.standard_normal((n, 1, 1, 4), dtype=np.float32)
         pred = (xn.reshape(n, 4) @ w["W"] + h[:, 0] @ w["U"] + w["b"]).argmax(1)
         assert point["flip_rate"] == pytest.approx(float(np.mean(pred != y)), abs=1e-12)
@@ -318,8 +317,8 @@ def test_uint8_images_are_perturbed_in_float_and_rounded_and_clipped_back(tmp_pa
                               {"use": "robustness.square_attack", "with": {"eps": 40, "max_queries": 40}}],
                    "report": {"dir": str(tmp_path / "rep")}}, workdir=tmp_path)
     assert r.exit_code == 0, r.error
-    rng = first_shard_rng(seed, "robustness.noise")
-    for point, s in zip(r.metrics("robustness.noise")["curve"], sig):
+    for i, (point, s) in enumerate(zip(r.metrics("robustness.noise")["curve"], sig)):
+        rng = noise_streams(seed, "robustness.noise", len(img), i)
         noisy = img.astype(np.float32) + np.float32(s) * rng.standard_normal(img.shape, dtype=np.float32)
         fed = np.rint(np.clip(noisy, 0, 255)).astype(np.uint8)
         pred = ort_run(model, {"img": fed}).argmax(1)

@@ -17,17 +17,17 @@ from onnx import TensorProto, helper
 
 from auditor.errors import SkipCheck
 from auditor.model import ModelConfig, ModelHandle
+from auditor.rowrandom import RowRandom
 from auditor.testing import run_audit
 
 INT64 = TensorProto.INT64
 H = 3
 
 
-def first_shard_rng(seed: int, check_id: str) -> np.random.Generator:
-    """The generator a sharded check draws from when the data fit in one shard (auditor.shards)."""
-    from auditor.shards import Shard
-
-    return np.random.default_rng(Shard(0, 1, np.arange(0)).seed(seed, check_id))
+def noise_streams(seed: int, check_id: str, n: int, severity: int, repeat: int = 0) -> RowRandom:
+    """The random streams a noise sweep draws from at one severity and repeat: one per sample, keyed by the
+    spec's seed, the check's id and the sample's position (auditor.shards.Shard.random)."""
+    return RowRandom.for_positions(seed, check_id, np.arange(n)).at(severity, repeat)
 
 
 def ort_outputs(path: Path, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -136,9 +136,9 @@ def test_silero_like_audit_runs_noise_with_numbers_from_numpy(tmp_path: Path) ->
                    "report": {"dir": str(tmp_path / "rep")}}, workdir=tmp_path)
     assert r.exit_code == 0, r.error
     assert r.check("robustness.noise")["status"] != "error"
-    rng = first_shard_rng(seed, "robustness.noise")
     n = len(x)
-    for point, s in zip(r.metrics("robustness.noise")["curve"], sig):
+    for i, (point, s) in enumerate(zip(r.metrics("robustness.noise")["curve"], sig)):
+        rng = noise_streams(seed, "robustness.noise", n, i)
         xn = x.reshape(n, 1, 1, 16) + np.float32(s) * rng.standard_normal((n, 1, 1, 16), dtype=np.float32)
         pred = (vad_numpy(w, xn.reshape(n, 16), state, 16000)[:, 0] > 0.5).astype(np.int64)
         assert point["flip_rate"] == pytest.approx(float(np.mean(pred != y)), abs=1e-12)

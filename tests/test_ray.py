@@ -16,42 +16,9 @@ import pytest
 import ray_fault_plugin
 from builders import blobs, mlp_weights, write_mlp
 from click.testing import CliRunner
+from report_compare import assert_same
 
 from auditor.testing import run_audit, write_spec
-
-#: Fields that may differ between two runs of the same audit anywhere: timings, and how the run was executed.
-VOLATILE = {"duration_s", "started_at"}
-
-
-def comparable(doc: Any, path: str = "") -> Any:
-    """The report without timings, ``environment.execution`` and the notes that say a shard was rerun."""
-    if isinstance(doc, dict):
-        return {k: comparable(v, f"{path}.{k}") for k, v in doc.items()
-                if k not in VOLATILE and f"{path}.{k}" != ".environment.execution"}
-    if isinstance(doc, list):
-        return [comparable(v, path) for v in doc
-                if not (path.endswith(".notes") and isinstance(v, str) and v.startswith("ray: "))]
-    return doc
-
-
-def assert_same(local: dict[str, Any], other: dict[str, Any]) -> None:
-    """Field by field, so that a failure names the first differing field."""
-    a, b = comparable(local), comparable(other)
-
-    def walk(x: Any, y: Any, where: str) -> None:
-        assert type(x) is type(y), f"{where}: {x!r} vs {y!r}"
-        if isinstance(x, dict):
-            assert sorted(x) == sorted(y), f"{where}: keys {sorted(x)} vs {sorted(y)}"
-            for k in x:
-                walk(x[k], y[k], f"{where}.{k}")
-        elif isinstance(x, list):
-            assert len(x) == len(y), f"{where}: {len(x)} vs {len(y)} items"
-            for i, (u, v) in enumerate(zip(x, y)):
-                walk(u, v, f"{where}[{i}]")
-        else:
-            assert x == y, f"{where}: {x!r} vs {y!r}"
-
-    walk(a, b, "report")
 
 
 @pytest.fixture(scope="module")
@@ -85,13 +52,18 @@ CHECKS: list[dict[str, Any]] = [
     {"use": "performance.metrics", "gate": {"accuracy": {"max_drop": 0.5}}},
     {"use": "robustness.noise", "with": {"limit": None, "repeats": 2}},
     {"use": "robustness.square_attack", "with": {"max_queries": 30, "limit": 1100}},
+    {"use": "robustness.blind_spots", "with": {"pairs": 300, "steps": 6, "refine": 2, "random_directions": 1}},
+    {"use": "robustness.fooling", "with": {"n_noise": 600, "generations": 5, "population": 4}},
+    {"use": "torch.pgd", "with": {"eps": 0.3, "steps": 2, "limit": 1100}},  # 3 shards; torch loaded once a worker
+    {"use": "torch.input_gradients", "with": {"limit": 600, "fractions": [0.25]}},  # 2 shards
+    {"use": "transfer.transferability", "with": {"limit": 1100}},  # 2 shards of features, model and reference
     {"use": "sparsity.profile"},  # does not shard: runs whole on one worker
 ]
 
 
 def test_the_same_audit_on_ray_writes_the_same_report(cluster: None, audit_files: dict[str, Path]) -> None:
     f = audit_files
-    doc = _doc(f, CHECKS, baseline={"path": str(f["baseline"])})
+    doc = _doc(f, CHECKS, baseline={"path": str(f["baseline"])}, reference={"path": str(f["baseline"])})
     local = run_audit(doc, workdir=f["dir"])
     on_ray = run_audit({**doc, "execution": {"engine": "ray", "workers": 2}}, workdir=f["dir"])
     assert local.exit_code == on_ray.exit_code == 0, (local.error, on_ray.error)
@@ -102,13 +74,18 @@ def test_the_same_audit_on_ray_writes_the_same_report(cluster: None, audit_files
     noise = on_ray.metrics("robustness.noise")
     assert noise["n"] == 1100 and on_ray.metrics("robustness.square_attack")["n"] == 1100
     assert on_ray.check("robustness.noise").baseline_metrics is not None
+    # the pair and work-item shards: 3 shards of 128 pairs, 2 noise chunks and a group of 4 classes
+    assert on_ray.metrics("robustness.blind_spots")["n_pairs"] == 300
+    assert on_ray.metrics("robustness.fooling")["queries"] == 1 + 2 * 600 + (5 + 1) * 4 * 4
+    assert on_ray.metrics("transfer.transferability")["n"] == 1100
+    assert set(on_ray.metrics("transfer.transferability")["by_model"]) == {"model", "reference"}
 
 
 def test_a_worker_killed_mid_audit_has_its_shard_rerun_and_the_report_says_so(
         cluster: None, audit_files: dict[str, Path]) -> None:
     f = audit_files
     flag = f["dir"] / "kill-once"
-    checks = [{"use": "faulty.rows", "with": {"flag": str(flag)}}, CHECKS[1]]
+    checks = [{"use": "faulty.rows", "with": {"flag": str(flag)}}, CHECKS[1], CHECKS[3], CHECKS[4]]
     local = run_audit(_doc(f, checks), workdir=f["dir"], plugins=[ray_fault_plugin])
     flag.write_text("die")
     # the driver's data through the object store this time
@@ -144,6 +121,17 @@ def test_workers_that_keep_dying_end_the_run_with_exit_4_and_a_partial_report(
     by_id = {c["id"]: c for c in report["checks"]}
     assert by_id["faulty.rows"]["status"] == "error" and by_id["faulty.rows"]["error"].startswith("not run: ray:")
     assert report["environment"]["execution"]["error"]
+
+
+def test_a_shard_over_shard_timeout_s_is_that_checks_error(cluster: None, audit_files: dict[str, Path]) -> None:
+    f = audit_files
+    res = run_audit(_doc(f, [{"use": "faulty.rows", "with": {"sleep_s": 4}}, {"use": "performance.metrics"}],
+                         execution={"engine": "ray", "workers": 2, "shard_timeout_s": 0.5}),
+                    workdir=f["dir"], plugins=[ray_fault_plugin])
+    faulty = res.check("faulty.rows")
+    assert faulty.status == "error" and faulty.error is not None
+    assert "shard 1/11 timed out after 0.5 s (execution.shard_timeout_s)" in faulty.error
+    res.assert_status("performance.metrics", "info")
 
 
 def test_the_ray_option_joins_the_running_cluster(cluster: None, audit_files: dict[str, Path]) -> None:

@@ -28,6 +28,13 @@ EXECUTION_SCHEMA: dict[str, Any] = {
                                 "driver's data is sent through Ray's object store."},
         "max_retries": {"type": "integer", "minimum": 0, "default": 2,
                         "description": "Times a shard is resubmitted to another worker when its worker dies."},
+        "shard_rows": {"type": "integer", "minimum": 1,
+                       "description": "Rows per shard of every sharded check (default: each check's own, 512 for "
+                                      "attacks and sweeps, 4096 for prediction passes). Applies to local runs "
+                                      "too; the report does not depend on it (randomness is drawn per sample)."},
+        "shard_timeout_s": {"type": "number", "exclusiveMinimum": 0,
+                            "description": "On Ray, the wall-time limit of one shard (default: the check's "
+                                           "timeout_s). A shard over it is that check's error."},
     },
 }
 
@@ -43,6 +50,8 @@ class ExecutionConfig:
     gpus_per_worker: float = 0.0
     data: str = "shared"
     max_retries: int = 2
+    shard_rows: int | None = None
+    shard_timeout_s: float | None = None
 
     @property
     def distributed(self) -> bool:
@@ -58,4 +67,6 @@ def parse_execution(doc: dict[str, Any] | None) -> ExecutionConfig | None:
         engine=str(doc.get("engine", "local")), address=doc.get("address"), workers=doc.get("workers"),
         cpus_per_worker=float(doc.get("cpus_per_worker", 1)), gpus_per_worker=float(doc.get("gpus_per_worker", 0)),
         data=str(doc.get("data", "shared")), max_retries=int(doc.get("max_retries", 2)),
+        shard_rows=None if doc.get("shard_rows") is None else int(doc["shard_rows"]),
+        shard_timeout_s=None if doc.get("shard_timeout_s") is None else float(doc["shard_timeout_s"]),
     )

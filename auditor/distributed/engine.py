@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError, RayError, RayTaskError
+from ray.exceptions import ActorUnavailableError, RayActorError, RayError, RayTaskError
 
 from auditor.checks import CheckInfo
 from auditor.distributed.config import ExecutionConfig
@@ -34,6 +34,9 @@ from auditor.results import AuditReport, CheckReport
 from auditor.runner import Interrupted, Loaded, Runner, _Outcome
 from auditor.shards import Plan, ShardedCheck, params_for, shards_of
 from auditor.spec import CheckSpec
+
+#: How long a dead worker may take to come back (Ray restarts it) before it counts as gone for good.
+RESTART_WAIT_S = 120.0
 
 
 @dataclass
@@ -182,6 +185,8 @@ class RayRunner(Runner):
             for role in roles:
                 queue.extend(self._plan(ci, cs, info, role, loaded, pending))
         inflight: dict[Any, tuple[_Task, int]] = {}
+        pings: dict[Any, tuple[int, float]] = {}  # a dead worker's readiness probe: (worker, since)
+        lost: set[int] = set()
         busy: set[int] = set()
         total_tasks = len(queue)
         finished_tasks = 0
@@ -202,14 +207,34 @@ class RayRunner(Runner):
                 self._maybe_finish(ci, loaded, pending, done, retry_notes)
             emit()
             while queue or inflight:
-                self._fill(queue, inflight, busy, actors)
-                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=0.25)
+                self._fill(queue, inflight, busy, actors, lost)
+                if queue and not inflight and not pings:
+                    msg = f"ray: every worker is gone ({len(lost)} of {len(actors)} died for good)"
+                    execution["error"] = msg
+                    raise ClusterLost(msg, self._partial(loaded, done, started, t0, execution, reason=msg))
+                ready, _ = ray.wait([*inflight, *pings], num_returns=1, timeout=0.25)
                 for ref in ready:
+                    if ref in pings:  # a worker that died: back (restarted by Ray), still restarting, or gone
+                        wi, since = pings.pop(ref)
+                        try:
+                            ray.get(ref)
+                            busy.discard(wi)
+                        except ActorUnavailableError:
+                            if time.perf_counter() - since < RESTART_WAIT_S:
+                                time.sleep(0.2)
+                                pings[actors[wi].info.remote()] = (wi, since)
+                            else:
+                                lost.add(wi)
+                        except RayActorError:
+                            lost.add(wi)  # stays busy: never handed another task
+                        continue
                     task, wi = inflight.pop(ref)
-                    busy.discard(wi)
                     try:
                         value = ray.get(ref)
                     except RayActorError as exc:
+                        # the worker is not handed another task until it answers again (Ray restarts it):
+                        # tasks sent to a restarting actor would fail too and count as retries
+                        pings[actors[wi].info.remote()] = (wi, time.perf_counter())
                         task.attempts += 1
                         what = (f"shard {task.shard.index + 1}/{task.shard.count}" if task.shard is not None
                                 else "the whole check")
@@ -229,6 +254,7 @@ class RayRunner(Runner):
                         continue
                     except RayTaskError as exc:  # the worker's own code failed outside the check's try
                         value = {"error": f"ray: {_first_line(exc)}", "traceback": str(exc)}
+                    busy.discard(wi)
                     finished_tasks += 1
                     self._absorb(task, value, pending, done)
                     self._maybe_finish(task.check, loaded, pending, done, retry_notes)
@@ -293,12 +319,14 @@ class RayRunner(Runner):
         return [_Task(ci, role, shard, p.plan) for shard in shards]
 
     def _fill(self, queue: collections.deque[_Task], inflight: dict[Any, tuple[_Task, int]], busy: set[int],
-              actors: list[Any]) -> None:
-        """Hand queued tasks to idle workers (a retried task to another worker than the one it died on)."""
+              actors: list[Any], lost: set[int]) -> None:
+        """Hand queued tasks to idle workers (a retried task to another worker than the one it died on, unless
+        no other worker is left)."""
+        alone = len(actors) - len(lost) <= 1
         for wi, actor in enumerate(actors):
             if wi in busy or not queue:
                 continue
-            pick = next((t for t in queue if t.avoid != wi or len(actors) == 1), None)
+            pick = next((t for t in queue if t.avoid != wi or alone), None)
             if pick is None:
                 continue
             queue.remove(pick)

@@ -123,14 +123,17 @@ class AuditWorker:
 
         th = threading.Thread(target=target, name=f"shard-{cs.id}-{shard.index}", daemon=True)
         th.start()
-        th.join(cs.timeout_s)
+        ex = self.spec.execution
+        limit, what = (ex.shard_timeout_s, "execution.shard_timeout_s") \
+            if ex is not None and ex.shard_timeout_s is not None else (cs.timeout_s, "timeout_s, one shard")
+        th.join(limit)
         if th.is_alive():
             from auditor import cancel
 
             ctx.cancel_event.set()
             cancel.cancel(th.ident)
             th.join(1.0)
-            out = {"error": f"timed out after {cs.timeout_s:g} s (timeout_s, one shard)"}
+            out = {"error": f"shard {shard.index + 1}/{shard.count} timed out after {limit:g} s ({what})"}
         out["duration"] = time.perf_counter() - t0
         out["pid"] = os.getpid()
         return out

@@ -12,18 +12,21 @@ Their Level Set Traversal needs gradients; this check measures the black-box, fo
   moved at least that share of the way to an image of another class and the model did not notice.
 - random: the same along random directions, with radii up to the pair's distance ``‖x_t − x_s‖₂``.
 
-All pairs and grid points go through the model in one batched call per stage.
+All pairs of a shard and their grid points go through the model in one batched call per stage. The check shards
+by pairs (128 a shard): the plan picks them on the driver, each random direction comes from its pair's own
+stream, so the numbers do not depend on the shard size.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, Check, CheckResult, Need, SkipCheck, param
+from auditor import AuditContext, CheckResult, Need, SkipCheck, param
 from auditor.perturb import input_space
+from auditor.shards import Plan, RowShards, Shard, ShardedCheck, sampled_rows
 from auditor_robustness._common import (
     Classifier,
     Geometry,
@@ -31,9 +34,9 @@ from auditor_robustness._common import (
     describe_range,
     limit_param,
     range_param,
-    sample,
     space_range,
     targets,
+    value_range,
 )
 
 
@@ -80,7 +83,7 @@ def held_along(path: Batch, held: Batch, n: int, steps: int, refine: int) -> np.
     return lo_t
 
 
-class BlindSpots(Check):
+class BlindSpots(ShardedCheck):
     """How far an input can move toward another class's image (or randomly) unnoticed by the model."""
 
     name = "robustness.blind_spots"
@@ -114,37 +117,70 @@ class BlindSpots(Check):
         "queries": "inputs sent to the model",
     }
 
-    def run(self, ctx: AuditContext, p: Params) -> CheckResult:
-        """Pick pairs of correctly classified rows of different classes, scan the paths in batches."""
-        data, notes = sample(ctx, p.limit)
+    #: Pairs per shard (a plan of pairs: each item is a source row and a target row).
+    shards = RowShards(rows=128)
+
+    def plan(self, ctx: AuditContext, params: Params) -> Plan:
+        """The sample's clean predictions (one batched pass on the driver), the pairs of correctly classified rows
+        of different classes, each source's class and confidence, and the valid range."""
+        p = params
+        rows, notes = sampled_rows(ctx, p.limit)
+        full = ctx.require_data()
+        data = full if rows is None else full.subset(rows)
         space = input_space(ctx.model, data.x, pixels=data.pixels)
         space.require_arithmetic("paths between inputs")
         geo = Geometry.of(data.x, ctx.model.layout)
-        xc = geo.canonical(space.to_space(np.asarray(data.x))).astype(np.float64)
         clf = Classifier.for_data(ctx, data, geo)
-        p0 = clf.probs(xc)
+        vr: tuple[float, float] | None = None
+        probs = []
+        for i in range(0, data.n, data.batch_size):  # batch by batch: the plan never holds the whole sample
+            part = data.subset(np.arange(i, min(i + data.batch_size, data.n)))
+            xc = geo.canonical(space.to_space(np.asarray(part.x))).astype(np.float64)
+            probs.append(Classifier.for_data(ctx, part, geo).probs(xc))
+            r = space_range(space, p.clip, xc, geo)
+            vr = r if vr is None or r is None else (min(vr[0], r[0]), max(vr[1], r[1]))
+        if p.clip is None and vr is not None and space.bounds is None and geo.is_image:
+            vr = value_range(None, np.array(vr), geo)  # [0, 1] or [0, 255] when the whole sample lies there
+        p0 = np.concatenate(probs) if probs else np.zeros((0, 0))
         clean_pred, y, tnotes = targets(ctx, data, p0)
         notes += tnotes
         ref = clean_pred if y is None else y
         ok_rows = np.flatnonzero(clean_pred == ref)
         if len(np.unique(ref[ok_rows])) < 2:
             raise SkipCheck("needs correctly classified samples of at least two classes")
-        vr = space_range(space, p.clip, xc, geo)
         notes.append(describe_range(vr, p.clip is not None))
         src, tgt = pick_pairs(ref[ok_rows], p.pairs, ctx.rng)
         src, tgt = ok_rows[src], ok_rows[tgt]
-        n = len(src)
         cls = ref[src]
-        conf0 = p0[src, cls]
+        as_rows = np.arange(data.n) if rows is None else np.asarray(rows)
+        pairs = np.stack([as_rows[src], as_rows[tgt]], axis=1)  # rows of ctx.data
+        notes.append(f"prediction and confidence held: same class, source-class probability within {p.conf_tol:g}")
+        return Plan(rows=pairs, state={"cls": cls, "conf0": p0[src, cls], "range": vr,
+                                       "queries": clf.queries + data.n}, notes=notes)
+
+    def run_shard(self, ctx: AuditContext, params: Params, plan: Plan, shard: Shard) -> Any:
+        """Scan the paths of the shard's pairs (the data holds source, target, source, ... rows); the random
+        directions come from each pair's own stream."""
+        p = params
+        data = ctx.require_data()
+        n = len(shard.rows)
+        if n == 0:
+            return {"n": 0}
+        space = input_space(ctx.model, data.x, pixels=data.pixels)
+        geo = Geometry.of(data.x, ctx.model.layout)
+        xc = geo.canonical(space.to_space(np.asarray(data.x))).astype(np.float64)
+        clf = Classifier.for_data(ctx, data, geo)
+        cls, conf0 = plan.state["cls"][shard.positions], plan.state["conf0"][shard.positions]
+        vr = plan.state["range"]
         tol = p.conf_tol
 
         def held(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
             ctx.check_cancelled()
-            pr = clf.probs(x, src[rows] if clf.inputs else None)  # the source row's other inputs
+            pr = clf.probs(x, 2 * rows if clf.inputs else None)  # the source row's other inputs
             c = cls[rows]
             return np.asarray((pr.argmax(axis=1) == c) & (np.abs(pr[np.arange(len(rows)), c] - conf0[rows]) <= tol))
 
-        xs, xt = xc[src], xc[tgt]
+        xs, xt = xc[0::2], xc[1::2]
         diff = xt - xs
         dist = np.sqrt(np.sum(diff.reshape(n, -1) ** 2, axis=1))
 
@@ -152,36 +188,46 @@ class BlindSpots(Check):
             return np.asarray(xs[rows] + t[:, None, None, None] * diff[rows], np.float32)
 
         alpha = held_along(toward, held, n, p.steps, p.refine)
-        thr = p.alpha_threshold
-        metrics: dict[str, Any] = {
-            "n_pairs": n,
-            "blind_spot_rate": float(np.mean(alpha >= thr)),
-            "median_alpha": float(np.median(alpha)),
-            "mean_alpha": float(np.mean(alpha)),
-            "median_distance": float(np.median(alpha * dist)),
-            "median_pair_distance": float(np.median(dist)),
-        }
+        out: dict[str, Any] = {"n": n, "alpha": alpha, "dist": dist}
         k = p.random_directions
         if k:
             rrows = np.repeat(np.arange(n), k)
-            u = ctx.rng.standard_normal((n * k, geo.c, geo.h, geo.w))
+            u = shard.random(ctx).standard_normal((n, k * geo.size)).reshape(n * k, geo.c, geo.h, geo.w)
             u /= np.sqrt(np.sum(u.reshape(n * k, -1) ** 2, axis=1))[:, None, None, None]
             radius = dist[rrows]
             lo, hi = vr if vr is not None else (-np.inf, np.inf)
             base = xs[rrows]
 
             def randomly(t: np.ndarray, rows: np.ndarray) -> np.ndarray:
-                out = base[rows] + (t * radius[rows])[:, None, None, None] * u[rows]
-                return np.asarray(np.clip(out, lo, hi), np.float32)
+                moved = base[rows] + (t * radius[rows])[:, None, None, None] * u[rows]
+                return np.asarray(np.clip(moved, lo, hi), np.float32)
 
             def held_random(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
                 return held(x, rrows[rows])
 
             frac = held_along(randomly, held_random, n * k, p.steps, p.refine)
             moved = np.sqrt(np.sum((randomly(frac, np.arange(n * k)) - base).reshape(n * k, -1) ** 2, axis=1))
-            reach = moved / np.maximum(radius, 1e-300)  # clipping to the valid range can shorten the move
+            out["reach"] = moved / np.maximum(radius, 1e-300)  # clipping to the valid range can shorten the move
+        out["queries"] = clf.queries
+        return out
+
+    def merge(self, ctx: AuditContext, params: Params, plan: Plan, partials: Sequence[Any]) -> CheckResult:
+        """The distances reached over every shard's pairs."""
+        parts = [q for q in partials if q["n"]]
+        alpha = np.concatenate([q["alpha"] for q in parts])
+        dist = np.concatenate([q["dist"] for q in parts])
+        thr = params.alpha_threshold
+        metrics: dict[str, Any] = {
+            "n_pairs": len(alpha),
+            "blind_spot_rate": float(np.mean(alpha >= thr)),
+            "median_alpha": float(np.median(alpha)),
+            "mean_alpha": float(np.mean(alpha)),
+            "median_distance": float(np.median(alpha * dist)),
+            "median_pair_distance": float(np.median(dist)),
+        }
+        if params.random_directions:
+            reach = np.concatenate([q["reach"] for q in parts])
             metrics["random_blind_spot_rate"] = float(np.mean(reach >= thr))
             metrics["random_median_fraction"] = as_float(np.median(reach))
-        metrics["queries"] = clf.queries
-        notes.append(f"prediction and confidence held: same class, source-class probability within {tol:g}")
-        return CheckResult(metrics=metrics, notes=notes)
+        metrics["queries"] = plan.state["queries"] + sum(q["queries"] for q in parts)
+        return CheckResult(metrics=metrics, notes=list(plan.notes))

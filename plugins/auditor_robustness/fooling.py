@@ -7,19 +7,25 @@ Unrecognizable Images" (CVPR 2015). Two probes, both black-box and batched:
 - evolved inputs: for each class, a population evolved to maximise that class (the paper's directly encoded
   evolutionary algorithm, simplified to a (μ + λ) strategy: every parent makes one child by Gaussian mutation of
   a share of its values; the best μ of parents and children survive). The fitness is the margin
-  ``log p_k − max_{j≠k} log p_j``, which keeps improving after ``p_k`` rounds to 1. All classes' populations
-  go through the model together, one batched query per generation.
+  ``log p_k − max_{j≠k} log p_j``, which keeps improving after ``p_k`` rounds to 1. A group of classes'
+  populations go through the model together, one batched query per generation.
+
+The check shards by work item (``Plan.items``): chunks of noise images and groups of classes, each noise image
+and each slot of a class's population drawing from its own random stream, so the report is the same whichever
+worker runs which item.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, Check, CheckResult, Dataset, Need, SkipCheck, param
+from auditor import AuditContext, CheckResult, Dataset, Need, SkipCheck, param
 from auditor.gallery import input_gallery
-from auditor.perturb import ValueKind, input_space
+from auditor.perturb import InputSpace, ValueKind, input_space
+from auditor.shards import Plan, RowRandom, RowShards, Shard, ShardedCheck
 from auditor_robustness._common import (
     Classifier,
     Geometry,
@@ -35,25 +41,32 @@ from auditor_robustness._common import (
 #: Nguyen et al.).
 MUTATION_RATE = 0.1
 MUTATION_SCALE = 0.5
+#: Noise images per work item, and classes evolved per work item (their populations go through the model
+#: together, one batched query per generation).
+NOISE_CHUNK = 500
+CLASS_GROUP = 4
 
 
 def evolve(classifier: Classifier, classes: np.ndarray, shape: tuple[int, int, int], lo: float, hi: float, *,
-           population: int, generations: int, rng: np.random.Generator, rate: float = MUTATION_RATE,
+           population: int, generations: int, rng: np.random.Generator | RowRandom, rate: float = MUTATION_RATE,
            scale: float = MUTATION_SCALE, on_generation: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """Evolve ``population`` inputs per class in ``classes`` (column indices) to maximise that class.
 
-    Returns the best input per class ``(K, C, H, W)`` and its probabilities ``(K, classes)``.
+    ``rng``: one random stream per individual (``len(classes) * population`` of them, class by class), so that a
+    class's evolution does not depend on which classes evolve beside it; a plain generator is turned into such
+    streams. Returns the best input per class ``(K, C, H, W)`` and its probabilities ``(K, classes)``.
     """
     k = len(classes)
+    streams = rng if isinstance(rng, RowRandom) else RowRandom.from_generator(rng, k * population)
     target = np.repeat(classes, population)
-    pop = rng.uniform(lo, hi, (k * population, *shape)).astype(np.float32)
+    pop = streams.uniform(lo, hi, (k * population, *shape)).astype(np.float32)
     logp = classifier.log_probs(pop)
     fit = margins(logp, target)
     sigma = np.float32(scale * (hi - lo))
     for g in range(generations):
-        child = pop.copy()
-        mask = rng.random(child.shape) < rate
-        child[mask] += sigma * rng.standard_normal(int(mask.sum()), dtype=np.float32)
+        step = streams.at(g)
+        mask = step.random(pop.shape) < rate
+        child = np.where(mask, pop + sigma * step.standard_normal(pop.shape, dtype=np.float32), pop)
         np.clip(child, lo, hi, out=child)
         clogp = classifier.log_probs(child)
         cfit = margins(clogp, target)
@@ -66,13 +79,14 @@ def evolve(classifier: Classifier, classes: np.ndarray, shape: tuple[int, int, i
         pop = np.where(from_child[:, None, None, None], child[rows], pop[rows])
         logp = np.where(from_child[:, None], clogp[rows], logp[rows])
         fit = np.where(from_child, cfit[rows], fit[rows])
+        # the survivors carry their slot's stream on: slot j of a class always draws from stream j
         if on_generation is not None:
             on_generation(g + 1)
     best = fit.reshape(k, population).argmax(axis=1) + np.arange(k) * population
     return pop[best], np.exp(logp[best])
 
 
-class Fooling(Check):
+class Fooling(ShardedCheck):
     """Confidence on unrecognisable inputs: noise, and inputs evolved to maximise each class."""
 
     name = "robustness.fooling"
@@ -108,8 +122,15 @@ class Fooling(Check):
         "n_classes_evolved": "classes inputs were evolved for",
     }
 
-    def run(self, ctx: AuditContext, p: Params) -> CheckResult:
-        """Noise first (two batched passes), then the evolution (one batched pass per generation)."""
+    #: One work item a shard: a chunk of noise images, or a few classes' evolution (see :meth:`plan`).
+    shards = RowShards(rows=1)
+
+    def plan(self, ctx: AuditContext, params: Params) -> Plan:
+        """The value range and the noise statistics (from the data), the classes to evolve, and the work items:
+        chunks of ``NOISE_CHUNK`` noise images of both kinds, groups of ``CLASS_GROUP`` classes to evolve. Every
+        noise image and every individual of a class's population has its own random stream, so the items can
+        run anywhere and in any grouping."""
+        p = params
         notes: list[str] = []
         data = None
         if ctx.data is not None:
@@ -122,12 +143,11 @@ class Fooling(Check):
             if not shape or len(dims) != len(shape) - 1:
                 raise SkipCheck("no data, and the model input has unknown dimensions")
             x = np.zeros((1, *dims), np.float32)
-        space = input_space(ctx.model, x, pixels=ctx.data.pixels if ctx.data is not None else None)
+        space, geo = self._space(ctx, x[:1])
         space.require_arithmetic("noise images")
         if ctx.model.sample_inputs:
             raise SkipCheck(f"the model takes other per-sample inputs ({', '.join(ctx.model.sample_inputs)}); "
                             f"synthetic noise images have no data rows to take them from")
-        geo = Geometry.of(x, ctx.model.layout)
         xc = geo.canonical(space.to_space(x)).astype(np.float32)
         if p.clip is not None:
             lo, hi = float(p.clip[0]), float(p.clip[1])
@@ -149,29 +169,64 @@ class Fooling(Check):
             elif geo.is_image and lo >= 0 and hi <= 255:
                 lo, hi = 0.0, 255.0
             notes.append(f"noise and evolution within [{lo:g}, {hi:g}] (inferred from the data)")
-        clf = Classifier(ctx.model, geo, space=space)
-        shape3 = (geo.c, geo.h, geo.w)
-        n = p.n_noise
-        thr = p.threshold
-        uni = clf.probs(ctx.rng.uniform(lo, hi, (n, *shape3)).astype(np.float32))
         if ctx.data is not None:
             mu, sd = float(xc.mean()), float(xc.std())
         else:
             mu, sd = (lo + hi) / 2, (hi - lo) / 4
-        gau_x = np.clip(ctx.rng.normal(mu, sd, (n, *shape3)), lo, hi).astype(np.float32)
-        gau = clf.probs(gau_x)
         notes.append(f"Gaussian noise: mean {mu:.4g}, std {sd:.4g}, clipped")
-        n_classes = uni.shape[1]
+        clf = Classifier(ctx.model, geo, space=space)
+        n_classes = clf.probs(np.full((1, geo.c, geo.h, geo.w), (lo + hi) / 2, np.float32)).shape[1]
         labels = self._class_labels(ctx, data, n_classes)
         classes = self._classes(p, n_classes, ctx.rng, notes)
+        units: list[tuple[str, Any]] = [("noise", (i, min(i + NOISE_CHUNK, p.n_noise)))
+                                        for i in range(0, p.n_noise, NOISE_CHUNK)]
+        units += [("classes", classes[i:i + CLASS_GROUP]) for i in range(0, len(classes), CLASS_GROUP)]
+        state = {"lo": lo, "hi": hi, "mu": mu, "sd": sd, "first": x[:1], "units": units, "classes": classes,
+                 "labels": labels, "n_classes": n_classes, "probe_queries": clf.queries}
+        return Plan(state=state, notes=notes, items=len(units))
 
-        def on_generation(g: int) -> None:
-            ctx.check_cancelled()
-            ctx.report_progress(g, p.generations, "generations")
+    def run_shard(self, ctx: AuditContext, params: Params, plan: Plan, shard: Shard) -> Any:
+        """The work items of the shard: noise images' probabilities, or the evolved classes' best confidences."""
+        p, st = params, plan.state
+        space, geo = self._space(ctx, st["first"])
+        clf = Classifier(ctx.model, geo, space=space)
+        shape3 = (geo.c, geo.h, geo.w)
+        lo, hi = st["lo"], st["hi"]
+        out: dict[str, Any] = {"uniform": [], "gaussian": [], "evolved": [], "evolved_x": []}
+        for item in np.asarray(shard.rows).tolist():
+            kind, what = st["units"][item]
+            if kind == "noise":
+                pos = np.arange(*what)
+                uni = RowRandom.for_positions(ctx.seed, ctx.check_id, pos, 1).uniform(lo, hi, (len(pos), *shape3))
+                out["uniform"].append(clf.probs(uni.astype(np.float32)))
+                gau = RowRandom.for_positions(ctx.seed, ctx.check_id, pos, 2).normal(st["mu"], st["sd"],
+                                                                                       (len(pos), *shape3))
+                out["gaussian"].append(clf.probs(np.clip(gau, lo, hi).astype(np.float32)))
+                continue
+            classes = np.asarray(what, dtype=np.int64)
+            slots = (classes[:, None] * p.population + np.arange(p.population)).ravel()
 
-        evo_x, evo_p = evolve(clf, classes, shape3, lo, hi, population=p.population, generations=p.generations,
-                              rng=ctx.rng, on_generation=on_generation)
+            def on_generation(g: int) -> None:
+                ctx.check_cancelled()
+                ctx.report_progress(g, p.generations, "generations")
+
+            evo_x, evo_p = evolve(clf, classes, shape3, lo, hi, population=p.population,
+                                  generations=p.generations, on_generation=on_generation,
+                                  rng=RowRandom.for_positions(ctx.seed, ctx.check_id, slots, 3))
+            out["evolved"].append(evo_p)
+            out["evolved_x"].append(evo_x if geo.is_image and p.examples else evo_x[:0])
+        out["queries"] = clf.queries
+        return out
+
+    def merge(self, ctx: AuditContext, params: Params, plan: Plan, partials: Sequence[Any]) -> CheckResult:
+        """Noise statistics over every chunk, evolved confidences of every class, per class and overall."""
+        p, st = params, plan.state
+        n_classes, classes, labels = st["n_classes"], st["classes"], st["labels"]
+        uni = np.concatenate([a for q in partials for a in q["uniform"]])
+        gau = np.concatenate([a for q in partials for a in q["gaussian"]])
+        evo_p = np.concatenate([a for q in partials for a in q["evolved"]] or [np.zeros((0, n_classes))])
         evo_conf = evo_p[np.arange(len(classes)), classes]
+        thr = p.threshold
 
         def noise_stats(pr: np.ndarray) -> dict[str, float]:
             top = pr.max(axis=1)
@@ -197,18 +252,27 @@ class Fooling(Check):
             "gaussian": g_,
             "per_class": per_class,
             "n_classes_evolved": len(classes),
-            "queries": clf.queries,
+            "queries": st["probe_queries"] + sum(q["queries"] for q in partials),
         }
         gallery = None
+        _, geo = self._space(ctx, st["first"])
         if geo.is_image and p.examples and len(classes):
+            evo_x = np.concatenate([a for q in partials for a in q["evolved_x"]])
             names = labels if labels != [str(j) for j in range(n_classes)] else None
             gallery = input_gallery(
                 evo_x, layout="NCHW", predicted=evo_p.argmax(axis=1), confidence=evo_p.max(axis=1),
-                labels=classes, panel="evolved", k=p.examples, value_range=(lo, hi), classes=names,
-                total=len(classes), title="inputs evolved to maximise a class (label: the class evolved for)",
+                labels=classes, panel="evolved", k=p.examples, value_range=(st["lo"], st["hi"]),
+                classes=names, total=len(classes),
+                title="inputs evolved to maximise a class (label: the class evolved for)",
                 notes=[f"the best evolved input of the first {min(p.examples, len(classes))} classes evolved, in "
                        f"class order, after {p.generations} generations"])
-        return CheckResult(metrics=metrics, notes=notes, gallery=gallery)
+        return CheckResult(metrics=metrics, notes=list(plan.notes), gallery=gallery)
+
+    @staticmethod
+    def _space(ctx: AuditContext, first: np.ndarray) -> tuple[InputSpace, Geometry]:
+        """The input's value space and geometry, from one row of the data (or a zero input without data)."""
+        space = input_space(ctx.model, first, pixels=ctx.data.pixels if ctx.data is not None else None)
+        return space, Geometry.of(first, ctx.model.layout)
 
     @staticmethod
     def _class_labels(ctx: AuditContext, data: Dataset | None, n_classes: int) -> list[str]:

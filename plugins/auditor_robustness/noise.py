@@ -23,7 +23,7 @@ import numpy as np
 
 from auditor import AuditContext, CheckResult, Need, SkipCheck, Task, param
 from auditor.perturb import ValueKind, input_space, substitute_ids
-from auditor.shards import Plan, RowShards, Shard, ShardedCheck, sampled_rows
+from auditor.shards import Plan, RowRandom, RowShards, Shard, ShardedCheck, sampled_rows
 from auditor_robustness._common import (
     Classifier,
     Geometry,
@@ -83,7 +83,7 @@ def blur(xc: np.ndarray, sigma: float) -> np.ndarray:
     return out.astype(xc.dtype)
 
 
-def corrupt(kind: str, xc: np.ndarray, severity: float, rng: np.random.Generator, *,
+def corrupt(kind: str, xc: np.ndarray, severity: float, rng: np.random.Generator | RowRandom, *,
             value_lo: np.ndarray | float, value_hi: np.ndarray | float, span: float,
             column_std: np.ndarray) -> np.ndarray:
     """One draw of corruption ``kind`` at ``severity`` applied to canonical inputs ``xc`` (not clipped).
@@ -265,8 +265,8 @@ class NoiseSweep(ShardedCheck):
         return Plan(rows=rows, state=state, notes=notes)
 
     def run_shard(self, ctx: AuditContext, params: Params, plan: Plan, shard: Shard) -> Any:
-        """Clean and corrupted predictions (or output changes) of the shard's rows, drawn from its own
-        generator."""
+        """Clean and corrupted predictions (or output changes) of the shard's rows; every sample's noise comes
+        from its own stream (per severity and repeat), so the numbers do not depend on the shard size."""
         p, kind, st = params, params.kind, plan.state
         data = ctx.require_data()
         if data.n == 0:
@@ -275,6 +275,7 @@ class NoiseSweep(ShardedCheck):
         x = np.asarray(data.x)
         key = "severity" if st["ids"] or kind not in SIGMA_KINDS else "sigma"
         preds = np.empty((len(severities), p.repeats, data.n), dtype=np.int32)
+        streams = shard.random(ctx)
         if st["ids"]:
             space = input_space(ctx.model, x)
             assert space.vocab is not None
@@ -282,7 +283,7 @@ class NoiseSweep(ShardedCheck):
             for i, sev in enumerate(severities):
                 for r in range(p.repeats):
                     ctx.check_cancelled()
-                    xs = substitute_ids(x, sev, ctx.rng, space.vocab, mask_id=p.mask_id)
+                    xs = substitute_ids(x, sev, streams.at(i, r), space.vocab, mask_id=p.mask_id)
                     preds[i, r] = ctx.predict_proba(xs, data=data).argmax(axis=1)
                     ctx.report_progress(i * p.repeats + r + 1, len(severities) * p.repeats, f"severity {sev:g}")
             return {"n": data.n, "clean": clean_pred, "y": y, "preds": preds}
@@ -291,21 +292,21 @@ class NoiseSweep(ShardedCheck):
         xc = geo.canonical(space.to_space(x)).astype(space.work_dtype)
         rng_ = st["range"]
 
-        def perturbed(sev: float) -> np.ndarray:
-            out = corrupt(kind, xc, sev, ctx.rng, value_lo=st["value_lo"], value_hi=st["value_hi"],
+        def perturbed(sev: float, rng: RowRandom) -> np.ndarray:
+            out = corrupt(kind, xc, sev, rng, value_lo=st["value_lo"], value_hi=st["value_hi"],
                           span=st["span"], column_std=st["column_std"])
             if rng_ is not None:
                 out = np.clip(out, rng_[0], rng_[1], out=out)
             return space.snap(out)  # integer-valued inputs: the values the model is really fed
 
         if st["task"] == Task.REGRESSION:
-            return self._amplification_shard(ctx, data, geo, severities, perturbed, p.repeats)
+            return self._amplification_shard(ctx, data, geo, severities, perturbed, p.repeats, streams)
         clf = Classifier.for_data(ctx, data, geo)
         clean_pred, y, _ = targets(ctx, data, clf.probs(xc))
         for i, sev in enumerate(severities):
             for r in range(p.repeats):
                 ctx.check_cancelled()
-                preds[i, r] = clf.probs(perturbed(sev)).argmax(axis=1)
+                preds[i, r] = clf.probs(perturbed(sev, streams.at(i, r))).argmax(axis=1)
                 ctx.report_progress(i * p.repeats + r + 1, len(severities) * p.repeats, f"{key} {sev:g}")
         return {"n": data.n, "clean": clean_pred, "y": y, "preds": preds}
 
@@ -367,7 +368,7 @@ class NoiseSweep(ShardedCheck):
 
     @staticmethod
     def _amplification_shard(ctx: AuditContext, data: Any, geo: Geometry, severities: list[float], perturbed: Any,
-                             repeats: int) -> dict[str, Any]:
+                             repeats: int, streams: RowRandom) -> dict[str, Any]:
         """Per-sample ``‖f(x+n) − f(x)‖`` and ``‖n‖`` of a non-classifier (regression, image-to-image)."""
         out_name = ctx.model.outputs[0]
         x0 = np.asarray(data.x)
@@ -380,7 +381,7 @@ class NoiseSweep(ShardedCheck):
         for i, sev in enumerate(severities):
             for r in range(repeats):
                 ctx.check_cancelled()
-                xn = perturbed(sev)
+                xn = perturbed(sev, streams.at(i, r))
                 f1 = ctx.model.run(space.from_space(geo.to_model(xn)), [out_name], inputs=others)[out_name]
                 dn_all[i, r] = np.linalg.norm((xn.astype(np.float64) - xc0).reshape(len(x0), -1), axis=1)
                 df_all[i, r] = np.linalg.norm(f1.reshape(len(x0), -1).astype(np.float64) - f0, axis=1)

@@ -38,7 +38,7 @@ import numpy as np
 from auditor import AuditContext, CheckResult, Finding, ModelHandle, Need, param
 from auditor.gallery import adversarial_gallery, class_names
 from auditor.perturb import ValueKind, input_space
-from auditor.shards import Plan, RowShards, Shard, ShardedCheck, sampled_rows
+from auditor.shards import Plan, RowRandom, RowShards, Shard, ShardedCheck, sampled_rows
 from auditor_robustness._common import (
     Classifier,
     Geometry,
@@ -143,7 +143,7 @@ class _Window:
         self.rows0, self.cols0, self.sh, self.sw = rows0, cols0, sh, sw
 
     @classmethod
-    def random(cls, rng: np.random.Generator, n: int, h: int, w: int, sh: int, sw: int, c: int) -> _Window:
+    def random(cls, rng: RowRandom, n: int, h: int, w: int, sh: int, sw: int, c: int) -> _Window:
         """Uniformly placed windows, one per sample, fully inside the image."""
         return cls(rng.integers(0, h - sh + 1, n), rng.integers(0, w - sw + 1, n), sh, sw, c)
 
@@ -195,7 +195,7 @@ def square_attack(
     p_init: float | None = None,
     lo: float = -np.inf,
     hi: float = np.inf,
-    rng: np.random.Generator,
+    rng: np.random.Generator | RowRandom,
     restarts: int = 1,
     on_step: Callable[[int, int], None] | None = None,
     with_rows: bool = False,
@@ -208,6 +208,10 @@ def square_attack(
     ``[lo, hi]`` is the valid range (widened per value to include ``x``). ``on_step(step, active)`` is called
     after every step (progress, cancellation). With ``with_rows``, ``log_probs(batch, rows)`` also receives the
     rows of ``x`` the batch holds (a model whose other inputs must follow the rows).
+
+    ``rng`` is one random stream per row of ``x`` (:class:`~auditor.rowrandom.RowRandom`): a sample's attack then
+    depends only on its own stream, not on which other samples are attacked beside it (a plain generator is
+    turned into such streams).
     """
     if norm not in ("linf", "l2"):
         raise ValueError(f"norm must be linf or l2, not {norm!r}")
@@ -218,6 +222,9 @@ def square_attack(
     x = x.astype(dtype, copy=False)
     y = np.asarray(y, dtype=np.int64)
     n = len(x)
+    streams = rng if isinstance(rng, RowRandom) else RowRandom.from_generator(rng, n)
+    if streams.n != n:
+        raise ValueError(f"rng holds {streams.n} streams for {n} samples")
     p_init = P_INIT[norm] if p_init is None else float(p_init)
     x64 = x.astype(np.float64)
     lo_el = np.minimum(lo, x64)
@@ -236,13 +243,13 @@ def square_attack(
     queries = np.zeros(n, dtype=np.int64)
     margin = np.full(n, np.inf)
     step = _linf_run if norm == "linf" else _l2_run
-    for _ in range(max(restarts, 1)):
+    for restart in range(max(restarts, 1)):
         todo = np.flatnonzero(~fooled)
         if len(todo) == 0:
             break
         rows_fn = _RowQuery(log_probs, todo, with_rows)
         best, m, q = step(rows_fn, x[todo], y[todo], _rows(lb, todo), _rows(ub, todo), eps, max_queries, p_init,
-                          rng, on_step)
+                          streams.at(restart).rows(todo), on_step)
         x_adv[todo] = best
         margin[todo] = m
         queries[todo] += q
@@ -251,9 +258,10 @@ def square_attack(
 
 
 def _linf_run(log_probs: Callable[[np.ndarray, np.ndarray], np.ndarray], x: np.ndarray, y: np.ndarray, lb: np.ndarray,
-              ub: np.ndarray, eps: float, max_queries: int, p_init: float, rng: np.random.Generator,
+              ub: np.ndarray, eps: float, max_queries: int, p_init: float, rng: RowRandom,
               on_step: Callable[[int, int], None] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One run of the L∞ attack (Algorithm 2 of the paper, vertical-stripe start)."""
+    """One run of the L∞ attack (Algorithm 2 of the paper, vertical-stripe start); ``rng``: a stream per row,
+    a fresh one per step (the rows still attacked, and how often a step redraws, depend on the other rows)."""
     n, c, h, w = x.shape
     dt = x.dtype.type
     e = dt(eps)
@@ -267,19 +275,22 @@ def _linf_run(log_probs: Callable[[np.ndarray, np.ndarray], np.ndarray], x: np.n
         if len(act) == 0:
             break
         sh, sw = _window_shape(p_selection(p_init, it, max_queries), h, w, "linf")
-        win = _Window.random(rng, len(act), h, w, sh, sw, c)
+        step_rng = rng.at(it)
+        r_act = step_rng.rows(act)
+        win = _Window.random(r_act, len(act), h, w, sh, sw, c)
         idx = (act[:, None, None, None], *win.index[1:])
         x_win, best_win = x[idx], x_best[idx]
         lb_win, ub_win = lb[idx], ub[idx]
-        cand = np.clip(x_win + rng.choice(signs, size=(len(act), c, 1, 1)), lb_win, ub_win)
+        cand = np.clip(x_win + r_act.choice(signs, size=(len(act), c, 1, 1)), lb_win, ub_win)
         # A candidate that leaves the window as it is would waste a query: draw its signs again (as the
         # reference does), a few times at most (a window pinned by the valid range may never change).
-        for _ in range(8):
+        for redraw in range(8):
             same = np.all(cand == best_win, axis=(1, 2, 3))
             if not same.any():
                 break
             k = np.flatnonzero(same)
-            cand[k] = np.clip(x_win[k] + rng.choice(signs, size=(len(k), c, 1, 1)), lb_win[k], ub_win[k])
+            signs_k = step_rng.at(1 + redraw).rows(act[k]).choice(signs, size=(len(k), c, 1, 1))
+            cand[k] = np.clip(x_win[k] + signs_k, lb_win[k], ub_win[k])
         x_new = x_best[act]
         x_new[win.index] = cand
         m = margins(log_probs(x_new, act), y[act])
@@ -326,7 +337,7 @@ def _project_l2(x: np.ndarray, delta: np.ndarray, sq: np.ndarray, eps: float, lb
 
 
 def _l2_run(log_probs: Callable[[np.ndarray, np.ndarray], np.ndarray], x: np.ndarray, y: np.ndarray, lb: np.ndarray,
-            ub: np.ndarray, eps: float, max_queries: int, p_init: float, rng: np.random.Generator,
+            ub: np.ndarray, eps: float, max_queries: int, p_init: float, rng: RowRandom,
             on_step: Callable[[int, int], None] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One run of the L2 attack (Algorithm 3 of the paper, grid-of-bumps start).
 
@@ -358,8 +369,9 @@ def _l2_run(log_probs: Callable[[np.ndarray, np.ndarray], np.ndarray], x: np.nda
         na = len(act)
         d = d_best[act]
         sh, sw = _window_shape(p_selection(p_init, it, max_queries), h, w, "l2")
-        win1 = _Window.random(rng, na, h, w, sh, sw, c)
-        win2 = _Window.random(rng, na, h, w, sh, sw, c)
+        r_act = rng.at(it).rows(act)  # a fresh stream per step: the rows still attacked depend on the others
+        win1 = _Window.random(r_act, na, h, w, sh, sw, c)
+        win2 = _Window.random(r_act, na, h, w, sh, sw, c)
         w1 = d[win1.index].astype(np.float64)
         w2 = d[win2.index].astype(np.float64)
         # the part of window 2 outside window 1 (per sample, from the windows' offsets)
@@ -371,8 +383,8 @@ def _l2_run(log_probs: Callable[[np.ndarray, np.ndarray], np.ndarray], x: np.nda
         bump = meta_pseudo_gaussian(sh, sw)
         new = np.broadcast_to(bump, (na, 1, sh, sw))
         if sh == sw and sh > 1:  # random orientation per sample, as the reference's random transpose
-            new = np.where(rng.random(na)[:, None, None, None] < 0.5, bump, bump.T)
-        new = new * rng.choice(signs, size=(na, c, 1, 1)) + w1 / (1e-10 + np.sqrt(sq_w1))
+            new = np.where(r_act.random(na)[:, None, None, None] < 0.5, bump, bump.T)
+        new = new * r_act.choice(signs, size=(na, c, 1, 1)) + w1 / (1e-10 + np.sqrt(sq_w1))
         budget_sq = np.maximum(eps**2 - sq_best[act], 0.0)[:, None, None, None] / c + sq_both
         new *= np.sqrt(budget_sq / np.sum(new**2, axis=(2, 3), keepdims=True))
         d[win2.index] = 0.0
@@ -488,7 +500,8 @@ class SquareAttack(ShardedCheck):
         return Plan(rows=rows, state={"lo": lo, "hi": hi, "eps": float(eps)}, notes=notes)
 
     def run_shard(self, ctx: AuditContext, params: Params, plan: Plan, shard: Shard) -> Any:
-        """Attack the shard's correctly classified rows with the shard's generator, verify what was found."""
+        """Attack the shard's correctly classified rows (each from its own random stream), verify what was
+        found."""
         p, norm = params, params.norm
         lo, hi, eps = plan.state["lo"], plan.state["hi"], plan.state["eps"]
         data = ctx.require_data()
@@ -510,17 +523,18 @@ class SquareAttack(ShardedCheck):
             ctx.report_progress(step, n_steps, f"{active} samples left")
 
         t0 = time.perf_counter()
+        streams = shard.random(ctx)  # one per sample: the attack does not depend on the shard size
         if len(idx):
             if clf.inputs:  # the model's other inputs follow the attacked rows
                 def log_probs(batch: np.ndarray, rows: np.ndarray) -> np.ndarray:
                     return clf.log_probs(batch, idx[rows])
                 res = square_attack(log_probs, xc[idx], ref[idx], eps=eps, norm=norm, max_queries=p.max_queries,
-                                    p_init=p.p_init, lo=lo, hi=hi, rng=ctx.rng, restarts=p.restarts,
+                                    p_init=p.p_init, lo=lo, hi=hi, rng=streams.rows(idx), restarts=p.restarts,
                                     on_step=on_step, with_rows=True)
             else:
                 res = square_attack(clf.log_probs, xc[idx], ref[idx], eps=eps, norm=norm,
-                                    max_queries=p.max_queries, p_init=p.p_init, lo=lo, hi=hi, rng=ctx.rng,
-                                    restarts=p.restarts, on_step=on_step)
+                                    max_queries=p.max_queries, p_init=p.p_init, lo=lo, hi=hi,
+                                    rng=streams.rows(idx), restarts=p.restarts, on_step=on_step)
             res = dataclasses.replace(res, x_adv=space.snap(res.x_adv))  # the values the model is really fed
         else:
             res = AttackResult(xc[:0], np.zeros(0, bool), np.zeros(0, np.int64), np.zeros(0))

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from auditor.shards import RowRandom
 from auditor_torch.backend import TorchBackend
 
 
@@ -45,11 +46,36 @@ def _batch_inputs(backend: TorchBackend, x: np.ndarray, others: dict[str, np.nda
     return backend.companion_tensors(x[s:s + bs], {k: v[s:s + bs] for k, v in others.items()})
 
 
-def pgd(backend: TorchBackend, x: np.ndarray, y: np.ndarray, cfg: AttackConfig, gen: torch.Generator,
+def _random_start(gen: torch.Generator | RowRandom, x0: torch.Tensor, rows: slice, restart: int,
+                  cfg: AttackConfig) -> torch.Tensor:
+    """A random point of the ball per sample: from the torch generator, or from each sample's own stream
+    (``RowRandom``: the start of a sample does not depend on the batch or shard it is in)."""
+    shape = (-1, *([1] * (x0.dim() - 1)))
+    if isinstance(gen, RowRandom):
+        r = gen.at(restart).rows(rows)
+        if cfg.norm == "linf":
+            delta = torch.from_numpy((r.random(tuple(x0.shape)) * 2 - 1) * cfg.eps)
+        else:
+            d = r.standard_normal(tuple(x0.shape))
+            radius = r.random(len(x0)) ** (1.0 / max(x0[0].numel(), 1)) * cfg.eps
+            flat = np.linalg.norm(d.reshape(len(d), -1), axis=1)
+            delta = torch.from_numpy(d / np.maximum(flat, 1e-12).reshape(shape) * radius.reshape(shape))
+        return delta.to(dtype=x0.dtype, device=x0.device)
+    if cfg.norm == "linf":
+        delta = (torch.rand(x0.shape, generator=gen, dtype=x0.dtype) * 2 - 1) * cfg.eps
+    else:
+        dn = torch.randn(x0.shape, generator=gen, dtype=x0.dtype)
+        rn = torch.rand((len(x0),), generator=gen, dtype=x0.dtype) ** (1.0 / max(x0[0].numel(), 1))
+        delta = dn / _per_sample_norm(dn).clamp_min(1e-12) * (rn * cfg.eps).reshape(shape)
+    return delta.to(x0.device)
+
+
+def pgd(backend: TorchBackend, x: np.ndarray, y: np.ndarray, cfg: AttackConfig, gen: torch.Generator | RowRandom,
         check: Callable[[], None] = lambda: None, *, inputs: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """Untargeted PGD (Madry et al. 2018) maximising the cross-entropy of the true class within the
     ``eps`` ball (L∞: signed-gradient steps; L2: normalised-gradient steps), projected, clipped; with
     restarts each sample keeps the first restart that fools the torch model, else the highest-loss one.
+    ``gen``: a torch generator, or one random stream per row of ``x`` (random starts per sample).
     ``inputs``: the model's other per-sample inputs (batch-first), passed through unchanged."""
     alpha = cfg.step_size if cfg.step_size is not None else 2.5 * cfg.eps / max(cfg.steps, 1)
     bs = backend.batch_size
@@ -62,17 +88,10 @@ def pgd(backend: TorchBackend, x: np.ndarray, y: np.ndarray, cfg: AttackConfig, 
         best = x0.clone()
         best_loss = torch.full((len(x0),), -float("inf"), device=x0.device)
         found = torch.zeros(len(x0), dtype=torch.bool, device=x0.device)
-        for _ in range(cfg.restarts):
+        for restart in range(cfg.restarts):
             check()
             if cfg.random_start:
-                if cfg.norm == "linf":
-                    delta = (torch.rand(x0.shape, generator=gen, dtype=x0.dtype) * 2 - 1) * cfg.eps
-                else:
-                    d = torch.randn(x0.shape, generator=gen, dtype=x0.dtype)
-                    r = torch.rand((len(x0),), generator=gen, dtype=x0.dtype) ** (1.0 / max(x0[0].numel(), 1))
-                    delta = d / _per_sample_norm(d).clamp_min(1e-12) * (r * cfg.eps).reshape(
-                        -1, *([1] * (x0.dim() - 1)))
-                delta = delta.to(x0.device)
+                delta = _random_start(gen, x0, slice(s, s + len(x0)), restart, cfg)
             else:
                 delta = torch.zeros_like(x0)
             xa = x0 + delta

@@ -5,6 +5,7 @@ inside ``run``."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import numpy as np
 from auditor import AuditContext, Check, CheckResult, Dataset, Finding, ModelHandle, Need, SkipCheck, Task, param
 from auditor.gallery import MAX_EXAMPLES, adversarial_gallery, class_names
 from auditor.outputs import predictions_of
+from auditor.shards import Plan, RowShards, Shard, ShardedCheck, sampled_rows
 
 
 def _limit() -> Any:
@@ -244,7 +246,7 @@ def _compare(ort_out: dict[str, Any], got: dict[str, np.ndarray], names: list[st
 
 
 # ============================================================================================== PGD
-class Pgd(Check):
+class Pgd(ShardedCheck):
     """White-box PGD / FGSM attack with every adversarial example re-verified through ONNX Runtime.
 
     Madry et al. (2018) PGD: ``x_{k+1} = Π_{B_ε(x)}(x_k + α·sign(∇ₓL))`` (L∞) or
@@ -291,28 +293,36 @@ class Pgd(Check):
         "median_l2": "median L2 norm of the successful perturbations",
     }
 
-    def run(self, ctx: AuditContext, p: Params) -> CheckResult:
-        """Attack a sample in batches, then re-run the adversarial inputs through ONNX Runtime."""
+    #: Rows per shard: each shard attacks its rows in the backend's batches.
+    shards = RowShards(rows=512)
+
+    def plan(self, ctx: AuditContext, params: Params) -> Plan:
+        """The seeded sample (stratified by label); the backend itself is built where the shards run (once per
+        worker: it is cached per loaded model)."""
         _real_input(ctx, "torch.pgd")
-        backend = ctx.backend("torch")  # first: skips with a reason when torch is absent
-        import torch
+        if "torch" not in ctx.backends:
+            ctx.backend("torch")  # skips with the reason
+        rows, _ = sampled_rows(ctx, int(params.limit))
+        return Plan(rows=rows)
 
-        from auditor_torch.attacks import AttackConfig, pgd
+    def run_shard(self, ctx: AuditContext, params: Params, plan: Plan, shard: Shard) -> Any:
+        """Attack the shard's labelled rows (random starts from each sample's own stream), then re-run the
+        adversarial inputs through ONNX Runtime."""
+        p = params
+        backend = ctx.backend("torch")  # skips with a reason when torch is absent or cannot run the graph
+        from auditor_torch.attacks import pgd
 
-        data = ctx.sample(int(p.limit))
+        data = ctx.require_data()
+        if data.n == 0:
+            return {"n": 0}
         y = ctx.labels(data)
         keep = y >= 0
         x, y = np.asarray(data.x)[keep], y[keep]
         if not len(y):
-            raise SkipCheck("no sample has a label the model knows")
-        eps = float(p.eps)
-        fgsm = p.attack == "fgsm"
-        cfg = AttackConfig(eps=eps, norm=p.norm, steps=1 if fgsm else int(p.steps),
-                           step_size=eps if fgsm else p.step_size, restarts=1 if fgsm else int(p.restarts),
-                           random_start=False if fgsm else bool(p.random_start), clip=_clip(p.clip))
-        gen = torch.Generator().manual_seed(_seed(ctx))
+            return {"n": 0}
+        cfg = _attack_config(p)
         others = ctx.companions(data=data, rows=keep)  # the other inputs pass through unchanged
-        adv = pgd(backend, x, y, cfg, gen, ctx.check_cancelled, inputs=others)
+        adv = pgd(backend, x, y, cfg, shard.random(ctx).rows(keep), ctx.check_cancelled, inputs=others)
         clean_p = ctx.predict_proba(x, data=data, rows=keep)
         adv_p = ctx.predict_proba(adv, data=data, rows=keep)
         clean_ok = clean_p.argmax(1) == y
@@ -320,35 +330,66 @@ class Pgd(Check):
         torch_ok = _torch_probs(backend, adv, others).argmax(1) == y
         flat = (adv.astype(np.float64) - x.astype(np.float64)).reshape(len(x), -1)
         success = clean_ok & ~adv_ok
+        every_row = (data.indices if data.indices is not None else shard.rows)[keep]
+        show = np.flatnonzero(success)[:p.examples]  # the shard's first successes: the merge keeps the first k
+        return {"n": len(y), "clean_ok": clean_ok, "adv_ok": adv_ok, "torch_ok": torch_ok,
+                "linf": np.abs(flat[success]).max(1) if success.any() else np.zeros(0),
+                "l2": np.linalg.norm(flat[success], axis=1), "adv": adv[success], "rows": every_row[success],
+                "show": {"x": x[show], "adv": adv[show], "y": y[show], "rows": every_row[show],
+                         "pred": clean_p[show].argmax(1), "conf": clean_p[show].max(1),
+                         "pred_adv": adv_p[show].argmax(1), "conf_adv": adv_p[show].max(1),
+                         "norm": np.abs(flat[show]).max(1) if p.norm == "linf" else np.linalg.norm(flat[show], axis=1)}}
+
+    def merge(self, ctx: AuditContext, params: Params, plan: Plan, partials: Sequence[Any]) -> CheckResult:
+        """Success rate, robust accuracy and perturbation norms over every shard's samples."""
+        parts = [q for q in partials if q["n"]]
+        if not parts:
+            raise SkipCheck("no sample has a label the model knows")
+
+        def cat(key: str) -> np.ndarray:
+            return np.concatenate([q[key] for q in parts])
+
+        clean_ok, adv_ok, torch_ok, linf, l2 = cat("clean_ok"), cat("adv_ok"), cat("torch_ok"), cat("linf"), cat("l2")
+        success = clean_ok & ~adv_ok
         metrics: dict[str, Any] = {
             "success_rate": float(success.sum() / clean_ok.sum()) if clean_ok.any() else 0.0,
             "robust_accuracy": float(np.mean(clean_ok & adv_ok)),
             "clean_accuracy": float(np.mean(clean_ok)),
-            "n": len(y),
+            "n": len(clean_ok),
             "torch_ort_disagreement": float(np.mean(torch_ok != adv_ok)),
-            "median_linf": float(np.median(np.abs(flat[success]).max(1))) if success.any() else None,
-            "median_l2": float(np.median(np.linalg.norm(flat[success], axis=1))) if success.any() else None,
+            "median_linf": float(np.median(linf)) if len(linf) else None,
+            "median_l2": float(np.median(l2)) if len(l2) else None,
         }
-        notes = [f"{p.attack} {p.norm} eps={eps:g}, steps={cfg.steps}, restarts={cfg.restarts}; "
+        cfg = _attack_config(params)
+        notes = [f"{params.attack} {params.norm} eps={cfg.eps:g}, steps={cfg.steps}, restarts={cfg.restarts}; "
                  f"every adversarial example re-evaluated with ONNX Runtime"]
         findings = []
         if metrics["torch_ort_disagreement"] > 0:
             findings.append(Finding(message=f"torch and ONNX Runtime disagree on "
                                     f"{metrics['torch_ort_disagreement']:.1%} of adversarial examples "
                                     f"(counted as ONNX Runtime says)", severity="info"))
-        every_row = (data.indices if data.indices is not None else np.arange(data.n))[keep]
-        show = np.flatnonzero(success)[:p.examples]  # the first successes in sample order
-        rows = every_row[show]
+        k = params.examples
+        show = {key: np.concatenate([q["show"][key] for q in parts])[:k] for key in parts[0]["show"]}
         gallery = adversarial_gallery(
-            x[show], adv[show], layout=ctx.model.layout, labels=y[show], predicted=clean_p[show].argmax(1),
-            confidence=clean_p[show].max(1), predicted_adv=adv_p[show].argmax(1), confidence_adv=adv_p[show].max(1),
-            rows=rows, value_range=_clip(p.clip), classes=class_names(ctx.model, data), total=int(success.sum()),
-            k=p.examples, norms={p.norm: np.abs(flat[show]).max(1) if p.norm == "linf"
-                                 else np.linalg.norm(flat[show], axis=1)},
-            title=f"{p.attack.upper()} ({p.norm}, eps {eps:.4g}): adversarial examples (ONNX Runtime's predictions)",
-            space="model input values") if len(show) else None
-        artifacts = {"adversarial_examples": adv[success], "rows": every_row[success]}
+            show["x"], show["adv"], layout=ctx.model.layout, labels=show["y"], predicted=show["pred"],
+            confidence=show["conf"], predicted_adv=show["pred_adv"], confidence_adv=show["conf_adv"],
+            rows=show["rows"], value_range=_clip(params.clip), classes=class_names(ctx.model, ctx.require_data()),
+            total=int(success.sum()), k=k, norms={params.norm: show["norm"]},
+            title=f"{params.attack.upper()} ({params.norm}, eps {cfg.eps:.4g}): adversarial examples (ONNX Runtime's "
+                  f"predictions)", space="model input values") if len(show["x"]) else None
+        artifacts = {"adversarial_examples": cat("adv"), "rows": cat("rows")}
         return CheckResult(metrics=metrics, findings=findings, notes=notes, gallery=gallery, artifacts=artifacts)
+
+
+def _attack_config(p: Any) -> Any:
+    """The PGD / FGSM settings of ``torch.pgd``'s parameters (FGSM: one step of size eps, no random start)."""
+    from auditor_torch.attacks import AttackConfig
+
+    eps = float(p.eps)
+    fgsm = p.attack == "fgsm"
+    return AttackConfig(eps=eps, norm=p.norm, steps=1 if fgsm else int(p.steps),
+                        step_size=eps if fgsm else p.step_size, restarts=1 if fgsm else int(p.restarts),
+                        random_start=False if fgsm else bool(p.random_start), clip=_clip(p.clip))
 
 
 def _torch_probs(backend: Any, x: np.ndarray, others: dict[str, np.ndarray] | None = None) -> np.ndarray:
@@ -363,7 +404,7 @@ def _torch_probs(backend: Any, x: np.ndarray, others: dict[str, np.ndarray] | No
 
 
 # ============================================================================================== blind spots
-class BlindSpots(Check):
+class BlindSpots(ShardedCheck):
     """Under-sensitivity: how far towards an image of another class can an input move while the model
     keeps its prediction and confidence?
 
@@ -400,12 +441,15 @@ class BlindSpots(Check):
         "n_pairs": "pairs traversed",
     }
 
-    def run(self, ctx: AuditContext, p: Params) -> CheckResult:
-        """Pair sources with targets of another predicted class and traverse, batched."""
-        _real_input(ctx, "torch.blind_spots")
-        backend = ctx.backend("torch")
-        from auditor_torch.attacks import level_set_traversal
+    #: Pairs per shard (a plan of pairs: each item is a source row and a target row).
+    shards = RowShards(rows=256)
 
+    def plan(self, ctx: AuditContext, params: Params) -> Plan:
+        """Pair sources with targets of another predicted class (the data's predictions, on the driver)."""
+        p = params
+        _real_input(ctx, "torch.blind_spots")
+        if "torch" not in ctx.backends:
+            ctx.backend("torch")  # skips with the reason
         data = ctx.require_data()
         probs = ctx.predict_proba(np.asarray(data.x))
         pred = probs.argmax(1)
@@ -414,28 +458,50 @@ class BlindSpots(Check):
         k = min(int(p.limit), data.n)
         src_idx = ctx.rng.choice(data.n, size=k, replace=False)
         tgt_idx = np.empty(k, dtype=np.int64)
-        for i, s in enumerate(src_idx):  # picking indices only; the model runs batched below
+        for i, s in enumerate(src_idx):  # picking indices only; the model runs batched in the shards
             others = np.flatnonzero(pred != pred[s])
             tgt_idx[i] = others[ctx.rng.integers(len(others))]
+        cls = pred[src_idx]
+        return Plan(rows=np.stack([src_idx, tgt_idx], axis=1), state={"cls": cls, "p_src": probs[src_idx, cls]})
+
+    def run_shard(self, ctx: AuditContext, params: Params, plan: Plan, shard: Shard) -> Any:
+        """Traverse the shard's pairs (its data holds source, target, source, ... rows), batched, and read the
+        final points and the straight paths through ONNX Runtime."""
+        p = params
+        backend = ctx.backend("torch")
+        from auditor_torch.attacks import level_set_traversal
+
+        data = ctx.require_data()
         x = np.asarray(data.x)
-        xs, xt, cls = x[src_idx], x[tgt_idx], pred[src_idx]
+        xs, xt = x[0::2], x[1::2]
+        src_rows = np.arange(0, data.n, 2)  # the sources' rows of the shard's data: their other inputs
+        k = len(xs)
+        if not k:
+            return {"k": 0}
+        cls, p_src = plan.state["cls"][shard.positions], plan.state["p_src"][shard.positions]
         # a traversal keeps the source's other inputs (its mask, its state) all the way
-        held = ctx.companions(data=data, rows=src_idx)
+        held = ctx.companions(data=data, rows=src_rows)
         res = level_set_traversal(backend, xs, xt, cls, steps=int(p.steps), step_size=float(p.step_size),
-                                  tolerance=float(p.tolerance), clip=_clip(p.clip),
-                                  check=ctx.check_cancelled, inputs=held)
+                                  tolerance=float(p.tolerance), clip=_clip(p.clip), check=ctx.check_cancelled,
+                                  inputs=held)
         xf = res.x
         d0 = np.linalg.norm((xs - xt).reshape(k, -1).astype(np.float64), axis=1)
         d1 = np.linalg.norm((xf - xt).reshape(k, -1).astype(np.float64), axis=1)
-        rel = d1 / np.maximum(d0, 1e-12)
-        p_src = probs[src_idx, cls]
-        pf = ctx.predict_proba(xf, data=data, rows=src_idx)
-        kept = pf.argmax(1) == cls
-        drop = p_src - pf[np.arange(k), cls]
+        pf = ctx.predict_proba(xf, data=data, rows=src_rows)
         ts = np.linspace(0.0, 1.0, int(p.path_points))
         path = np.concatenate([xs + t * (xf - xs) for t in ts]).astype(xs.dtype)
-        pp = ctx.predict_proba(path, data=data, rows=src_idx, repeat=len(ts))[:, :].reshape(
+        pp = ctx.predict_proba(path, data=data, rows=src_rows, repeat=len(ts))[:, :].reshape(
             len(ts), k, -1)[:, np.arange(k), cls]
+        return {"k": k, "rel": d1 / np.maximum(d0, 1e-12), "kept": pf.argmax(1) == cls,
+                "drop": p_src - pf[np.arange(k), cls], "path_min": pp.min(axis=0)}
+
+    def merge(self, ctx: AuditContext, params: Params, plan: Plan, partials: Sequence[Any]) -> CheckResult:
+        """Distances, kept predictions and confidence drops over every shard's pairs."""
+        p = params
+        parts = [q for q in partials if q["k"]]
+        rel, kept, drop, path_min = (np.concatenate([q[key] for q in parts])
+                                     for key in ("rel", "kept", "drop", "path_min"))
+        k = len(rel)
         tol = float(p.tolerance)
         blind = (rel <= float(p.close)) & kept & (drop <= tol + 1e-6)
         metrics = {
@@ -443,7 +509,7 @@ class BlindSpots(Check):
             "median_relative_distance": float(np.median(rel)),
             "kept_prediction_rate": float(kept.mean()),
             "mean_confidence_drop": float(drop.mean()),
-            "path_min_confidence": float(pp.min(axis=0).mean()),
+            "path_min_confidence": float(path_min.mean()),
             "blind_spot_rate": float(blind.mean()),
             "n_pairs": int(k),
         }
@@ -452,7 +518,8 @@ class BlindSpots(Check):
             findings.append(Finding(message=f"{int(blind.sum())} of {k} inputs moved within {p.close:g} of "
                                     f"an image of another class keeping prediction and confidence",
                                     severity="info"))
-        artifacts = {"source_index": src_idx.tolist(), "target_index": tgt_idx.tolist(),
+        pairs = np.asarray(plan.rows)
+        artifacts = {"source_index": pairs[:, 0].tolist(), "target_index": pairs[:, 1].tolist(),
                      "relative_distance": rel.tolist()}
         return CheckResult(metrics=metrics, findings=findings, artifacts=artifacts,
                            notes=[f"{p.steps} steps of size {p.step_size:g}; confidence of the source's "
@@ -460,7 +527,7 @@ class BlindSpots(Check):
 
 
 # ============================================================================================== gradients
-class InputGradients(Check):
+class InputGradients(ShardedCheck):
     """Do input gradients highlight discriminative features? A removal test in the spirit of DiffROAR
     (Shah, Jain & Netrapalli, "Do Input Gradients Highlight Discriminative Features?", NeurIPS 2021).
 
@@ -493,43 +560,83 @@ class InputGradients(Check):
         "fractions": "the fractions, in order",
     }
 
-    def run(self, ctx: AuditContext, p: Params) -> CheckResult:
-        """Attributions in one batched backward pass per batch; every masked set through ONNX Runtime."""
+    #: Rows per shard: each shard attributes its rows and counts the correct predictions of its masked sets.
+    shards = RowShards(rows=512)
+
+    def plan(self, ctx: AuditContext, params: Params) -> Plan:
+        """The seeded sample's rows with a label the model knows (their class columns) and the fill value (the
+        mean over those rows, gathered batch by batch, for ``fill: mean``)."""
         _real_input(ctx, "torch.input_gradients")
+        if "torch" not in ctx.backends:
+            ctx.backend("torch")  # skips with the reason
+        rows, _ = sampled_rows(ctx, int(params.limit))
+        full = ctx.require_data()
+        sample = full if rows is None else full.subset(rows)
+        y = ctx.labels(sample)
+        keep = np.flatnonzero(y >= 0)
+        if not len(keep):
+            raise SkipCheck("no sample has a label the model knows")
+        as_rows = np.arange(full.n) if rows is None else np.asarray(rows)
+        fill = None
+        if params.fill == "mean":
+            total = np.zeros(int(np.prod(full.x.shape[1:])), np.float64)
+            for i in range(0, len(keep), full.batch_size):
+                part = np.asarray(full.x[as_rows[keep[i:i + full.batch_size]]])
+                total += part.reshape(len(part), -1).astype(np.float64).sum(axis=0)
+            fill = total / len(keep)
+        return Plan(rows=as_rows[keep], state={"y": y[keep], "fill": fill})
+
+    def run_shard(self, ctx: AuditContext, params: Params, plan: Plan, shard: Shard) -> Any:
+        """Attributions in one batched backward pass per batch; the random order from each sample's own
+        stream; correct predictions of every masked set (ONNX Runtime) counted."""
+        p = params
         backend = ctx.backend("torch")
-        data = ctx.sample(int(p.limit))
-        y = ctx.labels(data)
-        keep = y >= 0
-        x, y = np.asarray(data.x)[keep], y[keep]
+        data = ctx.require_data()
+        x, y = np.asarray(data.x), plan.state["y"][shard.positions]
         n = len(y)
         if not n:
-            raise SkipCheck("no sample has a label the model knows")
+            return {"n": 0}
         flat = x.reshape(n, -1)
         d = flat.shape[1]
-        others = ctx.companions(data=data, rows=keep)
+        others = ctx.companions(data=data)  # the other inputs pass through unchanged
         a = np.abs(backend.input_gradients(x, y, of=p.of, inputs=others).reshape(n, -1))
         order = np.argsort(-a, axis=1, kind="stable")  # most attributed first
-        rand_order = np.argsort(ctx.rng.random((n, d)), axis=1)
-        fill = flat.mean(axis=0) if p.fill == "mean" else np.zeros(d, dtype=flat.dtype)
-        fill_full = np.broadcast_to(fill, flat.shape)
+        rand_order = np.argsort(shard.random(ctx).random((n, d)), axis=1)
+        fill = plan.state["fill"]
+        fill_row = np.zeros(d, dtype=flat.dtype) if fill is None else fill.astype(flat.dtype)
+        fill_full = np.broadcast_to(fill_row, flat.shape)
         rows = np.arange(n)[:, None]
 
-        def acc_without(idx: np.ndarray) -> float:
+        def correct_without(idx: np.ndarray) -> int:
             xm = flat.copy()
             xm[rows, idx] = fill_full[rows, idx]
-            return float(np.mean(ctx.predict_proba(xm.reshape(x.shape), data=data, rows=keep).argmax(1) == y))
+            return int(np.sum(ctx.predict_proba(xm.reshape(x.shape), data=data).argmax(1) == y))
+
+        top, bottom, rnd = [], [], []
+        for f in p.fractions:
+            ctx.check_cancelled()
+            k = round(float(f) * d)
+            top.append(correct_without(order[:, :k]))
+            bottom.append(correct_without(order[:, d - k:] if k else order[:, :0]))
+            rnd.append(correct_without(rand_order[:, :k]))
+        return {"n": n, "clean": int(np.sum(ctx.predict_proba(x, data=data).argmax(1) == y)), "top": top,
+                "bottom": bottom,
+                "random": rnd}
+
+    def merge(self, ctx: AuditContext, params: Params, plan: Plan, partials: Sequence[Any]) -> CheckResult:
+        """Accuracies without the most-, least- and randomly-attributed inputs over every shard's rows."""
+        p = params
+        parts = [q for q in partials if q["n"]]
+        n = sum(q["n"] for q in parts)
+
+        def acc(key: str) -> list[float]:
+            return [float(c / n) for c in np.sum([q[key] for q in parts], axis=0)] if p.fractions else []
 
         fr = [float(f) for f in p.fractions]
-        top, bottom, rnd = [], [], []
-        for f in fr:
-            ctx.check_cancelled()
-            k = round(f * d)
-            top.append(acc_without(order[:, :k]))
-            bottom.append(acc_without(order[:, d - k:] if k else order[:, :0]))
-            rnd.append(acc_without(rand_order[:, :k]))
+        top, bottom, rnd = acc("top"), acc("bottom"), acc("random")
         diff = [b - t for b, t in zip(bottom, top)]
         metrics = {
-            "clean_accuracy": float(np.mean(ctx.predict_proba(x, data=data, rows=keep).argmax(1) == y)),
+            "clean_accuracy": float(sum(q["clean"] for q in parts) / n),
             "acc_top_removed": top, "acc_bottom_removed": bottom, "acc_random_removed": rnd,
             "diff_roar": diff, "diff_roar_mean": float(np.mean(diff)) if diff else 0.0, "fractions": fr,
         }

@@ -9,17 +9,22 @@ labelled task, estimated without fine-tuning.
 - Linear probe: cross-validated accuracy of a ridge classifier on the standardised features (the linear
   evaluation protocol used throughout representation-learning papers).
 
-Formulas are in :mod:`auditor_transfer.stats`.
+Formulas are in :mod:`auditor_transfer.stats`. The check shards by rows: each shard returns its rows' feature
+vectors and raw outputs for every scored model (``rows × d``, never the inputs); the driver reads the gathered
+outputs as one pass would and computes every score on the gathered features.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, Check, CheckResult, ModelHandle, Need, SkipCheck, param
-from auditor_transfer._common import as_vectors, data_for, forward, jsonable, resolve_layers, spatial_param
+from auditor import AuditContext, CheckResult, ModelHandle, Need, SkipCheck, param
+from auditor.outputs import predictions_of
+from auditor.shards import Plan, RowShards, Shard, ShardedCheck, sampled_rows
+from auditor_transfer._common import as_vectors, data_for, jsonable, resolve_layers, spatial_param
 from auditor_transfer.stats import (
     encode,
     hscore_and_rank,
@@ -32,7 +37,7 @@ from auditor_transfer.stats import (
 )
 
 
-class Transferability(Check):
+class Transferability(ShardedCheck):
     """LogME, LEEP, NCE, H-score and linear-probe accuracy of the model's features on the audit data's labels
     (the target task; its classes need not be the model's), and the same for each reference model so that
     candidates can be ranked.
@@ -76,43 +81,68 @@ class Transferability(Check):
         "by_model": "the same scores for 'model' and each reference, by name",
     }
 
-    def run(self, ctx: AuditContext, p: Params) -> CheckResult:
-        """Score the model (and the references) on one stratified sample."""
-        sample = ctx.sample(int(p.limit))
-        if sample.y is None:
+    #: Rows per shard: each shard returns its rows' feature vectors and raw outputs for every model.
+    shards = RowShards(rows=1024)
+
+    def plan(self, ctx: AuditContext, params: Params) -> Plan:
+        """The stratified sample, the target codes, the models scored and their feature tensors."""
+        p = params
+        rows, notes = sampled_rows(ctx, int(p.limit))
+        full = ctx.require_data()
+        y = full.y if rows is None or full.y is None else np.asarray(full.y)[rows]
+        if y is None:
             raise SkipCheck("needs labels (data.y)")
-        codes, classes = encode(sample.y)
+        codes, classes = encode(y)
         if len(classes) < 2:
             raise SkipCheck("the target labels have a single class")
-        notes = list(sample.notes[-1:]) if sample is not ctx.data else []
+        notes = notes[-1:] if rows is not None else []
         models: dict[str, tuple[ModelHandle, str]] = {"model": (ctx.model, str(p.layer))}
         if p.include_references:
             for name, ref in ctx.references.items():
-                models[name] = (ref, self._reference_layer(ref, str(p.layer), p.reference_layer, notes,
-                                                           name))
-        base = {"n": int(sample.n), "n_classes": len(classes), "label_entropy": label_entropy(codes),
+                models[name] = (ref, self._reference_layer(ref, str(p.layer), p.reference_layer, notes, name))
+        tensors = {name: resolve_layers(model, layer, 1)[0] for name, (model, layer) in models.items()}
+        return Plan(rows=rows, state={"codes": codes, "classes": classes, "y": y, "tensors": tensors}, notes=notes)
+
+    def run_shard(self, ctx: AuditContext, params: Params, plan: Plan, shard: Shard) -> Any:
+        """Every scored model's feature vectors (``rows × d``) and raw audited outputs on the shard's rows."""
+        data = ctx.require_data()
+        out: dict[str, Any] = {}
+        for name, tensor in plan.state["tensors"].items():
+            ctx.check_cancelled()
+            model = ctx.model if name == "model" else ctx.references[name]
+            part = data if model is ctx.model else data_for(data, model)
+            raw = model.run(part.x, list(dict.fromkeys([*model.outputs, tensor])), inputs=ctx.companions(model, part))
+            out[name] = {"features": as_vectors(raw[tensor], data.n, str(params.spatial)),
+                         "raw": {o: raw[o] for o in model.outputs if o in raw}}
+        return out
+
+    def merge(self, ctx: AuditContext, params: Params, plan: Plan, partials: Sequence[Any]) -> CheckResult:
+        """Score each model on the gathered features and predictions (read as one pass would read them)."""
+        p, st = params, plan.state
+        codes, classes, notes = st["codes"], st["classes"], list(plan.notes)
+        n = len(codes)
+        base = {"n": n, "n_classes": len(classes), "label_entropy": label_entropy(codes),
                 "chance_accuracy": float(np.bincount(codes).max() / len(codes))}
         folds = interleaved_folds(codes, int(p.folds))
         by_model: dict[str, dict[str, Any]] = {}
-        for name, (model, layer) in models.items():
-            ctx.check_cancelled()
-            tensor = resolve_layers(model, layer, 1)[0]
-            data = sample if model is ctx.model else data_for(sample, model)
-            fp = forward(model, data.x, [tensor], y=sample.y, inputs=ctx.companions(model, data))
-            feats = as_vectors(fp.layers[tensor], sample.n, str(p.spatial))
+        for name, tensor in st["tensors"].items():
+            model = ctx.model if name == "model" else ctx.references[name]
+            parts = [q[name] for q in partials if name in q]
+            feats = np.concatenate([q["features"] for q in parts])
+            raw = {k: np.concatenate([q["raw"][k] for q in parts]) for k in parts[0]["raw"]}
+            pred = predictions_of(model, raw, y=st["y"])
             out: dict[str, Any] = {"layer": tensor, "feature_dim": int(feats.shape[1])}
             out["logme"] = logme(feats, codes)
             out["hscore"], rank = hscore_and_rank(feats, codes)
             out["hscore_max"] = min(len(classes) - 1, rank)
-            if rank >= sample.n - 1:
+            if rank >= n - 1:
                 notes.append(f"{name}: the features have as many dimensions as samples; hscore saturates at "
                              f"its maximum (use more samples or spatial: mean)")
-            pred = ridge_probe_predictions(feats, codes, folds, float(p.probe_alpha))
-            out["probe_accuracy"] = float(np.mean(pred == codes))
-            probs = fp.predictions.probs
-            if probs is not None and fp.predictions.labels is not None:
-                out["leep"] = leep(probs, codes)
-                out["nce"] = nce(fp.predictions.labels, codes)
+            probe = ridge_probe_predictions(feats, codes, folds, float(p.probe_alpha))
+            out["probe_accuracy"] = float(np.mean(probe == codes))
+            if pred.probs is not None and pred.labels is not None:
+                out["leep"] = leep(pred.probs, codes)
+                out["nce"] = nce(pred.labels, codes)
             else:
                 notes.append(f"{name}: not a classifier, so no leep/nce")
             by_model[name] = jsonable(out)

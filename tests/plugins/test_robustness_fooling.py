@@ -62,7 +62,8 @@ def test_noise_confidences_match_an_independent_computation(tmp_path: Path) -> N
     assert met["uniform"]["mean_confidence"] == pytest.approx(u.mean(), abs=0.005)
     assert met["gaussian"]["mean_confidence"] == pytest.approx(g.mean(), abs=0.005)
     assert met["noise_fooled_rate"] == pytest.approx(((u >= 0.99).mean() + (g >= 0.99).mean()) / 2, abs=0.01)
-    assert met["queries"] == 40000 + 3 * 16  # two noise batches, then the first population (16 per class)
+    # one probe for the number of classes, two noise batches, then the first population (16 per class)
+    assert met["queries"] == 1 + 40000 + 3 * 16
 
 
 def test_queries_are_one_batch_per_generation_for_every_class(tmp_path: Path) -> None:
@@ -73,7 +74,7 @@ def test_queries_are_one_batch_per_generation_for_every_class(tmp_path: Path) ->
                 model, save(tmp_path, "d.npz", x=x))
     met = res.metrics("robustness.fooling")
     assert met["n_classes_evolved"] == 4
-    assert met["queries"] == 2 * 11 + (7 + 1) * 4 * 5
+    assert met["queries"] == 1 + 2 * 11 + (7 + 1) * 4 * 5  # the plan's probe for the number of classes
     assert "noise and evolution within [0, 1] (inferred from the data)" in res.check("robustness.fooling").notes
     assert set(met["per_class"]) == {"0", "1", "2", "3"}
 

@@ -21,7 +21,7 @@ import auditor_torch  # noqa: E402
 from auditor_torch import register_op  # noqa: E402
 from auditor_torch.registry import lookup  # noqa: E402
 
-from auditor.runner import check_seed  # noqa: E402
+from auditor.rowrandom import RowRandom  # noqa: E402
 from auditor.testing import make_linear_classifier, run_audit, save_model  # noqa: E402
 
 RNG = np.random.default_rng(3)
@@ -128,7 +128,8 @@ def test_input_gradients_removal_matches_numpy(tmp_path: Path) -> None:
     met = res.metrics("torch.input_gradients")
     a = np.abs(w.T[y])
     order = np.argsort(-a, axis=1, kind="stable")
-    rand = np.argsort(check_seed(7, "torch.input_gradients").random((n, d)), axis=1)
+    # the random order: one stream per sample (auditor.shards.Shard.random: seed, check id, position)
+    rand = np.argsort(RowRandom.for_positions(7, "torch.input_gradients", np.arange(n)).random((n, d)), axis=1)
     mean = x.mean(0)
 
     def acc(idx: np.ndarray) -> float:
