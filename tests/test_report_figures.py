@@ -107,7 +107,8 @@ def test_group_metrics_bars_carry_their_bootstrap_intervals(figures_audit: Any) 
     spans = [(float(s[0][1]), float(s[1][1])) for s in segments]
     assert np.allclose(spans, [r["accuracy_ci"] for r in per_group.values()])
     assert all(lo <= r["accuracy"] <= hi for (lo, hi), r in zip(spans, per_group.values()))
-    assert 'aria-label="bar plot of per_group"' in page
+    # on the page the bias plugin draws per_group as its forest plot (tests/test_plugin_renderers.py)
+    assert 'aria-label="forest plot of per_group and disparities"' in page
 
 
 LAYOUT_PROBE = """window.addEventListener('error', function (e) { window.__e.push(String(e.message)); });

@@ -1,0 +1,103 @@
+"""The HTML figures of ``bias.group_metrics``: a forest plot of every group's accuracy with its bootstrap interval
+(and the baseline's, where the baseline ran), beside the headline disparities with their intervals and the gates
+on them; then the generic plots of the other metrics."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from auditor import CheckReport
+from auditor.report.plots import esc, figure_svg, generic_figures
+
+CHECK = "bias.group_metrics"
+#: The headline disparities, in the order the figure lists them.
+DISPARITIES = ("demographic_parity_difference", "equalized_odds_difference", "equal_opportunity_difference",
+               "accuracy_difference", "demographic_parity_ratio", "equalized_odds_ratio", "equal_opportunity_ratio")
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def _interval(v: Any) -> tuple[float, float] | None:
+    if isinstance(v, list) and len(v) == 2 and all(_num(x) is not None for x in v):
+        return float(v[0]), float(v[1])
+    return None
+
+
+def _errors(values: list[float], ivs: list[tuple[float, float] | None]) -> list[list[float]]:
+    """matplotlib's asymmetric ``xerr`` for points with intervals (0 where a point has none)."""
+    return [[max(v - iv[0], 0.0) if iv else 0.0 for v, iv in zip(values, ivs)],
+            [max(iv[1] - v, 0.0) if iv else 0.0 for v, iv in zip(values, ivs)]]
+
+
+def forest_figure(check: CheckReport) -> Any:
+    """A matplotlib figure: left, one row per group (``name (n=count)``) with its accuracy and bootstrap
+    interval, the baseline's accuracy as a red cross; right, one row per headline disparity with its interval
+    and a red bar at each gate's threshold. ``None`` when no group has an accuracy."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    m = check.metrics
+    raw = m.get("per_group")
+    per_group: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    groups = [(k, r) for k, r in per_group.items() if isinstance(r, dict) and _num(r.get("accuracy")) is not None]
+    if not groups:
+        return None
+    raw_ci = m.get("ci")
+    ci: dict[str, Any] = raw_ci if isinstance(raw_ci, dict) else {}
+    disp = [k for k in DISPARITIES if _num(m.get(k)) is not None]
+    rows = max(len(groups), len(disp), 1)
+    fig = Figure(figsize=(9.0, 1.2 + 0.32 * rows), layout="constrained")
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1]})
+    acc = [float(r["accuracy"]) for _, r in groups]
+    ivs = [_interval(r.get("accuracy_ci")) for _, r in groups]
+    ys = list(range(len(groups)))
+    left.errorbar(acc, ys, xerr=_errors(acc, ivs), fmt="o", capsize=3, color="#4c78a8", label="accuracy")
+    base = (check.baseline_metrics or {}).get("per_group")
+    if isinstance(base, dict):
+        pts = [(float(b["accuracy"]), y) for (k, _), y in zip(groups, ys)
+               if isinstance(b := base.get(k), dict) and _num(b.get("accuracy")) is not None]
+        if pts:
+            left.plot([p[0] for p in pts], [p[1] for p in pts], "x", color="#e45756", ms=7, ls="none",
+                      label="baseline")
+    left.set_yticks(ys)
+    left.set_yticklabels([f"{k[:24]} (n={r.get('count')})" for k, r in groups], fontsize=8)
+    left.invert_yaxis()
+    left.set_title("accuracy by group" + (" (bootstrap intervals)" if any(ivs) else ""), fontsize=9)
+    left.grid(axis="x", alpha=0.3)
+    left.legend(fontsize=7, loc="lower left")
+    if disp:
+        vals = [float(m[k]) for k in disp]
+        dvs = [_interval(ci.get(k)) for k in disp]
+        dy = list(range(len(disp)))
+        right.errorbar(vals, dy, xerr=_errors(vals, dvs), fmt="s", capsize=3, color="#1f2328", label="value")
+        gates = [(g.threshold, disp.index(g.metric)) for g in check.gates
+                 if g.metric in disp and g.op in ("min", "max")]  # a max_drop bound is a change, not a place
+        if gates:
+            right.plot([t for t, _ in gates], [y for _, y in gates], "|", ms=14, mew=2, color="#cf222e",
+                       ls="none", label="gate")
+            right.legend(fontsize=7, loc="lower right")
+        right.set_yticks(dy)
+        right.set_yticklabels(disp, fontsize=8)
+        right.invert_yaxis()
+        right.set_title("disparities between groups", fontsize=9)
+        right.grid(axis="x", alpha=0.3)
+    else:
+        right.set_visible(False)
+    return fig
+
+
+def render(check: CheckReport, fmt: str) -> str | None:
+    """The forest plot and the generic plots of the other metrics for ``bias.group_metrics`` in HTML."""
+    if check.use != CHECK or fmt != "html":
+        return None
+    fig = forest_figure(check)
+    if fig is None:
+        return None  # one-vs-rest without accuracies, or an older report: the generic plots
+    caption = "accuracy per group and the disparities, with bootstrap intervals where computed; red: gates"
+    svg = figure_svg(fig, label="forest plot of per_group and disparities")
+    return (f"<figure>{svg}<figcaption>{esc(caption)}</figcaption></figure>"
+            + generic_figures(check.metrics, skip=("per_group", "ci"), baseline=check.baseline_metrics))
