@@ -100,3 +100,48 @@ def test_reports_written_by_the_cli_are_the_rendered_ones(tmp_path: Path, audit:
     assert [p.name for p in written] == ["report.json", "report.md", "junit.xml", "report.html"]
     assert (tmp_path / "report.md").read_text() == MarkdownReporter().render(AuditReport.from_dict(doc))
     assert (tmp_path / "report.html").read_text().startswith("<!DOCTYPE html>")
+
+
+def test_every_format_tells_the_same_audit(audit: tuple[dict[str, Any], float]) -> None:
+    """HTML, SARIF, the model card, the terminal summary and the Python API's frame, rendered from the same
+    report.json: each check's status and each gate's value are the JSON report's."""
+    import html as htmllib
+    import io
+    import json
+    import re
+
+    from rich.console import Console
+
+    from auditor.card import render_card
+    from auditor.plugins import build_registry
+    from auditor.report.html import HtmlReporter
+    from auditor.report.sarif import SarifReporter
+    from auditor.terminal import print_summary
+
+    doc, _ = audit
+    report = AuditReport.from_dict(doc)
+    page = HtmlReporter().render(report, build_registry().pm)
+    sarif = json.loads(SarifReporter().render(report))["runs"][0]
+    card = render_card(report)
+    console = Console(record=True, width=160, file=io.StringIO(), color_system=None)
+    print_summary(console, report)
+    term = console.export_text()
+    frame = report.to_frame()
+    for c in doc["checks"]:
+        st = c["status"]
+        assert f'{htmllib.escape(c["id"])} <span class="badge b-{st}">{st}</span></h2>' in page, c["id"]
+        assert re.search(rf"#### `{re.escape(c['id'])}` \({re.escape(c['use'])}\): \S+ {st}\n", card), c["id"]
+        assert re.search(rf"│ {re.escape(c['id'])}\s+│ {st}\s", term), c["id"]
+        if st == "error":
+            assert any(r["ruleId"] == f"auditor/{c['id']}/error" and r["level"] == "error" for r in sarif["results"])
+        for g in c["gates"]:
+            row = frame[(frame["check"] == c["id"]) & (frame["metric"] == g["metric"])]
+            assert len(row) == 1 and row["value"].iloc[0] == g["value"] and row["gate_status"].iloc[0] == g["status"]
+            found = [r for r in sarif["results"] if r["ruleId"] == f"auditor/{c['id']}/{g['metric']}"]
+            if g["status"] == "pass":
+                assert found == []
+            else:
+                assert len(found) == 1 and found[0]["properties"]["value"] == g["value"]
+            assert f"{htmllib.escape(g['message'])}</td>" in page
+    assert sarif["properties"]["gating"] == doc["gating"] and sarif["properties"]["status"] == doc["status"]
+    assert doc["status"] == "error" and 'class="badge b-error">error</span></h1>' in page
