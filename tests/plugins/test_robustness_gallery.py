@@ -304,3 +304,34 @@ def test_chromium_gallery_layout_fits_the_window_and_images_decode(gallery_audit
     assert img.shape[:2] == (3000, 500) and 0 <= left < right <= 500 and 0 <= top < bottom <= 3000
     region = img[top:bottom, left:right].reshape(-1, 3)
     assert len(np.unique(region, axis=0)) > 100  # noisy 8-bit RGB images, not blank cards
+
+
+def test_a_third_party_checks_gallery_is_shown_without_a_renderer(tmp_path: Path) -> None:
+    import types
+
+    from auditor import Check, hookimpl
+    from auditor.testing import run_audit
+
+    img = (np.arange(48, dtype=np.uint8).reshape(4, 4, 3) * 5)
+
+    class Shows(Check):
+        """Returns a one-image gallery."""
+
+        name = "shows.one"
+        needs = frozenset()
+
+        def run(self, ctx: Any, params: Any = None) -> CheckResult:
+            g = Gallery(kind="custom", title="one image", total=1,
+                        examples=[Example(images={"input": encode_png(img)}, predicted={"input": "cat"},
+                                          confidence={"input": 0.5})])
+            return CheckResult(metrics={"n": 1}, gallery=g)
+
+    plugin = types.ModuleType("shows_plugin")
+    plugin.auditor_register_checks = hookimpl(lambda: [Shows])  # type: ignore[attr-defined]
+    res = run_audit({"checks": [{"use": "shows.one"}]}, model=tiny_cnn(tmp_path / "m.onnx"), plugins=[plugin],
+                    workdir=tmp_path, disable=["bias", "sparsity", "transfer", "torch"])
+    assert res.report is not None, res.error
+    page = HtmlReporter().render(AuditReport.from_dict(json.loads(res.report.to_json())), build_registry().pm)
+    src = re.search(r'<img src="data:image/png;base64,([^"]+)"', page)
+    assert src and np.array_equal(decode(base64.b64decode(src.group(1))), img)
+    assert "predicted cat (0.5)" in page and "<h3>one image</h3>" in page
