@@ -69,6 +69,7 @@ class _Consts:
         self.graph = model.graph
         self.inits = G.initializer_names(model.graph)
         self._memo: dict[str, bool] = {}
+        self._shapes: dict[str, list[int | None]] | None = None
 
     def is_const(self, name: str) -> bool:
         if not name:
@@ -82,6 +83,44 @@ class _Consts:
 
         got = G.fold_constant(self.model, name, Path(str(self.base_dir)))
         return None if got is None else np.asarray(got[0], dtype=np.float64)
+
+    def shape(self, name: str) -> list[int | None] | None:
+        """The static shape of a computed tensor from ONNX shape inference (``None`` for a symbolic or unknown
+        dimension), or ``None`` when inference does not know its rank."""
+        if self._shapes is None:
+            self._shapes = {}
+            try:
+                inferred = onnx.shape_inference.infer_shapes(self.model).graph
+            except Exception:  # an export shape inference cannot follow: every shape stays unknown
+                return None
+            for vi in [*inferred.input, *inferred.value_info, *inferred.output]:
+                tt = vi.type.tensor_type
+                if tt.HasField("shape"):
+                    self._shapes[vi.name] = [int(d.dim_value) if d.HasField("dim_value") else None
+                                             for d in tt.shape.dim]
+        return self._shapes.get(name)
+
+    def copies(self, path_input: str, const_shapes: list[tuple[int, ...]]) -> int | str:
+        """How many times broadcasting against constants of ``const_shapes`` repeats each element of
+        ``path_input`` in the output (``x [N, 1] + c [1, 10]`` repeats it 10 times, so the node's factor grows by
+        the square root of 10), or why that cannot be told."""
+        if all(d == 1 for cs in const_shapes for d in cs):
+            return 1  # scalars and size-one constants never enlarge the activation
+        xs = self.shape(path_input)
+        if xs is None:
+            return "a constant that may broadcast the activation (its shape is unknown)"
+        rank = max([len(xs), *(len(cs) for cs in const_shapes)])
+        x_dims = [1] * (rank - len(xs)) + list(xs)
+        k = 1
+        for axis in range(rank):
+            widest = max((cs[axis - rank + len(cs)] if axis - rank + len(cs) >= 0 else 1) for cs in const_shapes)
+            if widest == 1:
+                continue
+            if x_dims[axis] is None:
+                return "a constant that may broadcast the activation (an unknown dimension)"
+            if x_dims[axis] == 1:
+                k *= widest
+        return k
 
 
 def _window_overlap(node: onnx.NodeProto, rank: int) -> tuple[list[int], list[int]] | None:
@@ -139,17 +178,23 @@ def _node_factor(node: onnx.NodeProto, consts: _Consts, path_input: str) -> floa
         if len(others) != len(node.input) - 1 or not all(consts.is_const(i) for i in others):
             what = "a residual connection" if op in ("Add", "Sum") else "a product of two activations"
             return f"{op} of two computed tensors ({what})"
-        if op in ("Add", "Sub", "Sum"):
-            return 1.0
-        c = consts.value(others[0])
-        if c is None:
+        values = [consts.value(i) for i in others]
+        if any(v is None for v in values):
             return f"{op} by a constant that cannot be read"
+        read = [v for v in values if v is not None]
+        copies = consts.copies(path_input, [tuple(int(d) for d in v.shape) for v in read])
+        if isinstance(copies, str):
+            return f"{op} by {copies}"
+        spread = math.sqrt(copies)  # each input element appears `copies` times in the output
+        if op in ("Add", "Sub", "Sum"):
+            return spread
+        c = read[0]
         if op == "Mul":
-            return float(np.max(np.abs(c))) if c.size else 0.0
+            return spread * float(np.max(np.abs(c))) if c.size else 0.0
         if node.input[0] != path_input:
             return "Div of a constant by an activation"
         small = float(np.min(np.abs(c))) if c.size else 0.0
-        return 1.0 / small if small > 0 else "Div by a constant that contains zero"
+        return spread / small if small > 0 else "Div by a constant that contains zero"
     if op == "BatchNormalization":
         vals = [consts.value(i) for i in node.input[1:5]]
         if any(v is None for v in vals) or (len(node.output) > 1 and any(node.output[1:])):

@@ -252,3 +252,36 @@ def test_lipschitz_bound_is_null_for_a_residual_model(tmp_path: Path) -> None:
     assert any("residual" in n and "'residual'" in n for n in r.notes)
     # the per-matrix figures are still there, and right
     assert r.metrics["layers"]["w1"]["spectral_norm"] == pytest.approx(np.linalg.norm(w1.astype(float), 2))
+
+
+@pytest.mark.parametrize("op", ["Add", "Mul", "Div"])
+def test_lipschitz_bound_counts_an_activation_broadcast_by_a_constant(tmp_path: Path, op: str) -> None:
+    """Gemm w [3, 1] -> z [N, 1], then z op c with c [1, 10]: every z is repeated 10 times in y, so the node's
+    factor is √10 (times max|c| for Mul, 1/min|c| for Div), not 1. For Add the bound is exact: √10·σ(w)."""
+    w = RNG.normal(size=(3, 1)).astype(np.float32)
+    c = RNG.uniform(0.5, 2.0, size=(1, 10)).astype(np.float32)
+    nodes = [helper.make_node("Gemm", ["x", "w"], ["z"], name="fc"), helper.make_node(op, ["z", "c"], ["y"])]
+    path = save(nodes, helper.make_tensor_value_info("x", FLOAT, ["N", 3]),
+                helper.make_tensor_value_info("y", FLOAT, ["N", 10]), {"w": w, "c": c}, tmp_path / "bc.onnx")
+    m = run_check(Conditioning, path).metrics
+    scale = {"Add": 1.0, "Mul": float(np.max(np.abs(c))), "Div": 1.0 / float(np.min(np.abs(c)))}[op]
+    expected = np.sqrt(10.0) * np.linalg.norm(w.astype(np.float64), 2) * scale
+    assert m["lipschitz_upper_bound"] == pytest.approx(expected, rel=1e-6)
+    observed = _empirical_lipschitz(path, (3,))
+    assert observed <= m["lipschitz_upper_bound"] * (1 + 1e-6)
+    if op == "Add":  # tight: a step along w is repeated in all 10 outputs
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        x = RNG.normal(size=(1, 3)).astype(np.float32)
+        step = (w[:, 0] / np.linalg.norm(w)).astype(np.float32)[None, :]
+        dy = sess.run(None, {"x": x + step})[0] - sess.run(None, {"x": x})[0]
+        assert float(np.linalg.norm(dy)) == pytest.approx(expected, rel=1e-4)
+
+
+def test_lipschitz_bias_add_that_does_not_broadcast_keeps_factor_one(tmp_path: Path) -> None:
+    w = RNG.normal(size=(3, 10)).astype(np.float32)
+    b = RNG.normal(size=(10,)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["z"], name="mm"), helper.make_node("Add", ["z", "b"], ["y"])]
+    path = save(nodes, helper.make_tensor_value_info("x", FLOAT, ["N", 3]),
+                helper.make_tensor_value_info("y", FLOAT, ["N", 10]), {"w": w, "b": b}, tmp_path / "bias.onnx")
+    m = run_check(Conditioning, path).metrics
+    assert m["lipschitz_upper_bound"] == pytest.approx(np.linalg.norm(w.astype(np.float64), 2), rel=1e-6)
