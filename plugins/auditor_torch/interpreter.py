@@ -27,6 +27,7 @@ from onnx import helper, numpy_helper
 from auditor import graph as G
 from auditor_torch import ops as _ops  # noqa: F401  (registers the built-in ops)
 from auditor_torch import quant as _quant  # noqa: F401  (QuantizeLinear / DequantizeLinear)
+from auditor_torch import recurrent as _recurrent  # noqa: F401  (LSTM / GRU / RNN)
 from auditor_torch.registry import OpFn, UnsupportedOpError, lookup
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
