@@ -105,3 +105,36 @@ def test_gradient_checks_on_a_two_float_input_model_against_closed_forms(tmp_pat
     assert ig["acc_top_removed"] == [pytest.approx(acc_top, abs=1e-12)]
     bs = r.check("torch.blind_spots")
     assert bs.status != "skipped" and bs.metrics["n_pairs"] == 6
+
+
+def test_retraining_a_two_input_model_feeds_the_state_and_takes_the_closed_form_step(tmp_path: Path) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    model, w = recurrent_cell(tmp_path)  # logits = x W + h[0] U + b
+    r_ = np.random.default_rng(11)
+    n = 24
+    x = r_.normal(size=(n, 4)).astype(np.float32)
+    h = r_.normal(size=(n, 1, 3)).astype(np.float32)
+    y = r_.integers(0, 3, n)
+    data = tmp_path / "cell.npz"
+    np.savez(data, x=x, h=h, y=y)
+    lr = 0.1
+    r = run_audit({"model": {"path": str(model)}, "data": {"path": str(data), "y": "y"},
+                   "train_data": {"path": str(data), "y": "y"}, "seed": 0,
+                   "checks": [{"use": "torch.retrain", "with": {"rules": ["backprop"], "epochs": 1, "batch_size": n,
+                                                                "lr": lr, "momentum": 0.0}}],
+                   "report": {"dir": str(tmp_path / "rep")}}, workdir=tmp_path)
+    assert r.exit_code == 0, r.error
+    m = r.metrics("torch.retrain")
+    logits = (x @ w["W"] + h[:, 0] @ w["U"] + w["b"]).astype(np.float64)
+    assert m["original"]["accuracy"] == pytest.approx(float(np.mean(logits.argmax(1) == y)), abs=1e-12)
+    run = m["runs"]["backprop"]["sgd"]
+    # one full-batch SGD step on the mean cross-entropy: dCE/dW = x^T (softmax - onehot) / n, likewise U with h[0]
+    g = (softmax(logits) - np.eye(3)[y]) / n
+    saved = {t.name: numpy_helper.to_array(t) for t in onnx.load(run["model_path"]).graph.initializer}
+    np.testing.assert_allclose(saved["W"], w["W"] - lr * x.T.astype(np.float64) @ g, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(saved["U"], w["U"] - lr * h[:, 0].T.astype(np.float64) @ g, rtol=1e-5, atol=1e-6)
+    # the retrained model's accuracy is ONNX Runtime's on the written file, its state fed on axis 1
+    new = ort_run(Path(run["model_path"]), {"x": x, "h": np.moveaxis(h, 0, 1)})
+    assert run["accuracy"] == pytest.approx(float(np.mean(new.argmax(1) == y)), abs=1e-12)

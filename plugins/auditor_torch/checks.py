@@ -29,13 +29,6 @@ def _clip(v: Any) -> tuple[float, float] | None:
     return float(lo), float(hi)
 
 
-def _one_input(ctx: AuditContext) -> None:
-    """Skip when the model takes other per-sample inputs: retraining feeds the primary input only."""
-    if ctx.model.sample_inputs:
-        raise SkipCheck(f"retraining feeds one input; the model also takes "
-                        f"{', '.join(ctx.model.sample_inputs)} per sample")
-
-
 def _real_input(ctx: AuditContext, what: str) -> None:
     """Skip a gradient method on an integer input (token ids, uint8 pixels): no gradient reaches it. The
     model's other per-sample inputs pass through unchanged (only the primary input is differentiated)."""
@@ -698,7 +691,6 @@ class Retrain(Check):
 
     def run(self, ctx: AuditContext, p: Params) -> CheckResult:
         """Train each (rule, optimizer) on a copy of the interpreted graph, write it back, evaluate with ORT."""
-        _one_input(ctx)
         backend = ctx.backend("torch")
         from auditor_torch.export import write_model
         from auditor_torch.training import NotApplicable, TrainConfig, train
@@ -710,6 +702,7 @@ class Retrain(Check):
         ytr = ctx.labels(train_set)
         ok = ytr >= 0
         xtr, ytr = np.asarray(train_set.x)[ok], ytr[ok]
+        others = ctx.companions(data=train_set, rows=ok)  # the other inputs of the training rows, fed as given
         eval_set = ctx.sample(limit)
         yev = ctx.labels(eval_set)
         if ctx.predictions().task != Task.CLASSIFICATION:
@@ -736,7 +729,8 @@ class Retrain(Check):
                                   rho=float(p.rho), reinit=bool(p.reinit), seed=seed)
                 module = backend.build_module()
                 try:
-                    res = train(module, backend, xtr, ytr, cfg, backend.device, ctx.check_cancelled)
+                    res = train(module, backend, xtr, ytr, cfg, backend.device, ctx.check_cancelled,
+                                inputs=others)
                 except NotApplicable as exc:
                     runs[rule][opt] = {"status": "not applicable", "reason": str(exc)}
                     notes.append(f"{rule}: not applicable ({exc})")
@@ -773,14 +767,15 @@ def _evaluate(handle: ModelHandle, data: Dataset, y: np.ndarray) -> dict[str, An
     from auditor_torch.export import dead_units, feature_rank
 
     x = np.asarray(data.x)
-    raw = handle.run(x)
+    companions = data.companions()  # the model's other per-sample inputs (none for one input)
+    raw = handle.run(x, inputs=companions)
     pred = predictions_of(handle, raw, y=data.y)
     known = y >= 0
     assert pred.labels is not None
     out: dict[str, Any] = {"accuracy": float(np.mean(pred.labels[known] == y[known]))}
     pen = handle.penultimate()
     if pen is not None:
-        feats = handle.run(x, [pen])[pen]
+        feats = handle.run(x, [pen], inputs=companions)[pen]
         dead, total = dead_units(feats)
         out.update(feature_rank=feature_rank(feats), dead_units=dead, units=total,
                    dead_fraction=dead / total if total else 0.0)

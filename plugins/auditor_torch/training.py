@@ -422,8 +422,14 @@ def sam_perturb(params: list[torch.nn.Parameter], rho: float) -> list[torch.Tens
 
 def train(module: OnnxModule, backend: Any, x: np.ndarray, y: np.ndarray, cfg: TrainConfig,
           device: torch.device, check: Callable[[], None] = lambda: None,
-          progress: Callable[[int, int], None] | None = None) -> TrainResult:
-    """Retrain ``module`` in place on ``(x, y)`` (y: column indices of the model's classes)."""
+          progress: Callable[[int, int], None] | None = None,
+          inputs: dict[str, np.ndarray] | None = None) -> TrainResult:
+    """Retrain ``module`` in place on ``(x, y)`` (y: column indices of the model's classes); ``inputs``: the
+    model's other per-sample inputs for the rows of ``x`` (batch-first), fed with each mini-batch."""
+    others = backend._companions(x, inputs)
+    if others and cfg.rule == "difference_target_propagation":
+        raise NotApplicable(f"difference target propagation feeds one input; the model also takes "
+                            f"{', '.join(others)} per sample")
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)  # dropout masks
     roles = parameter_roles(module)
@@ -468,7 +474,7 @@ def train(module: OnnxModule, backend: Any, x: np.ndarray, y: np.ndarray, cfg: T
         """(what is minimised, log probabilities, cross-entropy for the curve)"""
         if dtp is not None:
             return dtp.loss(xb, head)
-        out, logits = backend.outputs(xb, module)
+        out, logits = backend.outputs(xb, module, inputs=extra)
         if module.rule is not None:
             module.rule.capture(logits)
         lp = backend.log_probs(out, logits)
@@ -485,6 +491,8 @@ def train(module: OnnxModule, backend: Any, x: np.ndarray, y: np.ndarray, cfg: T
                 if len(idx) == 0:
                     continue
                 xb = backend.tensor(x[idx]).to(device)
+                extra = {k: t.to(device) for k, t in backend.companion_tensors(
+                    x[idx], {k: v[idx] for k, v in others.items()}).items()} if others else {}
                 yb = yt_all[idx].to(device)
                 opt.zero_grad()
                 loss, lp, ce = objective()
