@@ -554,6 +554,10 @@ class ModelHandle:
             feed.pop(k, None)
         return feed
 
+    def output_axis(self, tensor: str) -> int:
+        """The axis of output ``tensor`` that carries the batch (0 unless :attr:`output_axes` says otherwise)."""
+        return self._tensor_axes.get(tensor, 0)
+
     def batch_first(self, tensor: str, value: np.ndarray) -> np.ndarray:
         """Output ``tensor`` of a batch with its batch axis first, as :meth:`run` returns it (see
         :attr:`output_axes`; other tensors unchanged)."""

@@ -79,7 +79,7 @@ def pgd(backend: TorchBackend, x: np.ndarray, y: np.ndarray, cfg: AttackConfig, 
     ``inputs``: the model's other per-sample inputs (batch-first), passed through unchanged."""
     alpha = cfg.step_size if cfg.step_size is not None else 2.5 * cfg.eps / max(cfg.steps, 1)
     bs = backend.batch_size
-    others = backend._companions(x, inputs)
+    others = backend.companions_of(x, inputs)
     out = np.empty_like(np.asarray(x, dtype=backend.handle.prepare(np.asarray(x[:1])).dtype))
     for s in range(0, len(x), bs):
         x0 = backend.tensor(x[s:s + bs])
@@ -139,7 +139,7 @@ def level_set_traversal(backend: TorchBackend, src: np.ndarray, tgt: np.ndarray,
     (``x ← x + (p* − p_c(x)) g/‖g‖²``). Batched over all pairs.
     """
     bs = backend.batch_size
-    others = backend._companions(src, inputs)  # the sources' other inputs, held along the traversal
+    others = backend.companions_of(src, inputs)  # the sources' other inputs, held along the traversal
     xs, confs = [], []
     for s in range(0, len(src), bs):
         x0 = backend.tensor(src[s:s + bs])

@@ -115,14 +115,14 @@ class TorchBackend:
         feed.pop(self.handle.input.name, None)
         return {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in feed.items()}
 
-    def _companions(self, x: np.ndarray, inputs: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    def companions_of(self, x: np.ndarray, inputs: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
         """Every per-sample companion the model needs for the rows ``x`` (checked, batch-first), or the
         calling check skips saying which are missing."""
         return self.handle.companions_for(x, inputs) if self.handle.sample_inputs else {}
 
     def _moved(self, name: str, t: torch.Tensor) -> torch.Tensor:
         """An output tensor with its batch axis first, as ONNX Runtime's are read (``ModelHandle.output_axes``)."""
-        axis = self.handle._tensor_axes.get(name, 0)
+        axis = self.handle.output_axis(name)
         return t.movedim(axis, 0) if axis else t
 
     # ------------------------------------------------------------------------------------------ scores
@@ -183,7 +183,7 @@ class TorchBackend:
                     batch_size: int | None = None) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray], int]]:
         """``(batch, its companion rows, real rows)``: :meth:`chunks` with the model's other per-sample inputs
         (batch-first, one row per row of ``x``) cut and padded the same way."""
-        others = self._companions(x, inputs)
+        others = self.companions_of(x, inputs)
         mode, fixed = self.handle.batching(x, others)
         size = (fixed or 1) if mode == "fixed" else (batch_size or self.batch_size)
         for s in range(0, len(x), size):

@@ -426,7 +426,7 @@ def train(module: OnnxModule, backend: Any, x: np.ndarray, y: np.ndarray, cfg: T
           inputs: dict[str, np.ndarray] | None = None) -> TrainResult:
     """Retrain ``module`` in place on ``(x, y)`` (y: column indices of the model's classes); ``inputs``: the
     model's other per-sample inputs for the rows of ``x`` (batch-first), fed with each mini-batch."""
-    others = backend._companions(x, inputs)
+    others = backend.companions_of(x, inputs)
     if others and cfg.rule == "difference_target_propagation":
         raise NotApplicable(f"difference target propagation feeds one input; the model also takes "
                             f"{', '.join(others)} per sample")
