@@ -180,7 +180,11 @@ def _input_space(model: Any, data_x: Any = None, *, name: str | None = None,
                  declared: Mapping[str, Any] | None = None) -> InputSpace:
     spec = model.input if name is None or name == model.input.name else G.value_info_spec(
         next(i for i in model.proto.graph.input if i.name == name))
-    dtype = spec.dtype or (np.asarray(data_x).dtype if data_x is not None else np.dtype(np.float32))
+    # the data's dtype without reading it (a lazy source of decoded images knows its dtype)
+    data_dtype = getattr(data_x, "dtype", None) if data_x is not None else None
+    if data_x is not None and data_dtype is None:
+        data_dtype = np.asarray(data_x).dtype
+    dtype = spec.dtype or (np.dtype(data_dtype) if data_dtype is not None else np.dtype(np.float32))
     if dtype.kind == "f":
         return InputSpace(spec.name, dtype, ValueKind.CONTINUOUS)
     vocab_decl = (declared or {}).get("vocab_size")

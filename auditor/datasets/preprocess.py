@@ -206,16 +206,18 @@ class Preprocess:
 
     def finish(self, pixels: np.ndarray) -> np.ndarray:
         """A batch ``(N, H, W, C)`` of uint8 pixels -> model input (scale, mean/std, layout, dtype)."""
+        # The layout is fixed on the uint8 pixels (a quarter of the bytes), then one float32 copy is made and
+        # normalised in place: the same element-wise operations as normalising first, without a second copy.
+        nchw = self.layout == "NCHW"
+        src = np.transpose(pixels, (0, 3, 1, 2)) if nchw else pixels
         if self.integer:
-            x = pixels.astype(self.dtype, copy=False)
-        else:
-            x = pixels.astype(np.float32)
-            x *= np.float32(self.scale)
-            x -= np.asarray(self.mean, np.float32)
-            x /= np.asarray(self.std, np.float32)
-        if self.layout == "NCHW":
-            x = np.transpose(x, (0, 3, 1, 2))
-        return np.ascontiguousarray(x, dtype=self.dtype)
+            return np.ascontiguousarray(src, dtype=self.dtype)
+        x = src.astype(np.float32, order="C")
+        shape = (1, -1, 1, 1) if nchw else (1, 1, 1, -1)
+        x *= np.float32(self.scale)
+        x -= np.asarray(self.mean, np.float32).reshape(shape)
+        x /= np.asarray(self.std, np.float32).reshape(shape)
+        return x if self.dtype == "float32" else x.astype(self.dtype)
 
     def pixels(self) -> PixelSpace:
         """The map between model inputs and un-normalised pixels in ``[0, 1]``."""
@@ -271,13 +273,19 @@ class PixelSpace:
     def to_pixels(self, x: np.ndarray, *, canonical: bool = False) -> np.ndarray:
         """Model inputs (or canonical NCHW ones) -> pixels in [0, 1] (float of ``x``'s precision or float32)."""
         mean, std = self._consts(x.ndim, canonical)
-        out: np.ndarray = (np.asarray(x, np.float64) * std + mean) / (255.0 * self.scale)
+        out: np.ndarray = np.array(x, np.float64)  # one float64 copy, transformed in place
+        out *= std
+        out += mean
+        out /= 255.0 * self.scale
         return out.astype(x.dtype if x.dtype.kind == "f" else np.float32)
 
     def from_pixels(self, p: np.ndarray, *, canonical: bool = False) -> np.ndarray:
         """Pixels in [0, 1] -> model inputs (uint8 models: rounded and clipped to 0..255)."""
         mean, std = self._consts(p.ndim, canonical)
-        x: np.ndarray = (np.asarray(p, np.float64) * (255.0 * self.scale) - mean) / std
+        x: np.ndarray = np.array(p, np.float64)
+        x *= 255.0 * self.scale
+        x -= mean
+        x /= std
         if np.dtype(self.dtype).kind in "iu":
             info = np.iinfo(np.dtype(self.dtype))
             return np.asarray(np.clip(np.rint(x), info.min, info.max), dtype=np.dtype(self.dtype))

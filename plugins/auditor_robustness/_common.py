@@ -73,6 +73,24 @@ class Geometry:
         return np.ascontiguousarray(xc).reshape((len(xc), *self.shape))
 
 
+#: A chunk of a shard holds about this many bytes of float64 work values (a transient copy per step).
+CHUNK_BYTES = 64 << 20
+
+
+def chunk_rows(model_batch: int, values_per_row: int) -> int:
+    """Rows per chunk when a check perturbs and scores a shard piece by piece: whole model batches (so the model
+    sees the same batches as with the shard in one piece, and gives the same outputs), as many as fit in
+    :data:`CHUNK_BYTES` of float64 values, at least one batch."""
+    batch = max(1, int(model_batch))
+    per_batch = batch * max(1, int(values_per_row)) * 8
+    return batch * max(1, CHUNK_BYTES // per_batch)
+
+
+def chunk_slices(n: int, rows: int) -> list[slice]:
+    """``[0:rows], [rows:2·rows], ...`` covering ``n`` rows."""
+    return [slice(s, min(s + rows, n)) for s in range(0, n, rows)]
+
+
 def range_param(default: list[float] | None = None) -> Any:
     """The ``clip`` field every check here declares (``clip: list[float] | None = range_param()``)."""
     return param(default, "Valid input range [lo, hi]; perturbed inputs are clipped to it. null: inferred for "
@@ -156,7 +174,7 @@ class Classifier:
     @classmethod
     def for_data(cls, ctx: AuditContext, data: Dataset, geometry: Geometry, **kw: Any) -> Classifier:
         """A classifier for inputs derived from the rows of ``data`` (its other inputs and value space)."""
-        space = input_space(ctx.model, data.x, pixels=data.pixels)
+        space = kw.pop("space", None) or input_space(ctx.model, data.x, pixels=data.pixels)
         return cls(ctx.model, geometry, space=space, inputs=ctx.companions(data=data), **kw)
 
     def _companions(self, n: int, rows: np.ndarray | None) -> dict[str, np.ndarray]:

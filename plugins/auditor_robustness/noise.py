@@ -29,12 +29,15 @@ from auditor_robustness._common import (
     Geometry,
     ValueStats,
     as_float,
+    chunk_rows,
+    chunk_slices,
     describe_range,
     inferred_range,
     limit_param,
     range_param,
     targets,
     task_of_sample,
+    value_range,
 )
 
 KINDS = ("gaussian", "uniform", "salt_pepper", "blur", "brightness", "contrast", "feature", "substitute")
@@ -85,7 +88,7 @@ def blur(xc: np.ndarray, sigma: float) -> np.ndarray:
 
 def corrupt(kind: str, xc: np.ndarray, severity: float, rng: np.random.Generator | RowRandom, *,
             value_lo: np.ndarray | float, value_hi: np.ndarray | float, span: float,
-            column_std: np.ndarray) -> np.ndarray:
+            column_std: np.ndarray | None) -> np.ndarray:
     """One draw of corruption ``kind`` at ``severity`` applied to canonical inputs ``xc`` (not clipped).
 
     ``value_lo``/``value_hi`` are the values salt-and-pepper writes (the clip range, or each column's min and
@@ -98,6 +101,7 @@ def corrupt(kind: str, xc: np.ndarray, severity: float, rng: np.random.Generator
     if kind == "uniform":
         return np.asarray(xc + rng.uniform(-severity, severity, xc.shape).astype(dt))
     if kind == "feature":
+        assert column_std is not None, "feature noise needs each value's std"
         return np.asarray(xc + dt.type(severity) * column_std * rng.standard_normal(xc.shape, dtype=dt))
     if kind == "salt_pepper":
         n, _, h, w = xc.shape
@@ -244,13 +248,27 @@ class NoiseSweep(ShardedCheck):
             def __getitem__(self, idx: Any) -> np.ndarray:
                 return space.to_space(np.asarray(full.x[idx]))
 
-        stats = ValueStats.of(_InSpace(), rows, geo, full.batch_size, work)
-        if p.clip is None and space.bounds is not None and (space.kind is ValueKind.QUANTIZED or space.pixels):
+        bounded = p.clip is None and space.bounds is not None and (space.kind is ValueKind.QUANTIZED
+                                                                   or space.pixels is not None)
+        # The statistics cost a pass over the whole sample (for an image folder: decoding it); only feature
+        # noise and an unknown value range need them.
+        stats = ValueStats.of(_InSpace(), rows, geo, full.batch_size, work) \
+            if kind == "feature" or (p.clip is None and not bounded) else None
+        if bounded:
             rng_: tuple[float, float] | None = space.bounds  # a dtype's range, or pixel space's [0, 1]
+        elif p.clip is not None:
+            rng_ = value_range(p.clip, np.zeros(1), geo)
         else:
-            rng_ = inferred_range(p.clip, stats, geo)
+            assert stats is not None
+            rng_ = inferred_range(None, stats, geo)
         notes.append(describe_range(rng_, p.clip is not None))
-        span = (rng_[1] - rng_[0]) if rng_ is not None else stats.max - stats.min
+        value_lo: np.ndarray | float
+        value_hi: np.ndarray | float
+        if rng_ is not None:
+            span, value_lo, value_hi = rng_[1] - rng_[0], rng_[0], rng_[1]
+        else:  # no range: each value's own extremes (the statistics were gathered)
+            assert stats is not None
+            span, value_lo, value_hi = stats.max - stats.min, stats.lo, stats.hi
         if sev_note and kind in ("gaussian", "uniform"):
             severities = [s * span for s in severities]
             sev_note += f", times the input range {span:g}"
@@ -258,25 +276,29 @@ class NoiseSweep(ShardedCheck):
             notes.append(sev_note)
         state = {
             "ids": False, "severities": severities, "range": rng_, "span": span, "task": task,
-            "value_lo": rng_[0] if rng_ is not None else stats.lo,
-            "value_hi": rng_[1] if rng_ is not None else stats.hi,
-            "column_std": stats.std.astype(work),
+            "value_lo": value_lo, "value_hi": value_hi,
+            "column_std": None if stats is None else stats.std.astype(work),
         }
         return Plan(rows=rows, state=state, notes=notes)
 
     def run_shard(self, ctx: AuditContext, params: Params, plan: Plan, shard: Shard) -> Any:
         """Clean and corrupted predictions (or output changes) of the shard's rows; every sample's noise comes
-        from its own stream (per severity and repeat), so the numbers do not depend on the shard size."""
+        from its own stream (per severity and repeat), so the numbers do not depend on the shard size.
+
+        The shard's clean inputs are held once, in the perturbation space; every draw is made, perturbed and
+        scored chunk by chunk (:func:`~auditor_robustness._common.chunk_rows`), so a shard of 512 ImageNet-sized
+        images never has more than one chunk's perturbed copies alive. A chunk draws from its own rows' streams,
+        which gives exactly the values one draw over the whole shard would."""
         p, kind, st = params, params.kind, plan.state
         data = ctx.require_data()
         if data.n == 0:
             return {"n": 0}
         severities = st["severities"]
-        x = np.asarray(data.x)
         key = "severity" if st["ids"] or kind not in SIGMA_KINDS else "sigma"
         preds = np.empty((len(severities), p.repeats, data.n), dtype=np.int32)
         streams = shard.random(ctx)
         if st["ids"]:
+            x = np.asarray(data.x)  # token ids: small
             space = input_space(ctx.model, x)
             assert space.vocab is not None
             clean_pred, y, _ = targets(ctx, data, ctx.predict_proba(x, data=data))
@@ -287,26 +309,49 @@ class NoiseSweep(ShardedCheck):
                     preds[i, r] = ctx.predict_proba(xs, data=data).argmax(axis=1)
                     ctx.report_progress(i * p.repeats + r + 1, len(severities) * p.repeats, f"severity {sev:g}")
             return {"n": data.n, "clean": clean_pred, "y": y, "preds": preds}
-        geo = Geometry.of(x, ctx.model.layout)
-        space = input_space(ctx.model, x, pixels=data.pixels)
-        xc = geo.canonical(space.to_space(x)).astype(space.work_dtype)
+        geo = Geometry.of(data.x, ctx.model.layout)
+        space = input_space(ctx.model, data.x, pixels=data.pixels)
+        chunks = chunk_slices(data.n, chunk_rows(ctx.model.batch_size, geo.size))
+        regression = st["task"] == Task.REGRESSION
+        xc = np.empty((data.n, geo.c, geo.h, geo.w), dtype=space.work_dtype)
+        f0: np.ndarray | None = None  # regression: the clean outputs, as the model returns them
+        others = ctx.companions(data=data)
+        for sl in chunks:  # one read of the shard's rows, a chunk at a time
+            xb = np.asarray(data.x[sl])
+            xc[sl] = geo.canonical(space.to_space(xb))
+            if regression:
+                out_name = ctx.model.outputs[0]
+                fb = ctx.model.run(xb, [out_name], inputs={k: v[sl] for k, v in others.items()})[out_name]
+                if f0 is None:
+                    f0 = np.empty((data.n, int(np.prod(fb.shape[1:]))), dtype=fb.dtype)
+                f0[sl] = fb.reshape(len(xb), -1)
         rng_ = st["range"]
 
-        def perturbed(sev: float, rng: RowRandom) -> np.ndarray:
-            out = corrupt(kind, xc, sev, rng, value_lo=st["value_lo"], value_hi=st["value_hi"],
+        def perturbed(sev: float, part: np.ndarray, rng: RowRandom) -> np.ndarray:
+            out = corrupt(kind, part, sev, rng, value_lo=st["value_lo"], value_hi=st["value_hi"],
                           span=st["span"], column_std=st["column_std"])
             if rng_ is not None:
                 out = np.clip(out, rng_[0], rng_[1], out=out)
             return space.snap(out)  # integer-valued inputs: the values the model is really fed
 
-        if st["task"] == Task.REGRESSION:
-            return self._amplification_shard(ctx, data, geo, severities, perturbed, p.repeats, streams)
-        clf = Classifier.for_data(ctx, data, geo)
-        clean_pred, y, _ = targets(ctx, data, clf.probs(xc))
+        if regression:
+            assert f0 is not None
+            return self._amplification_shard(ctx, data, geo, space, xc, f0, chunks, severities, perturbed,
+                                             p.repeats, streams)
+        clf = Classifier.for_data(ctx, data, geo, space=space)
+        clean = np.empty((data.n, 0))
+        for sl in chunks:
+            probs = clf.probs(xc[sl], np.arange(sl.start, sl.stop))
+            if clean.shape[1] != probs.shape[1]:
+                clean = np.empty((data.n, probs.shape[1]))
+            clean[sl] = probs
+        clean_pred, y, _ = targets(ctx, data, clean)
         for i, sev in enumerate(severities):
             for r in range(p.repeats):
                 ctx.check_cancelled()
-                preds[i, r] = clf.probs(perturbed(sev, streams.at(i, r))).argmax(axis=1)
+                for sl in chunks:
+                    part = perturbed(sev, xc[sl], streams.at(i, r).rows(sl))
+                    preds[i, r, sl] = clf.probs(part, np.arange(sl.start, sl.stop)).argmax(axis=1)
                 ctx.report_progress(i * p.repeats + r + 1, len(severities) * p.repeats, f"{key} {sev:g}")
         return {"n": data.n, "clean": clean_pred, "y": y, "preds": preds}
 
@@ -367,25 +412,27 @@ class NoiseSweep(ShardedCheck):
         return m
 
     @staticmethod
-    def _amplification_shard(ctx: AuditContext, data: Any, geo: Geometry, severities: list[float], perturbed: Any,
+    def _amplification_shard(ctx: AuditContext, data: Any, geo: Geometry, space: Any, xc: np.ndarray,
+                             f0: np.ndarray, chunks: list[slice], severities: list[float], perturbed: Any,
                              repeats: int, streams: RowRandom) -> dict[str, Any]:
-        """Per-sample ``‖f(x+n) − f(x)‖`` and ``‖n‖`` of a non-classifier (regression, image-to-image)."""
+        """Per-sample ``‖f(x+n) − f(x)‖`` and ``‖n‖`` of a non-classifier (regression, image-to-image); ``xc``
+        holds the clean inputs in the perturbation space (pixels in [0, 1] with declared preprocessing, where
+        ``‖n‖`` is measured), ``f0`` the clean outputs."""
         out_name = ctx.model.outputs[0]
-        x0 = np.asarray(data.x)
-        space = input_space(ctx.model, x0, pixels=data.pixels)
         others = ctx.companions(data=data)
-        f0 = ctx.model.run(x0, [out_name], inputs=others)[out_name].reshape(len(x0), -1).astype(np.float64)
-        xc0 = geo.canonical(x0).astype(np.float64)
-        dn_all = np.empty((len(severities), repeats, len(x0)))
+        dn_all = np.empty((len(severities), repeats, len(xc)))
         df_all = np.empty_like(dn_all)
         for i, sev in enumerate(severities):
             for r in range(repeats):
                 ctx.check_cancelled()
-                xn = perturbed(sev, streams.at(i, r))
-                f1 = ctx.model.run(space.from_space(geo.to_model(xn)), [out_name], inputs=others)[out_name]
-                dn_all[i, r] = np.linalg.norm((xn.astype(np.float64) - xc0).reshape(len(x0), -1), axis=1)
-                df_all[i, r] = np.linalg.norm(f1.reshape(len(x0), -1).astype(np.float64) - f0, axis=1)
-        return {"n": len(x0), "dn": dn_all, "df": df_all}
+                for sl in chunks:
+                    xn = perturbed(sev, xc[sl], streams.at(i, r).rows(sl))
+                    f1 = ctx.model.run(space.from_space(geo.to_model(xn)), [out_name],
+                                       inputs={k: v[sl] for k, v in others.items()})[out_name]
+                    k = len(xn)
+                    dn_all[i, r, sl] = np.linalg.norm((xn.astype(np.float64) - xc[sl]).reshape(k, -1), axis=1)
+                    df_all[i, r, sl] = np.linalg.norm(f1.reshape(k, -1).astype(np.float64) - f0[sl], axis=1)
+        return {"n": len(xc), "dn": dn_all, "df": df_all}
 
     @staticmethod
     def _amplification_merge(parts: list[dict[str, Any]], n: int, severities: list[float], key: str,

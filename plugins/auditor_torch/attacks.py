@@ -1,16 +1,43 @@
 """White-box attacks and level-set traversal on the torch backend, batched (one forward/backward per step for
-a whole batch of samples)."""
+a whole batch of samples).
+
+Both work in an *attack space*: the model's inputs, or, when the data declares its image preprocessing
+(``data.preprocess``), un-normalised pixels in ``[0, 1]`` mapped to the model's inputs by ``to_model``
+(:func:`pixel_normaliser`, differentiable, so gradients are taken with respect to the pixels). Budgets,
+steps, clipping and distances are then in units of the pixel range: ``eps = 8/255`` is eight grey levels,
+as in the papers, whatever the model's normalisation."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from auditor.shards import RowRandom
 from auditor_torch.backend import TorchBackend
+
+#: Maps attack-space tensors to the model's input (``None``: they are the model's inputs).
+ToModel = Callable[[torch.Tensor], torch.Tensor] | None
+
+
+def pixel_normaliser(pixels: Any, device: torch.device, dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``p -> (255·scale·p − mean) / std`` per channel for a batch in the model's layout: the torch twin of
+    :meth:`auditor.datasets.preprocess.PixelSpace.from_pixels` for float inputs (no rounding), differentiable."""
+    c = int(pixels.n_channels)
+    shape = (1, c, 1, 1) if pixels.layout == "NCHW" else (1, 1, 1, c)
+    mean = torch.as_tensor(np.broadcast_to(np.asarray(pixels.mean, np.float64), (c,)).copy(), dtype=dtype,
+                           device=device).reshape(shape)
+    std = torch.as_tensor(np.broadcast_to(np.asarray(pixels.std, np.float64), (c,)).copy(), dtype=dtype,
+                          device=device).reshape(shape)
+    gain = 255.0 * float(pixels.scale)
+
+    def normalise(p: torch.Tensor) -> torch.Tensor:
+        return (p * gain - mean) / std
+
+    return normalise
 
 
 def _per_sample_norm(t: torch.Tensor) -> torch.Tensor:
@@ -71,12 +98,15 @@ def _random_start(gen: torch.Generator | RowRandom, x0: torch.Tensor, rows: slic
 
 
 def pgd(backend: TorchBackend, x: np.ndarray, y: np.ndarray, cfg: AttackConfig, gen: torch.Generator | RowRandom,
-        check: Callable[[], None] = lambda: None, *, inputs: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        check: Callable[[], None] = lambda: None, *, inputs: dict[str, np.ndarray] | None = None,
+        to_model: ToModel = None) -> np.ndarray:
     """Untargeted PGD (Madry et al. 2018) maximising the cross-entropy of the true class within the
     ``eps`` ball (L∞: signed-gradient steps; L2: normalised-gradient steps), projected, clipped; with
     restarts each sample keeps the first restart that fools the torch model, else the highest-loss one.
     ``gen``: a torch generator, or one random stream per row of ``x`` (random starts per sample).
-    ``inputs``: the model's other per-sample inputs (batch-first), passed through unchanged."""
+    ``inputs``: the model's other per-sample inputs (batch-first), passed through unchanged. ``x`` and the
+    returned examples are in the attack space (see the module docstring): with ``to_model``, every forward pass
+    is ``model(to_model(x))`` and the gradient is taken with respect to ``x``."""
     alpha = cfg.step_size if cfg.step_size is not None else 2.5 * cfg.eps / max(cfg.steps, 1)
     bs = backend.batch_size
     others = backend.companions_of(x, inputs)
@@ -98,7 +128,7 @@ def pgd(backend: TorchBackend, x: np.ndarray, y: np.ndarray, cfg: AttackConfig, 
             if cfg.clip is not None:
                 xa = xa.clamp(*cfg.clip)
             for _ in range(cfg.steps):
-                _, g = backend.loss_grad(xa, yt, "loss", inputs=extra)
+                _, g = backend.loss_grad(xa, yt, "loss", inputs=extra, transform=to_model)
                 if cfg.norm == "linf":
                     step = alpha * g.sign()
                 else:
@@ -107,7 +137,7 @@ def pgd(backend: TorchBackend, x: np.ndarray, y: np.ndarray, cfg: AttackConfig, 
                 if cfg.clip is not None:
                     xa = xa.clamp(*cfg.clip)
             with torch.no_grad():
-                o, lg = backend.outputs(xa, inputs=extra)
+                o, lg = backend.outputs(xa if to_model is None else to_model(xa), inputs=extra)
                 lp = backend.log_probs(o, lg)
                 loss = -lp.gather(1, yt.reshape(-1, 1))[:, 0]
                 fooled = lp.argmax(1) != yt
@@ -130,7 +160,7 @@ class TraversalResult:
 def level_set_traversal(backend: TorchBackend, src: np.ndarray, tgt: np.ndarray, cls: np.ndarray, *,
                         steps: int, step_size: float, tolerance: float, clip: tuple[float, float] | None,
                         check: Callable[[], None] = lambda: None,
-                        inputs: dict[str, np.ndarray] | None = None) -> TraversalResult:
+                        inputs: dict[str, np.ndarray] | None = None, to_model: ToModel = None) -> TraversalResult:
     """Level Set Traversal (Bansal et al., "Exploring Geometry of Blind Spots in Vision Models", 2023).
 
     From ``x = src`` towards ``tgt``: ``Δ = tgt − x``, remove its component along the confidence gradient
@@ -146,13 +176,13 @@ def level_set_traversal(backend: TorchBackend, src: np.ndarray, tgt: np.ndarray,
         xt = backend.tensor(tgt[s:s + bs])
         extra = _batch_inputs(backend, src, others, s, bs)
         ct = torch.from_numpy(np.asarray(cls[s:s + bs], dtype=np.int64)).to(backend.device)
-        p0, _ = backend.loss_grad(x0, ct, "prob", inputs=extra)
+        p0, _ = backend.loss_grad(x0, ct, "prob", inputs=extra, transform=to_model)
         level = p0 - tolerance
         x = x0.clone()
         shape = (-1, *([1] * (x0.dim() - 1)))
         for _ in range(steps):
             check()
-            p, g = backend.loss_grad(x, ct, "prob", inputs=extra)
+            p, g = backend.loss_grad(x, ct, "prob", inputs=extra, transform=to_model)
             gf = g.reshape(len(g), -1)
             gg = (gf * gf).sum(1).clamp_min(1e-30)
             # back onto the level set where confidence dropped (first-order Newton step along g)
@@ -164,7 +194,7 @@ def level_set_traversal(backend: TorchBackend, src: np.ndarray, tgt: np.ndarray,
             if clip is not None:
                 x = x.clamp(*clip)
         with torch.no_grad():
-            o, lg = backend.outputs(x, inputs=extra)
+            o, lg = backend.outputs(x if to_model is None else to_model(x), inputs=extra)
             pf = backend.log_probs(o, lg).gather(1, ct.reshape(-1, 1))[:, 0].exp()
         xs.append(x.detach().cpu().numpy())
         confs.append(pf.cpu().numpy())

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -245,11 +245,17 @@ class TorchBackend:
         return np.concatenate(parts).reshape(np.shape(x))
 
     def loss_grad(self, xt: torch.Tensor, targets: torch.Tensor, of: str = "loss",
-                  inputs: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  inputs: dict[str, torch.Tensor] | None = None,
+                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor,
+                                                                                           torch.Tensor]:
         """``(score, d score / d x)`` for a tensor batch already on the device (attacks stay in torch;
-        ``inputs``: the batch's :meth:`companion_tensors`, held fixed)."""
+        ``inputs``: the batch's :meth:`companion_tensors`, held fixed).
+
+        ``transform`` maps ``xt`` to the model's input first (e.g. un-normalised pixels to normalised inputs,
+        :func:`auditor_torch.attacks.pixel_normaliser`); the gradient flows through it, so it is the gradient
+        with respect to ``xt`` itself."""
         xt = xt.detach().requires_grad_(True)
-        sc = self.score(xt, targets, of, inputs=inputs)
+        sc = self.score(xt if transform is None else transform(xt), targets, of, inputs=inputs)
         g, = torch.autograd.grad(sc.sum(), xt)
         return sc.detach(), g.detach()
 
