@@ -19,8 +19,8 @@ Files go to a temporary folder (``--dir``) and are deleted after; ``df -h`` it f
 
     python benchmarks/bench_data.py [--dir /big/tmp] [--only npy|images] [--images 20000]
 
-Figures are in docs/data.md (2-core VM): npy 839 MiB peak RSS; images 2,631 MiB peak RSS (target missed),
-throughput ratio 0.84-1.03.
+Figures are in docs/data.md (loaded 2-core VM): npy 910 MiB peak RSS; images 609 MiB peak RSS (2,631 MiB
+before the noise sweep worked in chunks); throughput ratio 0.97-1.32.
 """
 
 from __future__ import annotations
