@@ -430,3 +430,42 @@ def test_noise_is_drawn_in_pixel_space_whatever_the_declared_normalisation(tmp_p
         noisy = np.clip(xc + np.float32(s) * g.standard_normal(xc.shape, dtype=np.float32), 0, 1)
         assert ca[i]["flip_rate"] == pytest.approx(float(np.mean(predict(noisy) != clean)), abs=1e-12)
     assert ca[-1]["flip_rate"] > 0
+
+
+def test_parquet_manifest_with_groups_sampled_by_label_gives_the_npz_report(tmp_path: Path) -> None:
+    """A parquet manifest (integer labels, a group column, relative and absolute paths): sampled with ``limit``
+    before decoding, labels stay stratified and every file keeps its own row's label and group; audited whole,
+    metrics and per-group metrics equal those of an .npz holding the same pixels and columns."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    write_cnn(tmp_path / "cnn.onnx", hw=(8, 8))
+    files = write_images(tmp_path / "img", {"a": 18, "b": 6}, size=(8, 8))
+    labels = [0] * 18 + [1] * 6
+    sites = [["north", "south", "east"][i % 3] for i in range(24)]
+    paths = [str(f) if i % 2 else str(f.relative_to(tmp_path)) for i, f in enumerate(files)]
+    pq.write_table(pa.table({"path": paths, "label": labels, "site": sites}), tmp_path / "m.parquet")
+    cfg = DataConfig(path=tmp_path / "m.parquet", images="path", y="label", groups=["site"], limit=12)
+    ds = load_dataset(cfg, request=LoadRequest(rng=np.random.default_rng(3)))
+    assert ds.n == 12 and np.bincount(ds.y).tolist() == [9, 3]  # 3:1, as listed
+    row_of = {str(f): i for i, f in enumerate(files)}
+    picked = [row_of[f] for f in ds.columns["file"]]
+    assert ds.groups["site"].tolist() == [sites[i] for i in picked]
+    assert ds.y.tolist() == [labels[i] for i in picked]
+
+    # the whole manifest against an .npz of the same pixels (Pillow, independently) and columns
+    pix = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    np.savez(tmp_path / "d.npz", x=pix, y=np.asarray(labels), site=np.asarray(sites))
+    checks = [{"use": "performance.metrics"}, {"use": "bias.group_metrics"}]
+    spec = {"path": "m.parquet", "images": "path", "y": "label", "groups": ["site"],
+            "preprocess": {"scale": 1 / 255}}
+    a = run_audit(_spec(tmp_path, spec, checks), workdir=tmp_path)
+    b = run_audit(_spec(tmp_path, {"path": "d.npz", "groups": ["site"], "preprocess": {"scale": 1 / 255}},
+                        checks), workdir=tmp_path)
+    assert a.exit_code == 0 and b.exit_code == 0, (a.error, b.error)
+    for cid in ("performance.metrics", "bias.group_metrics"):
+        ma, mb = (dict(r.metrics(cid)) for r in (a, b))
+        ma.pop("duration_s", None)
+        mb.pop("duration_s", None)
+        assert json.dumps(ma, sort_keys=True) == json.dumps(mb, sort_keys=True), cid
+    assert a.metrics("performance.metrics")["n"] == 24
