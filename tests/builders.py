@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -87,3 +88,16 @@ def blobs(n: int = 300, n_in: int = 8, w: dict[str, np.ndarray] | None = None,
     flip = r.random(n) < 0.1
     y = np.where(flip, (y + 1) % w["W2"].shape[1], y)
     return x, y.astype(np.int64)
+
+
+def grouped_mlp_audit(tmp: Path) -> dict[str, Any]:
+    """Files for an audit with a baseline, a reference and a group column: an MLP ``m.onnx``, a differently
+    seeded ``b.onnx`` (baseline and reference) and ``d.npz`` with ``x``, ``y`` and ``site``. Returns the spec's
+    ``baseline``/``references``/``data`` sections; the caller adds ``checks``."""
+    w = mlp_weights()
+    write_mlp(tmp / "m.onnx", w)
+    write_mlp(tmp / "b.onnx", mlp_weights(seed=5))
+    x, y = blobs(w=w)
+    np.savez(tmp / "d.npz", x=x, y=y, site=np.where(np.arange(len(y)) % 3 == 0, "a", "b"))
+    return {"baseline": {"path": str(tmp / "b.onnx")}, "references": {"r": {"path": str(tmp / "b.onnx")}},
+            "data": {"path": str(tmp / "d.npz"), "y": "y", "groups": ["site"]}}

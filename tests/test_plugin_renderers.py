@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from auditor_bias.render import DISPARITIES, forest_figure
 from auditor_transfer.render import layer_figure
-from builders import blobs, mlp_weights, write_mlp
+from builders import grouped_mlp_audit
 
 from auditor.plugins import build_registry
 from auditor.report.html import HtmlReporter
@@ -21,13 +21,7 @@ from auditor.testing import run_audit
 @pytest.fixture(scope="module")
 def audited(tmp_path_factory: pytest.TempPathFactory) -> tuple[AuditReport, str]:
     tmp = tmp_path_factory.mktemp("renderers")
-    w = mlp_weights()
-    write_mlp(tmp / "m.onnx", w)
-    write_mlp(tmp / "b.onnx", mlp_weights(seed=5))
-    x, y = blobs(w=w)
-    np.savez(tmp / "d.npz", x=x, y=y, site=np.where(np.arange(len(y)) % 3 == 0, "a", "b"))
-    spec = {"baseline": {"path": str(tmp / "b.onnx")}, "references": {"r": {"path": str(tmp / "b.onnx")}},
-            "data": {"path": str(tmp / "d.npz"), "y": "y", "groups": ["site"]},
+    spec = {**grouped_mlp_audit(tmp),
             "checks": [{"use": "transfer.similarity", "with": {"layers": "all"}},
                        {"use": "bias.group_metrics", "with": {"bootstrap": 20},
                         "gate": {"demographic_parity_difference": {"max": 0.3},

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from builders import blobs, mlp_weights, write_mlp
+from builders import grouped_mlp_audit
 
 from auditor.plugins import build_registry
 from auditor.report.html import HtmlReporter
@@ -22,13 +22,7 @@ from auditor.testing import run_audit
 @pytest.fixture(scope="module")
 def figures_audit(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
     tmp = tmp_path_factory.mktemp("figures")
-    w = mlp_weights()
-    write_mlp(tmp / "m.onnx", w)
-    write_mlp(tmp / "b.onnx", mlp_weights(seed=5))
-    x, y = blobs(w=w)
-    np.savez(tmp / "d.npz", x=x, y=y, site=np.where(np.arange(len(y)) % 3 == 0, "a", "b"))
-    spec = {"baseline": {"path": str(tmp / "b.onnx")}, "references": {"r": {"path": str(tmp / "b.onnx")}},
-            "data": {"path": str(tmp / "d.npz"), "y": "y", "groups": ["site"]},
+    spec = {**grouped_mlp_audit(tmp),
             "checks": [{"use": "performance.metrics"}, {"use": "transfer.similarity", "with": {"layers": "all"}},
                        {"use": "sparsity.profile"}, {"use": "sparsity.conditioning"},
                        {"use": "bias.group_metrics", "with": {"bootstrap": 20}}]}
