@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from onnx import TensorProto, helper
 
-from tests.builders import save_model
+from builders import save_model
 
 
 def write_images(root: Path, per_class: dict[str, int], *, size: tuple[int, int] = (40, 30), seed: int = 0,

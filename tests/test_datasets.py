@@ -17,7 +17,7 @@ from auditor.data import DataConfig, Dataset, fit_to_model, load_dataset
 from auditor.datasets.preprocess import resolve
 from auditor.datasets.sources import Mapped, NpyFile, ParquetRows
 from auditor.testing import run_audit
-from tests.image_helpers import write_cnn, write_images
+from image_helpers import write_cnn, write_images
 
 # ------------------------------------------------------------------------------------------ lazy sources
 
@@ -280,7 +280,7 @@ class _ShardPlugin:
 
 
 def test_a_plugin_registers_a_data_source(tmp_path: Path) -> None:
-    from tests.builders import blobs, mlp_weights, write_mlp
+    from builders import blobs, mlp_weights, write_mlp
 
     w = mlp_weights()
     write_mlp(tmp_path / "m.onnx", w)
@@ -356,7 +356,7 @@ class _Counting(NpyFile):
 def test_predictions_stream_a_lazy_source_batch_by_batch(tmp_path: Path) -> None:
     from auditor.context import AuditContext
     from auditor.model import ModelConfig, ModelHandle
-    from tests.builders import blobs, mlp_numpy, mlp_weights, write_mlp
+    from builders import blobs, mlp_numpy, mlp_weights, write_mlp
 
     w = mlp_weights()
     write_mlp(tmp_path / "m.onnx", w)
