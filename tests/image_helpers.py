@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from onnx import TensorProto, helper
-
 from builders import save_model
+from onnx import TensorProto, helper
 
 
 def write_images(root: Path, per_class: dict[str, int], *, size: tuple[int, int] = (40, 30), seed: int = 0,

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from image_helpers import write_cnn, write_images
 from PIL import Image
 
 import auditor.data as D
@@ -17,7 +18,6 @@ from auditor.data import DataConfig, Dataset, fit_to_model, load_dataset
 from auditor.datasets.preprocess import resolve
 from auditor.datasets.sources import Mapped, NpyFile, ParquetRows
 from auditor.testing import run_audit
-from image_helpers import write_cnn, write_images
 
 # ------------------------------------------------------------------------------------------ lazy sources
 
@@ -354,9 +354,10 @@ class _Counting(NpyFile):
 
 
 def test_predictions_stream_a_lazy_source_batch_by_batch(tmp_path: Path) -> None:
+    from builders import blobs, mlp_numpy, mlp_weights, write_mlp
+
     from auditor.context import AuditContext
     from auditor.model import ModelConfig, ModelHandle
-    from builders import blobs, mlp_numpy, mlp_weights, write_mlp
 
     w = mlp_weights()
     write_mlp(tmp_path / "m.onnx", w)

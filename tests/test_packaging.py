@@ -4,6 +4,7 @@ working on a CPU-only build."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -117,6 +118,8 @@ _NO_PYTEST = textwrap.dedent("""
 """)
 
 
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None,
+                    reason="imports every plugin module, the torch backend's too: needs the torch extra")
 def test_runtime_never_imports_pytest(tmp_path: Path) -> None:
     w = mlp_weights()
     write_mlp(tmp_path / "m.onnx", w)
