@@ -5,6 +5,8 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from fnmatch import fnmatchcase
@@ -359,11 +361,22 @@ def parse_spec(path: Path, checks: dict[str, CheckInfo], formats: list[str],
         msg = _explain(e, doc, lines)
         if msg and msg not in problems:
             problems.append(msg)
-    problems += _path_problems(doc, lines)
-    if problems:
-        raise SpecError(str(path), problems)
+    # The rules below run on the same pass, so a spec with schema problems and, say, a gate on a metric its
+    # check never reports shows both; each rule reads only the parts the schema found well-formed.
+    bad = [tuple(e.absolute_path) for e in errors]
 
+    def flagged(*where: str | int) -> bool:
+        return any(b[:len(where)] == where for b in bad)
+
+    problems += _path_problems(doc, lines)
     base = path.parent
+    for key in ("data", "train_data"):
+        d = doc.get(key)
+        if isinstance(d, dict) and not flagged(key):
+            problems.extend(_image_rules(d, key, base))
+    parsed = _check_specs(doc, entries, checks, lines, disabled, base, flagged, problems)
+    if problems:
+        raise SpecError(str(path), sorted(problems, key=_entry_order))
 
     def resolve(p: str) -> Path:
         q = Path(p).expanduser()
@@ -382,77 +395,11 @@ def parse_spec(path: Path, checks: dict[str, CheckInfo], formats: list[str],
                           classes=d.get("classes"), preprocess=d.get("preprocess"), format=d.get("format"),
                           options=dict(d.get("options") or {}), workers=d.get("workers"))
 
-    for key in ("data", "train_data"):
-        d = doc.get(key)
-        if isinstance(d, dict):
-            problems.extend(_image_rules(d, key, base))
-    if problems:
-        raise SpecError(str(path), problems)
-
     data = data_cfg(doc["data"], "data") if "data" in doc else None
     train = data_cfg(doc["train_data"], "train_data") if "train_data" in doc else None
     refs = {name: model_cfg(m) for name, m in (doc.get("references") or {}).items()}
     if "reference" in doc:
         refs = {"reference": model_cfg(doc["reference"]), **refs}
-
-    parsed: list[CheckSpec] = []
-    seen: dict[str, int] = {}
-    for i, entry in enumerate(doc["checks"]):
-        if not entry.get("enabled", True):
-            continue
-        use = entry["use"]
-        cid = entry.get("name", use)
-        if cid in seen:
-            problems.append(
-                f"checks[{i}]: id '{cid}' is already used by checks[{seen[cid]}]; give one of them a 'name:'"
-            )
-            continue
-        seen[cid] = i
-        off = _disabled_plugin(use, disabled)
-        gates = []
-        for metric, g in (entry.get("gate") or {}).items():
-            if not isinstance(g, dict):  # only possible for a disabled plugin's entry (not validated)
-                continue
-            bounds = {k: float(v) for k, v in g.items() if k in GATE_OPS}
-            if any(not math.isfinite(v) for v in bounds.values()):
-                problems.append(f"checks[{i}].gate.{metric}: bounds must be finite numbers"
-                                f"{_at(lines, ('checks', i, 'gate', metric))}")
-            if not bounds:
-                problems.append(f"checks[{i}].gate.{metric}: give at least one of {', '.join(GATE_OPS)}")
-            if ("max_drop" in bounds or "max_increase" in bounds) and "baseline" not in doc:
-                problems.append(f"checks[{i}].gate.{metric}: max_drop/max_increase need a baseline: model")
-            if off is None:
-                why = unknown_metric(str(metric), checks[use].cls.metric_names())
-                if why:
-                    problems.append(f"checks[{i}].gate.{metric}: {why}")
-            gates.append(GateSpec(metric, bounds, g.get("severity", "fail")))
-        if off is not None:
-            parsed.append(CheckSpec(cid, use, dict(entry.get("with") or {}), gates, entry.get("timeout_s"), i,
-                                    line=lines.get(("checks", i, "use")),
-                                    skip_reason=f"plugin '{off}' is disabled (--disable {off})"))
-            continue
-        info = checks[use]
-        params = {**info.cls.defaults(), **(entry.get("with") or {})}
-        try:
-            typed = info.cls.build_params(params)
-        except (TypeError, ValueError) as exc:
-            problems.append(f"checks[{i}].with: {exc}")
-        else:
-            problems += [f"checks[{i}].with.{msg}" for msg in problems_of(typed)]
-        needs = info.cls.needs
-        for need, key, label in [(Need.DATA, "data", "data:"), (Need.TRAIN_DATA, "train_data", "train_data:")]:
-            if need in needs and key not in doc:
-                problems.append(f"checks[{i}] ({use}): needs a {label} section")
-        if Need.LABELS in needs and "data" in doc and "y" not in doc["data"] and not _npz_default_y(doc, base):
-            problems.append(f"checks[{i}] ({use}): needs labels: set data.y")
-        if Need.GROUPS in needs and "data" in doc and not doc["data"].get("groups"):
-            problems.append(f"checks[{i}] ({use}): needs group columns: set data.groups")
-        if Need.REFERENCE in needs and not refs:
-            problems.append(f"checks[{i}] ({use}): needs a reference: (or references:) model")
-        parsed.append(CheckSpec(cid, use, params, gates, entry.get("timeout_s"), i,
-                                line=lines.get(("checks", i, "use"))))
-    if problems:
-        raise SpecError(str(path), problems)
 
     report = doc.get("report") or {}
     return Spec(
@@ -470,6 +417,84 @@ def parse_spec(path: Path, checks: dict[str, CheckInfo], formats: list[str],
         lines=lines,
         execution=parse_execution(doc.get("execution")),
     )
+
+
+def _entry_order(problem: str) -> int:
+    """Sort key of a problem: the spec's sections first, then the ``checks:`` entries in order (stable within)."""
+    m = re.match(r"checks\[(\d+)\]", problem)
+    return int(m.group(1)) + 1 if m else 0
+
+
+def _check_specs(doc: dict[str, Any], entries: list[Any], checks: dict[str, CheckInfo],
+                 lines: dict[Path_, int], disabled: frozenset[str], base: Path,
+                 flagged: Callable[..., bool], problems: list[str]) -> list[CheckSpec]:
+    """The ``checks:`` entries as :class:`CheckSpec`; the rules the schema cannot express (unique ids, gates on
+    metrics the check reports, parameter rules, what each check needs) append to ``problems``. An entry the
+    schema found malformed is passed over where it is malformed (its problem is already reported)."""
+    data = doc.get("data") if isinstance(doc.get("data"), dict) else None
+    has_refs = bool(doc.get("references")) or "reference" in doc
+    parsed: list[CheckSpec] = []
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not entry.get("enabled", True):
+            continue
+        use, off = entry.get("use"), _disabled_plugin(entry.get("use"), disabled)
+        if not isinstance(use, str) or (off is None and use not in checks):
+            continue  # an unknown check: reported by the schema
+        cid = str(entry.get("name", use))
+        if cid in seen:
+            problems.append(
+                f"checks[{i}]: id '{cid}' is already used by checks[{seen[cid]}]; give one of them a 'name:'"
+            )
+            continue
+        seen[cid] = i
+        gate_doc = entry.get("gate")
+        gates = []
+        for metric, g in (gate_doc.items() if isinstance(gate_doc, dict) else ()):
+            if off is None:
+                why = unknown_metric(str(metric), checks[use].cls.metric_names())
+                if why:
+                    problems.append(f"checks[{i}].gate.{metric}: {why}")
+            if not isinstance(g, dict) or flagged("checks", i, "gate", metric):
+                continue  # a disabled plugin's entry (not validated) or a problem already reported
+            bounds = {k: float(v) for k, v in g.items()
+                      if k in GATE_OPS and isinstance(v, (int, float)) and not isinstance(v, bool)}
+            if any(not math.isfinite(v) for v in bounds.values()):
+                problems.append(f"checks[{i}].gate.{metric}: bounds must be finite numbers"
+                                f"{_at(lines, ('checks', i, 'gate', metric))}")
+            if not bounds:
+                problems.append(f"checks[{i}].gate.{metric}: give at least one of {', '.join(GATE_OPS)}")
+            if ("max_drop" in bounds or "max_increase" in bounds) and "baseline" not in doc:
+                problems.append(f"checks[{i}].gate.{metric}: max_drop/max_increase need a baseline: model")
+            gates.append(GateSpec(metric, bounds, g.get("severity", "fail")))
+        line = lines.get(("checks", i, "use"))
+        if off is not None:
+            given = entry.get("with")
+            parsed.append(CheckSpec(cid, use, given if isinstance(given, dict) else {}, gates,
+                                    entry.get("timeout_s"), i, line=line,
+                                    skip_reason=f"plugin '{off}' is disabled (--disable {off})"))
+            continue
+        info = checks[use]
+        params = {**info.cls.defaults(), **(entry.get("with") or {})}
+        if not flagged("checks", i, "with"):
+            try:
+                typed = info.cls.build_params(params)
+            except (TypeError, ValueError) as exc:
+                problems.append(f"checks[{i}].with: {exc}")
+            else:
+                problems += [f"checks[{i}].with.{msg}" for msg in problems_of(typed)]
+        needs = info.cls.needs
+        for need, key, label in [(Need.DATA, "data", "data:"), (Need.TRAIN_DATA, "train_data", "train_data:")]:
+            if need in needs and key not in doc:
+                problems.append(f"checks[{i}] ({use}): needs a {label} section")
+        if Need.LABELS in needs and data is not None and "y" not in data and not _npz_default_y(doc, base):
+            problems.append(f"checks[{i}] ({use}): needs labels: set data.y")
+        if Need.GROUPS in needs and data is not None and not data.get("groups"):
+            problems.append(f"checks[{i}] ({use}): needs group columns: set data.groups")
+        if Need.REFERENCE in needs and not has_refs:
+            problems.append(f"checks[{i}] ({use}): needs a reference: (or references:) model")
+        parsed.append(CheckSpec(cid, use, params, gates, entry.get("timeout_s"), i, line=line))
+    return parsed
 
 
 def _image_rules(d: dict[str, Any], key: str, base: Path) -> list[str]:

@@ -88,6 +88,22 @@ CASES: list[tuple[str, str, list[str], str]] = [
                                           "  - use: robustness.square_attack\n    with: {eps: -1}\n"), [],
      "{spec}: 2 problems: checks[0].with.sigmaa: unknown key (did you mean 'sigma'?) (line 6); "
      "checks[1].with.eps: -1 is less than the minimum of 0"),
+    ("schema and gate problems, one pass", checks("  - use: robustness.noise\n    with: {sigmaa: 0.1}\n"
+                                                  "    gate: {acuracy_drop: {max: 0.1}}\n"
+                                                  "  - use: performance.metrics\n"
+                                                  "    gate: {acuracy: {min: 0.9}}\n"), [],
+     "{spec}: 3 problems: checks[0].with.sigmaa: unknown key (did you mean 'sigma'?) (line 6); "
+     "checks[0].gate.acuracy_drop: the check never reports this metric (did you mean 'accuracy_drop'? "),
+    ("every kind in one pass", checks("  - use: robustness.noise\n    with: {sigma: 0.1, severity: 1}\n"
+                                      "  - use: performance.metrics\n    gate: {acuracy: {minn: 0.9}}\n"
+                                      "  - use: bias.group_metrics\n    timeout_s: -3\n"), [],
+     "{spec}: 5 problems: checks[0].with.sigma: give sigma or severity, not both; "
+     "checks[1].gate.acuracy.minn: unknown key (did you mean 'min'?) (line 8); "
+     "checks[1].gate.acuracy: the check never reports this metric (did you mean 'accuracy'? it reports: "
+     "accuracy, top*_accuracy, log_loss, ece, calibration_bins, balanced_accuracy, per_class_recall, "
+     "confusion_matrix, mae, rmse, r2, nonfinite_outputs, n, n_classes, classes); "
+     "checks[2].timeout_s: -3 is less than or equal to the minimum of 0 (line 10); "
+     "checks[2] (bias.group_metrics): needs group columns: set data.groups"),
     ("baseline delta ok, metric typo", HEAD + BASE + "checks:\n  - use: performance.metrics\n"
      "    gate: {accuraccy: {max_drop: 0.01}}\n", [], "{spec}: checks[0].gate.accuraccy: the check never reports"),
     ("-k matches nothing", checks("  - use: sparsity.profile\n"), ["-k", "noise"],
