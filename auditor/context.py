@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -112,12 +112,17 @@ class AuditContext:
         and, within it, ``rows`` (default all; ``repeat`` tiles them for ``repeat`` stacked copies).
         """
         model = model or self.model
+        return self.proba_of(model.run(x, inputs=self.companions(model, data, rows, repeat)), model)
+
+    def proba_of(self, raw: Mapping[str, np.ndarray], model: ModelHandle | None = None) -> np.ndarray:
+        """Class probabilities of raw outputs (``model.run``'s) of arbitrary inputs, read as
+        :meth:`predict_proba` reads them: for a sharded check whose shards return raw outputs, merged on the
+        driver (where ``self.data`` is the whole audit data, as in an unsharded run)."""
+        model = model or self.model
         # The task is read as for the audit data (cached predictions when there are some), without running
         # the whole data set first: a sampled audit of a large data set must not pay for a full pass.
         cached = self.cache.predictions.get((id(model), id(self.data))) if self.data is not None else None
         task = cached.task if cached is not None else model.config.task
-        inputs = self.companions(model, data, rows, repeat)
-        raw = model.run(x, inputs=inputs)
         if task is Task.AUTO and self.data is None:
             task = Task.CLASSIFICATION
         p = predictions_of(model, raw, task=task, y=None if self.data is None else self.data.y)
@@ -142,10 +147,15 @@ class AuditContext:
         data = data or self.require_data()
         if data.y is None:
             raise SkipCheck("the data has no labels (data.y)")
-        pred = self.predictions(data)
+        return self.labels_for(data.y, self.predictions(data))
+
+    @staticmethod
+    def labels_for(y: np.ndarray, pred: Predictions) -> np.ndarray:
+        """True labels ``y`` as column indices of the classes of ``pred`` (-1 for unknown labels), as
+        :meth:`labels` reads them: for a sharded check's merge, which holds gathered predictions, not data."""
         if pred.classes is None:
-            return np.asarray(data.y)
-        y = np.asarray(data.y)
+            return np.asarray(y)
+        y = np.asarray(y)
         if y.dtype.kind in "OUS" and not any(isinstance(c, str) for c in pred.classes):
             example = next((v for v in y if v is not None), "?")
             raise SkipCheck(f"the labels are strings (e.g. {str(example)!r}) but the model's classes are column "

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -40,8 +40,8 @@ import numpy as np
 from auditor.checks import Check
 from auditor.rowrandom import RowRandom  # re-exported: the streams Shard.random hands out
 
-__all__ = ["Plan", "PredictionShardedCheck", "RowRandom", "RowShards", "Shard", "ShardedCheck", "params_for",
-           "sampled_rows", "shard_context", "shards_of"]
+__all__ = ["Plan", "PredictionShardedCheck", "RowRandom", "RowShards", "Shard", "ShardedCheck", "gather_rows",
+           "params_for", "sampled_rows", "shard_context", "shards_of"]
 
 if TYPE_CHECKING:
     from auditor.context import AuditContext
@@ -189,6 +189,18 @@ class ShardedCheck(Check):
         return self.merge(ctx, params, plan, partials)
 
 
+def gather_rows(partials: Sequence[Any]) -> Any:
+    """Per-row partials read as one pass over every row: arrays concatenated along their first axis in shard
+    order, mappings gathered key by key (nested; the keys of the first partial). Empty partials (``{}`` or
+    ``None``, e.g. a shard with no rows) are left out; with none left the result is ``{}``."""
+    parts = [q for q in partials if q is not None and not (isinstance(q, Mapping) and not q)]
+    if not parts:
+        return {}
+    if isinstance(parts[0], Mapping):
+        return {k: gather_rows([q[k] for q in parts]) for k in parts[0]}
+    return np.concatenate([np.asarray(q) for q in parts])
+
+
 def sampled_rows(ctx: AuditContext, limit: int | None) -> tuple[np.ndarray | None, list[str]]:
     """The rows a check audits when it takes at most ``limit`` of them: ``None`` (every row) or a seeded sample
     stratified by label (drawn from ``ctx.rng``, as :meth:`~auditor.context.AuditContext.sample` does), and the
@@ -240,10 +252,9 @@ class PredictionShardedCheck(ShardedCheck):
         from auditor.outputs import interpret
 
         data = ctx.require_data()
-        parts = [p for p in partials if p]
-        if parts:
+        raw = gather_rows(partials)
+        if raw:
             model = ctx.model
-            raw = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
             pred = interpret(raw, task=model.config.task, y=data.y,
                              zip_classes={z.output: z.classes for z in model.zipmaps.values()})
             with ctx.cache.lock:

@@ -4,6 +4,7 @@ when several test folders have one)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,3 +20,14 @@ def mlp(tmp_path: Path) -> tuple[Path, Path, dict[str, np.ndarray]]:
     data = tmp_path / "data.npz"
     np.savez(data, x=x, y=y)
     return model, data, w
+
+
+@pytest.fixture(scope="session")
+def exact_audit(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], Any]:
+    """The checks that ran whole until #14, audited locally on small shards once a session (``shard_exact``):
+    the folder, the spec's sections and the result."""
+    from shard_exact import SHARD_ROWS, audit, exact_files
+
+    d = tmp_path_factory.mktemp("exact")
+    files = exact_files(d)
+    return d, files, audit(d, files, SHARD_ROWS)

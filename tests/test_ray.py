@@ -196,3 +196,18 @@ def test_a_two_input_model_gives_the_same_report_on_ray(cluster: None, tmp_path:
     assert local.exit_code == on_ray.exit_code == 0, (local.error, on_ray.error)
     assert_same(local.doc, on_ray.doc)
     assert on_ray.metrics("performance.metrics")["accuracy"] == 1.0
+
+
+
+def test_the_checks_that_ran_whole_shard_on_ray_with_the_same_report(
+        cluster: None, exact_audit: tuple[Path, dict[str, Any], Any]) -> None:
+    """transfer.attribution_distance, torch.parity, bias.leakage and bias.shortcut: the
+    small shards of tests/shard_exact.py on two workers against the same shards run locally."""
+    from shard_exact import SHARD_ROWS, audit
+
+    d, files, local = exact_audit
+    on_ray = audit(d, files, SHARD_ROWS, engine="ray", workers=2)
+    assert local.exit_code == on_ray.exit_code
+    assert_same(local.doc, on_ray.doc)
+    assert on_ray.doc["environment"]["execution"]["engine"] == "ray"
+    assert on_ray.metrics("bias.shortcut")["n"] == 280 and on_ray.metrics("attribution.mean")["n"] > 0

@@ -6,18 +6,22 @@ cross-validated accuracy is compared with the majority-class rate, the accuracy 
 nothing. FairRec (Wu et al., 2021) and adversarial debiasing (Zhang, Lemoine & Mitchell, AIES 2018) measure
 leakage the same way, with the adversary's accuracy on the sensitive attribute.
 
+The check shards by rows: each shard returns its rows' features, the driver fits the probe on them all.
 The probe is the core's standardised ridge classifier (``auditor.probes``, the decision rule of scikit-learn's
 ``RidgeClassifier``); predictions are pooled out of fold over stratified, seeded folds.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, Check, CheckResult, Finding, Need, SkipCheck, param
+from auditor import AuditContext, CheckResult, Finding, Need, SkipCheck, param
+from auditor.outputs import predictions_of
 from auditor.probes import balanced_accuracy, cross_validated_probe
+from auditor.shards import Plan, RowShards, Shard, ShardedCheck, gather_rows, sampled_rows
 from auditor_bias._common import group_columns, group_rows
 
 
@@ -33,7 +37,7 @@ def stratified_folds(labels: np.ndarray, k: int, rng: np.random.Generator) -> np
     return folds
 
 
-class Leakage(Check):
+class Leakage(ShardedCheck):
     """Cross-validated linear-probe accuracy on the sensitive attribute, against the majority-class rate.
 
     Sources: Alain & Bengio (2016) linear probes; Wu et al., "FairRec: Fairness-aware News Recommendation with
@@ -69,23 +73,41 @@ class Leakage(Check):
         "missing_group_rows": "rows without a group value (left out)",
     }
 
-    def run(self, ctx: AuditContext, p: Params) -> CheckResult:
-        """One batched pass (outputs or the named tensor), then k closed-form ridge fits."""
-        data = ctx.sample(int(p.limit))
+    #: Rows per shard: each shard returns its rows' probed features (outputs or one tensor), ``rows × d``.
+    shards = RowShards(rows=1024)
+
+    def plan(self, ctx: AuditContext, p: Params) -> Plan:
+        """The seeded sample and its group codes (the probe's labels)."""
+        rows, notes = sampled_rows(ctx, int(p.limit))
+        full = ctx.require_data()
+        data = full if rows is None else full.subset(rows)
         col = p.group if p.group is not None else group_columns(None, data)[0]
         groups = group_rows(data, [col])
-        keep = groups.codes >= 0
         if groups.n_groups < 2:
             raise SkipCheck(f"column '{col}' has fewer than two values: nothing to predict")
-        what = p.features
+        return Plan(rows=rows, notes=notes[-1:] if rows is not None else [],
+                    state={"col": col, "codes": groups.codes, "missing": groups.missing, "y": data.y})
+
+    def run_shard(self, ctx: AuditContext, p: Params, plan: Plan, shard: Shard) -> Any:
+        """The raw audited outputs, or the probed tensor, on the shard's rows."""
+        data = ctx.require_data()
+        if p.features == "outputs":
+            return ctx.model.run(data.x, inputs=data.inputs)
+        return ctx.activations("penultimate" if p.features == "penultimate" else [p.features], data=data)
+
+    def merge(self, ctx: AuditContext, p: Params, plan: Plan, partials: Sequence[Any]) -> CheckResult:
+        """k closed-form ridge fits on the gathered features."""
+        st, what = plan.state, p.features
+        col, codes, n = st["col"], st["codes"], len(st["codes"])
+        keep = codes >= 0
+        gathered = gather_rows(partials)
         if what == "outputs":
-            pred = ctx.predictions(data)
-            feats = pred.probs if pred.probs is not None else np.asarray(pred.values, np.float64).reshape(data.n, -1)
+            pred = predictions_of(ctx.model, gathered, y=st["y"])
+            feats = pred.probs if pred.probs is not None else np.asarray(pred.values, np.float64).reshape(n, -1)
         else:
-            acts = ctx.activations("penultimate" if what == "penultimate" else [what], data=data)
-            feats = next(iter(acts.values()))
-        x = np.asarray(feats, dtype=np.float64).reshape(data.n, -1)[keep]
-        lab = groups.codes[keep]
+            feats = next(iter(gathered.values()))
+        x = np.asarray(feats, dtype=np.float64).reshape(n, -1)[keep]
+        lab = codes[keep]
         finite = np.all(np.isfinite(x), axis=1)
         x, lab = x[finite], lab[finite]
         # relabel to 0..K-1 over the groups that remain
@@ -104,12 +126,11 @@ class Leakage(Check):
             "n": len(lab), "n_groups": len(present), "feature_dim": int(x.shape[1]),
             "probe_accuracy": acc, "probe_balanced_accuracy": bal, "majority_rate": majority,
             "chance_balanced_accuracy": 1.0 / len(present), "accuracy_advantage": acc - majority,
-            "balanced_advantage": bal - 1.0 / len(present), "missing_group_rows": groups.missing,
+            "balanced_advantage": bal - 1.0 / len(present), "missing_group_rows": st["missing"],
         }
         notes = [f"probe on {what} ({x.shape[1]} features) of {len(lab)} rows, {k}-fold stratified "
                  f"cross-validation (seeded), ridge alpha {p.alpha}"]
-        if data is not ctx.data:
-            notes.append(data.notes[-1])
+        notes += plan.notes
         findings: list[Finding] = []
         if acc - majority > float(p.max_advantage):
             findings.append(Finding(

@@ -15,18 +15,25 @@ With the cue ``T`` and top-1 predictions ``ŷ``:
 Flipping a sensitive feature (``swap_feature``) is the counterfactual fairness test of Kusner et al.,
 "Counterfactual Fairness" (NeurIPS 2017): ``flip_rate`` is the share of individuals whose decision depends on
 the attribute alone.
+
+The check shards by rows: each shard returns its rows' raw outputs, unchanged and with the cue; what a cue
+reads from the whole sample (swap_feature's two values, swap_groups' donors) is drawn once in the plan.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, Check, CheckResult, Finding, Need, SkipCheck, Task, param
+from auditor import AuditContext, CheckResult, Dataset, Finding, Need, SkipCheck, Task, param
+from auditor.outputs import predictions_of
 from auditor.perturb import ValueKind, input_space
-from auditor_bias._common import class_label, find_class, missing_mask
-from auditor_bias.transforms import TRANSFORMS, apply, transform_problems
+from auditor.shards import Plan, RowShards, Shard, ShardedCheck, gather_rows, sampled_rows
+from auditor_bias._common import class_label, feature_index, find_class, missing_mask
+from auditor_bias.transforms import TRANSFORMS, apply, swap_feature, transform_problems
 
 
 def valid_ids(x: np.ndarray, bounds: tuple[float, float] | None) -> bool:
@@ -71,7 +78,7 @@ def flip_stats(before: np.ndarray, after: np.ndarray, n_classes: int) -> dict[st
     return out
 
 
-class Shortcut(Check):
+class Shortcut(ShardedCheck):
     """Flip rate, flip destination and accuracy change under a declared counterfactual cue; accuracy gap
     between bias-aligned and bias-conflicting rows.
 
@@ -138,19 +145,88 @@ class Shortcut(Check):
         "inputs_changed": "rows whose input the cue changed",
     }
 
-    def run(self, ctx: AuditContext, p: Params) -> CheckResult:
-        """Two batched passes over a stratified sample: unchanged and with the cue."""
-        data = ctx.sample(int(p.limit))
-        pred0 = ctx.predictions(data)
+    #: Rows per shard: each shard returns its rows' raw outputs, unchanged and with the cue (``rows × classes``).
+    shards = RowShards(rows=1024)
+
+    def plan(self, ctx: AuditContext, p: Params) -> Plan:
+        """The seeded sample; what the cue reads from the whole sample (swap_feature's two values, the donors
+        swap_groups draws); the aligned flags."""
+        rows, notes = sampled_rows(ctx, int(p.limit))
+        full = ctx.require_data()
+        data = full if rows is None else full.subset(rows)
+        state: dict[str, Any] = {"y": data.y, "n": data.n}
+        if p.aligned is not None and data.y is None and p.transform is None:
+            raise SkipCheck("the aligned/conflicting gap needs labels (data.y)")
+        if p.aligned is not None:
+            state["flags"] = aligned_flags(data.column(p.aligned))
+        if p.transform in ("swap_feature", "swap_groups") and (p.transform == "swap_groups" or p.values is None):
+            x = np.asarray(data.x)
+            space = input_space(ctx.model, x, pixels=data.pixels)
+            x0 = space.to_space(x) if space.pixels is not None else x
+            if p.transform == "swap_feature":  # the feature's two values in the whole sample
+                assert p.feature is not None  # transform_problems requires it
+                column = np.asarray(x0).reshape(len(x), -1)[:, feature_index(p.feature, data)]
+                state["values"] = swap_feature(column.reshape(-1, 1), 0, None)[1]
+            else:  # every row's donor of another group, drawn over the whole sample
+                swapped, desc = apply(str(p.transform), x0, p, data, ctx.model.layout, ctx.rng)
+                state["swap"] = (desc, swapped.reshape(len(x), -1)[:, desc["features"]])
+        return Plan(rows=rows, notes=notes[-1:] if rows is not None else [], state=state)
+
+    def run_shard(self, ctx: AuditContext, p: Params, plan: Plan, shard: Shard) -> Any:
+        """The shard's raw outputs, unchanged and (with a cue) on its counterfactual inputs."""
+        data = ctx.require_data()
+        out: dict[str, Any] = {"clean": ctx.model.run(data.x, inputs=data.inputs)}
+        if p.transform is None:
+            return out
+        x = np.asarray(data.x)
+        space = input_space(ctx.model, x, pixels=data.pixels)
+        notes: list[str] = []
+        if space.pixels is not None:  # cues drawn on un-normalised pixels, normalised after
+            x0_px = space.to_space(x)
+            x_px, desc = self._cue(ctx, p, plan, shard, x0_px, data)
+            # rows the cue left alone keep their exact inputs (no round trip through pixel space)
+            moved = np.any((x_px != x0_px).reshape(len(x), -1), axis=1).reshape((-1,) + (1,) * (x.ndim - 1))
+            x_cf = np.where(moved, space.from_space(x_px), x)
+            notes.append(space.pixels.describe())
+        else:
+            x_cf, desc = self._cue(ctx, p, plan, shard, x, data)
+        if space.kind is ValueKind.IDS and not valid_ids(x_cf, space.bounds):
+            # a cue on token ids must itself be ids (e.g. set_feature to another token), never arithmetic
+            space.require_arithmetic(f"transform {p.transform} (it gives values that are not valid ids)")
+        if space.pixels is None:
+            x_cf = x_cf.astype(x.dtype, copy=False) if space.kind is ValueKind.CONTINUOUS else \
+                space.from_space(x_cf)
+        changed = np.any((x_cf != x).reshape(len(x), -1), axis=1)
+        return {**out, "cf": ctx.model.run(x_cf, inputs=ctx.companions(data=data)), "changed": changed,
+                "desc": desc, "notes": notes}
+
+    @staticmethod
+    def _cue(ctx: AuditContext, p: Any, plan: Plan, shard: Shard, x: np.ndarray,
+             data: Dataset) -> tuple[np.ndarray, dict[str, Any]]:
+        """The cue on the shard's rows ``x``; swap_groups takes each row's donor values from the plan."""
+        if "swap" in plan.state:
+            desc, swapped = plan.state["swap"]
+            out = np.array(x, copy=True)
+            out.reshape(len(x), -1)[:, desc["features"]] = swapped[shard.start:shard.start + len(x)]
+            return out, desc
+        if "values" in plan.state:
+            p = dataclasses.replace(p, values=plan.state["values"])
+        return apply(str(p.transform), x, p, data, ctx.model.layout, ctx.rng)
+
+    def merge(self, ctx: AuditContext, p: Params, plan: Plan, partials: Sequence[Any]) -> CheckResult:
+        """Flip and accuracy figures from the gathered predictions."""
+        st = plan.state
+        got = gather_rows([{k: q[k] for k in ("clean", "cf", "changed") if k in q} for q in partials])
+        pred0 = predictions_of(ctx.model, got["clean"], y=st["y"])
         if pred0.task != Task.CLASSIFICATION or pred0.probs is None or pred0.labels is None \
                 or pred0.classes is None:
             raise SkipCheck("shortcut reliance needs a classifier")
         classes = [class_label(c) for c in pred0.classes]
         n_classes = len(classes)
-        y = ctx.labels(data) if data.y is not None else None
+        y = ctx.labels_for(st["y"], pred0) if st["y"] is not None else None
         lab0 = pred0.labels
-        metrics: dict[str, Any] = {"n": data.n}
-        notes = list(data.notes[-1:]) if data is not ctx.data else []
+        metrics: dict[str, Any] = {"n": st["n"]}
+        notes = list(plan.notes)
         findings: list[Finding] = []
 
         if y is not None:
@@ -158,26 +234,10 @@ class Shortcut(Check):
             metrics["accuracy_before"] = float(np.mean(lab0[known] == y[known])) if known.any() else None
 
         if p.transform is not None:
-            x = np.asarray(data.x)
-            space = input_space(ctx.model, x, pixels=data.pixels)
-            if space.pixels is not None:  # cues drawn on un-normalised pixels, normalised after
-                x0_px = space.to_space(x)
-                x_px, desc = apply(p.transform, x0_px, p, data, ctx.model.layout, ctx.rng)
-                # rows the cue left alone keep their exact inputs (no round trip through pixel space)
-                moved = np.any((x_px != x0_px).reshape(len(x), -1), axis=1).reshape((-1,) + (1,) * (x.ndim - 1))
-                x_cf = np.where(moved, space.from_space(x_px), x)
-                notes.append(space.pixels.describe())
-            else:
-                x_cf, desc = apply(p.transform, x, p, data, ctx.model.layout, ctx.rng)
-            if space.kind is ValueKind.IDS and not valid_ids(x_cf, space.bounds):
-                # a cue on token ids must itself be ids (e.g. set_feature to another token), never arithmetic
-                space.require_arithmetic(f"transform {p.transform} (it gives values that are not valid ids)")
-            if space.pixels is None:
-                x_cf = x_cf.astype(x.dtype, copy=False) if space.kind is ValueKind.CONTINUOUS else \
-                    space.from_space(x_cf)
-            changed = int(np.any((x_cf != x).reshape(len(x), -1), axis=1).sum())
-            notes.append(f"transform {p.transform} {desc}; changed {changed} of {data.n} inputs")
-            probs1 = ctx.predict_proba(x_cf, data=data)  # the model's other inputs unchanged
+            notes += partials[0]["notes"]
+            changed = int(got["changed"].sum())
+            notes.append(f"transform {p.transform} {partials[0]['desc']}; changed {changed} of {st['n']} inputs")
+            probs1 = ctx.proba_of(got["cf"])  # the model's other inputs unchanged
             lab1 = np.where(np.all(np.isfinite(probs1), axis=1),
                             np.argmax(np.nan_to_num(probs1, nan=-1.0), axis=1), -1)
             fs = flip_stats(lab0, lab1, n_classes)
@@ -206,12 +266,10 @@ class Shortcut(Check):
                             "relies on this cue", severity="warn",
                     data={"flip_rate": fs["flip_rate"]}))
 
-        if p.aligned is not None and y is None:
-            if p.transform is None:
-                raise SkipCheck("the aligned/conflicting gap needs labels (data.y)")
+        if p.aligned is not None and y is None:  # with a cue (the plan skipped the check without one)
             notes.append("no labels (data.y): the aligned/conflicting gap is not computed")
         elif p.aligned is not None and y is not None:
-            flags = aligned_flags(data.column(p.aligned))
+            flags = st["flags"]
             hit = (lab0 == y) & (y >= 0)
             usable = y >= 0
             al, co = usable & (flags == 1), usable & (flags == 0)
@@ -233,3 +291,4 @@ class Shortcut(Check):
             if unread:
                 notes.append(f"{unread} rows with a missing or unreadable `{p.aligned}` value left out of the gap")
         return CheckResult(metrics=metrics, findings=findings, notes=notes)
+

@@ -14,7 +14,7 @@ import numpy as np
 from auditor import AuditContext, Check, CheckResult, Dataset, Finding, ModelHandle, Need, SkipCheck, Task, param
 from auditor.gallery import MAX_EXAMPLES, adversarial_gallery, class_names
 from auditor.outputs import predictions_of
-from auditor.shards import Plan, RowShards, Shard, ShardedCheck, sampled_rows
+from auditor.shards import Plan, RowShards, Shard, ShardedCheck, gather_rows, sampled_rows
 
 
 def _limit() -> Any:
@@ -49,7 +49,7 @@ def _seed(ctx: AuditContext) -> int:
 
 
 # ============================================================================================== parity
-class Parity(Check):
+class Parity(ShardedCheck):
     """Does the torch interpreter compute what ONNX Runtime computes, on every output?
 
     Every audited output ``o`` (ONNX Runtime) is compared with the interpreter's ``t`` on the audit data,
@@ -83,18 +83,28 @@ class Parity(Check):
         "ops": "number of distinct op types interpreted",
     }
 
-    def run(self, ctx: AuditContext, params: Params) -> CheckResult:
-        """Run the sample through both runtimes and compare every output."""
+    #: Rows per shard: each shard returns per-output maxima and counts, and its rows' differences of the audited output.
+    shards = RowShards(rows=512)
+
+    def plan(self, ctx: AuditContext, params: Params) -> Plan:
+        """The seeded sample (stratified by label); the backend is built where the shards run."""
+        if "torch" not in ctx.backends:
+            ctx.backend("torch")  # skips with the reason
+        return Plan(rows=sampled_rows(ctx, int(params.limit))[0])
+
+    def run_shard(self, ctx: AuditContext, params: Params, plan: Plan, shard: Shard) -> Any:
+        """Run the shard's rows through both runtimes; every output's figures (and, for a quantized graph,
+        the same against ONNX Runtime with its optimizations off)."""
         backend = ctx.backend("torch")
-        data = ctx.sample(int(params.limit))
-        atol, rtol = float(params.tol), float(params.rtol)
+        data = ctx.require_data()
+        atol, rtol = float(params.tol), _rtol(ctx.model, float(params.rtol))[0]
         h = ctx.model
         alias = {z.output: z.tensor for z in h.zipmaps.values()}
         names = list(dict.fromkeys([backend.output_name, *(alias.get(o, o) for o in h.outputs)]))
         others = ctx.companions(data=data)
         ort_out = h.run(data.x, names, inputs=others)
         numeric = [n for n in names if np.asarray(ort_out[n]).dtype.kind in "fiub"]
-        notes = [f"torch backend on {backend.device}, tolerance |torch − ort| <= {atol:g} + {rtol:g}·|ort|",
+        notes = [f"torch backend on {backend.device}, tolerance |torch − ort| <= {atol:g} + {params.rtol:g}·|ort|",
                  *backend.notes]
         skipped = [n for n in names if n not in numeric]
         try:
@@ -109,42 +119,50 @@ class Parity(Check):
         mode, fixed = h.batching(data.x, others)
         if mode == "fixed":
             notes.append(f"fixed batch size {fixed}: both runtimes evaluated in chunks of {fixed}")
-        low = _low_precision_eps(h.proto)
-        rtol_eff = max(rtol, low[0]) if low is not None else rtol
-        if low is not None and low[0] > rtol:
-            notes.append(f"the graph computes in {low[1]}: rtol raised to its unit roundoff {low[0]:.3g} "
-                         f"(two correct {low[1]} evaluations differ by about one rounding)")
-        per, max_abs, max_rel, violations, mismatch, mean_abs = _compare(ort_out, got, numeric, atol, rtol_eff,
-                                                                         backend.output_name)
+        ops = len({s.ctx.node.op_type for s in backend.module.steps})
+        out: dict[str, Any] = {"n": data.n, "notes": notes, "ops": ops,
+                               "outputs": _differences(ort_out, got, numeric, atol, rtol, backend.output_name)}
+        if {n.op_type for n in h.proto.graph.node} & _QUANT_OPS:  # for the merge, if torch and ORT differ
+            ref = _unoptimized(h, backend, data.x, numeric, others)
+            out["reference"] = None if ref is None else _differences(ref, got, numeric, atol, rtol, "")
+        o = np.asarray(ort_out[backend.output_name])
+        if o.ndim == 2 and o.shape[1] >= 2:
+            out["argmax_agree"] = o.argmax(1) == np.asarray(got[backend.output_name]).reshape(o.shape).argmax(1)
+        return out
+
+    def merge(self, ctx: AuditContext, params: Params, plan: Plan, partials: Sequence[Any]) -> CheckResult:
+        """Every shard's figures combined (maxima, counts; the mean over the gathered differences)."""
+        atol, (rtol_eff, rtol_note) = float(params.tol), _rtol(ctx.model, float(params.rtol))
+        h = ctx.model
+        notes = list(dict.fromkeys(n for q in partials for n in q["notes"])) + rtol_note
+        compared = [n for n in partials[0]["outputs"] if all(n in q["outputs"] for q in partials)]
+        per, max_abs, max_rel, violations, mismatch, mean_abs = _combine(
+            [{k: q["outputs"][k] for k in compared} for q in partials])
         metrics: dict[str, Any] = {
             "max_abs_diff": max_abs,
             "max_rel_diff": max_rel,
             "mean_abs_diff": mean_abs,
             "violations": violations,
             "nonfinite_mismatch": mismatch,
-            "n": int(data.n),
-            "ops": len({s.ctx.node.op_type for s in backend.module.steps}),
+            "n": sum(q["n"] for q in partials),
+            "ops": partials[0]["ops"],
             "outputs": per,
         }
         quant_ops = sorted({n.op_type for n in h.proto.graph.node} & _QUANT_OPS)
-        if violations and quant_ops:
-            ref = _unoptimized(h, backend, data.x, numeric, others)
-            if ref is not None:
-                _, r_abs, _, r_viol, _, _ = _compare(ref, got, numeric, atol, rtol_eff, backend.output_name)
-                metrics["reference_max_abs_diff"], metrics["reference_violations"] = r_abs, r_viol
-                head = (f"quantized graph ({', '.join(quant_ops)}): against ONNX Runtime with graph optimizations "
-                        f"off, torch differs by at most {r_abs:.3g} ({r_viol} violations)")
-                if r_viol == 0:
-                    notes.append(f"{head}: torch computes the graph as written; the {violations} violations are "
-                                 f"ONNX Runtime's fused integer kernels, which round differently")
-                else:
-                    notes.append(f"{head}: ONNX Runtime's integer kernels differ from the exact integer arithmetic "
-                                 f"of the specification even unfused (its u8 x s8 products saturate on some CPUs); "
-                                 f"torch computes the exact values")
-        o = np.asarray(ort_out[backend.output_name])
-        if o.ndim == 2 and o.shape[1] >= 2:
-            t = np.asarray(got[backend.output_name]).reshape(o.shape)
-            metrics["argmax_agreement"] = float(np.mean(o.argmax(1) == t.argmax(1)))
+        if violations and quant_ops and all(q.get("reference") is not None for q in partials):
+            _, r_abs, _, r_viol, _, _ = _combine([{k: q["reference"][k] for k in compared} for q in partials])
+            metrics["reference_max_abs_diff"], metrics["reference_violations"] = r_abs, r_viol
+            head = (f"quantized graph ({', '.join(quant_ops)}): against ONNX Runtime with graph optimizations "
+                    f"off, torch differs by at most {r_abs:.3g} ({r_viol} violations)")
+            if r_viol == 0:
+                notes.append(f"{head}: torch computes the graph as written; the {violations} violations are "
+                             f"ONNX Runtime's fused integer kernels, which round differently")
+            else:
+                notes.append(f"{head}: ONNX Runtime's integer kernels differ from the exact integer arithmetic "
+                             f"of the specification even unfused (its u8 x s8 products saturate on some CPUs); "
+                             f"torch computes the exact values")
+        if "argmax_agree" in partials[0]:
+            metrics["argmax_agreement"] = float(np.mean(gather_rows([q["argmax_agree"] for q in partials])))
         findings = []
         if violations:
             worst = max(per, key=lambda k: per[k]["violations"])
@@ -153,6 +171,16 @@ class Parity(Check):
                                             f"{max_abs:.3g})", severity="fail",
                                     data={"max_abs_diff": max_abs, "violations": violations}))
         return CheckResult(metrics=metrics, findings=findings, notes=notes)
+
+
+def _rtol(model: ModelHandle, rtol: float) -> tuple[float, list[str]]:
+    """The relative tolerance used: ``rtol``, raised to the unit roundoff of a float16/bfloat16 graph (with
+    the note that says so)."""
+    low = _low_precision_eps(model.proto)
+    if low is None or low[0] <= rtol:
+        return rtol, []
+    return low[0], [f"the graph computes in {low[1]}: rtol raised to its unit roundoff {low[0]:.3g} "
+                    f"(two correct {low[1]} evaluations differ by about one rounding)"]
 
 
 _QUANT_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger",
@@ -201,40 +229,56 @@ def _unoptimized(h: ModelHandle, backend: Any, x: Any, names: list[str],
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def _compare(ort_out: dict[str, Any], got: dict[str, np.ndarray], names: list[str], atol: float, rtol: float,
-             main: str) -> tuple[dict[str, Any], float, float, int, int, float]:
-    """Per-output and overall figures of ``|t − o| <= atol + rtol·|o|`` (integers: equality)."""
-    per: dict[str, Any] = {}
-    max_abs = max_rel = 0.0
-    violations = mismatch = 0
-    mean_abs = 0.0
+def _differences(ort_out: dict[str, Any], got: dict[str, np.ndarray], names: list[str], atol: float, rtol: float,
+                 main: str) -> dict[str, dict[str, Any]]:
+    """Per output, the figures of ``|t − o| <= atol + rtol·|o|`` (integers: equality) on some rows, as
+    :func:`_combine` merges them: maxima and counts, and the audited output's differences row by row."""
+    per: dict[str, dict[str, Any]] = {}
     for name in names:
         o = np.asarray(ort_out[name])
         t = np.asarray(got[name]).reshape(o.shape)
         if o.dtype.kind in "iub":
-            bad = int(np.count_nonzero(o != t.astype(o.dtype)))
-            d_max = float(np.abs(o.astype(np.float64) - t.astype(np.float64)).max(initial=0.0))
-            per[name] = {"max_abs_diff": d_max, "max_rel_diff": None, "violations": bad, "elements": int(o.size)}
-            violations += bad
-            max_abs = max(max_abs, d_max)
+            per[name] = {"max_abs_diff": float(np.abs(o.astype(np.float64) - t.astype(np.float64)).max(initial=0.0)),
+                         "violations": int(np.count_nonzero(o != t.astype(o.dtype))), "elements": int(o.size)}
             continue
         o64, t64 = o.astype(np.float64), t.astype(np.float64)
         fin_o, fin_t = np.isfinite(o64), np.isfinite(t64)
         mm = int((fin_o != fin_t).sum())
         both = fin_o & fin_t
-        diff = np.abs(t64 - o64)
-        d = diff[both]
+        d = np.abs(t64 - o64)[both]
         bad = int(np.count_nonzero(d > atol + rtol * np.abs(o64[both]))) + mm
         bad += int(np.count_nonzero(~fin_o & ~fin_t & ~((o64 == t64) | (np.isnan(o64) & np.isnan(t64)))))
-        scale = float(np.abs(o64[both]).max()) if both.any() else 0.0
-        d_max = float("inf") if mm else (float(d.max()) if d.size else 0.0)
+        per[name] = {"max_abs_diff": float(d.max()) if d.size else 0.0, "violations": bad, "elements": int(o.size),
+                     "scale": float(np.abs(o64[both]).max()) if both.any() else 0.0, "mismatch": mm,
+                     "diffs": d if name == main else None}
+    return per
+
+
+def _combine(parts: Sequence[dict[str, dict[str, Any]]]) -> tuple[dict[str, Any], float, float, int, int, float]:
+    """Per-output and overall figures from the :func:`_differences` of consecutive runs of rows: what one
+    comparison of all the rows gives (maxima and counts combine exactly; the mean is over the gathered
+    differences, in row order)."""
+    per: dict[str, Any] = {}
+    max_abs = max_rel = 0.0
+    violations = mismatch = 0
+    mean_abs = 0.0
+    for name in parts[0]:
+        qs = [q[name] for q in parts]
+        d_max = max(q["max_abs_diff"] for q in qs)
+        bad, size = sum(q["violations"] for q in qs), sum(q["elements"] for q in qs)
+        if "scale" not in qs[0]:  # integers
+            per[name] = {"max_abs_diff": d_max, "max_rel_diff": None, "violations": bad, "elements": size}
+            violations, max_abs = violations + bad, max(max_abs, d_max)
+            continue
+        mm, scale = sum(q["mismatch"] for q in qs), max(q["scale"] for q in qs)
+        d_max = float("inf") if mm else d_max
         rel = d_max / scale if scale > 0 else (0.0 if d_max == 0 else float("inf"))
-        per[name] = {"max_abs_diff": d_max, "max_rel_diff": rel, "violations": bad, "elements": int(o.size)}
-        violations += bad
-        mismatch += mm
+        per[name] = {"max_abs_diff": d_max, "max_rel_diff": rel, "violations": bad, "elements": size}
+        violations, mismatch = violations + bad, mismatch + mm
         max_abs, max_rel = max(max_abs, d_max), max(max_rel, rel)
-        if name == main:
-            mean_abs = float(d.mean()) if d.size else 0.0
+        if qs[0]["diffs"] is not None:
+            d = gather_rows([q["diffs"] for q in qs])
+            mean_abs = float(d.mean()) if len(d) else 0.0
     return per, max_abs, max_rel, violations, mismatch, mean_abs
 
 

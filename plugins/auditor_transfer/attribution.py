@@ -12,17 +12,22 @@ models by the distance between their attribution maps on shared unlabelled input
 
 Per sample the distance is the cosine distance ``1 − ⟨a, b⟩/(‖a‖‖b‖)`` of the flattened maps (Song et al.);
 the Spearman rank correlation of the maps is reported beside it.
+
+The check shards by rows: the plan predicts the sample once per model (the class each explains); each shard
+explains its rows with every model and returns each row's distance and correlation, which the driver gathers.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from auditor import ArraySource, AuditContext, Check, CheckResult, ModelHandle, Need, SkipCheck, Task, param
+from auditor import ArraySource, AuditContext, CheckResult, ModelHandle, Need, SkipCheck, Task, param
 from auditor import graph as G
 from auditor.outputs import Predictions, encode_labels, predictions_of
+from auditor.shards import Plan, RowShards, Shard, ShardedCheck, gather_rows, sampled_rows
 from auditor_transfer._common import data_for, jsonable, pick_references, reference_param, scores
 from auditor_transfer.stats import spearman_rows
 
@@ -128,7 +133,7 @@ def occlusion_maps(score: Scorer, x: np.ndarray, targets: np.ndarray, *, patch: 
     return out
 
 
-class AttributionDistance(Check):
+class AttributionDistance(ShardedCheck):
     """Distance between the attribution maps of the model and each reference on the same inputs."""
 
     name = "transfer.attribution_distance"
@@ -163,11 +168,15 @@ class AttributionDistance(Check):
         "by_reference": "all of the above for each reference, by name",
     }
 
-    def run(self, ctx: AuditContext, p: Params) -> CheckResult:
-        """Explain the same sample with each model, then compare the maps sample by sample."""
-        sample = ctx.sample(int(p.limit))
+    #: Rows per shard: each shard explains its rows with every model and compares the maps row by row.
+    shards = RowShards(rows=32)
+
+    def plan(self, ctx: AuditContext, p: Params) -> Plan:
+        """The seeded sample; the method; each model's explained class per sample (one prediction pass over
+        the sample here, so every shard explains the class a whole pass would pick) and its occlusion baseline."""
+        rows, notes = sampled_rows(ctx, int(p.limit))
+        notes = notes[-1:] if rows is not None else []
         refs = pick_references(ctx, p.reference)
-        notes = list(sample.notes[-1:]) if sample is not ctx.data else []
         method = str(p.method)
         if method == "auto":
             method = "occlusion"
@@ -177,28 +186,57 @@ class AttributionDistance(Check):
                 method = "gradient"
             except SkipCheck as exc:
                 notes.append(f"gradient × input unavailable ({exc}); occlusion used instead")
+        full = ctx.require_data()
+        sample = full if rows is None else full.subset(rows)
         y = sample.y if p.target == "label" else None
         if p.target == "label" and y is None:
             raise SkipCheck("target 'label' needs labels (data.y)")
-        self.explained: set[str] = set()
-        model_map = self._maps(ctx, ctx.model, np.asarray(sample.x), sample.y, y, method, p,
-                               ctx.companions(ctx.model, sample))
-        by_ref: dict[str, dict[str, Any]] = {}
-        for name, ref in refs.items():
-            ctx.check_cancelled()
-            ref_data = data_for(sample, ref)
-            ref_map = self._maps(ctx, ref, np.asarray(ref_data.x), sample.y, y, method, p,
-                                 ctx.companions(ref, ref_data))
-            if ref_map.shape != model_map.shape:
-                raise ValueError(f"attribution maps of the model {model_map.shape[1:]} and of '{name}' "
-                                 f"{ref_map.shape[1:]} differ in shape")
-            by_ref[name] = jsonable(self._compare(model_map, ref_map, method))
-        first = next(iter(by_ref))
+        targets: dict[str, np.ndarray] = {}
+        base: dict[str, np.ndarray | None] = {}
+        tasks: dict[str, Task] = {}
+        explained: set[str] = set()
+        for name, model in {"model": ctx.model, **refs}.items():
+            part = data_for(sample, model)
+            pred = predictions_of(model, model.run(part.x, inputs=ctx.companions(model, part)), y=sample.y)
+            if method == "gradient" and pred.task != Task.CLASSIFICATION:
+                raise SkipCheck("gradient × input explains a class logit: the models must be classifiers")
+            targets[name], tasks[name] = self._targets(pred, y), pred.task
+            base[name] = np.asarray(part.x, dtype=np.float64).mean(axis=0) \
+                if method == "occlusion" and p.baseline == "mean" else None
+            explained.add(Scorer(model, str(p.score), pred.task).kind)
         notes.append(f"attributions by {'gradient × input' if method == 'gradient' else 'occlusion'}"
                      + (f", patch {self._patch(sample.x, ctx.model, p.patch)}, explaining the class "
-                        f"{' / '.join(sorted(self.explained))}" if method == "occlusion" else ""))
-        if len(by_ref) > 1:
-            notes.append(f"headline metrics are for reference '{first}'")
+                        f"{' / '.join(sorted(explained))}" if method == "occlusion" else ""))
+        return Plan(rows=rows, notes=notes, state={"method": method, "targets": targets, "tasks": tasks,
+                                                       "base": base})
+
+    def run_shard(self, ctx: AuditContext, p: Params, plan: Plan, shard: Shard) -> Any:
+        """Every model's maps of the shard's rows; per reference, each row's cosine distance and rank
+        correlation to the model's map (rows where both maps are non-zero)."""
+        data = ctx.require_data()
+        at = slice(shard.start, shard.start + data.n)
+        maps = {}
+        for name, model in {"model": ctx.model, **{k: ctx.references[k] for k in plan.state["targets"]
+                                                   if k != "model"}}.items():
+            ctx.check_cancelled()
+            part = data_for(data, model)
+            st = plan.state
+            maps[name] = self._maps(ctx, model, np.asarray(part.x), st["targets"][name][at], st["method"], p,
+                                    st["tasks"][name], st["base"][name], ctx.companions(model, part))
+            if maps[name].shape[1:] != maps["model"].shape[1:]:
+                raise ValueError(f"attribution maps of the model {maps['model'].shape[1:]} and of '{name}' "
+                                 f"{maps[name].shape[1:]} differ in shape")
+        a = maps.pop("model")
+        return {"map_size": int(a.shape[1]), "rows": {name: self._per_row(a, b) for name, b in maps.items()}}
+
+    def merge(self, ctx: AuditContext, p: Params, plan: Plan, partials: Sequence[Any]) -> CheckResult:
+        """The per-row distances of every shard, gathered, summarised per reference."""
+        rows = gather_rows([q["rows"] for q in partials])
+        method = "gradient×input" if plan.state["method"] == "gradient" else "occlusion"
+        by_ref = {name: jsonable(self._summary(r["distance"], r["rho"], partials[0]["map_size"], method))
+                  for name, r in rows.items()}
+        first = next(iter(by_ref))
+        notes = list(plan.notes) + ([f"headline metrics are for reference '{first}'"] if len(by_ref) > 1 else [])
         return CheckResult(metrics={**by_ref[first], "by_reference": by_ref}, notes=notes)
 
     @staticmethod
@@ -210,16 +248,13 @@ class AttributionDistance(Check):
             return 1
         return max(1, min(x.shape[axes[0]], x.shape[axes[1]]) // 8)
 
-    def _maps(self, ctx: AuditContext, model: ModelHandle, x: np.ndarray, y_all: np.ndarray | None,
-              y_target: np.ndarray | None, method: str, p: Params,
-              others: dict[str, np.ndarray] | None = None) -> np.ndarray:
-        """Attribution maps (n, map size) of one model; ``others``: its other per-sample inputs for the rows of
-        ``x``, held fixed (never occluded, never differentiated)."""
-        pred = predictions_of(model, model.run(x, inputs=others), y=y_all)
-        targets = self._targets(pred, y_target)
+    def _maps(self, ctx: AuditContext, model: ModelHandle, x: np.ndarray, targets: np.ndarray, method: str,
+              p: Params, task: Task, base: np.ndarray | None, others: dict[str, np.ndarray] | None = None
+              ) -> np.ndarray:
+        """Attribution maps (n, map size) of one model explaining ``targets``; ``base``: the occlusion baseline
+        (null: zero); ``others``: its other per-sample inputs for the rows of ``x``, held fixed (never
+        occluded, never differentiated)."""
         if method == "gradient":
-            if pred.task != Task.CLASSIFICATION:
-                raise SkipCheck("gradient × input explains a class logit: the models must be classifiers")
             backend = ctx.gradients(model)
             # a backend written for one-input models need not take inputs=: pass it only when there are some
             raw = backend.input_gradients(x, targets, of="logit", inputs=others) if others else \
@@ -230,14 +265,9 @@ class AttributionDistance(Check):
             if axes is not None:  # sum over channels: one value per pixel, whatever the layout
                 a = a.sum(axis=3 if axes == (1, 2) else 1)
             return a.reshape(len(x), -1)
-        if p.baseline == "mean":
-            base = np.asarray(x, dtype=np.float64).mean(axis=0)
-        else:
-            base = np.zeros(x.shape[1:])
-        scorer = Scorer(model, str(p.score), pred.task, others)
-        self.explained.add(scorer.kind)
-        return occlusion_maps(scorer, x, targets, patch=self._patch(x, model, p.patch), baseline=base,
-                              check=ctx.check_cancelled)
+        scorer = Scorer(model, str(p.score), task, others)
+        return occlusion_maps(scorer, x, targets, patch=self._patch(x, model, p.patch),
+                              baseline=base if base is not None else np.zeros(x.shape[1:]), check=ctx.check_cancelled)
 
     @staticmethod
     def _targets(pred: Predictions, y: np.ndarray | None) -> np.ndarray:
@@ -253,18 +283,22 @@ class AttributionDistance(Check):
         return t
 
     @staticmethod
-    def _compare(a: np.ndarray, b: np.ndarray, method: str) -> dict[str, Any]:
+    def _per_row(a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
+        """Cosine distance and Spearman correlation of each row's two maps (rows where both are non-zero)."""
         na = np.linalg.norm(a, axis=1)
         nb = np.linalg.norm(b, axis=1)
         ok = (na > 0) & (nb > 0)
         cos = np.sum(a[ok] * b[ok], axis=1) / (na[ok] * nb[ok])
-        dist = 1.0 - cos
-        rho = spearman_rows(a[ok], b[ok]) if ok.any() else np.array([])
+        return {"distance": 1.0 - cos, "rho": spearman_rows(a[ok], b[ok]) if ok.any() else np.zeros(0)}
+
+    @staticmethod
+    def _summary(dist: np.ndarray, rho: np.ndarray, map_size: int, method: str) -> dict[str, Any]:
+        ok = len(dist) > 0
         return {
-            "distance": float(dist.mean()) if ok.any() else float("nan"),
-            "distance_std": float(dist.std()) if ok.any() else float("nan"),
+            "distance": float(dist.mean()) if ok else float("nan"),
+            "distance_std": float(dist.std()) if ok else float("nan"),
             "rank_correlation": float(np.nanmean(rho)) if np.isfinite(rho).any() else float("nan"),
-            "n": int(ok.sum()),
-            "map_size": int(a.shape[1]),
-            "method": "gradient×input" if method == "gradient" else "occlusion",
+            "n": len(dist),
+            "map_size": map_size,
+            "method": method,
         }
