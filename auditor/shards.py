@@ -41,7 +41,7 @@ from auditor.checks import Check
 from auditor.rowrandom import RowRandom  # re-exported: the streams Shard.random hands out
 
 __all__ = ["Plan", "PredictionShardedCheck", "RowRandom", "RowShards", "Shard", "ShardedCheck", "gather_rows",
-           "params_for", "sampled_rows", "shard_context", "shards_of"]
+           "params_for", "sampled_rows", "shard_context", "shards_of", "summed"]
 
 if TYPE_CHECKING:
     from auditor.context import AuditContext
@@ -191,14 +191,31 @@ class ShardedCheck(Check):
 
 def gather_rows(partials: Sequence[Any]) -> Any:
     """Per-row partials read as one pass over every row: arrays concatenated along their first axis in shard
-    order, mappings gathered key by key (nested; the keys of the first partial). Empty partials (``{}`` or
-    ``None``, e.g. a shard with no rows) are left out; with none left the result is ``{}``."""
+    order, mappings gathered key by key (nested; the keys of the first partial), lists and tuples item by item.
+    Empty partials (``{}`` or ``None``, e.g. a shard with no rows) are left out; with none left the result is
+    ``{}``."""
     parts = [q for q in partials if q is not None and not (isinstance(q, Mapping) and not q)]
     if not parts:
         return {}
     if isinstance(parts[0], Mapping):
         return {k: gather_rows([q[k] for q in parts]) for k in parts[0]}
+    if isinstance(parts[0], (list, tuple)):
+        return [gather_rows([q[i] for q in parts]) for i in range(len(parts[0]))]
     return np.concatenate([np.asarray(q) for q in parts])
+
+
+def summed(partials: Sequence[Any]) -> Any:
+    """Partials that are sums or counts (numbers, arrays of one shape) added up in shard order: mappings key by
+    key, lists and tuples item by item (nested), so a sum over the shards' rows is the sum over all rows."""
+    first = partials[0]
+    if isinstance(first, Mapping):
+        return {k: summed([q[k] for q in partials]) for k in first}
+    if isinstance(first, (list, tuple)):
+        return [summed([q[i] for q in partials]) for i in range(len(first))]
+    total = first
+    for q in partials[1:]:
+        total = total + q
+    return total
 
 
 def sampled_rows(ctx: AuditContext, limit: int | None) -> tuple[np.ndarray | None, list[str]]:

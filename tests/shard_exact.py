@@ -1,4 +1,4 @@
-"""The audit that tests/test_shard_exact.py and tests/test_ray.py share: every check that ran whole until #14,
+"""The audit that tests/test_shard_exact.py and tests/test_ray.py share: the checks that ran whole until #14,
 on small shards (``execution.shard_rows``), run once per test session (the ``exact_audit`` fixture)."""
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ CHECKS: list[dict[str, Any]] = [
     {"use": "transfer.attribution_distance", "name": "attribution.mean",
      "with": {"method": "occlusion", "limit": 300, "baseline": "mean", "score": "probability",
               "target": "label"}},
+    {"use": "transfer.similarity", "with": {"rsa": False, "layers": ["h", "hr", "probs"]}},  # CKA from sums
+    {"use": "transfer.similarity", "name": "similarity.rsa", "with": {"limit": 270}},  # features gathered
+    {"use": "transfer.similarity", "name": "similarity.minibatch", "with": {"minibatch": 60}},  # whole, 1 worker
     {"use": "bias.leakage", "with": {"limit": 250}},
     {"use": "bias.leakage", "name": "leakage.hidden", "with": {"features": "hr"}},
     {"use": "bias.shortcut", "with": {"transform": "swap_feature", "feature": 0, "aligned": "aligned",

@@ -201,7 +201,7 @@ def test_a_two_input_model_gives_the_same_report_on_ray(cluster: None, tmp_path:
 
 def test_the_checks_that_ran_whole_shard_on_ray_with_the_same_report(
         cluster: None, exact_audit: tuple[Path, dict[str, Any], Any]) -> None:
-    """transfer.attribution_distance, torch.parity, bias.leakage and bias.shortcut: the
+    """transfer.attribution_distance, transfer.similarity, torch.parity, bias.leakage and bias.shortcut: the
     small shards of tests/shard_exact.py on two workers against the same shards run locally."""
     from shard_exact import SHARD_ROWS, audit
 

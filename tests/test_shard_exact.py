@@ -1,8 +1,9 @@
-"""The checks that ran whole until #14 shard exactly: transfer.attribution_distance, torch.parity, bias.leakage
-and bias.shortcut give with small shards
-(``execution.shard_rows``) the report of one shard holding every row, which is the whole computation (the tests
-of each check verify its numbers against independent computations on that path); a few numbers are checked
-here again on the sharded path, against plain ONNX Runtime. tests/test_ray.py runs the same shards on Ray."""
+"""The checks that ran whole until #14 shard exactly: transfer.attribution_distance, transfer.similarity,
+torch.parity, bias.leakage and bias.shortcut give with small shards (``execution.shard_rows``) the report of one
+shard holding every row, which is the whole computation (the tests of each check verify its numbers against
+independent computations on that path): bit for bit, except linear CKA from feature-space sums, whose sums
+over other shards round differently (1e-12 here). A few numbers are checked again on the sharded path, against
+plain ONNX Runtime and numpy. tests/test_ray.py runs the same shards on Ray."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import pytest
+from builders import mlp_weights
 from report_compare import assert_same
 from shard_exact import HAS_TORCH, audit
 
@@ -20,11 +22,32 @@ def test_small_shards_give_the_report_of_the_whole_computation(exact_audit: tupl
                                                                 ) -> None:
     d, files, sharded = exact_audit
     whole = audit(d, files, 100_000)  # one shard holding every row: the whole computation
-    assert_same(whole.doc, sharded.doc)
+    docs = [r.doc for r in (whole, sharded)]
+    sums = [next(c for c in doc["checks"] if c["id"] == "transfer.similarity") for doc in docs]
+    for doc, c in zip(docs, sums):
+        doc["checks"].remove(c)
+    assert_same(*docs)
+    assert sums[0]["notes"] == sums[1]["notes"] and sums[0]["metrics"]["n"] == sums[1]["metrics"]["n"] == 300
+    assert np.allclose(sums[0]["metrics"]["cka_matrix"], sums[1]["metrics"]["cka_matrix"], rtol=1e-12, atol=0)
+    assert sums[0]["metrics"]["agreement"] == sums[1]["metrics"]["agreement"]
 
-    # numbers of the sharded run against plain ONNX Runtime on the whole data (limit >= rows: every row)
+    # CKA of the hidden layers against the Gram-matrix formula (Kornblith et al. 2019) on numpy's forward pass
+    def hidden(w: dict[str, np.ndarray]) -> np.ndarray:
+        return np.maximum(x.astype(np.float64) @ w["W1"] + w["b1"], 0)
+
+    def hsic(k: np.ndarray, m: np.ndarray) -> float:
+        h = np.eye(len(k)) - 1.0 / len(k)
+        return float(np.trace(k @ h @ m @ h))
+
     data = np.load(d / "d.npz")
     x, y = data["x"], data["y"]
+    k, m = (hidden(w) @ hidden(w).T for w in (mlp_weights(), mlp_weights(seed=5)))
+    cka = sums[1]["metrics"]["cka_matrix"][1][1]
+    # (ONNX Runtime computes the features in float32, numpy here in float64)
+    assert cka == pytest.approx(hsic(k, m) / np.sqrt(hsic(k, k) * hsic(m, m)), rel=1e-6) and 0.05 < cka < 0.95
+    assert sums[1]["metrics"]["cka"] == cka  # hr is the penultimate layer
+
+    # numbers of the sharded run against plain ONNX Runtime on the whole data (limit >= rows: every row)
     sess = ort.InferenceSession(files["model"]["path"], providers=["CPUExecutionProvider"])
     before = sess.run(None, {"x": x})[0].argmax(1)
     x_set = x.copy()
@@ -38,6 +61,7 @@ def test_small_shards_give_the_report_of_the_whole_computation(exact_audit: tupl
     leak = sharded.metrics("leakage.hidden")
     assert leak["feature_dim"] == 16 and leak["n"] == 300 and leak["majority_rate"] == pytest.approx(200 / 300)
     assert sharded.metrics("attribution.mean")["n"] > 0
+    assert sharded.metrics("similarity.minibatch")["batches"] == 5 and "rsa" in sharded.metrics("similarity.rsa")
     if HAS_TORCH:
         parity = sharded.metrics("torch.parity")
         assert parity["n"] == 290 and parity["violations"] == 0 and parity["argmax_agreement"] == 1.0

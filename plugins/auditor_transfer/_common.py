@@ -1,17 +1,16 @@
 """What the ``transfer`` checks share: picking references and layers, fitting the data to a reference model,
-and gathering a model's predictions and intermediate features in one batched pass."""
+reading a layer's activations as vectors."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from auditor import ArraySource, AuditContext, Dataset, ModelHandle, SkipCheck, Task, param
+from auditor import AuditContext, Dataset, ModelHandle, SkipCheck, param
 from auditor.jsonenc import jsonable as jsonable  # the core's one encoder (NaN, inf -> None), for this plugin
-from auditor.outputs import Predictions, predictions_of
+from auditor.outputs import Predictions
 
 
 def reference_param() -> Any:
@@ -73,24 +72,6 @@ def as_vectors(a: np.ndarray, n: int, spatial: str) -> np.ndarray:
     elif spatial == "mean" and a.ndim == 3:
         a = a.mean(axis=1)
     return np.asarray(a, dtype=np.float64).reshape(n, -1)
-
-
-@dataclass
-class Pass:
-    """One model's predictions and requested layer tensors on one set of inputs."""
-
-    predictions: Predictions
-    layers: dict[str, np.ndarray]
-
-
-def forward(model: ModelHandle, x: np.ndarray | ArraySource, layers: Sequence[str], *, task: Task | None = None,
-            y: np.ndarray | None = None, inputs: Mapping[str, np.ndarray] | None = None) -> Pass:
-    """Run ``x`` once through ``model`` with the audited outputs and every layer in ``layers`` added as graph
-    outputs at once (batched by the model handle); ``inputs``: the model's other per-sample inputs for the rows
-    of ``x`` (``ctx.companions(model, data, rows)``)."""
-    wanted = list(dict.fromkeys([*model.outputs, *layers]))
-    raw = model.run(x, wanted, inputs=inputs)
-    return Pass(predictions_of(model, raw, task=task, y=y), {name: raw[name] for name in layers})
 
 
 def scores(pred: Predictions) -> np.ndarray:

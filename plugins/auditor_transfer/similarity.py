@@ -13,36 +13,49 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, Check, CheckResult, Need, Task, param
-from auditor.outputs import encode_labels
+from auditor import AuditContext, CheckResult, Dataset, Need, Task, param
+from auditor.outputs import encode_labels, predictions_of
+from auditor.shards import Plan, RowShards, Shard, ShardedCheck, gather_rows, sampled_rows, summed
 from auditor_transfer._common import (
     as_vectors,
     data_for,
-    forward,
     jsonable,
     pick_references,
     reference_param,
     resolve_layers,
     spatial_param,
 )
-from auditor_transfer.stats import CKAAccumulator, RSAAccumulator
+from auditor_transfer.stats import CKAAccumulator, RSAAccumulator, feature_sums
 
 # Up to this many samples CKA uses one batch (exact estimator, O(n²) memory); above, minibatches of 1024.
 FULL_MAX = 2048
 AUTO_MINIBATCH = 1024
+#: The widest layer whose CKA comes from feature-space sums (d × d): no larger than the largest Gram matrix
+#: (n × n) the exact estimator builds; a wider layer's n × n Gram matrix is the smaller one.
+SUMS_MAX_DIM = FULL_MAX
 
 
-class Similarity(Check):
+def n_rows(splits: Sequence[np.ndarray]) -> int:
+    """Samples compared: the rows of every minibatch."""
+    return sum(len(s) for s in splits)
+
+
+class Similarity(ShardedCheck):
     """Representation similarity (CKA, RSA), prediction agreement and complementary knowledge between the
     model and each reference, on the same samples.
 
-    Features of every requested layer (plus the penultimate one) come from one pass per model, one minibatch
-    at a time; each minibatch adds its centred Gram matrices to the running HSIC sums and is dropped, so
-    memory is O(batch² · layers).
+    Features of every requested layer (plus the penultimate one) come from one pass per model. The check
+    shards by rows. Linear CKA's exact estimator (one batch, biased HSIC) comes from feature-space sums that
+    add up over shards: ``HSIC = ‖XcᵀYc‖²/(n−1)²`` with ``XcᵀYc = XᵀY − sₓs_yᵀ/n`` (``d × d`` per layer, never
+    ``n × n``). What needs every pair of samples takes the ``n × n`` route: RSA (its RDMs), the unbiased
+    estimator and layers wider than :data:`SUMS_MAX_DIM` gather the shards' features (``n × d``, what one pass
+    holds) and compute on the driver; the minibatch estimator runs whole on one worker, a minibatch at a time
+    (memory O(batch² · layers)).
     """
 
     name = "transfer.similarity"
@@ -87,97 +100,145 @@ class Similarity(Check):
         "unbiased": "whether the unbiased HSIC estimator was used",
     }
 
-    def run(self, ctx: AuditContext, p: Params) -> CheckResult:
-        """Gather features minibatch by minibatch, accumulate CKA/RSA, compare predictions."""
-        sample = ctx.sample(int(p.limit))
-        refs = pick_references(ctx, p.reference)
-        notes = list(sample.notes[-1:]) if sample is not ctx.data else []
-        model = ctx.model
-        spatial = str(p.spatial)
-        m_layers = resolve_layers(model, p.layers, int(p.max_layers))
-        m_pen = model.penultimate()
-        m_all = list(dict.fromkeys(m_layers + ([m_pen] if m_pen else [])))
-        ref_data = {name: data_for(sample, ref) for name, ref in refs.items()}
-        r_layers: dict[str, list[str]] = {}
-        r_all: dict[str, list[str]] = {}
-        r_pen: dict[str, str | None] = {}
-        for name, ref in refs.items():
-            r_layers[name] = self._reference_layers(ref, p.layers, p.reference_layers, int(p.max_layers))
-            r_pen[name] = ref.penultimate()
-            pen = r_pen[name]
-            r_all[name] = list(dict.fromkeys(r_layers[name] + ([pen] if pen else [])))
+    #: Rows per shard: each shard returns its rows' raw outputs and CKA sums (or features) for every model.
+    shards = RowShards(rows=512)
 
-        n = sample.n
+    def plan(self, ctx: AuditContext, p: Params) -> Plan:
+        """The seeded sample, the layers of every model, the estimator and the route (see the class)."""
+        rows, notes = sampled_rows(ctx, int(p.limit))
+        refs = pick_references(ctx, p.reference)
+        m_layers = resolve_layers(ctx.model, p.layers, int(p.max_layers))
+        layers = {"model": (m_layers, ctx.model.penultimate())}
+        for name, ref in refs.items():
+            layers[name] = (self._reference_layers(ref, p.layers, p.reference_layers, int(p.max_layers)),
+                            ref.penultimate())
+        full = ctx.require_data()
+        n = full.n if rows is None else len(rows)
         size = int(p.minibatch) if p.minibatch is not None else (n if n <= FULL_MAX else AUTO_MINIBATCH)
         splits = np.array_split(np.arange(n), max(1, int(np.ceil(n / size))))
         unbiased = bool(p.unbiased) if p.unbiased is not None else len(splits) > 1
         if unbiased and min(len(s) for s in splits) < 4:
             raise ValueError("the unbiased estimator needs at least 4 samples per minibatch")
-        cka = {name: CKAAccumulator(len(m_all), len(r_all[name]), unbiased=unbiased) for name in refs}
-        rsa = {name: RSAAccumulator(len(m_all), len(r_all[name])) for name in refs}
-        m_labels: list[np.ndarray] = []
-        r_labels: dict[str, list[np.ndarray]] = {name: [] for name in refs}
-        m_task: Task | None = None
-        r_task: dict[str, Task | None] = dict.fromkeys(refs)
-        m_classes: tuple[Any, ...] | None = None
-        r_classes: dict[str, tuple[Any, ...] | None] = dict.fromkeys(refs)
-        y = sample.y
-        for done, idx in enumerate(splits):
-            ctx.check_cancelled()
-            yb = None if y is None else y[idx]
-            mp = forward(model, sample.x[idx], m_all, task=m_task, y=yb,
-                         inputs=ctx.companions(model, sample, idx))
-            m_task, m_classes = mp.predictions.task, mp.predictions.classes
-            m_feats = [as_vectors(mp.layers[t], len(idx), spatial) for t in m_all]
-            if mp.predictions.labels is not None:
-                m_labels.append(mp.predictions.labels)
-            for name, ref in refs.items():
-                rp = forward(ref, ref_data[name].x[idx], r_all[name], task=r_task[name], y=yb,
-                             inputs=ctx.companions(ref, ref_data[name], idx))
-                r_task[name], r_classes[name] = rp.predictions.task, rp.predictions.classes
-                r_feats = [as_vectors(rp.layers[t], len(idx), spatial) for t in r_all[name]]
-                cka[name].add(m_feats, r_feats)
-                if p.rsa:
-                    rsa[name].add(m_feats, r_feats)
-                if rp.predictions.labels is not None:
-                    r_labels[name].append(rp.predictions.labels)
-            ctx.report_progress(done + 1, len(splits), "minibatches")
+        route = "whole" if len(splits) > 1 else "gather" if p.rsa or unbiased else "sums"
+        state = {"layers": {k: (own, list(dict.fromkeys(own + ([pen] if pen else [])))) for k, (own, pen) in
+                            layers.items()}, "pen": {k: pen for k, (_, pen) in layers.items()},
+                 "splits": splits, "unbiased": unbiased, "route": route, "y": None if full.y is None else
+                 (full.y if rows is None else np.asarray(full.y)[rows]), "rows": rows}
+        notes = notes[-1:] if rows is not None else []
+        if len(splits) > 1:
+            notes.append(f"minibatch CKA over {len(splits)} batches of about {size} samples"
+                         + ("; RSA is the mean over batches" if p.rsa else "") + "; run whole on one worker")
+        elif route == "gather":
+            notes.append(("RSA compares every pair of samples" if p.rsa else "the unbiased estimator needs every "
+                          "pair of samples") + ": the shards' features (n × d per layer) are gathered and compared "
+                         "on the driver (n × n)")
+        return Plan(items=1, state=state, notes=notes) if route == "whole" else \
+            Plan(rows=rows, state=state, notes=notes)
 
+    def _features(self, ctx: AuditContext, st: dict[str, Any], data: Dataset, idx: np.ndarray | slice,
+                  spatial: str) -> dict[str, Any]:
+        """Every model's raw audited outputs and layer features (``rows × d``, one list per model) on
+        ``data[idx]``, one pass per model."""
+        out: dict[str, Any] = {"raw": {}, "features": {}}
+        for name, (_, every) in st["layers"].items():
+            ctx.check_cancelled()
+            model = ctx.model if name == "model" else ctx.references[name]
+            part = data_for(data, model)
+            x = part.x[idx]
+            raw = model.run(x, list(dict.fromkeys([*model.outputs, *every])), inputs=ctx.companions(model, part, idx))
+            out["raw"][name] = {o: raw[o] for o in model.outputs if o in raw}
+            out["features"][name] = [as_vectors(raw[t], len(x), spatial) for t in every]
+        return out
+
+    def _accumulators(self, st: dict[str, Any], rsa: bool) -> tuple[dict[str, CKAAccumulator], dict[str, Any]]:
+        sizes = {k: len(every) for k, (_, every) in st["layers"].items()}
+        refs = [k for k in sizes if k != "model"]
+        return ({k: CKAAccumulator(sizes["model"], sizes[k], unbiased=st["unbiased"]) for k in refs},
+                {k: RSAAccumulator(sizes["model"], sizes[k]) if rsa else None for k in refs})
+
+    @staticmethod
+    def _add(cka: dict[str, CKAAccumulator], rsa: dict[str, Any], feats: dict[str, list[np.ndarray]]) -> None:
+        for name in cka:
+            cka[name].add(feats["model"], feats[name])
+            if rsa[name] is not None:
+                rsa[name].add(feats["model"], feats[name])
+
+    def run_shard(self, ctx: AuditContext, p: Params, plan: Plan, shard: Shard) -> Any:
+        """The shard's raw outputs with its CKA sums (or, on the n × n route, its features); the minibatch
+        estimator's one work item: every minibatch of the sample, accumulated here."""
+        st, spatial = plan.state, str(p.spatial)
+        if st["route"] != "whole":
+            got = self._features(ctx, st, ctx.require_data(), slice(None), spatial)
+            if st["route"] == "sums" and all(f.shape[1] <= SUMS_MAX_DIM for fs in got["features"].values()
+                                             for f in fs):
+                got["sums"] = {k: feature_sums(got["features"]["model"], f) for k, f in got["features"].items()
+                               if k != "model"}
+                del got["features"]
+            return got
+        full = ctx.require_data()
+        sample = full if st["rows"] is None else full.subset(st["rows"])
+        cka, rsa = self._accumulators(st, bool(p.rsa))
+        raws = []
+        for done, idx in enumerate(st["splits"]):
+            got = self._features(ctx, st, sample, idx, spatial)
+            self._add(cka, rsa, got["features"])
+            raws.append(got["raw"])
+            ctx.report_progress(done + 1, len(st["splits"]), "minibatches")
+        return {"raw": gather_rows(raws), "cka": cka, "rsa": rsa}
+
+    def merge(self, ctx: AuditContext, p: Params, plan: Plan, partials: Sequence[Any]) -> CheckResult:
+        """CKA from the summed sums or the gathered features, RSA, agreement from the gathered outputs."""
+        st, notes = plan.state, list(plan.notes)
+        if st["route"] == "whole":
+            cka, rsa, raw = partials[0]["cka"], partials[0]["rsa"], partials[0]["raw"]
+        else:
+            raw = gather_rows([q["raw"] for q in partials])
+            cka, rsa = self._accumulators(st, bool(p.rsa))
+            if "sums" in partials[0]:
+                for name, total in summed([q["sums"] for q in partials]).items():
+                    cka[name].add_sums(total)
+            else:
+                if st["route"] == "sums":
+                    notes.append(f"a layer has more than {SUMS_MAX_DIM} features: CKA from the n × n Gram matrices "
+                                 "of the shards' gathered features")
+                self._add(cka, rsa, gather_rows([q["features"] for q in partials]))
+        y = st["y"]
+        m_layers, m_all = st["layers"]["model"]
+        m_pen = st["pen"]["model"]
+        m_pred = predictions_of(ctx.model, raw["model"], y=y)
         by_ref: dict[str, dict[str, Any]] = {}
-        for name in refs:
+        for name in cka:
+            r_layers, r_all = st["layers"][name]
             cm = cka[name].result()
-            rm = rsa[name].result() if p.rsa else None
+            rm = rsa[name].result() if rsa[name] is not None else None
             rows = [m_all.index(t) for t in m_layers]
-            cols = [r_all[name].index(t) for t in r_layers[name]]
+            cols = [r_all.index(t) for t in r_layers]
             out: dict[str, Any] = {
                 "model_layers": m_layers,
-                "reference_layers": r_layers[name],
+                "reference_layers": r_layers,
                 "cka_matrix": cm[np.ix_(rows, cols)],
             }
-            pen = r_pen[name]
+            pen = st["pen"][name]
             if m_pen and pen:
-                out["cka"] = cm[m_all.index(m_pen), r_all[name].index(pen)]
+                out["cka"] = cm[m_all.index(m_pen), r_all.index(pen)]
             if rm is not None:
                 out["rsa_matrix"] = rm[np.ix_(rows, cols)]
                 if m_pen and pen:
-                    out["rsa"] = rm[m_all.index(m_pen), r_all[name].index(pen)]
-            if m_task == Task.CLASSIFICATION and r_task[name] == Task.CLASSIFICATION and m_labels and r_labels[name]:
-                rc = r_classes[name]
-                assert m_classes is not None and rc is not None
-                out.update(self._agreement(np.concatenate(m_labels), m_classes, np.concatenate(r_labels[name]),
-                                           rc, y))
+                    out["rsa"] = rm[m_all.index(m_pen), r_all.index(pen)]
+            r_pred = predictions_of(ctx.references[name], raw[name], y=y)
+            if m_pred.task == Task.CLASSIFICATION and r_pred.task == Task.CLASSIFICATION and \
+                    m_pred.labels is not None and r_pred.labels is not None:
+                assert m_pred.classes is not None and r_pred.classes is not None
+                out.update(self._agreement(m_pred.labels, m_pred.classes, r_pred.labels, r_pred.classes, y))
             else:
                 notes.append(f"{name}: prediction agreement needs two classifiers")
             by_ref[name] = jsonable(out)
         if not m_pen:
             notes.append("no penultimate layer found in the model: no headline cka/rsa")
         first = next(iter(by_ref))
-        metrics: dict[str, Any] = {**by_ref[first], "by_reference": by_ref, "n": int(n),
-                                   "batches": len(splits), "unbiased": unbiased}
-        if len(splits) > 1:
-            notes.append(f"minibatch CKA over {len(splits)} batches of about {size} samples"
-                         + ("; RSA is the mean over batches" if p.rsa else ""))
-        if len(refs) > 1:
+        metrics: dict[str, Any] = {**by_ref[first], "by_reference": by_ref, "n": n_rows(st["splits"]),
+                                   "batches": len(st["splits"]), "unbiased": st["unbiased"]}
+        if len(by_ref) > 1:
             notes.append(f"headline metrics are for reference '{first}'")
         return CheckResult(metrics=metrics, notes=notes)
 

@@ -7,6 +7,7 @@ References for each estimator are given in the function docstrings.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -149,6 +150,37 @@ class CKAAccumulator:
         den = np.sqrt(np.outer(np.where(ok_a, self.self_a, 1.0), np.where(ok_b, self.self_b, 1.0)))
         out[ok] = self.cross[ok] / den[ok]
         return out
+
+
+    def add_sums(self, sums: dict[str, Any]) -> None:
+        """Add one batch of the biased estimator from its :func:`feature_sums`, added up over the batch's rows
+        (e.g. over shards): ``HSIC(K, L) = ‖XcᵀYc‖²/(n−1)²`` with ``XcᵀYc = XᵀY − sₓs_yᵀ/n`` (the centred Gram
+        matrices' inner product ``tr(KHLH)`` read in feature space; ``d × d``, never ``n × n``)."""
+        if self.unbiased:
+            raise ValueError("feature-space sums give the biased estimator only")
+        n = int(sums["n"])
+        norm = float(n - 1) ** 2
+
+        def centred(m: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+            return float(np.sum((m - np.outer(a, b) / n) ** 2)) / norm
+
+        sx, sy = sums["sx"], sums["sy"]
+        self.cross += np.array([[centred(m, a, b) for m, b in zip(row, sy)] for row, a in zip(sums["xy"], sx)])
+        self.self_a += np.array([centred(m, a, a) for m, a in zip(sums["xx"], sx)])
+        self.self_b += np.array([centred(m, b, b) for m, b in zip(sums["yy"], sy)])
+        self.scale_a += np.array([float(np.sum(m * m)) for m in sums["xx"]]) / norm  # ‖K‖² = ‖XᵀX‖²
+        self.scale_b += np.array([float(np.sum(m * m)) for m in sums["yy"]]) / norm
+        self.batches += 1
+        self.samples += n
+
+
+def feature_sums(feats_a: Sequence[np.ndarray], feats_b: Sequence[np.ndarray]) -> dict[str, Any]:
+    """What :meth:`CKAAccumulator.add_sums` needs from some rows of every layer of model A and of model B: the
+    row count, column sums and the products ``XᵀY``, ``XᵀX``, ``YᵀY``; sums over rows, so that the sums of
+    several sets of rows (shards) are those of their union."""
+    return {"n": len(feats_a[0]), "sx": [f.sum(axis=0) for f in feats_a], "sy": [f.sum(axis=0) for f in feats_b],
+            "xx": [f.T @ f for f in feats_a], "yy": [f.T @ f for f in feats_b],
+            "xy": [[a.T @ b for b in feats_b] for a in feats_a]}
 
 
 def linear_cka(x: np.ndarray, y: np.ndarray, *, unbiased: bool = False) -> float:
