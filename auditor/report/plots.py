@@ -35,9 +35,12 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from auditor.report.json_report import json_number
+
+if TYPE_CHECKING:
+    from auditor.results import CheckReport
 
 # Names that read as the x axis of a curve, in order of preference (else: the first monotonic numeric key).
 PREFERRED_X = ("sigma", "epsilon", "eps", "severity", "level", "strength", "budget", "step", "steps", "epoch",
@@ -634,13 +637,20 @@ def _size(p: Plot) -> tuple[float, float]:
     return 7.0, 3.2
 
 
-def render_figure(p: Plot) -> Any:
-    """Draw ``p`` on a new matplotlib figure (Agg canvas, no pyplot) and return the figure."""
+def new_figure(width: float, height: float) -> Any:
+    """An empty matplotlib figure of ``width`` x ``height`` inches on the Agg canvas (no pyplot, so no global
+    state and no display), laid out by matplotlib's constrained layout: what a render hook draws on."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=_size(p), layout="constrained")
+    fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
+    return fig
+
+
+def render_figure(p: Plot) -> Any:
+    """Draw ``p`` on a new matplotlib figure (Agg canvas, no pyplot) and return the figure."""
+    fig = new_figure(*_size(p))
     _DRAW[p.kind](fig, p)
     return fig
 
@@ -688,6 +698,15 @@ def plot_table(p: Plot, max_rows: int = 50) -> str:
 def esc(v: Any) -> str:
     """HTML-escaped text, for the fragments an ``auditor_render_check`` implementation returns."""
     return html.escape(str(v), quote=True)
+
+
+def designed_section(check: CheckReport, fig: Any, *, label: str, caption: str, skip: tuple[str, ...] = ()) -> str:
+    """What a render hook returns for a check it draws a designed figure for: ``fig`` as an inline SVG
+    (``label`` its accessible name) with ``caption`` below it, then the generic plots of the check's metrics
+    other than ``skip`` (the baseline's overlaid)."""
+    svg = figure_svg(fig, label=label)
+    return (f"<figure>{svg}<figcaption>{esc(caption)}</figcaption></figure>"
+            + generic_figures(check.metrics, skip=skip, baseline=check.baseline_metrics))
 
 
 def generic_figures(metrics: dict[str, Any], can_plot: bool = True, skip: tuple[str, ...] = (),

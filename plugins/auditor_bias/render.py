@@ -8,7 +8,7 @@ import math
 from typing import Any
 
 from auditor import CheckReport
-from auditor.report.plots import esc, figure_svg, generic_figures
+from auditor.report.plots import designed_section, new_figure
 
 CHECK = "bias.group_metrics"
 #: The headline disparities, in the order the figure lists them.
@@ -36,9 +36,6 @@ def forest_figure(check: CheckReport) -> Any:
     """A matplotlib figure: left, one row per group (``name (n=count)``) with its accuracy and bootstrap
     interval, the baseline's accuracy as a red cross; right, one row per headline disparity with its interval
     and a red bar at each gate's threshold. ``None`` when no group has an accuracy."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     m = check.metrics
     raw = m.get("per_group")
     per_group: dict[str, Any] = raw if isinstance(raw, dict) else {}
@@ -49,8 +46,7 @@ def forest_figure(check: CheckReport) -> Any:
     ci: dict[str, Any] = raw_ci if isinstance(raw_ci, dict) else {}
     disp = [k for k in DISPARITIES if _num(m.get(k)) is not None]
     rows = max(len(groups), len(disp), 1)
-    fig = Figure(figsize=(9.0, 1.2 + 0.32 * rows), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(9.0, 1.2 + 0.32 * rows)
     left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1]})
     acc = [float(r["accuracy"]) for _, r in groups]
     ivs = [_interval(r.get("accuracy_ci")) for _, r in groups]
@@ -98,6 +94,5 @@ def render(check: CheckReport, fmt: str) -> str | None:
     if fig is None:
         return None  # one-vs-rest without accuracies, or an older report: the generic plots
     caption = "accuracy per group and the disparities, with bootstrap intervals where computed; red: gates"
-    svg = figure_svg(fig, label="forest plot of per_group and disparities")
-    return (f"<figure>{svg}<figcaption>{esc(caption)}</figcaption></figure>"
-            + generic_figures(check.metrics, skip=("per_group", "ci"), baseline=check.baseline_metrics))
+    return designed_section(check, fig, label="forest plot of per_group and disparities", caption=caption,
+                            skip=("per_group", "ci"))

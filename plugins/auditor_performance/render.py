@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from auditor import CheckReport
-from auditor.report.plots import esc, figure_svg, generic_figures
+from auditor.report.plots import designed_section, new_figure
 
 CHECK = "performance.metrics"
 
@@ -24,11 +24,7 @@ def reliability_figure(bins: list[dict[str, Any]], baseline: list[dict[str, Any]
     """A matplotlib figure: top, one bar per non-empty bin spanning its edges with the bin's accuracy as height
     and a marker at its mean confidence; bottom, the sample count per bin. ``baseline`` bins (if any) are drawn
     as a dashed line over their (confidence, accuracy) points."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(5.2, 4.4), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(5.2, 4.4)
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     full = [b for b in bins if isinstance(b, dict)]
     filled = _filled(full)
@@ -70,6 +66,5 @@ def render(check: CheckReport, fmt: str) -> str | None:
         caption += f" (ECE {ece:.4g})"
     if _filled(baseline):
         caption += "; dashed: the baseline"
-    svg = figure_svg(reliability_figure(bins, baseline), label="reliability diagram of calibration_bins")
-    head = f"<figure>{svg}<figcaption>{esc(caption)}</figcaption></figure>"
-    return head + generic_figures(check.metrics, skip=("calibration_bins",), baseline=check.baseline_metrics)
+    return designed_section(check, reliability_figure(bins, baseline), label="reliability diagram of "
+                            "calibration_bins", caption=caption, skip=("calibration_bins",))

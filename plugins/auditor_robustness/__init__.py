@@ -7,11 +7,10 @@ to the model in batches across samples.
 
 from __future__ import annotations
 
-from auditor import Check, CheckReport, hookimpl
+from auditor import Check, hookimpl
 from auditor_robustness.blind_spots import BlindSpots
 from auditor_robustness.fooling import Fooling
 from auditor_robustness.noise import NoiseSweep
-from auditor_robustness.render import render
 from auditor_robustness.square import SquareAttack
 
 __version__ = "0.1.0"
@@ -21,9 +20,3 @@ __version__ = "0.1.0"
 def auditor_register_checks() -> list[type[Check]]:
     """``robustness.noise``, ``robustness.square_attack``, ``robustness.fooling``, ``robustness.blind_spots``."""
     return [NoiseSweep, SquareAttack, Fooling, BlindSpots]
-
-
-@hookimpl
-def auditor_render_check(check: CheckReport, fmt: str) -> str | None:
-    """The example galleries of ``robustness.square_attack`` and ``robustness.fooling``."""
-    return render(check, fmt)

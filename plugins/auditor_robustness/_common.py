@@ -280,9 +280,10 @@ class ValueStats:
 
     @classmethod
     def of(cls, x: Any, rows: np.ndarray | None, geometry: Geometry, batch: int,
-           dtype: Any = np.float32) -> ValueStats:
-        """Statistics of rows ``rows`` (``None``: all) of batch-first ``x`` in canonical layout, in ``dtype``;
-        the standard deviation combines per-batch means and squared deviations (Chan et al.), in float64."""
+           dtype: Any = np.float32, space: InputSpace | None = None) -> ValueStats:
+        """Statistics of rows ``rows`` (``None``: all) of batch-first ``x`` in canonical layout, in ``dtype``
+        (in ``space``'s perturbation space when given: the values a perturbation sees); the standard deviation
+        combines per-batch means and squared deviations (Chan et al.), in float64."""
         idx = np.arange(len(x)) if rows is None else np.asarray(rows)
         lo = hi = mean = m2 = None
         n = 0
@@ -290,7 +291,8 @@ class ValueStats:
             part = idx[start:start + batch]
             if len(part) == 0:
                 break
-            xc: np.ndarray = geometry.canonical(np.asarray(x[part])).astype(dtype)
+            raw = np.asarray(x[part])
+            xc: np.ndarray = geometry.canonical(raw if space is None else space.to_space(raw)).astype(dtype)
             b_lo, b_hi = xc.min(axis=0), xc.max(axis=0)
             b_mean = xc.mean(axis=0, dtype=np.float64)
             b_m2 = ((xc - b_mean) ** 2).sum(axis=0, dtype=np.float64)
@@ -307,15 +309,6 @@ class ValueStats:
             n += k
         assert lo is not None and hi is not None and m2 is not None
         return cls(lo=lo, hi=hi, std=np.sqrt(m2 / max(n, 1)), n=n)
-
-
-def inferred_range(clip: Sequence[float] | None, stats: ValueStats, geometry: Geometry) -> tuple[float, float] | None:
-    """:func:`value_range` from batch statistics instead of the whole array."""
-    if clip is not None:
-        return value_range(clip, np.zeros(1), geometry)
-    if not geometry.is_image:
-        return None
-    return value_range(None, np.array([stats.min, stats.max]), geometry)
 
 
 def task_of_sample(ctx: AuditContext, data: Dataset, x: np.ndarray, rows: np.ndarray | None) -> Task:

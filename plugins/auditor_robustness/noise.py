@@ -32,12 +32,11 @@ from auditor_robustness._common import (
     chunk_rows,
     chunk_slices,
     describe_range,
-    inferred_range,
     limit_param,
     range_param,
+    space_range,
     targets,
     task_of_sample,
-    value_range,
 )
 
 KINDS = ("gaussian", "uniform", "salt_pepper", "blur", "brightness", "contrast", "feature", "substitute")
@@ -238,29 +237,13 @@ class NoiseSweep(ShardedCheck):
             notes.append(space.pixels.describe())
         elif space.kind is ValueKind.QUANTIZED:
             notes.append(f"{space.describe()}: noise is added in float and rounded and clipped back")
-
-        class _InSpace:  # the rows as the perturbation sees them, read batch by batch
-            shape, dtype = full.x.shape, np.dtype(work)
-
-            def __len__(self) -> int:
-                return len(full.x)
-
-            def __getitem__(self, idx: Any) -> np.ndarray:
-                return space.to_space(np.asarray(full.x[idx]))
-
         bounded = p.clip is None and space.bounds is not None and (space.kind is ValueKind.QUANTIZED
                                                                    or space.pixels is not None)
         # The statistics cost a pass over the whole sample (for an image folder: decoding it); only feature
         # noise and an unknown value range need them.
-        stats = ValueStats.of(_InSpace(), rows, geo, full.batch_size, work) \
+        stats = ValueStats.of(full.x, rows, geo, full.batch_size, work, space) \
             if kind == "feature" or (p.clip is None and not bounded) else None
-        if bounded:
-            rng_: tuple[float, float] | None = space.bounds  # a dtype's range, or pixel space's [0, 1]
-        elif p.clip is not None:
-            rng_ = value_range(p.clip, np.zeros(1), geo)
-        else:
-            assert stats is not None
-            rng_ = inferred_range(None, stats, geo)
+        rng_ = space_range(space, p.clip, np.zeros(1) if stats is None else np.array([stats.min, stats.max]), geo)
         notes.append(describe_range(rng_, p.clip is not None))
         value_lo: np.ndarray | float
         value_hi: np.ndarray | float

@@ -46,10 +46,10 @@ from auditor_robustness._common import (
     as_float,
     describe_range,
     examples_param,
-    inferred_range,
     limit_param,
     margins,
     range_param,
+    space_range,
     targets,
 )
 
@@ -471,21 +471,8 @@ class SquareAttack(ShardedCheck):
         elif space.kind is ValueKind.QUANTIZED:
             notes.append(f"{space.describe()}: the attack works in float; every query and example is rounded "
                          f"and clipped back to the input's values")
-
-        class _InSpace:  # the rows as the attack sees them, read batch by batch
-            shape, dtype = full.x.shape, np.dtype(space.work_dtype)
-
-            def __len__(self) -> int:
-                return len(full.x)
-
-            def __getitem__(self, idx: Any) -> np.ndarray:
-                return space.to_space(np.asarray(full.x[idx]))
-
-        stats = ValueStats.of(_InSpace(), rows, geo, full.batch_size, space.work_dtype)
-        if p.clip is None and space.bounds is not None and (space.kind is ValueKind.QUANTIZED or space.pixels):
-            vr: tuple[float, float] | None = space.bounds  # a dtype's range, or pixel space's [0, 1]
-        else:
-            vr = inferred_range(p.clip, stats, geo)
+        stats = ValueStats.of(full.x, rows, geo, full.batch_size, space.work_dtype, space)
+        vr = space_range(space, p.clip, np.array([stats.min, stats.max]), geo)
         notes.append(describe_range(vr, p.clip is not None))
         lo, hi = vr if vr is not None else (-np.inf, np.inf)
         outside = int(np.sum(stats.lo < lo) + np.sum(stats.hi > hi)) if vr is not None else 0
@@ -525,16 +512,13 @@ class SquareAttack(ShardedCheck):
         t0 = time.perf_counter()
         streams = shard.random(ctx)  # one per sample: the attack does not depend on the shard size
         if len(idx):
-            if clf.inputs:  # the model's other inputs follow the attacked rows
-                def log_probs(batch: np.ndarray, rows: np.ndarray) -> np.ndarray:
-                    return clf.log_probs(batch, idx[rows])
-                res = square_attack(log_probs, xc[idx], ref[idx], eps=eps, norm=norm, max_queries=p.max_queries,
-                                    p_init=p.p_init, lo=lo, hi=hi, rng=streams.rows(idx), restarts=p.restarts,
-                                    on_step=on_step, with_rows=True)
-            else:
-                res = square_attack(clf.log_probs, xc[idx], ref[idx], eps=eps, norm=norm,
-                                    max_queries=p.max_queries, p_init=p.p_init, lo=lo, hi=hi,
-                                    rng=streams.rows(idx), restarts=p.restarts, on_step=on_step)
+            def log_probs(batch: np.ndarray, rows: np.ndarray) -> np.ndarray:
+                # the model's other inputs, if any, follow the attacked rows
+                return clf.log_probs(batch, idx[rows] if clf.inputs else None)
+
+            res = square_attack(log_probs, xc[idx], ref[idx], eps=eps, norm=norm, max_queries=p.max_queries,
+                                p_init=p.p_init, lo=lo, hi=hi, rng=streams.rows(idx), restarts=p.restarts,
+                                on_step=on_step, with_rows=True)
             res = dataclasses.replace(res, x_adv=space.snap(res.x_adv))  # the values the model is really fed
         else:
             res = AttackResult(xc[:0], np.zeros(0, bool), np.zeros(0, np.int64), np.zeros(0))
@@ -626,14 +610,6 @@ class SquareAttack(ShardedCheck):
                                 labels=ref_good, queries=q)
             notes.append(f"{n_good} adversarial examples saved to {path} (x, x_adv, rows, labels, queries)")
         return CheckResult(metrics=metrics, findings=findings, notes=notes, artifacts=artifacts, gallery=gallery)
-
-    @staticmethod
-    def _verify(ctx: AuditContext, geo: Geometry, x: np.ndarray, x_adv: np.ndarray, y: np.ndarray, eps: float,
-                norm: str, lo: float, hi: float, clf: Classifier | None = None,
-                rows: np.ndarray | None = None) -> np.ndarray:
-        """Which examples are inside the ε-ball and the valid range (float64) and misclassified by a freshly
-        opened session of the same model."""
-        return SquareAttack.verify_with_probs(ctx, geo, x, x_adv, y, eps, norm, lo, hi, clf, rows)[0]
 
     @staticmethod
     def verify_with_probs(ctx: AuditContext, geo: Geometry, x: np.ndarray, x_adv: np.ndarray, y: np.ndarray,

@@ -21,9 +21,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from auditor import Check, CheckReport, SkipCheck, hookimpl
+from auditor import Check, SkipCheck, hookimpl
 from auditor.hookspecs import GRADIENTS, offers
-from auditor.report.gallery import gallery_section
 from auditor_torch.registry import UnsupportedOpError, register_op, supported_ops
 
 __version__ = "0.1.0"
@@ -68,12 +67,3 @@ def auditor_register_checks() -> list[type[Check]]:
     from auditor_torch.checks import BlindSpots, InputGradients, Parity, Pgd, Retrain
 
     return [Parity, Pgd, BlindSpots, InputGradients, Retrain]
-
-
-@hookimpl
-def auditor_render_check(check: CheckReport, fmt: str) -> str | None:
-    """``torch.pgd``: its adversarial examples (original, perturbed, difference, predicted classes) above the
-    generic plots."""
-    if fmt != "html" or check.use != "torch.pgd" or check.gallery is None:
-        return None
-    return gallery_section(check)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 from torch import Tensor
 
-from auditor_torch.registry import UnsupportedOpError, register_op
+from auditor_torch.registry import OpFn, UnsupportedOpError, register_op
 
 if TYPE_CHECKING:
     from auditor_torch.interpreter import NodeContext
@@ -65,10 +65,6 @@ def _opt(ins: Ins, i: int) -> Tensor | None:
     return ins[i] if len(ins) > i else None
 
 
-def _unary(name: str, fn: Callable[[Tensor], Tensor]) -> None:
-    register_op(name)(lambda ctx, ins: fn(ins[0]))
-
-
 # ---------------------------------------------------------------------------------------------- elementwise
 _UNARY: dict[str, Callable[[Tensor], Tensor]] = {
     "Abs": torch.abs, "Neg": torch.neg, "Sqrt": torch.sqrt, "Exp": torch.exp, "Log": torch.log,
@@ -78,8 +74,6 @@ _UNARY: dict[str, Callable[[Tensor], Tensor]] = {
     "Softplus": F.softplus, "Softsign": F.softsign, "IsNaN": torch.isnan, "Not": torch.logical_not,
     "Identity": lambda x: x, "Mish": F.mish,
 }
-for _name, _fn in _UNARY.items():
-    _unary(_name, _fn)
 
 
 @register_op("IsInf")
@@ -102,93 +96,64 @@ _BINARY: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 }
 
 
-def _binary(f: Callable[[Tensor, Tensor], Tensor]) -> Callable[[NodeContext, Ins], Tensor]:
-    def run(ctx: NodeContext, ins: Ins) -> Tensor:
-        return f(ins[0], ins[1])
-
-    return run
+def _elementwise(fn: Callable[..., Tensor], arity: int) -> OpFn:
+    """The op applying ``fn`` to its first ``arity`` inputs."""
+    return lambda ctx, ins: fn(*ins[:arity])
 
 
-for _name, _bfn in _BINARY.items():
-    register_op(_name)(_binary(_bfn))
+def _fold(fn: Callable[[Tensor, Tensor], Tensor], ins: Ins) -> Tensor:
+    """``fn`` applied pairwise over the inputs (the variadic Max, Min, Sum, Mean)."""
+    out = ins[0]
+    for t in ins[1:]:
+        out = fn(out, t)
+    return out
 
 
-@register_op("Mod")
-def _mod(ctx: NodeContext, ins: Ins) -> Tensor:
-    a, b = ins
-    return torch.fmod(a, b) if int(ctx.attr("fmod", 0)) else torch.remainder(a, b)
-
-
-def _variadic(fn: Callable[[Tensor, Tensor], Tensor]) -> Callable[[NodeContext, Ins], Tensor]:
-    def run(ctx: NodeContext, ins: Ins) -> Tensor:
-        out = ins[0]
-        for t in ins[1:]:
-            out = fn(out, t)
-        return out
-
-    return run
-
-
-register_op("Max")(_variadic(torch.maximum))
-register_op("Min")(_variadic(torch.minimum))
-register_op("Sum")(_variadic(torch.add))
-
-
-@register_op("Mean")
-def _mean(ctx: NodeContext, ins: Ins) -> Tensor:
-    return _variadic(torch.add)(ctx, ins) / len(ins)
-
-
-@register_op("Where")
-def _where(ctx: NodeContext, ins: Ins) -> Tensor:
-    return torch.where(ins[0].bool(), ins[1], ins[2])
+#: Ops that are one expression of their inputs and attributes (the default of each attribute per the spec).
+_SIMPLE: dict[str, OpFn] = {
+    **{op: _elementwise(fn, 1) for op, fn in _UNARY.items()},
+    **{op: _elementwise(fn, 2) for op, fn in _BINARY.items()},
+    "Mod": lambda c, i: (torch.fmod if int(c.attr("fmod", 0)) else torch.remainder)(i[0], i[1]),
+    "Max": lambda c, i: _fold(torch.maximum, i),
+    "Min": lambda c, i: _fold(torch.minimum, i),
+    "Sum": lambda c, i: _fold(torch.add, i),
+    "Mean": lambda c, i: _fold(torch.add, i) / len(i),
+    "Where": lambda c, i: torch.where(i[0].bool(), i[1], i[2]),
+    # activations
+    "LeakyRelu": lambda c, i: F.leaky_relu(i[0], float(c.attr("alpha", 0.01))),
+    "Elu": lambda c, i: F.elu(i[0], float(c.attr("alpha", 1.0))),
+    "Celu": lambda c, i: F.celu(i[0], float(c.attr("alpha", 1.0))),
+    "HardSigmoid": lambda c, i: torch.clamp(float(c.attr("alpha", 0.2)) * i[0] + float(c.attr("beta", 0.5)), 0, 1),
+    "HardSwish": lambda c, i: i[0] * torch.clamp(i[0] / 6 + 0.5, 0, 1),
+    "ThresholdedRelu": lambda c, i: torch.where(i[0] > float(c.attr("alpha", 1.0)), i[0], torch.zeros_like(i[0])),
+    "PRelu": lambda c, i: torch.where(i[0] < 0, i[1] * i[0], i[0]),
+    # linear algebra, pooling, normalisation
+    "Einsum": lambda c, i: torch.einsum(str(c.attr("equation")), *i),
+    "GlobalAveragePool": lambda c, i: i[0].mean(dim=tuple(range(2, i[0].dim())), keepdim=True),
+    "GlobalMaxPool": lambda c, i: i[0].amax(dim=tuple(range(2, i[0].dim())), keepdim=True),
+    "InstanceNormalization": lambda c, i: F.instance_norm(i[0], None, None, i[1], i[2],
+                                                          eps=float(c.attr("epsilon", 1e-5))),
+    # shapes and types
+    "Concat": lambda c, i: torch.cat([t for t in i if t is not None], dim=int(c.attr("axis"))),
+    "Expand": lambda c, i: i[0].expand(torch.broadcast_shapes(tuple(i[0].shape), tuple(_ints(i[1])))),
+    "Tile": lambda c, i: i[0].repeat(*_ints(i[1])),
+    "Size": lambda c, i: torch.tensor(i[0].numel(), dtype=torch.int64, device=i[0].device),
+    "Range": lambda c, i: torch.arange(i[0].item(), i[1].item(), i[2].item(), dtype=i[0].dtype,
+                                       device=i[0].device),
+    "Cast": lambda c, i: i[0].to(torch_dtype(int(c.attr("to")))),
+    "CastLike": lambda c, i: i[0].to(i[1].dtype),
+}
+for _name, _op in _SIMPLE.items():
+    register_op(_name)(_op)
 
 
 # ---------------------------------------------------------------------------------------------- activations
-@register_op("LeakyRelu")
-def _leaky(ctx: NodeContext, ins: Ins) -> Tensor:
-    return F.leaky_relu(ins[0], float(ctx.attr("alpha", 0.01)))
-
-
-@register_op("Elu")
-def _elu(ctx: NodeContext, ins: Ins) -> Tensor:
-    return F.elu(ins[0], float(ctx.attr("alpha", 1.0)))
-
-
-@register_op("Celu")
-def _celu(ctx: NodeContext, ins: Ins) -> Tensor:
-    return F.celu(ins[0], float(ctx.attr("alpha", 1.0)))
-
-
 @register_op("Selu")
 def _selu(ctx: NodeContext, ins: Ins) -> Tensor:
     alpha = float(ctx.attr("alpha", 1.67326319217681884765625))
     gamma = float(ctx.attr("gamma", 1.05070102214813232421875))
     x = ins[0]
     return gamma * torch.where(x > 0, x, alpha * (torch.exp(x) - 1))
-
-
-@register_op("HardSigmoid")
-def _hsig(ctx: NodeContext, ins: Ins) -> Tensor:
-    return torch.clamp(float(ctx.attr("alpha", 0.2)) * ins[0] + float(ctx.attr("beta", 0.5)), 0, 1)
-
-
-@register_op("HardSwish")
-def _hswish(ctx: NodeContext, ins: Ins) -> Tensor:
-    x = ins[0]
-    return x * torch.clamp(x / 6 + 0.5, 0, 1)
-
-
-@register_op("ThresholdedRelu")
-def _trelu(ctx: NodeContext, ins: Ins) -> Tensor:
-    x = ins[0]
-    return torch.where(x > float(ctx.attr("alpha", 1.0)), x, torch.zeros_like(x))
-
-
-@register_op("PRelu")
-def _prelu(ctx: NodeContext, ins: Ins) -> Tensor:
-    x, slope = ins
-    return torch.where(x < 0, slope * x, x)
 
 
 @register_op("Gelu")
@@ -357,11 +322,6 @@ def _matmul(ctx: NodeContext, ins: Ins) -> Tensor:
     return torch.matmul(a, b)
 
 
-@register_op("Einsum")
-def _einsum(ctx: NodeContext, ins: Ins) -> Tensor:
-    return torch.einsum(str(ctx.attr("equation")), *ins)
-
-
 # ---------------------------------------------------------------------------------------------- pooling
 _MAXPOOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 _AVGPOOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
@@ -411,18 +371,6 @@ def _avgpool(ctx: NodeContext, ins: Ins) -> Tensor:
     return s / c
 
 
-@register_op("GlobalAveragePool")
-def _gap(ctx: NodeContext, ins: Ins) -> Tensor:
-    x = ins[0]
-    return x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
-
-
-@register_op("GlobalMaxPool")
-def _gmp(ctx: NodeContext, ins: Ins) -> Tensor:
-    x = ins[0]
-    return x.amax(dim=tuple(range(2, x.dim())), keepdim=True)
-
-
 # ---------------------------------------------------------------------------------------------- normalization
 @register_op("BatchNormalization")
 def _bn(ctx: NodeContext, ins: Ins) -> Tensor:
@@ -447,12 +395,6 @@ def _ln(ctx: NodeContext, ins: Ins) -> Any:
         inv = torch.rsqrt(((x - mean) ** 2).mean(dim=dims, keepdim=True) + eps)
         return [y, mean, inv]
     return y
-
-
-@register_op("InstanceNormalization")
-def _in(ctx: NodeContext, ins: Ins) -> Tensor:
-    x, scale, bias = ins
-    return F.instance_norm(x, None, None, scale, bias, eps=float(ctx.attr("epsilon", 1e-5)))
 
 
 @register_op("LRN")
@@ -497,12 +439,6 @@ def _transpose(ctx: NodeContext, ins: Ins) -> Tensor:
     x = ins[0]
     perm = ctx.attr("perm")
     return x.permute(*(perm if perm is not None else reversed(range(x.dim()))))
-
-
-@register_op("Concat")
-def _concat(ctx: NodeContext, ins: Ins) -> Tensor:
-    ts = [t for t in ins if t is not None]
-    return torch.cat(ts, dim=int(ctx.attr("axis")))
 
 
 @register_op("Split")
@@ -594,18 +530,6 @@ def _unsqueeze(ctx: NodeContext, ins: Ins) -> Tensor:
     return x
 
 
-@register_op("Expand")
-def _expand(ctx: NodeContext, ins: Ins) -> Tensor:
-    x = ins[0]
-    shape = torch.broadcast_shapes(tuple(x.shape), tuple(_ints(ins[1])))
-    return x.expand(shape)
-
-
-@register_op("Tile")
-def _tile(ctx: NodeContext, ins: Ins) -> Tensor:
-    return ins[0].repeat(*_ints(ins[1]))
-
-
 @register_op("Shape")
 def _shape(ctx: NodeContext, ins: Ins) -> Tensor:
     x = ins[0]
@@ -615,11 +539,6 @@ def _shape(ctx: NodeContext, ins: Ins) -> Tensor:
     return torch.tensor(dims, dtype=torch.int64, device=x.device)
 
 
-@register_op("Size")
-def _size(ctx: NodeContext, ins: Ins) -> Tensor:
-    return torch.tensor(ins[0].numel(), dtype=torch.int64, device=ins[0].device)
-
-
 @register_op("ConstantOfShape")
 def _cos(ctx: NodeContext, ins: Ins) -> Tensor:
     shape = _ints(ins[0])
@@ -627,22 +546,6 @@ def _cos(ctx: NodeContext, ins: Ins) -> Tensor:
     arr = numpy_helper.to_array(v) if v is not None else np.zeros(1, np.float32)
     t = torch.from_numpy(np.array(arr).reshape(-1)[:1].copy())
     return torch.full(shape, t.item(), dtype=t.dtype, device=ins[0].device)
-
-
-@register_op("Range")
-def _range(ctx: NodeContext, ins: Ins) -> Tensor:
-    start, limit, delta = ins
-    return torch.arange(start.item(), limit.item(), delta.item(), dtype=start.dtype, device=start.device)
-
-
-@register_op("Cast")
-def _cast(ctx: NodeContext, ins: Ins) -> Tensor:
-    return ins[0].to(torch_dtype(int(ctx.attr("to"))))
-
-
-@register_op("CastLike")
-def _castlike(ctx: NodeContext, ins: Ins) -> Tensor:
-    return ins[0].to(ins[1].dtype)
 
 
 @register_op("Dropout")
@@ -678,45 +581,43 @@ def _argmax(ctx: NodeContext, ins: Ins) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- reductions
-def _reduce(kind: str, axes_input_from: int) -> Callable[[NodeContext, Ins], Tensor]:
+def _prod(x: Tensor, dims: tuple[int, ...], keep: bool) -> Tensor:
+    for d in reversed(dims):  # torch's prod takes one dim at a time
+        x = x.prod(dim=d, keepdim=keep)
+    return x
+
+
+#: ``fn(x, dims, keepdim)`` of every Reduce* op.
+_REDUCTIONS: dict[str, Callable[[Tensor, tuple[int, ...], bool], Tensor]] = {
+    "ReduceMean": lambda x, d, k: x.mean(dim=d, keepdim=k),
+    "ReduceSum": lambda x, d, k: x.sum(dim=d, keepdim=k),
+    "ReduceMax": lambda x, d, k: x.amax(dim=d, keepdim=k),
+    "ReduceMin": lambda x, d, k: x.amin(dim=d, keepdim=k),
+    "ReduceProd": _prod,
+    "ReduceL1": lambda x, d, k: x.abs().sum(dim=d, keepdim=k),
+    "ReduceL2": lambda x, d, k: torch.sqrt((x * x).sum(dim=d, keepdim=k)),
+    "ReduceSumSquare": lambda x, d, k: (x * x).sum(dim=d, keepdim=k),
+    "ReduceLogSum": lambda x, d, k: torch.log(x.sum(dim=d, keepdim=k)),
+    "ReduceLogSumExp": lambda x, d, k: torch.logsumexp(x, dim=d, keepdim=k),
+}
+
+
+def _reduce(fn: Callable[[Tensor, tuple[int, ...], bool], Tensor], axes_input_from: int) -> OpFn:
     def run(ctx: NodeContext, ins: Ins) -> Tensor:
         x = ins[0]
         axes = _axes(ctx, ins, axes_input_from)
-        keep = bool(ctx.attr("keepdims", 1))
         if not axes:
             if int(ctx.attr("noop_with_empty_axes", 0)):
                 return x
             axes = list(range(x.dim()))
-        dims = tuple(sorted(a % x.dim() for a in axes))
-        if kind == "mean":
-            return x.mean(dim=dims, keepdim=keep)
-        if kind == "sum":
-            return x.sum(dim=dims, keepdim=keep)
-        if kind == "max":
-            return x.amax(dim=dims, keepdim=keep)
-        if kind == "min":
-            return x.amin(dim=dims, keepdim=keep)
-        if kind == "prod":
-            for d in reversed(dims):
-                x = x.prod(dim=d, keepdim=keep)
-            return x
-        if kind == "l1":
-            return x.abs().sum(dim=dims, keepdim=keep)
-        if kind == "l2":
-            return torch.sqrt((x * x).sum(dim=dims, keepdim=keep))
-        if kind == "sumsquare":
-            return (x * x).sum(dim=dims, keepdim=keep)
-        if kind == "logsum":
-            return torch.log(x.sum(dim=dims, keepdim=keep))
-        return torch.logsumexp(x, dim=dims, keepdim=keep)
+        return fn(x, tuple(sorted(a % x.dim() for a in axes)), bool(ctx.attr("keepdims", 1)))
 
     return run
 
 
-for _op, _kind in {"ReduceMean": "mean", "ReduceSum": "sum", "ReduceMax": "max", "ReduceMin": "min",
-                   "ReduceProd": "prod", "ReduceL1": "l1", "ReduceL2": "l2", "ReduceSumSquare": "sumsquare",
-                   "ReduceLogSum": "logsum", "ReduceLogSumExp": "logsumexp"}.items():
-    register_op(_op)(_reduce(_kind, 13 if _op == "ReduceSum" else 18))
+for _name, _reduction in _REDUCTIONS.items():
+    # the axes became an input in opset 13 for ReduceSum, in opset 18 for the others
+    register_op(_name)(_reduce(_reduction, 13 if _name == "ReduceSum" else 18))
 
 
 # ---------------------------------------------------------------------------------------------- pad, resize

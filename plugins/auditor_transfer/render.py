@@ -9,7 +9,7 @@ import math
 from typing import Any
 
 from auditor import CheckReport
-from auditor.report.plots import esc, figure_svg, generic_figures
+from auditor.report.plots import designed_section, new_figure
 
 CHECK = "transfer.similarity"
 
@@ -47,9 +47,6 @@ def layer_figure(metrics: dict[str, Any]) -> Any:
     """A matplotlib figure: x the model's layers in order, y the best CKA (solid) and RSA (dashed) with any layer
     of each reference, the best-matching reference layer written at each CKA point. ``None`` without layer
     matrices (penultimate-only runs)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     refs = references(metrics)
     if not refs:
         return None
@@ -57,8 +54,7 @@ def layer_figure(metrics: dict[str, Any]) -> Any:
     layers = [str(x) for x in first.get("model_layers") or []]
     n = len(_matrix(first["cka_matrix"]) or [])
     layers = layers if len(layers) == n else [str(i) for i in range(n)]
-    fig = Figure(figsize=(7.0, 3.4), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(7.0, 3.4)
     ax = fig.subplots()
     xs = list(range(n))
     for name, rec in refs.items():
@@ -92,8 +88,6 @@ def render(check: CheckReport, fmt: str) -> str | None:
     fig = layer_figure(check.metrics)
     if fig is None:
         return None
-    svg = figure_svg(fig, label="line plot of per-layer best-match similarity")
     caption = ("per model layer: the highest CKA (and RSA) with any layer of the reference, the matching layer "
                "written above each point")
-    return (f"<figure>{svg}<figcaption>{esc(caption)}</figcaption></figure>"
-            + generic_figures(check.metrics, baseline=check.baseline_metrics))
+    return designed_section(check, fig, label="line plot of per-layer best-match similarity", caption=caption)

@@ -152,7 +152,8 @@ def test_verification_rejects_what_it_cannot_confirm(tmp_path: Path) -> None:
     y = np.ones(4, np.int64)
 
     def verify(eps: float, hi: float) -> list[bool]:
-        return SquareAttack._verify(ctx, geo, x, adv, y, eps=eps, norm="linf", lo=-1.0, hi=hi).tolist()  # type: ignore[arg-type]
+        ok, _ = SquareAttack.verify_with_probs(ctx, geo, x, adv, y, eps=eps, norm="linf", lo=-1.0, hi=hi)  # type: ignore[arg-type]
+        return ok.tolist()
 
     assert verify(0.25, 1.0) == [True, False, False, True]  # the ball is closed
     assert verify(0.6, 1.0) == [True, False, True, True]
