@@ -80,6 +80,8 @@ class Plan:
     #: check's own declaration (``execution.shard_rows`` does not apply); a shard's ``ctx.data`` is then the
     #: whole data set and its ``rows`` the item indices.
     items: int | None = None
+    #: Work items a shard holds (default: the check's declaration), e.g. 1 where an item is a whole batch.
+    items_per_shard: int | None = None
 
     def row_indices(self, n: int) -> np.ndarray:
         """The planned rows as indices into a data set of ``n`` rows (the item indices for a plan of items)."""
@@ -126,6 +128,8 @@ def shards_of(check: ShardedCheck, ctx: AuditContext, plan: Plan) -> list[Shard]
     ``execution.shard_rows``, overrides the check's declared size)."""
     n = ctx.data.n if ctx.data is not None else 0
     how = check.shards if ctx.shard_rows is None or plan.items is not None else RowShards(rows=ctx.shard_rows)
+    if plan.items is not None and plan.items_per_shard is not None:
+        how = RowShards(rows=plan.items_per_shard)
     parts = how.split(plan.row_indices(n))
     starts = np.cumsum([0, *(len(p) for p in parts)])
     return [Shard(i, len(parts), rows, int(starts[i]), plan.items is not None) for i, rows in enumerate(parts)]

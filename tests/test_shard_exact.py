@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
+from auditor_transfer.stats import CKAAccumulator
 from builders import mlp_weights
 from report_compare import assert_same
 from shard_exact import HAS_TORCH, audit
@@ -61,7 +63,20 @@ def test_small_shards_give_the_report_of_the_whole_computation(exact_audit: tupl
     leak = sharded.metrics("leakage.hidden")
     assert leak["feature_dim"] == 16 and leak["n"] == 300 and leak["majority_rate"] == pytest.approx(200 / 300)
     assert sharded.metrics("attribution.mean")["n"] > 0
-    assert sharded.metrics("similarity.minibatch")["batches"] == 5 and "rsa" in sharded.metrics("similarity.rsa")
+    assert "rsa" in sharded.metrics("similarity.rsa")
+    # the minibatch estimator, one shard per minibatch: the sums of one accumulator over every batch, bit for bit
+    def hr(path: str) -> np.ndarray:
+        proto = onnx.load(path)
+        proto.graph.output.append(onnx.helper.make_tensor_value_info("hr", onnx.TensorProto.FLOAT, None))
+        s = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        return np.asarray(s.run(["hr"], {"x": x})[0], dtype=np.float64)
+
+    f_m, f_r = hr(files["model"]["path"]), hr(files["reference"]["path"])
+    acc = CKAAccumulator(1, 1, unbiased=True)
+    for idx in np.array_split(np.arange(300), 5):
+        acc.add([f_m[idx]], [f_r[idx]])
+    mb = sharded.metrics("similarity.minibatch")
+    assert mb["batches"] == 5 and mb["unbiased"] is True and mb["cka"] == float(acc.result()[0, 0])
     if HAS_TORCH:
         parity = sharded.metrics("torch.parity")
         assert parity["n"] == 290 and parity["violations"] == 0 and parity["argmax_agreement"] == 1.0

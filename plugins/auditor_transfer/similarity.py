@@ -54,8 +54,8 @@ class Similarity(ShardedCheck):
     add up over shards: ``HSIC = ‖XcᵀYc‖²/(n−1)²`` with ``XcᵀYc = XᵀY − sₓs_yᵀ/n`` (``d × d`` per layer, never
     ``n × n``). What needs every pair of samples takes the ``n × n`` route: RSA (its RDMs), the unbiased
     estimator and layers wider than :data:`SUMS_MAX_DIM` gather the shards' features (``n × d``, what one pass
-    holds) and compute on the driver; the minibatch estimator runs whole on one worker, a minibatch at a time
-    (memory O(batch² · layers)).
+    holds) and compute on the driver. The minibatch estimator shards by minibatch: each shard computes its
+    batch's CKA and RSA terms (memory O(batch² · layers)), which add up in batch order.
     """
 
     name = "transfer.similarity"
@@ -119,7 +119,7 @@ class Similarity(ShardedCheck):
         unbiased = bool(p.unbiased) if p.unbiased is not None else len(splits) > 1
         if unbiased and min(len(s) for s in splits) < 4:
             raise ValueError("the unbiased estimator needs at least 4 samples per minibatch")
-        route = "whole" if len(splits) > 1 else "gather" if p.rsa or unbiased else "sums"
+        route = "batches" if len(splits) > 1 else "gather" if p.rsa or unbiased else "sums"
         state = {"layers": {k: (own, list(dict.fromkeys(own + ([pen] if pen else [])))) for k, (own, pen) in
                             layers.items()}, "pen": {k: pen for k, (_, pen) in layers.items()},
                  "splits": splits, "unbiased": unbiased, "route": route, "y": None if full.y is None else
@@ -127,12 +127,12 @@ class Similarity(ShardedCheck):
         notes = notes[-1:] if rows is not None else []
         if len(splits) > 1:
             notes.append(f"minibatch CKA over {len(splits)} batches of about {size} samples"
-                         + ("; RSA is the mean over batches" if p.rsa else "") + "; run whole on one worker")
+                         + ("; RSA is the mean over batches" if p.rsa else "") + "; one shard per minibatch")
         elif route == "gather":
             notes.append(("RSA compares every pair of samples" if p.rsa else "the unbiased estimator needs every "
                           "pair of samples") + ": the shards' features (n × d per layer) are gathered and compared "
                          "on the driver (n × n)")
-        return Plan(items=1, state=state, notes=notes) if route == "whole" else \
+        return Plan(items=len(splits), items_per_shard=1, state=state, notes=notes) if route == "batches" else \
             Plan(rows=rows, state=state, notes=notes)
 
     def _features(self, ctx: AuditContext, st: dict[str, Any], data: Dataset, idx: np.ndarray | slice,
@@ -164,10 +164,10 @@ class Similarity(ShardedCheck):
                 rsa[name].add(feats["model"], feats[name])
 
     def run_shard(self, ctx: AuditContext, p: Params, plan: Plan, shard: Shard) -> Any:
-        """The shard's raw outputs with its CKA sums (or, on the n × n route, its features); the minibatch
-        estimator's one work item: every minibatch of the sample, accumulated here."""
+        """The shard's raw outputs with its CKA sums (or, on the n × n route, its features); for the minibatch
+        estimator (a plan of minibatches), its minibatch's raw outputs and CKA/RSA terms."""
         st, spatial = plan.state, str(p.spatial)
-        if st["route"] != "whole":
+        if st["route"] != "batches":
             got = self._features(ctx, st, ctx.require_data(), slice(None), spatial)
             if st["route"] == "sums" and all(f.shape[1] <= SUMS_MAX_DIM for fs in got["features"].values()
                                              for f in fs):
@@ -176,32 +176,32 @@ class Similarity(ShardedCheck):
                 del got["features"]
             return got
         full = ctx.require_data()
-        sample = full if st["rows"] is None else full.subset(st["rows"])
+        idx = st["splits"][int(shard.rows[0])]
+        got = self._features(ctx, st, full.subset(idx if st["rows"] is None else st["rows"][idx]), slice(None),
+                             spatial)
         cka, rsa = self._accumulators(st, bool(p.rsa))
-        raws = []
-        for done, idx in enumerate(st["splits"]):
-            got = self._features(ctx, st, sample, idx, spatial)
-            self._add(cka, rsa, got["features"])
-            raws.append(got["raw"])
-            ctx.report_progress(done + 1, len(st["splits"]), "minibatches")
-        return {"raw": gather_rows(raws), "cka": cka, "rsa": rsa}
+        self._add(cka, rsa, got["features"])
+        return {"raw": got["raw"], "cka": cka, "rsa": rsa}
 
     def merge(self, ctx: AuditContext, p: Params, plan: Plan, partials: Sequence[Any]) -> CheckResult:
         """CKA from the summed sums or the gathered features, RSA, agreement from the gathered outputs."""
         st, notes = plan.state, list(plan.notes)
-        if st["route"] == "whole":
-            cka, rsa, raw = partials[0]["cka"], partials[0]["rsa"], partials[0]["raw"]
+        raw = gather_rows([q["raw"] for q in partials])
+        cka, rsa = self._accumulators(st, bool(p.rsa))
+        if st["route"] == "batches":  # in batch order: the sums one accumulator over every batch holds
+            for q in partials:
+                for name in cka:
+                    cka[name].absorb(q["cka"][name])
+                    if rsa[name] is not None:
+                        rsa[name].absorb(q["rsa"][name])
+        elif "sums" in partials[0]:
+            for name, total in summed([q["sums"] for q in partials]).items():
+                cka[name].add_sums(total)
         else:
-            raw = gather_rows([q["raw"] for q in partials])
-            cka, rsa = self._accumulators(st, bool(p.rsa))
-            if "sums" in partials[0]:
-                for name, total in summed([q["sums"] for q in partials]).items():
-                    cka[name].add_sums(total)
-            else:
-                if st["route"] == "sums":
-                    notes.append(f"a layer has more than {SUMS_MAX_DIM} features: CKA from the n × n Gram matrices "
-                                 "of the shards' gathered features")
-                self._add(cka, rsa, gather_rows([q["features"] for q in partials]))
+            if st["route"] == "sums":
+                notes.append(f"a layer has more than {SUMS_MAX_DIM} features: CKA from the n × n Gram matrices "
+                             "of the shards' gathered features")
+            self._add(cka, rsa, gather_rows([q["features"] for q in partials]))
         y = st["y"]
         m_layers, m_all = st["layers"]["model"]
         m_pen = st["pen"]["model"]

@@ -152,6 +152,12 @@ class CKAAccumulator:
         return out
 
 
+    def absorb(self, other: CKAAccumulator) -> None:
+        """Add the batches of ``other`` (an accumulator of the same layers; e.g. one per shard, added in batch
+        order: the same sums as one accumulator over every batch)."""
+        for k in ("cross", "self_a", "self_b", "scale_a", "scale_b", "batches", "samples"):
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+
     def add_sums(self, sums: dict[str, Any]) -> None:
         """Add one batch of the biased estimator from its :func:`feature_sums`, added up over the batch's rows
         (e.g. over shards): ``HSIC(K, L) = ‖XcᵀYc‖²/(n−1)²`` with ``XcᵀYc = XᵀY − sₓs_yᵀ/n`` (the centred Gram
@@ -233,6 +239,11 @@ class RSAAccumulator:
         self.total += np.where(ok, a @ b.T, 0.0)
         self.count += ok
         self.batches += 1
+
+    def absorb(self, other: RSAAccumulator) -> None:
+        """Add the batches of ``other`` (see :meth:`CKAAccumulator.absorb`)."""
+        self.total, self.count, self.batches = self.total + other.total, self.count + other.count, \
+            self.batches + other.batches
 
     def result(self) -> np.ndarray:
         """The (layers of A × layers of B) RSA matrix (mean over the batches where both RDMs vary; NaN if
