@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["NONFINITE", "dumps", "json_number", "jsonable"]
+__all__ = ["NONFINITE", "dumps", "json_number", "jsonable", "number_or_none"]
 
 
 def jsonable(obj: Any) -> Any:
@@ -49,6 +49,16 @@ def jsonable(obj: Any) -> Any:
     if callable(to_dict):
         return jsonable(to_dict())
     return str(obj)
+
+
+def number_or_none(v: Any) -> float | None:
+    """``v`` as a metric's float, ``None`` for a missing or undefined (NaN) one: a median of nothing, a rate
+    with an empty denominator. The report would write ``null`` either way; this keeps it ``None`` in memory
+    too (``audit()``'s results, gates)."""
+    if v is None:
+        return None
+    f = float(v)
+    return None if math.isnan(f) else f
 
 
 def dumps(obj: Any, *, indent: int | None = 2) -> str:

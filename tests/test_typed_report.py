@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from auditor.diff import diff_reports, load_report
-from auditor.jsonenc import dumps, json_number, jsonable
+from auditor.jsonenc import dumps, json_number, jsonable, number_or_none
 from auditor.metrics import format_value, get, leaves, lookup, number, scalars
 from auditor.plugins import build_registry, hookimpl
 from auditor.report.html import HtmlReporter
@@ -98,6 +98,12 @@ def test_encoder_handles_numpy_enums_tuples_and_paths() -> None:
     assert jsonable(value) == {"a": 0.5, "b": [0, 1, 2], "c": [2, None], "4": "info", "d": [[1.0, None]],
                                "e": "x/y", "f": True}
     assert json.loads(dumps(value)) == jsonable(value)
+
+
+def test_number_or_none_is_a_float_or_none_for_missing_and_nan() -> None:
+    assert number_or_none(np.float32(0.25)) == 0.25 and type(number_or_none(np.int64(3))) is float
+    assert number_or_none(None) is None and number_or_none(np.median(np.array([np.nan]))) is None
+    assert number_or_none(float("inf")) == float("inf")  # kept in memory; the report writes null
     # reports of earlier versions wrote non-finite floats as strings: still read as numbers
     assert math.isnan(json_number("nan")) and json_number("-inf") == -math.inf and json_number(None) is None
     assert json_number(True) is None and json_number(3) == 3.0

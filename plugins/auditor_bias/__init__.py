@@ -7,10 +7,10 @@ attribute), ``bias.prediction_skew`` (predicted vs true class histogram).
 
 from __future__ import annotations
 
-from auditor import Check, CheckReport, hookimpl
+from auditor import Check, hookimpl
 from auditor_bias.group_metrics import GroupMetrics
 from auditor_bias.leakage import Leakage
-from auditor_bias.render import render
+from auditor_bias.render import auditor_render_check as auditor_render_check  # the render hook
 from auditor_bias.shortcut import Shortcut
 from auditor_bias.skew import PredictionSkew
 
@@ -22,8 +22,3 @@ def auditor_register_checks() -> list[type[Check]]:
     """The checks of this plugin."""
     return [GroupMetrics, Shortcut, Leakage, PredictionSkew]
 
-
-@hookimpl
-def auditor_render_check(check: CheckReport, fmt: str) -> str | None:
-    """The forest plot of ``bias.group_metrics`` (group accuracies and disparities with their intervals)."""
-    return render(check, fmt)

@@ -1,5 +1,5 @@
 """Helpers shared by the bias checks: group columns (with missing values and intersections), feature names of
-tabular inputs, class labels and JSON-safe numbers."""
+tabular inputs and class labels."""
 
 from __future__ import annotations
 
@@ -164,11 +164,3 @@ def find_class(value: Any, classes: Sequence[Any]) -> int:
         if str(_plain(c)) == str(_plain(value)):
             return i
     raise ValueError(f"class {value!r} is not one of the model's classes {[class_label(c) for c in classes]}")
-
-
-def num(v: float | np.floating[Any] | None) -> float | None:
-    """A float for the report, ``None`` for NaN/undefined (keeps the JSON report strict)."""
-    if v is None:
-        return None
-    f = float(v)
-    return None if math.isnan(f) else f

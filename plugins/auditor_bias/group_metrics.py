@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 
 from auditor import AuditContext, CheckResult, Finding, Need, SkipCheck, Task, param
+from auditor.jsonenc import number_or_none as num
 from auditor.shards import PredictionShardedCheck
-from auditor_bias._common import class_label, find_class, group_columns, group_rows, num
+from auditor_bias._common import class_label, find_class, group_columns, group_rows
 
 # bootstrap draws held in memory at once (int64 indices): bounds the working set to ~32 MB
 _MAX_DRAWS = 4_000_000

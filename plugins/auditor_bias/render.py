@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from auditor import CheckReport
+from auditor import CheckReport, hookimpl
 from auditor.report.plots import designed_section, new_figure
 
 CHECK = "bias.group_metrics"
@@ -86,7 +86,8 @@ def forest_figure(check: CheckReport) -> Any:
     return fig
 
 
-def render(check: CheckReport, fmt: str) -> str | None:
+@hookimpl
+def auditor_render_check(check: CheckReport, fmt: str) -> str | None:
     """The forest plot and the generic plots of the other metrics for ``bias.group_metrics`` in HTML."""
     if check.use != CHECK or fmt != "html":
         return None

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from auditor import Check, CheckReport, hookimpl
+from auditor import Check, hookimpl
 from auditor_performance.metrics import PerformanceMetrics
-from auditor_performance.render import render
+from auditor_performance.render import auditor_render_check as auditor_render_check  # the render hook
 
 __version__ = "0.1.0"
 
@@ -14,8 +14,3 @@ def auditor_register_checks() -> list[type[Check]]:
     """``performance.metrics``."""
     return [PerformanceMetrics]
 
-
-@hookimpl
-def auditor_render_check(check: CheckReport, fmt: str) -> str | None:
-    """The reliability diagram (and the generic plots of the other metrics) for ``performance.metrics``."""
-    return render(check, fmt)

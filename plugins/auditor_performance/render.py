@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from auditor import CheckReport
+from auditor import CheckReport, hookimpl
 from auditor.report.plots import designed_section, new_figure
 
 CHECK = "performance.metrics"
@@ -52,7 +52,8 @@ def reliability_figure(bins: list[dict[str, Any]], baseline: list[dict[str, Any]
     return fig
 
 
-def render(check: CheckReport, fmt: str) -> str | None:
+@hookimpl
+def auditor_render_check(check: CheckReport, fmt: str) -> str | None:
     """The section's figures for ``performance.metrics`` in HTML; ``None`` for other checks and formats."""
     if check.use != CHECK or fmt != "html":
         return None

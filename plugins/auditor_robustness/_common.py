@@ -16,6 +16,7 @@ import numpy as np
 
 from auditor import ArraySource, AuditContext, Dataset, ModelHandle, SkipCheck, Task, param
 from auditor.gallery import MAX_EXAMPLES
+from auditor.jsonenc import number_or_none
 from auditor.outputs import predictions_of, softmax, squeeze_scores
 from auditor.perturb import InputSpace, ValueKind, input_space
 
@@ -330,21 +331,17 @@ def targets(ctx: AuditContext, data: Dataset, clean_probs: np.ndarray) -> tuple[
     """Clean predicted classes (from ``clean_probs``, read by the same :class:`Classifier` that will score the
     perturbed inputs, so that a flip is never a change of reading), true classes (column indices; ``None``
     without labels) and notes."""
-    notes: list[str] = []
-    clean = clean_probs.argmax(axis=1)
-    if data.y is None:
-        notes.append("no labels: the model's own predictions are the reference")
-        return clean, None, notes
-    y = ctx.labels(data)
+    y = None if data.y is None else ctx.labels(data)
+    return clean_probs.argmax(axis=1), y, label_notes(y)
+
+
+def label_notes(y: np.ndarray | None) -> list[str]:
+    """What the report says about the true classes ``y`` (column indices, -1 unknown; ``None``: no labels)."""
+    if y is None:
+        return ["no labels: the model's own predictions are the reference"]
     unknown = int((y < 0).sum())
-    if unknown:
-        notes.append(f"{unknown} labels are not among the model's classes and count as wrong")
-    return clean, y, notes
+    return [f"{unknown} labels are not among the model's classes and count as wrong"] if unknown else []
 
 
-def as_float(v: Any) -> float | None:
-    """A JSON-able float (``None`` for NaN or a missing value)."""
-    if v is None:
-        return None
-    f = float(v)
-    return None if np.isnan(f) else f
+#: A metric's float, ``None`` for NaN or a missing value (the core's verb, under this plugin's older name).
+as_float = number_or_none

@@ -32,6 +32,7 @@ from auditor_robustness._common import (
     chunk_rows,
     chunk_slices,
     describe_range,
+    label_notes,
     limit_param,
     range_param,
     space_range,
@@ -354,10 +355,7 @@ class NoiseSweep(ShardedCheck):
         clean = np.concatenate([q["clean"] for q in parts])
         preds = np.concatenate([q["preds"] for q in parts], axis=2)
         y = None if parts[0]["y"] is None else np.concatenate([q["y"] for q in parts])
-        if y is None:
-            notes.append("no labels: the model's own predictions are the reference")
-        elif (unknown := int((y < 0).sum())):
-            notes.append(f"{unknown} labels are not among the model's classes and count as wrong")
+        notes += label_notes(y)
         clean_acc = None if y is None else float(np.mean(clean == y))
         curve: list[dict[str, Any]] = []
         for i, sev in enumerate(st["severities"]):

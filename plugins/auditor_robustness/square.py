@@ -46,6 +46,7 @@ from auditor_robustness._common import (
     as_float,
     describe_range,
     examples_param,
+    label_notes,
     limit_param,
     margins,
     range_param,
@@ -545,10 +546,8 @@ class SquareAttack(ShardedCheck):
         n = sum(p["n"] for p in parts)
         n_att = sum(p["n_attacked"] for p in parts)
         labelled = bool(parts) and parts[0]["y"] is not None
-        if parts and not labelled:
-            notes.append("no labels: the model's own predictions are the reference")
-        elif parts and (unknown := sum(int((p["y"] < 0).sum()) for p in parts)):
-            notes.append(f"{unknown} labels are not among the model's classes and count as wrong")
+        if parts:
+            notes += label_notes(np.concatenate([p["y"] for p in parts]) if labelled else None)
 
         def cat(key: str, like: np.ndarray) -> np.ndarray:
             return np.concatenate([p[key] for p in parts]) if parts else like

@@ -181,12 +181,7 @@ class OnnxModule(torch.nn.Module):
                 continue
             fn = lookup(node.op_type, node.domain)
             assert fn is not None
-            ins: list[tuple[str, str] | None] = []
-            for i in [*node.input, *ctx.captured]:
-                if not i:
-                    ins.append(None)
-                else:
-                    ins.append(self._where.get(i, ("env", i)))
+            ins = [self._where.get(i, ("env", i)) if i else None for i in [*node.input, *ctx.captured]]
             steps.append(_Step(ctx, fn, ins, list(node.output)))
         if missing:
             listing = ", ".join(f"{k} (x{v})" if v > 1 else k for k, v in sorted(missing.items()))
@@ -239,9 +234,10 @@ class OnnxModule(torch.nn.Module):
     def tensor(self, name: str) -> torch.Tensor | None:
         """A parameter, buffer or constant by its ONNX name (``None`` if it is computed)."""
         where = self._where.get(name)
-        if where is None:
-            return None
-        kind, key = where
+        return None if where is None else self._held(*where)
+
+    def _held(self, kind: str, key: str) -> torch.Tensor:
+        """The parameter (``kind`` ``param``) or buffer held under ``key``."""
         t: torch.Tensor = self.params[key] if kind == "param" else getattr(self, key)
         return t
 
@@ -275,16 +271,8 @@ class OnnxModule(torch.nn.Module):
         if self.input_name in env and env[self.input_name].dim():
             self.current_batch = int(env[self.input_name].shape[0])
         for s in (self._steps if steps is None else steps):
-            args: list[Any] = []
-            for src in s.inputs:
-                if src is None:
-                    args.append(None)
-                elif src[0] == "env":
-                    args.append(env[src[1]])
-                elif src[0] == "param":
-                    args.append(self.params[src[1]])
-                else:
-                    args.append(getattr(self, src[1]))
+            args: list[Any] = [None if src is None else env[src[1]] if src[0] == "env" else self._held(*src)
+                               for src in s.inputs]
             try:
                 res = s.fn(s.ctx, args)
             except UnsupportedOpError:
@@ -292,26 +280,12 @@ class OnnxModule(torch.nn.Module):
             except Exception as exc:
                 raise RuntimeError(f"{s.ctx.node.op_type} node '{s.ctx.name}': {type(exc).__name__}: {exc}") \
                     from exc
-            if isinstance(res, (list, tuple)):
-                for name, t in zip(s.outputs, res):
-                    if name:
-                        env[name] = t
-            elif s.outputs and s.outputs[0]:
-                env[s.outputs[0]] = res
+            _store(env, s.outputs, res)
             if steps is None:
                 for name in s.free:
                     if name not in want:
                         env.pop(name, None)
-        out: dict[str, torch.Tensor] = {}
-        for o in outputs:
-            if o in env:
-                out[o] = env[o]
-            else:
-                t = self.tensor(o)
-                if t is None:
-                    raise KeyError(f"tensor '{o}' was not computed")
-                out[o] = t
-        return out
+        return {o: self.lookup_tensor(o, env) for o in outputs}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The first output for the data input ``x``."""
@@ -360,12 +334,16 @@ class SubGraph:
             env[name] = getattr(self.module, k)
         for ctx, fn, ins in self.steps:
             args = [self.module.lookup_tensor(i, env) if i else None for i in ins]
-            res = fn(ctx, args)
-            outs = list(res) if isinstance(res, (list, tuple)) else [res]
-            for name, t in zip(ctx.node.output, outs):
-                if name:
-                    env[name] = t
+            _store(env, list(ctx.node.output), fn(ctx, args))
         return [self.module.lookup_tensor(o, env) for o in self.outputs]
+
+
+def _store(env: dict[str, torch.Tensor], names: list[str], res: Any) -> None:
+    """An op's result (one tensor or a sequence, matched to the node's outputs in order) into ``env``; an
+    output the graph leaves unnamed is dropped."""
+    for name, t in zip(names, res if isinstance(res, (list, tuple)) else [res]):
+        if name:
+            env[name] = t
 
 
 def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:

@@ -134,6 +134,7 @@ _SIMPLE: dict[str, OpFn] = {
     "InstanceNormalization": lambda c, i: F.instance_norm(i[0], None, None, i[1], i[2],
                                                           eps=float(c.attr("epsilon", 1e-5))),
     # shapes and types
+    "Transpose": lambda c, i: i[0].permute(*(c.attr("perm") or reversed(range(i[0].dim())))),
     "Concat": lambda c, i: torch.cat([t for t in i if t is not None], dim=int(c.attr("axis"))),
     "Expand": lambda c, i: i[0].expand(torch.broadcast_shapes(tuple(i[0].shape), tuple(_ints(i[1])))),
     "Tile": lambda c, i: i[0].repeat(*_ints(i[1])),
@@ -432,13 +433,6 @@ def _flatten(ctx: NodeContext, ins: Ins) -> Tensor:
     axis = axis + x.dim() if axis < 0 else axis
     lead = int(np.prod(x.shape[:axis])) if axis else 1
     return x.reshape(lead, int(np.prod(x.shape[axis:])))
-
-
-@register_op("Transpose")
-def _transpose(ctx: NodeContext, ins: Ins) -> Tensor:
-    x = ins[0]
-    perm = ctx.attr("perm")
-    return x.permute(*(perm if perm is not None else reversed(range(x.dim()))))
 
 
 @register_op("Split")

@@ -37,11 +37,6 @@ def _per_axis(p: Tensor, x: Tensor, axis: int) -> Tensor:
     return p.reshape(shape)
 
 
-def _check_block(ctx: NodeContext) -> None:
-    if int(ctx.attr("block_size", 0) or 0):
-        raise UnsupportedOpError(f"{ctx.node.op_type} with block_size (blocked quantization) is not supported")
-
-
 class _RoundSTE(torch.autograd.Function):
     """Round half to even forward, identity backward."""
 
@@ -60,7 +55,8 @@ _round_ste: Callable[[Tensor], Tensor] = _RoundSTE.apply
 
 def _qargs(ctx: NodeContext, ins: Ins) -> tuple[Tensor, Tensor, Tensor | None, int]:
     """(Dequantize|Quantize)Linear's operands: input, scale, optional zero point, and the axis."""
-    _check_block(ctx)
+    if int(ctx.attr("block_size", 0) or 0):
+        raise UnsupportedOpError(f"{ctx.node.op_type} with block_size (blocked quantization) is not supported")
     return ins[0], ins[1], _opt(ins, 2), int(ctx.attr("axis", 1))
 
 
@@ -125,10 +121,7 @@ def _centred(t: Tensor, zp: Tensor | None, axis: int) -> Tensor:
 def _matmul_integer(ctx: NodeContext, ins: Ins) -> Tensor:
     """``(A - a_zp) @ (B - b_zp)``: int32 values, kept in float64 (exact) so that gradients can flow; a
     per-column ``b_zero_point`` runs along B's last axis."""
-    a, b = ins[0], ins[1]
-    a_zp = _opt(ins, 2)
-    b_zp = _opt(ins, 3)
-    return torch.matmul(_centred(a, a_zp, -1), _centred(b, b_zp, -1))
+    return torch.matmul(_centred(ins[0], _opt(ins, 2), -1), _centred(ins[1], _opt(ins, 3), -1))
 
 
 @register_op("ConvInteger")
@@ -137,7 +130,4 @@ def _conv_integer(ctx: NodeContext, ins: Ins) -> Tensor:
     centring), in float64; a per-channel ``w_zero_point`` runs along the output channels."""
     from auditor_torch.ops import _conv
 
-    x, w = ins[0], ins[1]
-    x_zp = _opt(ins, 2)
-    w_zp = _opt(ins, 3)
-    return _conv(ctx, [_centred(x, x_zp, 1), _centred(w, w_zp, 0)])
+    return _conv(ctx, [_centred(ins[0], _opt(ins, 2), 1), _centred(ins[1], _opt(ins, 3), 0)])

@@ -23,35 +23,28 @@ if TYPE_CHECKING:
 Act = Callable[[Tensor], Tensor]
 
 
+#: The activations the recurrent ops name: ``fn(t, alpha, beta)`` with the spec's default alpha and beta.
+_ACTIVATIONS: dict[str, tuple[Callable[[Tensor, float, float], Tensor], float, float]] = {
+    "sigmoid": (lambda t, a, b: torch.sigmoid(t), 0.0, 0.0),
+    "tanh": (lambda t, a, b: torch.tanh(t), 0.0, 0.0),
+    "relu": (lambda t, a, b: torch.relu(t), 0.0, 0.0),
+    "hardsigmoid": (lambda t, a, b: (a * t + b).clamp(0.0, 1.0), 0.2, 0.5),
+    "leakyrelu": (lambda t, a, b: torch.nn.functional.leaky_relu(t, a), 0.01, 0.0),
+    "affine": (lambda t, a, b: a * t + b, 1.0, 0.0),
+    "scaledtanh": (lambda t, a, b: a * torch.tanh(b * t), 1.0, 1.0),
+    "softsign": (lambda t, a, b: t / (1 + t.abs()), 0.0, 0.0),
+    "softplus": (lambda t, a, b: torch.nn.functional.softplus(t), 0.0, 0.0),
+    "elu": (lambda t, a, b: torch.nn.functional.elu(t, a), 1.0, 0.0),
+}
+
+
 def _activation(name: str, alpha: float | None, beta: float | None) -> Act:
     """One of the activation functions the recurrent ops name (with their ``activation_alpha/beta``)."""
-    n = name.lower()
-    if n == "sigmoid":
-        return lambda t: torch.sigmoid(t)
-    if n == "tanh":
-        return lambda t: torch.tanh(t)
-    if n == "relu":
-        return lambda t: torch.relu(t)
-    if n == "hardsigmoid":
-        a, b = (0.2 if alpha is None else alpha), (0.5 if beta is None else beta)
-        return lambda t: (a * t + b).clamp(0.0, 1.0)
-    if n == "leakyrelu":
-        a = 0.01 if alpha is None else alpha
-        return lambda t: torch.nn.functional.leaky_relu(t, a)
-    if n == "affine":
-        a, b = (1.0 if alpha is None else alpha), (0.0 if beta is None else beta)
-        return lambda t: a * t + b
-    if n == "scaledtanh":
-        a, b = (1.0 if alpha is None else alpha), (1.0 if beta is None else beta)
-        return lambda t: a * torch.tanh(b * t)
-    if n == "softsign":
-        return lambda t: t / (1 + t.abs())
-    if n == "softplus":
-        return lambda t: torch.nn.functional.softplus(t)
-    if n == "elu":
-        a = 1.0 if alpha is None else alpha
-        return lambda t: torch.nn.functional.elu(t, a)
-    raise UnsupportedOpError(f"recurrent activation {name!r} is not implemented")
+    if name.lower() not in _ACTIVATIONS:
+        raise UnsupportedOpError(f"recurrent activation {name!r} is not implemented")
+    fn, a0, b0 = _ACTIVATIONS[name.lower()]
+    a, b = (a0 if alpha is None else alpha), (b0 if beta is None else beta)
+    return lambda t: fn(t, a, b)
 
 
 def _activations(ctx: NodeContext, defaults: Sequence[str], dirs: int) -> list[list[Act]]:
@@ -65,15 +58,9 @@ def _activations(ctx: NodeContext, defaults: Sequence[str], dirs: int) -> list[l
     if len(names) != k * dirs:
         raise UnsupportedOpError(f"{ctx.node.op_type} '{ctx.name}': {len(names)} activations for {dirs} "
                                  f"direction(s) of {k}")
-    out = []
-    for d in range(dirs):
-        acts = []
-        for j in range(k):
-            i = d * k + j
-            acts.append(_activation(names[i], alphas[i] if i < len(alphas) else None,
-                                    betas[i] if i < len(betas) else None))
-        out.append(acts)
-    return out
+    acts = [_activation(n, alphas[i] if i < len(alphas) else None, betas[i] if i < len(betas) else None)
+            for i, n in enumerate(names)]
+    return [acts[d * k:(d + 1) * k] for d in range(dirs)]
 
 
 def _by_length(x: Tensor, lengths: Tensor | None) -> Tensor:

@@ -8,10 +8,10 @@ spec's ``reference:`` / ``references:``.
 
 from __future__ import annotations
 
-from auditor import Check, CheckReport, hookimpl
+from auditor import Check, hookimpl
 from auditor_transfer.attribution import AttributionDistance
 from auditor_transfer.filters import FilterShift
-from auditor_transfer.render import render
+from auditor_transfer.render import auditor_render_check as auditor_render_check  # the render hook
 from auditor_transfer.similarity import Similarity
 from auditor_transfer.transferability import Transferability
 
@@ -23,8 +23,3 @@ def auditor_register_checks() -> list[type[Check]]:
     """The checks of this plugin."""
     return [Similarity, Transferability, AttributionDistance, FilterShift]
 
-
-@hookimpl
-def auditor_render_check(check: CheckReport, fmt: str) -> str | None:
-    """The per-layer best-match similarity line of ``transfer.similarity``."""
-    return render(check, fmt)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from auditor import CheckReport
+from auditor import CheckReport, hookimpl
 from auditor.report.plots import designed_section, new_figure
 
 CHECK = "transfer.similarity"
@@ -81,7 +81,8 @@ def layer_figure(metrics: dict[str, Any]) -> Any:
     return fig
 
 
-def render(check: CheckReport, fmt: str) -> str | None:
+@hookimpl
+def auditor_render_check(check: CheckReport, fmt: str) -> str | None:
     """The per-layer similarity line above the generic plots for ``transfer.similarity`` in HTML."""
     if check.use != CHECK or fmt != "html":
         return None
