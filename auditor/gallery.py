@@ -1,6 +1,6 @@
 """Example galleries: the few inputs a check shows a person in the HTML report (an adversarial example beside its
-original and their difference, an input evolved to fool the model), with the classes the model predicts for
-them.
+original and their difference, an input evolved to fool the model, an input moved most of the way to another
+class's without the model noticing), with the classes the model predicts for them.
 
 A gallery is part of a check's result (:attr:`auditor.CheckResult.gallery`) and of report.json (the check's
 ``gallery`` key), next to the metrics and never inside them: gates, ``auditor diff``, SARIF and
@@ -17,6 +17,10 @@ Values are shown on one scale per gallery: ``value_range`` ``[lo, hi]`` maps to 
 range, pixels in [0, 1] for declared preprocessing, else the shown values' own span). A difference panel is
 signed and amplified per example: grey 128 is "unchanged", ``128 ± 127·δ/s`` with ``s`` the example's
 ``difference_scale`` (its largest ``|δ|`` after downsampling).
+
+Colours are true: a batch is shown in RGB order whatever the model's (the builders' ``channels``, read from the
+declared ``data.preprocess``; BGR is reversed, ``L`` is grey); three channels of undeclared order are shown as
+R, G, B and the notes say so.
 
 Which examples: the builders take their inputs in the order given, and checks give them in sample order (the
 first ``k`` successful attacks by row of the plan), so the same spec gives the same gallery on one machine and
@@ -221,17 +225,27 @@ def difference_uint8(d: np.ndarray) -> tuple[np.ndarray, float]:
     return np.transpose(u, (1, 2, 0)).astype(np.uint8), s
 
 
-def canonical_images(x: np.ndarray, layout: str | None) -> np.ndarray | None:
-    """A batch of model inputs as ``(N, C, H, W)`` for display, ``None`` when it is not a batch of grey or RGB
-    images (feature rows, sequences, other channel counts)."""
+def canonical_images(x: np.ndarray, layout: str | None, channels: str | None = None) -> np.ndarray | None:
+    """A batch of model inputs as ``(N, C, H, W)`` for display, channels in RGB order (``channels="BGR"``:
+    reversed); ``None`` when it is not a batch of grey or RGB images (feature rows, sequences, other channel
+    counts, or a channel count that ``channels`` contradicts)."""
     x = np.asarray(x)
     if x.ndim != 4 or layout not in ("NCHW", "NHWC"):
         return None
     if layout == "NHWC":
         x = np.transpose(x, (0, 3, 1, 2))
-    if x.shape[1] not in (1, 3) or min(x.shape[2:]) < 2:
+    want = {"L": (1,), "RGB": (3,), "BGR": (3,)}.get(channels or "", (1, 3))
+    if x.shape[1] not in want or min(x.shape[2:]) < 2:
         return None
-    return x
+    return x[:, ::-1] if channels == "BGR" else x
+
+
+def _channel_note(c: int, channels: str | None) -> list[str]:
+    if channels == "BGR":
+        return ["channels reversed from the model's BGR order to RGB for display (data.preprocess.channels)"]
+    if channels is None and c == 3:
+        return ["channel order not declared (data.preprocess.channels): the three channels are shown as R, G, B"]
+    return []
 
 
 def class_names(model: Any, data: Any = None) -> list[str] | None:
@@ -278,69 +292,121 @@ def _resolution_note(h: int, w: int, factor: int) -> list[str]:
             f"{h // factor}x{w // factor}"]
 
 
+@dataclass(frozen=True)
+class _Rendered:
+    """The PNG panels of ``k`` examples, the value range they share, and how they were made (notes)."""
+
+    images: list[dict[str, bytes]]
+    difference_scales: list[float]
+    value_range: tuple[float, float]
+    notes: list[str]
+
+
+def _render(panels: Mapping[str, np.ndarray], *, layout: str | None, channels: str | None, k: int,
+            value_range: tuple[float, float] | None, difference: tuple[str, str] | None = None) -> _Rendered | None:
+    """The first ``k`` examples of each panel's batch (all of one shape, in ``layout`` and ``channels`` order) as
+    PNGs on one value scale; ``difference=(a, b)`` adds a signed ``b - a`` panel. ``None``: not images."""
+    k = min(int(k), MAX_EXAMPLES, *(len(v) for v in panels.values()))
+    shown = {name: canonical_images(np.asarray(v)[:max(k, 0)], layout, channels) for name, v in panels.items()}
+    if k <= 0 or any(v is None for v in shown.values()):
+        return None
+    first = next(iter(shown.values()))
+    assert first is not None
+    h, w = first.shape[2:]
+    f = downsample_factor(h, w)
+    small = {name: downsample(v, f) for name, v in shown.items() if v is not None}
+    lo, hi = _shared_range(list(small.values()), value_range)
+    images = [{name: encode_png(to_uint8(v[i], lo, hi)) for name, v in small.items()} for i in range(k)]
+    scales = []
+    if difference is not None:
+        a, b = (np.asarray(shown[n], np.float64) for n in difference)
+        ds = downsample(b - a, f)
+        for i in range(k):
+            img, scale = difference_uint8(ds[i])
+            images[i]["difference"] = encode_png(img)
+            scales.append(scale)
+    return _Rendered(images, scales, (lo, hi), [*_channel_note(first.shape[1], channels), *_resolution_note(h, w, f)])
+
+
+def _values(norms: Mapping[str, Floats] | None, i: int, **fixed: float) -> dict[str, float]:
+    return {**fixed, **{name: float(v[i]) for name, v in (norms or {}).items()}}
+
+
 # ------------------------------------------------------------------------------------------------- builders
 def adversarial_gallery(x: np.ndarray, x_adv: np.ndarray, *, layout: str | None, labels: Ints,
                         predicted: Ints, confidence: Floats, predicted_adv: Ints,
                         confidence_adv: Floats, rows: Ints | None = None,
                         value_range: tuple[float, float] | None = None, classes: Sequence[str] | None = None,
                         total: int | None = None, k: int = 4, norms: Mapping[str, Floats] | None = None,
-                        title: str = "adversarial examples", space: str = "") -> Gallery | None:
-    """A gallery of the first ``k`` pairs (original ``x``, perturbed ``x_adv``; a batch in ``layout``): three
-    panels each (original, perturbed, difference) with the predicted class (column index, named by
-    ``classes``) and confidence under the first two, the true ``labels`` and data ``rows``. ``norms`` adds
-    per-example numbers (``{"linf": [...]}``) to ``values``; ``space`` says what the values are (for the notes).
-    ``None`` when the inputs are not grey or RGB images, or ``k`` is 0."""
-    k = min(int(k), MAX_EXAMPLES, len(x))
-    xo = canonical_images(np.asarray(x)[:k], layout)
-    xa = canonical_images(np.asarray(x_adv)[:k], layout)
-    if k <= 0 or xo is None or xa is None:
+                        title: str = "adversarial examples", space: str = "",
+                        channels: str | None = None) -> Gallery | None:
+    """A gallery of the first ``k`` pairs (original ``x``, perturbed ``x_adv``; a batch in ``layout``, channels
+    in ``channels`` order, e.g. :attr:`auditor.perturb.InputSpace.channels`): three panels each (original,
+    perturbed, difference) with the predicted class (column index, named by ``classes``) and confidence under
+    the first two, the true ``labels`` and data ``rows``. ``norms`` adds per-example numbers
+    (``{"linf": [...]}``) to ``values``; ``space`` says what the values are (for the notes). ``None`` when the
+    inputs are not grey or RGB images, or ``k`` is 0."""
+    r = _render({"original": x, "perturbed": x_adv}, layout=layout, channels=channels, k=k,
+                value_range=value_range, difference=("original", "perturbed"))
+    if r is None:
         return None
-    h, w = xo.shape[2:]
-    f = downsample_factor(h, w)
-    xs, xas = downsample(xo, f), downsample(xa, f)
-    ds = downsample(np.asarray(xa, np.float64) - np.asarray(xo, np.float64), f)
-    lo, hi = _shared_range([xs, xas], value_range)
-    examples = []
-    for i in range(k):
-        diff, scale = difference_uint8(ds[i])
-        values = {"difference_scale": scale}
-        for name, v in (norms or {}).items():
-            values[name] = float(v[i])
-        examples.append(Example(
-            images={"original": encode_png(to_uint8(xs[i], lo, hi)),
-                    "perturbed": encode_png(to_uint8(xas[i], lo, hi)), "difference": encode_png(diff)},
-            predicted={"original": _name(int(predicted[i]), classes),
-                       "perturbed": _name(int(predicted_adv[i]), classes)},
-            confidence={"original": float(confidence[i]), "perturbed": float(confidence_adv[i])},
-            label=_name(int(labels[i]), classes), row=None if rows is None else int(rows[i]), values=values))
-    notes = [f"the first {k} successful examples in sample order; values in [{lo:.4g}, {hi:.4g}] shown as 0..255"
-             + (f" ({space})" if space else ""),
-             "difference: grey 128 is unchanged, 128 ± 127·δ/difference_scale per example (amplified)",
-             *_resolution_note(h, w, f)]
+    examples = [Example(
+        images=imgs,
+        predicted={"original": _name(int(predicted[i]), classes), "perturbed": _name(int(predicted_adv[i]), classes)},
+        confidence={"original": float(confidence[i]), "perturbed": float(confidence_adv[i])},
+        label=_name(int(labels[i]), classes), row=None if rows is None else int(rows[i]),
+        values=_values(norms, i, difference_scale=r.difference_scales[i])) for i, imgs in enumerate(r.images)]
+    lo, hi = r.value_range
+    notes = [f"the first {len(examples)} successful examples in sample order; values in [{lo:.4g}, {hi:.4g}] shown "
+             f"as 0..255" + (f" ({space})" if space else ""),
+             "difference: grey 128 is unchanged, 128 ± 127·δ/difference_scale per example (amplified)", *r.notes]
     return Gallery(kind="adversarial", title=title, examples=_fit(examples),
-                   total=len(x_adv) if total is None else int(total), value_range=(lo, hi), notes=notes)
+                   total=len(x_adv) if total is None else int(total), value_range=r.value_range, notes=notes)
 
 
 def input_gallery(x: np.ndarray, *, layout: str | None, predicted: Ints, confidence: Floats,
                   labels: Ints | None = None, panel: str = "input", k: int = 4,
                   value_range: tuple[float, float] | None = None, classes: Sequence[str] | None = None,
                   total: int | None = None, kind: str = "fooling", title: str = "fooling inputs",
-                  notes: Sequence[str] = ()) -> Gallery | None:
+                  notes: Sequence[str] = (), channels: str | None = None) -> Gallery | None:
     """A gallery of the first ``k`` inputs of ``x`` (one ``panel`` each: synthetic inputs such as fooling
     images) with the predicted class and confidence; ``labels``: the class each is about (e.g. the class it
     was evolved for). ``None`` when the inputs are not grey or RGB images, or ``k`` is 0."""
-    k = min(int(k), MAX_EXAMPLES, len(x))
-    xo = canonical_images(np.asarray(x)[:k], layout)
-    if k <= 0 or xo is None:
+    r = _render({panel: x}, layout=layout, channels=channels, k=k, value_range=value_range)
+    if r is None:
         return None
-    h, w = xo.shape[2:]
-    f = downsample_factor(h, w)
-    xs = downsample(xo, f)
-    lo, hi = _shared_range([xs], value_range)
-    examples = [Example(images={panel: encode_png(to_uint8(xs[i], lo, hi))},
-                        predicted={panel: _name(int(predicted[i]), classes)},
+    examples = [Example(images=imgs, predicted={panel: _name(int(predicted[i]), classes)},
                         confidence={panel: float(confidence[i])},
-                        label=None if labels is None else _name(int(labels[i]), classes)) for i in range(k)]
+                        label=None if labels is None else _name(int(labels[i]), classes))
+                for i, imgs in enumerate(r.images)]
+    lo, hi = r.value_range
     return Gallery(kind=kind, title=title, examples=_fit(examples), total=len(x) if total is None else int(total),
-                   value_range=(lo, hi),
-                   notes=[*notes, f"values in [{lo:.4g}, {hi:.4g}] shown as 0..255", *_resolution_note(h, w, f)])
+                   value_range=r.value_range,
+                   notes=[*notes, f"values in [{lo:.4g}, {hi:.4g}] shown as 0..255", *r.notes])
+
+
+def blind_spot_gallery(source: np.ndarray, reached: np.ndarray, target: np.ndarray, *, layout: str | None,
+                       predicted: Mapping[str, Ints], confidence: Mapping[str, Floats], labels: Ints,
+                       rows: Ints | None = None, values: Mapping[str, Floats] | None = None,
+                       value_range: tuple[float, float] | None = None, classes: Sequence[str] | None = None,
+                       total: int | None = None, k: int = 4, title: str = "blind spots", space: str = "",
+                       channels: str | None = None) -> Gallery | None:
+    """A gallery of the first ``k`` blind spots: for each, the ``source`` input (class ``labels``, data ``rows``),
+    the point ``reached`` on the way to an input of another class while the model's answer held, and that
+    ``target``; ``predicted`` / ``confidence`` map the panel names (``source``, ``reached``, ``target``) to the
+    model's class and probability on them, ``values`` adds per-example numbers (``alpha``: the share of the
+    way reached). ``None`` when the inputs are not grey or RGB images, or ``k`` is 0."""
+    r = _render({"source": source, "reached": reached, "target": target}, layout=layout, channels=channels, k=k,
+                value_range=value_range)
+    if r is None:
+        return None
+    examples = [Example(images=imgs, predicted={n: _name(int(v[i]), classes) for n, v in predicted.items()},
+                        confidence={n: float(v[i]) for n, v in confidence.items()},
+                        label=_name(int(labels[i]), classes), row=None if rows is None else int(rows[i]),
+                        values=_values(values, i)) for i, imgs in enumerate(r.images)]
+    lo, hi = r.value_range
+    notes = [f"the first {len(examples)} blind spots in pair order: the source, the point reached toward an input "
+             f"of another class with the prediction and its confidence unchanged, and that input; values in "
+             f"[{lo:.4g}, {hi:.4g}] shown as 0..255" + (f" ({space})" if space else ""), *r.notes]
+    return Gallery(kind="blind_spots", title=title, examples=_fit(examples),
+                   total=len(source) if total is None else int(total), value_range=r.value_range, notes=notes)

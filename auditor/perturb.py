@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -34,6 +34,9 @@ import onnx
 from auditor import graph as G
 from auditor.errors import SkipCheck
 from auditor.rowrandom import RowRandom
+
+if TYPE_CHECKING:
+    from auditor.datasets.preprocess import PixelSpace
 
 
 class ValueKind(str, Enum):
@@ -65,12 +68,18 @@ class InputSpace:
     source: str = ""
     #: Declared image preprocessing (:class:`~auditor.datasets.preprocess.PixelSpace`): the space is then
     #: un-normalised pixels in ``[0, 1]``.
-    pixels: Any = None
+    pixels: PixelSpace | None = None
 
     @property
     def work_dtype(self) -> np.dtype:
         """The float dtype perturbations are built in (float64 inputs keep float64, all others float32)."""
         return np.dtype(np.float64) if self.dtype == np.float64 else np.dtype(np.float32)
+
+    @property
+    def channels(self) -> str | None:
+        """Channel order of the input (``RGB``, ``BGR``, ``L``) where ``data.preprocess`` declares it, else
+        ``None`` (not known: image galleries show three channels as RGB and say so)."""
+        return None if self.pixels is None else self.pixels.channels
 
     def to_space(self, x: np.ndarray) -> np.ndarray:
         """Model values -> the float space perturbations are built in (pixels in [0, 1] for declared image
@@ -159,7 +168,7 @@ def embedding_vocab(graph: onnx.GraphProto, name: str) -> int | None:
 
 
 def input_space(model: Any, data_x: Any = None, *, name: str | None = None,
-                declared: Mapping[str, Any] | None = None, pixels: Any = None) -> InputSpace:
+                declared: Mapping[str, Any] | None = None, pixels: PixelSpace | None = None) -> InputSpace:
     """The value space of ``model``'s input ``name`` (default: the primary input, ``model.input``).
 
     ``data_x`` (the audit data for that input) supplies the dtype when the graph leaves it open; ``declared``

@@ -222,7 +222,7 @@ class Preprocess:
     def pixels(self) -> PixelSpace:
         """The map between model inputs and un-normalised pixels in ``[0, 1]``."""
         return PixelSpace(scale=self.scale, mean=self.mean, std=self.std, layout=self.layout, dtype=self.dtype,
-                          n_channels=self.n_channels)
+                          n_channels=self.n_channels, channels=self.channels)
 
 
 def center_crop(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -248,7 +248,9 @@ class PixelSpace:
     """Model input <-> un-normalised pixels in ``[0, 1]`` (``p = raw / 255``).
 
     ``x = (255 * scale * p - mean) / std`` per channel; uint8 models have ``scale = 1``, no mean or std, and
-    get rounded pixels back.
+    get rounded pixels back. ``layout`` (``NCHW`` / ``NHWC``) is where the channel axis of the model input is,
+    ``channels`` the order along it (``RGB``, ``BGR`` or ``L``): pixels keep the model's order, so whoever shows
+    them as an image (:mod:`auditor.gallery`) reverses ``BGR`` to RGB.
     """
 
     scale: float
@@ -257,6 +259,7 @@ class PixelSpace:
     layout: str
     dtype: str
     n_channels: int
+    channels: str = "RGB"
 
     def _shape(self, ndim: int, canonical: bool) -> tuple[int, ...]:
         # per-channel constants broadcast along the channel axis: NCHW (or canonical) axis 1, NHWC the last

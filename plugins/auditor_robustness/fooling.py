@@ -255,14 +255,14 @@ class Fooling(ShardedCheck):
             "queries": st["probe_queries"] + sum(q["queries"] for q in partials),
         }
         gallery = None
-        _, geo = self._space(ctx, st["first"])
+        space, geo = self._space(ctx, st["first"])
         if geo.is_image and p.examples and len(classes):
             evo_x = np.concatenate([a for q in partials for a in q["evolved_x"]])
             names = labels if labels != [str(j) for j in range(n_classes)] else None
             gallery = input_gallery(
                 evo_x, layout="NCHW", predicted=evo_p.argmax(axis=1), confidence=evo_p.max(axis=1),
                 labels=classes, panel="evolved", k=p.examples, value_range=(st["lo"], st["hi"]),
-                classes=names, total=len(classes),
+                classes=names, total=len(classes), channels=space.channels,
                 title="inputs evolved to maximise a class (label: the class evolved for)",
                 notes=[f"the best evolved input of the first {min(p.examples, len(classes))} classes evolved, in "
                        f"class order, after {p.generations} generations"])

@@ -602,7 +602,8 @@ class SquareAttack(ShardedCheck):
                 confidence_adv=head("conf_adv"), rows=rows[:k], value_range=(plan.state["lo"], plan.state["hi"]),
                 classes=class_names(ctx.model, ctx.data), total=n_good, k=k, norms={norm: norms[:k]},
                 title=f"Square Attack ({norm}, eps {eps:.4g}): adversarial examples",
-                space="un-normalised pixels" if space.pixels is not None else "model input values")
+                space="un-normalised pixels" if space.pixels is not None else "model input values",
+                channels=space.channels)
         if n_good:
             path = ctx.artifact_path("adversarial_examples.npz")
             np.savez_compressed(path, x=space.from_space(geo.to_model(x_good)), x_adv=adversarial, rows=rows,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import onnx
 
 from auditor import AuditContext, CheckResult, Finding, Need, SkipCheck, param
+from auditor.graph import subgraphs
 from auditor.shards import Plan, RowShards, Shard, ShardedCheck, sampled_rows
 from auditor_sparsity.spectral import effective_rank
 
@@ -158,11 +161,12 @@ class Activations(ShardedCheck):
         pen = ctx.model.penultimate()
         with_pen = ctx.require_data().y is not None and pen is not None
         wanted = list(dict.fromkeys(names + ([pen] if with_pen and pen is not None else [])))
+        hidden = _in_subgraphs(ctx.model.base.graph) if params.layers == "activations" else ""
         if not wanted:
-            raise SkipCheck("no layers to analyse (no nonlinearity in the model; set layers:)")
+            raise SkipCheck(f"no layers to analyse: {hidden or 'no nonlinearity in the model'}; set layers:")
         return Plan(rows=rows, state={"names": names, "pen": pen if with_pen else None, "wanted": wanted,
                                       "found_pen": pen is not None},
-                    notes=notes[-1:] if rows is not None else [])
+                    notes=(notes[-1:] if rows is not None else []) + ([f"not analysed: {hidden}"] if hidden else []))
 
     def run_shard(self, ctx: AuditContext, params: Params, plan: Plan, shard: Shard) -> Any:
         """Per layer: each unit's largest activation, the per-sample mean of each unit, the zero count; the
@@ -246,6 +250,20 @@ class Activations(ShardedCheck):
         elif not st["found_pen"]:
             notes.append("no penultimate layer found: neural collapse not measured")
         return CheckResult(metrics=metrics, findings=findings, notes=notes)
+
+
+def _in_subgraphs(graph: onnx.GraphProto) -> str:
+    """What nonlinearities sit inside control-flow subgraphs (``If`` branches, ``Loop`` / ``Scan`` bodies), whose
+    intermediate values ONNX Runtime cannot return as model outputs; empty when none do."""
+    found = [(path.split("/")[1], n.op_type) for path, g in subgraphs(graph) for n in g.node
+             if n.op_type in ACTIVATION_OPS]
+    if not found:
+        return ""
+    ops = Counter(op for _, op in found)
+    return (f"the {len(found)} nonlinearities inside control-flow subgraphs ("
+            f"{', '.join(f'{op} x{k}' for op, k in sorted(ops.items()))}; in node "
+            f"{', '.join(repr(o) for o in dict.fromkeys(o for o, _ in found))}), whose values ONNX Runtime "
+            "does not return")
 
 
 def _head(ctx: AuditContext, pen: str, y: np.ndarray) -> np.ndarray | None:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from auditor_sparsity.activations import neural_collapse
 from click.testing import CliRunner
@@ -142,3 +143,45 @@ def test_cli_run_writes_report_and_gates(tmp_path: Path) -> None:
     assert checks["sparsity.activations"]["metrics"]["dead_fraction"] == pytest.approx(0.2)
     assert checks["sparsity.profile"]["metrics"]["weights"]["w1"]["zero_output_indices"] == [2, 5, 7]
     assert checks["sparsity.conditioning"]["metrics"]["head"] == "w2"
+
+
+def if_model(tmp_path: Path, *, relu_after: bool) -> Path:
+    """x (N,4) -> If 'cf' (then: Relu; else: Tanh -> Sigmoid; the condition a constant true) -> [Relu] -> Gemm ->
+    Softmax: the nonlinearities inside the branches cannot be read as model outputs."""
+    then_g = helper.make_graph([helper.make_node("Relu", ["x"], ["t"])], "then", [],
+                               [helper.make_tensor_value_info("t", FLOAT, ["N", 4])])
+    else_g = helper.make_graph([helper.make_node("Tanh", ["x"], ["e1"]), helper.make_node("Sigmoid", ["e1"], ["e"])],
+                               "else", [], [helper.make_tensor_value_info("e", FLOAT, ["N", 4])])
+    nodes = [helper.make_node("Constant", [], ["c"], value=helper.make_tensor("cv", onnx.TensorProto.BOOL, [], [True])),
+             helper.make_node("If", ["c"], ["h"], name="cf", then_branch=then_g, else_branch=else_g)]
+    feat = "h"
+    if relu_after:
+        nodes.append(helper.make_node("Relu", ["h"], ["hr"], name="relu"))
+        feat = "hr"
+    nodes += [helper.make_node("Gemm", [feat, "w", "b"], ["z"], name="head"),
+              helper.make_node("Softmax", ["z"], ["probs"], axis=1)]
+    r = np.random.default_rng(2)
+    return save(nodes, helper.make_tensor_value_info("x", FLOAT, ["N", 4]),
+                helper.make_tensor_value_info("probs", FLOAT, ["N", 3]),
+                {"w": r.normal(size=(4, 3)).astype(np.float32), "b": np.zeros(3, np.float32)},
+                tmp_path / f"if_{relu_after}.onnx")
+
+
+def test_nonlinearities_inside_if_branches_are_named_in_the_skip(tmp_path: Path) -> None:
+    x = np.random.default_rng(0).normal(size=(60, 4)).astype(np.float32)
+    np.savez(tmp_path / "nolabels.npz", x=x)
+    res = run_audit({"checks": [{"use": "sparsity.activations"}]}, model=if_model(tmp_path, relu_after=False),
+                    data=tmp_path / "nolabels.npz", workdir=tmp_path, disable=OTHER_PLUGINS)
+    res.assert_status("sparsity.activations", "skipped")
+    reason = res.check("sparsity.activations").skip_reason
+    assert reason == ("no layers to analyse: the 3 nonlinearities inside control-flow subgraphs (Relu x1, "
+                      "Sigmoid x1, Tanh x1; in node 'cf'), whose values ONNX Runtime does not return; set layers:")
+    # a main-graph nonlinearity after the If is analysed; the report says what was not
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(60) % 3)
+    res = run_audit({"checks": [{"use": "sparsity.activations"}]}, model=if_model(tmp_path, relu_after=True),
+                    data=tmp_path / "d.npz", workdir=tmp_path, disable=OTHER_PLUGINS)
+    res.assert_status("sparsity.activations", "info")
+    c = res.check("sparsity.activations")
+    h = np.maximum(x.astype(np.float64), 0)  # then branch: Relu(x), then the main Relu
+    assert list(c.metrics["layers"]) == ["hr"] and c.metrics["zero_fraction"] == pytest.approx(np.mean(h == 0))
+    assert any(n.startswith("not analysed: the 3 nonlinearities inside control-flow subgraphs") for n in c.notes)
