@@ -47,7 +47,7 @@ def test_square_attack_gallery_shows_the_source_images_in_true_colours(tmp_path:
     c = 1 if channels == "L" else 3
     mean, std = MEAN[:c], STD[:c]
     files = write_images(tmp_path / "img", {"a": 8, "b": 8, "c": 8}, size=(16, 16), seed=5)
-    w = write_cnn(tmp_path / "m.onnx", c=c, layout=layout, denorm=(mean, std), seed=5 if c == 1 else 1)
+    w = write_cnn(tmp_path / "m.onnx", c=c, layout=layout, denorm=(mean, std), seed=5 if c == 1 else 0)
     srcs = [source_rgb(f, channels) for f in files]
     # labels: the model's own answers (GAP -> Gemm of the un-normalised pixels in the model's channel order)
     feats = np.stack([(s[..., ::-1] if channels == "BGR" else s).reshape(-1, c).mean(0) / 255 for s in srcs])
@@ -57,7 +57,10 @@ def test_square_attack_gallery_shows_the_source_images_in_true_colours(tmp_path:
                      "data": {"path": str(tmp_path / "m.csv"), "images": "file", "y": "label",
                               "preprocess": {"channels": channels, "layout": layout, "mean": mean, "std": std}},
                      "checks": [{"use": "robustness.square_attack",
-                                 "with": {"eps": 0.3, "max_queries": 300, "examples": 3}}]},
+                                 "with": {"eps": 0.3, "max_queries": 300, "examples": 3}},
+                                {"use": "robustness.blind_spots",
+                                 "with": {"pairs": 20, "random_directions": 0, "alpha_threshold": 0, "conf_tol": 1,
+                                          "examples": 2}}]},
                     workdir=tmp_path, disable=["bias", "sparsity", "transfer", "torch"])
     assert res.report is not None, res.error
     check = res.check("robustness.square_attack")
@@ -86,6 +89,12 @@ def test_square_attack_gallery_shows_the_source_images_in_true_colours(tmp_path:
         assert any("reversed from the model's BGR order to RGB" in n for n in gal.notes)
         assert not np.array_equal(decode(gal.examples[0].images["original"]), srcs[gal.examples[0].row][..., ::-1])
     assert not any("channel order not declared" in n for n in gal.notes)
+    # the blind spots (threshold 0: the first pairs) show source and target files in their own colours
+    spots = res.check("robustness.blind_spots").gallery
+    assert spots is not None and spots.examples
+    for e in spots.examples:
+        assert e.row is not None and np.array_equal(decode(e.images["source"]), srcs[e.row])
+        assert any(np.array_equal(decode(e.images["target"]), s) for s in srcs)
 
 
 def test_canonical_images_reads_layout_and_channel_order() -> None:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from auditor import AuditContext, CheckResult, Need, SkipCheck, param
+from auditor.gallery import Gallery, blind_spot_gallery, class_names
 from auditor.perturb import input_space
 from auditor.shards import Plan, RowShards, Shard, ShardedCheck, sampled_rows
 from auditor_robustness._common import (
@@ -32,6 +33,7 @@ from auditor_robustness._common import (
     Geometry,
     as_float,
     describe_range,
+    examples_param,
     limit_param,
     range_param,
     space_range,
@@ -103,6 +105,7 @@ class BlindSpots(ShardedCheck):
                 minimum=0)
         clip: list[float] | None = range_param()
         limit: int | None = limit_param(2000)
+        examples: int = examples_param("blind spots (source, point reached, target)")
 
     needs = frozenset({Need.DATA})
     metrics_doc = {
@@ -230,4 +233,33 @@ class BlindSpots(ShardedCheck):
             metrics["random_blind_spot_rate"] = float(np.mean(reach >= thr))
             metrics["random_median_fraction"] = as_float(np.median(reach))
         metrics["queries"] = plan.state["queries"] + sum(q["queries"] for q in parts)
-        return CheckResult(metrics=metrics, notes=list(plan.notes))
+        return CheckResult(metrics=metrics, notes=list(plan.notes), gallery=self._gallery(ctx, params, plan, alpha))
+
+    @staticmethod
+    def _gallery(ctx: AuditContext, p: Params, plan: Plan, alpha: np.ndarray) -> Gallery | None:
+        """The first ``examples`` blind spots in pair order (the plan's, so any sharding shows the same): their two
+        rows read again, the point reached rebuilt, all three scored by a classifier of their own (the check's
+        ``queries`` do not count these display inputs)."""
+        hit = np.flatnonzero(alpha >= p.alpha_threshold)[:p.examples]
+        if not len(hit):
+            return None
+        data = ctx.require_data().subset(np.asarray(plan.rows)[hit].ravel())  # source, target, source, ...
+        space, geo = input_space(ctx.model, data.x, pixels=data.pixels), Geometry.of(data.x, ctx.model.layout)
+        if not geo.is_image:
+            return None
+        xc = geo.canonical(space.to_space(np.asarray(data.x))).astype(np.float64)
+        xs, xt = xc[0::2], xc[1::2]
+        shown = {"source": xs, "reached": xs + alpha[hit][:, None, None, None] * (xt - xs), "target": xt}
+        k = len(hit)
+        src = 2 * np.arange(k)
+        pr = Classifier.for_data(ctx, data, geo).probs(np.concatenate(list(shown.values())).astype(np.float32),
+                                                       np.concatenate([src, src, src + 1]))
+        pr = pr.reshape(3, k, -1)
+        return blind_spot_gallery(
+            *shown.values(), layout="NCHW", channels=space.channels, labels=plan.state["cls"][hit],
+            predicted={n: pr[i].argmax(1) for i, n in enumerate(shown)},
+            confidence={n: pr[i].max(1) for i, n in enumerate(shown)}, rows=np.asarray(plan.rows)[hit, 0],
+            values={"alpha": alpha[hit]}, value_range=plan.state["range"], classes=class_names(ctx.model, ctx.data),
+            total=int(np.sum(alpha >= p.alpha_threshold)), k=k,
+            title=f"blind spots (alpha >= {p.alpha_threshold:g}): moved toward another class's input, prediction "
+                  f"and confidence held", space="un-normalised pixels" if space.pixels is not None else "")

@@ -335,3 +335,50 @@ def test_a_third_party_checks_gallery_is_shown_without_a_renderer(tmp_path: Path
     src = re.search(r'<img src="data:image/png;base64,([^"]+)"', page)
     assert src and np.array_equal(decode(base64.b64decode(src.group(1))), img)
     assert "predicted cat (0.5)" in page and "<h3>one image</h3>" in page
+
+
+def test_blind_spot_gallery_shows_source_point_reached_and_target_in_pair_order(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from auditor_robustness.blind_spots import BlindSpots
+
+    from auditor.shards import RowShards
+
+    x = images(40, seed=2)
+    model = tiny_cnn(tmp_path / "m.onnx")
+    p = cnn_numpy_probs(model, x)
+    y = p.argmax(1)
+    checks = [{"use": "robustness.blind_spots", "with": {"pairs": 30, "random_directions": 0, "conf_tol": 0.1,
+                                                         "alpha_threshold": 0.3, "examples": 3}}]
+    data = save(tmp_path, "d.npz", x=x, y=y)
+    res = audit(tmp_path, checks, model, data)
+    c = res.check("robustness.blind_spots")
+    gal = AuditReport.from_dict(json.loads(res.report.to_json())).check("robustness.blind_spots").gallery
+    assert gal is not None and gal.kind == "blind_spots" and len(gal.examples) == 3
+    assert gal.total == round(c.metrics["blind_spot_rate"] * c.metrics["n_pairs"])
+    for e in gal.examples:
+        src = decode(e.images["source"])
+        assert e.row is not None and np.array_equal(src, u8(x[e.row]))
+        # the target is a sample of another class, the point reached lies alpha of the way to it
+        tgt = decode(e.images["target"])
+        t = [i for i in range(len(x)) if np.array_equal(tgt, u8(x[i]))]
+        assert len(t) == 1 and y[t[0]] != y[e.row]
+        a = e.values["alpha"]
+        assert a >= 0.3
+        reached = x[e.row].astype(np.float64) + a * (x[t[0]].astype(np.float64) - x[e.row])
+        assert np.abs(decode(e.images["reached"]).astype(int) - u8(reached).astype(int)).max() <= 1
+        # the model's answers, read independently: the class held within conf_tol at the point reached
+        pr = cnn_numpy_probs(model, reached[None])[0]
+        assert e.label == str(y[e.row]) == e.predicted["source"] == e.predicted["reached"] == str(pr.argmax())
+        assert abs(pr[y[e.row]] - p[e.row, y[e.row]]) <= 0.1 + 1e-6
+        assert e.confidence["reached"] == pytest.approx(pr.max(), abs=1e-5)
+        assert e.predicted["target"] == str(y[t[0]])
+        assert e.confidence["source"] == pytest.approx(p[e.row].max(), abs=1e-5)
+    # the same examples whatever the sharding; metrics unchanged without the gallery
+    monkeypatch.setattr(BlindSpots, "shards", RowShards(rows=4))
+    small = audit(tmp_path, checks, model, data)
+    assert small.check("robustness.blind_spots").gallery.to_dict() == gal.to_dict()
+    none = audit(tmp_path, [{**checks[0], "with": {**checks[0]["with"], "examples": 0}}], model, data)
+    assert none.check("robustness.blind_spots").gallery is None
+    a_, b_ = dict(c.metrics), dict(none.metrics("robustness.blind_spots"))
+    a_.pop("duration_s", None), b_.pop("duration_s", None)
+    assert a_ == b_
