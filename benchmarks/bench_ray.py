@@ -72,6 +72,17 @@ def write_cnn(path: Path, c: int, hw: int, classes: int, seed: int = 0) -> Path:
     return path
 
 
+def precompile() -> bool:
+    """Write the package's and the plugins' bytecode (``__pycache__`` next to the sources, ignored by git), as
+    Python does on a first import and an installed package ships it. Where ``PYTHONDONTWRITEBYTECODE`` is set
+    (the development machine) no process writes it, so every Ray worker would compile the whole package again
+    as it starts (about 0.5 s of CPU each here), a cost the single-machine run, whose imports happen before
+    the clock starts, never shows. Returns whether every file compiled."""
+    import compileall
+
+    return all(compileall.compile_dir(str(ROOT / d), quiet=1) for d in ("auditor", "plugins"))
+
+
 def comparable(doc: Any, path: str = "") -> Any:
     """The report without timings, ``environment.execution`` and the notes saying that a shard ran again."""
     if isinstance(doc, dict):
@@ -104,6 +115,9 @@ def main() -> None:
     ap.add_argument("--shard-rows", type=int, default=None, help="execution.shard_rows (default: the checks' 512)")
     ap.add_argument("--quick", action="store_true", help="512 images, 20 queries, 1 repeat")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "ray.json")
+    ap.add_argument("--no-precompile", action="store_true",
+                    help="do not write the package's bytecode first (under PYTHONDONTWRITEBYTECODE each Ray worker "
+                         "then compiles the package's sources as it starts)")
     args = ap.parse_args()
     if args.quick:
         args.images, args.queries, args.repeats = 512, 20, 1
@@ -114,6 +128,7 @@ def main() -> None:
     from auditor.plugins import build_registry
 
     work = Path(tempfile.mkdtemp(prefix="bench-ray-"))
+    bytecode = not args.no_precompile and precompile()
     model = write_cnn(work / "cnn.onnx", 3, args.size, 10)
     r = np.random.default_rng(0)
     x = r.random((args.images, 3, args.size, args.size), dtype=np.float32)
@@ -138,19 +153,35 @@ def main() -> None:
              log_to_driver=False)
     ray_start = time.perf_counter() - t0
     times: dict[str, list[float]] = {"local": [], "ray": [], "tiny_local": [], "tiny_ray": []}
+    loads: dict[str, list[float]] = {k: [] for k in times}
+    timing: list[dict[str, Any]] = []  # the Ray report's environment.execution.timing of each heavy run
     reports: dict[str, dict[str, Any]] = {}
-    for _ in range(args.repeats):
+    same = True
+    for _ in range(args.repeats):  # interleaved: a load that comes and goes slows both runs of a pair alike
         for key, doc in (("local", heavy), ("ray", {**heavy, **on_ray}), ("tiny_local", tiny),
                          ("tiny_ray", {**tiny, **on_ray})):
+            loads[key].append(os.getloadavg()[0])
             wall, rep = run(doc, work, registry)
             times[key].append(wall)
             reports[key] = rep
-            print(f"{key:>10}: {wall:7.2f} s", flush=True)
+            if key == "ray":
+                timing.append(rep["environment"]["execution"]["timing"])
+                same = same and comparable(reports["local"]) == comparable(rep)
+                t = timing[-1]
+                busy = " / ".join(f"{w['busy_s']:.1f}" for w in t["workers"])
+                cpu = " / ".join(f"{w['cpu_s']:.1f}" for w in t["workers"])
+                print(f"{key:>10}: {wall:7.2f} s  (load {loads[key][-1]:.1f}; workers up in {t['startup_s']:.2f} s, "
+                      f"efficiency {t['efficiency']:.2f}, busy {busy} s, cpu {cpu} s)", flush=True)
+            else:
+                print(f"{key:>10}: {wall:7.2f} s  (load {loads[key][-1]:.1f})", flush=True)
     ray.shutdown()
-    same = comparable(reports["local"]) == comparable(reports["ray"])
     best = {k: min(v) for k, v in times.items()}
     shards = -(-args.images // (args.shard_rows or 512))
-    per_check = {c["id"]: c["duration_s"] for c in reports["local"]["checks"]}
+    fastest = timing[times["ray"].index(best["ray"])]
+    # per-shard costs: the single machine's (check wall time over its shards, both cores through ONNX Runtime's
+    # threads) and the Ray workers' own (mean task time, one core each), from the fastest run of each
+    local_shard = {c["id"]: c["duration_s"] / shards for c in reports["local"]["checks"]}
+    ray_shard = {k: v["per_task_s"] for k, v in fastest["checks"].items()}
     result = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "ray": ray.__version__, "onnxruntime": onnxruntime.__version__},
@@ -158,23 +189,35 @@ def main() -> None:
                   "noise_sigmas": 3, "noise_repeats": 2, "shards_per_check": shards, "workers": 2,
                   "shard_rows": args.shard_rows or 512, "repeats": args.repeats},
         "load_average": os.getloadavg(),
+        "load_average_at_each_run": loads,
         "times_s": times,
         "best_s": best,
         "speedup_ray_vs_local": best["local"] / best["ray"],
+        "speedup_per_pair": [lo / ra for lo, ra in zip(times["local"], times["ray"])],
         "ray_start_s": ray_start,
+        "worker_bytecode": "precompiled" if bytecode else "compiled by each worker" if sys.dont_write_bytecode
+        else "written and reused by Python",
         "ray_overhead_tiny_audit_s": best["tiny_ray"] - best["tiny_local"],
         "reports_identical": same,
-        "per_shard_cost_s": {k: v / shards for k, v in per_check.items()},
+        "per_shard_cost_s": local_shard,
+        "per_shard_cost_ray_worker_s": ray_shard,
+        "ray_timing_fastest_run": fastest,
         "square_attack_queries_total": reports["local"]["checks"][0]["metrics"]["queries_total"],
     }
     print(json.dumps(result, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
+    costs = ", ".join(f"{k.split('.')[-1]} {local_shard[k]:.2f} / {ray_shard.get(k, float('nan')):.2f} s"
+                      for k in local_shard)
     print(f"bench_ray: Ray (2 workers) {result['speedup_ray_vs_local']:.2f}x the single machine, best of "
-          f"{args.repeats} (local {best['local']:.1f} s, ray {best['ray']:.1f} s; {args.images} images, "
-          f"{args.queries} queries, {shards} shards a check); Ray overhead on a tiny audit "
-          f"{result['ray_overhead_tiny_audit_s']:.1f} s; ray.init {ray_start:.1f} s; reports "
-          f"{'identical' if same else 'DIFFERENT'}; load average {os.getloadavg()[0]:.1f}; -> {args.out}")
+          f"{args.repeats} (local {best['local']:.1f} s, ray {best['ray']:.1f} s; pairs "
+          f"{', '.join(f'{r:.2f}x' for r in result['speedup_per_pair'])}; {args.images} images, {args.queries} "
+          f"queries, {shards} shards a check); Ray overhead on a tiny audit "
+          f"{result['ray_overhead_tiny_audit_s']:.1f} s, workers up in {fastest['startup_s']:.1f} s, efficiency "
+          f"{fastest['efficiency']:.2f}; per shard (local / one Ray worker): {costs}; ray.init {ray_start:.1f} s; "
+          f"workers' bytecode {result['worker_bytecode']}; reports {'identical' if same else 'DIFFERENT'}; "
+          f"load average "
+          f"{min(min(v) for v in loads.values()):.1f}-{max(max(v) for v in loads.values()):.1f}; -> {args.out}")
     if not same:
         sys.exit("the Ray report differs from the single-machine report")
 

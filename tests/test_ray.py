@@ -132,6 +132,17 @@ def test_a_shard_over_shard_timeout_s_is_that_checks_error(cluster: None, audit_
     assert faulty.status == "error" and faulty.error is not None
     assert "shard 1/11 timed out after 0.5 s (execution.shard_timeout_s)" in faulty.error
     res.assert_status("performance.metrics", "info")
+    # where the time went: every task counted once, on the worker that ran it (11 shards of 100 rows, one
+    # prediction shard), and the sums agree with each other
+    timing = res.doc["environment"]["execution"]["timing"]
+    by_check = timing["checks"]
+    assert by_check["faulty.rows"]["tasks"] == 11 and by_check["performance.metrics"]["tasks"] == 1
+    workers = timing["workers"]
+    assert len(workers) == 2 and sum(w["tasks"] for w in workers) == 12
+    assert sum(w["busy_s"] for w in workers) == pytest.approx(timing["busy_s"], abs=0.01)
+    assert sum(c["worker_s"] for c in by_check.values()) == pytest.approx(timing["busy_s"], abs=0.01)
+    assert timing["efficiency"] == pytest.approx(timing["busy_s"] / (2 * timing["wall_s"]), abs=0.01)
+    assert all(w["startup_s"] is not None and w["startup_s"] > 0 for w in workers if w["tasks"])
 
 
 def test_the_ray_option_joins_the_running_cluster(cluster: None, audit_files: dict[str, Path]) -> None:

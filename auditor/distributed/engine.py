@@ -28,6 +28,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError, RayError, RayTa
 from auditor.checks import CheckInfo
 from auditor.distributed.config import ExecutionConfig
 from auditor.distributed.errors import ClusterError, ClusterLost
+from auditor.distributed.timing import RunClock
 from auditor.distributed.worker import AuditWorker, RegistryRecipe, fingerprint
 from auditor.errors import SkipCheck
 from auditor.results import AuditReport, CheckReport
@@ -62,7 +63,6 @@ class _Pending:
     count: int = 0
     outcome: _Outcome | None = None
     t0: float = 0.0
-    worker_time: float = 0.0
 
 
 def connect(ex: ExecutionConfig) -> bool:
@@ -107,7 +107,10 @@ class RayRunner(Runner):
                 ray.shutdown()
 
     # ------------------------------------------------------------------------------------------ workers
-    def _start_workers(self, loaded: Loaded, ex: ExecutionConfig) -> tuple[list[Any], list[dict[str, Any]]]:
+    def _launch_workers(self, loaded: Loaded, ex: ExecutionConfig) -> tuple[list[Any], dict[Any, int]]:
+        """Ask the cluster for the workers and return at once: the actors, and each one's first answer (its
+        :meth:`AuditWorker.info`, once its models and data are loaded) to wait for. The driver plans the checks
+        meanwhile, and each worker takes tasks as soon as it has answered (a slow node holds up no one)."""
         res = ray.cluster_resources()
         n = ex.workers or max(1, int(res.get("CPU", 1) // ex.cpus_per_worker))
         if ex.gpus_per_worker and not ex.workers:
@@ -120,28 +123,65 @@ class RayRunner(Runner):
             num_cpus=ex.cpus_per_worker, num_gpus=ex.gpus_per_worker,
             max_restarts=max(ex.max_retries, 1), max_task_retries=0)
         recipe = RegistryRecipe.of(self.registry)
+        # one ONNX Runtime thread per reserved core: more would oversubscribe the cores next to other workers
         threads = max(1, int(ex.cpus_per_worker))
         actors: list[Any] = [actor_cls.remote(self.spec, recipe, list(sys.path), threads, bool(self._refs), *self._refs)
                   for _ in range(n)]
+        self.clock.launch(n)
+        return actors, {a.info.remote(): wi for wi, a in enumerate(actors)}
+
+    def _joined(self, ref: Any, wi: int, actors: list[Any], want: Any, infos: dict[int, dict[str, Any]]) -> None:
+        """Worker ``wi``'s first answer: it is ready, or it could not start, or it reads other data than the
+        driver (both end the run, one line)."""
         try:
-            infos = ray.get([a.info.remote() for a in actors])
+            info = ray.get(ref)
         except RayError as exc:
             for a in actors:
                 ray.kill(a)
             raise ClusterError(f"ray: a worker could not start: {_first_line(exc)}") from None
-        want = fingerprint(loaded.data)
-        for i, info in enumerate(infos):
-            if info["data"] != want:
-                for a in actors:
-                    ray.kill(a)
-                raise ClusterError(
-                    f"data.path: worker {i} on {info['host']} reads different data than the driver "
-                    f"(rows/checksum {info['data']} vs {want}); put the data on storage every node sees at the "
-                    f"same path, or set execution.data: driver")
-        return actors, infos
+        if info["data"] != want:
+            for a in actors:
+                ray.kill(a)
+            raise ClusterError(
+                f"data.path: worker {wi} on {info['host']} reads different data than the driver "
+                f"(rows/checksum {info['data']} vs {want}); put the data on storage every node sees at the "
+                f"same path, or set execution.data: driver")
+        infos[wi] = info
+        self.clock.joined(wi, info["host"])
 
     # ------------------------------------------------------------------------------------------ the run
     def _run(self, loaded: Loaded, ex: ExecutionConfig, started: str, t0: float) -> AuditReport:
+        self.clock = RunClock(t0=t0)
+        # The workers start first (on a small cluster their start-up is most of a short audit's overhead); the
+        # driver prepares and plans while they load.
+        actors, joining = self._launch_workers(loaded, ex)
+        try:
+            return self._drive(loaded, ex, started, t0, actors, joining)
+        finally:
+            for a in actors:
+                try:
+                    ray.kill(a)
+                except Exception:  # the cluster may be gone already
+                    pass
+
+    def _drive(self, loaded: Loaded, ex: ExecutionConfig, started: str, t0: float, actors: list[Any],
+               joining: dict[Any, int]) -> AuditReport:
+        """Plan every check, hand the tasks to the workers as they come up and free up, merge, report."""
+        infos: dict[int, dict[str, Any]] = {}
+        execution: dict[str, Any] = {
+            "engine": "ray", "ray": ray.__version__, "address": ex.address or os.environ.get("RAY_ADDRESS")
+            or "local", "workers": len(actors), "nodes": 0, "hosts": [], "providers": [],
+            "cpus_per_worker": ex.cpus_per_worker, "gpus_per_worker": ex.gpus_per_worker, "data": ex.data,
+            "retries": [],
+        }
+
+        def describe() -> None:  # what the workers that have answered said of themselves
+            execution.update(nodes=len({i["node"] for i in infos.values()}),
+                             hosts=sorted({i["host"] for i in infos.values()}),
+                             providers=sorted({i["provider"] for i in infos.values()}),
+                             timing=self.clock.summary())
+
+        want = fingerprint(loaded.data)
         # The driver fixes its models' batching on the first rows, as a local run's first forward pass does, so
         # that the report's model section reads the same.
         if loaded.data is not None:
@@ -154,16 +194,6 @@ class RayRunner(Runner):
                 with contextlib.suppress(SkipCheck):
                     loaded.baseline.run(loaded.baseline_data.x[:k],
                                         inputs=loaded.baseline_data.companions(slice(0, k)))
-        actors, infos = self._start_workers(loaded, ex)
-        execution: dict[str, Any] = {
-            "engine": "ray", "ray": ray.__version__, "address": ex.address or os.environ.get("RAY_ADDRESS")
-            or "local", "workers": len(actors), "nodes": len({i["node"] for i in infos}),
-            "hosts": sorted({i["host"] for i in infos}), "providers": sorted({i["provider"] for i in infos}),
-            "cpus_per_worker": ex.cpus_per_worker, "gpus_per_worker": ex.gpus_per_worker, "data": ex.data,
-            "retries": [],
-        }
-        self.events.message(f"ray: {len(actors)} workers on {execution['nodes']} node(s) "
-                            f"({', '.join(execution['hosts'])}), data: {ex.data}")
         checks = self.spec.checks
         done: dict[int, CheckReport] = {}
         retry_notes: dict[int, list[str]] = collections.defaultdict(list)
@@ -187,7 +217,7 @@ class RayRunner(Runner):
         inflight: dict[Any, tuple[_Task, int]] = {}
         pings: dict[Any, tuple[int, float]] = {}  # a dead worker's readiness probe: (worker, since)
         lost: set[int] = set()
-        busy: set[int] = set()
+        busy: set[int] = set(joining.values())  # a worker takes tasks once it has answered
         total_tasks = len(queue)
         finished_tasks = 0
         emitted = 0
@@ -208,12 +238,24 @@ class RayRunner(Runner):
             emit()
             while queue or inflight:
                 self._fill(queue, inflight, busy, actors, lost)
-                if queue and not inflight and not pings:
+                if queue and not inflight and not pings and not joining:
                     msg = f"ray: every worker is gone ({len(lost)} of {len(actors)} died for good)"
                     execution["error"] = msg
+                    describe()
                     raise ClusterLost(msg, self._partial(loaded, done, started, t0, execution, reason=msg))
-                ready, _ = ray.wait([*inflight, *pings], num_returns=1, timeout=0.25)
+                ready, _ = ray.wait([*inflight, *pings, *joining], num_returns=1, timeout=0.25)
                 for ref in ready:
+                    if ref in joining:  # a worker is up: models and data loaded
+                        wi = joining.pop(ref)
+                        self._joined(ref, wi, actors, want, infos)
+                        busy.discard(wi)
+                        if not joining:
+                            describe()
+                            self.events.message(
+                                f"ray: {len(actors)} workers on {execution['nodes']} node(s) "
+                                f"({', '.join(execution['hosts'])}), data: {ex.data}, up in "
+                                f"{execution['timing']['startup_s']:.1f} s")
+                        continue
                     if ref in pings:  # a worker that died: back (restarted by Ray), still restarting, or gone
                         wi, since = pings.pop(ref)
                         try:
@@ -244,6 +286,7 @@ class RayRunner(Runner):
                             msg = (f"ray: workers keep dying ({task.attempts} attempts at {what} of "
                                    f"{checks[task.check].id}): {_first_line(exc)}")
                             execution["error"] = msg
+                            describe()
                             raise ClusterLost(msg, self._partial(loaded, done, started, t0, execution,
                                                                  reason=msg)) from None
                         retry_notes[task.check].append(note)
@@ -256,6 +299,8 @@ class RayRunner(Runner):
                         value = {"error": f"ray: {_first_line(exc)}", "traceback": str(exc)}
                     busy.discard(wi)
                     finished_tasks += 1
+                    self.clock.task(wi, checks[task.check].id + ("" if task.role == "model" else f".{task.role}"),
+                                    float(value.get("duration", 0.0)), float(value.get("cpu", 0.0)))
                     self._absorb(task, value, pending, done)
                     self._maybe_finish(task.check, loaded, pending, done, retry_notes)
                 emit()
@@ -265,6 +310,7 @@ class RayRunner(Runner):
         except KeyboardInterrupt:
             for ref in inflight:
                 ray.cancel(ref, force=True)
+            describe()
             report = self._partial(loaded, done, started, t0, execution, reason="interrupted (Ctrl-C)")
             raise Interrupted(report) from None
         except ClusterLost:
@@ -272,13 +318,11 @@ class RayRunner(Runner):
         except (RayError, ConnectionError) as exc:
             msg = f"ray: the cluster went away: {_first_line(exc)}"
             execution["error"] = msg
+            describe()
             raise ClusterLost(msg, self._partial(loaded, done, started, t0, execution, reason=msg)) from None
-        finally:
-            for a in actors:
-                try:
-                    ray.kill(a)
-                except Exception:  # the cluster may be gone already
-                    pass
+        if joining:  # the audit ended before every worker was up
+            self.events.message(f"ray: the audit ended with {len(infos)} of {len(actors)} workers up")
+        describe()
         reports = [done[i] for i in range(len(checks))]
         return self.assemble(reports, loaded, False, started, time.perf_counter() - t0, execution)
 
@@ -342,8 +386,8 @@ class RayRunner(Runner):
         """Record a finished task: a whole check's report, or a shard's partial (the first skip or error of a
         shard decides the check's outcome)."""
         if task.shard is None:
-            if isinstance(value, CheckReport):
-                done[task.check] = value
+            if isinstance(value.get("report"), CheckReport):
+                done[task.check] = value["report"]
             else:
                 cs = self.spec.checks[task.check]
                 done[task.check] = self._report(cs, self.registry.checks[cs.use],
@@ -351,7 +395,6 @@ class RayRunner(Runner):
                                                 None)
             return
         p = pending[(task.check, task.role)]
-        p.worker_time += float(value.get("duration", 0.0))
         if p.outcome is not None:
             return
         if "partial" in value:

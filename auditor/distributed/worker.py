@@ -100,7 +100,8 @@ class AuditWorker:
 
     def run_shard(self, check_index: int, role: str, plan: Plan, shard: Shard) -> dict[str, Any]:
         """One shard of a sharded check: ``{"partial": ...}``, ``{"skip": reason}`` or ``{"error": ...,
-        "traceback": ...}``, with ``duration`` and ``pid``."""
+        "traceback": ...}``, with ``duration`` (wall), ``cpu`` (this process's CPU time meanwhile) and
+        ``pid``."""
         from auditor.errors import CheckCancelled, SkipCheck
 
         cs = self.spec.checks[check_index]
@@ -108,7 +109,7 @@ class AuditWorker:
         assert isinstance(check, ShardedCheck)
         ctx = shard_context(self.runner._context(cs, self.loaded, role), shard)
         out: dict[str, Any] = {}
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
 
         def target() -> None:
             try:
@@ -135,10 +136,15 @@ class AuditWorker:
             th.join(1.0)
             out = {"error": f"shard {shard.index + 1}/{shard.count} timed out after {limit:g} s ({what})"}
         out["duration"] = time.perf_counter() - t0
+        out["cpu"] = time.process_time() - c0  # this process's CPU meanwhile: below duration, it waited for a core
         out["pid"] = os.getpid()
         return out
 
-    def run_check(self, check_index: int) -> Any:
-        """A check that does not shard, whole (and on the baseline), as the local runner runs it."""
+    def run_check(self, check_index: int) -> dict[str, Any]:
+        """A check that does not shard, whole (and on the baseline), as the local runner runs it:
+        ``{"report": CheckReport, "duration": ..., "pid": ...}``."""
         cs = self.spec.checks[check_index]
-        return self.runner.run_check(cs, self.loaded)
+        t0, c0 = time.perf_counter(), time.process_time()
+        report = self.runner.run_check(cs, self.loaded)
+        return {"report": report, "duration": time.perf_counter() - t0, "cpu": time.process_time() - c0,
+                "pid": os.getpid()}
