@@ -151,7 +151,7 @@ class RayRunner(Runner):
 
     # ------------------------------------------------------------------------------------------ the run
     def _run(self, loaded: Loaded, ex: ExecutionConfig, started: str, t0: float) -> AuditReport:
-        self.clock = RunClock(t0=t0)
+        self.clock = RunClock()  # from the workers' launch: joining the cluster (ray.init) is not theirs
         # The workers start first (on a small cluster their start-up is most of a short audit's overhead); the
         # driver prepares and plans while they load.
         actors, joining = self._launch_workers(loaded, ex)

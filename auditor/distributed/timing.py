@@ -4,7 +4,7 @@ time per shard, as the report's ``environment.execution.timing`` (importable wit
 Busy time is measured inside the worker (the wall time of each task's own work), so it leaves out Ray's
 scheduling, the transfer of partials and the driver's merges. ``cpu_s`` is the worker process's CPU time during
 its tasks: well below ``busy_s``, the worker waited for a core (a loaded machine). ``efficiency`` is the share of
-the workers' time since the run started that went into tasks, ``sum(busy) / (workers * run wall time)``:
+the workers' time since they were launched that went into tasks, ``sum(busy) / (workers * wall_s)``:
 start-up counts against it, as does a worker left idle while another finishes the last shard.
 """
 
