@@ -101,3 +101,13 @@ def grouped_mlp_audit(tmp: Path) -> dict[str, Any]:
     np.savez(tmp / "d.npz", x=x, y=y, site=np.where(np.arange(len(y)) % 3 == 0, "a", "b"))
     return {"baseline": {"path": str(tmp / "b.onnx")}, "references": {"r": {"path": str(tmp / "b.onnx")}},
             "data": {"path": str(tmp / "d.npz"), "y": "y", "groups": ["site"]}}
+
+
+def linear_image_model(path: Path, w: np.ndarray, b: np.ndarray, hw: int = 5) -> Path:
+    """A linear classifier over NCHW RGB images: ``(N, 3, hw, hw)`` -> Flatten -> MatMul ``w`` (``3·hw², C``)
+    -> Add ``b`` -> Softmax (with ``data.preprocess``, a linear model over normalised pixels)."""
+    nodes = [helper.make_node("Flatten", ["x"], ["f"], axis=1), helper.make_node("MatMul", ["f", "W"], ["m"]),
+             helper.make_node("Add", ["m", "b"], ["z"]), helper.make_node("Softmax", ["z"], ["p"], axis=1)]
+    return save_model(nodes, [helper.make_tensor_value_info("x", FLOAT, ["N", 3, hw, hw])],
+                      [helper.make_tensor_value_info("p", FLOAT, ["N", w.shape[1]])],
+                      {"W": w.astype(np.float32), "b": b.astype(np.float32)}, path)

@@ -209,7 +209,6 @@ def test_a_two_input_model_gives_the_same_report_on_ray(cluster: None, tmp_path:
     assert on_ray.metrics("performance.metrics")["accuracy"] == 1.0
 
 
-
 def test_the_checks_that_ran_whole_shard_on_ray_with_the_same_report(
         cluster: None, exact_audit: tuple[Path, dict[str, Any], Any]) -> None:
     """transfer.attribution_distance, transfer.similarity, torch.parity, bias.leakage and bias.shortcut: the
@@ -222,3 +221,29 @@ def test_the_checks_that_ran_whole_shard_on_ray_with_the_same_report(
     assert_same(local.doc, on_ray.doc)
     assert on_ray.doc["environment"]["execution"]["engine"] == "ray"
     assert on_ray.metrics("bias.shortcut")["n"] == 280 and on_ray.metrics("attribution.mean")["n"] > 0
+
+
+def test_torch_attacks_in_pixel_space_give_the_same_report_on_ray(cluster: None, tmp_path: Path) -> None:
+    """torch.pgd (random starts from each sample's stream) and torch.blind_spots on stored pixels with
+    ImageNet normalisation declared: they attack un-normalised pixels, in three shards each, locally and on Ray."""
+    from builders import linear_image_model
+
+    r = np.random.default_rng(3)
+    w = r.normal(size=(75, 3)) * 0.1
+    model = linear_image_model(tmp_path / "img.onnx", w, np.zeros(3))
+    raw = r.integers(0, 256, (150, 5, 5, 3)).astype(np.uint8)
+    x = (raw.transpose(0, 3, 1, 2).reshape(150, -1) / 255 - np.repeat([0.485, 0.456, 0.406], 25)) \
+        / np.repeat([0.229, 0.224, 0.225], 25)
+    np.savez(tmp_path / "img.npz", x=raw, y=(x @ w).argmax(1))
+    pre = {"scale": 1 / 255, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    doc = {"model": {"path": str(model)}, "data": {"path": str(tmp_path / "img.npz"), "preprocess": pre},
+           "seed": 5, "execution": {"engine": "local", "shard_rows": 50}, "report": {"dir": str(tmp_path / "reports")},
+           "checks": [{"use": "torch.pgd", "with": {"eps": 0.05, "steps": 1, "step_size": 0.025}},
+                      {"use": "torch.blind_spots", "with": {"limit": 120, "steps": 3}}]}
+    local = run_audit(doc, workdir=tmp_path)
+    on_ray = run_audit({**doc, "execution": {"engine": "ray", "workers": 2, "shard_rows": 50}}, workdir=tmp_path)
+    assert local.exit_code == on_ray.exit_code == 0, (local.error, on_ray.error)
+    assert_same(local.doc, on_ray.doc)
+    assert 0 < on_ray.metrics("torch.pgd")["success_rate"] < 1
+    assert on_ray.metrics("torch.blind_spots")["n_pairs"] == 120
+    assert "un-normalised pixel range" in " ".join(on_ray.check("torch.pgd").notes)

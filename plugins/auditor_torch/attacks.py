@@ -23,9 +23,13 @@ from auditor_torch.backend import TorchBackend
 ToModel = Callable[[torch.Tensor], torch.Tensor] | None
 
 
-def pixel_normaliser(pixels: Any, device: torch.device, dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``p -> (255·scale·p − mean) / std`` per channel for a batch in the model's layout: the torch twin of
-    :meth:`auditor.datasets.preprocess.PixelSpace.from_pixels` for float inputs (no rounding), differentiable."""
+def pixel_normaliser(pixels: Any, backend: TorchBackend) -> ToModel:
+    """``p -> (255·scale·p − mean) / std`` per channel for a batch in the model's layout, on the backend's device
+    and dtype: the torch twin of :meth:`auditor.datasets.preprocess.PixelSpace.from_pixels` for float inputs (no
+    rounding), differentiable; ``None`` (no map) without declared preprocessing (``pixels`` None)."""
+    if pixels is None:
+        return None
+    device, dtype = backend.device, backend.dtype
     c = int(pixels.n_channels)
     shape = (1, c, 1, 1) if pixels.layout == "NCHW" else (1, 1, 1, c)
     mean = torch.as_tensor(np.broadcast_to(np.asarray(pixels.mean, np.float64), (c,)).copy(), dtype=dtype,

@@ -22,9 +22,11 @@ def _limit() -> Any:
     return param(500, "At most this many audit rows (a seeded sample, stratified by label).", minimum=1)
 
 
-def _clip(v: Any) -> tuple[float, float] | None:
+def _clip(v: Any, pixels: Any = None) -> tuple[float, float] | None:
+    """A check's ``clip``: as declared, else [0, 1] where it works on un-normalised ``pixels`` (``data.pixels``),
+    else none."""
     if v is None:
-        return None
+        return None if pixels is None else (0.0, 1.0)
     lo, hi = v
     return float(lo), float(hi)
 
@@ -42,6 +44,16 @@ def _clip_problems(clip: list[float] | None) -> list[str]:
     if clip is not None and (len(clip) != 2 or not clip[0] < clip[1]):
         return [f"clip: must be [low, high] with low < high, got {clip}"]
     return []
+
+
+def _space_note(pixels: Any, clip: list[float] | None, what: str) -> str:
+    """The report's line saying which space ``what`` (budgets, distances) are in: with declared preprocessing
+    (``data.pixels``) un-normalised pixels, normalised differentiably after, else the model's inputs."""
+    if pixels is None:
+        return f"{what} in units of the model's input values (no data.preprocess declared)"
+    lo, hi = _clip(clip) or (0.0, 1.0)
+    return (f"{what} in units of the un-normalised pixel range [0, 1] (data.preprocess), as in the papers: the "
+            f"gradient is taken through the normalisation, pixels clipped to [{lo:g}, {hi:g}]")
 
 
 def _seed(ctx: AuditContext) -> int:
@@ -298,7 +310,8 @@ class Pgd(ShardedCheck):
     description = "White-box PGD/FGSM (L∞ or L2) at eps: success rate and robust accuracy, verified with ONNX Runtime."
 
     class Params:
-        eps: float = param(0.03, "Perturbation budget ε.", minimum=0)
+        eps: float = param(0.03, "Perturbation budget ε: in units of the pixel range [0, 1] when the data declares "
+                "data.preprocess (8/255 is eight grey levels, as in the papers), else of the model's input.", minimum=0)
         norm: str = param("linf", "Threat model.", choices=["linf", "l2"])
         attack: str = param("pgd", "PGD, or FGSM (one step of size eps, no random start).", choices=["pgd", "fgsm"])
         steps: int = param(10, "PGD iterations.", minimum=1)
@@ -306,7 +319,7 @@ class Pgd(ShardedCheck):
         restarts: int = param(1, "Random restarts.", minimum=1)
         random_start: bool = param(True, "Start at a random point of the ball.")
         clip: list[float] | None = param(None, "[low, high] valid input range (e.g. [0, 1] for images); none: "
-                "unclipped.")
+                "unclipped, or [0, 1] in pixel units when the data declares data.preprocess.")
         limit: int = _limit()
         examples: int = param(4, "Adversarial examples shown in the HTML report's gallery (the first successes in "
                 "sample order, stored small in report.json; 0: none).", minimum=0, maximum=MAX_EXAMPLES)
@@ -326,8 +339,8 @@ class Pgd(ShardedCheck):
         "clean_accuracy": "accuracy without attack (ORT)",
         "n": "samples attacked (labels known)",
         "torch_ort_disagreement": "share of adversarial examples where torch and ORT disagree on correctness",
-        "median_linf": "median L∞ norm of the successful perturbations",
-        "median_l2": "median L2 norm of the successful perturbations",
+        "median_linf": "median L∞ norm of the successful perturbations (pixel units with data.preprocess)",
+        "median_l2": "median L2 norm of the successful perturbations (pixel units with data.preprocess)",
     }
 
     #: Rows per shard: each shard attacks its rows in the backend's batches.
@@ -347,7 +360,7 @@ class Pgd(ShardedCheck):
         adversarial inputs through ONNX Runtime."""
         p = params
         backend = ctx.backend("torch")  # skips with a reason when torch is absent or cannot run the graph
-        from auditor_torch.attacks import pgd
+        from auditor_torch.attacks import pgd, pixel_normaliser
 
         data = ctx.require_data()
         if data.n == 0:
@@ -357,22 +370,25 @@ class Pgd(ShardedCheck):
         x, y = np.asarray(data.x)[keep], y[keep]
         if not len(y):
             return {"n": 0}
-        cfg = _attack_config(p)
+        pixels = data.pixels
         others = ctx.companions(data=data, rows=keep)  # the other inputs pass through unchanged
-        adv = pgd(backend, x, y, cfg, shard.random(ctx).rows(keep), ctx.check_cancelled, inputs=others)
+        x_att = x if pixels is None else pixels.to_pixels(x)  # the attack's space: model inputs or pixels
+        adv_att = pgd(backend, x_att, y, _attack_config(p, pixels), shard.random(ctx).rows(keep),
+                      ctx.check_cancelled, inputs=others, to_model=pixel_normaliser(pixels, backend))
+        adv = adv_att if pixels is None else pixels.from_pixels(adv_att)  # what ONNX Runtime is fed
         clean_p = ctx.predict_proba(x, data=data, rows=keep)
         adv_p = ctx.predict_proba(adv, data=data, rows=keep)
         clean_ok = clean_p.argmax(1) == y
         adv_ok = adv_p.argmax(1) == y
         torch_ok = _torch_probs(backend, adv, others).argmax(1) == y
-        flat = (adv.astype(np.float64) - x.astype(np.float64)).reshape(len(x), -1)
+        flat = (adv_att.astype(np.float64) - x_att.astype(np.float64)).reshape(len(x), -1)
         success = clean_ok & ~adv_ok
         every_row = (data.indices if data.indices is not None else shard.rows)[keep]
         show = np.flatnonzero(success)[:p.examples]  # the shard's first successes: the merge keeps the first k
         return {"n": len(y), "clean_ok": clean_ok, "adv_ok": adv_ok, "torch_ok": torch_ok,
                 "linf": np.abs(flat[success]).max(1) if success.any() else np.zeros(0),
                 "l2": np.linalg.norm(flat[success], axis=1), "adv": adv[success], "rows": every_row[success],
-                "show": {"x": x[show], "adv": adv[show], "y": y[show], "rows": every_row[show],
+                "show": {"x": x_att[show], "adv": adv_att[show], "y": y[show], "rows": every_row[show],
                          "pred": clean_p[show].argmax(1), "conf": clean_p[show].max(1),
                          "pred_adv": adv_p[show].argmax(1), "conf_adv": adv_p[show].max(1),
                          "norm": np.abs(flat[show]).max(1) if p.norm == "linf" else np.linalg.norm(flat[show], axis=1)}}
@@ -397,9 +413,11 @@ class Pgd(ShardedCheck):
             "median_linf": float(np.median(linf)) if len(linf) else None,
             "median_l2": float(np.median(l2)) if len(l2) else None,
         }
-        cfg = _attack_config(params)
+        data = ctx.require_data()
+        cfg = _attack_config(params, data.pixels)
         notes = [f"{params.attack} {params.norm} eps={cfg.eps:g}, steps={cfg.steps}, restarts={cfg.restarts}; "
-                 f"every adversarial example re-evaluated with ONNX Runtime"]
+                 f"every adversarial example re-evaluated with ONNX Runtime",
+                 _space_note(data.pixels, params.clip, "eps, step_size, median_linf and median_l2")]
         findings = []
         if metrics["torch_ort_disagreement"] > 0:
             findings.append(Finding(message=f"torch and ONNX Runtime disagree on "
@@ -410,23 +428,25 @@ class Pgd(ShardedCheck):
         gallery = adversarial_gallery(
             show["x"], show["adv"], layout=ctx.model.layout, labels=show["y"], predicted=show["pred"],
             confidence=show["conf"], predicted_adv=show["pred_adv"], confidence_adv=show["conf_adv"],
-            rows=show["rows"], value_range=_clip(params.clip), classes=class_names(ctx.model, ctx.require_data()),
+            rows=show["rows"], value_range=cfg.clip, classes=class_names(ctx.model, data),
             total=int(success.sum()), k=k, norms={params.norm: show["norm"]},
             title=f"{params.attack.upper()} ({params.norm}, eps {cfg.eps:.4g}): adversarial examples (ONNX Runtime's "
-                  f"predictions)", space="model input values") if len(show["x"]) else None
+                  f"predictions)", space="model input values" if data.pixels is None else "un-normalised pixels") \
+            if len(show["x"]) else None
         artifacts = {"adversarial_examples": cat("adv"), "rows": cat("rows")}
         return CheckResult(metrics=metrics, findings=findings, notes=notes, gallery=gallery, artifacts=artifacts)
 
 
-def _attack_config(p: Any) -> Any:
-    """The PGD / FGSM settings of ``torch.pgd``'s parameters (FGSM: one step of size eps, no random start)."""
+def _attack_config(p: Any, pixels: Any) -> Any:
+    """The PGD / FGSM settings of ``torch.pgd``'s parameters (FGSM: one step of size eps, no random start) in the
+    attack's space (``pixels``: un-normalised pixels, clipped to [0, 1] by default)."""
     from auditor_torch.attacks import AttackConfig
 
     eps = float(p.eps)
     fgsm = p.attack == "fgsm"
     return AttackConfig(eps=eps, norm=p.norm, steps=1 if fgsm else int(p.steps),
                         step_size=eps if fgsm else p.step_size, restarts=1 if fgsm else int(p.restarts),
-                        random_start=False if fgsm else bool(p.random_start), clip=_clip(p.clip))
+                        random_start=False if fgsm else bool(p.random_start), clip=_clip(p.clip, pixels))
 
 
 def _torch_probs(backend: Any, x: np.ndarray, others: dict[str, np.ndarray] | None = None) -> np.ndarray:
@@ -464,7 +484,8 @@ class BlindSpots(ShardedCheck):
         tolerance: float = param(0.05, "Allowed drop of the source-class confidence.", minimum=0, maximum=1)
         close: float = param(0.2, "A pair is a blind spot when its relative distance is at most this.", minimum=0)
         path_points: int = param(8, "Points checked on the straight path from source to the final point.", minimum=2)
-        clip: list[float] | None = param(None, "[low, high] valid input range.")
+        clip: list[float] | None = param(None, "[low, high] valid input range (none: unclipped, or [0, 1] in pixel "
+                "units when the data declares data.preprocess).")
 
     needs = frozenset({Need.DATA, Need.GRADIENTS})
     metrics_doc = {
@@ -488,7 +509,9 @@ class BlindSpots(ShardedCheck):
         if "torch" not in ctx.backends:
             ctx.backend("torch")  # skips with the reason
         data = ctx.require_data()
-        probs = ctx.predict_proba(np.asarray(data.x))
+        probs = ctx.predictions(data).probs  # streamed batch by batch (and shared): the shards read their pairs
+        if probs is None:
+            raise SkipCheck("the model is not a classifier")
         pred = probs.argmax(1)
         if len(np.unique(pred)) < 2:
             raise SkipCheck("the model predicts a single class on the data: no target of another class")
@@ -506,7 +529,7 @@ class BlindSpots(ShardedCheck):
         final points and the straight paths through ONNX Runtime."""
         p = params
         backend = ctx.backend("torch")
-        from auditor_torch.attacks import level_set_traversal
+        from auditor_torch.attacks import level_set_traversal, pixel_normaliser
 
         data = ctx.require_data()
         x = np.asarray(data.x)
@@ -518,16 +541,20 @@ class BlindSpots(ShardedCheck):
         cls, p_src = plan.state["cls"][shard.positions], plan.state["p_src"][shard.positions]
         # a traversal keeps the source's other inputs (its mask, its state) all the way
         held = ctx.companions(data=data, rows=src_rows)
+        pixels = data.pixels
+        if pixels is not None:  # traverse un-normalised pixels: distances and clipping in pixel units
+            xs, xt = pixels.to_pixels(xs), pixels.to_pixels(xt)
         res = level_set_traversal(backend, xs, xt, cls, steps=int(p.steps), step_size=float(p.step_size),
-                                  tolerance=float(p.tolerance), clip=_clip(p.clip), check=ctx.check_cancelled,
-                                  inputs=held)
+                                  tolerance=float(p.tolerance), clip=_clip(p.clip, pixels), check=ctx.check_cancelled,
+                                  inputs=held, to_model=pixel_normaliser(pixels, backend))
         xf = res.x
+        model_in = np.asarray if pixels is None else pixels.from_pixels  # ONNX Runtime's inputs
         d0 = np.linalg.norm((xs - xt).reshape(k, -1).astype(np.float64), axis=1)
         d1 = np.linalg.norm((xf - xt).reshape(k, -1).astype(np.float64), axis=1)
-        pf = ctx.predict_proba(xf, data=data, rows=src_rows)
+        pf = ctx.predict_proba(model_in(xf), data=data, rows=src_rows)
         ts = np.linspace(0.0, 1.0, int(p.path_points))
         path = np.concatenate([xs + t * (xf - xs) for t in ts]).astype(xs.dtype)
-        pp = ctx.predict_proba(path, data=data, rows=src_rows, repeat=len(ts))[:, :].reshape(
+        pp = ctx.predict_proba(model_in(path), data=data, rows=src_rows, repeat=len(ts))[:, :].reshape(
             len(ts), k, -1)[:, np.arange(k), cls]
         return {"k": k, "rel": d1 / np.maximum(d0, 1e-12), "kept": pf.argmax(1) == cls,
                 "drop": p_src - pf[np.arange(k), cls], "path_min": pp.min(axis=0)}
@@ -560,7 +587,7 @@ class BlindSpots(ShardedCheck):
                      "relative_distance": rel.tolist()}
         return CheckResult(metrics=metrics, findings=findings, artifacts=artifacts,
                            notes=[f"{p.steps} steps of size {p.step_size:g}; confidence of the source's "
-                                  f"predicted class"])
+                                  f"predicted class", _space_note(ctx.require_data().pixels, p.clip, "distances")])
 
 
 # ============================================================================================== gradients
