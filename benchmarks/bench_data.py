@@ -13,14 +13,20 @@ Two measurements, each audit in a fresh process whose peak resident set size is 
     auditor's image source on 2,000 of the files against a plain Pillow loop doing the same work (open, RGB,
     resize shorter side to 256, centre crop 224, scale, mean/std, NCHW) in a thread pool of the same size.
     Target: ratio at least 0.8.
+``probes``
+    2,000 generated 224×224 JPEGs (the default ``limit`` of both checks: 1.1 GiB as float32), audited by
+    ``robustness.blind_spots`` (100 pairs, 8 steps, 1 random direction) and ``robustness.fooling`` (5
+    generations), each in its own process: the peak RSS of each. ``--code DIR`` measures another checkout's
+    auditor on the same files (e.g. the commit before the checks streamed), for a before/after figure.
 
 Files go to a temporary folder (``--dir``) and are deleted after; ``df -h`` it first (about 2.2 GB for the
 ``.npy``, 0.4 GB for the JPEGs)::
 
-    python benchmarks/bench_data.py [--dir /big/tmp] [--only npy|images] [--images 20000]
+    python benchmarks/bench_data.py [--dir /big/tmp] [--only npy|images|probes] [--images 20000] [--code DIR]
 
 Figures are in docs/data.md (loaded 2-core VM): npy 910 MiB peak RSS; images 609 MiB peak RSS (2,631 MiB
-before the noise sweep worked in chunks); throughput ratio 0.97-1.32.
+before the noise sweep worked in chunks); throughput ratio 0.97-1.32. Probes: peak RSS 3,523 -> 317 MiB (blind
+spots), 4,928 -> 420 MiB (fooling), before/after the two checks streamed.
 """
 
 from __future__ import annotations
@@ -49,9 +55,10 @@ _WRAP = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
          "print('RSS', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, rc, time.perf_counter() - t)")
 
 
-def audit(spec: Path) -> tuple[float, int, float]:
-    """Peak RSS (MiB), exit code and wall time of ``auditor run spec`` in a fresh process."""
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'plugins'}"}
+def audit(spec: Path, code: Path = ROOT) -> tuple[float, int, float]:
+    """Peak RSS (MiB), exit code and wall time of ``auditor run spec`` in a fresh process (the auditor of the
+    checkout ``code``)."""
+    env = {**os.environ, "PYTHONPATH": f"{code}{os.pathsep}{code / 'plugins'}"}
     out = subprocess.run([sys.executable, "-c", _WRAP, sys.executable, "-m", "auditor.cli", "run", str(spec),
                           "--quiet"], capture_output=True, text=True, env=env, cwd=spec.parent)
     line = next(ln for ln in out.stdout.splitlines() if ln.startswith("RSS"))
@@ -114,6 +121,27 @@ def write_cnn(path: Path, classes: int) -> None:
              helper.make_node("Conv", ["r1", "c2", "b2"], ["h2"], strides=[2, 2], kernel_shape=[3, 3]),
              helper.make_node("Relu", ["h2"], ["r2"]),
              helper.make_node("GlobalAveragePool", ["r2"], ["g"]), helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("Gemm", ["f", "W", "b"], ["z"]), helper.make_node("Softmax", ["z"], ["p"], axis=1)]
+    save_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 224, 224])],
+               [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", classes])], w, path)
+
+
+def write_centroid_classifier(path: Path, classes: int) -> None:
+    """GlobalAveragePool -> Gemm -> Softmax: nearest channel-mean centroid of :func:`_write_jpegs`' classes on
+    ImageNet-normalised inputs (the probes need correctly classified images of several classes)."""
+    from tests.builders import save_model
+
+    r = np.random.default_rng(0)
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    cents = []
+    for k in range(classes):
+        base = np.zeros((224, 224, 3))
+        base[..., k % 3] = 40 + 15 * k
+        px = np.clip(base + r.normal(0, 50, base.shape), 0, 255).mean(axis=(0, 1))
+        cents.append((px / 255 - mean) / std)
+    c = np.array(cents)
+    w = {"W": (2 * c.T * 20).astype(np.float32), "b": (-(c**2).sum(axis=1) * 20).astype(np.float32)}
+    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["g"]), helper.make_node("Flatten", ["g"], ["f"]),
              helper.make_node("Gemm", ["f", "W", "b"], ["z"]), helper.make_node("Softmax", ["z"], ["p"], axis=1)]
     save_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 224, 224])],
                [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", classes])], w, path)
@@ -198,14 +226,41 @@ def bench_images(tmp: Path, n: int, workers: int) -> dict[str, float]:
             "auditor_per_s": len(files) / ta, "pillow_per_s": len(files) / tp}
 
 
+def bench_probes(tmp: Path, n: int, workers: int, code: Path) -> dict[str, float]:
+    """robustness.blind_spots and robustness.fooling on ``n`` JPEGs, each audit in its own process."""
+    classes = 10
+    root = tmp / "probe_val"
+    for k in range(classes):
+        (root / f"c{k:02d}").mkdir(parents=True)
+    with ProcessPoolExecutor(os.cpu_count() or 1) as pool:
+        list(pool.map(_write_jpegs, [(root, s, min(s + 500, n), classes) for s in range(0, n, 500)]))
+    write_centroid_classifier(tmp / "centroid.onnx", classes)
+    out: dict[str, float] = {"images": n}
+    for use, args in (("robustness.blind_spots", "{pairs: 100, steps: 8, refine: 3, random_directions: 1}"),
+                      ("robustness.fooling", "{generations: 5}")):
+        spec = tmp / "probe.yaml"
+        spec.write_text("version: 1\nmodel: {path: centroid.onnx, device: cpu}\n"
+                        f"data: {{path: probe_val, preprocess: {{preset: imagenet}}, batch_size: 32, "
+                        f"workers: {workers}}}\nchecks:\n  - use: {use}\n    with: {args}\n"
+                        "report: {dir: rep_probe, formats: [json]}\n")
+        rss, rc, wall = audit(spec, code)
+        check = json.loads((tmp / "rep_probe" / "report.json").read_text())["checks"][0]
+        print(f"probes: {use} on {n} images ({code}): peak RSS {rss:.0f} MiB, {wall:.0f} s, exit {rc}, "
+              f"{check['status']} {check.get('skip_reason') or ''}")
+        out[f"{use}_peak_rss_mib"] = rss
+    return out
+
+
 def main() -> None:
     """Run the measurements and print their figures."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--dir", default=None)
-    ap.add_argument("--only", choices=["npy", "images"], default=None)
+    ap.add_argument("--only", choices=["npy", "images", "probes"], default=None)
     ap.add_argument("--rows", type=int, default=8_400_000)
     ap.add_argument("--images", type=int, default=20_000)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--probe-images", type=int, default=2000)
+    ap.add_argument("--code", type=Path, default=ROOT, help="checkout whose auditor the probes measure")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="auditor-bench-data-", dir=a.dir))
     try:
@@ -216,6 +271,8 @@ def main() -> None:
                 (tmp / f).unlink()
         if a.only in (None, "images"):
             out["images"] = bench_images(tmp, a.images, a.workers)
+        if a.only in (None, "probes"):
+            out["probes"] = bench_probes(tmp, a.probe_images, a.workers, a.code.resolve())
         print(json.dumps(out, indent=1))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

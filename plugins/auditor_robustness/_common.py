@@ -262,10 +262,12 @@ def margins(log_probs: np.ndarray, y: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class ValueStats:
     """Per-value statistics of canonical inputs over many rows, gathered batch by batch (a plan never holds
-    the whole sample): each value's min, max and standard deviation, and the overall min and max."""
+    the whole sample): each value's min, max, mean and standard deviation, and the overall min, max, mean and
+    standard deviation."""
 
     lo: np.ndarray
     hi: np.ndarray
+    mean: np.ndarray
     std: np.ndarray
     n: int
 
@@ -278,6 +280,12 @@ class ValueStats:
     def max(self) -> float:
         """Largest value of any row."""
         return float(self.hi.max())
+
+    def overall(self) -> tuple[float, float]:
+        """Mean and standard deviation of every value of every row together (from the per-value ones: the
+        within-value and between-value parts of the variance)."""
+        mu = float(self.mean.mean())
+        return mu, float(np.sqrt(np.mean(self.std**2) + np.mean((self.mean - mu) ** 2)))
 
     @classmethod
     def of(cls, x: Any, rows: np.ndarray | None, geometry: Geometry, batch: int,
@@ -308,8 +316,8 @@ class ValueStats:
                 mean = mean + delta * (k / tot)
                 m2 = m2 + b_m2 + delta**2 * (n * k / tot)
             n += k
-        assert lo is not None and hi is not None and m2 is not None
-        return cls(lo=lo, hi=hi, std=np.sqrt(m2 / max(n, 1)), n=n)
+        assert lo is not None and hi is not None and mean is not None and m2 is not None
+        return cls(lo=lo, hi=hi, mean=mean, std=np.sqrt(m2 / max(n, 1)), n=n)
 
 
 def task_of_sample(ctx: AuditContext, data: Dataset, x: np.ndarray, rows: np.ndarray | None) -> Task:

@@ -12,9 +12,11 @@ Their Level Set Traversal needs gradients; this check measures the black-box, fo
   moved at least that share of the way to an image of another class and the model did not notice.
 - random: the same along random directions, with radii up to the pair's distance ``‖x_t − x_s‖₂``.
 
-All pairs of a shard and their grid points go through the model in one batched call per stage. The check shards
-by pairs (128 a shard): the plan picks them on the driver, each random direction comes from its pair's own
-stream, so the numbers do not depend on the shard size.
+The check shards by pairs (128 a shard): the plan picks them on the driver (one streamed pass over the sample for
+its predictions), each random direction comes from its pair's own stream, so the numbers do not depend on the
+shard size. Within a shard, pairs are probed a chunk at a time and each stage's path points scored in whole model
+batches (:func:`~auditor_robustness._common.chunk_rows`): memory is bounded by the chunk, never the shard or the
+sample.
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ import numpy as np
 
 from auditor import AuditContext, CheckResult, Need, SkipCheck, param
 from auditor.gallery import Gallery, blind_spot_gallery, class_names
-from auditor.perturb import input_space
+from auditor.perturb import InputSpace, input_space
 from auditor.shards import Plan, RowShards, Shard, ShardedCheck, sampled_rows
 from auditor_robustness._common import (
     Classifier,
     Geometry,
     as_float,
+    chunk_rows,
+    chunk_slices,
     describe_range,
     examples_param,
     limit_param,
@@ -59,17 +63,23 @@ def pick_pairs(cls: np.ndarray, n_pairs: int, rng: np.random.Generator) -> tuple
 Batch = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-def held_along(path: Batch, held: Batch, n: int, steps: int, refine: int) -> np.ndarray:
+def held_along(path: Batch, held: Batch, n: int, steps: int, refine: int, points: int | None = None) -> np.ndarray:
     """Largest ``t`` in [0, 1] per row such that ``held`` is true at every grid point ``k/steps ≤ t``, then
     refined by bisection in the first failing interval.
 
     ``path(t, rows)`` gives the inputs at positions ``t[i]`` on the paths ``rows[i]``; ``held(x, rows)`` says
-    which of them keep the prediction and confidence. Every stage is one batched call.
+    which of them keep the prediction and confidence. Every stage is one batched pass, made ``points`` inputs at
+    a time (``None``: all at once).
     """
+
+    def scan(t: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        parts = chunk_slices(len(t), points or max(len(t), 1))
+        return np.concatenate([held(path(t[c], rows[c]), rows[c]) for c in parts] or [np.zeros(0, bool)])
+
     ts = np.arange(1, steps + 1) / steps
     grid_t = np.repeat(ts[None, :], n, axis=0).ravel()
     rows = np.repeat(np.arange(n), steps)
-    ok = held(path(grid_t, rows), rows).reshape(n, steps)
+    ok = scan(grid_t, rows).reshape(n, steps)
     prefix = np.cumprod(ok, axis=1).sum(axis=1)  # grid points held before the first failure
     lo_t = np.asarray(prefix / steps)
     hi_t = np.minimum(lo_t + 1 / steps, 1.0)
@@ -79,7 +89,7 @@ def held_along(path: Batch, held: Batch, n: int, steps: int, refine: int) -> np.
         if len(r) == 0:
             break
         mid = (lo_t[r] + hi_t[r]) / 2
-        good = held(path(mid, r), r)
+        good = scan(mid, r)
         lo_t[r[good]] = mid[good]
         hi_t[r[~good]] = mid[~good]
     return lo_t
@@ -162,8 +172,10 @@ class BlindSpots(ShardedCheck):
                                        "queries": clf.queries + data.n}, notes=notes)
 
     def run_shard(self, ctx: AuditContext, params: Params, plan: Plan, shard: Shard) -> Any:
-        """Scan the paths of the shard's pairs (the data holds source, target, source, ... rows); the random
-        directions come from each pair's own stream."""
+        """Scan the paths of the shard's pairs (the data holds source, target, source, ... rows) a chunk of pairs
+        at a time: only a chunk's inputs, directions and path points are ever in memory (a pair's numbers do not
+        depend on its chunk, as they do not depend on its shard). The random directions come from each pair's
+        own stream."""
         p = params
         data = ctx.require_data()
         n = len(shard.rows)
@@ -171,17 +183,32 @@ class BlindSpots(ShardedCheck):
             return {"n": 0}
         space = input_space(ctx.model, data.x, pixels=data.pixels)
         geo = Geometry.of(data.x, ctx.model.layout)
-        xc = geo.canonical(space.to_space(np.asarray(data.x))).astype(np.float64)
         clf = Classifier.for_data(ctx, data, geo)
+        # float64 values a pair holds: its two inputs, their difference, its directions and their starts
+        pairs = chunk_rows(1, (3 + 2 * p.random_directions) * geo.size)
+        points = chunk_rows(ctx.model.batch_size, geo.size)  # path points scored at once (whole model batches)
+        parts = [self._chunk(ctx, p, plan, shard, clf, space, geo, sl, points)
+                 for sl in chunk_slices(n, pairs)]
+        out: dict[str, Any] = {k: np.concatenate([q[k] for q in parts]) for k in parts[0]}
+        return {**out, "n": n, "queries": clf.queries}
+
+    @staticmethod
+    def _chunk(ctx: AuditContext, p: Params, plan: Plan, shard: Shard, clf: Classifier, space: InputSpace,
+               geo: Geometry, sl: slice, points: int) -> dict[str, np.ndarray]:
+        """Distances held by the shard's pairs ``sl`` toward their targets and along their random directions."""
+        x = np.asarray(ctx.require_data().x[2 * sl.start:2 * sl.stop])
+        xc = geo.canonical(space.to_space(x)).astype(np.float64)
+        n, at = len(xc) // 2, sl.start  # pair i of the chunk is pair at + i of the shard
         cls, conf0 = plan.state["cls"][shard.positions], plan.state["conf0"][shard.positions]
         vr = plan.state["range"]
         tol = p.conf_tol
 
         def held(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
             ctx.check_cancelled()
-            pr = clf.probs(x, 2 * rows if clf.inputs else None)  # the source row's other inputs
-            c = cls[rows]
-            return np.asarray((pr.argmax(axis=1) == c) & (np.abs(pr[np.arange(len(rows)), c] - conf0[rows]) <= tol))
+            pr = clf.probs(x, 2 * (at + rows) if clf.inputs else None)  # the source row's other inputs
+            c = cls[at + rows]
+            return np.asarray((pr.argmax(axis=1) == c)
+                              & (np.abs(pr[np.arange(len(rows)), c] - conf0[at + rows]) <= tol))
 
         xs, xt = xc[0::2], xc[1::2]
         diff = xt - xs
@@ -190,28 +217,25 @@ class BlindSpots(ShardedCheck):
         def toward(t: np.ndarray, rows: np.ndarray) -> np.ndarray:
             return np.asarray(xs[rows] + t[:, None, None, None] * diff[rows], np.float32)
 
-        alpha = held_along(toward, held, n, p.steps, p.refine)
-        out: dict[str, Any] = {"n": n, "alpha": alpha, "dist": dist}
+        out = {"alpha": held_along(toward, held, n, p.steps, p.refine, points), "dist": dist}
         k = p.random_directions
         if k:
             rrows = np.repeat(np.arange(n), k)
-            u = shard.random(ctx).standard_normal((n, k * geo.size)).reshape(n * k, geo.c, geo.h, geo.w)
+            u = shard.random(ctx).rows(sl).standard_normal((n, k * geo.size)).reshape(n * k, geo.c, geo.h, geo.w)
             u /= np.sqrt(np.sum(u.reshape(n * k, -1) ** 2, axis=1))[:, None, None, None]
             radius = dist[rrows]
             lo, hi = vr if vr is not None else (-np.inf, np.inf)
-            base = xs[rrows]
 
             def randomly(t: np.ndarray, rows: np.ndarray) -> np.ndarray:
-                moved = base[rows] + (t * radius[rows])[:, None, None, None] * u[rows]
+                moved = xs[rrows[rows]] + (t * radius[rows])[:, None, None, None] * u[rows]
                 return np.asarray(np.clip(moved, lo, hi), np.float32)
 
             def held_random(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
                 return held(x, rrows[rows])
 
-            frac = held_along(randomly, held_random, n * k, p.steps, p.refine)
-            moved = np.sqrt(np.sum((randomly(frac, np.arange(n * k)) - base).reshape(n * k, -1) ** 2, axis=1))
+            frac = held_along(randomly, held_random, n * k, p.steps, p.refine, points)
+            moved = np.sqrt(np.sum((randomly(frac, np.arange(n * k)) - xs[rrows]).reshape(n * k, -1) ** 2, axis=1))
             out["reach"] = moved / np.maximum(radius, 1e-300)  # clipping to the valid range can shorten the move
-        out["queries"] = clf.queries
         return out
 
     def merge(self, ctx: AuditContext, params: Params, plan: Plan, partials: Sequence[Any]) -> CheckResult:

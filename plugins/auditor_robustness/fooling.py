@@ -12,7 +12,8 @@ Unrecognizable Images" (CVPR 2015). Two probes, both black-box and batched:
 
 The check shards by work item (``Plan.items``): chunks of noise images and groups of classes, each noise image
 and each slot of a class's population drawing from its own random stream, so the report is the same whichever
-worker runs which item.
+worker runs which item. The data only supplies the value range and the noise's mean and std, read batch by batch
+(the sample is never held); noise images are made and scored a few model batches at a time.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from auditor.shards import Plan, RowRandom, RowShards, Shard, ShardedCheck
 from auditor_robustness._common import (
     Classifier,
     Geometry,
+    ValueStats,
+    chunk_rows,
+    chunk_slices,
     describe_range,
     examples_param,
     limit_param,
@@ -136,19 +140,20 @@ class Fooling(ShardedCheck):
         if ctx.data is not None:
             data = ctx.sample(p.limit)
             notes.append(data.notes[-1] if data is not ctx.data and data.notes else "statistics from all rows")
-            x = np.asarray(data.x)
+            first = np.asarray(data.x[:1])
         else:
             shape = ctx.model.input.shape
             dims = [d for d in (shape or ())[1:] if isinstance(d, int)]
             if not shape or len(dims) != len(shape) - 1:
                 raise SkipCheck("no data, and the model input has unknown dimensions")
-            x = np.zeros((1, *dims), np.float32)
-        space, geo = self._space(ctx, x[:1])
+            first = np.zeros((1, *dims), np.float32)
+        space, geo = self._space(ctx, first)
         space.require_arithmetic("noise images")
         if ctx.model.sample_inputs:
             raise SkipCheck(f"the model takes other per-sample inputs ({', '.join(ctx.model.sample_inputs)}); "
                             f"synthetic noise images have no data rows to take them from")
-        xc = geo.canonical(space.to_space(x)).astype(np.float32)
+        # the value range and the moments, batch by batch: the sample is never held whole
+        stats = None if data is None else ValueStats.of(data.x, None, geo, data.batch_size, np.float32, space)
         if p.clip is not None:
             lo, hi = float(p.clip[0]), float(p.clip[1])
             if not lo < hi:
@@ -163,14 +168,15 @@ class Fooling(ShardedCheck):
         elif ctx.data is None:
             raise SkipCheck("no data: set clip: [lo, hi] so that the noise has a range")
         else:
-            lo, hi = float(xc.min()), float(xc.max())
+            assert stats is not None
+            lo, hi = stats.min, stats.max
             if geo.is_image and lo >= 0 and hi <= 1:
                 lo, hi = 0.0, 1.0
             elif geo.is_image and lo >= 0 and hi <= 255:
                 lo, hi = 0.0, 255.0
             notes.append(f"noise and evolution within [{lo:g}, {hi:g}] (inferred from the data)")
-        if ctx.data is not None:
-            mu, sd = float(xc.mean()), float(xc.std())
+        if stats is not None:
+            mu, sd = stats.overall()
         else:
             mu, sd = (lo + hi) / 2, (hi - lo) / 4
         notes.append(f"Gaussian noise: mean {mu:.4g}, std {sd:.4g}, clipped")
@@ -181,7 +187,7 @@ class Fooling(ShardedCheck):
         units: list[tuple[str, Any]] = [("noise", (i, min(i + NOISE_CHUNK, p.n_noise)))
                                         for i in range(0, p.n_noise, NOISE_CHUNK)]
         units += [("classes", classes[i:i + CLASS_GROUP]) for i in range(0, len(classes), CLASS_GROUP)]
-        state = {"lo": lo, "hi": hi, "mu": mu, "sd": sd, "first": x[:1], "units": units, "classes": classes,
+        state = {"lo": lo, "hi": hi, "mu": mu, "sd": sd, "first": first, "units": units, "classes": classes,
                  "labels": labels, "n_classes": n_classes, "probe_queries": clf.queries}
         return Plan(state=state, notes=notes, items=len(units))
 
@@ -195,13 +201,13 @@ class Fooling(ShardedCheck):
         out: dict[str, Any] = {"uniform": [], "gaussian": [], "evolved": [], "evolved_x": []}
         for item in np.asarray(shard.rows).tolist():
             kind, what = st["units"][item]
-            if kind == "noise":
-                pos = np.arange(*what)
-                uni = RowRandom.for_positions(ctx.seed, ctx.check_id, pos, 1).uniform(lo, hi, (len(pos), *shape3))
-                out["uniform"].append(clf.probs(uni.astype(np.float32)))
-                gau = RowRandom.for_positions(ctx.seed, ctx.check_id, pos, 2).normal(st["mu"], st["sd"],
-                                                                                       (len(pos), *shape3))
-                out["gaussian"].append(clf.probs(np.clip(gau, lo, hi).astype(np.float32)))
+            if kind == "noise":  # made and scored in chunks of whole model batches (each image has its stream)
+                for c in chunk_slices(what[1] - what[0], chunk_rows(ctx.model.batch_size, geo.size)):
+                    pos = np.arange(what[0] + c.start, what[0] + c.stop)
+                    uni = RowRandom.for_positions(ctx.seed, ctx.check_id, pos, 1).uniform(lo, hi, (len(pos), *shape3))
+                    out["uniform"].append(clf.probs(uni.astype(np.float32)))
+                    gau = RowRandom.for_positions(ctx.seed, ctx.check_id, pos, 2).normal(st["mu"], st["sd"], uni.shape)
+                    out["gaussian"].append(clf.probs(np.clip(gau, lo, hi).astype(np.float32)))
                 continue
             classes = np.asarray(what, dtype=np.int64)
             slots = (classes[:, None] * p.population + np.arange(p.population)).ravel()
