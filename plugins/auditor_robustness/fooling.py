@@ -26,7 +26,7 @@ import numpy as np
 from auditor import AuditContext, CheckResult, Dataset, Need, SkipCheck, param
 from auditor.gallery import input_gallery
 from auditor.perturb import InputSpace, ValueKind, input_space
-from auditor.shards import Plan, RowRandom, RowShards, Shard, ShardedCheck
+from auditor.shards import Plan, RowRandom, RowShards, Shard, ShardedCheck, sampled_rows
 from auditor_robustness._common import (
     Classifier,
     Geometry,
@@ -136,10 +136,11 @@ class Fooling(ShardedCheck):
         run anywhere and in any grouping."""
         p = params
         notes: list[str] = []
-        data = None
+        data = rows = None
         if ctx.data is not None:
-            data = ctx.sample(p.limit)
-            notes.append(data.notes[-1] if data is not ctx.data and data.notes else "statistics from all rows")
+            rows, notes = sampled_rows(ctx, p.limit)
+            data = ctx.data if rows is None else ctx.data.subset(rows)
+            notes = ["statistics from all rows"] if rows is None else notes
             first = np.asarray(data.x[:1])
         else:
             shape = ctx.model.input.shape
@@ -149,9 +150,15 @@ class Fooling(ShardedCheck):
             first = np.zeros((1, *dims), np.float32)
         space, geo = self._space(ctx, first)
         space.require_arithmetic("noise images")
+        fed = None  # the sample's rows (of ctx.data) whose other per-sample inputs the synthetic inputs take
         if ctx.model.sample_inputs:
-            raise SkipCheck(f"the model takes other per-sample inputs ({', '.join(ctx.model.sample_inputs)}); "
-                            f"synthetic noise images have no data rows to take them from")
+            others = ", ".join(ctx.model.sample_inputs)
+            if data is None:
+                raise SkipCheck(f"the model takes other per-sample input(s) {others} besides "
+                                f"'{ctx.model.input.name}', and without data there are no rows to take them from")
+            fed = np.arange(data.n) if rows is None else rows
+            notes.append(f"other per-sample input(s) {others} fed unchanged from the sample: noise image i takes "
+                         f"those of sample row i mod {len(fed)}, class k's population those of row k mod {len(fed)}")
         # the value range and the moments, batch by batch: the sample is never held whole
         stats = None if data is None else ValueStats.of(data.x, None, geo, data.batch_size, np.float32, space)
         if p.clip is not None:
@@ -180,14 +187,14 @@ class Fooling(ShardedCheck):
         else:
             mu, sd = (lo + hi) / 2, (hi - lo) / 4
         notes.append(f"Gaussian noise: mean {mu:.4g}, std {sd:.4g}, clipped")
-        clf = Classifier(ctx.model, geo, space=space)
+        clf = Classifier(ctx.model, geo, space=space, inputs=self._fed(ctx, fed, np.zeros(1, np.int64)))
         n_classes = clf.probs(np.full((1, geo.c, geo.h, geo.w), (lo + hi) / 2, np.float32)).shape[1]
         labels = self._class_labels(ctx, data, n_classes)
         classes = self._classes(p, n_classes, ctx.rng, notes)
         units: list[tuple[str, Any]] = [("noise", (i, min(i + NOISE_CHUNK, p.n_noise)))
                                         for i in range(0, p.n_noise, NOISE_CHUNK)]
         units += [("classes", classes[i:i + CLASS_GROUP]) for i in range(0, len(classes), CLASS_GROUP)]
-        state = {"lo": lo, "hi": hi, "mu": mu, "sd": sd, "first": first, "units": units, "classes": classes,
+        state = {"lo": lo, "hi": hi, "mu": mu, "sd": sd, "first": first, "fed": fed, "units": units, "classes": classes,
                  "labels": labels, "n_classes": n_classes, "probe_queries": clf.queries}
         return Plan(state=state, notes=notes, items=len(units))
 
@@ -204,6 +211,7 @@ class Fooling(ShardedCheck):
             if kind == "noise":  # made and scored in chunks of whole model batches (each image has its stream)
                 for c in chunk_slices(what[1] - what[0], chunk_rows(ctx.model.batch_size, geo.size)):
                     pos = np.arange(what[0] + c.start, what[0] + c.stop)
+                    clf.inputs = self._fed(ctx, st["fed"], pos)
                     uni = RowRandom.for_positions(ctx.seed, ctx.check_id, pos, 1).uniform(lo, hi, (len(pos), *shape3))
                     out["uniform"].append(clf.probs(uni.astype(np.float32)))
                     gau = RowRandom.for_positions(ctx.seed, ctx.check_id, pos, 2).normal(st["mu"], st["sd"], uni.shape)
@@ -211,6 +219,7 @@ class Fooling(ShardedCheck):
                 continue
             classes = np.asarray(what, dtype=np.int64)
             slots = (classes[:, None] * p.population + np.arange(p.population)).ravel()
+            clf.inputs = self._fed(ctx, st["fed"], np.repeat(classes, p.population))
 
             def on_generation(g: int) -> None:
                 ctx.check_cancelled()
@@ -279,6 +288,12 @@ class Fooling(ShardedCheck):
         """The input's value space and geometry, from one row of the data (or a zero input without data)."""
         space = input_space(ctx.model, first, pixels=ctx.data.pixels if ctx.data is not None else None)
         return space, Geometry.of(first, ctx.model.layout)
+
+    @staticmethod
+    def _fed(ctx: AuditContext, fed: np.ndarray | None, at: np.ndarray) -> dict[str, np.ndarray]:
+        """The other per-sample inputs of synthetic inputs numbered ``at`` (noise positions, or each individual's
+        class): those of sample row ``at mod m`` of the rows ``fed`` (none for a model with one data input)."""
+        return {} if fed is None else ctx.companions(rows=fed[at % len(fed)])
 
     @staticmethod
     def _class_labels(ctx: AuditContext, data: Dataset | None, n_classes: int) -> list[str]:
