@@ -771,9 +771,9 @@ class Retrain(Check):
         limit = int(p.limit)
         train_set = ctx.sample(limit, ctx.train_data)
         ytr = ctx.labels(train_set)
-        ok = ytr >= 0
-        xtr, ytr = np.asarray(train_set.x)[ok], ytr[ok]
-        others = ctx.companions(data=train_set, rows=ok)  # the other inputs of the training rows, fed as given
+        if not (ytr >= 0).all():  # the labelled rows (a subset of a large sample stays a lazy source)
+            train_set, ytr = train_set.subset(np.flatnonzero(ytr >= 0)), ytr[ytr >= 0]
+        others = ctx.companions(data=train_set)  # the other inputs of the training rows, fed as given
         eval_set = ctx.sample(limit)
         yev = ctx.labels(eval_set)
         if ctx.predictions().task != Task.CLASSIFICATION:
@@ -800,7 +800,7 @@ class Retrain(Check):
                                   rho=float(p.rho), reinit=bool(p.reinit), seed=seed)
                 module = backend.build_module()
                 try:
-                    res = train(module, backend, xtr, ytr, cfg, backend.device, ctx.check_cancelled,
+                    res = train(module, backend, train_set.x, ytr, cfg, backend.device, ctx.check_cancelled,
                                 inputs=others)
                 except NotApplicable as exc:
                     runs[rule][opt] = {"status": "not applicable", "reason": str(exc)}
@@ -837,7 +837,7 @@ def _evaluate(handle: ModelHandle, data: Dataset, y: np.ndarray) -> dict[str, An
     """Accuracy (ONNX Runtime), feature rank and dead units of the penultimate features of a model."""
     from auditor_torch.export import dead_units, feature_rank
 
-    x = np.asarray(data.x)
+    x = data.x  # read batch by batch by ONNX Runtime's runs
     companions = data.companions()  # the model's other per-sample inputs (none for one input)
     raw = handle.run(x, inputs=companions)
     pred = predictions_of(handle, raw, y=data.y)

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from auditor import ArraySource
 from auditor_torch.interpreter import LINEAR_OPS, LinearFn, NodeContext, OnnxModule, TrainingRule, _Step
 
 DEFAULT_LR = {"sgd": 0.05, "sam": 0.05, "adam": 0.001}
@@ -420,12 +421,17 @@ def sam_perturb(params: list[torch.nn.Parameter], rho: float) -> list[torch.Tens
     return offsets
 
 
-def train(module: OnnxModule, backend: Any, x: np.ndarray, y: np.ndarray, cfg: TrainConfig,
+def train(module: OnnxModule, backend: Any, x: np.ndarray | ArraySource, y: np.ndarray, cfg: TrainConfig,
           device: torch.device, check: Callable[[], None] = lambda: None,
           progress: Callable[[int, int], None] | None = None,
           inputs: dict[str, np.ndarray] | None = None) -> TrainResult:
     """Retrain ``module`` in place on ``(x, y)`` (y: column indices of the model's classes); ``inputs``: the
-    model's other per-sample inputs for the rows of ``x`` (batch-first), fed with each mini-batch."""
+    model's other per-sample inputs for the rows of ``x`` (batch-first), fed with each mini-batch.
+
+    ``x`` may be a lazy source (``Dataset.x``: an ``.npy`` read with ``pread``, an image folder decoded on
+    demand): every epoch draws a seeded permutation of the row indices and reads each mini-batch's rows from
+    ``x`` when it is trained on, so memory holds one mini-batch whatever the size of the data, and the rows, their
+    order and the numbers are those of the same data held in memory."""
     others = backend.companions_of(x, inputs)
     if others and cfg.rule == "difference_target_propagation":
         raise NotApplicable(f"difference target propagation feeds one input; the model also takes "
