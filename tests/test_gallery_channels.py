@@ -141,3 +141,24 @@ def test_blind_spot_and_input_galleries_show_bgr_nhwc_batches_in_rgb() -> None:
     assert f is not None and np.array_equal(decode(f.examples[0].images["input"]), u8(src[0]))
     plain = input_gallery(src, layout="NCHW", predicted=[0, 1, 2], confidence=[0.5, 0.5, 0.5], k=1)
     assert plain is not None and any("channel order not declared" in n for n in plain.notes)
+
+
+def test_torch_pgd_gallery_shows_a_bgr_model_s_images_in_true_colours(tmp_path: Path) -> None:
+    """torch.pgd attacks in pixel space: its 'original' panels are the files' own RGB pixels, not the model's BGR."""
+    pytest.importorskip("torch")
+    mean, std = MEAN, STD
+    files = write_images(tmp_path / "img", {"a": 6, "b": 6}, size=(16, 16), seed=3)
+    write_cnn(tmp_path / "m.onnx", c=3, layout="NCHW", denorm=(mean, std), seed=0)
+    srcs = [source_rgb(f, "BGR") for f in files]
+    (tmp_path / "m.csv").write_text("file,label\n" + "".join(f"{f},0\n" for f in files))
+    res = run_audit({"model": {"path": str(tmp_path / "m.onnx"), "device": "cpu"}, "seed": 0,
+                     "data": {"path": str(tmp_path / "m.csv"), "images": "file", "y": "label",
+                              "preprocess": {"channels": "BGR", "layout": "NCHW", "mean": mean, "std": std}},
+                     "checks": [{"use": "torch.pgd", "with": {"eps": 0.5, "steps": 5, "examples": 3}}]},
+                    workdir=tmp_path, disable=["bias", "sparsity", "transfer"])
+    assert res.report is not None, res.error
+    gal = res.check("torch.pgd").gallery
+    assert gal is not None and gal.examples, res.check("torch.pgd").metrics
+    assert any("reversed from the model's BGR order to RGB" in n for n in gal.notes)
+    for e in gal.examples:
+        assert e.row is not None and np.array_equal(decode(e.images["original"]), srcs[e.row])

@@ -431,7 +431,8 @@ class Pgd(ShardedCheck):
             rows=show["rows"], value_range=cfg.clip, classes=class_names(ctx.model, data),
             total=int(success.sum()), k=k, norms={params.norm: show["norm"]},
             title=f"{params.attack.upper()} ({params.norm}, eps {cfg.eps:.4g}): adversarial examples (ONNX Runtime's "
-                  f"predictions)", space="model input values" if data.pixels is None else "un-normalised pixels") \
+                  f"predictions)", space="model input values" if data.pixels is None else "un-normalised pixels",
+            channels=None if data.pixels is None else data.pixels.channels) \
             if len(show["x"]) else None
         artifacts = {"adversarial_examples": cat("adv"), "rows": cat("rows")}
         return CheckResult(metrics=metrics, findings=findings, notes=notes, gallery=gallery, artifacts=artifacts)
