@@ -226,6 +226,7 @@ def test_the_checks_that_ran_whole_shard_on_ray_with_the_same_report(
 def test_torch_attacks_in_pixel_space_give_the_same_report_on_ray(cluster: None, tmp_path: Path) -> None:
     """torch.pgd (random starts from each sample's stream) and torch.blind_spots on stored pixels with
     ImageNet normalisation declared: they attack un-normalised pixels, in three shards each, locally and on Ray."""
+    pytest.importorskip("torch", reason="the torch extra is not installed")
     from builders import linear_image_model
 
     r = np.random.default_rng(3)
