@@ -101,7 +101,7 @@ CASES: list[tuple[str, str, list[str], str]] = [
      "checks[1].gate.acuracy.minn: unknown key (did you mean 'min'?) (line 8); "
      "checks[1].gate.acuracy: the check never reports this metric (did you mean 'accuracy'? it reports: "
      "accuracy, top*_accuracy, log_loss, ece, calibration_bins, balanced_accuracy, per_class_recall, "
-     "confusion_matrix, mae, rmse, r2, nonfinite_outputs, n, n_classes, classes); "
+     "confusion_matrix, top_confusions, mae, rmse, r2, nonfinite_outputs, n, n_classes, classes); "
      "checks[2].timeout_s: -3 is less than or equal to the minimum of 0 (line 10); "
      "checks[2] (bias.group_metrics): needs group columns: set data.groups"),
     ("baseline delta ok, metric typo", HEAD + BASE + "checks:\n  - use: performance.metrics\n"

@@ -67,6 +67,29 @@ def test_mlp_classifier_metrics_equal_sklearn(tmp_path: Path) -> None:
     assert m["ece"] == pytest.approx(ece_reference(p, y, 15), abs=1e-5)
 
 
+def test_many_classes_report_the_largest_confusions_instead_of_the_matrix(tmp_path: Path) -> None:
+    """An ImageNet-sized head (here 150 classes): no 150 x 150 matrix in the report (a 1000-class model's million
+    cells made the check error), the largest off-diagonal cells of scikit-learn's confusion matrix instead."""
+    w = mlp_weights(n_in=8, n_hidden=16, n_out=150)
+    model = write_mlp(tmp_path / "m.onnx", w)
+    x = np.random.default_rng(4).normal(size=(3000, 8)).astype(np.float32)
+    y = np.random.default_rng(5).integers(0, 150, 3000)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    r = run_audit({"checks": [{"use": "performance.metrics", "gate": {"accuracy": {"min": 0.0}}}]}, model=model,
+                  data=tmp_path / "d.npz", workdir=tmp_path)
+    r.assert_status("performance.metrics", "pass")
+    m = r.metrics("performance.metrics")
+    assert "confusion_matrix" not in m and m["n_classes"] == 150
+    cm = skm.confusion_matrix(y, ort_outputs(model, x).argmax(1), labels=range(150))
+    np.fill_diagonal(cm, 0)
+    got = m["top_confusions"]
+    assert len(got) == min(100, int(np.count_nonzero(cm)))
+    counts = [c["count"] for c in got]
+    assert counts == sorted(np.sort(cm.ravel())[::-1][:len(got)].tolist(), reverse=True)
+    for c in got:
+        assert c["true"] != c["predicted"] and cm[int(c["true"]), int(c["predicted"])] == c["count"]
+
+
 def test_logits_output_is_softmaxed(tmp_path: Path) -> None:
     w = mlp_weights()
     model = write_mlp(tmp_path / "m.onnx", w, softmax=False)

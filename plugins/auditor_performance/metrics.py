@@ -14,6 +14,9 @@ import numpy as np
 from auditor import AuditContext, CheckResult, Finding, Need, Task, param
 from auditor.shards import PredictionShardedCheck
 
+DENSE_CONFUSION_CLASSES = 100
+"""Up to this many classes the report holds the whole confusion matrix; above, its largest off-diagonal cells."""
+
 
 def calibration_sums(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-bin ``(count, correct, confidence sum)`` over ``bins`` equal-width bins of the top-class confidence
@@ -102,7 +105,8 @@ class PerformanceMetrics(PredictionShardedCheck):
         "calibration_bins": "per confidence bin: lower, upper, count, mean confidence, accuracy (reliability diagram)",
         "balanced_accuracy": "mean per-class recall",
         "per_class_recall": "recall of each class, keyed by class label",
-        "confusion_matrix": "rows true class, columns predicted class",
+        "confusion_matrix": "rows true class, columns predicted class (up to 100 classes)",
+        "top_confusions": "over 100 classes: the 100 largest off-diagonal cells, {true, predicted, count}",
         "mae": "mean absolute error (regression)",
         "rmse": "root mean squared error (regression)",
         "r2": "coefficient of determination (regression)",
@@ -154,7 +158,17 @@ class PerformanceMetrics(PredictionShardedCheck):
         metrics["balanced_accuracy"] = float(np.nanmean(recall)) if np.isfinite(recall).any() else float("nan")
         metrics["per_class_recall"] = {str(c): (None if np.isnan(r) else float(r))
                                        for c, r in zip(pred.classes, recall)}
-        metrics["confusion_matrix"] = cm[:, :n_classes].tolist()
+        if n_classes <= DENSE_CONFUSION_CLASSES:
+            metrics["confusion_matrix"] = cm[:, :n_classes].tolist()
+        else:  # an ImageNet head's 1000 x 1000 matrix is a million numbers: too big for a report, unreadable in it
+            off = cm[:, :n_classes] * (1 - np.eye(n_classes, dtype=cm.dtype))
+            flat = np.flatnonzero(off)
+            top = flat[np.argsort(-off.ravel()[flat], kind="stable")[:DENSE_CONFUSION_CLASSES]]
+            t, q = np.divmod(top, n_classes)
+            metrics["top_confusions"] = [{"true": str(pred.classes[a]), "predicted": str(pred.classes[b]),
+                                          "count": int(off[a, b])} for a, b in zip(t, q)]
+            notes.append(f"{n_classes} classes: the confusion matrix is not stored; top_confusions lists its "
+                         f"{len(top)} largest off-diagonal cells")
         metrics["classes"] = [c if isinstance(c, (int, str)) else str(c) for c in pred.classes]
         return CheckResult(metrics=metrics, findings=findings, notes=notes)
 
