@@ -18,7 +18,9 @@ plus the group size ``n[g]``. For class k (one-vs-rest when there are more than 
 Calibration error per group is the expected calibration error of Guo et al., "On Calibration of Modern Neural
 Networks" (ICML 2017): ``ECE = Σ_b |B_b|/n · |acc(B_b) − conf(B_b)|`` over equal-width bins of the top-class
 confidence. Confidence intervals are percentile bootstrap intervals (Efron & Tibshirani 1993) with rows
-resampled within each group, so every replicate keeps the group sizes of the data.
+resampled within each group, so every replicate keeps the group sizes of the data. Worst-group accuracy and
+intervals rather than one average follow the catalogue's Bias table ("Accuracy on the Curve…", "A Textbook Remedy
+for Domain Shifts…").
 """
 
 from __future__ import annotations
@@ -50,20 +52,24 @@ class Counts:
     n: np.ndarray
 
 
+def _tally(y: np.ndarray, p: np.ndarray, off: np.ndarray, cells: int, c1: int) -> list[np.ndarray]:
+    """``tp``, ``pos`` and ``sel`` as (cells, c1) arrays: class codes ``y`` (true) and ``p`` (predicted, C for
+    none) counted in the ``c1`` cells at offset ``off`` (a group's or a replicate's)."""
+    true, chosen = (y + off).ravel(), (p + off).ravel()
+    hit = (p == y).ravel().astype(np.float64)
+    out = [np.bincount(true, weights=hit, minlength=cells * c1), np.bincount(true, minlength=cells * c1),
+           np.bincount(chosen, minlength=cells * c1)]
+    return [a.reshape(cells, c1).astype(np.float64) for a in out]
+
+
 def group_counts(y: np.ndarray, pred: np.ndarray, codes: np.ndarray, n_groups: int, n_classes: int) -> Counts:
     """Counts of the rows with ``codes >= 0`` and ``y >= 0``; ``pred == -1`` (no prediction: NaN output)
     counts as wrong and selects no class."""
     keep = (codes >= 0) & (y >= 0)
-    y, pred, g = y[keep], pred[keep], codes[keep]
-    c1 = n_classes + 1
-    p = np.where(pred < 0, n_classes, pred)
-    tp = np.bincount(g * c1 + y, weights=(p == y).astype(np.float64), minlength=n_groups * c1)
-    pos = np.bincount(g * c1 + y, minlength=n_groups * c1)
-    sel = np.bincount(g * c1 + p, minlength=n_groups * c1)
-    n = np.bincount(g, minlength=n_groups)
-    shape = (n_groups, c1)
-    return Counts(tp=tp.reshape(shape)[:, :n_classes], pos=pos.reshape(shape)[:, :n_classes].astype(np.float64),
-                  sel=sel.reshape(shape)[:, :n_classes].astype(np.float64), n=n.astype(np.float64))
+    g, c1 = codes[keep], n_classes + 1
+    tp, pos, sel = _tally(y[keep], np.where(pred[keep] < 0, n_classes, pred[keep]), g * c1, n_groups, c1)
+    n = np.bincount(g, minlength=n_groups).astype(np.float64)
+    return Counts(tp=tp[:, :n_classes], pos=pos[:, :n_classes], sel=sel[:, :n_classes], n=n)
 
 
 def bootstrap_counts(y: np.ndarray, pred: np.ndarray, codes: np.ndarray, n_groups: int, n_classes: int,
@@ -77,9 +83,7 @@ def bootstrap_counts(y: np.ndarray, pred: np.ndarray, codes: np.ndarray, n_group
     y, g = y[keep], codes[keep]
     c1 = n_classes + 1
     p = np.where(pred[keep] < 0, n_classes, pred[keep])
-    tp = np.zeros((replicates, n_groups, c1))
-    pos = np.zeros((replicates, n_groups, c1))
-    sel = np.zeros((replicates, n_groups, c1))
+    tp, pos, sel = (np.zeros((replicates, n_groups, c1)) for _ in range(3))
     n = np.zeros((replicates, n_groups))
     for gi in range(n_groups):
         rows = np.flatnonzero(g == gi)
@@ -88,17 +92,12 @@ def bootstrap_counts(y: np.ndarray, pred: np.ndarray, codes: np.ndarray, n_group
         if ng == 0:
             continue
         yg, pg = y[rows], p[rows]
-        hit = (pg == yg).astype(np.float64)
         step = max(1, _MAX_DRAWS // ng)
         for b0 in range(0, replicates, step):
             b1 = min(replicates, b0 + step)
             draw = rng.integers(0, ng, size=(b1 - b0, ng))
             off = (np.arange(b1 - b0) * c1)[:, None]
-            size = (b1 - b0) * c1
-            ty = (yg[draw] + off).ravel()
-            tp[b0:b1, gi] = np.bincount(ty, weights=hit[draw].ravel(), minlength=size).reshape(-1, c1)
-            pos[b0:b1, gi] = np.bincount(ty, minlength=size).reshape(-1, c1)
-            sel[b0:b1, gi] = np.bincount((pg[draw] + off).ravel(), minlength=size).reshape(-1, c1)
+            tp[b0:b1, gi], pos[b0:b1, gi], sel[b0:b1, gi] = _tally(yg[draw], pg[draw], off, b1 - b0, c1)
     return Counts(tp=tp[..., :n_classes], pos=pos[..., :n_classes], sel=sel[..., :n_classes], n=n)
 
 
@@ -200,19 +199,9 @@ def _interval(samples: np.ndarray, confidence: float) -> list[float | None]:
 
 
 class GroupMetrics(PredictionShardedCheck):
-    """Per-group performance and between-group disparities, with bootstrap intervals.
-
-    Sources: Hardt, Price & Srebro, "Equality of Opportunity in Supervised Learning" (NeurIPS 2016) for
-    equalized odds / equal opportunity; Fairlearn's ``MetricFrame`` for the exact definitions (difference
-    = max − min, ratio = min / max over groups); Guo et al. (ICML 2017) for the calibration error; the
-    catalogue's Bias table ("Accuracy on the Curve…", "A Textbook Remedy for Domain Shifts…") for reporting
-    worst-group accuracy and intervals rather than a single average.
-    """
+    """Per-group rates and calibration, between-group disparities, worst-group accuracy, bootstrap intervals."""
 
     name = "bias.group_metrics"
-    description = ("Per group (or intersection of group columns): count, accuracy, selection rate, TPR, FPR, "
-                   "precision, calibration error; demographic parity / equalized odds / equal opportunity "
-                   "differences and ratios, accuracy difference, worst-group accuracy, bootstrap intervals.")
 
     class Params:
         group: str | list[str] | None = param(None, "Group column, or several for their intersections (default: every "
@@ -266,28 +255,22 @@ class GroupMetrics(PredictionShardedCheck):
         if binary:
             positive = 1 if p.positive_class is None else find_class(p.positive_class, pred.classes)
         counts = group_counts(y, pred.labels, groups.codes, groups.n_groups, n_classes)
-        rates = group_rates(counts)
-        disp = disparities(rates)
-        head = headline(disp, positive)
-        ece = group_ece(pred.probs, y, groups.codes, groups.n_groups, int(p.ece_bins))
         classes = [class_label(c) for c in pred.classes]
 
         # groups whose rows all have unknown labels are left out of the rates (their count is 0)
-        used = counts.n > 0
-        if not used.any():
+        keep_idx = np.flatnonzero(counts.n > 0)
+        if not len(keep_idx):
             raise SkipCheck("no row with a group value has a label among the model's classes")
-        if not used.all():
-            keep_idx = np.flatnonzero(used)
-            remap = np.full(groups.n_groups, -1)
-            remap[keep_idx] = np.arange(len(keep_idx))
-            codes = np.where(groups.codes >= 0, remap[np.maximum(groups.codes, 0)], -1)
-            keys = [groups.keys[i] for i in keep_idx]
-            counts = group_counts(y, pred.labels, codes, len(keys), n_classes)
-            rates, ece = group_rates(counts), ece[keep_idx]
-            disp = disparities(rates)
-            head = headline(disp, positive)
-        else:
-            codes, keys = groups.codes, list(groups.keys)
+        remap = np.full(groups.n_groups, -1)
+        remap[keep_idx] = np.arange(len(keep_idx))
+        codes = np.where(groups.codes >= 0, remap[np.maximum(groups.codes, 0)], -1)
+        keys = [groups.keys[i] for i in keep_idx]
+        counts = Counts(tp=counts.tp[keep_idx], pos=counts.pos[keep_idx], sel=counts.sel[keep_idx],
+                        n=counts.n[keep_idx])
+        rates = group_rates(counts)
+        disp = disparities(rates)
+        head = headline(disp, positive)
+        ece = group_ece(pred.probs, y, groups.codes, groups.n_groups, int(p.ece_bins))[keep_idx]
 
         metrics: dict[str, Any] = {
             "n": int(counts.n.sum()),
@@ -308,15 +291,15 @@ class GroupMetrics(PredictionShardedCheck):
 
         min_size = int(p.min_group_size)
         per_group: dict[str, dict[str, Any]] = {}
+
+        def by_class(row: np.ndarray, cast: Any = float) -> Any:
+            """A rate row: the positive class's value (binary), else ``{class: value}``."""
+            return cast(row[positive]) if positive is not None else {str(c): cast(v) for c, v in zip(classes, row)}
+
         for gi, key in enumerate(keys):
             entry: dict[str, Any] = {"count": int(counts.n[gi]), "accuracy": float(rates["accuracy"][gi])}
-            for r in ("selection_rate", "tpr", "fpr", "precision"):
-                row = rates[r][gi]
-                entry[r] = float(row[positive]) if positive is not None else {
-                    str(c): float(row[j]) for j, c in enumerate(classes)}
-            pos = counts.pos[gi]
-            entry["positives"] = int(pos[positive]) if positive is not None else {
-                str(c): int(pos[j]) for j, c in enumerate(classes)}
+            entry.update({r: by_class(rates[r][gi]) for r in ("selection_rate", "tpr", "fpr", "precision")})
+            entry["positives"] = by_class(counts.pos[gi], int)
             entry["calibration_error"] = None if pred.kind == "labels-only" else num(ece[gi])
             entry["small"] = bool(counts.n[gi] < min_size)
             per_group[key] = entry

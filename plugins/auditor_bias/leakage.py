@@ -4,7 +4,8 @@ A linear probe (Alain & Bengio, "Understanding intermediate layers using linear 
 is trained to predict the sensitive column from the model's outputs or a named intermediate tensor; its
 cross-validated accuracy is compared with the majority-class rate, the accuracy of a probe that learned
 nothing. FairRec (Wu et al., 2021) and adversarial debiasing (Zhang, Lemoine & Mitchell, AIES 2018) measure
-leakage the same way, with the adversary's accuracy on the sensitive attribute.
+leakage the same way, with the adversary's accuracy on the sensitive attribute (so does the catalogue's "A
+Demographic-Conditioned Variational Autoencoder…": attribute predictability from representations).
 
 The check shards by rows: each shard returns its rows' features, the driver fits the probe on them all.
 The probe is the core's standardised ridge classifier (``auditor.probes``, the decision rule of scikit-learn's
@@ -38,16 +39,9 @@ def stratified_folds(labels: np.ndarray, k: int, rng: np.random.Generator) -> np
 
 
 class Leakage(ShardedCheck):
-    """Cross-validated linear-probe accuracy on the sensitive attribute, against the majority-class rate.
-
-    Sources: Alain & Bengio (2016) linear probes; Wu et al., "FairRec: Fairness-aware News Recommendation with
-    Decomposed Adversarial Learning" (AAAI 2021) and the catalogue's "A Demographic-Conditioned Variational
-    Autoencoder…" (attribute predictability from representations as the leakage measure).
-    """
+    """Cross-validated linear-probe accuracy on the sensitive attribute, against the majority-class rate."""
 
     name = "bias.leakage"
-    description = ("Accuracy and balanced accuracy of a cross-validated linear probe predicting the sensitive "
-                   "column from the model's outputs or an intermediate tensor, against the majority rate.")
 
     class Params:
         group: str | None = param(None, "The sensitive column (default: the first data.groups column).")

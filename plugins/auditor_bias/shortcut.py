@@ -16,7 +16,8 @@ Flipping a sensitive feature (``swap_feature``) is the counterfactual fairness t
 "Counterfactual Fairness" (NeurIPS 2017): ``flip_rate`` is the share of individuals whose decision depends on
 the attribute alone.
 
-The check shards by rows: each shard returns its rows' raw outputs, unchanged and with the cue; what a cue
+Bias transformations as counterfactual views follow the catalogue's "Fighting Fire with Fire". The check shards
+by rows: each shard returns its rows' raw outputs, unchanged and with the cue; what a cue
 reads from the whole sample (swap_feature's two values, swap_groups' donors) is drawn once in the plan.
 """
 
@@ -64,34 +65,22 @@ def aligned_flags(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def flip_stats(before: np.ndarray, after: np.ndarray, n_classes: int) -> dict[str, Any]:
-    """Flip rate and where the flips go (top-1 indices; -1 = no prediction)."""
+def flip_stats(before: np.ndarray, after: np.ndarray, classes: list[int | str]) -> dict[str, Any]:
+    """Flip rate and where the flips go (top-1 indices; -1 = no prediction), as the check's metrics."""
     flipped = before != after
     n_flip = int(flipped.sum())
-    dest = np.bincount(np.where(after[flipped] < 0, n_classes, after[flipped]), minlength=n_classes + 1)
-    out: dict[str, Any] = {"flip_rate": float(flipped.mean()) if len(before) else 0.0, "flips": n_flip,
-                           "flip_counts": dest[:n_classes]}
-    if n_flip:
-        top = int(np.argmax(dest[:n_classes]))
-        out["flip_target"] = top
-        out["flip_target_share"] = float(dest[top] / n_flip)
-    return out
+    dest = np.bincount(np.where(after[flipped] < 0, len(classes), after[flipped]), minlength=len(classes) + 1)
+    top = int(np.argmax(dest[:len(classes)]))
+    return {"flip_rate": float(flipped.mean()) if len(before) else 0.0, "flips": n_flip,
+            "flip_counts": {str(c): int(v) for c, v in zip(classes, dest)},
+            "flip_target_class": classes[top] if n_flip else None,
+            "flip_target_share": float(dest[top] / n_flip) if n_flip else None}
 
 
 class Shortcut(ShardedCheck):
-    """Flip rate, flip destination and accuracy change under a declared counterfactual cue; accuracy gap
-    between bias-aligned and bias-conflicting rows.
-
-    Sources: Hermann et al., "On the Foundations of Shortcut Learning" (ICLR 2024); Geirhos et al., "Shortcut
-    Learning in Deep Neural Networks" (2020); Kusner et al., "Counterfactual Fairness" (NeurIPS 2017); Nam et
-    al., "Learning from Failure" (NeurIPS 2020) for bias-aligned/conflicting splits; the catalogue's "Fighting
-    Fire with Fire" (bias transformations as counterfactual views).
-    """
+    """Flip rate, flip destination and accuracy change under a counterfactual cue; aligned/conflicting gap."""
 
     name = "bias.shortcut"
-    description = ("Apply a counterfactual cue (set_pixels, paste_patch, set_feature, swap_feature, swap_groups) "
-                   "to every input: flip rate, the class the flips go to, accuracy change; accuracy gap "
-                   "between bias-aligned and bias-conflicting rows.")
 
     class Params:
         transform: str | None = param(None, "The cue to apply (may be left out when only the aligned/conflicting gap "
@@ -222,13 +211,11 @@ class Shortcut(ShardedCheck):
                 or pred0.classes is None:
             raise SkipCheck("shortcut reliance needs a classifier")
         classes = [class_label(c) for c in pred0.classes]
-        n_classes = len(classes)
         y = ctx.labels_for(st["y"], pred0) if st["y"] is not None else None
         lab0 = pred0.labels
         metrics: dict[str, Any] = {"n": st["n"]}
         notes = list(plan.notes)
         findings: list[Finding] = []
-
         if y is not None:
             known = y >= 0
             metrics["accuracy_before"] = float(np.mean(lab0[known] == y[known])) if known.any() else None
@@ -240,24 +227,17 @@ class Shortcut(ShardedCheck):
             probs1 = ctx.proba_of(got["cf"])  # the model's other inputs unchanged
             lab1 = np.where(np.all(np.isfinite(probs1), axis=1),
                             np.argmax(np.nan_to_num(probs1, nan=-1.0), axis=1), -1)
-            fs = flip_stats(lab0, lab1, n_classes)
-            metrics["flip_rate"] = fs["flip_rate"]
-            metrics["flips"] = fs["flips"]
-            metrics["flip_counts"] = {str(c): int(v) for c, v in zip(classes, fs["flip_counts"])}
-            metrics["flip_target_class"] = classes[fs["flip_target"]] if "flip_target" in fs else None
-            metrics["flip_target_share"] = fs.get("flip_target_share")
-            metrics["inputs_changed"] = changed
+            fs = flip_stats(lab0, lab1, classes)
+            metrics.update(fs, inputs_changed=changed)
             if p.target_class is not None:
                 t = find_class(p.target_class, pred0.classes)
                 was_not = lab0 != t
                 metrics["follow_rate"] = float(np.mean(lab1[was_not] == t)) if was_not.any() else None
                 metrics["target_probability_change"] = float(np.nanmean(probs1[:, t] - pred0.probs[:, t]))
-            if y is not None:
-                known = y >= 0
-                if known.any():
-                    after = float(np.mean(lab1[known] == y[known]))
-                    metrics["accuracy_after"] = after
-                    metrics["accuracy_change"] = after - float(metrics["accuracy_before"])
+            if y is not None and known.any():
+                after = float(np.mean(lab1[known] == y[known]))
+                metrics["accuracy_after"] = after
+                metrics["accuracy_change"] = after - float(metrics["accuracy_before"])
             if fs["flip_rate"] > float(p.max_flip_rate):
                 where = f" (mostly to class {metrics['flip_target_class']!r}, " \
                         f"{metrics['flip_target_share']:.0%} of flips)" if fs["flips"] else ""
@@ -270,23 +250,19 @@ class Shortcut(ShardedCheck):
             notes.append("no labels (data.y): the aligned/conflicting gap is not computed")
         elif p.aligned is not None and y is not None:
             flags = st["flags"]
-            hit = (lab0 == y) & (y >= 0)
-            usable = y >= 0
-            al, co = usable & (flags == 1), usable & (flags == 0)
-            metrics["n_aligned"], metrics["n_conflicting"] = int(al.sum()), int(co.sum())
-            metrics["accuracy_aligned"] = float(hit[al].mean()) if al.any() else None
-            metrics["accuracy_conflicting"] = float(hit[co].mean()) if co.any() else None
-            if al.any() and co.any():
-                gap = float(hit[al].mean() - hit[co].mean())
-                metrics["aligned_conflicting_gap"] = gap
-                if gap > float(p.max_gap):
-                    findings.append(Finding(
-                        message=f"accuracy {metrics['accuracy_aligned']:.1%} on bias-aligned rows but "
-                                f"{metrics['accuracy_conflicting']:.1%} on bias-conflicting ones: the model "
-                                "follows the bias", severity="warn", data={"gap": gap}))
-            else:
-                metrics["aligned_conflicting_gap"] = None
+            hit = lab0 == y
+            al, co = known & (flags == 1), known & (flags == 0)
+            acc_al = float(hit[al].mean()) if al.any() else None
+            acc_co = float(hit[co].mean()) if co.any() else None
+            gap = acc_al - acc_co if acc_al is not None and acc_co is not None else None
+            metrics.update(n_aligned=int(al.sum()), n_conflicting=int(co.sum()), accuracy_aligned=acc_al,
+                           accuracy_conflicting=acc_co, aligned_conflicting_gap=gap)
+            if gap is None:
                 notes.append("the aligned column lacks aligned or conflicting rows: no gap")
+            elif gap > float(p.max_gap):
+                findings.append(Finding(
+                    message=f"accuracy {acc_al:.1%} on bias-aligned rows but {acc_co:.1%} on bias-conflicting "
+                            "ones: the model follows the bias", severity="warn", data={"gap": gap}))
             unread = int(np.sum(flags < 0))
             if unread:
                 notes.append(f"{unread} rows with a missing or unreadable `{p.aligned}` value left out of the gap")

@@ -39,14 +39,9 @@ def skew_stats(pred_counts: np.ndarray, true_counts: np.ndarray) -> dict[str, fl
 
 
 class PredictionSkew(PredictionShardedCheck):
-    """Predicted against true class histogram, chi-square distance, most over- and under-predicted class.
-
-    Source: the catalogue's "Happy: A Debiased Learning Framework…" (prediction bias); chi-square distance
-    after Puzicha et al. (CVPR 1997).
-    """
+    """Predicted class histogram against the true one, with a chi-square distance."""
 
     name = "bias.prediction_skew"
-    description = "Predicted class histogram against the true one, with a chi-square distance."
 
     class Params:
         max_chi2_distance: float = param(0.05, "A warning finding above this chi-square distance.",

@@ -14,34 +14,28 @@ from auditor_bias._common import feature_index, group_rows
 TRANSFORMS = ("set_pixels", "paste_patch", "set_feature", "swap_feature", "swap_groups")
 
 
-def _spatial(x: np.ndarray, layout: str | None) -> tuple[str, int, int, int]:
-    """``(layout, channels, height, width)`` of an image batch; 3-D batches are single-channel (N, H, W)."""
-    if x.ndim == 3:
-        return "NHW", 1, x.shape[1], x.shape[2]
-    if x.ndim != 4:
+def _images(x: np.ndarray, layout: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """A copy of the image batch ``x`` and a (N, C, H, W) view of it (writes go to the copy), whatever the
+    layout; 3-D batches are single-channel (N, H, W)."""
+    if x.ndim not in (3, 4):
         raise ValueError(f"pixel transforms need image inputs (N, C, H, W) or (N, H, W, C); got shape {list(x.shape)}")
-    if (layout or "NCHW") == "NHWC":
-        return "NHWC", x.shape[3], x.shape[1], x.shape[2]
-    return "NCHW", x.shape[1], x.shape[2], x.shape[3]
+    out = np.array(x, copy=True)
+    if out.ndim == 3:
+        return out, out[:, None]
+    return out, np.moveaxis(out, -1, 1) if (layout or "NCHW") == "NHWC" else out
 
 
 def set_pixels(x: np.ndarray, pixels: Sequence[Sequence[int]], value: float, layout: str | None) -> np.ndarray:
     """Set the pixels ``[channel, row, col]`` of every image to ``value`` (channel indices refer to the
     model's channel axis whatever the layout)."""
-    lay, c, h, w = _spatial(x, layout)
+    out, img = _images(x, layout)
+    c, h, w = img.shape[1:]
     px = np.asarray(pixels, dtype=np.int64).reshape(-1, 3)
     if px.size == 0:
         raise ValueError("set_pixels: `pixels` is empty")
-    ch, r, co = px[:, 0], px[:, 1], px[:, 2]
-    if (ch < 0).any() or (ch >= c).any() or (r < 0).any() or (r >= h).any() or (co < 0).any() or (co >= w).any():
+    if (px < 0).any() or (px >= [c, h, w]).any():
         raise ValueError(f"set_pixels: a pixel lies outside the image (channels {c}, height {h}, width {w})")
-    out = np.array(x, copy=True)
-    if lay == "NCHW":
-        out[:, ch, r, co] = value
-    elif lay == "NHWC":
-        out[:, r, co, ch] = value
-    else:
-        out[:, r, co] = value
+    img[:, px[:, 0], px[:, 1], px[:, 2]] = value
     return out
 
 
@@ -52,7 +46,8 @@ def paste_patch(x: np.ndarray, patch: Any, value: float | None, size: Sequence[i
     ``patch`` is an array ``[h, w]`` (every channel) or ``[C, h, w]`` (channel-first, whatever the model's
     layout); without it, a constant ``value`` patch of ``size`` ``[h, w]`` is pasted.
     """
-    lay, c, h, w = _spatial(x, layout)
+    out, img = _images(x, layout)
+    c, h, w = img.shape[1:]
     if patch is not None:
         arr = np.asarray(patch, dtype=np.float64)
         if arr.ndim == 2:
@@ -62,19 +57,12 @@ def paste_patch(x: np.ndarray, patch: Any, value: float | None, size: Sequence[i
     else:
         if value is None or size is None:
             raise ValueError("paste_patch: give `patch`, or a constant `value` with `patch_size` [h, w]")
-        ph, pw = (int(s) for s in size)
-        arr = np.full((c, ph, pw), float(value))
+        arr = np.full((c, *(int(s) for s in size)), float(value))
     r0, c0 = (int(v) for v in position)
     ph, pw = arr.shape[1], arr.shape[2]
     if r0 < 0 or c0 < 0 or r0 + ph > h or c0 + pw > w:
         raise ValueError(f"paste_patch: a {ph}x{pw} patch at {[r0, c0]} does not fit a {h}x{w} image")
-    out = np.array(x, copy=True)
-    if lay == "NCHW":
-        out[:, :, r0:r0 + ph, c0:c0 + pw] = arr
-    elif lay == "NHWC":
-        out[:, r0:r0 + ph, c0:c0 + pw, :] = np.moveaxis(arr, 0, -1)
-    else:
-        out[:, r0:r0 + ph, c0:c0 + pw] = arr[0]
+    img[:, :, r0:r0 + ph, c0:c0 + pw] = arr
     return out
 
 
@@ -101,10 +89,7 @@ def swap_feature(x: np.ndarray, j: int, values: Sequence[float] | None) -> tuple
             raise ValueError("swap_feature: `values` must be [a, b]")
         a, b = float(values[0]), float(values[1])
     out = np.array(x, copy=True)
-    of = out.reshape(len(out), -1)
-    is_a, is_b = col == a, col == b
-    of[is_a, j] = b
-    of[is_b, j] = a
+    out.reshape(len(out), -1)[:, j] = np.where(col == a, b, np.where(col == b, a, col))
     return out, [a, b]
 
 

@@ -37,6 +37,20 @@ def pick_references(ctx: AuditContext, name: str | None) -> dict[str, ModelHandl
     return {name: ctx.references[name]}
 
 
+def model_named(ctx: AuditContext, name: str) -> ModelHandle:
+    """The model a check's per-model state calls ``name``: ``"model"`` (the audited one) or a reference."""
+    return ctx.model if name == "model" else ctx.references[name]
+
+
+def headlined(by_ref: dict[str, dict[str, Any]], notes: list[str]) -> dict[str, Any]:
+    """A check's metrics from its per-reference ones: the first reference's at the top, all under
+    ``by_reference`` (noting which reference the headline is when there are several)."""
+    first = next(iter(by_ref))
+    if len(by_ref) > 1:
+        notes.append(f"headline metrics are for reference '{first}'")
+    return {**by_ref[first], "by_reference": by_ref}
+
+
 def data_for(data: Dataset, model: ModelHandle) -> Dataset:
     """The data shaped for ``model`` (a reference may use the other image layout); the same object if it
     already fits."""
@@ -60,6 +74,20 @@ def resolve_layers(model: ModelHandle, which: str | Sequence[str], max_layers: i
         if which == "penultimate":  # e.g. a tree ensemble: there is no representation before a linear head
             raise SkipCheck(f"{exc}: the model has no penultimate features; name tensors with `layers:`") from None
         raise
+
+
+def forward(ctx: AuditContext, tensors: dict[str, list[str]], data: Dataset, spatial: str) -> dict[str, Any]:
+    """One pass of every named model over ``data``: ``{"raw": {name: its raw audited outputs}, "features":
+    {name: [its tensors as (n, d) vectors, in order]}}``."""
+    out: dict[str, Any] = {"raw": {}, "features": {}}
+    for name, every in tensors.items():
+        ctx.check_cancelled()
+        model = model_named(ctx, name)
+        part = data_for(data, model)
+        raw = model.run(part.x, list(dict.fromkeys([*model.outputs, *every])), inputs=ctx.companions(model, part))
+        out["raw"][name] = {o: raw[o] for o in model.outputs if o in raw}
+        out["features"][name] = [as_vectors(raw[t], data.n, spatial) for t in every]
+    return out
 
 
 def as_vectors(a: np.ndarray, n: int, spatial: str) -> np.ndarray:

@@ -28,7 +28,7 @@ from auditor import ArraySource, AuditContext, CheckResult, ModelHandle, Need, S
 from auditor import graph as G
 from auditor.outputs import Predictions, encode_labels, predictions_of
 from auditor.shards import Plan, RowShards, Shard, ShardedCheck, gather_rows, sampled_rows
-from auditor_transfer._common import data_for, jsonable, pick_references, reference_param, scores
+from auditor_transfer._common import data_for, headlined, jsonable, pick_references, reference_param, scores
 from auditor_transfer.stats import spearman_rows
 
 # Occluded copies are built and run this many bytes at a time (all patches of several samples per batch).
@@ -137,9 +137,6 @@ class AttributionDistance(ShardedCheck):
     """Distance between the attribution maps of the model and each reference on the same inputs."""
 
     name = "transfer.attribution_distance"
-    description = ("Cosine distance (and rank correlation) between attribution maps of the model and a "
-                   "reference on shared inputs: occlusion through forward passes, or gradient × input with a "
-                   "differentiable backend.")
 
     class Params:
         limit: int = param(64, "Samples explained.", minimum=1)
@@ -235,9 +232,8 @@ class AttributionDistance(ShardedCheck):
         method = "gradient×input" if plan.state["method"] == "gradient" else "occlusion"
         by_ref = {name: jsonable(self._summary(r["distance"], r["rho"], partials[0]["map_size"], method))
                   for name, r in rows.items()}
-        first = next(iter(by_ref))
-        notes = list(plan.notes) + ([f"headline metrics are for reference '{first}'"] if len(by_ref) > 1 else [])
-        return CheckResult(metrics={**by_ref[first], "by_reference": by_ref}, notes=notes)
+        notes = list(plan.notes)
+        return CheckResult(metrics=headlined(by_ref, notes), notes=notes)
 
     @staticmethod
     def _patch(x: np.ndarray | ArraySource, model: ModelHandle, patch: int | None) -> int:

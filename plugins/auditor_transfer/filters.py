@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from auditor import AuditContext, Check, CheckResult, ModelHandle, Need, SkipCheck, param
-from auditor_transfer._common import jsonable, pick_references, reference_param
+from auditor_transfer._common import headlined, jsonable, pick_references, reference_param
 from auditor_transfer.stats import filter_basis, histogram_divergences
 
 
@@ -47,8 +47,6 @@ class FilterShift(Check):
     """Per-depth divergence of the 3×3 filter distributions of the model and each reference (weights only)."""
 
     name = "transfer.filter_shift"
-    description = ("KL and Jensen–Shannon divergence between the distributions of 3×3 convolution filters of "
-                   "the model and a reference, per relative depth, in a shared eigen-filter basis.")
 
     class Params:
         depth_bins: int | None = param(None, "Depth bins; null: the smaller number of 3×3 convolutions of the two "
@@ -86,10 +84,7 @@ class FilterShift(Check):
             by_ref[name] = jsonable(self._compare(mine, theirs, params.depth_bins, params.bins))
         if not by_ref:
             raise SkipCheck("no reference has 3×3 convolutions")
-        first = next(iter(by_ref))
-        if len(by_ref) > 1:
-            notes.append(f"headline metrics are for reference '{first}'")
-        return CheckResult(metrics={**by_ref[first], "by_reference": by_ref}, notes=notes)
+        return CheckResult(metrics=headlined(by_ref, notes), notes=notes)
 
     @staticmethod
     def _compare(mine: list[tuple[str, np.ndarray]], theirs: list[tuple[str, np.ndarray]],

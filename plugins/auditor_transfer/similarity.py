@@ -9,6 +9,14 @@
 - Prediction agreement, and complementary knowledge after Roth et al., "Fantastic Gains and Where to Find
   Them: On the Existence and Prospect of General Knowledge Transfer between Any Pretrained Model" (ICLR 2024):
   the share of samples one model classifies correctly and the other does not, both ways.
+
+Features of every requested layer (plus the penultimate one) come from one pass per model. The check shards by
+rows. Linear CKA's exact estimator (one batch, biased HSIC) comes from feature-space sums that add up over shards:
+``HSIC = ‖XcᵀYc‖²/(n−1)²`` with ``XcᵀYc = XᵀY − sₓs_yᵀ/n`` (``d × d`` per layer, never ``n × n``). What needs
+every pair of samples takes the ``n × n`` route: RSA (its RDMs), the unbiased estimator and layers wider than
+:data:`SUMS_MAX_DIM` gather the shards' features (``n × d``, what one pass holds) and compute on the driver. The
+minibatch estimator shards by minibatch: each shard computes its batch's CKA and RSA terms (memory
+O(batch² · layers)), which add up in batch order.
 """
 
 from __future__ import annotations
@@ -18,12 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, CheckResult, Dataset, Need, Task, param
+from auditor import AuditContext, CheckResult, Need, Task, param
 from auditor.outputs import encode_labels, predictions_of
 from auditor.shards import Plan, RowShards, Shard, ShardedCheck, gather_rows, sampled_rows, summed
 from auditor_transfer._common import (
-    as_vectors,
-    data_for,
+    forward,
+    headlined,
     jsonable,
     pick_references,
     reference_param,
@@ -40,27 +48,10 @@ AUTO_MINIBATCH = 1024
 SUMS_MAX_DIM = FULL_MAX
 
 
-def n_rows(splits: Sequence[np.ndarray]) -> int:
-    """Samples compared: the rows of every minibatch."""
-    return sum(len(s) for s in splits)
-
-
 class Similarity(ShardedCheck):
-    """Representation similarity (CKA, RSA), prediction agreement and complementary knowledge between the
-    model and each reference, on the same samples.
-
-    Features of every requested layer (plus the penultimate one) come from one pass per model. The check
-    shards by rows. Linear CKA's exact estimator (one batch, biased HSIC) comes from feature-space sums that
-    add up over shards: ``HSIC = ‖XcᵀYc‖²/(n−1)²`` with ``XcᵀYc = XᵀY − sₓs_yᵀ/n`` (``d × d`` per layer, never
-    ``n × n``). What needs every pair of samples takes the ``n × n`` route: RSA (its RDMs), the unbiased
-    estimator and layers wider than :data:`SUMS_MAX_DIM` gather the shards' features (``n × d``, what one pass
-    holds) and compute on the driver. The minibatch estimator shards by minibatch: each shard computes its
-    batch's CKA and RSA terms (memory O(batch² · layers)), which add up in batch order.
-    """
+    """Linear CKA and RSA between layers of the model and a reference, prediction agreement, complementary knowledge."""
 
     name = "transfer.similarity"
-    description = ("Linear CKA and RSA between layers of the model and a reference (layer-by-layer matrices, "
-                   "headline for the penultimate features), prediction agreement and complementary knowledge.")
 
     class Params:
         layers: str | list[str] = param("penultimate", "Model layers: 'penultimate', 'all' (every "
@@ -135,21 +126,6 @@ class Similarity(ShardedCheck):
         return Plan(items=len(splits), items_per_shard=1, state=state, notes=notes) if route == "batches" else \
             Plan(rows=rows, state=state, notes=notes)
 
-    def _features(self, ctx: AuditContext, st: dict[str, Any], data: Dataset, idx: np.ndarray | slice,
-                  spatial: str) -> dict[str, Any]:
-        """Every model's raw audited outputs and layer features (``rows × d``, one list per model) on
-        ``data[idx]``, one pass per model."""
-        out: dict[str, Any] = {"raw": {}, "features": {}}
-        for name, (_, every) in st["layers"].items():
-            ctx.check_cancelled()
-            model = ctx.model if name == "model" else ctx.references[name]
-            part = data_for(data, model)
-            x = part.x[idx]
-            raw = model.run(x, list(dict.fromkeys([*model.outputs, *every])), inputs=ctx.companions(model, part, idx))
-            out["raw"][name] = {o: raw[o] for o in model.outputs if o in raw}
-            out["features"][name] = [as_vectors(raw[t], len(x), spatial) for t in every]
-        return out
-
     def _accumulators(self, st: dict[str, Any], rsa: bool) -> tuple[dict[str, CKAAccumulator], dict[str, Any]]:
         sizes = {k: len(every) for k, (_, every) in st["layers"].items()}
         refs = [k for k in sizes if k != "model"]
@@ -167,8 +143,9 @@ class Similarity(ShardedCheck):
         """The shard's raw outputs with its CKA sums (or, on the n × n route, its features); for the minibatch
         estimator (a plan of minibatches), its minibatch's raw outputs and CKA/RSA terms."""
         st, spatial = plan.state, str(p.spatial)
+        tensors = {name: every for name, (_, every) in st["layers"].items()}
         if st["route"] != "batches":
-            got = self._features(ctx, st, ctx.require_data(), slice(None), spatial)
+            got = forward(ctx, tensors, ctx.require_data(), spatial)
             if st["route"] == "sums" and all(f.shape[1] <= SUMS_MAX_DIM for fs in got["features"].values()
                                              for f in fs):
                 got["sums"] = {k: feature_sums(got["features"]["model"], f) for k, f in got["features"].items()
@@ -177,8 +154,7 @@ class Similarity(ShardedCheck):
             return got
         full = ctx.require_data()
         idx = st["splits"][int(shard.rows[0])]
-        got = self._features(ctx, st, full.subset(idx if st["rows"] is None else st["rows"][idx]), slice(None),
-                             spatial)
+        got = forward(ctx, tensors, full.subset(idx if st["rows"] is None else st["rows"][idx]), spatial)
         cka, rsa = self._accumulators(st, bool(p.rsa))
         self._add(cka, rsa, got["features"])
         return {"raw": got["raw"], "cka": cka, "rsa": rsa}
@@ -235,11 +211,8 @@ class Similarity(ShardedCheck):
             by_ref[name] = jsonable(out)
         if not m_pen:
             notes.append("no penultimate layer found in the model: no headline cka/rsa")
-        first = next(iter(by_ref))
-        metrics: dict[str, Any] = {**by_ref[first], "by_reference": by_ref, "n": n_rows(st["splits"]),
-                                   "batches": len(st["splits"]), "unbiased": st["unbiased"]}
-        if len(by_ref) > 1:
-            notes.append(f"headline metrics are for reference '{first}'")
+        metrics = {**headlined(by_ref, notes), "n": sum(len(s) for s in st["splits"]), "batches": len(st["splits"]),
+                   "unbiased": st["unbiased"]}
         return CheckResult(metrics=metrics, notes=notes)
 
     @staticmethod

@@ -1,5 +1,6 @@
 """``transfer.transferability``: how well a model's features (and its own class probabilities) suit a target
-labelled task, estimated without fine-tuning.
+labelled task (the audit data's labels; its classes need not be the model's), estimated without fine-tuning; each
+reference model is scored too, so that candidates can be ranked.
 
 - LogME: You et al., "LogME: Practical Assessment of Pre-trained Models for Transfer Learning" (ICML 2021).
 - LEEP: Nguyen et al., "LEEP: A New Measure to Evaluate Transferability of Learned Representations" (ICML 2020).
@@ -23,8 +24,8 @@ import numpy as np
 
 from auditor import AuditContext, CheckResult, ModelHandle, Need, SkipCheck, param
 from auditor.outputs import predictions_of
-from auditor.shards import Plan, RowShards, Shard, ShardedCheck, sampled_rows
-from auditor_transfer._common import as_vectors, data_for, jsonable, resolve_layers, spatial_param
+from auditor.shards import Plan, RowShards, Shard, ShardedCheck, gather_rows, sampled_rows
+from auditor_transfer._common import forward, jsonable, model_named, resolve_layers, spatial_param
 from auditor_transfer.stats import (
     encode,
     hscore_and_rank,
@@ -38,19 +39,9 @@ from auditor_transfer.stats import (
 
 
 class Transferability(ShardedCheck):
-    """LogME, LEEP, NCE, H-score and linear-probe accuracy of the model's features on the audit data's labels
-    (the target task; its classes need not be the model's), and the same for each reference model so that
-    candidates can be ranked.
-
-    Ranges, so that a gate threshold can be chosen: ``leep`` and ``nce`` lie in [−label_entropy, 0] (the lower
-    end is an uninformative source, 0 a perfect one; LEEP can fall below for a confidently wrong source);
-    ``hscore`` in [0, hscore_max]; ``probe_accuracy`` in [0, 1] against ``chance_accuracy``; ``logme`` is a
-    per-sample log evidence (higher is better, only comparable between models on the same target data).
-    """
+    """LogME, LEEP, NCE, H-score and linear-probe accuracy of a layer's features for the audit data's labels."""
 
     name = "transfer.transferability"
-    description = ("LogME, LEEP, NCE, H-score and cross-validated linear-probe accuracy of a layer's features "
-                   "for the target labels of the audit data (and for each reference model).")
 
     class Params:
         layer: str = param("penultimate", "Feature layer: 'penultimate' or a tensor name.")
@@ -68,7 +59,7 @@ class Transferability(ShardedCheck):
                  "Bayesian linear regression from the features to the one-hot label; higher is better; "
                  "unbounded (typically −2..2), compare between models on the same data only",
         "leep": "LEEP (Nguyen et al. 2020) from the model's own class probabilities; ≤ 0, higher is better; "
-                "−label_entropy for an uninformative model, 0 for a perfect one",
+                "−label_entropy for an uninformative model (below for a confidently wrong one), 0 for a perfect one",
         "nce": "negative conditional entropy −H(Y|Z) of the target label given the model's predicted class "
                "(Tran et al. 2019); in [−label_entropy, 0], higher is better",
         "hscore": "H-score tr(cov(f)⁺ cov(E[f|Y])) (Bao et al. 2019); in [0, hscore_max], higher is better",
@@ -105,16 +96,8 @@ class Transferability(ShardedCheck):
 
     def run_shard(self, ctx: AuditContext, params: Params, plan: Plan, shard: Shard) -> Any:
         """Every scored model's feature vectors (``rows × d``) and raw audited outputs on the shard's rows."""
-        data = ctx.require_data()
-        out: dict[str, Any] = {}
-        for name, tensor in plan.state["tensors"].items():
-            ctx.check_cancelled()
-            model = ctx.model if name == "model" else ctx.references[name]
-            part = data if model is ctx.model else data_for(data, model)
-            raw = model.run(part.x, list(dict.fromkeys([*model.outputs, tensor])), inputs=ctx.companions(model, part))
-            out[name] = {"features": as_vectors(raw[tensor], data.n, str(params.spatial)),
-                         "raw": {o: raw[o] for o in model.outputs if o in raw}}
-        return out
+        tensors = {name: [tensor] for name, tensor in plan.state["tensors"].items()}
+        return forward(ctx, tensors, ctx.require_data(), str(params.spatial))
 
     def merge(self, ctx: AuditContext, params: Params, plan: Plan, partials: Sequence[Any]) -> CheckResult:
         """Score each model on the gathered features and predictions (read as one pass would read them)."""
@@ -125,12 +108,10 @@ class Transferability(ShardedCheck):
                 "chance_accuracy": float(np.bincount(codes).max() / len(codes))}
         folds = interleaved_folds(codes, int(p.folds))
         by_model: dict[str, dict[str, Any]] = {}
+        got = gather_rows(partials)
         for name, tensor in st["tensors"].items():
-            model = ctx.model if name == "model" else ctx.references[name]
-            parts = [q[name] for q in partials if name in q]
-            feats = np.concatenate([q["features"] for q in parts])
-            raw = {k: np.concatenate([q["raw"][k] for q in parts]) for k in parts[0]["raw"]}
-            pred = predictions_of(model, raw, y=st["y"])
+            feats = got["features"][name][0]
+            pred = predictions_of(model_named(ctx, name), got["raw"][name], y=st["y"])
             out: dict[str, Any] = {"layer": tensor, "feature_dim": int(feats.shape[1])}
             out["logme"] = logme(feats, codes)
             out["hscore"], rank = hscore_and_rank(feats, codes)
