@@ -14,7 +14,7 @@ import numpy as np
 from auditor import AuditContext, Check, CheckResult, Dataset, Finding, ModelHandle, Need, SkipCheck, Task, param
 from auditor.gallery import MAX_EXAMPLES, adversarial_gallery, class_names
 from auditor.outputs import predictions_of
-from auditor.shards import Plan, RowShards, Shard, ShardedCheck, gather_rows, sampled_rows
+from auditor.shards import Plan, RowShards, Shard, ShardedCheck, gather_rows, sampled_rows, summed
 
 
 def _limit() -> Any:
@@ -31,21 +31,6 @@ def _clip(v: Any, pixels: Any = None) -> tuple[float, float] | None:
     return float(lo), float(hi)
 
 
-def _real_input(ctx: AuditContext, what: str) -> None:
-    """Skip a gradient method on an integer input (token ids, uint8 pixels): no gradient reaches it. The
-    model's other per-sample inputs pass through unchanged (only the primary input is differentiated)."""
-    dt = ctx.model.input.dtype
-    if dt is not None and dt.kind in "iub":
-        raise SkipCheck(f"model input '{ctx.model.input.name}' is {dt}: {what} needs a real-valued input that "
-                        f"gradients reach (integer ids or pixels have none)")
-
-
-def _clip_problems(clip: list[float] | None) -> list[str]:
-    if clip is not None and (len(clip) != 2 or not clip[0] < clip[1]):
-        return [f"clip: must be [low, high] with low < high, got {clip}"]
-    return []
-
-
 def _space_note(pixels: Any, clip: list[float] | None, what: str) -> str:
     """The report's line saying which space ``what`` (budgets, distances) are in: with declared preprocessing
     (``data.pixels``) un-normalised pixels, normalised differentiably after, else the model's inputs."""
@@ -56,26 +41,41 @@ def _space_note(pixels: Any, clip: list[float] | None, what: str) -> str:
             f"gradient is taken through the normalisation, pixels clipped to [{lo:g}, {hi:g}]")
 
 
-def _seed(ctx: AuditContext) -> int:
-    return int(ctx.rng.integers(0, 2**31 - 1))
+class _TorchCheck(ShardedCheck):
+    """A check of this plugin sharded by rows: its plan skips (with the reason) when the backend cannot be built
+    or, for a gradient method, when no gradient reaches the model's input, and takes a seeded sample of
+    ``params.limit`` rows stratified by label; the shards build the backend (cached per loaded model)."""
+
+    shards = RowShards(rows=512)
+    #: Whether the check differentiates its primary input (the model's other per-sample inputs pass unchanged).
+    gradients = True
+
+    def plan(self, ctx: AuditContext, params: Any) -> Plan:
+        """The sample's rows, once the check can run."""
+        self.ready(ctx)
+        return Plan(rows=sampled_rows(ctx, int(params.limit))[0])
+
+    def ready(self, ctx: AuditContext) -> None:
+        """Skip, with the reason, where the check cannot run."""
+        dt = ctx.model.input.dtype
+        if self.gradients and dt is not None and dt.kind in "iub":  # token ids, uint8 pixels
+            raise SkipCheck(f"model input '{ctx.model.input.name}' is {dt}: {self.name} needs a real-valued input "
+                            f"that gradients reach (integer ids or pixels have none)")
+        if "torch" not in ctx.backends:
+            ctx.backend("torch")  # skips with the reason
 
 
 # ============================================================================================== parity
-class Parity(ShardedCheck):
-    """Does the torch interpreter compute what ONNX Runtime computes, on every output?
+class Parity(_TorchCheck):
+    """Largest difference of the torch interpreter from ONNX Runtime on every output; fails beyond the tolerance.
 
-    Every audited output ``o`` (ONNX Runtime) is compared with the interpreter's ``t`` on the audit data,
-    batched the way ONNX Runtime runs the model (a fixed-batch export gets chunks of its batch size). An
-    element agrees when ``|t − o| <= atol + rtol·|o|`` (numpy's ``allclose`` rule; ``atol`` is ``tol``): float32
-    logits in the thousands differ by more than 1e-4 in absolute terms while agreeing to float32 precision.
-    ``max_abs_diff = max |t − o|`` and ``max_rel_diff = max |t − o| / max |o|`` over all compared outputs;
-    ``violations`` counts the elements outside the tolerance (the check fails if any). Integer outputs
-    (labels) must be equal. Every gradient-based number of this plugin is only as good as this agreement.
+    Batched the way ONNX Runtime runs the model; numpy's ``allclose`` rule (float32 logits in the thousands
+    differ by more than 1e-4 while agreeing to float32 precision); integer outputs (labels) must be equal.
+    Every gradient-based number of this plugin is only as good as this agreement.
     """
 
     name = "torch.parity"
-    description = ("Largest absolute/relative difference between the torch interpreter and ONNX Runtime over "
-                   "every output; fails where |torch − ort| > tol + rtol·|ort|.")
+    gradients = False
 
     class Params:
         limit: int = _limit()
@@ -94,15 +94,6 @@ class Parity(ShardedCheck):
         "n": "samples compared",
         "ops": "number of distinct op types interpreted",
     }
-
-    #: Rows per shard: each shard returns per-output maxima and counts, and its rows' differences of the audited output.
-    shards = RowShards(rows=512)
-
-    def plan(self, ctx: AuditContext, params: Params) -> Plan:
-        """The seeded sample (stratified by label); the backend is built where the shards run."""
-        if "torch" not in ctx.backends:
-            ctx.backend("torch")  # skips with the reason
-        return Plan(rows=sampled_rows(ctx, int(params.limit))[0])
 
     def run_shard(self, ctx: AuditContext, params: Params, plan: Plan, shard: Shard) -> Any:
         """Run the shard's rows through both runtimes; every output's figures (and, for a quantized graph,
@@ -295,19 +286,14 @@ def _combine(parts: Sequence[dict[str, dict[str, Any]]]) -> tuple[dict[str, Any]
 
 
 # ============================================================================================== PGD
-class Pgd(ShardedCheck):
-    """White-box PGD / FGSM attack with every adversarial example re-verified through ONNX Runtime.
+class Pgd(_TorchCheck):
+    """White-box PGD/FGSM (L∞ or L2) at eps: success rate and robust accuracy, verified with ONNX Runtime.
 
-    Madry et al. (2018) PGD: ``x_{k+1} = Π_{B_ε(x)}(x_k + α·sign(∇ₓL))`` (L∞) or
-    ``x_k + α ∇ₓL/‖∇ₓL‖₂`` (L2), ``L`` the cross-entropy of the true class, random start in the ball,
-    restarts; FGSM (Goodfellow et al. 2015) is one step of size ε. ``success_rate`` = share of the samples
-    ONNX Runtime classifies correctly whose adversarial example ONNX Runtime misclassifies;
-    ``robust_accuracy`` = share of all samples still correct under attack (ONNX Runtime). Cf. "A Boundary
-    Tilting Perspective on the Phenomenon of Adversarial Examples".
+    PGD after Madry et al. (2018), :func:`auditor_torch.attacks.pgd`; FGSM (Goodfellow et al. 2015) is one step
+    of size ε. Cf. "A Boundary Tilting Perspective on the Phenomenon of Adversarial Examples".
     """
 
     name = "torch.pgd"
-    description = "White-box PGD/FGSM (L∞ or L2) at eps: success rate and robust accuracy, verified with ONNX Runtime."
 
     class Params:
         eps: float = param(0.03, "Perturbation budget ε: in units of the pixel range [0, 1] when the data declares "
@@ -330,7 +316,9 @@ class Pgd(ShardedCheck):
             if self.step_size is not None and self.eps > 0 and self.step_size > 2 * self.eps:
                 out.append(f"step_size: {self.step_size:g} is more than twice eps ({self.eps:g}) for norm "
                            f"{self.norm}: every step leaves the ball")
-            return out + _clip_problems(self.clip)
+            if self.clip is not None and (len(self.clip) != 2 or not self.clip[0] < self.clip[1]):
+                out.append(f"clip: must be [low, high] with low < high, got {self.clip}")
+            return out
 
     needs = frozenset({Need.DATA, Need.LABELS, Need.GRADIENTS})
     metrics_doc = {
@@ -343,18 +331,6 @@ class Pgd(ShardedCheck):
         "median_l2": "median L2 norm of the successful perturbations (pixel units with data.preprocess)",
     }
 
-    #: Rows per shard: each shard attacks its rows in the backend's batches.
-    shards = RowShards(rows=512)
-
-    def plan(self, ctx: AuditContext, params: Params) -> Plan:
-        """The seeded sample (stratified by label); the backend itself is built where the shards run (once per
-        worker: it is cached per loaded model)."""
-        _real_input(ctx, "torch.pgd")
-        if "torch" not in ctx.backends:
-            ctx.backend("torch")  # skips with the reason
-        rows, _ = sampled_rows(ctx, int(params.limit))
-        return Plan(rows=rows)
-
     def run_shard(self, ctx: AuditContext, params: Params, plan: Plan, shard: Shard) -> Any:
         """Attack the shard's labelled rows (random starts from each sample's own stream), then re-run the
         adversarial inputs through ONNX Runtime."""
@@ -364,12 +340,12 @@ class Pgd(ShardedCheck):
 
         data = ctx.require_data()
         if data.n == 0:
-            return {"n": 0}
+            return {}
         y = ctx.labels(data)
         keep = y >= 0
         x, y = np.asarray(data.x)[keep], y[keep]
         if not len(y):
-            return {"n": 0}
+            return {}
         pixels = data.pixels
         others = ctx.companions(data=data, rows=keep)  # the other inputs pass through unchanged
         x_att = x if pixels is None else pixels.to_pixels(x)  # the attack's space: model inputs or pixels
@@ -385,7 +361,7 @@ class Pgd(ShardedCheck):
         success = clean_ok & ~adv_ok
         every_row = (data.indices if data.indices is not None else shard.rows)[keep]
         show = np.flatnonzero(success)[:p.examples]  # the shard's first successes: the merge keeps the first k
-        return {"n": len(y), "clean_ok": clean_ok, "adv_ok": adv_ok, "torch_ok": torch_ok,
+        return {"clean_ok": clean_ok, "adv_ok": adv_ok, "torch_ok": torch_ok,
                 "linf": np.abs(flat[success]).max(1) if success.any() else np.zeros(0),
                 "l2": np.linalg.norm(flat[success], axis=1), "adv": adv[success], "rows": every_row[success],
                 "show": {"x": x_att[show], "adv": adv_att[show], "y": y[show], "rows": every_row[show],
@@ -395,14 +371,10 @@ class Pgd(ShardedCheck):
 
     def merge(self, ctx: AuditContext, params: Params, plan: Plan, partials: Sequence[Any]) -> CheckResult:
         """Success rate, robust accuracy and perturbation norms over every shard's samples."""
-        parts = [q for q in partials if q["n"]]
-        if not parts:
+        got = gather_rows(partials)
+        if not got:
             raise SkipCheck("no sample has a label the model knows")
-
-        def cat(key: str) -> np.ndarray:
-            return np.concatenate([q[key] for q in parts])
-
-        clean_ok, adv_ok, torch_ok, linf, l2 = cat("clean_ok"), cat("adv_ok"), cat("torch_ok"), cat("linf"), cat("l2")
+        clean_ok, adv_ok, torch_ok, linf, l2 = (got[k] for k in ("clean_ok", "adv_ok", "torch_ok", "linf", "l2"))
         success = clean_ok & ~adv_ok
         metrics: dict[str, Any] = {
             "success_rate": float(success.sum() / clean_ok.sum()) if clean_ok.any() else 0.0,
@@ -424,7 +396,7 @@ class Pgd(ShardedCheck):
                                     f"{metrics['torch_ort_disagreement']:.1%} of adversarial examples "
                                     f"(counted as ONNX Runtime says)", severity="info"))
         k = params.examples
-        show = {key: np.concatenate([q["show"][key] for q in parts])[:k] for key in parts[0]["show"]}
+        show = {key: v[:k] for key, v in got["show"].items()}
         gallery = adversarial_gallery(
             show["x"], show["adv"], layout=ctx.model.layout, labels=show["y"], predicted=show["pred"],
             confidence=show["conf"], predicted_adv=show["pred_adv"], confidence_adv=show["conf_adv"],
@@ -434,7 +406,7 @@ class Pgd(ShardedCheck):
                   f"predictions)", space="model input values" if data.pixels is None else "un-normalised pixels",
             channels=None if data.pixels is None else data.pixels.channels) \
             if len(show["x"]) else None
-        artifacts = {"adversarial_examples": cat("adv"), "rows": cat("rows")}
+        artifacts = {"adversarial_examples": got["adv"], "rows": got["rows"]}
         return CheckResult(metrics=metrics, findings=findings, notes=notes, gallery=gallery, artifacts=artifacts)
 
 
@@ -462,20 +434,15 @@ def _torch_probs(backend: Any, x: np.ndarray, others: dict[str, np.ndarray] | No
 
 
 # ============================================================================================== blind spots
-class BlindSpots(ShardedCheck):
-    """Under-sensitivity: how far towards an image of another class can an input move while the model
-    keeps its prediction and confidence?
+class BlindSpots(_TorchCheck):
+    """How close an input gets to an image of another class at constant confidence (blind spots).
 
-    Level Set Traversal (Bansal et al., "Exploring Geometry of Blind Spots in Vision Models", NeurIPS 2023):
-    each step moves towards the target along ``Δ⊥ = Δ − (Δ·g/‖g‖²) g`` (``Δ = x_t − x``, ``g = ∇ₓ p_c``),
-    which keeps the confidence ``p_c`` to first order. ``relative_distance = ‖x_T − x_t‖₂ / ‖x_s − x_t‖₂``
-    (0: reached the target image with the source's prediction). Final points and the straight path from the
-    source to them are re-evaluated with ONNX Runtime (the paper's star-like, linearly connected level sets).
+    Level Set Traversal (Bansal et al., "Exploring Geometry of Blind Spots in Vision Models", NeurIPS 2023;
+    :func:`auditor_torch.attacks.level_set_traversal`); the final points and the straight paths from the sources
+    to them are re-evaluated with ONNX Runtime (the paper's star-like, linearly connected level sets).
     """
 
     name = "torch.blind_spots"
-    description = ("Level set traversal from a source towards an image of another class at constant "
-                   "confidence: how close it gets (blind spots).")
 
     class Params:
         limit: int = param(32, "Source/target pairs (sampled).", minimum=1)
@@ -506,9 +473,7 @@ class BlindSpots(ShardedCheck):
     def plan(self, ctx: AuditContext, params: Params) -> Plan:
         """Pair sources with targets of another predicted class (the data's predictions, on the driver)."""
         p = params
-        _real_input(ctx, "torch.blind_spots")
-        if "torch" not in ctx.backends:
-            ctx.backend("torch")  # skips with the reason
+        self.ready(ctx)
         data = ctx.require_data()
         probs = ctx.predictions(data).probs  # streamed batch by batch (and shared): the shards read their pairs
         if probs is None:
@@ -538,7 +503,7 @@ class BlindSpots(ShardedCheck):
         src_rows = np.arange(0, data.n, 2)  # the sources' rows of the shard's data: their other inputs
         k = len(xs)
         if not k:
-            return {"k": 0}
+            return {}
         cls, p_src = plan.state["cls"][shard.positions], plan.state["p_src"][shard.positions]
         # a traversal keeps the source's other inputs (its mask, its state) all the way
         held = ctx.companions(data=data, rows=src_rows)
@@ -557,15 +522,14 @@ class BlindSpots(ShardedCheck):
         path = np.concatenate([xs + t * (xf - xs) for t in ts]).astype(xs.dtype)
         pp = ctx.predict_proba(model_in(path), data=data, rows=src_rows, repeat=len(ts))[:, :].reshape(
             len(ts), k, -1)[:, np.arange(k), cls]
-        return {"k": k, "rel": d1 / np.maximum(d0, 1e-12), "kept": pf.argmax(1) == cls,
+        return {"rel": d1 / np.maximum(d0, 1e-12), "kept": pf.argmax(1) == cls,
                 "drop": p_src - pf[np.arange(k), cls], "path_min": pp.min(axis=0)}
 
     def merge(self, ctx: AuditContext, params: Params, plan: Plan, partials: Sequence[Any]) -> CheckResult:
         """Distances, kept predictions and confidence drops over every shard's pairs."""
         p = params
-        parts = [q for q in partials if q["k"]]
-        rel, kept, drop, path_min = (np.concatenate([q[key] for q in parts])
-                                     for key in ("rel", "kept", "drop", "path_min"))
+        got = gather_rows(partials)
+        rel, kept, drop, path_min = (got[key] for key in ("rel", "kept", "drop", "path_min"))
         k = len(rel)
         tol = float(p.tolerance)
         blind = (rel <= float(p.close)) & kept & (drop <= tol + 1e-6)
@@ -592,20 +556,16 @@ class BlindSpots(ShardedCheck):
 
 
 # ============================================================================================== gradients
-class InputGradients(ShardedCheck):
-    """Do input gradients highlight discriminative features? A removal test in the spirit of DiffROAR
-    (Shah, Jain & Netrapalli, "Do Input Gradients Highlight Discriminative Features?", NeurIPS 2021).
+class InputGradients(_TorchCheck):
+    """Removal test (DiffROAR-style): does removing the top input-gradient features hurt more than the bottom ones?
 
-    Attribution ``a = |∂ logit_y / ∂x|`` per input coordinate. For each fraction ``k``, the top-``k``
-    coordinates (by ``a``), the bottom-``k`` and a random ``k`` are replaced by ``fill`` (the per-coordinate
-    mean of the sample, or zero) and the accuracy re-measured with ONNX Runtime (no retraining, unlike ROAR:
-    this audits the shipped model). ``diff_roar = acc(bottom removed) − acc(top removed)``: positive when
-    the gradient ranks discriminative coordinates first (the paper's assumption (A)), ≤ 0 when it violates it.
+    After Shah, Jain & Netrapalli, "Do Input Gradients Highlight Discriminative Features?" (NeurIPS 2021): the
+    top-, bottom- and random-k coordinates by ``|∂ score_y / ∂x|`` take ``fill`` (the sample's per-coordinate mean,
+    or zero) and ONNX Runtime re-measures the accuracy; no retraining, unlike ROAR: this audits the shipped model.
+    ``diff_roar > 0`` when the gradient ranks discriminative coordinates first (the paper's assumption (A)).
     """
 
     name = "torch.input_gradients"
-    description = ("Removal test (DiffROAR-style): does removing the top input-gradient features hurt more than "
-                   "removing the bottom ones?")
 
     class Params:
         fractions: list[float] = param([0.1, 0.25, 0.5], "Fractions of input coordinates removed.",
@@ -625,16 +585,10 @@ class InputGradients(ShardedCheck):
         "fractions": "the fractions, in order",
     }
 
-    #: Rows per shard: each shard attributes its rows and counts the correct predictions of its masked sets.
-    shards = RowShards(rows=512)
-
     def plan(self, ctx: AuditContext, params: Params) -> Plan:
         """The seeded sample's rows with a label the model knows (their class columns) and the fill value (the
         mean over those rows, gathered batch by batch, for ``fill: mean``)."""
-        _real_input(ctx, "torch.input_gradients")
-        if "torch" not in ctx.backends:
-            ctx.backend("torch")  # skips with the reason
-        rows, _ = sampled_rows(ctx, int(params.limit))
+        rows = super().plan(ctx, params).rows
         full = ctx.require_data()
         sample = full if rows is None else full.subset(rows)
         y = ctx.labels(sample)
@@ -659,8 +613,6 @@ class InputGradients(ShardedCheck):
         data = ctx.require_data()
         x, y = np.asarray(data.x), plan.state["y"][shard.positions]
         n = len(y)
-        if not n:
-            return {"n": 0}
         flat = x.reshape(n, -1)
         d = flat.shape[1]
         others = ctx.companions(data=data)  # the other inputs pass through unchanged
@@ -691,17 +643,13 @@ class InputGradients(ShardedCheck):
     def merge(self, ctx: AuditContext, params: Params, plan: Plan, partials: Sequence[Any]) -> CheckResult:
         """Accuracies without the most-, least- and randomly-attributed inputs over every shard's rows."""
         p = params
-        parts = [q for q in partials if q["n"]]
-        n = sum(q["n"] for q in parts)
-
-        def acc(key: str) -> list[float]:
-            return [float(c / n) for c in np.sum([q[key] for q in parts], axis=0)] if p.fractions else []
-
-        fr = [float(f) for f in p.fractions]
-        top, bottom, rnd = acc("top"), acc("bottom"), acc("random")
+        total = summed(partials)
+        n = total["n"]
+        top, bottom, rnd = ([float(c / n) for c in total[key]] for key in ("top", "bottom", "random"))
         diff = [b - t for b, t in zip(bottom, top)]
+        fr = [float(f) for f in p.fractions]
         metrics = {
-            "clean_accuracy": float(sum(q["clean"] for q in parts) / n),
+            "clean_accuracy": float(total["clean"] / n),
             "acc_top_removed": top, "acc_bottom_removed": bottom, "acc_random_removed": rnd,
             "diff_roar": diff, "diff_roar_mean": float(np.mean(diff)) if diff else 0.0, "fractions": fr,
         }
@@ -716,22 +664,14 @@ class InputGradients(ShardedCheck):
 
 # ============================================================================================== retrain
 class Retrain(Check):
-    """Retrain the model under other training rules and optimizers; how much does its behaviour depend on
-    backpropagation and on the optimizer?
+    """Retrain under backprop / feedback alignment / DFA / DTP with SGD / Adam / SAM; accuracy gap to backprop.
 
-    Rules after Bartunov et al. (2018), "Assessing the Scalability of Biologically-Motivated Deep Learning
-    Algorithms and Architectures": backprop, feedback alignment, direct feedback alignment, difference target
-    propagation (see :mod:`auditor_torch.training`). Optimizers SGD, Adam and SAM (Andriushchenko et al.
-    2023, "Sharpness-Aware Minimization Leads to Low-Rank Features"). Per run: accuracy on ``data:`` of the
-    retrained model written back into a copy of the ONNX graph and run with ONNX Runtime,
-    ``gap_to_backprop = acc(backprop, same optimizer) − acc(rule)``, ``feature_rank`` (principal components
-    explaining 99 % of the variance of the penultimate features), dead units (penultimate units zero on every
-    sample) and the training curve.
+    The rules, optimizers and their sources are in :mod:`auditor_torch.training`; each retrained model is written
+    back into a copy of the ONNX graph and evaluated with ONNX Runtime on ``data:``, ``gap_to_backprop`` against
+    backprop with the same optimizer, feature rank and dead units of the penultimate features.
     """
 
     name = "torch.retrain"
-    description = ("Retrain under backprop / feedback alignment / DFA / DTP with SGD / Adam / SAM; accuracy gap "
-                   "to backprop.")
 
     class Params:
         rules: list[str] = param(["backprop", "feedback_alignment"], "Training rules.",
@@ -784,7 +724,7 @@ class Retrain(Check):
         optimizers = list(dict.fromkeys(p.optimizers))
         if "backprop" not in rules:
             rules.insert(0, "backprop")  # the reference every gap is measured against
-        seed = _seed(ctx)
+        seed = int(ctx.rng.integers(0, 2**31 - 1))
         original = _evaluate(ctx.model, eval_set, yev)
         runs: dict[str, dict[str, Any]] = {}
         notes: list[str] = [f"trained on {len(ytr)} rows of train_data, evaluated on {eval_set.n} rows of data; "
@@ -796,9 +736,8 @@ class Retrain(Check):
             runs[rule] = {}
             for opt in optimizers:
                 ctx.check_cancelled()
-                cfg = TrainConfig(rule=rule, optimizer=opt, epochs=int(p.epochs),
-                                  batch_size=int(p.batch_size), lr=p.lr, momentum=float(p.momentum),
-                                  rho=float(p.rho), reinit=bool(p.reinit), seed=seed)
+                cfg = TrainConfig(rule=rule, optimizer=opt, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr,
+                                  momentum=float(p.momentum), rho=float(p.rho), reinit=p.reinit, seed=seed)
                 module = backend.build_module()
                 try:
                     res = train(module, backend, train_set.x, ytr, cfg, backend.device, ctx.check_cancelled,

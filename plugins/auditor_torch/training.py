@@ -54,6 +54,12 @@ class Role:
     fan_in: int = 1
 
 
+def _uniform(shape: Any, fan_in: int, gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    """``U(±1/√fan_in)`` of ``shape`` in ``like``'s dtype, on its device: how torch initialises its layers."""
+    bound = 1.0 / math.sqrt(max(fan_in, 1))
+    return ((torch.rand(shape, generator=gen, dtype=like.dtype) * 2 - 1) * bound).to(like.device)
+
+
 def parameter_roles(module: OnnxModule) -> dict[str, Role]:
     """The initializers retraining updates: weights and biases of Conv/ConvTranspose/Gemm/MatMul (a bias
     being an initializer added right after one of them), affine parameters of normalization layers and PRelu
@@ -67,30 +73,15 @@ def parameter_roles(module: OnnxModule) -> dict[str, Role]:
         def param(i: int, _ins: list[str] = ins) -> str | None:
             return _ins[i] if len(_ins) > i and _ins[i] in p else None
 
-        if op in ("Conv", "ConvTranspose"):
-            w = param(1)
-            if w:
-                shape = p[w].shape
-                roles[w] = Role("weight", op, int(shape[1] * np.prod(shape[2:])))
-            b = param(2)
-            if b:
-                roles[b] = Role("bias", op)
-        elif op == "Gemm":
-            attrs = {a.name: a.i for a in node.attribute}
-            if param(1):
-                shape = p[ins[1]].shape
-                roles[ins[1]] = Role("weight", op, int(shape[1] if attrs.get("transB", 0) else shape[0]))
-            elif param(0):
-                shape = p[ins[0]].shape
-                roles[ins[0]] = Role("weight", op, int(shape[0] if attrs.get("transA", 0) else shape[1]))
-            c = param(2)
-            if c:
-                roles[c] = Role("bias", op)
-        elif op == "MatMul":
-            if param(1):
-                roles[ins[1]] = Role("weight", op, int(p[ins[1]].shape[-2]))
-            elif param(0):
-                roles[ins[0]] = Role("weight", op, int(p[ins[0]].shape[-1]))
+        if op in ("Conv", "ConvTranspose") and param(1):
+            shape = p[ins[1]].shape
+            roles[ins[1]] = Role("weight", op, int(shape[1] * np.prod(shape[2:])))
+        elif op in ("Gemm", "MatMul"):
+            trans = {a.name: a.i for a in node.attribute}
+            w = 1 if param(1) else 0 if param(0) else None
+            if w is not None:  # fan-in: the contracted axis, B's rows (-2) or A's columns (-1) unless transposed
+                axis = (w - 2) if trans.get("transB" if w else "transA", 0) else (-1 - w)
+                roles[ins[w]] = Role("weight", op, int(p[ins[w]].shape[axis]))
         elif op in ("BatchNormalization", "LayerNormalization", "InstanceNormalization"):
             if param(1):
                 roles[ins[1]] = Role("norm_scale", op)
@@ -104,6 +95,8 @@ def parameter_roles(module: OnnxModule) -> dict[str, Role]:
                 src = module.producers.get(ins[j]) if len(ins) > j else None
                 if b and src is not None and src.op_type in LINEAR_OPS and p[b].numel() > 1:
                     roles[b] = Role("bias", src.op_type)
+        if op in ("Conv", "ConvTranspose", "Gemm") and param(2):
+            roles[ins[2]] = Role("bias", op)
     return {k: v for k, v in roles.items() if k in p}
 
 
@@ -115,8 +108,7 @@ def reinitialise(module: OnnxModule, roles: dict[str, Role], gen: torch.Generato
         for name, role in roles.items():
             t = p[name]
             if role.kind == "weight":
-                bound = 1.0 / math.sqrt(max(role.fan_in, 1))
-                t.copy_((torch.rand(t.shape, generator=gen, dtype=t.dtype) * 2 - 1) * bound)
+                t.copy_(_uniform(t.shape, role.fan_in, gen, t))
             elif role.kind == "norm_scale":
                 t.fill_(1.0)
             elif role.kind in ("bias", "norm_bias"):
@@ -137,13 +129,8 @@ class FeedbackAlignment:
 
     def __init__(self, module: OnnxModule, roles: dict[str, Role], gen: torch.Generator) -> None:
         p = module.named_onnx_parameters()
-        self.feedback: dict[str, torch.Tensor] = {}
-        for name, role in roles.items():
-            if role.kind == "weight":
-                bound = 1.0 / math.sqrt(max(role.fan_in, 1))
-                w = p[name]
-                self.feedback[name] = ((torch.rand(w.shape, generator=gen, dtype=w.dtype) * 2 - 1) * bound).to(
-                    w.device)
+        self.feedback = {name: _uniform(p[name].shape, role.fan_in, gen, p[name]) for name, role in roles.items()
+                         if role.kind == "weight"}
 
     def capture(self, logits: torch.Tensor) -> None:
         """Nothing to capture (the error flows layer by layer)."""
@@ -209,9 +196,7 @@ class DirectFeedbackAlignment:
         if b is None:
             if c * d > self.MAX_ENTRIES:
                 raise NotApplicable(f"the feedback matrix for '{name}' would have {c * d} entries")
-            bound = 1.0 / math.sqrt(d)
-            b = ((torch.rand((c, d), generator=self.gen, dtype=like.dtype) * 2 - 1) * bound).to(like.device)
-            self.feedback[name] = b
+            b = self.feedback[name] = _uniform((c, d), d, self.gen, like)
         return b
 
     def linear(self, ctx: NodeContext, fn: LinearFn, x: torch.Tensor, name: str,
@@ -222,15 +207,9 @@ class DirectFeedbackAlignment:
         return fn(x.detach(), w) + _inject(x, self, name)
 
 
-def make_rule(rule: str, module: OnnxModule, roles: dict[str, Role], gen: torch.Generator) -> TrainingRule | None:
-    """The module-level rule object for ``rule`` (``None`` for backprop)."""
-    if rule == "backprop":
-        return None
-    if rule == "feedback_alignment":
-        return FeedbackAlignment(module, roles, gen)
-    if rule == "direct_feedback_alignment":
-        return DirectFeedbackAlignment(module, roles, gen)
-    raise ValueError(rule)
+#: The rules that change how the error reaches a linear op's input (backprop: none; DTP trains layer by layer).
+RULES: dict[str, Callable[[OnnxModule, dict[str, Role], torch.Generator], TrainingRule]] = {
+    "feedback_alignment": FeedbackAlignment, "direct_feedback_alignment": DirectFeedbackAlignment}
 
 
 # ---------------------------------------------------------------------------------------------- DTP
@@ -316,11 +295,9 @@ class DtpTrainer(torch.nn.Module):
         self.target_lr, self.noise = target_lr, noise
         self.gen = gen
         self.carried: dict[str, torch.Tensor] = {}
-        inv = []
-        for lyr in range(1, len(chain.segments) - 1):
-            # g_lyr inverts segment lyr: h_{lyr+1} -> h_lyr
-            inv.append(torch.nn.Linear(sizes[lyr + 1], sizes[lyr]))
-        self.inverses = torch.nn.ModuleList(inv)
+        # g_lyr inverts segment lyr: h_{lyr+1} -> h_lyr
+        self.inverses = torch.nn.ModuleList(torch.nn.Linear(sizes[lyr + 1], sizes[lyr])
+                                            for lyr in range(1, len(chain.segments) - 1))
 
     def layer(self, lyr: int, h: torch.Tensor) -> torch.Tensor:
         """f_l: run segment ``lyr`` (0-based) from its input tensor to the next layer's input."""
@@ -423,7 +400,6 @@ def sam_perturb(params: list[torch.nn.Parameter], rho: float) -> list[torch.Tens
 
 def train(module: OnnxModule, backend: Any, x: np.ndarray | ArraySource, y: np.ndarray, cfg: TrainConfig,
           device: torch.device, check: Callable[[], None] = lambda: None,
-          progress: Callable[[int, int], None] | None = None,
           inputs: dict[str, np.ndarray] | None = None) -> TrainResult:
     """Retrain ``module`` in place on ``(x, y)`` (y: column indices of the model's classes); ``inputs``: the
     model's other per-sample inputs for the rows of ``x`` (batch-first), fed with each mini-batch.
@@ -462,7 +438,7 @@ def train(module: OnnxModule, backend: Any, x: np.ndarray | ArraySource, y: np.n
         params = params + list(dtp.inverses.parameters())
         res.notes.append("DTP: penultimate target by a gradient step (Bartunov et al. 2018), learned inverses")
     else:
-        module.rule = make_rule(cfg.rule, module, roles, gen)
+        module.rule = None if cfg.rule == "backprop" else RULES[cfg.rule](module, roles, gen)
     opt = _optimizer(cfg, params)
     yt_all = torch.from_numpy(np.asarray(y, dtype=np.int64))
     n = len(x)
@@ -488,7 +464,7 @@ def train(module: OnnxModule, backend: Any, x: np.ndarray | ArraySource, y: np.n
         return ce, lp, ce.detach()
 
     try:
-        for epoch in range(cfg.epochs):
+        for _ in range(cfg.epochs):
             perm = torch.randperm(n, generator=gen).numpy()
             tot_loss, correct = 0.0, 0
             for k in range(steps_per_epoch):
@@ -516,8 +492,6 @@ def train(module: OnnxModule, backend: Any, x: np.ndarray | ArraySource, y: np.n
                 correct += int((lp.detach().argmax(1) == yb).sum())
             res.loss.append(tot_loss / n)
             res.train_accuracy.append(correct / n)
-            if progress is not None:
-                progress(epoch + 1, cfg.epochs)
     finally:
         module.rule = None
         module.eval()
