@@ -1,5 +1,4 @@
-"""``performance.metrics``: accuracy, top-5, log loss, calibration, per-class recall, confusion matrix for
-classifiers; MAE, RMSE, R² for regressors.
+"""``performance.metrics``: how well the model does its job on the audit data.
 
 Expected calibration error follows Guo et al., "On Calibration of Modern Neural Networks" (ICML 2017):
 ``ECE = Σ_b |B_b|/n · |acc(B_b) − conf(B_b)|`` over equal-width bins of the top-class confidence.
@@ -86,11 +85,9 @@ def top_k_accuracy(probs: np.ndarray, y: np.ndarray, k: int) -> float:
 
 
 class PerformanceMetrics(PredictionShardedCheck):
-    """Accuracy and friends for classifiers, error measures for regressors."""
+    """Accuracy, top-k, log loss, calibration error, per-class recall, confusions; MAE, RMSE, R² for regressors."""
 
     name = "performance.metrics"
-    description = ("Accuracy, top-5 accuracy (more than 5 classes), log loss, expected calibration error, "
-                   "per-class recall and confusion matrix for classifiers; MAE, RMSE and R² for regressors.")
 
     class Params:
         ece_bins: int = param(15, "Bins of the calibration error.", minimum=2)

@@ -1,4 +1,17 @@
-"""``sparsity.activations``: dead units, activation sparsity, feature rank, and neural collapse."""
+"""``sparsity.activations``: dead units, activation sparsity, feature rank, and neural collapse.
+
+For each layer (default: every nonlinearity's output) on a seeded sample of the data, with units on the channel
+axis of image tensors and the last axis of sequences (other axes are positions):
+
+* ``dead_units``: units never active, i.e. ``max over samples and positions <= active_threshold`` (dead ReLUs;
+  "AP: Selective Activation…" and "Using Degeneracy in the Loss Landscape…" count them);
+* ``zero_fraction``: share of exact zeros among all activation values;
+* ``effective_rank`` / ``rank_99``: of the centred (N, units) feature matrix, positions averaged
+  (Andriushchenko et al. 2023: SAM lowers this feature rank).
+
+With labels, the penultimate features (the input of the classifier head) get the neural collapse measures of
+Papyan et al. (2020), see :func:`neural_collapse`.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +25,8 @@ import onnx
 from auditor import AuditContext, CheckResult, Finding, Need, SkipCheck, param
 from auditor.graph import subgraphs
 from auditor.shards import Plan, RowShards, Shard, ShardedCheck, sampled_rows
-from auditor_sparsity.spectral import effective_rank
+from auditor_sparsity.spectral import effective_rank, energy_rank
+from auditor_sparsity.weights import find_layer_weights, head_weight
 
 # Nonlinearities whose outputs are "units that fire" (the default layers).
 ACTIVATION_OPS = frozenset({"Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Gelu", "Clip", "HardSwish",
@@ -40,14 +54,8 @@ def feature_rank(features: np.ndarray, fraction: float = 0.99) -> tuple[float, i
     the number of principal components explaining ``fraction`` of the variance (the feature rank of
     Andriushchenko et al., "Sharpness-Aware Minimization Leads to Low-Rank Features", NeurIPS 2023)."""
     x = np.asarray(features, dtype=np.float64)
-    x = x - x.mean(axis=0)
-    s = np.linalg.svd(x, compute_uv=False)
-    var = s**2
-    total = var.sum()
-    if total <= 0:
-        return 0.0, 0
-    cum = np.cumsum(var) / total
-    return effective_rank(s), min(int(np.searchsorted(cum, fraction, side="left")) + 1, len(s))
+    s = np.linalg.svd(x - x.mean(axis=0), compute_uv=False)
+    return effective_rank(s), energy_rank(s, fraction)  # the variance of component i is s_i^2 / N
 
 
 def neural_collapse(h: np.ndarray, y: np.ndarray, head: np.ndarray | None = None) -> dict[str, float | int | None]:
@@ -101,24 +109,9 @@ def neural_collapse(h: np.ndarray, y: np.ndarray, head: np.ndarray | None = None
 
 
 class Activations(ShardedCheck):
-    """Dead units, zero activations and feature rank per layer; neural collapse of the penultimate features.
-
-    For each layer (default: every nonlinearity's output) on a seeded sample of the data, with units on the
-    channel axis of image tensors and the last axis of sequences (other axes are positions):
-
-    * ``dead_units``: units never active, i.e. ``max over samples and positions <= active_threshold`` (dead
-      ReLUs; "AP: Selective Activation…" and "Using Degeneracy in the Loss Landscape…" count them);
-    * ``zero_fraction``: share of exact zeros among all activation values;
-    * ``effective_rank`` / ``rank_99``: of the centred (N, units) feature matrix, positions averaged
-      (Andriushchenko et al. 2023: SAM lowers this feature rank).
-
-    With labels, the penultimate features (the input of the classifier head) get the neural collapse measures
-    of Papyan et al. (2020), see :func:`neural_collapse`.
-    """
+    """Dead units, zero activations and feature rank per layer; neural collapse of the penultimate features."""
 
     name = "sparsity.activations"
-    description = ("Per layer on the data: dead units (never active), fraction of zero activations, effective "
-                   "rank of the features; neural collapse of the penultimate features when labels are given.")
 
     class Params:
         layers: str | list[str] = param("activations", "'activations' (outputs of nonlinearities), 'every', "
@@ -199,18 +192,15 @@ class Activations(ShardedCheck):
         n = sum(q["n"] for q in parts)
         ops = {nd.output[0]: nd.op_type for nd in ctx.model.proto.graph.node if nd.output}
         layers: dict[str, Any] = {}
-        tot_units = tot_dead = 0
-        zeros = values = 0
-        findings: list[Finding] = []
+        zeros: dict[str, tuple[int, int]] = {}  # (zero values, values) per layer
         for name in st["names"]:
             got = [q["layers"][name] for q in parts if name in q["layers"]]
             if not got:
                 continue
             dead = np.max([g["max"] for g in got], axis=0) <= params.active_threshold
-            feats = np.concatenate([g["feats"] for g in got])
-            erank, r99 = feature_rank(feats)
-            nz = sum(g["nonzero"] for g in got)
+            erank, r99 = feature_rank(np.concatenate([g["feats"] for g in got]))
             size = sum(g["size"] for g in got)
+            zeros[name] = size - sum(g["nonzero"] for g in got), size
             layers[name] = {
                 "op_type": ops.get(name),
                 "shape": got[0]["shape"],
@@ -218,23 +208,19 @@ class Activations(ShardedCheck):
                 "dead_units": int(dead.sum()),
                 "dead_fraction": float(dead.mean()),
                 "dead_unit_indices": np.flatnonzero(dead)[:params.max_indices].tolist(),
-                "zero_fraction": float((size - nz) / size),
+                "zero_fraction": float(zeros[name][0] / size),
                 "effective_rank": erank,
                 "rank_99": r99,
             }
-            tot_units += len(dead)
-            tot_dead += int(dead.sum())
-            zeros += size - nz
-            values += size
-            if dead.all():
-                findings.append(Finding(message=f"every unit of '{name}' is dead on the data", severity="warn",
-                                        location=name))
+        findings = [Finding(message=f"every unit of '{name}' is dead on the data", severity="warn", location=name)
+                    for name, e in layers.items() if e["dead_units"] == e["units"]]
         metrics: dict[str, Any] = {"samples": int(n), "layers": layers}
         if layers:
+            units, dead_units = (sum(e[key] for e in layers.values()) for key in ("units", "dead_units"))
             metrics.update({
-                "units": tot_units, "dead_units": tot_dead, "dead_fraction": tot_dead / tot_units,
+                "units": units, "dead_units": dead_units, "dead_fraction": dead_units / units,
                 "max_dead_fraction": max(e["dead_fraction"] for e in layers.values()),
-                "zero_fraction": zeros / values,
+                "zero_fraction": sum(z for z, _ in zeros.values()) / sum(v for _, v in zeros.values()),
             })
         notes = list(plan.notes)
         pen = st["pen"]
@@ -268,12 +254,8 @@ def _in_subgraphs(graph: onnx.GraphProto) -> str:
 
 def _head(ctx: AuditContext, pen: str, y: np.ndarray) -> np.ndarray | None:
     """The classifier head's weights as (classes present, features), for the self-duality measure."""
-    from auditor_sparsity.weights import decode, find_layer_weights
-
-    head = next((lw for lw in reversed(find_layer_weights(ctx.model)) if lw.data_input == pen), None)
-    if head is None or head.kind != "matrix" or len(head.shape) != 2:
+    got = head_weight(ctx.model, find_layer_weights(ctx.model), pen)
+    if got is None or got[0].kind != "matrix" or len(got[0].shape) != 2:
         return None
-    w = decode(head, ctx.model.read_weight(head.ref), slice(None)).astype(np.float64)
-    if head.out_axis == 1:
-        w = w.T
-    return np.asarray(w[np.unique(y)] * head.alpha)
+    head, w = got
+    return np.asarray((w.T if head.out_axis == 1 else w)[np.unique(y)] * head.alpha)

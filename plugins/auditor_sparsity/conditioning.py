@@ -1,5 +1,30 @@
 """``sparsity.conditioning``: singular-value profile of every weight matrix, a Lipschitz upper bound, and the
-spread of the classifier's per-class weight norms."""
+spread of the classifier's per-class weight norms.
+
+Conv kernels are reshaped to ``out × in·kh·kw`` (per group: a grouped conv is block diagonal, its spectrum the
+union of the groups'). Per matrix: ``spectral_norm`` σ_max, ``sigma_min`` (the ``min(m, n)``-th singular
+value), ``condition_number`` σ_max/σ_min (Lipschitz Constant Meets Condition Number, which relates both to
+robustness), ``effective_rank`` exp(H(σ/Σσ)) (Roy & Vetterli 2007), ``rank_90`` / ``rank_99`` the smallest rank
+keeping 90 / 99 % of Σσ² (Trained Rank Pruning, Xu et al. 2019), and ``numerical_rank``.
+
+``spectral_norm_product`` = Π σ_max(W_l) over the layers (a summary, not a bound). ``lipschitz_upper_bound`` is
+reported only where the graph from the data input to the audited output is a chain (see
+:mod:`auditor_sparsity.lipschitz`): the product of each linear layer's operator-norm bound (a conv's σ_max times
+√(kh·kw), since ``||conv_W||_2 <= √(kh·kw) ||reshape(W)||_2``, Singla & Feizi, "Fantastic Four", ICLR 2021) and
+the Lipschitz factor of every other op on the chain (Szegedy et al. 2014). A residual addition, a
+concatenation, attention, a data-dependent normalisation or a quantizer on the way makes it ``null``, with the
+node that prevents it named in the notes.
+
+Class weight imbalance: the L2 norm of each class's weights in the classifier head and their spread
+(``class_norm_ratio`` max/min, ``class_norm_cv`` std/mean), the bias that weight aligning corrects (Zhao et al.,
+"Maintaining Discrimination and Fairness in Class Incremental Learning", CVPR 2020).
+
+Precision: blocks with ``min(m, n) <= exact_max_dim`` use LAPACK's SVD; larger ones a certified low-rank
+projection where the matrix is numerically low-rank, else the float64 Gram eigenvalues, else (too
+ill-conditioned for those at ``max_rel_error``) the SVD; each per matrix with its stated error
+(``rel_error_bound`` above the numerical-rank tolerance, ``abs_error_bound`` on every value; see
+:mod:`auditor_sparsity.spectral`). The Lipschitz bound uses σ_max rounded up by its error. Weights only.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +33,12 @@ from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, Check, CheckResult, Finding, SkipCheck, param
+from auditor import AuditContext, Check, CheckResult, Finding, param
 from auditor import graph as G
 from auditor.graph import is_float_dtype
 from auditor_sparsity.lipschitz import chain_factors
 from auditor_sparsity.spectral import Spectrum, effective_rank, energy_rank, singular_values
-from auditor_sparsity.weights import LayerWeight, decode, find_layer_weights, layer_values
+from auditor_sparsity.weights import LayerWeight, audited, head_weight, layer_values, require_layers
 
 
 def matrix_stack(lw: LayerWeight, w: np.ndarray) -> np.ndarray:
@@ -39,50 +64,10 @@ def computation_eps(dtype: np.dtype) -> float:
     return float(np.finfo(np.float64).eps)
 
 
-def class_norms(ctx: AuditContext, layers: list[LayerWeight]) -> tuple[LayerWeight, np.ndarray] | None:
-    """The classifier head (the layer reading the penultimate features) and its per-output weight norms."""
-    pen = ctx.model.penultimate()
-    head = next((lw for lw in reversed(layers) if pen is not None and lw.data_input == pen), None)
-    if head is None:
-        return None
-    w = decode(head, ctx.model.read_weight(head.ref), slice(None)).astype(np.float64)
-    axes = tuple(a for a in range(w.ndim) if a != head.out_axis)
-    return head, abs(head.alpha) * np.sqrt(np.sum(w * w, axis=axes))
-
-
 class Conditioning(Check):
-    """Spectral norm, smallest singular value, condition number and rank profile of every weight matrix.
-
-    Conv kernels are reshaped to ``out × in·kh·kw`` (per group: a grouped conv is block diagonal, its spectrum
-    the union of the groups'). Per matrix: ``spectral_norm`` σ_max, ``sigma_min`` (the ``min(m, n)``-th
-    singular value), ``condition_number`` σ_max/σ_min (Lipschitz Constant Meets Condition Number, which
-    relates both to robustness), ``effective_rank`` exp(H(σ/Σσ)) (Roy & Vetterli 2007), ``rank_90`` /
-    ``rank_99`` the smallest rank keeping 90 / 99 % of Σσ² (Trained Rank Pruning, Xu et al. 2019), and
-    ``numerical_rank``.
-
-    ``spectral_norm_product`` = Π σ_max(W_l) over the layers (a summary, not a bound).
-    ``lipschitz_upper_bound`` is reported only where the graph from the data input to the audited output is
-    a chain (see :mod:`auditor_sparsity.lipschitz`): the product of each linear layer's operator-norm bound
-    (a conv's σ_max times √(kh·kw), since ``||conv_W||_2 <= √(kh·kw) ||reshape(W)||_2``, Singla & Feizi,
-    "Fantastic Four", ICLR 2021) and the Lipschitz factor of every other op on the chain (Szegedy et al.
-    2014). A residual addition, a concatenation, attention, a data-dependent normalisation or a quantizer on
-    the way makes it ``null``, with the node that prevents it named in the notes.
-
-    Class weight imbalance: the L2 norm of each class's weights in the classifier head and their spread
-    (``class_norm_ratio`` max/min, ``class_norm_cv`` std/mean), the bias that weight aligning corrects (Zhao et
-    al., "Maintaining Discrimination and Fairness in Class Incremental Learning", CVPR 2020).
-
-    Precision: blocks with ``min(m, n) <= exact_max_dim`` use LAPACK's SVD; larger ones a certified low-rank
-    projection where the matrix is numerically low-rank, else the float64 Gram eigenvalues, else (too
-    ill-conditioned for those at ``max_rel_error``) the SVD; each per matrix with its stated error
-    (``rel_error_bound`` above the numerical-rank tolerance, ``abs_error_bound`` on every value; see
-    :mod:`auditor_sparsity.spectral`). The Lipschitz bound uses σ_max rounded up by its error.
-    """
+    """Spectral norm, condition number and rank profile of every weight matrix; Lipschitz bound; class norms."""
 
     name = "sparsity.conditioning"
-    description = ("Per weight matrix (conv kernels as out × in·kh·kw): spectral norm, smallest singular value, "
-                   "condition number, effective rank, ranks for 90/99 % energy; Lipschitz upper bound; spread "
-                   "of the last layer's per-class weight norms. Weights only.")
 
     class Params:
         exact_max_dim: int = param(256, "Blocks with min(rows, cols) up to this use the exact SVD; larger ones a "
@@ -122,82 +107,40 @@ class Conditioning(Check):
 
     def run(self, ctx: AuditContext, params: Params) -> CheckResult:
         """One tensor at a time: read, decompose, drop."""
-        layers = find_layer_weights(ctx.model)
-        if not layers:
-            raise SkipCheck("the model has no Conv / Gemm / MatMul layer weights")
+        layers = require_layers(ctx.model)
         exact_dim, max_err = int(params.exact_max_dim), float(params.max_rel_error)
-        out: dict[str, Any] = {}
+        entries = [(lw, _matrix(ctx, lw, exact_dim, max_err)) for lw in audited(ctx, layers)]
+        out = {lw.name: e for lw, e in entries}
         findings: list[Finding] = []
-        log_prod = 0.0
-        zero_norm = False
-        op_norms: dict[str, float | None] = {}
-        unscaled: list[str] = []
-        methods: set[str] = set()
-        for k, lw in enumerate(layers):
-            ctx.check_cancelled()
-            ctx.report_progress(k, len(layers), lw.name)
-            w = layer_values(ctx.model, lw)
-            eps = computation_eps(lw.ref.dtype)
-            spec: Spectrum = singular_values(matrix_stack(lw, w), exact_max_dim=exact_dim, max_rel_error=max_err,
-                                             eps=eps, seed=ctx.seed).scaled(abs(lw.alpha))
-            del w
-            s = spec.values
-            smax, smin = float(s[0]), float(s[-1])
-            rank = spec.rank
-            # below the numerical-rank tolerance a singular value is rounding noise of the stored weights
-            # (and known only to abs_error_bound), so the condition number is unbounded (null) rather than a
-            # meaningless large number, and the rank profile counts the numerically nonzero values only
-            cond = smax / smin if smin > 0 and rank == s.size else None
-            nonzero = spec.nonzero
-            entry = {
-                "node": lw.node,
-                "op_type": lw.op_type,
-                "matrix": [spec.shape[0] * spec.blocks, spec.shape[1] * spec.blocks] if spec.blocks > 1
-                else list(spec.shape),
-                "blocks": spec.blocks,
-                "spectral_norm": smax,
-                "sigma_min": smin,
-                "condition_number": cond,
-                "effective_rank": effective_rank(nonzero),
-                "rank_90": energy_rank(nonzero, 0.90),
-                "rank_99": energy_rank(nonzero, 0.99),
-                "numerical_rank": rank,
-                "method": spec.method,
-                "rel_error_bound": spec.rel_error_bound,
-                "abs_error_bound": spec.abs_error_bound,
-            }
-            out[lw.name] = entry
-            methods.add(spec.method)
-            kernel = lw.layer_shape[2:] if lw.kind in ("conv", "conv_transpose") else ()
-            factor = math.sqrt(float(np.prod(kernel))) if kernel else 1.0
-            # an upper bound needs σ_max rounded up by its stated error
-            op_norms[lw.node] = (smax + spec.abs_error_bound) * factor if lw.scale_known else None
-            if not lw.scale_known:
-                unscaled.append(lw.name)
-            if smax > 0:
-                log_prod += math.log10(smax)
-            else:
-                zero_norm = True
-            if cond is None:
-                findings.append(Finding(message=f"weight '{lw.name}' of {lw.node} is singular (numerical rank "
-                                                f"{rank} of {s.size})",
+        for lw, e in entries:
+            if e["condition_number"] is None:
+                findings.append(Finding(message=f"weight '{lw.name}' of {e['node']} is singular (numerical rank "
+                                                f"{e['numerical_rank']} of {min(e['matrix'])})",
                                         severity="info", location=lw.name))
-            elif cond > float(params.max_condition):
-                findings.append(Finding(message=f"weight '{lw.name}' of {lw.node} is ill-conditioned "
-                                                f"(condition number {cond:.3g})", severity="warn", location=lw.name))
-        ctx.report_progress(len(layers), len(layers), "done")
+            elif e["condition_number"] > float(params.max_condition):
+                findings.append(Finding(message=f"weight '{lw.name}' of {e['node']} is ill-conditioned "
+                                                f"(condition number {e['condition_number']:.3g})", severity="warn",
+                                        location=lw.name))
+        unscaled = [lw.name for lw in layers if not lw.scale_known]
+        # an upper bound needs σ_max rounded up by its stated error
+        op_norms = {lw.node: (e["spectral_norm"] + e["abs_error_bound"]) * _kernel_factor(lw) if lw.scale_known
+                    else None for lw, e in entries}
         conds = [e["condition_number"] for e in out.values()]
         singular = sum(1 for c in conds if c is None)
+        norms = [e["spectral_norm"] for e in out.values()]
+        product, log_product = _power(None if unscaled else sum(math.log10(v) if v > 0 else -math.inf
+                                                                 for v in norms))
         metrics: dict[str, Any] = {
             "matrices": len(out),
-            "max_spectral_norm": max(e["spectral_norm"] for e in out.values()),
+            "max_spectral_norm": max(norms),
             "max_condition_number": None if singular else max(conds),
             "singular_matrices": singular,
-            "log10_spectral_norm_product": None if zero_norm or unscaled else log_prod,
-            "spectral_norm_product": None if unscaled else (0.0 if zero_norm else _finite_pow10(log_prod)),
+            "log10_spectral_norm_product": log_product,
+            "spectral_norm_product": product,
             "layers": out,
         }
-        notes = [f"singular values by {', '.join(sorted(methods))} (exact SVD up to {exact_dim} on the short "
+        methods = sorted({e["method"] for e in out.values()})
+        notes = [f"singular values by {', '.join(methods)} (exact SVD up to {exact_dim} on the short "
                  f"side; larger blocks by a certified low-rank projection or the float64 Gram matrix, each only "
                  f"where its error bound meets {max_err:g} relative above the numerical-rank tolerance, else "
                  f"the SVD; per-matrix bounds in rel_error_bound / abs_error_bound)"]
@@ -205,26 +148,59 @@ class Conditioning(Check):
             notes.append(f"{len(unscaled)} integer weight(s) without a known scale ({', '.join(unscaled[:3])}): "
                          f"their spectral norms are of q - zero_point, so no product or bound is reported")
         log_lip, why = _lipschitz(ctx, layers, op_norms)
-        metrics["log10_lipschitz_upper_bound"] = log_lip
-        metrics["lipschitz_upper_bound"] = None if log_lip is None else (
-            0.0 if log_lip == -math.inf else _finite_pow10(log_lip))
-        if log_lip == -math.inf:
-            metrics["log10_lipschitz_upper_bound"] = None
+        metrics["lipschitz_upper_bound"], metrics["log10_lipschitz_upper_bound"] = _power(log_lip)
         notes.append(why)
         quantized = [lw.name for lw in layers if lw.quantized]
         if quantized:
             notes.append(f"{len(quantized)} quantized weight(s): singular values of the dequantized values "
                          f"(q - zero_point) * scale")
-        head = class_norms(ctx, layers)
+        head = head_weight(ctx.model, layers, ctx.model.penultimate())
         if head is not None:
-            lw, norms = head
+            lw, w = head
+            # the L2 norm of each class's weights: over every axis but the head's outputs
+            cn = abs(lw.alpha) * np.sqrt(np.sum(w * w, axis=tuple(a for a in range(w.ndim) if a != lw.out_axis)))
             metrics["head"] = lw.name
-            metrics["class_norms"] = [float(v) for v in norms]
-            metrics["class_norm_ratio"] = float(norms.max() / norms.min()) if norms.min() > 0 else None
-            metrics["class_norm_cv"] = float(norms.std() / norms.mean()) if norms.mean() > 0 else None
+            metrics["class_norms"] = [float(v) for v in cn]
+            metrics["class_norm_ratio"] = float(cn.max() / cn.min()) if cn.min() > 0 else None
+            metrics["class_norm_cv"] = float(cn.std() / cn.mean()) if cn.mean() > 0 else None
         else:
             notes.append("no classifier head found (no linear layer reads the penultimate features)")
         return CheckResult(metrics=metrics, findings=findings, notes=notes)
+
+
+def _matrix(ctx: AuditContext, lw: LayerWeight, exact_dim: int, max_err: float) -> dict[str, Any]:
+    """One weight's entry of ``layers``: its spectrum, read whole, decomposed, dropped."""
+    spec: Spectrum = singular_values(matrix_stack(lw, layer_values(ctx.model, lw)), exact_max_dim=exact_dim,
+                                     max_rel_error=max_err, eps=computation_eps(lw.ref.dtype),
+                                     seed=ctx.seed).scaled(abs(lw.alpha))
+    s = spec.values
+    # below the numerical-rank tolerance a singular value is rounding noise of the stored weights (and known
+    # only to abs_error_bound), so the condition number is unbounded (null) rather than a meaningless large
+    # number, and the rank profile counts the numerically nonzero values only
+    nonzero = spec.nonzero
+    return {
+        "node": lw.node,
+        "op_type": lw.op_type,
+        "matrix": [spec.shape[0] * spec.blocks, spec.shape[1] * spec.blocks] if spec.blocks > 1
+        else list(spec.shape),
+        "blocks": spec.blocks,
+        "spectral_norm": float(s[0]),
+        "sigma_min": float(s[-1]),
+        "condition_number": float(s[0]) / float(s[-1]) if s[-1] > 0 and spec.rank == s.size else None,
+        "effective_rank": effective_rank(nonzero),
+        "rank_90": energy_rank(nonzero, 0.90),
+        "rank_99": energy_rank(nonzero, 0.99),
+        "numerical_rank": spec.rank,
+        "method": spec.method,
+        "rel_error_bound": spec.rel_error_bound,
+        "abs_error_bound": spec.abs_error_bound,
+    }
+
+
+def _kernel_factor(lw: LayerWeight) -> float:
+    """√(kh·kw): a conv's operator norm over its reshaped kernel's (1 for a matrix)."""
+    kernel = lw.layer_shape[2:] if lw.kind in ("conv", "conv_transpose") else ()
+    return math.sqrt(float(np.prod(kernel))) if kernel else 1.0
 
 
 def _lipschitz(ctx: AuditContext, layers: list[LayerWeight],
@@ -273,5 +249,11 @@ def _bounded_output(h: Any) -> str | None:
     return None
 
 
-def _finite_pow10(x: float) -> float | None:
-    return 10.0 ** x if x < 300 else None
+def _power(log10: float | None) -> tuple[float | None, float | None]:
+    """A product and its log10 from the sum of its factors' log10 (``-inf``: a zero factor, whose log10 is
+    null): both null when unknown, the product null where it overflows."""
+    if log10 is None:
+        return None, None
+    if log10 == -math.inf:
+        return 0.0, None
+    return (10.0 ** log10 if log10 < 300 else None), log10

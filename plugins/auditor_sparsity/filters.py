@@ -1,5 +1,19 @@
 """``sparsity.filters``: degenerate convolution filters, after Gavrikov & Keuper, "CNN Filter DB: An Empirical
-Investigation of Trained Convolutional Filters" (CVPR 2022)."""
+Investigation of Trained Convolutional Filters" (CVPR 2022).
+
+A filter is the kernel ``W[o]`` of one output channel (``in/groups × kh × kw``). Categories, disjoint in this
+order (the paper's §4: "degenerated" filters):
+
+* zero: ``max |W[o]| == 0``;
+* near-zero: ``max |W[o]| < near_zero_ratio · max |W|`` (the paper's sparsity criterion, 1 % of the layer's
+  largest magnitude);
+* constant: ``max W[o] - min W[o] <= constant_tol · max |W|`` (zero variance: the filter only averages).
+
+``degenerate_fraction`` = degenerate filters / filters. For 3×3 kernels the variance entropy is
+``H = -Σ_i λ_i log λ_i / log 9`` with ``λ_i`` the explained-variance ratios of the PCA of all the layer's
+``out × in`` 3×3 slices (as flattened 9-vectors, centred); low values flag filters collapsed onto few patterns,
+values near 1 random-looking ones.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, Check, CheckResult, Finding, SkipCheck, param
+from auditor import AuditContext, Check, CheckResult, Finding, param
 from auditor_sparsity.stats import weight_stats
-from auditor_sparsity.weights import LayerWeight, find_layer_weights
+from auditor_sparsity.weights import LayerWeight, audited, require_layers
 
 
 class _SliceScatter:
@@ -49,26 +63,9 @@ def variance_entropy(ratios: np.ndarray) -> float:
 
 
 class DegenerateFilters(Check):
-    """All-zero, near-zero and constant output filters of every convolution, and the variance entropy of
-    3×3 kernels.
-
-    A filter is the kernel ``W[o]`` of one output channel (``in/groups × kh × kw``). Categories, disjoint in
-    this order (Gavrikov & Keuper 2022, §4: "degenerated" filters):
-
-    * zero: ``max |W[o]| == 0``;
-    * near-zero: ``max |W[o]| < near_zero_ratio · max |W|`` (the paper's sparsity criterion, 1 % of the
-      layer's largest magnitude);
-    * constant: ``max W[o] - min W[o] <= constant_tol · max |W|`` (zero variance: the filter only averages).
-
-    ``degenerate_fraction`` = degenerate filters / filters. For 3×3 kernels the variance entropy is
-    ``H = -Σ_i λ_i log λ_i / log 9`` with ``λ_i`` the explained-variance ratios of the PCA of all the layer's
-    ``out × in`` 3×3 slices (as flattened 9-vectors, centred); low values flag filters collapsed onto few
-    patterns, values near 1 random-looking ones.
-    """
+    """All-zero, near-zero and constant filters of every convolution, and the variance entropy of 3×3 kernels."""
 
     name = "sparsity.filters"
-    description = ("Per convolution: all-zero, near-zero and constant (zero-variance) output filters, their "
-                   "indices, and the variance entropy of 3×3 kernels (CNN Filter DB); weights only.")
 
     class Params:
         near_zero_ratio: float = param(0.01, "A filter is near-zero when its max |w| is below this fraction of the "
@@ -95,73 +92,51 @@ class DegenerateFilters(Check):
 
     def run(self, ctx: AuditContext, params: Params) -> CheckResult:
         """One pass per conv weight."""
-        convs = [lw for lw in find_layer_weights(ctx.model) if lw.kind == "conv"]
-        if not convs:
-            raise SkipCheck("the model has no convolution weights")
         ratio, tol = float(params.near_zero_ratio), float(params.constant_tol)
-        limit = int(params.max_indices)
-        layers: dict[str, Any] = {}
+        layers = {lw.name: _filters(ctx, lw, ratio, tol, int(params.max_indices))
+                  for lw in audited(ctx, require_layers(ctx.model, "conv"))}
         findings: list[Finding] = []
-        tot = {"filters": 0, "zero": 0, "near": 0, "const": 0}
-        entropies: list[float] = []
-        for k, lw in enumerate(convs):
-            ctx.report_progress(k, len(convs), lw.name)
-            kernel = list(lw.layer_shape[2:])
-            ksize = int(np.prod(kernel)) if kernel else 1
-            scatter = _SliceScatter(lw, ksize) if kernel == [3, 3] else None
-            st = weight_stats(ctx.model, lw, per_output=True, check=ctx.check_cancelled, on_chunk=scatter)
-            assert st.out_max_abs is not None and st.out_min is not None and st.out_max is not None
-            top = st.max_abs
-            zero = st.out_max_abs == 0
-            near = ~zero & (st.out_max_abs < ratio * top)
-            const = ~zero & ~near & ((st.out_max - st.out_min) <= tol * top)
-            n = int(zero.size)
-            degenerate = int(zero.sum() + near.sum() + const.sum())
-            entry: dict[str, Any] = {
-                "node": lw.node,
-                "op_type": lw.op_type,
-                "kernel": kernel,
-                "filters": n,
-                "zero_filters": int(zero.sum()),
-                "zero_filter_indices": np.flatnonzero(zero)[:limit].tolist(),
-                "near_zero_filters": int(near.sum()),
-                "near_zero_filter_indices": np.flatnonzero(near)[:limit].tolist(),
-                "constant_filters": int(const.sum()),
-                "constant_filter_indices": np.flatnonzero(const)[:limit].tolist(),
-                "degenerate_filters": degenerate,
-                "degenerate_fraction": degenerate / n if n else 0.0,
-            }
-            if scatter is not None:
-                ratios = scatter.variance_ratios()
-                entry["variance_ratios"] = [float(r) for r in ratios]
-                entry["variance_entropy"] = variance_entropy(ratios)
-                entropies.append(entry["variance_entropy"])
-            layers[lw.name] = entry
-            tot["filters"] += n
-            tot["zero"] += entry["zero_filters"]
-            tot["near"] += entry["near_zero_filters"]
-            tot["const"] += entry["constant_filters"]
+        for name, e in layers.items():
+            n, degenerate = e["filters"], e["degenerate_filters"]
             if n and degenerate == n:
-                findings.append(Finding(message=f"every filter of '{lw.node}' is degenerate", severity="warn",
-                                        location=lw.name))
+                findings.append(Finding(message=f"every filter of '{e['node']}' is degenerate", severity="warn",
+                                        location=name))
             elif degenerate:
-                findings.append(Finding(message=f"{degenerate} of {n} filters of '{lw.node}' are degenerate",
-                                        severity="info", location=lw.name,
-                                        data={"zero": entry["zero_filters"], "near_zero": entry["near_zero_filters"],
-                                              "constant": entry["constant_filters"]}))
-        deg = tot["zero"] + tot["near"] + tot["const"]
-        metrics: dict[str, Any] = {
-            "conv_layers": len(convs),
-            "filters": tot["filters"],
-            "zero_filters": tot["zero"],
-            "near_zero_filters": tot["near"],
-            "constant_filters": tot["const"],
-            "degenerate_filters": deg,
-            "degenerate_fraction": deg / tot["filters"] if tot["filters"] else 0.0,
-            "max_degenerate_fraction": max(e["degenerate_fraction"] for e in layers.values()),
-            "layers": layers,
-        }
+                findings.append(Finding(message=f"{degenerate} of {n} filters of '{e['node']}' are degenerate",
+                                        severity="info", location=name,
+                                        data={"zero": e["zero_filters"], "near_zero": e["near_zero_filters"],
+                                              "constant": e["constant_filters"]}))
+        metrics: dict[str, Any] = {"conv_layers": len(layers)}
+        for key in ("filters", "zero_filters", "near_zero_filters", "constant_filters", "degenerate_filters"):
+            metrics[key] = sum(e[key] for e in layers.values())
+        filters, degenerate = metrics["filters"], metrics["degenerate_filters"]
+        metrics["degenerate_fraction"] = degenerate / filters if filters else 0.0
+        metrics["max_degenerate_fraction"] = max(e["degenerate_fraction"] for e in layers.values())
+        metrics["layers"] = layers
+        entropies = [e["variance_entropy"] for e in layers.values() if "variance_entropy" in e]
         if entropies:
             metrics["min_variance_entropy"] = min(entropies)
         return CheckResult(metrics=metrics, findings=findings,
                            notes=[f"near-zero: max |w| < {ratio:g} x layer max; constant: range <= {tol:g} x max"])
+
+
+def _filters(ctx: AuditContext, lw: LayerWeight, ratio: float, tol: float, limit: int) -> dict[str, Any]:
+    """One conv weight's entry of ``layers``."""
+    kernel = list(lw.layer_shape[2:])
+    scatter = _SliceScatter(lw, 9) if kernel == [3, 3] else None
+    st = weight_stats(ctx.model, lw, per_output=True, check=ctx.check_cancelled, on_chunk=scatter)
+    assert st.out_max_abs is not None and st.out_min is not None and st.out_max is not None
+    zero = st.out_max_abs == 0
+    near = ~zero & (st.out_max_abs < ratio * st.max_abs)
+    const = ~zero & ~near & ((st.out_max - st.out_min) <= tol * st.max_abs)
+    entry: dict[str, Any] = {"node": lw.node, "op_type": lw.op_type, "kernel": kernel, "filters": int(zero.size)}
+    for key, mask in (("zero", zero), ("near_zero", near), ("constant", const)):
+        entry[f"{key}_filters"] = int(mask.sum())
+        entry[f"{key}_filter_indices"] = np.flatnonzero(mask)[:limit].tolist()
+    entry["degenerate_filters"] = int(zero.sum() + near.sum() + const.sum())
+    entry["degenerate_fraction"] = entry["degenerate_filters"] / zero.size if zero.size else 0.0
+    if scatter is not None:
+        ratios = scatter.variance_ratios()
+        entry["variance_ratios"] = [float(r) for r in ratios]
+        entry["variance_entropy"] = variance_entropy(ratios)
+    return entry

@@ -31,6 +31,7 @@ Factors (each an upper bound of the node's L2 Lipschitz constant):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,8 +46,18 @@ _ONE = frozenset({"Relu", "Tanh", "Softplus", "Softsign", "Clip", "Identity", "D
                   "Softmax", "Abs", "Neg", "Relu6", "ReduceMean"})
 _LINEAR = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 _SHAPE_ONLY_INPUTS = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Slice", "Clip", "Dropout", "Pad", "Expand"})
-_GELU = 1.1290  # sup of d/dx x·Φ(x), reached at x = √2 (1.12837...), rounded up
-_MISH = 1.1     # sup of d/dx x·tanh(softplus(x)) is 1.0998...
+#: The factor (sup |φ'|) of the other element-wise activations, from their attributes.
+_SLOPE: dict[str, Callable[[onnx.NodeProto], float]] = {
+    "Sigmoid": lambda n: 0.25,
+    "LeakyRelu": lambda n: max(1.0, abs(float(_attr(n, "alpha", 0.01)))),
+    "Elu": lambda n: max(1.0, float(_attr(n, "alpha", 1.0))),
+    "Selu": lambda n: float(_attr(n, "gamma", 1.05070102214813232421875))
+    * max(1.0, float(_attr(n, "alpha", 1.67326319217681884765625))),
+    "HardSigmoid": lambda n: abs(float(_attr(n, "alpha", 0.2))),
+    "HardSwish": lambda n: 1.5,
+    "Gelu": lambda n: 1.1290,  # sup of d/dx x·Φ(x), reached at x = √2 (1.12837...), rounded up
+    "Mish": lambda n: 1.1,  # sup of d/dx x·tanh(softplus(x)) is 1.0998...
+}
 
 
 @dataclass(frozen=True)
@@ -123,7 +134,7 @@ class _Consts:
         return k
 
 
-def _window_overlap(node: onnx.NodeProto, rank: int) -> tuple[list[int], list[int]] | None:
+def _window_overlap(node: onnx.NodeProto) -> tuple[list[int], list[int]] | None:
     """Per spatial axis: the most windows sharing one input, and the fewest inputs in a window."""
     kernel = [int(v) for v in _attr(node, "kernel_shape", [])]
     if not kernel:
@@ -152,24 +163,8 @@ def _node_factor(node: onnx.NodeProto, consts: _Consts, path_input: str) -> floa
         if op == "Dropout" and len(node.input) > 2 and node.input[2] and not consts.is_const(node.input[2]):
             return "Dropout with a training-mode input"
         return 1.0
-    if op == "Sigmoid":
-        return 0.25
-    if op == "LeakyRelu":
-        return max(1.0, abs(float(_attr(node, "alpha", 0.01))))
-    if op == "Elu":
-        return max(1.0, float(_attr(node, "alpha", 1.0)))
-    if op == "Selu":
-        a = float(_attr(node, "alpha", 1.67326319217681884765625))
-        g = float(_attr(node, "gamma", 1.05070102214813232421875))
-        return g * max(1.0, a)
-    if op == "HardSigmoid":
-        return abs(float(_attr(node, "alpha", 0.2)))
-    if op == "HardSwish":
-        return 1.5
-    if op == "Gelu":
-        return _GELU
-    if op == "Mish":
-        return _MISH
+    if op in _SLOPE:
+        return _SLOPE[op](node)
     if op == "PRelu":
         slope = consts.value(node.input[1])
         return "PRelu with a computed slope" if slope is None else max(1.0, float(np.max(np.abs(slope))))
@@ -209,7 +204,7 @@ def _node_factor(node: onnx.NodeProto, consts: _Consts, path_input: str) -> floa
     if op in ("MaxPool", "AveragePool", "LpPool"):
         if op == "MaxPool" and len(node.output) > 1 and node.output[1]:
             return "MaxPool with indices output"
-        ov = _window_overlap(node, 0)
+        ov = _window_overlap(node)
         if ov is None:
             return f"{op} without kernel_shape"
         share, fewest = ov

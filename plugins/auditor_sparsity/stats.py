@@ -124,19 +124,14 @@ def weight_stats(model: ModelHandle, lw: LayerWeight, *, near_zero: float = 0.0,
     """
     shape = lw.shape
     grouped = lw.kind != "matrix" and lw.groups > 1
-    if grouped:
-        nz_accs = [_Acc(shape, tuple(sorted((lw.out_axis, lw.in_axis))), False, np.any, np.logical_or, bool)]
-    else:
-        nz_accs = [_Acc(shape, (axis,), False, np.any, np.logical_or, bool) for axis in (lw.out_axis, lw.in_axis)]
+    keeps = [tuple(sorted((lw.out_axis, lw.in_axis)))] if grouped else [(lw.out_axis,), (lw.in_axis,)]
+    nz_accs = [_Acc(shape, keep, False, np.any, np.logical_or, bool) for keep in keeps]
     outs = (lw.out_axis,)
-    accs: list[tuple[str, _Acc]] = []
-    if per_output:
-        accs = [("max_abs", _Acc(shape, outs, 0.0, np.max, np.maximum, np.float64)),
-                ("min", _Acc(shape, outs, np.inf, np.min, np.minimum, np.float64)),
-                ("max", _Acc(shape, outs, -np.inf, np.max, np.maximum, np.float64))]
+    accs = {"out_max_abs": _Acc(shape, outs, 0.0, np.max, np.maximum, np.float64),
+            "out_min": _Acc(shape, outs, np.inf, np.min, np.minimum, np.float64),
+            "out_max": _Acc(shape, outs, -np.inf, np.max, np.maximum, np.float64)} if per_output else {}
     zeros = near = 0
-    l1 = l2sq = 0.0
-    max_abs = 0.0
+    l1 = l2sq = max_abs = 0.0
     # Temporaries are allocated once per tensor and reused for every chunk: fresh allocations of this size
     # are page-faulted in by the kernel each time, which used to cost more than the arithmetic.
     bufs: dict[tuple[str, int], np.ndarray] = {}
@@ -163,19 +158,17 @@ def weight_stats(model: ModelHandle, lw: LayerWeight, *, near_zero: float = 0.0,
             max_abs = max(max_abs, float(a.max()))
         for nz_acc in nz_accs:
             nz_acc.add(rows, nonzero)
-        for key, acc in accs:
-            acc.add(rows, a if key == "max_abs" else v)
+        for key, acc in accs.items():
+            acc.add(rows, a if key == "out_max_abs" else v)
         if on_chunk is not None:
             on_chunk(rows, v)
     # drop the last chunk's view of the memory map now, so that its pages can go before the next tensor
     del v, a
-    st = WeightStats(lw=lw, size=lw.size, zeros=zeros, near_zero=near, l1=l1, l2sq=l2sq, max_abs=max_abs)
+    st = WeightStats(lw=lw, size=lw.size, zeros=zeros, near_zero=near, l1=l1, l2sq=l2sq, max_abs=max_abs,
+                     **{key: acc.arr for key, acc in accs.items()})
     if grouped:
         nz = nz_accs[0].arr
         st.nonzero_out_in = np.ascontiguousarray(nz.T if lw.out_axis > lw.in_axis else nz)
     else:
         st.nonzero_out, st.nonzero_in = nz_accs[0].arr, nz_accs[1].arr
-    if per_output:
-        got = dict(accs)
-        st.out_max_abs, st.out_min, st.out_max = got["max_abs"].arr, got["min"].arr, got["max"].arr
     return st

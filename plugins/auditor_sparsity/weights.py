@@ -17,15 +17,14 @@ import io
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
-from auditor import ModelHandle
+from auditor import AuditContext, ModelHandle, SkipCheck
 from auditor import graph as G
 from auditor.graph import WeightRef, external_location, fold_constant, folded_weight, is_float_dtype
 
@@ -79,7 +78,6 @@ class LayerWeight:
     dequant: Dequant | None = None
     via: tuple[str, ...] = ()
     data_input: str | None = None
-    extra: dict[str, object] = field(default_factory=dict)
     slot: int = 1  # the input index of the layer node that receives the weight
 
     @property
@@ -130,12 +128,7 @@ def _node_key(node: onnx.NodeProto) -> str:
 def _small_array(model: ModelHandle, name: str, inits: dict[str, onnx.TensorProto]) -> np.ndarray | None:
     """A (small) parameter initializer such as a zero point or a scale."""
     t = inits.get(name)
-    if t is None:
-        return None
-    if t.data_location == onnx.TensorProto.EXTERNAL:
-        ref = next((r for r in model.weights() if r.name == name), None)
-        return None if ref is None else np.asarray(model.read_weight(ref))
-    return numpy_helper.to_array(t)
+    return None if t is None else G.tensor_array(t, model.path.parent)
 
 
 def find_layer_weights(model: ModelHandle) -> list[LayerWeight]:
@@ -170,15 +163,39 @@ def find_layer_weights(model: ModelHandle) -> list[LayerWeight]:
     return [lw for _, lw in found]
 
 
+def require_layers(model: ModelHandle, kind: str | None = None) -> list[LayerWeight]:
+    """:func:`find_layer_weights` (of ``kind`` only, if given), or a skip saying the model has none."""
+    layers = [lw for lw in find_layer_weights(model) if kind in (None, lw.kind)]
+    if not layers:
+        raise SkipCheck("the model has no convolution weights" if kind == "conv" else
+                        "the model has no Conv / Gemm / MatMul layer weights")
+    return layers
+
+
+def audited(ctx: AuditContext, layers: list[LayerWeight]) -> Iterator[LayerWeight]:
+    """``layers`` one at a time, with progress and cancellation between them: the weights checks' walk."""
+    for k, lw in enumerate(layers):
+        ctx.check_cancelled()
+        ctx.report_progress(k, len(layers), lw.name)
+        yield lw
+    ctx.report_progress(len(layers), len(layers), "done")
+
+
+def head_weight(model: ModelHandle, layers: list[LayerWeight],
+                features: str | None) -> tuple[LayerWeight, np.ndarray] | None:
+    """The classifier head (the last of ``layers`` reading ``features``, the penultimate features) and its
+    values in float64, in the stored layout."""
+    head = next((lw for lw in reversed(layers) if features is not None and lw.data_input == features), None)
+    if head is None:
+        return None
+    return head, decode(head, model.read_weight(head.ref), slice(None)).astype(np.float64)
+
+
 def _graph_layer_weights(model: ModelHandle, g: onnx.GraphProto, refs: dict[str, WeightRef],
                          inits: dict[str, onnx.TensorProto], path: str) -> list[tuple[int, LayerWeight]]:
     """``(node index, layer weight)`` for the weights ``refs`` of graph ``g`` consumed by its layers, through
     pass-through chains; weight and node names prefixed with ``path`` for a subgraph."""
-    consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
-    for n in g.node:
-        for i, name in enumerate(n.input):
-            if name:
-                consumers.setdefault(name, []).append((n, i))
+    consumers = G.consumers(g)
     index = {_node_key(n): k for k, n in enumerate(g.node)}
     found: list[tuple[int, LayerWeight]] = []
     for ref in refs.values():
@@ -268,37 +285,25 @@ def _describe(model: ModelHandle, node: onnx.NodeProto, idx: int, ref: WeightRef
         arrays = [a for a in (zp, sc) if a is not None]
         per_axis = any(a.ndim == 1 and a.size > 1 for a in arrays)
         # Per-channel parameters of these ops run along the output channels.
-        ax = None
-        if per_axis:
-            ax = perm[0] if op in _CONV_OPS else perm[rank - 1]
+        ax = (perm[0] if op in _CONV_OPS else perm[rank - 1]) if per_axis else None
         dequant = Dequant(zp, sc, ax)
+    alpha, groups, kind = 1.0, int(_attr(node, "group", 1)), "matrix"
     if op in _CONV_OPS or op == "ConvTranspose":
-        groups = int(_attr(node, "group", 1))
-        if op == "ConvTranspose":
-            # (C_in, C_out / group, k...): axis 0 indexes inputs, axis 1 outputs within a group.
-            return LayerWeight(ref, _node_key(node), op, "conv_transpose", out_axis=perm[1], in_axis=perm[0],
-                               perm=perm, groups=groups, dequant=dequant, via=via, data_input=data_input,
-                               slot=idx)
-        return LayerWeight(ref, _node_key(node), op, "conv", out_axis=perm[0], in_axis=perm[1], perm=perm,
-                           groups=groups, dequant=dequant, via=via, data_input=data_input, slot=idx)
-    alpha = 1.0
-    if op == "Gemm":
+        # ConvTranspose's (C_in, C_out / group, k...): axis 0 indexes inputs, axis 1 outputs within a group.
+        kind, (out_l, in_l) = ("conv_transpose", (1, 0)) if op == "ConvTranspose" else ("conv", (0, 1))
+    elif op == "Gemm":
         if rank != 2:
             return None
         alpha = float(_attr(node, "alpha", 1.0))
-        if idx == 1:
-            # B is (K, N), or (N, K) with transB: the layer maps K inputs to N outputs.
-            trans = bool(_attr(node, "transB", 0))
-            out_l, in_l = (0, 1) if trans else (1, 0)
-        else:
-            # A weight as A (M, K) computes A @ X: M outputs from K inputs (transposed with transA).
-            trans = bool(_attr(node, "transA", 0))
-            out_l, in_l = (1, 0) if trans else (0, 1)
+        # B (K, N) maps K inputs to N outputs; a weight as A (M, K) computes A @ X, M outputs from K inputs;
+        # transB / transA swap the two axes
+        trans = bool(_attr(node, "transB" if idx == 1 else "transA", 0))
+        out_l, in_l = (0, 1) if trans == (idx == 1) else (1, 0)
     else:
         # MatMul (and integer forms): X @ W with W (..., K, N), or W @ X with W (M, K) when W comes first.
         out_l, in_l = (rank - 1, rank - 2) if idx != 0 else (rank - 2, rank - 1)
-    return LayerWeight(ref, _node_key(node), op, "matrix", out_axis=perm[out_l], in_axis=perm[in_l], perm=perm,
-                       alpha=alpha, dequant=dequant, via=via, data_input=data_input, slot=idx)
+    return LayerWeight(ref, _node_key(node), op, kind, out_axis=perm[out_l], in_axis=perm[in_l], perm=perm,
+                       groups=groups, alpha=alpha, dequant=dequant, via=via, data_input=data_input, slot=idx)
 
 
 def _integer_op_scale(model: ModelHandle, node: onnx.NodeProto,
@@ -307,17 +312,13 @@ def _integer_op_scale(model: ModelHandle, node: onnx.NodeProto,
     Runtime's dynamic quantizer multiplies the (cast) integer result by ``x_scale * w_scale`` right after it.
     Found by that pattern (``Mul(x_scale, w_scale)`` with ``w_scale`` an initializer); ``None`` otherwise."""
     g = model.proto.graph
-    prod = {o: n for n in g.node for o in n.output}
-    cons: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for i in n.input:
-            cons.setdefault(i, []).append(n)
+    prod, cons = G.produced_tensors(g), G.consumers(g)
     t = node.output[0]
     for _ in range(2):
         nxt = cons.get(t, [])
         if len(nxt) != 1:
             return None
-        n = nxt[0]
+        n = nxt[0][0]
         if n.op_type == "Cast":
             t = n.output[0]
             continue
@@ -360,8 +361,7 @@ def decode(lw: LayerWeight, raw: np.ndarray, rows: slice) -> np.ndarray:
     return vals
 
 
-def iter_chunks(model: ModelHandle, lw: LayerWeight,
-                chunk_bytes: int | None = None) -> Iterator[tuple[slice, np.ndarray]]:
+def iter_chunks(model: ModelHandle, lw: LayerWeight) -> Iterator[tuple[slice, np.ndarray]]:
     """``(rows, values)`` over chunks of the stored tensor's first axis, decoded.
 
     A tensor in external data is read chunk by chunk with positioned reads, so it never occupies more than a
@@ -373,7 +373,7 @@ def iter_chunks(model: ModelHandle, lw: LayerWeight,
     """
     n0 = lw.shape[0]
     row_elems = max(1, lw.size // max(n0, 1))
-    step = max(1, (chunk_bytes or CHUNK_BYTES) // (row_elems * 8))
+    step = max(1, CHUNK_BYTES // (row_elems * 8))
     if lw.ref.external:
         yield from _read_external(model, lw, step, row_elems)
         return
