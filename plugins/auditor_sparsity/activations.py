@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from auditor import AuditContext, CheckResult, Finding, Need, SkipCheck, param
+from auditor import AuditContext, CheckResult, Finding, Need, SkipCheck, Task, param
 from auditor.graph import subgraphs
 from auditor.shards import Plan, RowShards, Shard, ShardedCheck, sampled_rows
 from auditor_sparsity.spectral import effective_rank, energy_rank
@@ -180,7 +180,8 @@ class Activations(ShardedCheck):
                             "size": int(act.size), "shape": list(act.shape[1:])}
         out: dict[str, Any] = {"n": data.n, "layers": layers}
         if st["pen"] is not None:
-            out["labels"] = ctx.labels(data)
+            # a regressor's targets are no classes: None (the predictions are cached for the labels' use)
+            out["labels"] = ctx.labels(data) if ctx.predictions(data).task == Task.CLASSIFICATION else None
             out["pen"] = np.asarray(acts[st["pen"]]).reshape(data.n, -1)
         return out
 
@@ -224,7 +225,9 @@ class Activations(ShardedCheck):
             })
         notes = list(plan.notes)
         pen = st["pen"]
-        if pen is not None and parts:
+        if pen is not None and parts and any(q["labels"] is None for q in parts):
+            notes.append("neural collapse needs class labels: not measured on a regressor")
+        elif pen is not None and parts:
             labels = np.concatenate([q["labels"] for q in parts])
             known = labels >= 0
             feats = np.concatenate([q["pen"] for q in parts])[known]

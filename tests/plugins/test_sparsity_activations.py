@@ -185,3 +185,24 @@ def test_nonlinearities_inside_if_branches_are_named_in_the_skip(tmp_path: Path)
     h = np.maximum(x.astype(np.float64), 0)  # then branch: Relu(x), then the main Relu
     assert list(c.metrics["layers"]) == ["hr"] and c.metrics["zero_fraction"] == pytest.approx(np.mean(h == 0))
     assert any(n.startswith("not analysed: the 3 nonlinearities inside control-flow subgraphs") for n in c.notes)
+
+
+def test_a_regressor_gets_no_neural_collapse(tmp_path: Path) -> None:
+    """A regressor's targets are no classes: dead units as for a classifier, neural collapse not measured (it
+    used to take the float targets for class indices and error)."""
+    _, _, w, x, _ = dead_mlp(tmp_path)
+    w = {**w, "w2": w["w2"][:, :1].copy(), "b2": w["b2"][:1].copy()}  # one regression value, no Softmax
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1"),
+             helper.make_node("Relu", ["h"], ["hr"], name="relu"),
+             helper.make_node("Gemm", ["hr", "w2", "b2"], ["z"], name="head")]
+    save(nodes, helper.make_tensor_value_info("x", FLOAT, ["N", 6]),
+         helper.make_tensor_value_info("z", FLOAT, ["N", 1]), w, tmp_path / "reg.onnx")
+    np.savez(tmp_path / "r.npz", x=x, y=x[:, 0] * 0.5)
+    res = run_audit({"checks": [{"use": "sparsity.activations"}], "model": {"path": "reg.onnx", "task": "regression"},
+                     "data": {"path": "r.npz"}}, workdir=tmp_path, disable=OTHER_PLUGINS)
+    res.assert_status("sparsity.activations", "info")
+    m = res.metrics("sparsity.activations")
+    h = np.maximum(x.astype(np.float64) @ w["w1"] + w["b1"], 0)
+    assert m["layers"]["hr"]["dead_unit_indices"] == [2, 7] == np.flatnonzero(h.max(axis=0) <= 0).tolist()
+    assert "neural_collapse" not in m
+    assert "neural collapse needs class labels: not measured on a regressor" in res.check("sparsity.activations").notes
