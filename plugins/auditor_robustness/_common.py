@@ -1,5 +1,5 @@
-"""What the robustness checks share: the input's geometry (any image layout), the valid value range, a stratified
-sample, and batched black-box access to the model's class probabilities.
+"""What the robustness checks share: the input's geometry (any image layout), its value space and valid range, the
+parameters they all declare, and batched black-box access to the model's class probabilities.
 
 Every perturbation is built in one canonical layout, ``(N, C, H, W)`` (a vector input is ``(N, 1, 1, D)``), and
 turned into the model's own layout only when it is queried. So an NHWC model and the same model exported NCHW
@@ -14,9 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from auditor import ArraySource, AuditContext, Dataset, ModelHandle, SkipCheck, Task, param
+from auditor import ArraySource, AuditContext, Dataset, ModelHandle, Predictions, SkipCheck, Task, param
 from auditor.gallery import MAX_EXAMPLES
-from auditor.jsonenc import number_or_none
 from auditor.outputs import predictions_of, softmax, squeeze_scores
 from auditor.perturb import InputSpace, ValueKind, input_space
 
@@ -112,38 +111,12 @@ def limit_param(default: int | None) -> Any:
                  "report); null: every row.", minimum=1)
 
 
-def value_range(clip: Sequence[float] | None, x: np.ndarray, geometry: Geometry) -> tuple[float, float] | None:
-    """The ``clip`` parameter, or the range inferred from the data for images (``None``: no clipping)."""
-    if clip is not None:
-        lo, hi = float(clip[0]), float(clip[1])
-        if not lo < hi:
-            raise ValueError(f"clip: lo must be below hi (got [{lo:g}, {hi:g}])")
-        return lo, hi
-    if not geometry.is_image:
-        return None
-    lo, hi = float(np.min(x)), float(np.max(x))
-    if lo >= 0 and hi <= 1:
-        return 0.0, 1.0
-    if lo >= 0 and hi <= 255:
-        return 0.0, 255.0
-    return lo, hi
-
-
 def describe_range(rng: tuple[float, float] | None, given: bool) -> str:
     """A note for the report saying which range was used and why."""
     if rng is None:
         return "no clipping (not an image input; set clip: [lo, hi] to bound the inputs)"
     how = "given" if given else "inferred from the data"
     return f"inputs clipped to [{rng[0]:g}, {rng[1]:g}] ({how})"
-
-
-def sample(ctx: AuditContext, limit: int | None) -> tuple[Dataset, list[str]]:
-    """The audit data, or a seeded sample stratified by label when it has more than ``limit`` rows; the
-    notes say which."""
-    data = ctx.require_data()
-    sub = ctx.sample(limit, data)
-    notes = [sub.notes[-1]] if sub is not data and sub.notes else [f"all {data.n} rows"]
-    return sub, notes
 
 
 @dataclass
@@ -158,9 +131,8 @@ class Classifier:
     times). ``queries`` counts the inputs sent to the model.
 
     ``space`` maps the float perturbations back to what the input takes (rounded and clipped for uint8
-    images); ``inputs`` holds the model's other per-sample inputs for the sample's rows (``Dataset.inputs``):
-    a query of rows ``rows`` of the sample gets theirs, a query of as many inputs as the sample has rows (or a
-    multiple: stacked copies) gets them all, in order.
+    images); ``inputs`` holds the model's other per-sample inputs (``Dataset.inputs``): a query of rows ``rows``
+    gets theirs, any other query all of them, in order.
     """
 
     model: ModelHandle
@@ -173,21 +145,15 @@ class Classifier:
     _matrix: tuple[str, bool] | None = None  # (tensor name, holds logits) once known
 
     @classmethod
-    def for_data(cls, ctx: AuditContext, data: Dataset, geometry: Geometry, **kw: Any) -> Classifier:
-        """A classifier for inputs derived from the rows of ``data`` (its other inputs and value space)."""
-        space = kw.pop("space", None) or input_space(ctx.model, data.x, pixels=data.pixels)
-        return cls(ctx.model, geometry, space=space, inputs=ctx.companions(data=data), **kw)
+    def for_data(cls, ctx: AuditContext, data: Dataset, space: InputSpace, geometry: Geometry) -> Classifier:
+        """A classifier for inputs derived from the rows of ``data`` (their other inputs) in ``space``."""
+        return cls(ctx.model, geometry, space=space, inputs=ctx.companions(data=data))
 
     def _companions(self, n: int, rows: np.ndarray | None) -> dict[str, np.ndarray]:
-        if not self.inputs:
-            return {}
-        if rows is not None:
-            return {k: np.asarray(v)[rows] for k, v in self.inputs.items()}
-        m = len(next(iter(self.inputs.values())))
-        if m and n % m == 0:
-            return {k: np.concatenate([np.asarray(v)] * (n // m)) if n != m else np.asarray(v)
-                    for k, v in self.inputs.items()}
-        raise ValueError(f"{n} queries do not match the {m} rows whose other model inputs are known")
+        picked = {k: np.asarray(v) if rows is None else np.asarray(v)[rows] for k, v in self.inputs.items()}
+        if any(len(v) != n for v in picked.values()):
+            raise ValueError(f"{n} queries do not match the rows whose other model inputs are given")
+        return picked
 
     def scores(self, x: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
         """Class scores ``(N, C)`` for inputs in the model's layout, and whether they are logits (else
@@ -219,11 +185,7 @@ class Classifier:
 
     def probs(self, xc: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
         """Class probabilities ``(N, C)`` (float64) for canonical inputs ``xc`` (of the sample's ``rows``)."""
-        return self.probs_model_layout(self.geometry.to_model(xc), rows)
-
-    def probs_model_layout(self, x: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
-        """Class probabilities for inputs already in the model's layout."""
-        s, logits = self.scores(x, rows)
+        s, logits = self.scores(self.geometry.to_model(xc), rows)
         return softmax(s) if logits else s
 
     def log_probs(self, xc: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
@@ -238,11 +200,24 @@ class Classifier:
 
 def space_range(space: InputSpace, clip: Sequence[float] | None, xc: np.ndarray,
                 geometry: Geometry) -> tuple[float, float] | None:
-    """The valid range of a perturbed input: ``clip`` when given, else a quantized input's dtype range (uint8:
-    [0, 255]) or pixel space's [0, 1], else the range :func:`value_range` infers."""
-    if clip is None and space.bounds is not None and (space.kind is ValueKind.QUANTIZED or space.pixels is not None):
+    """The valid range of a perturbed input: ``clip`` when given; else a quantized input's dtype range (uint8:
+    [0, 255]) or pixel space's [0, 1]; else, for images, inferred from the values ``xc`` ([0, 1] or [0, 255] when
+    they lie there, else their min and max); ``None`` (no clipping) for other inputs."""
+    if clip is not None:
+        lo, hi = float(clip[0]), float(clip[1])
+        if not lo < hi:
+            raise ValueError(f"clip: lo must be below hi (got [{lo:g}, {hi:g}])")
+        return lo, hi
+    if space.bounds is not None and (space.kind is ValueKind.QUANTIZED or space.pixels is not None):
         return space.bounds
-    return value_range(clip, xc, geometry)
+    if not geometry.is_image:
+        return None
+    lo, hi = float(np.min(xc)), float(np.max(xc))
+    if lo >= 0 and hi <= 1:
+        return 0.0, 1.0
+    if lo >= 0 and hi <= 255:
+        return 0.0, 255.0
+    return lo, hi
 
 
 def margins(log_probs: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -251,8 +226,7 @@ def margins(log_probs: np.ndarray, y: np.ndarray) -> np.ndarray:
     Equal to the logit margin ``z_y - max_{k != y} z_k`` for a softmax output; negative exactly when the
     predicted class is not ``y``.
     """
-    n = len(y)
-    rows = np.arange(n)
+    rows = np.arange(len(y))
     true = log_probs[rows, y].copy()
     other = log_probs.copy()
     other[rows, y] = -np.inf
@@ -320,27 +294,22 @@ class ValueStats:
         return cls(lo=lo, hi=hi, mean=mean, std=np.sqrt(m2 / max(n, 1)), n=n)
 
 
-def task_of_sample(ctx: AuditContext, data: Dataset, x: np.ndarray, rows: np.ndarray | None) -> Task:
-    """``classification`` or ``regression``, as the audit reads the model's outputs on the rows ``rows`` of ``data``
-    (``x`` holds them), without a pass over all of them: the outputs' structure comes from the first batch, the
-    labels from every row, so each shard of a check reads the outputs the same way."""
-    cached = ctx.cache.predictions.get((id(ctx.model), id(data))) if rows is None else None
-    if cached is not None:
-        return cached.task
-    k = max(1, min(len(x), data.batch_size))
-    first = data.subset(np.arange(k) if rows is None else np.asarray(rows)[:k])  # with its other inputs
-    raw = ctx.model.run(np.asarray(first.x), inputs=first.inputs)
-    y = None if data.y is None else (data.y if rows is None else data.y[rows])
-    return predictions_of(ctx.model, raw, y=y).task
+def head_predictions(ctx: AuditContext, data: Dataset, rows: np.ndarray | None = None) -> Predictions:
+    """The outputs of the first batch of rows ``rows`` (``None``: all) of ``data``, read with all their labels: the
+    task and classes a pass over every row gives (they follow from the outputs' structure and the labels), for one
+    batch, the same in every shard."""
+    idx = np.arange(data.n) if rows is None else np.asarray(rows)
+    first = data.subset(idx[:max(1, data.batch_size)])  # with its other inputs
+    y = None if data.y is None else data.y[idx]
+    return predictions_of(ctx.model, ctx.model.run(np.asarray(first.x), inputs=first.inputs), y=y)
 
 
-def targets(ctx: AuditContext, data: Dataset, clean_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray | None,
-                                                                                list[str]]:
+def targets(ctx: AuditContext, data: Dataset, clean_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """Clean predicted classes (from ``clean_probs``, read by the same :class:`Classifier` that will score the
-    perturbed inputs, so that a flip is never a change of reading), true classes (column indices; ``None``
-    without labels) and notes."""
-    y = None if data.y is None else ctx.labels(data)
-    return clean_probs.argmax(axis=1), y, label_notes(y)
+    perturbed inputs, so that a flip is never a change of reading) and true classes (column indices; ``None``
+    without labels)."""
+    y = None if data.y is None else ctx.labels_for(data.y, head_predictions(ctx, data))
+    return clean_probs.argmax(axis=1), y
 
 
 def label_notes(y: np.ndarray | None) -> list[str]:
@@ -351,5 +320,16 @@ def label_notes(y: np.ndarray | None) -> list[str]:
     return [f"{unknown} labels are not among the model's classes and count as wrong"] if unknown else []
 
 
-#: A metric's float, ``None`` for NaN or a missing value (the core's verb, under this plugin's older name).
-as_float = number_or_none
+def space_of(ctx: AuditContext, x: Any = None) -> tuple[InputSpace, Geometry]:
+    """The primary input's value space and geometry, from batch ``x`` (default: the data's primary input)."""
+    x = ctx.require_data().x if x is None else x
+    space = input_space(ctx.model, x, pixels=None if ctx.data is None else ctx.data.pixels)
+    return space, Geometry.of(x, ctx.model.layout)
+
+
+def space_note(space: InputSpace, how: str) -> list[str]:
+    """The report's note on the space perturbations are built in: declared pixels, or a quantized input worked on
+    in float (``how``)."""
+    if space.pixels is not None:
+        return [space.pixels.describe()]
+    return [f"{space.describe()}: {how}"] if space.kind is ValueKind.QUANTIZED else []

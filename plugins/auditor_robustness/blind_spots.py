@@ -28,21 +28,22 @@ import numpy as np
 
 from auditor import AuditContext, CheckResult, Need, SkipCheck, param
 from auditor.gallery import Gallery, blind_spot_gallery, class_names
-from auditor.perturb import InputSpace, input_space
-from auditor.shards import Plan, RowShards, Shard, ShardedCheck, sampled_rows
+from auditor.jsonenc import number_or_none
+from auditor.perturb import InputSpace
+from auditor.shards import Plan, RowShards, Shard, ShardedCheck, gather_rows, sampled_rows
 from auditor_robustness._common import (
     Classifier,
     Geometry,
-    as_float,
     chunk_rows,
     chunk_slices,
     describe_range,
     examples_param,
+    label_notes,
     limit_param,
     range_param,
+    space_of,
     space_range,
     targets,
-    value_range,
 )
 
 
@@ -99,9 +100,6 @@ class BlindSpots(ShardedCheck):
     """How far an input can move toward another class's image (or randomly) unnoticed by the model."""
 
     name = "robustness.blind_spots"
-    description = ("Under-sensitivity (Sriram et al. 2023): how far an input can be moved toward an image of "
-                   "another class, or along random directions, while the prediction and its confidence stay "
-                   "put; share of such pairs and the distance reached.")
 
     class Params:
         pairs: int = param(200, "Source/target pairs probed.", minimum=1)
@@ -140,27 +138,22 @@ class BlindSpots(ShardedCheck):
         rows, notes = sampled_rows(ctx, p.limit)
         full = ctx.require_data()
         data = full if rows is None else full.subset(rows)
-        space = input_space(ctx.model, data.x, pixels=data.pixels)
+        space, geo = space_of(ctx)
         space.require_arithmetic("paths between inputs")
-        geo = Geometry.of(data.x, ctx.model.layout)
-        clf = Classifier.for_data(ctx, data, geo)
-        vr: tuple[float, float] | None = None
-        probs = []
-        for i in range(0, data.n, data.batch_size):  # batch by batch: the plan never holds the whole sample
-            part = data.subset(np.arange(i, min(i + data.batch_size, data.n)))
-            xc = geo.canonical(space.to_space(np.asarray(part.x))).astype(np.float64)
-            probs.append(Classifier.for_data(ctx, part, geo).probs(xc))
-            r = space_range(space, p.clip, xc, geo)
-            vr = r if vr is None or r is None else (min(vr[0], r[0]), max(vr[1], r[1]))
-        if p.clip is None and vr is not None and space.bounds is None and geo.is_image:
-            vr = value_range(None, np.array(vr), geo)  # [0, 1] or [0, 255] when the whole sample lies there
-        p0 = np.concatenate(probs) if probs else np.zeros((0, 0))
-        clean_pred, y, tnotes = targets(ctx, data, p0)
-        notes += tnotes
+        clf = Classifier.for_data(ctx, data, space, geo)
+        lo, hi, probs = np.inf, -np.inf, []
+        for sl in chunk_slices(data.n, data.batch_size):  # batch by batch: the plan never holds the whole sample
+            xc = geo.canonical(space.to_space(np.asarray(data.x[sl]))).astype(np.float64)
+            probs.append(clf.probs(xc, np.arange(sl.start, sl.stop)))
+            lo, hi = min(lo, float(xc.min())), max(hi, float(xc.max()))
+        p0 = np.concatenate(probs)
+        clean_pred, y = targets(ctx, data, p0)
+        notes += label_notes(y)
         ref = clean_pred if y is None else y
         ok_rows = np.flatnonzero(clean_pred == ref)
         if len(np.unique(ref[ok_rows])) < 2:
             raise SkipCheck("needs correctly classified samples of at least two classes")
+        vr = space_range(space, p.clip, np.array([lo, hi]), geo)
         notes.append(describe_range(vr, p.clip is not None))
         src, tgt = pick_pairs(ref[ok_rows], p.pairs, ctx.rng)
         src, tgt = ok_rows[src], ok_rows[tgt]
@@ -169,28 +162,24 @@ class BlindSpots(ShardedCheck):
         pairs = np.stack([as_rows[src], as_rows[tgt]], axis=1)  # rows of ctx.data
         notes.append(f"prediction and confidence held: same class, source-class probability within {p.conf_tol:g}")
         return Plan(rows=pairs, state={"cls": cls, "conf0": p0[src, cls], "range": vr,
-                                       "queries": clf.queries + data.n}, notes=notes)
+                                       "queries": clf.queries}, notes=notes)
 
     def run_shard(self, ctx: AuditContext, params: Params, plan: Plan, shard: Shard) -> Any:
-        """Scan the paths of the shard's pairs (the data holds source, target, source, ... rows) a chunk of pairs
-        at a time: only a chunk's inputs, directions and path points are ever in memory (a pair's numbers do not
-        depend on its chunk, as they do not depend on its shard). The random directions come from each pair's
-        own stream."""
+        """Scan the paths of the shard's pairs (its data: source, target, source, ... rows) a chunk of pairs at a
+        time."""
         p = params
         data = ctx.require_data()
         n = len(shard.rows)
         if n == 0:
             return {"n": 0}
-        space = input_space(ctx.model, data.x, pixels=data.pixels)
-        geo = Geometry.of(data.x, ctx.model.layout)
-        clf = Classifier.for_data(ctx, data, geo)
+        space, geo = space_of(ctx)
+        clf = Classifier.for_data(ctx, data, space, geo)
         # float64 values a pair holds: its two inputs, their difference, its directions and their starts
         pairs = chunk_rows(1, (3 + 2 * p.random_directions) * geo.size)
         points = chunk_rows(ctx.model.batch_size, geo.size)  # path points scored at once (whole model batches)
         parts = [self._chunk(ctx, p, plan, shard, clf, space, geo, sl, points)
                  for sl in chunk_slices(n, pairs)]
-        out: dict[str, Any] = {k: np.concatenate([q[k] for q in parts]) for k in parts[0]}
-        return {**out, "n": n, "queries": clf.queries}
+        return {**gather_rows(parts), "n": n, "queries": clf.queries}
 
     @staticmethod
     def _chunk(ctx: AuditContext, p: Params, plan: Plan, shard: Shard, clf: Classifier, space: InputSpace,
@@ -255,7 +244,7 @@ class BlindSpots(ShardedCheck):
         if params.random_directions:
             reach = np.concatenate([q["reach"] for q in parts])
             metrics["random_blind_spot_rate"] = float(np.mean(reach >= thr))
-            metrics["random_median_fraction"] = as_float(np.median(reach))
+            metrics["random_median_fraction"] = number_or_none(np.median(reach))
         metrics["queries"] = plan.state["queries"] + sum(q["queries"] for q in parts)
         return CheckResult(metrics=metrics, notes=list(plan.notes), gallery=self._gallery(ctx, params, plan, alpha))
 
@@ -268,7 +257,7 @@ class BlindSpots(ShardedCheck):
         if not len(hit):
             return None
         data = ctx.require_data().subset(np.asarray(plan.rows)[hit].ravel())  # source, target, source, ...
-        space, geo = input_space(ctx.model, data.x, pixels=data.pixels), Geometry.of(data.x, ctx.model.layout)
+        space, geo = space_of(ctx, data.x)
         if not geo.is_image:
             return None
         xc = geo.canonical(space.to_space(np.asarray(data.x))).astype(np.float64)
@@ -276,7 +265,7 @@ class BlindSpots(ShardedCheck):
         shown = {"source": xs, "reached": xs + alpha[hit][:, None, None, None] * (xt - xs), "target": xt}
         k = len(hit)
         src = 2 * np.arange(k)
-        pr = Classifier.for_data(ctx, data, geo).probs(np.concatenate(list(shown.values())).astype(np.float32),
+        pr = Classifier.for_data(ctx, data, space, geo).probs(np.concatenate(list(shown.values())).astype(np.float32),
                                                        np.concatenate([src, src, src + 1]))
         pr = pr.reshape(3, k, -1)
         return blind_spot_gallery(

@@ -23,21 +23,23 @@ from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, CheckResult, Dataset, Need, SkipCheck, param
+from auditor import AuditContext, CheckResult, Need, SkipCheck, param
 from auditor.gallery import input_gallery
-from auditor.perturb import InputSpace, ValueKind, input_space
 from auditor.shards import Plan, RowRandom, RowShards, Shard, ShardedCheck, sampled_rows
 from auditor_robustness._common import (
     Classifier,
-    Geometry,
     ValueStats,
     chunk_rows,
     chunk_slices,
     describe_range,
     examples_param,
+    head_predictions,
     limit_param,
     margins,
     range_param,
+    space_note,
+    space_of,
+    space_range,
 )
 
 #: Share of the values mutated per child, and the mutation std as a share of the input range (large steps,
@@ -69,20 +71,20 @@ def evolve(classifier: Classifier, classes: np.ndarray, shape: tuple[int, int, i
     sigma = np.float32(scale * (hi - lo))
     for g in range(generations):
         step = streams.at(g)
-        mask = step.random(pop.shape) < rate
-        child = np.where(mask, pop + sigma * step.standard_normal(pop.shape, dtype=np.float32), pop)
+        kept = step.random(pop.shape) >= rate  # values a child takes unchanged from its parent
+        child = step.standard_normal(pop.shape, dtype=np.float32) * sigma + pop  # (built in place: one copy)
+        np.copyto(child, pop, where=kept)
         np.clip(child, lo, hi, out=child)
         clogp = classifier.log_probs(child)
         cfit = margins(clogp, target)
         # (μ + λ) selection within each class: parents and children side by side, keep the best μ
         both = np.concatenate([fit.reshape(k, population), cfit.reshape(k, population)], axis=1)
         keep = np.argsort(-both, axis=1, kind="stable")[:, :population]
-        src_child = keep >= population
-        rows = (np.arange(k)[:, None] * population + np.where(src_child, keep - population, keep)).ravel()
-        from_child = src_child.ravel()
-        pop = np.where(from_child[:, None, None, None], child[rows], pop[rows])
-        logp = np.where(from_child[:, None], clogp[rows], logp[rows])
-        fit = np.where(from_child, cfit[rows], fit[rows])
+        rows = (np.arange(k)[:, None] * population + keep % population).ravel()
+        from_child = (keep >= population).ravel()
+        new = rows[from_child]
+        pop, logp, fit = pop[rows], logp[rows], fit[rows]  # from the parents (one copy); children written over
+        pop[from_child], logp[from_child], fit[from_child] = child[new], clogp[new], cfit[new]
         # the survivors carry their slot's stream on: slot j of a class always draws from stream j
         if on_generation is not None:
             on_generation(g + 1)
@@ -94,9 +96,6 @@ class Fooling(ShardedCheck):
     """Confidence on unrecognisable inputs: noise, and inputs evolved to maximise each class."""
 
     name = "robustness.fooling"
-    description = ("Highest confidence the model gives to unrecognizable inputs: uniform and Gaussian noise, "
-                   "and inputs evolved black-box to maximise each class (Nguyen et al. 2015); per class and "
-                   "overall.")
 
     class Params:
         n_noise: int = param(1000, "Random inputs per noise distribution (uniform, Gaussian).", minimum=1)
@@ -130,10 +129,8 @@ class Fooling(ShardedCheck):
     shards = RowShards(rows=1)
 
     def plan(self, ctx: AuditContext, params: Params) -> Plan:
-        """The value range and the noise statistics (from the data), the classes to evolve, and the work items:
-        chunks of ``NOISE_CHUNK`` noise images of both kinds, groups of ``CLASS_GROUP`` classes to evolve. Every
-        noise image and every individual of a class's population has its own random stream, so the items can
-        run anywhere and in any grouping."""
+        """The value range and noise statistics (from the data), the classes to evolve, and the work items:
+        chunks of ``NOISE_CHUNK`` noise images, groups of at most ``CLASS_GROUP`` classes to evolve."""
         p = params
         notes: list[str] = []
         data = rows = None
@@ -148,7 +145,7 @@ class Fooling(ShardedCheck):
             if not shape or len(dims) != len(shape) - 1:
                 raise SkipCheck("no data, and the model input has unknown dimensions")
             first = np.zeros((1, *dims), np.float32)
-        space, geo = self._space(ctx, first)
+        space, geo = space_of(ctx, first)
         space.require_arithmetic("noise images")
         fed = None  # the sample's rows (of ctx.data) whose other per-sample inputs the synthetic inputs take
         if ctx.model.sample_inputs:
@@ -161,39 +158,28 @@ class Fooling(ShardedCheck):
                          f"those of sample row i mod {len(fed)}, class k's population those of row k mod {len(fed)}")
         # the value range and the moments, batch by batch: the sample is never held whole
         stats = None if data is None else ValueStats.of(data.x, None, geo, data.batch_size, np.float32, space)
-        if p.clip is not None:
-            lo, hi = float(p.clip[0]), float(p.clip[1])
-            if not lo < hi:
-                raise ValueError(f"clip: lo must be below hi (got [{lo:g}, {hi:g}])")
-            notes.append(describe_range((lo, hi), True))
-        elif space.pixels is not None:
-            lo, hi = 0.0, 1.0
-            notes.append(space.pixels.describe())
-        elif space.kind is ValueKind.QUANTIZED and space.bounds is not None:
-            lo, hi = space.bounds
-            notes.append(f"{space.describe()}: noise and evolution in float, rounded and clipped back")
-        elif ctx.data is None:
+        if p.clip is None and space.bounds is None and stats is None:
             raise SkipCheck("no data: set clip: [lo, hi] so that the noise has a range")
+        extremes = np.zeros(1) if stats is None else np.array([stats.min, stats.max])
+        lo, hi = space_range(space, p.clip, extremes, geo) or (float(extremes[0]), float(extremes[-1]))
+        if p.clip is not None:
+            notes.append(describe_range((lo, hi), True))
+        elif space.bounds is not None:  # declared pixels or a quantized input
+            notes += space_note(space, "noise and evolution in float, rounded and clipped back")
         else:
-            assert stats is not None
-            lo, hi = stats.min, stats.max
-            if geo.is_image and lo >= 0 and hi <= 1:
-                lo, hi = 0.0, 1.0
-            elif geo.is_image and lo >= 0 and hi <= 255:
-                lo, hi = 0.0, 255.0
             notes.append(f"noise and evolution within [{lo:g}, {hi:g}] (inferred from the data)")
-        if stats is not None:
-            mu, sd = stats.overall()
-        else:
-            mu, sd = (lo + hi) / 2, (hi - lo) / 4
+        mu, sd = stats.overall() if stats is not None else ((lo + hi) / 2, (hi - lo) / 4)
         notes.append(f"Gaussian noise: mean {mu:.4g}, std {sd:.4g}, clipped")
         clf = Classifier(ctx.model, geo, space=space, inputs=self._fed(ctx, fed, np.zeros(1, np.int64)))
         n_classes = clf.probs(np.full((1, geo.c, geo.h, geo.w), (lo + hi) / 2, np.float32)).shape[1]
-        labels = self._class_labels(ctx, data, n_classes)
+        names = None if data is None else head_predictions(ctx, data).classes  # one batch, not a whole pass
+        labels = [str(c) for c in (names if names is not None and len(names) == n_classes else range(n_classes))]
         classes = self._classes(p, n_classes, ctx.rng, notes)
+        # a work item's populations held at once: at most CLASS_GROUP classes, fewer where large inputs need it
+        group = min(CLASS_GROUP, chunk_rows(1, p.population * geo.size))
         units: list[tuple[str, Any]] = [("noise", (i, min(i + NOISE_CHUNK, p.n_noise)))
                                         for i in range(0, p.n_noise, NOISE_CHUNK)]
-        units += [("classes", classes[i:i + CLASS_GROUP]) for i in range(0, len(classes), CLASS_GROUP)]
+        units += [("classes", classes[i:i + group]) for i in range(0, len(classes), group)]
         state = {"lo": lo, "hi": hi, "mu": mu, "sd": sd, "first": first, "fed": fed, "units": units, "classes": classes,
                  "labels": labels, "n_classes": n_classes, "probe_queries": clf.queries}
         return Plan(state=state, notes=notes, items=len(units))
@@ -201,7 +187,7 @@ class Fooling(ShardedCheck):
     def run_shard(self, ctx: AuditContext, params: Params, plan: Plan, shard: Shard) -> Any:
         """The work items of the shard: noise images' probabilities, or the evolved classes' best confidences."""
         p, st = params, plan.state
-        space, geo = self._space(ctx, st["first"])
+        space, geo = space_of(ctx, st["first"])
         clf = Classifier(ctx.model, geo, space=space)
         shape3 = (geo.c, geo.h, geo.w)
         lo, hi = st["lo"], st["hi"]
@@ -270,7 +256,7 @@ class Fooling(ShardedCheck):
             "queries": st["probe_queries"] + sum(q["queries"] for q in partials),
         }
         gallery = None
-        space, geo = self._space(ctx, st["first"])
+        space, geo = space_of(ctx, st["first"])
         if geo.is_image and p.examples and len(classes):
             evo_x = np.concatenate([a for q in partials for a in q["evolved_x"]])
             names = labels if labels != [str(j) for j in range(n_classes)] else None
@@ -284,25 +270,10 @@ class Fooling(ShardedCheck):
         return CheckResult(metrics=metrics, notes=list(plan.notes), gallery=gallery)
 
     @staticmethod
-    def _space(ctx: AuditContext, first: np.ndarray) -> tuple[InputSpace, Geometry]:
-        """The input's value space and geometry, from one row of the data (or a zero input without data)."""
-        space = input_space(ctx.model, first, pixels=ctx.data.pixels if ctx.data is not None else None)
-        return space, Geometry.of(first, ctx.model.layout)
-
-    @staticmethod
     def _fed(ctx: AuditContext, fed: np.ndarray | None, at: np.ndarray) -> dict[str, np.ndarray]:
         """The other per-sample inputs of synthetic inputs numbered ``at`` (noise positions, or each individual's
         class): those of sample row ``at mod m`` of the rows ``fed`` (none for a model with one data input)."""
         return {} if fed is None else ctx.companions(rows=fed[at % len(fed)])
-
-    @staticmethod
-    def _class_labels(ctx: AuditContext, data: Dataset | None, n_classes: int) -> list[str]:
-        """Class labels of the model's output columns (column indices when unknown)."""
-        if data is not None:
-            classes = ctx.predictions(data).classes
-            if classes is not None and len(classes) == n_classes:
-                return [str(c) for c in classes]
-        return [str(j) for j in range(n_classes)]
 
     @staticmethod
     def _classes(p: Params, n_classes: int, rng: np.random.Generator, notes: list[str]) -> np.ndarray:

@@ -16,28 +16,29 @@ inverse problems with deep learning based operators" (Evangelista et al., 2023).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from auditor import AuditContext, CheckResult, Need, SkipCheck, Task, param
-from auditor.perturb import ValueKind, input_space, substitute_ids
-from auditor.shards import Plan, RowRandom, RowShards, Shard, ShardedCheck, sampled_rows
+from auditor.jsonenc import number_or_none
+from auditor.perturb import ValueKind, substitute_ids
+from auditor.shards import Plan, RowRandom, RowShards, Shard, ShardedCheck, gather_rows, sampled_rows
 from auditor_robustness._common import (
     Classifier,
-    Geometry,
     ValueStats,
-    as_float,
     chunk_rows,
     chunk_slices,
     describe_range,
+    head_predictions,
     label_notes,
     limit_param,
     range_param,
+    space_note,
+    space_of,
     space_range,
     targets,
-    task_of_sample,
 )
 
 KINDS = ("gaussian", "uniform", "salt_pepper", "blur", "brightness", "contrast", "feature", "substitute")
@@ -141,12 +142,9 @@ def curve_area(sev: list[float], values: list[float | None], clean: float | None
 
 
 class NoiseSweep(ShardedCheck):
-    """Accuracy and flip rate over a list of noise or corruption severities."""
+    """Accuracy and flip rate over noise or corruption severities (noise amplification for non-classifiers)."""
 
     name = "robustness.noise"
-    description = ("Accuracy and prediction-flip rate under Gaussian / uniform / salt-and-pepper noise, blur, "
-                   "brightness, contrast (images, any layout) or per-column feature noise (tabular), as a "
-                   "curve over severities; noise amplification for non-classifiers.")
 
     class Params:
         kind: str = param("gaussian", "Corruption: gaussian, uniform, salt_pepper, blur, brightness, contrast "
@@ -208,9 +206,8 @@ class NoiseSweep(ShardedCheck):
         p, kind = params, params.kind
         rows, notes = sampled_rows(ctx, p.limit)
         full = ctx.require_data()
-        first = np.asarray(full.x[:full.batch_size] if rows is None else full.x[rows[:full.batch_size]])
-        space = input_space(ctx.model, first, pixels=full.pixels)
-        task = task_of_sample(ctx, full, first, rows)  # decided once, from the whole sample's labels
+        space, geo = space_of(ctx)
+        task = head_predictions(ctx, full, rows).task  # decided once, from the whole sample's labels
         if space.kind is ValueKind.IDS or kind == "substitute":
             if kind != "substitute":
                 space.require_arithmetic(f"kind {kind}")
@@ -229,21 +226,15 @@ class NoiseSweep(ShardedCheck):
                 notes.append(sev_note)
             return Plan(rows=rows, state={"ids": True, "severities": severities, "task": Task.CLASSIFICATION},
                         notes=notes)
-        geo = Geometry.of(full.x, ctx.model.layout)
         if kind in IMAGE_ONLY and not geo.is_image:
             raise SkipCheck(f"kind {kind} needs 4-D image inputs (got per-sample shape {list(geo.shape)})")
         severities, sev_note = self._severities(p, kind)
         work = space.work_dtype
-        if space.pixels is not None:
-            notes.append(space.pixels.describe())
-        elif space.kind is ValueKind.QUANTIZED:
-            notes.append(f"{space.describe()}: noise is added in float and rounded and clipped back")
-        bounded = p.clip is None and space.bounds is not None and (space.kind is ValueKind.QUANTIZED
-                                                                   or space.pixels is not None)
+        notes += space_note(space, "noise is added in float and rounded and clipped back")
         # The statistics cost a pass over the whole sample (for an image folder: decoding it); only feature
-        # noise and an unknown value range need them.
+        # noise and an unknown value range (no clip, not pixels or quantized values) need them.
         stats = ValueStats.of(full.x, rows, geo, full.batch_size, work, space) \
-            if kind == "feature" or (p.clip is None and not bounded) else None
+            if kind == "feature" or (p.clip is None and space.bounds is None) else None
         rng_ = space_range(space, p.clip, np.zeros(1) if stats is None else np.array([stats.min, stats.max]), geo)
         notes.append(describe_range(rng_, p.clip is not None))
         value_lo: np.ndarray | float
@@ -266,104 +257,112 @@ class NoiseSweep(ShardedCheck):
         return Plan(rows=rows, state=state, notes=notes)
 
     def run_shard(self, ctx: AuditContext, params: Params, plan: Plan, shard: Shard) -> Any:
-        """Clean and corrupted predictions (or output changes) of the shard's rows; every sample's noise comes
-        from its own stream (per severity and repeat), so the numbers do not depend on the shard size.
-
-        The shard's clean inputs are held once, in the perturbation space; every draw is made, perturbed and
-        scored chunk by chunk (:func:`~auditor_robustness._common.chunk_rows`), so a shard of 512 ImageNet-sized
-        images never has more than one chunk's perturbed copies alive. A chunk draws from its own rows' streams,
-        which gives exactly the values one draw over the whole shard would."""
+        """Clean and corrupted predictions (or output changes) of the shard's rows. The clean inputs are held once,
+        in the perturbation space; each draw is made, perturbed and scored a chunk at a time (bounded memory),
+        from each row's own stream per severity and repeat: the numbers depend on neither shard nor chunk."""
         p, kind, st = params, params.kind, plan.state
         data = ctx.require_data()
-        if data.n == 0:
-            return {"n": 0}
-        severities = st["severities"]
+        severities, n = st["severities"], data.n
         key = "severity" if st["ids"] or kind not in SIGMA_KINDS else "sigma"
-        preds = np.empty((len(severities), p.repeats, data.n), dtype=np.int32)
+        preds = np.empty((n, len(severities), p.repeats), dtype=np.int32)
         streams = shard.random(ctx)
-        if st["ids"]:
-            x = np.asarray(data.x)  # token ids: small
-            space = input_space(ctx.model, x)
-            assert space.vocab is not None
-            clean_pred, y, _ = targets(ctx, data, ctx.predict_proba(x, data=data))
+        space, geo = space_of(ctx)
+        others = ctx.companions(data=data)
+
+        def sweep(perturb: Callable[[float, slice, RowRandom], np.ndarray],
+                  score: Callable[[int, int, slice, np.ndarray], None]) -> None:
             for i, sev in enumerate(severities):
                 for r in range(p.repeats):
                     ctx.check_cancelled()
-                    xs = substitute_ids(x, sev, streams.at(i, r), space.vocab, mask_id=p.mask_id)
-                    preds[i, r] = ctx.predict_proba(xs, data=data).argmax(axis=1)
-                    ctx.report_progress(i * p.repeats + r + 1, len(severities) * p.repeats, f"severity {sev:g}")
-            return {"n": data.n, "clean": clean_pred, "y": y, "preds": preds}
-        geo = Geometry.of(data.x, ctx.model.layout)
-        space = input_space(ctx.model, data.x, pixels=data.pixels)
-        chunks = chunk_slices(data.n, chunk_rows(ctx.model.batch_size, geo.size))
+                    for sl in chunks:
+                        score(i, r, sl, perturb(sev, sl, streams.at(i, r).rows(sl)))
+                    ctx.report_progress(i * p.repeats + r + 1, len(severities) * p.repeats, f"{key} {sev:g}")
+
+        if st["ids"]:
+            x, vocab, chunks = np.asarray(data.x), space.vocab, [slice(0, n)]  # token ids: small
+            assert vocab is not None
+            clean_pred, y = targets(ctx, data, ctx.predict_proba(x, data=data))
+
+            def substituted(sev: float, sl: slice, rng: RowRandom) -> np.ndarray:
+                return substitute_ids(x[sl], sev, rng, vocab, mask_id=p.mask_id)
+
+            def predicted(i: int, r: int, sl: slice, xs: np.ndarray) -> None:
+                preds[sl, i, r] = ctx.predict_proba(xs, data=data, rows=sl).argmax(axis=1)
+
+            sweep(substituted, predicted)
+            return {"clean": clean_pred, "preds": preds} | ({} if y is None else {"y": y})
+        chunks = chunk_slices(n, chunk_rows(ctx.model.batch_size, geo.size))
         regression = st["task"] == Task.REGRESSION
-        xc = np.empty((data.n, geo.c, geo.h, geo.w), dtype=space.work_dtype)
+        xc = np.empty((n, geo.c, geo.h, geo.w), dtype=space.work_dtype)
         f0: np.ndarray | None = None  # regression: the clean outputs, as the model returns them
-        others = ctx.companions(data=data)
+        out_name = ctx.model.outputs[0]
         for sl in chunks:  # one read of the shard's rows, a chunk at a time
             xb = np.asarray(data.x[sl])
             xc[sl] = geo.canonical(space.to_space(xb))
             if regression:
-                out_name = ctx.model.outputs[0]
                 fb = ctx.model.run(xb, [out_name], inputs={k: v[sl] for k, v in others.items()})[out_name]
                 if f0 is None:
-                    f0 = np.empty((data.n, int(np.prod(fb.shape[1:]))), dtype=fb.dtype)
+                    f0 = np.empty((n, int(np.prod(fb.shape[1:]))), dtype=fb.dtype)
                 f0[sl] = fb.reshape(len(xb), -1)
         rng_ = st["range"]
 
-        def perturbed(sev: float, part: np.ndarray, rng: RowRandom) -> np.ndarray:
-            out = corrupt(kind, part, sev, rng, value_lo=st["value_lo"], value_hi=st["value_hi"],
+        def perturbed(sev: float, sl: slice, rng: RowRandom) -> np.ndarray:
+            out = corrupt(kind, xc[sl], sev, rng, value_lo=st["value_lo"], value_hi=st["value_hi"],
                           span=st["span"], column_std=st["column_std"])
             if rng_ is not None:
                 out = np.clip(out, rng_[0], rng_[1], out=out)
             return space.snap(out)  # integer-valued inputs: the values the model is really fed
 
-        if regression:
+        if regression:  # per sample ‖f(x+n) − f(x)‖ and ‖n‖ (in the perturbation space: pixels when declared)
             assert f0 is not None
-            return self._amplification_shard(ctx, data, geo, space, xc, f0, chunks, severities, perturbed,
-                                             p.repeats, streams)
-        clf = Classifier.for_data(ctx, data, geo, space=space)
-        clean = np.empty((data.n, 0))
+            dn, df = np.empty(preds.shape), np.empty(preds.shape)
+
+            def amplified(i: int, r: int, sl: slice, xn: np.ndarray) -> None:
+                f1 = ctx.model.run(space.from_space(geo.to_model(xn)), [out_name],
+                                   inputs={k: v[sl] for k, v in others.items()})[out_name]
+                k = len(xn)
+                dn[sl, i, r] = np.linalg.norm((xn.astype(np.float64) - xc[sl]).reshape(k, -1), axis=1)
+                df[sl, i, r] = np.linalg.norm(f1.reshape(k, -1).astype(np.float64) - f0[sl], axis=1)
+
+            sweep(perturbed, amplified)
+            return {"dn": dn, "df": df}
+        clf = Classifier.for_data(ctx, data, space, geo)
+        clean = np.empty((n, 0))
         for sl in chunks:
             probs = clf.probs(xc[sl], np.arange(sl.start, sl.stop))
             if clean.shape[1] != probs.shape[1]:
-                clean = np.empty((data.n, probs.shape[1]))
+                clean = np.empty((n, probs.shape[1]))
             clean[sl] = probs
-        clean_pred, y, _ = targets(ctx, data, clean)
-        for i, sev in enumerate(severities):
-            for r in range(p.repeats):
-                ctx.check_cancelled()
-                for sl in chunks:
-                    part = perturbed(sev, xc[sl], streams.at(i, r).rows(sl))
-                    preds[i, r, sl] = clf.probs(part, np.arange(sl.start, sl.stop)).argmax(axis=1)
-                ctx.report_progress(i * p.repeats + r + 1, len(severities) * p.repeats, f"{key} {sev:g}")
-        return {"n": data.n, "clean": clean_pred, "y": y, "preds": preds}
+        clean_pred, y = targets(ctx, data, clean)
+
+        def classified(i: int, r: int, sl: slice, xn: np.ndarray) -> None:
+            preds[sl, i, r] = clf.probs(xn, np.arange(sl.start, sl.stop)).argmax(axis=1)
+
+        sweep(perturbed, classified)
+        return {"clean": clean_pred, "preds": preds} | ({} if y is None else {"y": y})
 
     def merge(self, ctx: AuditContext, params: Params, plan: Plan, partials: Sequence[Any]) -> CheckResult:
-        """Accuracy and flip rate per severity over every shard's rows."""
+        """Accuracy and flip rate (or noise amplification) per severity over every shard's rows."""
         st = plan.state
         key = "severity" if st["ids"] or params.kind not in SIGMA_KINDS else "sigma"
         notes = list(plan.notes)
-        parts = [q for q in partials if q["n"]]
-        n = sum(q["n"] for q in parts)
+        g = gather_rows(partials)
         if st["ids"]:
             others = ctx.companions(data=ctx.require_data())
             if others:
                 notes.append(f"other inputs passed through unchanged: {', '.join(others)}")
         if st["task"] == Task.REGRESSION:
-            return self._amplification_merge(parts, n, st["severities"], key, notes)
-        clean = np.concatenate([q["clean"] for q in parts])
-        preds = np.concatenate([q["preds"] for q in parts], axis=2)
-        y = None if parts[0]["y"] is None else np.concatenate([q["y"] for q in parts])
+            return self._amplification_merge(g["dn"], g["df"], st["severities"], key, notes)
+        clean, preds, y = g["clean"], g["preds"], g.get("y")
         notes += label_notes(y)
         clean_acc = None if y is None else float(np.mean(clean == y))
         curve: list[dict[str, Any]] = []
         for i, sev in enumerate(st["severities"]):
-            flips = [float(np.mean(pr != clean)) for pr in preds[i]]
-            accs = [float(np.mean(pr == y)) for pr in preds[i]] if y is not None else []
+            flips = [float(np.mean(pr != clean)) for pr in preds[:, i].T]
+            accs = [float(np.mean(pr == y)) for pr in preds[:, i].T] if y is not None else []
             curve.append({key: float(sev), "accuracy": float(np.mean(accs)) if accs else None,
                           "flip_rate": float(np.mean(flips))})
-        return CheckResult(metrics=self._summary(curve, key, clean_acc, n), notes=notes)
+        return CheckResult(metrics=self._summary(curve, key, clean_acc, len(clean)), notes=notes)
 
     @staticmethod
     def _severities(p: Params, kind: str) -> tuple[list[float], str]:
@@ -393,44 +392,20 @@ class NoiseSweep(ShardedCheck):
         return m
 
     @staticmethod
-    def _amplification_shard(ctx: AuditContext, data: Any, geo: Geometry, space: Any, xc: np.ndarray,
-                             f0: np.ndarray, chunks: list[slice], severities: list[float], perturbed: Any,
-                             repeats: int, streams: RowRandom) -> dict[str, Any]:
-        """Per-sample ``‖f(x+n) − f(x)‖`` and ``‖n‖`` of a non-classifier (regression, image-to-image); ``xc``
-        holds the clean inputs in the perturbation space (pixels in [0, 1] with declared preprocessing, where
-        ``‖n‖`` is measured), ``f0`` the clean outputs."""
-        out_name = ctx.model.outputs[0]
-        others = ctx.companions(data=data)
-        dn_all = np.empty((len(severities), repeats, len(xc)))
-        df_all = np.empty_like(dn_all)
-        for i, sev in enumerate(severities):
-            for r in range(repeats):
-                ctx.check_cancelled()
-                for sl in chunks:
-                    xn = perturbed(sev, xc[sl], streams.at(i, r).rows(sl))
-                    f1 = ctx.model.run(space.from_space(geo.to_model(xn)), [out_name],
-                                       inputs={k: v[sl] for k, v in others.items()})[out_name]
-                    k = len(xn)
-                    dn_all[i, r, sl] = np.linalg.norm((xn.astype(np.float64) - xc[sl]).reshape(k, -1), axis=1)
-                    df_all[i, r, sl] = np.linalg.norm(f1.reshape(k, -1).astype(np.float64) - f0[sl], axis=1)
-        return {"n": len(xc), "dn": dn_all, "df": df_all}
-
-    @staticmethod
-    def _amplification_merge(parts: list[dict[str, Any]], n: int, severities: list[float], key: str,
+    def _amplification_merge(dn_all: np.ndarray, df_all: np.ndarray, severities: list[float], key: str,
                              notes: list[str]) -> CheckResult:
-        """Noise amplification ``‖f(x + n) − f(x)‖ / ‖n‖`` (median over samples) per severity."""
-        dn_all = np.concatenate([q["dn"] for q in parts], axis=2)
-        df_all = np.concatenate([q["df"] for q in parts], axis=2)
+        """Noise amplification ``‖f(x + n) − f(x)‖ / ‖n‖`` (median over samples) per severity; ``dn_all`` and
+        ``df_all`` hold ``‖n‖`` and ``‖f(x + n) − f(x)‖`` per sample, severity and repeat."""
         curve: list[dict[str, Any]] = []
         for i, sev in enumerate(severities):
             amps, changes = [], []
-            for dn, df in zip(dn_all[i], df_all[i]):
+            for dn, df in zip(dn_all[:, i].T, df_all[:, i].T):
                 moved = dn > 0
                 amps.append(float(np.median(df[moved] / dn[moved])) if moved.any() else math.nan)
                 changes.append(float(np.mean(df)))
-            curve.append({key: float(sev), "amplification": as_float(np.nanmean(amps)),
+            curve.append({key: float(sev), "amplification": number_or_none(np.nanmean(amps)),
                           "output_change": float(np.mean(changes))})
         notes.append("not a classifier: the curve reports noise amplification ‖f(x+n) − f(x)‖ / ‖n‖ (median)")
         amps_all = [c["amplification"] for c in curve if c["amplification"] is not None]
-        return CheckResult(metrics={"n": n, "curve": curve,
+        return CheckResult(metrics={"n": len(dn_all), "curve": curve,
                                     "max_amplification": max(amps_all) if amps_all else None}, notes=notes)

@@ -37,19 +37,20 @@ import numpy as np
 
 from auditor import AuditContext, CheckResult, Finding, ModelHandle, Need, param
 from auditor.gallery import adversarial_gallery, class_names
-from auditor.perturb import ValueKind, input_space
-from auditor.shards import Plan, RowRandom, RowShards, Shard, ShardedCheck, sampled_rows
+from auditor.jsonenc import number_or_none
+from auditor.shards import Plan, RowRandom, RowShards, Shard, ShardedCheck, gather_rows, sampled_rows
 from auditor_robustness._common import (
     Classifier,
     Geometry,
     ValueStats,
-    as_float,
     describe_range,
     examples_param,
     label_notes,
     limit_param,
     margins,
     range_param,
+    space_note,
+    space_of,
     space_range,
     targets,
 )
@@ -112,7 +113,7 @@ def _inward(bound: np.ndarray, dtype: np.dtype, lower: bool) -> np.ndarray:
     return b
 
 
-def _rows(bound: np.ndarray, rows: np.ndarray) -> np.ndarray:
+def _rows(bound: np.ndarray, rows: np.ndarray | np.integer[Any]) -> np.ndarray:
     """``bound[rows]`` for per-value bounds; a scalar bound as it is."""
     return bound if bound.ndim == 0 else bound[rows]
 
@@ -148,12 +149,6 @@ class _Window:
         """Uniformly placed windows, one per sample, fully inside the image."""
         return cls(rng.integers(0, h - sh + 1, n), rng.integers(0, w - sw + 1, n), sh, sw, c)
 
-    def mask(self, h: int, w: int) -> np.ndarray:
-        """``(n, 1, h, w)`` boolean mask of each sample's window."""
-        r = (np.arange(h) >= self.rows0[:, None]) & (np.arange(h) < self.rows0[:, None] + self.sh)
-        c = (np.arange(w) >= self.cols0[:, None]) & (np.arange(w) < self.cols0[:, None] + self.sw)
-        return (r[:, :, None] & c[:, None, :])[:, None]
-
 
 def _window_shape(p: float, h: int, w: int, norm: str) -> tuple[int, int]:
     """Side lengths of the square for share ``p`` of the pixels (a run of ``p·w`` features for vectors)."""
@@ -170,19 +165,6 @@ def _window_shape(p: float, h: int, w: int, norm: str) -> tuple[int, int]:
         s += 1 - s % 2
         s = min(s, h, w)
     return s, s
-
-
-@dataclass(frozen=True)
-class _RowQuery:
-    """``log_probs`` as the attack's runs call it, ``(batch, rows of this run)``: rows are mapped to rows of the
-    attacked ``x`` and passed on when the caller asked for them."""
-
-    fn: Callable[..., np.ndarray]
-    todo: np.ndarray
-    with_rows: bool
-
-    def __call__(self, batch: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        return self.fn(batch, self.todo[rows]) if self.with_rows else self.fn(batch)
 
 
 def square_attack(
@@ -231,14 +213,10 @@ def square_attack(
     lo_el = np.minimum(lo, x64)
     hi_el = np.maximum(hi, x64)
     if norm == "linf":
-        lb = _inward(np.maximum(lo_el, x64 - eps), dtype, lower=True)
-        ub = _inward(np.minimum(hi_el, x64 + eps), dtype, lower=False)
+        lo_el, hi_el = np.maximum(lo_el, x64 - eps), np.minimum(hi_el, x64 + eps)
     elif np.all(lo_el == lo) and np.all(hi_el == hi):  # every value inside the range: scalar bounds do
-        lb = _inward(np.asarray(float(lo)), dtype, lower=True)
-        ub = _inward(np.asarray(float(hi)), dtype, lower=False)
-    else:
-        lb = _inward(lo_el, dtype, lower=True)
-        ub = _inward(hi_el, dtype, lower=False)
+        lo_el, hi_el = np.asarray(float(lo)), np.asarray(float(hi))
+    lb, ub = _inward(lo_el, dtype, lower=True), _inward(hi_el, dtype, lower=False)
     x_adv = x.copy()
     fooled = np.zeros(n, dtype=bool)
     queries = np.zeros(n, dtype=np.int64)
@@ -248,7 +226,10 @@ def square_attack(
         todo = np.flatnonzero(~fooled)
         if len(todo) == 0:
             break
-        rows_fn = _RowQuery(log_probs, todo, with_rows)
+
+        def rows_fn(batch: np.ndarray, rows: np.ndarray, todo: np.ndarray = todo) -> np.ndarray:
+            return log_probs(batch, todo[rows]) if with_rows else log_probs(batch)  # rows of x, when asked for
+
         best, m, q = step(rows_fn, x[todo], y[todo], _rows(lb, todo), _rows(ub, todo), eps, max_queries, p_init,
                           streams.at(restart).rows(todo), on_step)
         x_adv[todo] = best
@@ -324,8 +305,7 @@ def _project_l2(x: np.ndarray, delta: np.ndarray, sq: np.ndarray, eps: float, lb
     u = float(np.finfo(dt).eps) / 2
     for row in np.flatnonzero(sq_out * (1 + 3 * u) > eps**2):  # rare: exact measure, shrink if needed
         x64 = x[row].astype(np.float64)
-        lb_r = lb if lb.ndim == 0 else lb[row]
-        ub_r = ub if ub.ndim == 0 else ub[row]
+        lb_r, ub_r = _rows(lb, row), _rows(ub, row)
         for shrink in (1 - 1e-6, 1 - 1e-5, 1 - 1e-4, 1 - 1e-3, 0.99, 0.9, 0.0):  # 0: x itself, inside
             dd = out[row].astype(np.float64) - x64
             n2 = float(np.sum(dd**2))
@@ -412,13 +392,9 @@ def perturbation_norms(x: np.ndarray, x_adv: np.ndarray, norm: str) -> np.ndarra
 
 
 class SquareAttack(ShardedCheck):
-    """Square Attack (L∞ or L2) on the correctly classified samples, every success verified."""
+    """Square Attack (L∞ or L2) on the correctly classified samples, every success verified in a fresh session."""
 
     name = "robustness.square_attack"
-    description = ("Square Attack (Andriushchenko et al. 2020), black-box through ONNX Runtime: L∞ or L2, margin "
-                   "loss, per-sample early stop, the published square-size schedule; success rate, robust "
-                   "accuracy, queries and perturbation norms, each adversarial example verified in a fresh "
-                   "session.")
 
     class Params:
         eps: float | None = param(None, "Radius of the perturbation ball (input units). null: 0.03 (linf) or 0.5 (l2) "
@@ -463,15 +439,10 @@ class SquareAttack(ShardedCheck):
         p, norm = params, params.norm
         rows, notes = sampled_rows(ctx, p.limit)
         full = ctx.require_data()
-        first = np.asarray(full.x[:full.batch_size] if rows is None else full.x[rows[:full.batch_size]])
-        space = input_space(ctx.model, first, pixels=full.pixels)
+        space, geo = space_of(ctx)
         space.require_arithmetic("an attack adding real-valued perturbations")
-        geo = Geometry.of(full.x, ctx.model.layout)
-        if space.pixels is not None:
-            notes.append(space.pixels.describe())
-        elif space.kind is ValueKind.QUANTIZED:
-            notes.append(f"{space.describe()}: the attack works in float; every query and example is rounded "
-                         f"and clipped back to the input's values")
+        notes += space_note(space, "the attack works in float; every query and example is rounded and clipped back "
+                            "to the input's values")
         stats = ValueStats.of(full.x, rows, geo, full.batch_size, space.work_dtype, space)
         vr = space_range(space, p.clip, np.array([stats.min, stats.max]), geo)
         notes.append(describe_range(vr, p.clip is not None))
@@ -489,18 +460,15 @@ class SquareAttack(ShardedCheck):
 
     def run_shard(self, ctx: AuditContext, params: Params, plan: Plan, shard: Shard) -> Any:
         """Attack the shard's correctly classified rows (each from its own random stream), verify what was
-        found."""
+        found; per-row results under ``"rows"`` (gathered), counts beside them."""
         p, norm = params, params.norm
         lo, hi, eps = plan.state["lo"], plan.state["hi"], plan.state["eps"]
         data = ctx.require_data()
-        if data.n == 0:
-            return {"n": 0}
-        space = input_space(ctx.model, data.x, pixels=data.pixels)
-        geo = Geometry.of(data.x, ctx.model.layout)
+        space, geo = space_of(ctx)
         xc = geo.canonical(space.to_space(np.asarray(data.x)))
-        clf = Classifier.for_data(ctx, data, geo)
+        clf = Classifier.for_data(ctx, data, space, geo)
         clean_probs = clf.probs(xc)
-        clean_pred, y, _ = targets(ctx, data, clean_probs)
+        clean_pred, y = targets(ctx, data, clean_probs)
         ref = clean_pred if y is None else y
         correct = clean_pred == ref
         idx = np.flatnonzero(correct)
@@ -531,53 +499,39 @@ class SquareAttack(ShardedCheck):
         rows = data.indices[idx[good]] if data.indices is not None else shard.rows[idx[good]]
         clean = clean_probs[idx[good]]
         return {"n": data.n, "n_attacked": len(idx), "y": y, "correct": int(correct.sum()), "found": len(found),
-                "x": xc[idx][good], "x_adv": res.x_adv[good], "queries": res.queries[good],
-                "queries_total": int(res.queries.sum()), "labels": ref[idx[good]], "rows": rows,
-                "duration": duration,
-                # for the report's gallery: what the model says of each verified example and its original
-                "pred": clean.argmax(axis=1), "conf": clean.max(axis=1),
-                "pred_adv": adv_probs[ok].argmax(axis=1), "conf_adv": adv_probs[ok].max(axis=1)}
+                "queries_total": int(res.queries.sum()), "duration": duration,
+                "rows": {"x": xc[idx][good], "x_adv": res.x_adv[good], "queries": res.queries[good],
+                         "labels": ref[idx[good]], "rows": rows,
+                         # for the report's gallery: what the model says of each verified example and its original
+                         "pred": clean.argmax(axis=1), "conf": clean.max(axis=1),
+                         "pred_adv": adv_probs[ok].argmax(axis=1), "conf_adv": adv_probs[ok].max(axis=1)}}
 
     def merge(self, ctx: AuditContext, params: Params, plan: Plan, partials: Sequence[Any]) -> CheckResult:
         """Success rate, robust accuracy, queries and norms over every shard's verified examples."""
         norm, eps = params.norm, plan.state["eps"]
-        notes = list(plan.notes)
-        parts = [p for p in partials if p["n"]]
-        n = sum(p["n"] for p in parts)
-        n_att = sum(p["n_attacked"] for p in parts)
-        labelled = bool(parts) and parts[0]["y"] is not None
-        if parts:
-            notes += label_notes(np.concatenate([p["y"] for p in parts]) if labelled else None)
-
-        def cat(key: str, like: np.ndarray) -> np.ndarray:
-            return np.concatenate([p[key] for p in parts]) if parts else like
-
-        x_good = cat("x", np.zeros(0))
-        x_adv = cat("x_adv", np.zeros(0))
-        q = cat("queries", np.zeros(0, np.int64))
-        ref_good = cat("labels", np.zeros(0, np.int64))
-        rows = cat("rows", np.zeros(0, np.int64))
+        n, n_att, n_found = (sum(q[k] for q in partials) for k in ("n", "n_attacked", "found"))
+        labelled = partials[0]["y"] is not None
+        notes = plan.notes + label_notes(np.concatenate([q["y"] for q in partials]) if labelled else None)
+        g = gather_rows([q["rows"] for q in partials])
+        x_good, x_adv, q, ref_good, rows = g["x"], g["x_adv"], g["queries"], g["labels"], g["rows"]
         n_good = len(q)
-        n_found = sum(p["found"] for p in parts)
         norms = perturbation_norms(x_good, x_adv, norm) if n_good else np.zeros(0)
-        first = np.asarray(ctx.require_data().x[:1])
-        geo = Geometry.of(first, ctx.model.layout)
-        space = input_space(ctx.model, first, pixels=ctx.require_data().pixels)
+        space, geo = space_of(ctx)
         metrics: dict[str, Any] = {
             "n": n,
             "n_attacked": n_att,
-            "clean_accuracy": float(sum(p["correct"] for p in parts) / n) if labelled and n else None,
+            "clean_accuracy": float(sum(p["correct"] for p in partials) / n) if labelled else None,
             "success_rate": n_good / n_att if n_att else None,
-            "robust_accuracy": (n_att - n_good) / n if n else None,
-            "median_queries": as_float(np.median(q)) if len(q) else None,
-            "mean_queries": as_float(np.mean(q)) if len(q) else None,
-            "median_perturbation_norm": as_float(np.median(norms)) if len(norms) else None,
-            "max_perturbation_norm": as_float(np.max(norms)) if len(norms) else None,
+            "robust_accuracy": (n_att - n_good) / n,
+            "median_queries": number_or_none(np.median(q)) if n_good else None,
+            "mean_queries": number_or_none(np.mean(q)) if n_good else None,
+            "median_perturbation_norm": number_or_none(np.median(norms)) if n_good else None,
+            "max_perturbation_norm": number_or_none(np.max(norms)) if n_good else None,
             "unverified": int(n_found - n_good),
-            "queries_total": int(sum(p["queries_total"] for p in parts)),
+            "queries_total": int(sum(p["queries_total"] for p in partials)),
             "eps": float(eps),
             "norm": norm,
-            "duration_s": float(sum(p["duration"] for p in parts)),
+            "duration_s": float(sum(p["duration"] for p in partials)),
         }
         findings = []
         if n_found > n_good:
@@ -592,14 +546,10 @@ class SquareAttack(ShardedCheck):
         gallery = None
         if n_good and params.examples:
             k = min(params.examples, n_good)  # the first k verified examples in sample (shard) order
-
-            def head(key: str) -> np.ndarray:
-                return np.concatenate([p[key][:k] for p in parts])[:k]
-
             gallery = adversarial_gallery(
                 x_good[:k], x_adv[:k], layout="NCHW" if geo.is_image else None, labels=ref_good[:k],
-                predicted=head("pred"), confidence=head("conf"), predicted_adv=head("pred_adv"),
-                confidence_adv=head("conf_adv"), rows=rows[:k], value_range=(plan.state["lo"], plan.state["hi"]),
+                predicted=g["pred"][:k], confidence=g["conf"][:k], predicted_adv=g["pred_adv"][:k],
+                confidence_adv=g["conf_adv"][:k], rows=rows[:k], value_range=(plan.state["lo"], plan.state["hi"]),
                 classes=class_names(ctx.model, ctx.data), total=n_good, k=k, norms={norm: norms[:k]},
                 title=f"Square Attack ({norm}, eps {eps:.4g}): adversarial examples",
                 space="un-normalised pixels" if space.pixels is not None else "model input values",
@@ -616,7 +566,8 @@ class SquareAttack(ShardedCheck):
                           eps: float, norm: str, lo: float, hi: float, clf: Classifier | None = None,
                           rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Which examples are inside the ε-ball and the valid range (float64) and misclassified by a freshly
-        opened session of the same model; and that session's probabilities for each example."""
+        opened session of the same model (in ``clf``'s value space, with the other inputs of its ``rows``); and
+        that session's probabilities for each example."""
         if len(x) == 0:
             return np.zeros(0, dtype=bool), np.zeros((0, 1))
         x64, a64 = x.astype(np.float64), x_adv.astype(np.float64)
