@@ -42,10 +42,7 @@ class Geometry:
         """The geometry of batch ``x`` (batch-first) for a model whose layout is ``model_layout``."""
         shape = tuple(int(d) for d in x.shape[1:])
         if len(shape) == 3 and model_layout in ("NCHW", "NHWC"):
-            if model_layout == "NCHW":
-                c, h, w = shape
-            else:
-                h, w, c = shape
+            c, h, w = shape if model_layout == "NCHW" else (shape[2], shape[0], shape[1])
             return cls(shape, model_layout, c, h, w)
         return cls(shape, None, 1, 1, int(np.prod(shape)) if shape else 1)
 
@@ -123,12 +120,10 @@ def describe_range(rng: tuple[float, float] | None, given: bool) -> str:
 class Classifier:
     """Batched black-box access to a classifier: class scores for inputs in canonical layout.
 
-    Reads the outputs the way :meth:`auditor.AuditContext.predictions` does (``interpret``), but without first
-    running the whole data set, so that a sampled audit of a large data set costs only its sample. When the
-    model ends in a Softmax, the logits entering it are read instead (``prefer_logits``): margins stay exact
-    where float32 probabilities saturate to 0 and 1. Once the first call has shown which output holds the score
-    matrix, later calls fetch only that one and skip the general reading (attacks call this thousands of
-    times). ``queries`` counts the inputs sent to the model.
+    Reads the outputs as :meth:`auditor.AuditContext.predictions` does, without running the whole data set first;
+    when the model ends in a Softmax, the logits entering it (``prefer_logits``): margins stay exact where float32
+    probabilities saturate to 0 and 1. Once the first call has shown which output holds the score matrix, later
+    calls (attacks make thousands) fetch only that one. ``queries`` counts the inputs sent to the model.
 
     ``space`` maps the float perturbations back to what the input takes (rounded and clipped for uint8
     images); ``inputs`` holds the model's other per-sample inputs (``Dataset.inputs``): a query of rows ``rows``
@@ -236,24 +231,18 @@ def margins(log_probs: np.ndarray, y: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class ValueStats:
     """Per-value statistics of canonical inputs over many rows, gathered batch by batch (a plan never holds
-    the whole sample): each value's min, max, mean and standard deviation, and the overall min, max, mean and
+    the whole sample): each value's min, max, mean and standard deviation, and the overall extremes, mean and
     standard deviation."""
 
     lo: np.ndarray
     hi: np.ndarray
     mean: np.ndarray
     std: np.ndarray
-    n: int
 
     @property
-    def min(self) -> float:
-        """Smallest value of any row."""
-        return float(self.lo.min())
-
-    @property
-    def max(self) -> float:
-        """Largest value of any row."""
-        return float(self.hi.max())
+    def extremes(self) -> np.ndarray:
+        """The smallest and the largest value of any row (float64)."""
+        return np.array([self.lo.min(), self.hi.max()], dtype=np.float64)
 
     def overall(self) -> tuple[float, float]:
         """Mean and standard deviation of every value of every row together (from the per-value ones: the
@@ -262,36 +251,25 @@ class ValueStats:
         return mu, float(np.sqrt(np.mean(self.std**2) + np.mean((self.mean - mu) ** 2)))
 
     @classmethod
-    def of(cls, x: Any, rows: np.ndarray | None, geometry: Geometry, batch: int,
-           dtype: Any = np.float32, space: InputSpace | None = None) -> ValueStats:
-        """Statistics of rows ``rows`` (``None``: all) of batch-first ``x`` in canonical layout, in ``dtype``
-        (in ``space``'s perturbation space when given: the values a perturbation sees); the standard deviation
-        combines per-batch means and squared deviations (Chan et al.), in float64."""
-        idx = np.arange(len(x)) if rows is None else np.asarray(rows)
-        lo = hi = mean = m2 = None
-        n = 0
-        for start in range(0, max(len(idx), 1), batch):
-            part = idx[start:start + batch]
-            if len(part) == 0:
-                break
-            raw = np.asarray(x[part])
-            xc: np.ndarray = geometry.canonical(raw if space is None else space.to_space(raw)).astype(dtype)
-            b_lo, b_hi = xc.min(axis=0), xc.max(axis=0)
+    def of(cls, x: Any, rows: np.ndarray | None, geometry: Geometry, batch: int, dtype: Any,
+           space: InputSpace) -> ValueStats:
+        """Statistics of rows ``rows`` (``None``: all) of batch-first ``x`` in canonical layout, in ``dtype``, in
+        ``space``'s perturbation space (the values a perturbation sees); the standard deviation combines
+        per-batch means and squared deviations (Chan et al.), in float64."""
+        lo: Any = np.inf
+        hi: Any = -np.inf
+        mean: Any = 0.0
+        m2: Any = 0.0
+        n, idx = 0, np.arange(len(x)) if rows is None else np.asarray(rows)
+        for part in (idx[sl] for sl in chunk_slices(len(idx), batch)):
+            xc: np.ndarray = geometry.canonical(space.to_space(np.asarray(x[part]))).astype(dtype)
+            lo, hi = np.minimum(lo, xc.min(axis=0)), np.maximum(hi, xc.max(axis=0))
             b_mean = xc.mean(axis=0, dtype=np.float64)
-            b_m2 = ((xc - b_mean) ** 2).sum(axis=0, dtype=np.float64)
-            k = len(part)
-            if lo is None:
-                lo, hi, mean, m2 = b_lo, b_hi, b_mean, b_m2
-            else:
-                assert hi is not None and mean is not None and m2 is not None
-                lo, hi = np.minimum(lo, b_lo), np.maximum(hi, b_hi)
-                delta = b_mean - mean
-                tot = n + k
-                mean = mean + delta * (k / tot)
-                m2 = m2 + b_m2 + delta**2 * (n * k / tot)
+            delta, k = b_mean - mean, len(part)
+            mean = mean + delta * (k / (n + k))
+            m2 = m2 + ((xc - b_mean) ** 2).sum(axis=0, dtype=np.float64) + delta**2 * (n * k / (n + k))
             n += k
-        assert lo is not None and hi is not None and mean is not None and m2 is not None
-        return cls(lo=lo, hi=hi, mean=mean, std=np.sqrt(m2 / max(n, 1)), n=n)
+        return cls(lo=lo, hi=hi, mean=mean, std=np.sqrt(m2 / max(n, 1)))
 
 
 def head_predictions(ctx: AuditContext, data: Dataset, rows: np.ndarray | None = None) -> Predictions:

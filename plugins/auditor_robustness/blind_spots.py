@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, CheckResult, Need, SkipCheck, param
+from auditor import AuditContext, CheckResult, SkipCheck, param
 from auditor.gallery import Gallery, blind_spot_gallery, class_names
 from auditor.jsonenc import number_or_none
 from auditor.perturb import InputSpace
@@ -115,7 +115,6 @@ class BlindSpots(ShardedCheck):
         limit: int | None = limit_param(2000)
         examples: int = examples_param("blind spots (source, point reached, target)")
 
-    needs = frozenset({Need.DATA})
     metrics_doc = {
         "blind_spot_rate": "share of pairs held at least alpha_threshold of the way to the other class",
         "median_alpha": "median share of the way to the other class's image reached unnoticed",
@@ -189,15 +188,13 @@ class BlindSpots(ShardedCheck):
         xc = geo.canonical(space.to_space(x)).astype(np.float64)
         n, at = len(xc) // 2, sl.start  # pair i of the chunk is pair at + i of the shard
         cls, conf0 = plan.state["cls"][shard.positions], plan.state["conf0"][shard.positions]
-        vr = plan.state["range"]
-        tol = p.conf_tol
 
         def held(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
             ctx.check_cancelled()
             pr = clf.probs(x, 2 * (at + rows) if clf.inputs else None)  # the source row's other inputs
             c = cls[at + rows]
             return np.asarray((pr.argmax(axis=1) == c)
-                              & (np.abs(pr[np.arange(len(rows)), c] - conf0[at + rows]) <= tol))
+                              & (np.abs(pr[np.arange(len(rows)), c] - conf0[at + rows]) <= p.conf_tol))
 
         xs, xt = xc[0::2], xc[1::2]
         diff = xt - xs
@@ -213,16 +210,13 @@ class BlindSpots(ShardedCheck):
             u = shard.random(ctx).rows(sl).standard_normal((n, k * geo.size)).reshape(n * k, geo.c, geo.h, geo.w)
             u /= np.sqrt(np.sum(u.reshape(n * k, -1) ** 2, axis=1))[:, None, None, None]
             radius = dist[rrows]
-            lo, hi = vr if vr is not None else (-np.inf, np.inf)
+            lo, hi = plan.state["range"] or (-np.inf, np.inf)
 
             def randomly(t: np.ndarray, rows: np.ndarray) -> np.ndarray:
                 moved = xs[rrows[rows]] + (t * radius[rows])[:, None, None, None] * u[rows]
                 return np.asarray(np.clip(moved, lo, hi), np.float32)
 
-            def held_random(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
-                return held(x, rrows[rows])
-
-            frac = held_along(randomly, held_random, n * k, p.steps, p.refine, points)
+            frac = held_along(randomly, lambda x, rows: held(x, rrows[rows]), n * k, p.steps, p.refine, points)
             moved = np.sqrt(np.sum((randomly(frac, np.arange(n * k)) - xs[rrows]).reshape(n * k, -1) ** 2, axis=1))
             out["reach"] = moved / np.maximum(radius, 1e-300)  # clipping to the valid range can shorten the move
         return out

@@ -160,7 +160,7 @@ class Fooling(ShardedCheck):
         stats = None if data is None else ValueStats.of(data.x, None, geo, data.batch_size, np.float32, space)
         if p.clip is None and space.bounds is None and stats is None:
             raise SkipCheck("no data: set clip: [lo, hi] so that the noise has a range")
-        extremes = np.zeros(1) if stats is None else np.array([stats.min, stats.max])
+        extremes = np.zeros(1) if stats is None else stats.extremes
         lo, hi = space_range(space, p.clip, extremes, geo) or (float(extremes[0]), float(extremes[-1]))
         if p.clip is not None:
             notes.append(describe_range((lo, hi), True))

@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, CheckResult, Need, SkipCheck, Task, param
+from auditor import AuditContext, CheckResult, SkipCheck, Task, param
 from auditor.jsonenc import number_or_none
 from auditor.perturb import ValueKind, substitute_ids
-from auditor.shards import Plan, RowRandom, RowShards, Shard, ShardedCheck, gather_rows, sampled_rows
+from auditor.shards import Plan, RowRandom, Shard, ShardedCheck, gather_rows, sampled_rows
 from auditor_robustness._common import (
     Classifier,
     ValueStats,
@@ -108,12 +108,8 @@ def corrupt(kind: str, xc: np.ndarray, severity: float, rng: np.random.Generator
         n, _, h, w = xc.shape
         u = rng.random((n, 1, h, w))  # one draw per pixel (all channels of a pixel together)
         out = xc.copy()
-        lo = np.broadcast_to(np.asarray(value_lo, dt), xc.shape)
-        hi = np.broadcast_to(np.asarray(value_hi, dt), xc.shape)
-        pepper = np.broadcast_to(u < severity / 2, xc.shape)
-        salt = np.broadcast_to((u >= severity / 2) & (u < severity), xc.shape)
-        out[pepper] = lo[pepper]
-        out[salt] = hi[salt]
+        np.copyto(out, np.asarray(value_lo, dt), where=u < severity / 2)  # pepper
+        np.copyto(out, np.asarray(value_hi, dt), where=(u >= severity / 2) & (u < severity))  # salt
         return out
     if kind == "blur":
         return blur(xc, severity)
@@ -133,8 +129,7 @@ def curve_area(sev: list[float], values: list[float | None], clean: float | None
         pts = sorted([(0.0, clean), *pts])
     if any(v is None for _, v in pts) or len(pts) < 2:
         return None
-    s = np.array([p[0] for p in pts], dtype=np.float64)
-    v = np.array([p[1] for p in pts], dtype=np.float64)
+    s, v = np.array(pts, dtype=np.float64).T
     width = s[-1] - s[0]
     if width <= 0:
         return float(v.mean())
@@ -182,7 +177,6 @@ class NoiseSweep(ShardedCheck):
                 return [f"{key}: severities of kind {self.kind} are shares, at most 1"]
             return []
 
-    needs = frozenset({Need.DATA})
     metrics_doc = {
         "curve": "per severity: {sigma|severity, accuracy, flip_rate} (amplification for non-classifiers)",
         "clean_accuracy": "accuracy without noise (needs labels)",
@@ -197,8 +191,6 @@ class NoiseSweep(ShardedCheck):
         "worst_sigma": "the strongest sigma of the curve (kinds gaussian, feature)",
         "worst_severity": "the strongest severity of the curve (other kinds)",
     }
-
-    shards = RowShards(rows=512)
 
     def plan(self, ctx: AuditContext, params: Params) -> Plan:
         """The sample, the severities and what every shard must agree on: the value range, per-value extremes
@@ -216,26 +208,25 @@ class NoiseSweep(ShardedCheck):
             if space.vocab is None:
                 raise SkipCheck(f"{space.describe()}: the number of valid ids is unknown (no embedding table in "
                                 f"the graph); set model.vocab_size")
-            severities, sev_note = self._severities(p, "substitute")
+            severities, sev_notes = self._severities(p, "substitute")
             if p.mask_id is not None and p.mask_id >= space.vocab:
                 raise SkipCheck(f"mask_id {p.mask_id} is not an id of the vocabulary (0..{space.vocab - 1})")
             notes.append(f"{space.describe()}: each id is replaced with probability severity by "
                          + (f"the mask id {p.mask_id}" if p.mask_id is not None else
                             f"a different id drawn uniformly from 0..{space.vocab - 1}"))
-            if sev_note:
-                notes.append(sev_note)
+            notes += sev_notes
             return Plan(rows=rows, state={"ids": True, "severities": severities, "task": Task.CLASSIFICATION},
                         notes=notes)
         if kind in IMAGE_ONLY and not geo.is_image:
             raise SkipCheck(f"kind {kind} needs 4-D image inputs (got per-sample shape {list(geo.shape)})")
-        severities, sev_note = self._severities(p, kind)
+        severities, sev_notes = self._severities(p, kind)
         work = space.work_dtype
         notes += space_note(space, "noise is added in float and rounded and clipped back")
         # The statistics cost a pass over the whole sample (for an image folder: decoding it); only feature
         # noise and an unknown value range (no clip, not pixels or quantized values) need them.
         stats = ValueStats.of(full.x, rows, geo, full.batch_size, work, space) \
             if kind == "feature" or (p.clip is None and space.bounds is None) else None
-        rng_ = space_range(space, p.clip, np.zeros(1) if stats is None else np.array([stats.min, stats.max]), geo)
+        rng_ = space_range(space, p.clip, np.zeros(1) if stats is None else stats.extremes, geo)
         notes.append(describe_range(rng_, p.clip is not None))
         value_lo: np.ndarray | float
         value_hi: np.ndarray | float
@@ -243,12 +234,11 @@ class NoiseSweep(ShardedCheck):
             span, value_lo, value_hi = rng_[1] - rng_[0], rng_[0], rng_[1]
         else:  # no range: each value's own extremes (the statistics were gathered)
             assert stats is not None
-            span, value_lo, value_hi = stats.max - stats.min, stats.lo, stats.hi
-        if sev_note and kind in ("gaussian", "uniform"):
+            span, value_lo, value_hi = float(np.ptp(stats.extremes)), stats.lo, stats.hi
+        if sev_notes and kind in ("gaussian", "uniform"):
             severities = [s * span for s in severities]
-            sev_note += f", times the input range {span:g}"
-        if sev_note:
-            notes.append(sev_note)
+            sev_notes = [f"{sev_notes[0]}, times the input range {span:g}"]
+        notes += sev_notes
         state = {
             "ids": False, "severities": severities, "range": rng_, "span": span, "task": task,
             "value_lo": value_lo, "value_hi": value_hi,
@@ -365,13 +355,13 @@ class NoiseSweep(ShardedCheck):
         return CheckResult(metrics=self._summary(curve, key, clean_acc, len(clean)), notes=notes)
 
     @staticmethod
-    def _severities(p: Params, kind: str) -> tuple[list[float], str]:
+    def _severities(p: Params, kind: str) -> tuple[list[float], list[str]]:
         """The severities to sweep (validated with the spec) and, for defaults, a note saying so."""
         given = p.sigma if p.sigma is not None else p.severity
         if given is None:
             default = DEFAULT_SEVERITIES[kind]
-            return list(default), f"default severities for {kind}: {default}"
-        return [float(v) for v in (given if isinstance(given, list) else [given])], ""
+            return list(default), [f"default severities for {kind}: {default}"]
+        return [float(v) for v in (given if isinstance(given, list) else [given])], []
 
     @staticmethod
     def _summary(curve: list[dict[str, Any]], key: str, clean_acc: float | None, n: int) -> dict[str, Any]:

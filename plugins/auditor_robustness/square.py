@@ -35,10 +35,10 @@ from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, CheckResult, Finding, ModelHandle, Need, param
+from auditor import AuditContext, CheckResult, Finding, ModelHandle, param
 from auditor.gallery import adversarial_gallery, class_names
 from auditor.jsonenc import number_or_none
-from auditor.shards import Plan, RowRandom, RowShards, Shard, ShardedCheck, gather_rows, sampled_rows
+from auditor.shards import Plan, RowRandom, Shard, ShardedCheck, gather_rows, sampled_rows
 from auditor_robustness._common import (
     Classifier,
     Geometry,
@@ -414,7 +414,6 @@ class SquareAttack(ShardedCheck):
             """A zero radius attacks nothing."""
             return ["eps: must be positive (null: a share of the input range)"] if self.eps == 0 else []
 
-    needs = frozenset({Need.DATA})
     metrics_doc = {
         "success_rate": "share of attacked (correctly classified) samples with a verified adversarial example",
         "robust_accuracy": "share of all samples classified correctly and not fooled",
@@ -432,8 +431,6 @@ class SquareAttack(ShardedCheck):
         "n": "samples in the (sampled) data",
     }
 
-    shards = RowShards(rows=512)
-
     def plan(self, ctx: AuditContext, params: Params) -> Plan:
         """The sample, the valid range and eps, decided once over the whole sample (batch by batch)."""
         p, norm = params, params.norm
@@ -444,7 +441,7 @@ class SquareAttack(ShardedCheck):
         notes += space_note(space, "the attack works in float; every query and example is rounded and clipped back "
                             "to the input's values")
         stats = ValueStats.of(full.x, rows, geo, full.batch_size, space.work_dtype, space)
-        vr = space_range(space, p.clip, np.array([stats.min, stats.max]), geo)
+        vr = space_range(space, p.clip, stats.extremes, geo)
         notes.append(describe_range(vr, p.clip is not None))
         lo, hi = vr if vr is not None else (-np.inf, np.inf)
         outside = int(np.sum(stats.lo < lo) + np.sum(stats.hi > hi)) if vr is not None else 0
@@ -453,7 +450,7 @@ class SquareAttack(ShardedCheck):
                          f"widened to include each of them")
         eps = p.eps
         if eps is None:
-            span = (hi - lo) if vr is not None else stats.max - stats.min
+            span = (hi - lo) if vr is not None else float(np.ptp(stats.extremes))
             eps = DEFAULT_EPS[norm] * span
             notes.append(f"eps = {eps:g} ({DEFAULT_EPS[norm]:g} of the input range {span:g}; set eps to choose)")
         return Plan(rows=rows, state={"lo": lo, "hi": hi, "eps": float(eps)}, notes=notes)
@@ -478,19 +475,16 @@ class SquareAttack(ShardedCheck):
             ctx.check_cancelled()
             ctx.report_progress(step, n_steps, f"{active} samples left")
 
-        t0 = time.perf_counter()
-        streams = shard.random(ctx)  # one per sample: the attack does not depend on the shard size
-        if len(idx):
-            def log_probs(batch: np.ndarray, rows: np.ndarray) -> np.ndarray:
-                # the model's other inputs, if any, follow the attacked rows
-                return clf.log_probs(batch, idx[rows] if clf.inputs else None)
+        def log_probs(batch: np.ndarray, rows: np.ndarray) -> np.ndarray:
+            # the model's other inputs, if any, follow the attacked rows
+            return clf.log_probs(batch, idx[rows] if clf.inputs else None)
 
-            res = square_attack(log_probs, xc[idx], ref[idx], eps=eps, norm=norm, max_queries=p.max_queries,
-                                p_init=p.p_init, lo=lo, hi=hi, rng=streams.rows(idx), restarts=p.restarts,
-                                on_step=on_step, with_rows=True)
-            res = dataclasses.replace(res, x_adv=space.snap(res.x_adv))  # the values the model is really fed
-        else:
-            res = AttackResult(xc[:0], np.zeros(0, bool), np.zeros(0, np.int64), np.zeros(0))
+        t0 = time.perf_counter()
+        # one random stream per sample: the attack does not depend on the shard size
+        res = square_attack(log_probs, xc[idx], ref[idx], eps=eps, norm=norm, max_queries=p.max_queries,
+                            p_init=p.p_init, lo=lo, hi=hi, rng=shard.random(ctx).rows(idx), restarts=p.restarts,
+                            on_step=on_step, with_rows=True)
+        res = dataclasses.replace(res, x_adv=space.snap(res.x_adv))  # the values the model is really fed
         duration = time.perf_counter() - t0
         found = np.flatnonzero(res.fooled)
         ok, adv_probs = self.verify_with_probs(ctx, geo, xc[idx][found], res.x_adv[found], ref[idx][found], eps,
