@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import onnx
+
 from auditor import graph as G
 from auditor.model import ModelConfig, ModelHandle
 
@@ -98,10 +100,17 @@ def _data_has(data_path: Path | None) -> tuple[bool, bool, list[str]]:
 GROUP_NAMES = {"sex", "gender", "age_group", "race", "ethnicity", "site", "group", "country", "region"}
 
 
-def _suite(has_data: bool, labels: bool, groups: list[str]) -> list[str]:
-    """The ``checks:`` entries that fit the model and data: weight checks always; metrics (with calibration),
-    noise when there are labels; group fairness when there are group columns. Each has a gate to start from
-    (commented where no threshold is a safe default)."""
+def _op_types(graph: onnx.GraphProto) -> set[str]:
+    """The op types of the graph and its subgraphs: the weights checks skip a model without layers (and a gate
+    on a skipped check fails), ``sparsity.filters`` one without convolutions."""
+    return {n.op_type for g in [graph, *(sub for _, sub in G.subgraphs(graph))] for n in g.node}
+
+
+def _suite(has_data: bool, labels: bool, groups: list[str], ops: set[str]) -> list[str]:
+    """The ``checks:`` entries that fit the model and data: weight checks always, gated on defects no healthy
+    model has (NaN / infinite weights, a layer weight that is zero throughout, a convolution whose every filter is
+    degenerate); metrics (with calibration), noise when there are labels; group fairness when there are group
+    columns. Each has a gate to start from (commented where no threshold is a safe default)."""
     out: list[str] = []
     if has_data and labels:
         out += ["  - use: performance.metrics          # accuracy, calibration (ece), per-class recall",
@@ -119,9 +128,21 @@ def _suite(has_data: bool, labels: bool, groups: list[str]) -> list[str]:
                 "  # - use: performance.metrics        # accuracy, calibration (ece), per-class recall",
                 "  #   gate: {accuracy: {min: 0.9}}",
                 "  # - use: robustness.noise           # accuracy under Gaussian input noise"]
+    if not ops & set(G.WEIGHT_INPUT):  # no Conv / Gemm / MatMul: both weights checks skip, nothing to gate
+        return [*out, "  - use: sparsity.profile             # zero and near-zero weights per layer",
+                "  - use: sparsity.conditioning        # spectral norms and condition numbers of the weight matrices"]
     out += ["  - use: sparsity.profile             # zero and near-zero weights per layer",
-            "    # gate: {max_layer_sparsity: {max: 0.95, severity: warn}}",
-            "  - use: sparsity.conditioning        # spectral norms and condition numbers of the weight matrices",
+            "    gate:                             # defects, never a trait of a healthy model",
+            "      nonfinite: {max: 0}               # NaN / infinite weights: a broken export or a diverged run",
+            "      all_zero_weights: {max: 0}        # a layer weight that is zero throughout passes nothing on",
+            "      # max_layer_sparsity: {max: 0.95, severity: warn}   # heavy pruning"]
+    if ops & {"Conv", "ConvInteger", "QLinearConv"}:
+        out += ["  - use: sparsity.filters             # all-zero, near-zero and constant filters per convolution",
+                "    gate:",
+                "      degenerate_layers: {max: 0}       # a convolution whose every filter is degenerate (e.g. a",
+                "                                        # constant fill: placeholder weights, not a trained model)",
+                "      # max_degenerate_fraction: {max: 0.5, severity: warn}"]
+    out += ["  - use: sparsity.conditioning        # spectral norms and condition numbers of the weight matrices",
             "    # gate: {singular_matrices: {max: 0}}"]
     return out
 
@@ -162,7 +183,7 @@ def starter_spec(model_path: Path, data_path: Path | None, out: Path) -> str:
         "seed: 0",
         "",
         "checks:",
-        *_suite(has_data, labels, groups),
+        *_suite(has_data, labels, groups, _op_types(g)),
         "",
         "report:",
         "  dir: reports",

@@ -29,10 +29,11 @@ def test_suite_fits_labels_and_groups(tmp_path: Path, mlp: tuple[Path, Path, Any
     assert _uses(out) == ["performance.metrics", "robustness.noise", "bias.group_metrics", "sparsity.profile",
                           "sparsity.conditioning"]
     assert yaml.safe_load(text)["data"]["groups"] == ["site"]
-    # every check has a gate to start from: active on the headline metric, commented on the others
+    # every check has a gate to start from: active on the headline metric and on weight defects (NaN / infinite,
+    # all-zero layers: tests/test_init_gates.py), commented on the others
     for use in ("robustness.noise", "bias.group_metrics", "sparsity.profile", "sparsity.conditioning"):
         block = text[text.index(f"use: {use}"):].split("\n  - use:")[0]
-        assert "# gate: {" in block, use
+        assert ("\n    gate:" if use == "sparsity.profile" else "# gate: {") in block, use
     r = CliRunner().invoke(main, ["run", str(out), "--report-dir", str(tmp_path / "r"), "-q"])
     assert r.exit_code in (0, 1), r.output  # the spec is valid and runs; the 0.9 gate may or may not hold
     bare = tmp_path / "b.yaml"

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, Check, CheckResult, Finding, param
+from auditor import AuditContext, Check, CheckResult, Finding, SkipCheck, param
 from auditor import graph as G
 from auditor.graph import is_float_dtype
 from auditor_sparsity.lipschitz import chain_factors
@@ -170,9 +170,12 @@ class Conditioning(Check):
 
 def _matrix(ctx: AuditContext, lw: LayerWeight, exact_dim: int, max_err: float) -> dict[str, Any]:
     """One weight's entry of ``layers``: its spectrum, read whole, decomposed, dropped."""
-    spec: Spectrum = singular_values(matrix_stack(lw, layer_values(ctx.model, lw)), exact_max_dim=exact_dim,
-                                     max_rel_error=max_err, eps=computation_eps(lw.ref.dtype),
-                                     seed=ctx.seed).scaled(abs(lw.alpha))
+    w = layer_values(ctx.model, lw)
+    if not np.isfinite(w).all():
+        raise SkipCheck(f"weight '{lw.name}' of {lw.node} has NaN / infinite values (no singular values; "
+                        "sparsity.profile counts them)")
+    spec: Spectrum = singular_values(matrix_stack(lw, w), exact_max_dim=exact_dim, max_rel_error=max_err,
+                                     eps=computation_eps(lw.ref.dtype), seed=ctx.seed).scaled(abs(lw.alpha))
     s = spec.values
     # below the numerical-rank tolerance a singular value is rounding noise of the stored weights (and known
     # only to abs_error_bound), so the condition number is unbounded (null) rather than a meaningless large

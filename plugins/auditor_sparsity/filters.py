@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from auditor import AuditContext, Check, CheckResult, Finding, param
+from auditor import AuditContext, Check, CheckResult, Finding, SkipCheck, param
 from auditor_sparsity.stats import weight_stats
 from auditor_sparsity.weights import LayerWeight, audited, require_layers
 
@@ -87,6 +87,8 @@ class DegenerateFilters(Check):
         "degenerate_filters": "zero + near-zero + constant filters",
         "degenerate_fraction": "degenerate_filters / filters",
         "max_degenerate_fraction": "largest per-layer degenerate fraction",
+        "degenerate_layers": "conv layers whose every filter is degenerate (e.g. a constant fill: each filter "
+                             "only averages its inputs, all alike)",
         "min_variance_entropy": "lowest 3×3 variance entropy over the layers (absent without 3×3 kernels)",
     }
 
@@ -112,6 +114,7 @@ class DegenerateFilters(Check):
         filters, degenerate = metrics["filters"], metrics["degenerate_filters"]
         metrics["degenerate_fraction"] = degenerate / filters if filters else 0.0
         metrics["max_degenerate_fraction"] = max(e["degenerate_fraction"] for e in layers.values())
+        metrics["degenerate_layers"] = sum(1 for e in layers.values() if e["filters"] == e["degenerate_filters"])
         metrics["layers"] = layers
         entropies = [e["variance_entropy"] for e in layers.values() if "variance_entropy" in e]
         if entropies:
@@ -125,6 +128,9 @@ def _filters(ctx: AuditContext, lw: LayerWeight, ratio: float, tol: float, limit
     kernel = list(lw.layer_shape[2:])
     scatter = _SliceScatter(lw, 9) if kernel == [3, 3] else None
     st = weight_stats(ctx.model, lw, per_output=True, check=ctx.check_cancelled, on_chunk=scatter)
+    if st.nonfinite:
+        raise SkipCheck(f"weight '{lw.name}' of {lw.node} has {st.nonfinite} NaN / infinite values (no filter "
+                        "statistics; sparsity.profile counts them)")
     assert st.out_max_abs is not None and st.out_min is not None and st.out_max is not None
     zero = st.out_max_abs == 0
     near = ~zero & (st.out_max_abs < ratio * st.max_abs)

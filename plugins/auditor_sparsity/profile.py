@@ -45,6 +45,7 @@ def weight_entry(st: WeightStats, limit: int) -> dict[str, Any]:
         "params": st.size,
         "zeros": st.zeros,
         "quantization_zeros": st.zeros if lw.quantized else 0,
+        "nonfinite": st.nonfinite,
         "sparsity": st.sparsity,
         "near_zero_fraction": st.near_zero / st.size if st.size else 0.0,
         "max_abs": st.max_abs,
@@ -80,9 +81,9 @@ class SparsityProfile(Check):
     needs = frozenset()
     metrics_doc = {
         "weights": "per initializer (keyed by its ONNX name): node, op_type, shape, source (initializer | "
-                   "Constant | ConstantOfShape | folded), quantized, params, zeros, quantization_zeros, sparsity, "
-                   "near_zero_fraction, max_abs, pq_index, zero_outputs / zero_inputs (+ indices), n_outputs, "
-                   "n_inputs",
+                   "Constant | ConstantOfShape | folded), quantized, params, zeros, quantization_zeros, nonfinite, "
+                   "sparsity, near_zero_fraction, max_abs, pq_index, zero_outputs / zero_inputs (+ indices), "
+                   "n_outputs, n_inputs",
         "by_op_type": "per consuming op type: weights, params, zeros, sparsity, near_zero_fraction, pq_index",
         "params": "parameters in layer weights",
         "zeros": "exact zeros in layer weights",
@@ -94,6 +95,8 @@ class SparsityProfile(Check):
         "zero_outputs": "all-zero output filters / units over all layers",
         "zero_inputs": "unread input channels / units over all layers",
         "max_layer_sparsity": "largest per-weight sparsity",
+        "all_zero_weights": "layer weights that are zero throughout (the layer passes nothing on)",
+        "nonfinite": "NaN and infinite values in layer weights (a broken export or a diverged training run)",
         "layer_weights": "number of layer weights audited",
     }
 
@@ -114,11 +117,15 @@ class SparsityProfile(Check):
             "zero_outputs": sum(e["zero_outputs"] for e in weights.values()),
             "zero_inputs": sum(e["zero_inputs"] for e in weights.values()),
             "max_layer_sparsity": max(e["sparsity"] for e in weights.values()),
+            "all_zero_weights": sum(1 for st in stats if st.zeros == st.size),
+            "nonfinite": sum(st.nonfinite for st in stats),
             "by_op_type": {op: {"weights": len(group), **pooled(group)} for op, group in by_op.items()},
             "weights": weights,
         }
         findings = [Finding(message=f"weight '{st.lw.name}' of {st.lw.node} is entirely zero", severity="warn",
                             location=st.lw.name) for st in stats if st.zeros == st.size]
+        findings += [Finding(message=f"weight '{st.lw.name}' of {st.lw.node} has {st.nonfinite} NaN / infinite "
+                                     "values", severity="warn", location=st.lw.name) for st in stats if st.nonfinite]
         ext = sum(1 for lw in layers if lw.ref.external)
         notes = [f"{len(layers)} layer weights streamed in chunks"
                  + (f" ({ext} memory-mapped from external data)" if ext else "")]

@@ -61,6 +61,7 @@ class WeightStats:
     size: int
     zeros: int
     near_zero: int
+    nonfinite: int
     l1: float
     l2sq: float
     max_abs: float
@@ -130,7 +131,7 @@ def weight_stats(model: ModelHandle, lw: LayerWeight, *, near_zero: float = 0.0,
     accs = {"out_max_abs": _Acc(shape, outs, 0.0, np.max, np.maximum, np.float64),
             "out_min": _Acc(shape, outs, np.inf, np.min, np.minimum, np.float64),
             "out_max": _Acc(shape, outs, -np.inf, np.max, np.maximum, np.float64)} if per_output else {}
-    zeros = near = 0
+    zeros = near = nonfinite = 0
     l1 = l2sq = max_abs = 0.0
     # Temporaries are allocated once per tensor and reused for every chunk: fresh allocations of this size
     # are page-faulted in by the kernel each time, which used to cost more than the arithmetic.
@@ -150,6 +151,7 @@ def weight_stats(model: ModelHandle, lw: LayerWeight, *, near_zero: float = 0.0,
         nonzero = np.not_equal(v, 0, out=buf("nz", np.dtype(bool), v.shape))
         zeros += int(nonzero.size - np.count_nonzero(nonzero))
         near += int(np.count_nonzero(np.less_equal(a, near_zero, out=buf("near", np.dtype(bool), v.shape))))
+        nonfinite += int(a.size - np.count_nonzero(np.isfinite(a, out=buf("near", np.dtype(bool), v.shape))))
         flat = buf("f64", np.dtype(np.float64), (a.size,))
         np.copyto(flat, a.reshape(-1))
         l1 += float(flat.sum())
@@ -164,7 +166,8 @@ def weight_stats(model: ModelHandle, lw: LayerWeight, *, near_zero: float = 0.0,
             on_chunk(rows, v)
     # drop the last chunk's view of the memory map now, so that its pages can go before the next tensor
     del v, a
-    st = WeightStats(lw=lw, size=lw.size, zeros=zeros, near_zero=near, l1=l1, l2sq=l2sq, max_abs=max_abs,
+    st = WeightStats(lw=lw, size=lw.size, zeros=zeros, near_zero=near, nonfinite=nonfinite, l1=l1, l2sq=l2sq,
+                     max_abs=max_abs,
                      **{key: acc.arr for key, acc in accs.items()})
     if grouped:
         nz = nz_accs[0].arr
