@@ -47,14 +47,9 @@ def calibration_bins(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> list[d
     """The reliability diagram's numbers: per equal-width confidence bin its edges, sample count, mean
     top-class confidence and accuracy (``None`` for an empty bin); the ECE is their count-weighted gap."""
     count, acc_sum, conf_sum = calibration_sums(probs, y, bins)
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    out = []
-    for b in range(bins):
-        n = int(count[b])
-        out.append({"lower": float(edges[b]), "upper": float(edges[b + 1]), "count": n,
-                    "confidence": float(conf_sum[b] / n) if n else None,
-                    "accuracy": float(acc_sum[b] / n) if n else None})
-    return out
+    edges = np.linspace(0.0, 1.0, bins + 1).tolist()
+    return [{"lower": lo, "upper": hi, "count": n, "confidence": c / n if n else None, "accuracy": a / n if n else None}
+            for lo, hi, n, c, a in zip(edges[:-1], edges[1:], count.tolist(), conf_sum.tolist(), acc_sum.tolist())]
 
 
 def log_loss(probs: np.ndarray, y: np.ndarray, eps: float = float(np.finfo(np.float64).eps)) -> float:

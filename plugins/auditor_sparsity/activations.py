@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 
 from auditor import AuditContext, CheckResult, Finding, Need, SkipCheck, Task, param
-from auditor.graph import subgraphs
+from auditor.graph import layer_outputs, subgraphs
 from auditor.shards import Plan, RowShards, Shard, ShardedCheck, sampled_rows
 from auditor_sparsity.spectral import effective_rank, energy_rank
 from auditor_sparsity.weights import find_layer_weights, head_weight
@@ -138,8 +138,7 @@ class Activations(ShardedCheck):
 
     def _layers(self, ctx: AuditContext, which: str | list[str]) -> list[str]:
         if which == "activations":
-            g = ctx.model.base.graph
-            return [n.output[0] for n in g.node if n.op_type in ACTIVATION_OPS and n.output and n.output[0]]
+            return layer_outputs(ctx.model.base.graph, ACTIVATION_OPS)
         try:
             return ctx.model.layer_names(which)
         except ValueError as exc:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -74,7 +75,7 @@ class _Consts:
     """Which tensors are constants (initializers, Constant / ConstantOfShape outputs, constant sub-graphs),
     with their values on demand."""
 
-    def __init__(self, model: onnx.ModelProto, base_dir: object) -> None:
+    def __init__(self, model: onnx.ModelProto, base_dir: Path) -> None:
         self.model = model
         self.base_dir = base_dir
         self.graph = model.graph
@@ -90,9 +91,7 @@ class _Consts:
         return self._memo[name]
 
     def value(self, name: str) -> np.ndarray | None:
-        from pathlib import Path
-
-        got = G.fold_constant(self.model, name, Path(str(self.base_dir)))
+        got = G.fold_constant(self.model, name, self.base_dir)
         return None if got is None else np.asarray(got[0], dtype=np.float64)
 
     def shape(self, name: str) -> list[int | None] | None:
@@ -224,7 +223,7 @@ def _node_factor(node: onnx.NodeProto, consts: _Consts, path_input: str) -> floa
     return f"{op} (no bound implemented)"
 
 
-def chain_factors(model: onnx.ModelProto, output: str, data_input: str, base_dir: object,
+def chain_factors(model: onnx.ModelProto, output: str, data_input: str, base_dir: Path,
                   weight_slots: dict[str, int]) -> Chain:
     """Walk back from ``output`` to ``data_input``; ``weight_slots`` maps each linear node (by key) whose
     weight was found to the input index of that weight. See the module docstring."""
