@@ -7,17 +7,22 @@ sweep (window sampling, candidate building, margins) running in two processes in
 
 Measured, each ``--repeats`` times alternately (the fastest of each is compared, so a busy machine slows both
 alike): the audit's ``Runner.run`` locally and on Ray (workers started inside the timed region; Ray's own start-up
-timed separately), and a tiny audit (``performance.metrics`` on 200 rows) on both, whose difference is the Ray
-overhead per audit. The two reports are compared field by field (timings and ``environment.execution`` aside) and
-must be identical. Per-shard costs (single-machine wall time over the shards of each check) feed the on-paper
+timed separately); the ceiling, the same audit's shards split in two static halves run at once by two plain OS
+processes (no Ray; one ONNX Runtime intra-op thread and one BLAS/OpenMP thread each, started before the clock:
+the best any two-process scheme can do on this machine, see :func:`ceiling`); and a tiny audit
+(``performance.metrics`` on 200 rows) locally and on Ray, whose difference is the Ray overhead per audit. The Ray
+and the ceiling's reports are compared with the single machine's field by field (timings and
+``environment.execution`` aside) and must be identical. Per-shard costs (single-machine wall time over the shards
+of each check; a Ray worker's and a ceiling process's mean per task, one core each) feed the on-paper
 extrapolation in docs/ray.md.
 
     python benchmarks/bench_ray.py                 # 3,072 images of 3x32x32, best of 3
     python benchmarks/bench_ray.py --quick         # a smoke test
     python benchmarks/bench_ray.py --shard-rows 256  # execution.shard_rows for both runs
 
-Figures are printed, ending with one summary line (``bench_ray: ...``: the speed-up of the Ray run, the Ray
-overhead on a tiny audit, whether the reports are identical), and written to ``benchmarks/results/ray.json``.
+Figures are printed, ending with one summary line (``bench_ray: ...``: the speed-up of the Ray run and of the
+ceiling over the single machine, Ray's share of the ceiling, the Ray overhead on a tiny audit, whether the reports
+are identical), and written to ``benchmarks/results/ray.json``.
 """
 
 from __future__ import annotations
@@ -106,6 +111,104 @@ def run(doc: dict[str, Any], workdir: Path, registry: Any) -> tuple[float, dict[
     return time.perf_counter() - t0, report.to_dict()
 
 
+#: The environment of the ceiling's processes: one thread for every pool a forward pass or numpy might use.
+ONE_THREAD = {"AUDITOR_ORT_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def ceiling_worker(conn: Any, spec: Any, recipe: Any, path: list[str]) -> None:
+    """One of the ceiling's two plain processes (no Ray): the Ray worker's own code (models and data loaded
+    once, one ONNX Runtime thread), fed its half of the shards through a pipe."""
+    from auditor.distributed.worker import AuditWorker
+
+    worker = AuditWorker(spec, recipe, path, 1, False)
+    conn.send("ready")
+    while (tasks := conn.recv()) is not None:
+        conn.send([worker.run_shard(*task) for task in tasks])
+
+
+def ceiling(doc: dict[str, Any], workdir: Path, registry: Any) -> tuple[float, float, dict[str, float],
+                                                                        dict[str, Any]]:
+    """The empirical ceiling of any two-process scheme on this machine: the audit's shards, planned on this
+    process as the local run plans them, split in two static halves (the first half of every check's shards,
+    the second half) run at once by two plain OS processes (one ONNX Runtime intra-op thread and one
+    BLAS/OpenMP thread each, started and loaded before the clock starts), merged here. No scheduler, no
+    object store, no start-up in the timed region: what is left is the work itself on one core each.
+
+    Returns the wall time (planning, both halves, merging), the processes' start-up time (outside the timed
+    region), each check's mean wall time per shard in these processes, and the report, which must equal the
+    single machine's."""
+    import datetime as dt
+    import multiprocessing as mp
+
+    from auditor.distributed.worker import RegistryRecipe
+    from auditor.results import validate_result
+    from auditor.runner import Runner, _Outcome, load_inputs
+    from auditor.shards import params_for, shards_of
+    from auditor.spec import parse_spec
+
+    spec = parse_spec(workdir / "spec.yaml", registry.checks, sorted(registry.reporters), doc={"version": 1, **doc})
+    loaded = load_inputs(spec, registry.datasets)
+    spawn = mp.get_context("spawn")  # a fresh interpreter, as a Ray worker is: no forked ONNX Runtime state
+    saved = {k: os.environ.get(k) for k in ONE_THREAD}
+    os.environ.update(ONE_THREAD)  # read by the children as they start (numpy's BLAS at import)
+    t_start = time.perf_counter()
+    try:
+        pipes, procs = [], []
+        for _ in range(2):
+            here, there = spawn.Pipe()
+            proc = spawn.Process(target=ceiling_worker, args=(there, spec, RegistryRecipe.of(registry), sys.path))
+            proc.start()
+            pipes.append(here)
+            procs.append(proc)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    for pipe in pipes:
+        if pipe.recv() != "ready":
+            raise RuntimeError("a ceiling process did not start")
+    startup = time.perf_counter() - t_start
+    runner = Runner(spec, registry)
+    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    t0 = time.perf_counter()
+    jobs: list[tuple[Any, ...]] = []
+    halves: tuple[list[Any], list[Any]] = ([], [])
+    for ci, cs in enumerate(spec.checks):
+        info = registry.checks[cs.use]
+        check, ctx = info.cls(), runner._context(cs, loaded, "model")
+        params = params_for(info.cls, ctx)
+        plan = check.plan(ctx, params)
+        shards = shards_of(check, ctx, plan)
+        cut = -(-len(shards) // 2)
+        first, second = sorted(halves, key=len)  # an odd count: the larger part to the half with fewer so far
+        first.extend((ci, "model", plan, s) for s in shards[:cut])
+        second.extend((ci, "model", plan, s) for s in shards[cut:])
+        jobs.append((cs, info, check, ctx, params, plan))
+    for pipe, half in zip(pipes, halves):
+        pipe.send(half)
+    partials: dict[int, dict[int, Any]] = {}
+    per_shard: dict[str, list[float]] = {}
+    for pipe, half in zip(pipes, halves):
+        for (ci, _, _, shard), out in zip(half, pipe.recv()):
+            if "partial" not in out:
+                raise RuntimeError(f"ceiling: a shard of {spec.checks[ci].id} did not run: {out}")
+            partials.setdefault(ci, {})[shard.index] = out["partial"]
+            per_shard.setdefault(spec.checks[ci].id, []).append(out["duration"])
+    reports = []
+    for ci, (cs, info, check, ctx, params, plan) in enumerate(jobs):
+        result = validate_result(check.merge(ctx, params, plan, [partials[ci][i] for i in sorted(partials[ci])]))
+        reports.append(runner.finish_check(cs, info, _Outcome(result=result, duration=time.perf_counter() - t0),
+                                           None))
+    report = runner.assemble(reports, loaded, False, started, time.perf_counter() - t0)
+    wall = time.perf_counter() - t0
+    for pipe, proc in zip(pipes, procs):
+        pipe.send(None)
+        proc.join()
+    return wall, startup, {k: sum(v) / len(v) for k, v in per_shard.items()}, report.to_dict()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=3072)
@@ -125,6 +228,7 @@ def main() -> None:
     import onnxruntime
     import ray
 
+    from auditor.distributed.engine import start_local
     from auditor.plugins import build_registry
 
     work = Path(tempfile.mkdtemp(prefix="bench-ray-"))
@@ -149,22 +253,32 @@ def main() -> None:
     registry = build_registry()
 
     t0 = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=False, address="local", _node_ip_address="127.0.0.1",
-             log_to_driver=False)
+    start_local(num_cpus=2, _node_ip_address="127.0.0.1")  # as an audit starts it (workers' priority included)
     ray_start = time.perf_counter() - t0
-    times: dict[str, list[float]] = {"local": [], "ray": [], "tiny_local": [], "tiny_ray": []}
+    times: dict[str, list[float]] = {"local": [], "ray": [], "ceiling": [], "tiny_local": [], "tiny_ray": []}
+    ceiling_startup: list[float] = []
+    ceiling_costs: list[dict[str, float]] = []  # per-shard wall time in the ceiling's processes, each run
     loads: dict[str, list[float]] = {k: [] for k in times}
     timing: list[dict[str, Any]] = []  # the Ray report's environment.execution.timing of each heavy run
     reports: dict[str, dict[str, Any]] = {}
     same = True
     for _ in range(args.repeats):  # interleaved: a load that comes and goes slows both runs of a pair alike
-        for key, doc in (("local", heavy), ("ray", {**heavy, **on_ray}), ("tiny_local", tiny),
+        for key, doc in (("local", heavy), ("ray", {**heavy, **on_ray}), ("ceiling", heavy), ("tiny_local", tiny),
                          ("tiny_ray", {**tiny, **on_ray})):
             loads[key].append(os.getloadavg()[0])
-            wall, rep = run(doc, work, registry)
+            if key == "ceiling":
+                wall, up, costs, rep = ceiling(doc, work, registry)
+                ceiling_startup.append(up)
+                ceiling_costs.append(costs)
+            else:
+                wall, rep = run(doc, work, registry)
             times[key].append(wall)
             reports[key] = rep
-            if key == "ray":
+            if key == "ceiling":
+                same = same and comparable(reports["local"]) == comparable(rep)
+                print(f"{key:>10}: {wall:7.2f} s  (load {loads[key][-1]:.1f}; two plain processes, up in {up:.2f} s "
+                      f"outside the clock)", flush=True)
+            elif key == "ray":
                 timing.append(rep["environment"]["execution"]["timing"])
                 same = same and comparable(reports["local"]) == comparable(rep)
                 t = timing[-1]
@@ -182,6 +296,7 @@ def main() -> None:
     # threads) and the Ray workers' own (mean task time, one core each), from the fastest run of each
     local_shard = {c["id"]: c["duration_s"] / shards for c in reports["local"]["checks"]}
     ray_shard = {k: v["per_task_s"] for k, v in fastest["checks"].items()}
+    ceiling_shard = ceiling_costs[times["ceiling"].index(best["ceiling"])]  # one plain process, one core
     result = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "ray": ray.__version__, "onnxruntime": onnxruntime.__version__},
@@ -194,6 +309,12 @@ def main() -> None:
         "best_s": best,
         "speedup_ray_vs_local": best["local"] / best["ray"],
         "speedup_per_pair": [lo / ra for lo, ra in zip(times["local"], times["ray"])],
+        # the ceiling: two plain processes, one core each, each running a static half of the shards
+        "speedup_ceiling_vs_local": best["local"] / best["ceiling"],
+        "ceiling_per_pair": [lo / ce for lo, ce in zip(times["local"], times["ceiling"])],
+        "ray_share_of_ceiling": best["ceiling"] / best["ray"],
+        "ray_share_of_ceiling_per_run": [ce / ra for ce, ra in zip(times["ceiling"], times["ray"])],
+        "ceiling_startup_s": ceiling_startup,
         "ray_start_s": ray_start,
         "worker_bytecode": "precompiled" if bytecode else "compiled by each worker" if sys.dont_write_bytecode
         else "written and reused by Python",
@@ -201,25 +322,30 @@ def main() -> None:
         "reports_identical": same,
         "per_shard_cost_s": local_shard,
         "per_shard_cost_ray_worker_s": ray_shard,
+        "per_shard_cost_ceiling_process_s": ceiling_shard,
         "ray_timing_fastest_run": fastest,
         "square_attack_queries_total": reports["local"]["checks"][0]["metrics"]["queries_total"],
     }
     print(json.dumps(result, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    costs = ", ".join(f"{k.split('.')[-1]} {local_shard[k]:.2f} / {ray_shard.get(k, float('nan')):.2f} s"
-                      for k in local_shard)
+    cost_text = ", ".join(f"{k.split('.')[-1]} {local_shard[k]:.2f} / {ray_shard.get(k, float('nan')):.2f} / "
+                          f"{ceiling_shard.get(k, float('nan')):.2f} s" for k in local_shard)
     print(f"bench_ray: Ray (2 workers) {result['speedup_ray_vs_local']:.2f}x the single machine, best of "
           f"{args.repeats} (local {best['local']:.1f} s, ray {best['ray']:.1f} s; pairs "
           f"{', '.join(f'{r:.2f}x' for r in result['speedup_per_pair'])}; {args.images} images, {args.queries} "
-          f"queries, {shards} shards a check); Ray overhead on a tiny audit "
+          f"queries, {shards} shards a check); ceiling (two plain processes, one core each) "
+          f"{result['speedup_ceiling_vs_local']:.2f}x the single machine (ceiling {best['ceiling']:.1f} s; pairs "
+          f"{', '.join(f'{r:.2f}x' for r in result['ceiling_per_pair'])}), Ray / ceiling "
+          f"{result['ray_share_of_ceiling']:.2f} (per run "
+          f"{', '.join(f'{r:.2f}' for r in result['ray_share_of_ceiling_per_run'])}); Ray overhead on a tiny audit "
           f"{result['ray_overhead_tiny_audit_s']:.1f} s, workers up in {fastest['startup_s']:.1f} s, efficiency "
-          f"{fastest['efficiency']:.2f}; per shard (local / one Ray worker): {costs}; ray.init {ray_start:.1f} s; "
-          f"workers' bytecode {result['worker_bytecode']}; reports {'identical' if same else 'DIFFERENT'}; "
-          f"load average "
+          f"{fastest['efficiency']:.2f}; per shard (local / one Ray worker / one ceiling process): {cost_text}; "
+          f"ray.init {ray_start:.1f} s; workers' bytecode {result['worker_bytecode']}; reports "
+          f"{'identical' if same else 'DIFFERENT'}; load average "
           f"{min(min(v) for v in loads.values()):.1f}-{max(max(v) for v in loads.values()):.1f}; -> {args.out}")
     if not same:
-        sys.exit("the Ray report differs from the single-machine report")
+        sys.exit("the Ray or the ceiling's report differs from the single-machine report")
 
 
 if __name__ == "__main__":

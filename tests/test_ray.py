@@ -25,10 +25,47 @@ from auditor.testing import run_audit, write_spec
 def cluster() -> Iterator[None]:
     """A local Ray instance on 127.0.0.1 with two CPUs, for this module only."""
     ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'onnx-auditor[ray]')")
-    ray.init(num_cpus=2, include_dashboard=False, address="local", _node_ip_address="127.0.0.1",
-             log_to_driver=False, logging_level="ERROR")
+    from auditor.distributed.engine import start_local
+
+    start_local(num_cpus=2, _node_ip_address="127.0.0.1")  # as an audit starts it
     yield
     ray.shutdown()
+
+
+def test_the_workers_run_at_the_priority_of_the_process_that_started_ray(cluster: None) -> None:
+    """Ray's default niceness of 15 would put every other job on the machine before the audit's workers."""
+    import os
+
+    import ray
+
+    @ray.remote(num_cpus=1)
+    def niceness() -> int:
+        return os.nice(0)
+
+    assert ray.get(niceness.remote()) == os.nice(0)
+
+
+def test_a_worker_builds_the_drivers_registry_without_reading_distribution_metadata(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.metadata as md
+
+    from auditor.distributed.worker import RegistryRecipe
+    from auditor.plugins import build_registry
+
+    monkeypatch.syspath_prepend(str(Path(ray_fault_plugin.__file__).parent))
+    driver = build_registry(disable=["torch"], extra_modules=["ray_fault_plugin"])  # and a -p module
+    recipe = RegistryRecipe.of(driver)
+
+    def scan(**kw: object) -> object:
+        raise AssertionError("the worker read the installed distributions' metadata")
+
+    monkeypatch.setattr(md, "entry_points", scan)
+    worker = recipe.build()
+    assert worker.plugins == driver.plugins and "torch" not in {p.name for p in worker.plugins}
+    assert {k: (c.cls, c.plugin, c.distribution, c.version) for k, c in worker.checks.items()} == \
+        {k: (c.cls, c.plugin, c.distribution, c.version) for k, c in driver.checks.items()}
+    assert "faulty.rows" in worker.checks and not any(k.startswith("torch.") for k in worker.checks)
+    assert sorted(worker.reporters) == sorted(driver.reporters) and worker.backends == driver.backends
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError, RayError, RayTa
 from auditor.checks import CheckInfo
 from auditor.distributed.config import ExecutionConfig
 from auditor.distributed.errors import ClusterError, ClusterLost
+from auditor.distributed.schedule import Task, TaskQueue
 from auditor.distributed.timing import RunClock
 from auditor.distributed.worker import AuditWorker, RegistryRecipe, fingerprint
 from auditor.errors import SkipCheck
@@ -38,18 +39,6 @@ from auditor.spec import CheckSpec
 
 #: How long a dead worker may take to come back (Ray restarts it) before it counts as gone for good.
 RESTART_WAIT_S = 120.0
-
-
-@dataclass
-class _Task:
-    """One unit of work for a worker: a shard of a check on one role, or a whole check."""
-
-    check: int
-    role: str
-    shard: Any = None  # Shard for sharded checks, None for a whole check
-    plan: Plan | None = None
-    attempts: int = 0
-    avoid: int | None = None  # the worker it last failed on
 
 
 @dataclass
@@ -65,6 +54,19 @@ class _Pending:
     t0: float = 0.0
 
 
+#: Ray's system settings for the local instance an audit starts. Ray runs its workers at niceness 15 by default,
+#: so that on a busy machine every other process goes first; an audit's workers are the audit itself, and a
+#: single-machine run competes for the cores at the user's own priority, so the workers do too.
+LOCAL_SYSTEM_CONFIG: dict[str, Any] = {"worker_niceness": 0}
+
+
+def start_local(**options: Any) -> None:
+    """Start a Ray instance on this machine as an audit does (no dashboard, the workers' output kept out of the
+    terminal, workers at the driver's priority); ``options`` go to ``ray.init`` (e.g. ``num_cpus``)."""
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+             _system_config=LOCAL_SYSTEM_CONFIG, **options)
+
+
 def connect(ex: ExecutionConfig) -> bool:
     """Join the cluster ``ex.address`` (``auto``: the running one; none: ``RAY_ADDRESS``, else a local instance
     started here). Returns whether this call started Ray (and so must stop it)."""
@@ -73,7 +75,7 @@ def connect(ex: ExecutionConfig) -> bool:
     address = ex.address or os.environ.get("RAY_ADDRESS") or None
     try:
         if address is None:
-            ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+            start_local()
         else:
             ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -198,7 +200,7 @@ class RayRunner(Runner):
         done: dict[int, CheckReport] = {}
         retry_notes: dict[int, list[str]] = collections.defaultdict(list)
         pending: dict[tuple[int, str], _Pending] = {}
-        queue: collections.deque[_Task] = collections.deque()
+        queue = TaskQueue()
         for ci, cs in enumerate(checks):
             if cs.skip_reason is not None:  # its plugin is disabled
                 done[ci] = self._report(cs, None, _Outcome(skip=cs.skip_reason), None)
@@ -209,12 +211,13 @@ class RayRunner(Runner):
                 done[ci] = self._report(cs, info, _Outcome(skip=reason), None)
                 continue
             if not issubclass(info.cls, ShardedCheck):
-                queue.append(_Task(ci, "model"))
+                queue.add(Task(ci, "model"))
                 continue
             roles = ["model"] + (["baseline"] if loaded.baseline is not None and info.cls.run_on_baseline else [])
             for role in roles:
-                queue.extend(self._plan(ci, cs, info, role, loaded, pending))
-        inflight: dict[Any, tuple[_Task, int]] = {}
+                for task in self._plan(ci, cs, info, role, loaded, pending):
+                    queue.add(task)
+        inflight: dict[Any, tuple[Task, int]] = {}
         pings: dict[Any, tuple[int, float]] = {}  # a dead worker's readiness probe: (worker, since)
         lost: set[int] = set()
         busy: set[int] = set(joining.values())  # a worker takes tasks once it has answered
@@ -293,11 +296,13 @@ class RayRunner(Runner):
                         execution["retries"].append(note)
                         self.events.message(note)
                         task.avoid = wi
-                        queue.appendleft(task)
+                        queue.finished(task, None)
+                        queue.retry(task)
                         continue
                     except RayTaskError as exc:  # the worker's own code failed outside the check's try
                         value = {"error": f"ray: {_first_line(exc)}", "traceback": str(exc)}
                     busy.discard(wi)
+                    queue.finished(task, value.get("duration"))
                     finished_tasks += 1
                     self.clock.task(wi, checks[task.check].id + ("" if task.role == "model" else f".{task.role}"),
                                     float(value.get("duration", 0.0)), float(value.get("cpu", 0.0)))
@@ -341,7 +346,7 @@ class RayRunner(Runner):
         return self.assemble(reports, loaded, True, started, time.perf_counter() - t0, execution)
 
     def _plan(self, ci: int, cs: CheckSpec, info: CheckInfo, role: str, loaded: Loaded,
-              pending: dict[tuple[int, str], _Pending]) -> list[_Task]:
+              pending: dict[tuple[int, str], _Pending]) -> list[Task]:
         """Plan a sharded check on the driver; its shards as tasks (none when the plan skipped or failed)."""
         from auditor.errors import SkipCheck
 
@@ -360,20 +365,19 @@ class RayRunner(Runner):
             p.outcome = _Outcome(error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
             return []
         p.count = len(shards)
-        return [_Task(ci, role, shard, p.plan) for shard in shards]
+        return [Task(ci, role, shard, p.plan) for shard in shards]
 
-    def _fill(self, queue: collections.deque[_Task], inflight: dict[Any, tuple[_Task, int]], busy: set[int],
-              actors: list[Any], lost: set[int]) -> None:
-        """Hand queued tasks to idle workers (a retried task to another worker than the one it died on, unless
-        no other worker is left)."""
+    def _fill(self, queue: TaskQueue, inflight: dict[Any, tuple[Task, int]], busy: set[int], actors: list[Any],
+              lost: set[int]) -> None:
+        """Hand queued tasks to idle workers, costliest first (:mod:`auditor.distributed.schedule`; a retried
+        task to another worker than the one it died on, unless no other worker is left)."""
         alone = len(actors) - len(lost) <= 1
         for wi, actor in enumerate(actors):
             if wi in busy or not queue:
                 continue
-            pick = next((t for t in queue if t.avoid != wi or alone), None)
+            pick = queue.take(wi, alone)
             if pick is None:
                 continue
-            queue.remove(pick)
             if pick.shard is None:
                 ref = actor.run_check.remote(pick.check)
             else:
@@ -381,7 +385,7 @@ class RayRunner(Runner):
             inflight[ref] = (pick, wi)
             busy.add(wi)
 
-    def _absorb(self, task: _Task, value: Any, pending: dict[tuple[int, str], _Pending],
+    def _absorb(self, task: Task, value: Any, pending: dict[tuple[int, str], _Pending],
                 done: dict[int, CheckReport]) -> None:
         """Record a finished task: a whole check's report, or a shard's partial (the first skip or error of a
         shard decides the check's outcome)."""

@@ -4,7 +4,6 @@ GPU and the provider loads) and its data once, then runs shards of checks, or wh
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata as md
 import os
 import socket
 import sys
@@ -18,34 +17,32 @@ from typing import Any
 import numpy as np
 
 from auditor.data import Dataset
-from auditor.plugins import GROUP, Registry, build_registry
+from auditor.plugins import PluginInfo, Registry, build_registry
 from auditor.shards import Plan, Shard, ShardedCheck, params_for, shard_context
 from auditor.spec import Spec
 
 
 @dataclass(frozen=True)
 class RegistryRecipe:
-    """How to build, on a worker, the plugin registry the driver built: entry points (minus the disabled ones)
-    and plugin modules by import name."""
+    """How to build, on a worker, the plugin registry the driver built: the entry-point plugins the driver
+    loaded (by name, ``module:object``, distribution and version: the worker imports them without reading
+    every installed distribution's metadata, and skips those the driver disabled) and plugin modules by import
+    name."""
 
-    entry_points: bool
-    disable: tuple[str, ...]
+    entry_points: tuple[PluginInfo, ...]
     modules: tuple[str, ...]
 
     @classmethod
     def of(cls, registry: Registry) -> RegistryRecipe:
         """The recipe of ``registry``."""
-        names = {ep.name for ep in md.entry_points(group=GROUP)}
-        loaded = {p.name for p in registry.plugins}
         return cls(
-            entry_points=any(p.source == "entry point" for p in registry.plugins),
-            disable=tuple(sorted(names - loaded)),
+            entry_points=tuple(p for p in registry.plugins if p.source == "entry point"),
             modules=tuple(p.module for p in registry.plugins if p.source in ("-p", "object")),
         )
 
     def build(self) -> Registry:
         """Build the registry (plugin modules are imported by name: they must be installed on the worker)."""
-        return build_registry(disable=self.disable, extra_modules=self.modules, use_entry_points=self.entry_points)
+        return build_registry(extra_modules=self.modules, entry_points=self.entry_points)
 
 
 def fingerprint(data: Dataset | None) -> tuple[Any, ...] | None:
