@@ -111,6 +111,45 @@ def run(doc: dict[str, Any], workdir: Path, registry: Any) -> tuple[float, dict[
     return time.perf_counter() - t0, report.to_dict()
 
 
+def two_thread_workers() -> Any:
+    """The Ray worker class with two ONNX Runtime intra-op threads a worker and spinning off
+    (``session.intra_op.allow_spinning = 0``), for the thread-settings comparison: when one worker is in its
+    Python-side work, the other's forward passes could use both cores, and threads that wait sleep instead of
+    spinning on a core the other worker needs. A measurement only (the engine gives a worker one thread per core
+    it reserves): the class patches the session options in the worker process it runs in."""
+    from auditor.distributed.worker import AuditWorker
+
+    class TwoThreadWorker(AuditWorker):
+        def __init__(self, spec: Any, recipe: Any, sys_path: list[str], threads: int, from_driver: bool,
+                     *data: Any) -> None:
+            from auditor.model import ModelHandle
+
+            plain = ModelHandle._session_options
+
+            def no_spinning(handle: Any) -> Any:
+                so = plain(handle)
+                so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+                return so
+
+            setattr(ModelHandle, "_session_options", no_spinning)  # noqa: B010 (patched on purpose)
+            super().__init__(spec, recipe, sys_path, 2, from_driver, *data)
+
+    return TwoThreadWorker
+
+
+def run_with_workers(worker_cls: Any, doc: dict[str, Any], workdir: Path, registry: Any) -> tuple[float,
+                                                                                                  dict[str, Any]]:
+    """:func:`run` on Ray with the engine's worker class replaced by ``worker_cls``."""
+    from auditor.distributed import engine
+
+    plain = vars(engine)["AuditWorker"]
+    vars(engine)["AuditWorker"] = worker_cls
+    try:
+        return run(doc, workdir, registry)
+    finally:
+        vars(engine)["AuditWorker"] = plain
+
+
 #: The environment of the ceiling's processes: one thread for every pool a forward pass or numpy might use.
 ONE_THREAD = {"AUDITOR_ORT_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -255,7 +294,9 @@ def main() -> None:
     t0 = time.perf_counter()
     start_local(num_cpus=2, _node_ip_address="127.0.0.1")  # as an audit starts it (workers' priority included)
     ray_start = time.perf_counter() - t0
-    times: dict[str, list[float]] = {"local": [], "ray": [], "ceiling": [], "tiny_local": [], "tiny_ray": []}
+    times: dict[str, list[float]] = {"local": [], "ray": [], "ceiling": [], "ray_2threads": [], "tiny_local": [],
+                                     "tiny_ray": []}
+    two_threads = two_thread_workers()
     ceiling_startup: list[float] = []
     ceiling_costs: list[dict[str, float]] = []  # per-shard wall time in the ceiling's processes, each run
     loads: dict[str, list[float]] = {k: [] for k in times}
@@ -263,31 +304,34 @@ def main() -> None:
     reports: dict[str, dict[str, Any]] = {}
     same = True
     for _ in range(args.repeats):  # interleaved: a load that comes and goes slows both runs of a pair alike
-        for key, doc in (("local", heavy), ("ray", {**heavy, **on_ray}), ("ceiling", heavy), ("tiny_local", tiny),
-                         ("tiny_ray", {**tiny, **on_ray})):
+        for key, doc in (("local", heavy), ("ray", {**heavy, **on_ray}), ("ceiling", heavy),
+                         ("ray_2threads", {**heavy, **on_ray}), ("tiny_local", tiny), ("tiny_ray", {**tiny, **on_ray})):
             loads[key].append(os.getloadavg()[0])
             if key == "ceiling":
                 wall, up, costs, rep = ceiling(doc, work, registry)
                 ceiling_startup.append(up)
                 ceiling_costs.append(costs)
+            elif key == "ray_2threads":
+                wall, rep = run_with_workers(two_threads, doc, work, registry)
             else:
                 wall, rep = run(doc, work, registry)
             times[key].append(wall)
             reports[key] = rep
             if key == "ceiling":
                 same = same and comparable(reports["local"]) == comparable(rep)
-                print(f"{key:>10}: {wall:7.2f} s  (load {loads[key][-1]:.1f}; two plain processes, up in {up:.2f} s "
+                print(f"{key:>12}: {wall:7.2f} s  (load {loads[key][-1]:.1f}; two plain processes, up in {up:.2f} s "
                       f"outside the clock)", flush=True)
-            elif key == "ray":
-                timing.append(rep["environment"]["execution"]["timing"])
+            elif key in ("ray", "ray_2threads"):
+                t = rep["environment"]["execution"]["timing"]
+                if key == "ray":
+                    timing.append(t)
                 same = same and comparable(reports["local"]) == comparable(rep)
-                t = timing[-1]
                 busy = " / ".join(f"{w['busy_s']:.1f}" for w in t["workers"])
                 cpu = " / ".join(f"{w['cpu_s']:.1f}" for w in t["workers"])
-                print(f"{key:>10}: {wall:7.2f} s  (load {loads[key][-1]:.1f}; workers up in {t['startup_s']:.2f} s, "
+                print(f"{key:>12}: {wall:7.2f} s  (load {loads[key][-1]:.1f}; workers up in {t['startup_s']:.2f} s, "
                       f"efficiency {t['efficiency']:.2f}, busy {busy} s, cpu {cpu} s)", flush=True)
             else:
-                print(f"{key:>10}: {wall:7.2f} s  (load {loads[key][-1]:.1f})", flush=True)
+                print(f"{key:>12}: {wall:7.2f} s  (load {loads[key][-1]:.1f})", flush=True)
     ray.shutdown()
     best = {k: min(v) for k, v in times.items()}
     shards = -(-args.images // (args.shard_rows or 512))
@@ -315,6 +359,9 @@ def main() -> None:
         "ray_share_of_ceiling": best["ceiling"] / best["ray"],
         "ray_share_of_ceiling_per_run": [ce / ra for ce, ra in zip(times["ceiling"], times["ray"])],
         "ceiling_startup_s": ceiling_startup,
+        # Ray with two ONNX Runtime threads a worker and spinning off (see two_thread_workers)
+        "speedup_ray_2threads_vs_local": best["local"] / best["ray_2threads"],
+        "ray_2threads_per_pair": [lo / ra for lo, ra in zip(times["local"], times["ray_2threads"])],
         "ray_start_s": ray_start,
         "worker_bytecode": "precompiled" if bytecode else "compiled by each worker" if sys.dont_write_bytecode
         else "written and reused by Python",
@@ -338,7 +385,9 @@ def main() -> None:
           f"{result['speedup_ceiling_vs_local']:.2f}x the single machine (ceiling {best['ceiling']:.1f} s; pairs "
           f"{', '.join(f'{r:.2f}x' for r in result['ceiling_per_pair'])}), Ray / ceiling "
           f"{result['ray_share_of_ceiling']:.2f} (per run "
-          f"{', '.join(f'{r:.2f}' for r in result['ray_share_of_ceiling_per_run'])}); Ray overhead on a tiny audit "
+          f"{', '.join(f'{r:.2f}' for r in result['ray_share_of_ceiling_per_run'])}); Ray with 2 ORT threads a "
+          f"worker, spinning off, {result['speedup_ray_2threads_vs_local']:.2f}x (pairs "
+          f"{', '.join(f'{r:.2f}x' for r in result['ray_2threads_per_pair'])}); Ray overhead on a tiny audit "
           f"{result['ray_overhead_tiny_audit_s']:.1f} s, workers up in {fastest['startup_s']:.1f} s, efficiency "
           f"{fastest['efficiency']:.2f}; per shard (local / one Ray worker / one ceiling process): {cost_text}; "
           f"ray.init {ray_start:.1f} s; workers' bytecode {result['worker_bytecode']}; reports "
