@@ -155,6 +155,8 @@ class BlindSpots(ShardedCheck):
         vr = space_range(space, p.clip, np.array([lo, hi]), geo)
         notes.append(describe_range(vr, p.clip is not None))
         src, tgt = pick_pairs(ref[ok_rows], p.pairs, ctx.rng)
+        if not len(src):  # classes so unbalanced that no source drew a target of another class
+            raise SkipCheck(f"no pair of different classes among {p.pairs} sources drawn; raise pairs")
         src, tgt = ok_rows[src], ok_rows[tgt]
         cls = ref[src]
         as_rows = np.arange(data.n) if rows is None else np.asarray(rows)

@@ -126,3 +126,15 @@ def test_pairs_are_of_different_classes_and_seeded(tmp_path: Path) -> None:
     assert a == audit(tmp_path, spec, model, data).metrics("robustness.blind_spots")
     notes = audit(tmp_path, spec, model, data).check("robustness.blind_spots").notes
     assert "sampled 100 of 200 rows (stratified by label)" in notes
+
+
+def test_no_pair_of_different_classes_is_a_skip_with_its_reason(tmp_path: Path) -> None:
+    # one class-1 row among 400: the single source is (with this seed) a class-0 row whose 64 draws of a target
+    # all hit class 0; before, the merge failed on zero pairs and the check errored
+    x = np.zeros((400, 2), np.float32)
+    x[:, 0] = np.linspace(-1, -0.1, 400)
+    x[0, 0] = 1.0
+    res = audit(tmp_path, [{"use": "robustness.blind_spots", "with": {"pairs": 1, "random_directions": 0}}],
+                binary_linear(tmp_path, np.array([10.0, 0.0]), 0.0), save(tmp_path, "d.npz", x=x))
+    res.assert_status("robustness.blind_spots", "skipped")
+    assert "no pair of different classes among 1 sources" in (res.check("robustness.blind_spots").skip_reason or "")
