@@ -42,13 +42,11 @@ def torch_available() -> bool:
 @offers(GRADIENTS)
 def _factory(handle: Any) -> Any:
     try:
-        from auditor_torch.backend import factory
+        from auditor_torch.backend import get_backend
     except ImportError as exc:  # installed but broken: the check says why instead of erroring
         raise SkipCheck(f"the torch backend needs torch, which cannot be imported ({exc})") from None
-    from auditor_torch.registry import UnsupportedOpError
-
     try:
-        return factory(handle)
+        return get_backend(handle)
     except UnsupportedOpError as exc:
         # A graph the interpreter cannot differentiate (a tree ensemble, a custom op) is outside what the
         # gradient checks can audit, not a failure of the model: skipped, with the ops named.

@@ -9,7 +9,7 @@ as in the papers, whatever the model's normalisation."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,63 +69,53 @@ class AttackConfig:
     clip: tuple[float, float] | None = None
 
 
-def _batch_inputs(backend: TorchBackend, x: np.ndarray, others: dict[str, np.ndarray],
-                  s: int, bs: int) -> dict[str, torch.Tensor]:
-    """The other per-sample inputs of rows ``s .. s+bs`` as the graph takes them (empty for one input)."""
-    if not others:
-        return {}
-    return backend.companion_tensors(x[s:s + bs], {k: v[s:s + bs] for k, v in others.items()})
+def _batches(backend: TorchBackend, x: np.ndarray, y: np.ndarray, inputs: dict[str, np.ndarray] | None
+             ) -> Iterator[tuple[slice, torch.Tensor, dict[str, torch.Tensor], torch.Tensor]]:
+    """Per batch of the backend's size: its rows, ``x`` there as a tensor, the rows' other per-sample inputs as
+    the graph takes them (empty for one input), and the targets ``y`` there."""
+    others = backend.companions_of(x, inputs)
+    for s in range(0, len(x), backend.batch_size):
+        rows = slice(s, s + backend.batch_size)
+        extra = backend.companion_tensors(x[rows], {k: v[rows] for k, v in others.items()}) if others else {}
+        yield rows, backend.tensor(x[rows]), extra, torch.from_numpy(np.asarray(y[rows], dtype=np.int64)).to(
+            backend.device)
 
 
-def _random_start(gen: torch.Generator | RowRandom, x0: torch.Tensor, rows: slice, restart: int,
-                  cfg: AttackConfig) -> torch.Tensor:
-    """A random point of the ball per sample: from the torch generator, or from each sample's own stream
-    (``RowRandom``: the start of a sample does not depend on the batch or shard it is in)."""
+def _random_start(gen: RowRandom, x0: torch.Tensor, rows: slice, restart: int, cfg: AttackConfig) -> torch.Tensor:
+    """A random point of the ball per sample, from each sample's own stream (the start of a sample does not
+    depend on the batch or shard it is in)."""
     shape = (-1, *([1] * (x0.dim() - 1)))
-    if isinstance(gen, RowRandom):
-        r = gen.at(restart).rows(rows)
-        if cfg.norm == "linf":
-            delta = torch.from_numpy((r.random(tuple(x0.shape)) * 2 - 1) * cfg.eps)
-        else:
-            d = r.standard_normal(tuple(x0.shape))
-            radius = r.random(len(x0)) ** (1.0 / max(x0[0].numel(), 1)) * cfg.eps
-            flat = np.linalg.norm(d.reshape(len(d), -1), axis=1)
-            delta = torch.from_numpy(d / np.maximum(flat, 1e-12).reshape(shape) * radius.reshape(shape))
-        return delta.to(dtype=x0.dtype, device=x0.device)
+    r = gen.at(restart).rows(rows)
     if cfg.norm == "linf":
-        delta = (torch.rand(x0.shape, generator=gen, dtype=x0.dtype) * 2 - 1) * cfg.eps
+        delta = torch.from_numpy((r.random(tuple(x0.shape)) * 2 - 1) * cfg.eps)
     else:
-        dn = torch.randn(x0.shape, generator=gen, dtype=x0.dtype)
-        rn = torch.rand((len(x0),), generator=gen, dtype=x0.dtype) ** (1.0 / max(x0[0].numel(), 1))
-        delta = dn / _per_sample_norm(dn).clamp_min(1e-12) * (rn * cfg.eps).reshape(shape)
-    return delta.to(x0.device)
+        d = r.standard_normal(tuple(x0.shape))
+        radius = r.random(len(x0)) ** (1.0 / max(x0[0].numel(), 1)) * cfg.eps
+        flat = np.linalg.norm(d.reshape(len(d), -1), axis=1)
+        delta = torch.from_numpy(d / np.maximum(flat, 1e-12).reshape(shape) * radius.reshape(shape))
+    return delta.to(dtype=x0.dtype, device=x0.device)
 
 
-def pgd(backend: TorchBackend, x: np.ndarray, y: np.ndarray, cfg: AttackConfig, gen: torch.Generator | RowRandom,
+def pgd(backend: TorchBackend, x: np.ndarray, y: np.ndarray, cfg: AttackConfig, gen: RowRandom,
         check: Callable[[], None] = lambda: None, *, inputs: dict[str, np.ndarray] | None = None,
         to_model: ToModel = None) -> np.ndarray:
     """Untargeted PGD (Madry et al. 2018) maximising the cross-entropy of the true class within the
     ``eps`` ball (L∞: signed-gradient steps; L2: normalised-gradient steps), projected, clipped; with
     restarts each sample keeps the first restart that fools the torch model, else the highest-loss one.
-    ``gen``: a torch generator, or one random stream per row of ``x`` (random starts per sample).
+    ``gen``: one random stream per row of ``x`` (random starts per sample).
     ``inputs``: the model's other per-sample inputs (batch-first), passed through unchanged. ``x`` and the
     returned examples are in the attack space (see the module docstring): with ``to_model``, every forward pass
     is ``model(to_model(x))`` and the gradient is taken with respect to ``x``."""
     alpha = cfg.step_size if cfg.step_size is not None else 2.5 * cfg.eps / max(cfg.steps, 1)
-    bs = backend.batch_size
-    others = backend.companions_of(x, inputs)
     out = np.empty_like(np.asarray(x, dtype=backend.handle.prepare(np.asarray(x[:1])).dtype))
-    for s in range(0, len(x), bs):
-        x0 = backend.tensor(x[s:s + bs])
-        extra = _batch_inputs(backend, x, others, s, bs)
-        yt = torch.from_numpy(np.asarray(y[s:s + bs], dtype=np.int64)).to(backend.device)
+    for rows, x0, extra, yt in _batches(backend, x, y, inputs):
         best = x0.clone()
         best_loss = torch.full((len(x0),), -float("inf"), device=x0.device)
         found = torch.zeros(len(x0), dtype=torch.bool, device=x0.device)
         for restart in range(cfg.restarts):
             check()
             if cfg.random_start:
-                delta = _random_start(gen, x0, slice(s, s + len(x0)), restart, cfg)
+                delta = _random_start(gen, x0, slice(rows.start, rows.start + len(x0)), restart, cfg)
             else:
                 delta = torch.zeros_like(x0)
             xa = x0 + delta
@@ -149,37 +139,24 @@ def pgd(backend: TorchBackend, x: np.ndarray, y: np.ndarray, cfg: AttackConfig, 
             best[take] = xa[take]
             best_loss = torch.where(take, loss, best_loss)
             found |= fooled
-        out[s:s + bs] = best.detach().cpu().numpy()
+        out[rows] = best.detach().cpu().numpy()
     return out
-
-
-@dataclass
-class TraversalResult:
-    """Final points of a level-set traversal and the torch model's confidence in the source class there."""
-
-    x: np.ndarray
-    confidence: np.ndarray
 
 
 def level_set_traversal(backend: TorchBackend, src: np.ndarray, tgt: np.ndarray, cls: np.ndarray, *,
                         steps: int, step_size: float, tolerance: float, clip: tuple[float, float] | None,
                         check: Callable[[], None] = lambda: None,
-                        inputs: dict[str, np.ndarray] | None = None, to_model: ToModel = None) -> TraversalResult:
+                        inputs: dict[str, np.ndarray] | None = None, to_model: ToModel = None) -> np.ndarray:
     """Level Set Traversal (Bansal et al., "Exploring Geometry of Blind Spots in Vision Models", 2023).
 
     From ``x = src`` towards ``tgt``: ``Δ = tgt − x``, remove its component along the confidence gradient
     ``g = ∇ₓ p_c(x)``: ``Δ⊥ = Δ − (Δ·g/‖g‖²) g``, step ``x ← x + η Δ⊥``; when the confidence falls below
     ``p_c(src) − tolerance``, a first-order correction along ``g`` brings it back to that level
-    (``x ← x + (p* − p_c(x)) g/‖g‖²``). Batched over all pairs.
+    (``x ← x + (p* − p_c(x)) g/‖g‖²``). Batched over all pairs; returns the final points.
     """
-    bs = backend.batch_size
-    others = backend.companions_of(src, inputs)  # the sources' other inputs, held along the traversal
-    xs, confs = [], []
-    for s in range(0, len(src), bs):
-        x0 = backend.tensor(src[s:s + bs])
-        xt = backend.tensor(tgt[s:s + bs])
-        extra = _batch_inputs(backend, src, others, s, bs)
-        ct = torch.from_numpy(np.asarray(cls[s:s + bs], dtype=np.int64)).to(backend.device)
+    xs = []
+    for rows, x0, extra, ct in _batches(backend, src, cls, inputs):  # the sources' other inputs, held all along
+        xt = backend.tensor(tgt[rows])
         p0, _ = backend.loss_grad(x0, ct, "prob", inputs=extra, transform=to_model)
         level = p0 - tolerance
         x = x0.clone()
@@ -197,9 +174,5 @@ def level_set_traversal(backend: TorchBackend, src: np.ndarray, tgt: np.ndarray,
             x = x + step_size * d_perp.reshape(x.shape) + corr * g
             if clip is not None:
                 x = x.clamp(*clip)
-        with torch.no_grad():
-            o, lg = backend.outputs(x if to_model is None else to_model(x), inputs=extra)
-            pf = backend.log_probs(o, lg).gather(1, ct.reshape(-1, 1))[:, 0].exp()
         xs.append(x.detach().cpu().numpy())
-        confs.append(pf.cpu().numpy())
-    return TraversalResult(np.concatenate(xs), np.concatenate(confs))
+    return np.concatenate(xs)

@@ -15,7 +15,6 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
 
 import numpy as np
 import onnx
@@ -87,14 +86,14 @@ class TorchBackend:
             self.notes.append("torch sees no CUDA device: the torch backend runs on the CPU")
 
     # ------------------------------------------------------------------------------------------ building
-    def build_module(self) -> OnnxModule:
-        """A fresh :class:`OnnxModule` of the audited model (on the CPU), e.g. to retrain."""
+    def build_module(self, names: Sequence[str] = ()) -> OnnxModule:
+        """A fresh :class:`OnnxModule` of the audited model (on the CPU), e.g. to retrain, computing ``names``
+        (default: the audited output and its logits)."""
         h = self.handle
         d0 = h.input.shape[0] if h.input.shape else None
-        extra = [self.logit_name] if self.logit_name != self.output_name else []
-        return build_module(h.proto, output=self.output_name, input_name=h.input.name, base_dir=h.path.parent,
-                            feeds=h.feeds, fixed_batch=d0 if isinstance(d0, int) else None,
-                            extra_outputs=extra)
+        names = list(names) or [self.output_name, self.logit_name]
+        return build_module(h.proto, output=names[0], input_name=h.input.name, base_dir=h.path.parent,
+                            feeds=h.feeds, fixed_batch=d0 if isinstance(d0, int) else None, extra_outputs=names[1:])
 
     @property
     def dtype(self) -> torch.dtype:
@@ -172,17 +171,12 @@ class TorchBackend:
         raise ValueError(f"of must be 'logit', 'prob' or 'loss', not {of!r}")
 
     # ------------------------------------------------------------------------------------------ batching
-    def chunks(self, x: np.ndarray, batch_size: int | None = None) -> Iterator[tuple[np.ndarray, int]]:
-        """``(batch, real rows)`` over ``x``, following ONNX Runtime's batching decision
-        (:meth:`ModelHandle.batching`): a model that only runs its fixed export batch gets exactly that many
-        rows, the last chunk padded with copies of its last row (the caller drops the padding's outputs)."""
-        for xb, _ob, n in self.chunks_with(x, None, batch_size):
-            yield xb, n
-
     def chunks_with(self, x: np.ndarray, inputs: dict[str, np.ndarray] | None,
                     batch_size: int | None = None) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray], int]]:
-        """``(batch, its companion rows, real rows)``: :meth:`chunks` with the model's other per-sample inputs
-        (batch-first, one row per row of ``x``) cut and padded the same way."""
+        """``(batch, its companion rows, real rows)`` over ``x`` and the model's other per-sample inputs
+        (batch-first, one row per row of ``x``), following ONNX Runtime's batching decision
+        (:meth:`ModelHandle.batching`): a model that only runs its fixed export batch gets exactly that many
+        rows, the last chunk padded with copies of its last row (the caller drops the padding's outputs)."""
         others = self.companions_of(x, inputs)
         mode, fixed = self.handle.batching(x, others)
         size = (fixed or 1) if mode == "fixed" else (batch_size or self.batch_size)
@@ -208,12 +202,7 @@ class TorchBackend:
         key = tuple(names)
         module = self.module if key == (self.output_name,) else self._modules.get(key)
         if module is None:
-            h = self.handle
-            d0 = h.input.shape[0] if h.input.shape else None
-            module = build_module(h.proto, output=key[0], input_name=h.input.name, base_dir=h.path.parent,
-                                  feeds=h.feeds, fixed_batch=d0 if isinstance(d0, int) else None,
-                                  extra_outputs=key[1:]).to(self.device).eval()
-            self._modules[key] = module
+            module = self._modules[key] = self.build_module(key).to(self.device).eval()
         parts: dict[str, list[np.ndarray]] = {n: [] for n in key}
         with torch.no_grad():
             for xb, ob, n in self.chunks_with(x, inputs, batch_size):
@@ -279,8 +268,3 @@ def get_backend(handle: ModelHandle) -> TorchBackend:
             b = TorchBackend(handle)
             _CACHE[handle] = b
         return b
-
-
-def factory(handle: Any) -> TorchBackend:
-    """What ``auditor_register_backends`` offers as ``"torch"``."""
-    return get_backend(handle)

@@ -510,10 +510,9 @@ class BlindSpots(_TorchCheck):
         pixels = data.pixels
         if pixels is not None:  # traverse un-normalised pixels: distances and clipping in pixel units
             xs, xt = pixels.to_pixels(xs), pixels.to_pixels(xt)
-        res = level_set_traversal(backend, xs, xt, cls, steps=int(p.steps), step_size=float(p.step_size),
-                                  tolerance=float(p.tolerance), clip=_clip(p.clip, pixels), check=ctx.check_cancelled,
-                                  inputs=held, to_model=pixel_normaliser(pixels, backend))
-        xf = res.x
+        xf = level_set_traversal(backend, xs, xt, cls, steps=int(p.steps), step_size=float(p.step_size),
+                                 tolerance=float(p.tolerance), clip=_clip(p.clip, pixels), check=ctx.check_cancelled,
+                                 inputs=held, to_model=pixel_normaliser(pixels, backend))
         model_in = np.asarray if pixels is None else pixels.from_pixels  # ONNX Runtime's inputs
         d0 = np.linalg.norm((xs - xt).reshape(k, -1).astype(np.float64), axis=1)
         d1 = np.linalg.norm((xf - xt).reshape(k, -1).astype(np.float64), axis=1)

@@ -169,18 +169,16 @@ class OnnxModule(torch.nn.Module):
             for o in node.output:
                 if o:
                     self.producers[o] = node
-            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-                value = _constant_value(node)
-                if value is not None:
-                    k = _key(node.output[0], taken)
-                    self.register_buffer(k, to_torch(value))
-                    self._where[node.output[0]] = ("buf", k)
-                    continue
-            ctx = self._node_context(node, idx, missing)
-            if ctx is None:
+            value = _constant_value(node)
+            if value is not None:
+                k = _key(node.output[0], taken)
+                self.register_buffer(k, to_torch(value))
+                self._where[node.output[0]] = ("buf", k)
                 continue
-            fn = lookup(node.op_type, node.domain)
-            assert fn is not None
+            compiled = self._compile(node, idx, missing)
+            if compiled is None:
+                continue
+            ctx, fn = compiled
             ins = [self._where.get(i, ("env", i)) if i else None for i in [*node.input, *ctx.captured]]
             steps.append(_Step(ctx, fn, ins, list(node.output)))
         if missing:
@@ -199,12 +197,13 @@ class OnnxModule(torch.nn.Module):
         for name, si in last.items():
             if name not in keep and name != input_name:
                 steps[si].free.append(name)
-        self._steps = steps
+        #: The evaluation plan (one step per non-constant node).
+        self.steps = steps
         self.train(False)  # inference semantics unless a trainer says otherwise
 
-    def _node_context(self, node: onnx.NodeProto, idx: int, missing: dict[str, int]) -> NodeContext | None:
-        """The :class:`NodeContext` of a node (its subgraphs compiled), or ``None`` with the op counted in
-        ``missing`` when no implementation is registered (ops inside subgraphs are counted too)."""
+    def _compile(self, node: onnx.NodeProto, idx: int, missing: dict[str, int]) -> tuple[NodeContext, OpFn] | None:
+        """The :class:`NodeContext` of a node (its subgraphs compiled) and its implementation, or ``None`` with the
+        op counted in ``missing`` when no implementation is registered (ops inside subgraphs are counted too)."""
         fn = lookup(node.op_type, node.domain)
         subs: dict[str, SubGraph] = {}
         for a in node.attribute:
@@ -219,7 +218,7 @@ class OnnxModule(torch.nn.Module):
         dom = node.domain if node.domain not in ("", "ai.onnx") else ""
         captured = sorted(G.subgraph_refs(node)) if subs else []
         return NodeContext(node, _attrs(node), self.opsets.get(dom, self.opsets.get("", 17)), self, idx,
-                           captured, subs)
+                           captured, subs), fn
 
     def lookup_tensor(self, name: str, env: dict[str, torch.Tensor]) -> torch.Tensor:
         """``name`` from ``env``, else a parameter / buffer / constant of the module."""
@@ -249,11 +248,6 @@ class OnnxModule(torch.nn.Module):
         """ONNX initializer name -> parameter."""
         return {self.param_names[k]: p for k, p in self.params.items()}
 
-    @property
-    def steps(self) -> list[_Step]:
-        """The evaluation plan (one step per non-constant node)."""
-        return self._steps
-
     # ------------------------------------------------------------------------------------------ evaluation
     def linear(self, ctx: NodeContext, fn: LinearFn, x: torch.Tensor, weight_name: str, w: torch.Tensor
                ) -> torch.Tensor:
@@ -270,7 +264,7 @@ class OnnxModule(torch.nn.Module):
         want = set(outputs)
         if self.input_name in env and env[self.input_name].dim():
             self.current_batch = int(env[self.input_name].shape[0])
-        for s in (self._steps if steps is None else steps):
+        for s in (self.steps if steps is None else steps):
             args: list[Any] = [None if src is None else env[src[1]] if src[0] == "env" else self._held(*src)
                                for src in s.inputs]
             try:
@@ -312,15 +306,13 @@ class SubGraph:
             self._buffer(t.name, numpy_helper.to_array(t))
         self.steps: list[tuple[NodeContext, OpFn, list[str]]] = []
         for idx, node in enumerate(G.topological_order(graph)):
-            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-                value = _constant_value(node)
-                if value is not None:
-                    self._buffer(node.output[0], value)
-                    continue
-            ctx = module._node_context(node, idx, missing)
-            fn = lookup(node.op_type, node.domain)
-            if ctx is not None and fn is not None:
-                self.steps.append((ctx, fn, [*node.input, *ctx.captured]))
+            value = _constant_value(node)
+            if value is not None:
+                self._buffer(node.output[0], value)
+                continue
+            compiled = module._compile(node, idx, missing)
+            if compiled is not None:
+                self.steps.append((*compiled, [*node.input, *compiled[0].captured]))
 
     def _buffer(self, name: str, value: np.ndarray) -> None:
         k = _key("sub_" + name, self.module._taken)
@@ -346,24 +338,19 @@ def _store(env: dict[str, torch.Tensor], names: list[str], res: Any) -> None:
             env[name] = t
 
 
+#: The number-valued attributes of a ``Constant`` node besides ``value`` (a tensor), and their dtypes.
+_CONSTANTS = {"value_float": np.float32, "value_floats": np.float32, "value_int": np.int64, "value_ints": np.int64}
+
+
 def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
-    for a in node.attribute:
+    """The value of a ``Constant`` node, ``None`` for any other node (and for a string or sparse value, which
+    the interpreter then reports as an op it cannot run)."""
+    for a in node.attribute if node.op_type == "Constant" and node.domain in ("", "ai.onnx") else []:
         if a.name == "value":
             return numpy_helper.to_array(a.t)
-        if a.name == "value_float":
-            return np.asarray(a.f, dtype=np.float32)
-        if a.name == "value_floats":
-            return np.asarray(list(a.floats), dtype=np.float32)
-        if a.name == "value_int":
-            return np.asarray(a.i, dtype=np.int64)
-        if a.name == "value_ints":
-            return np.asarray(list(a.ints), dtype=np.int64)
+        if a.name in _CONSTANTS:
+            return np.asarray(helper.get_attribute_value(a), dtype=_CONSTANTS[a.name])
     return None
-
-
-def opsets_of(model: onnx.ModelProto) -> dict[str, int]:
-    """``{domain: version}`` with the default domain as ``""``."""
-    return {("" if o.domain in ("", "ai.onnx") else o.domain): int(o.version) for o in model.opset_import}
 
 
 def read_initializers(model: onnx.ModelProto, base_dir: Path | None) -> dict[str, np.ndarray]:
@@ -402,5 +389,6 @@ def build_module(model: onnx.ModelProto, *, output: str | None = None, input_nam
             raise ValueError(f"cannot tell the data input among {data_in}")
         input_name = rest[0]
     inits = read_initializers(pruned, base_dir)
-    return OnnxModule(pruned.graph, opsets=opsets_of(model), input_name=input_name, output_names=wanted,
+    opsets = {("" if o.domain in ("", "ai.onnx") else o.domain): int(o.version) for o in model.opset_import}
+    return OnnxModule(pruned.graph, opsets=opsets, input_name=input_name, output_names=wanted,
                       initializers=inits, feeds=feeds, fixed_batch=fixed_batch)

@@ -76,13 +76,6 @@ _UNARY: dict[str, Callable[[Tensor], Tensor]] = {
 }
 
 
-@register_op("IsInf")
-def _isinf(ctx: NodeContext, ins: Ins) -> Tensor:
-    x = ins[0]
-    pos, neg = int(ctx.attr("detect_positive", 1)), int(ctx.attr("detect_negative", 1))
-    return (torch.isposinf(x) & bool(pos)) | (torch.isneginf(x) & bool(neg))
-
-
 def _div(a: Tensor, b: Tensor) -> Tensor:
     if not a.is_floating_point() and not b.is_floating_point():
         return torch.div(a, b, rounding_mode="trunc")  # integer division truncates, as in ONNX Runtime
@@ -119,6 +112,8 @@ _SIMPLE: dict[str, OpFn] = {
     "Sum": lambda c, i: _fold(torch.add, i),
     "Mean": lambda c, i: _fold(torch.add, i) / len(i),
     "Where": lambda c, i: torch.where(i[0].bool(), i[1], i[2]),
+    "IsInf": lambda c, i: ((torch.isposinf(i[0]) & bool(int(c.attr("detect_positive", 1))))
+                           | (torch.isneginf(i[0]) & bool(int(c.attr("detect_negative", 1))))),
     # activations
     "LeakyRelu": lambda c, i: F.leaky_relu(i[0], float(c.attr("alpha", 0.01))),
     "Elu": lambda c, i: F.elu(i[0], float(c.attr("alpha", 1.0))),
@@ -127,6 +122,8 @@ _SIMPLE: dict[str, OpFn] = {
     "HardSwish": lambda c, i: i[0] * torch.clamp(i[0] / 6 + 0.5, 0, 1),
     "ThresholdedRelu": lambda c, i: torch.where(i[0] > float(c.attr("alpha", 1.0)), i[0], torch.zeros_like(i[0])),
     "PRelu": lambda c, i: torch.where(i[0] < 0, i[1] * i[0], i[0]),
+    "Selu": lambda c, i: float(c.attr("gamma", 1.05070102214813232421875)) * torch.where(
+        i[0] > 0, i[0], float(c.attr("alpha", 1.67326319217681884765625)) * (torch.exp(i[0]) - 1)),
     # linear algebra, pooling, normalisation
     "Einsum": lambda c, i: torch.einsum(str(c.attr("equation")), *i),
     "GlobalAveragePool": lambda c, i: i[0].mean(dim=tuple(range(2, i[0].dim())), keepdim=True),
@@ -143,42 +140,24 @@ _SIMPLE: dict[str, OpFn] = {
                                        device=i[0].device),
     "Cast": lambda c, i: i[0].to(torch_dtype(int(c.attr("to")))),
     "CastLike": lambda c, i: i[0].to(i[1].dtype),
+    "Shape": lambda c, i: torch.tensor(list(i[0].shape)[c.attr("start"):c.attr("end")], dtype=torch.int64,
+                                       device=i[0].device),  # start / end None: from the first / to the last
+    "Gelu": lambda c, i: F.gelu(i[0], approximate="tanh" if c.attr("approximate", "none") == "tanh" else "none"),
+    # training: batch statistics, the running ones updated with ONNX's momentum convention (weight of the old)
+    "BatchNormalization": lambda c, i: F.batch_norm(
+        i[0], i[3], i[4], i[1], i[2], c.training, 1.0 - float(c.attr("momentum", 0.9)), float(c.attr("epsilon", 1e-5))),
 }
 for _name, _op in _SIMPLE.items():
     register_op(_name)(_op)
-
-
-# ---------------------------------------------------------------------------------------------- activations
-@register_op("Selu")
-def _selu(ctx: NodeContext, ins: Ins) -> Tensor:
-    alpha = float(ctx.attr("alpha", 1.67326319217681884765625))
-    gamma = float(ctx.attr("gamma", 1.05070102214813232421875))
-    x = ins[0]
-    return gamma * torch.where(x > 0, x, alpha * (torch.exp(x) - 1))
-
-
-@register_op("Gelu")
-@register_op("Gelu", "com.microsoft")
-def _gelu(ctx: NodeContext, ins: Ins) -> Tensor:
-    return F.gelu(ins[0], approximate="tanh" if ctx.attr("approximate", "none") == "tanh" else "none")
-
-
-@register_op("FastGelu", "com.microsoft")
-def _fastgelu(ctx: NodeContext, ins: Ins) -> Tensor:
-    x = ins[0] if _opt(ins, 1) is None else ins[0] + ins[1]
-    return F.gelu(x, approximate="tanh")
+register_op("Gelu", "com.microsoft")(_SIMPLE["Gelu"])
+register_op("FastGelu", "com.microsoft")(
+    lambda c, i: F.gelu(i[0] if _opt(i, 1) is None else i[0] + i[1], approximate="tanh"))
 
 
 @register_op("Clip")
 def _clip(ctx: NodeContext, ins: Ins) -> Tensor:
-    x = ins[0]
-    if ctx.opset < 11:
-        lo, hi = ctx.attr("min"), ctx.attr("max")
-        return torch.clamp(x, min=lo, max=hi) if lo is not None or hi is not None else x
-    lo, hi = _opt(ins, 1), _opt(ins, 2)
-    if lo is None and hi is None:
-        return x
-    return torch.clamp(x, min=lo, max=hi)
+    lo, hi = (ctx.attr("min"), ctx.attr("max")) if ctx.opset < 11 else (_opt(ins, 1), _opt(ins, 2))
+    return ins[0] if lo is None and hi is None else torch.clamp(ins[0], min=lo, max=hi)
 
 
 def _softmax_like(fn: Callable[..., Tensor]) -> Callable[[NodeContext, Ins], Tensor]:
@@ -202,10 +181,7 @@ register_op("LogSoftmax")(_softmax_like(torch.log_softmax))
 # ---------------------------------------------------------------------------------------------- linear ops
 def _torch_pad(begin: Sequence[int], end: Sequence[int]) -> list[int]:
     """ONNX per-axis (begin, end) pads as F.pad's list, which starts from the last axis."""
-    out: list[int] = []
-    for b, e in zip(reversed(list(begin)), reversed(list(end))):
-        out += [int(b), int(e)]
-    return out
+    return [int(v) for b, e in zip(reversed(list(begin)), reversed(list(end))) for v in (b, e)]
 
 
 def _spatial_pads(ctx: NodeContext, x: Tensor, kernel: Sequence[int], strides: Sequence[int],
@@ -276,10 +252,7 @@ def _convt(ctx: NodeContext, ins: Ins) -> Tensor:
     if out_shape or auto in ("SAME_UPPER", "SAME_LOWER"):
         target = list(out_shape)[-n:] if out_shape else [int(x.shape[2 + i]) * strides[i] for i in range(n)]
         total = [full[i] - target[i] for i in range(n)]
-        if auto == "SAME_UPPER":
-            begin = [t // 2 for t in total]
-        else:
-            begin = [t - t // 2 for t in total]
+        begin = [t // 2 if auto == "SAME_UPPER" else t - t // 2 for t in total]
         end = [t - bb for t, bb in zip(total, begin)]
     else:
         pads = list(ctx.attr("pads") or [0] * (2 * n))
@@ -300,27 +273,21 @@ def _gemm(ctx: NodeContext, ins: Ins) -> Tensor:
         y = (aa.t() if ta else aa) @ (bb.t() if tb else bb)
         return y * alpha if alpha != 1.0 else y
 
-    m = ctx.module
-    if m.is_param(ctx.node.input[1]):
-        y = m.linear(ctx, mm, a, ctx.node.input[1], b)
-    elif m.is_param(ctx.node.input[0]):
-        y = m.linear(ctx, lambda xx, ww: mm(ww, xx), b, ctx.node.input[0], a)
-    else:
-        y = mm(a, b)
-    if c is not None:
-        y = y + (c * beta if beta != 1.0 else c)
-    return y
+    y = _product(ctx, mm, a, b)
+    return y if c is None else y + (c * beta if beta != 1.0 else c)
 
 
-@register_op("MatMul")
-def _matmul(ctx: NodeContext, ins: Ins) -> Tensor:
-    a, b = ins
-    m = ctx.module
-    if m.is_param(ctx.node.input[1]):
-        return m.linear(ctx, torch.matmul, a, ctx.node.input[1], b)
-    if m.is_param(ctx.node.input[0]):
-        return m.linear(ctx, lambda xx, ww: torch.matmul(ww, xx), b, ctx.node.input[0], a)
-    return torch.matmul(a, b)
+def _product(ctx: NodeContext, fn: Callable[[Tensor, Tensor], Tensor], a: Tensor, b: Tensor) -> Tensor:
+    """``fn(a, b)`` of a Gemm / MatMul, through the module's linear hook with the operand that is a weight."""
+    m, (name_a, name_b) = ctx.module, ctx.node.input[:2]
+    if m.is_param(name_b):
+        return m.linear(ctx, fn, a, name_b, b)
+    if m.is_param(name_a):
+        return m.linear(ctx, lambda xx, ww: fn(ww, xx), b, name_a, a)
+    return fn(a, b)
+
+
+register_op("MatMul")(lambda ctx, ins: _product(ctx, torch.matmul, ins[0], ins[1]))
 
 
 # ---------------------------------------------------------------------------------------------- pooling
@@ -373,16 +340,6 @@ def _avgpool(ctx: NodeContext, ins: Ins) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- normalization
-@register_op("BatchNormalization")
-def _bn(ctx: NodeContext, ins: Ins) -> Tensor:
-    x, scale, bias, mean, var = ins[:5]
-    eps = float(ctx.attr("epsilon", 1e-5))
-    if ctx.training:
-        # batch statistics; running statistics updated with ONNX's momentum convention (weight of the old)
-        return F.batch_norm(x, mean, var, scale, bias, True, 1.0 - float(ctx.attr("momentum", 0.9)), eps)
-    return F.batch_norm(x, mean, var, scale, bias, False, 0.0, eps)
-
-
 @register_op("LayerNormalization")
 def _ln(ctx: NodeContext, ins: Ins) -> Any:
     x, scale, bias = ins[0], ins[1], _opt(ins, 2)
@@ -507,11 +464,8 @@ def _axes(ctx: NodeContext, ins: Ins, input_from: int) -> list[int] | None:
 
 @register_op("Squeeze")
 def _squeeze(ctx: NodeContext, ins: Ins) -> Tensor:
-    x = ins[0]
-    axes = _axes(ctx, ins, 13)
-    if not axes:
-        return x.squeeze()
-    return x.squeeze(tuple(a % x.dim() for a in axes))
+    x, axes = ins[0], _axes(ctx, ins, 13)
+    return x.squeeze(tuple(a % x.dim() for a in axes)) if axes else x.squeeze()
 
 
 @register_op("Unsqueeze")
@@ -522,15 +476,6 @@ def _unsqueeze(ctx: NodeContext, ins: Ins) -> Tensor:
     for a in sorted(a % rank for a in axes):
         x = x.unsqueeze(a)
     return x
-
-
-@register_op("Shape")
-def _shape(ctx: NodeContext, ins: Ins) -> Tensor:
-    x = ins[0]
-    dims = list(x.shape)
-    start, end = ctx.attr("start"), ctx.attr("end")
-    dims = dims[start if start is not None else None: end if end is not None else None]
-    return torch.tensor(dims, dtype=torch.int64, device=x.device)
 
 
 @register_op("ConstantOfShape")
@@ -568,10 +513,8 @@ def _argmax(ctx: NodeContext, ins: Ins) -> Tensor:
     keep = bool(ctx.attr("keepdims", 1))
     fn = torch.argmax if ctx.node.op_type == "ArgMax" else torch.argmin
     if int(ctx.attr("select_last_index", 0)):
-        idx = int(x.shape[axis]) - 1 - fn(x.flip(axis), dim=axis, keepdim=keep)
-    else:
-        idx = fn(x, dim=axis, keepdim=keep)
-    return idx
+        return int(x.shape[axis]) - 1 - fn(x.flip(axis), dim=axis, keepdim=keep)
+    return fn(x, dim=axis, keepdim=keep)
 
 
 # ---------------------------------------------------------------------------------------------- reductions
@@ -670,34 +613,34 @@ def _along(x: Tensor, axis: int, vec: Tensor) -> Tensor:
     return vec.reshape(shape)
 
 
+#: Resize's coordinate transformations: the input coordinate of output index ``i`` (scale ``s``, sizes ``n``).
+_COORDINATES: dict[str, Callable[[Tensor, Tensor, int, int], Tensor]] = {
+    "half_pixel": lambda i, s, n_in, n_out: (i + 0.5) / s - 0.5,
+    "pytorch_half_pixel": lambda i, s, n_in, n_out: (i + 0.5) / s - 0.5 if n_out > 1 else torch.zeros_like(i),
+    "align_corners": lambda i, s, n_in, n_out: i * ((n_in - 1) / (n_out - 1)) if n_out > 1 else torch.zeros_like(i),
+    "asymmetric": lambda i, s, n_in, n_out: i / s,
+    "tf_half_pixel_for_nn": lambda i, s, n_in, n_out: (i + 0.5) / s,
+}
+#: Resize's nearest modes: the source index of an input coordinate (``simple``, Upsample / Resize-10: floor when
+#: enlarging, ceil when shrinking).
+_NEAREST: dict[str, Callable[[Tensor, float], Tensor]] = {
+    "round_prefer_floor": lambda v, scale: torch.ceil(v - 0.5),
+    "round_prefer_ceil": lambda v, scale: torch.floor(v + 0.5),
+    "floor": lambda v, scale: torch.floor(v), "ceil": lambda v, scale: torch.ceil(v),
+    "simple": lambda v, scale: torch.ceil(v) if scale < 1 else torch.floor(v),
+}
+
+
 def _resize_axis(ctx: NodeContext, x: Tensor, axis: int, out_n: int, scale: float, mode: str, coord: str,
                  nearest: str) -> Tensor:
     in_n = int(x.shape[axis])
     i = torch.arange(out_n, dtype=torch.float32, device=x.device)
     s = torch.tensor(scale, dtype=torch.float32)
-    if coord == "half_pixel":
-        xo = (i + 0.5) / s - 0.5
-    elif coord == "pytorch_half_pixel":
-        xo = (i + 0.5) / s - 0.5 if out_n > 1 else torch.zeros_like(i)
-    elif coord == "align_corners":
-        xo = i * ((in_n - 1) / (out_n - 1)) if out_n > 1 else torch.zeros_like(i)
-    elif coord == "asymmetric":
-        xo = i / s
-    elif coord == "tf_half_pixel_for_nn":
-        xo = (i + 0.5) / s
-    else:
+    if coord not in _COORDINATES:
         raise UnsupportedOpError(f"Resize coordinate_transformation_mode {coord!r} is not supported")
+    xo = _COORDINATES[coord](i, s, in_n, out_n)
     if mode == "nearest":
-        if nearest == "round_prefer_floor":
-            src = torch.ceil(xo - 0.5)
-        elif nearest == "round_prefer_ceil":
-            src = torch.floor(xo + 0.5)
-        elif nearest == "floor":
-            src = torch.floor(xo)
-        elif nearest == "ceil":
-            src = torch.ceil(xo)
-        else:  # "simple" (Upsample / Resize-10): floor when enlarging, ceil when shrinking
-            src = torch.ceil(xo) if scale < 1 else torch.floor(xo)
+        src = _NEAREST.get(nearest, _NEAREST["simple"])(xo, scale)
         return x.index_select(axis, src.long().clamp(0, in_n - 1))
     if mode == "linear":
         xc = xo.clamp(0, in_n - 1)
@@ -760,42 +703,47 @@ def _resize_op(ctx: NodeContext, ins: Ins) -> Tensor:
     return _resize(ctx, x, scales, sizes, coord, ctx.attr("nearest_mode", "round_prefer_floor"))
 
 
-@register_op("Upsample")
-def _upsample(ctx: NodeContext, ins: Ins) -> Tensor:
-    scales = _floats(ctx.attr("scales")) if ctx.attr("scales") is not None else _floats(ins[1])
-    return _resize(ctx, ins[0], scales, None, "asymmetric", "simple")
+register_op("Upsample")(lambda c, i: _resize(c, i[0], _floats(c.attr("scales") if c.attr("scales") is not None
+                                                              else i[1]), None, "asymmetric", "simple"))
 
 
 # ---------------------------------------------------------------------------------------------- ai.onnx.ml
+def _softmax_zero(s: Tensor) -> Tensor:
+    """Softmax over the non-zero scores only (zeros stay zero), as in ONNX Runtime."""
+    e = torch.where(s != 0, torch.exp(s - s.amax(dim=1, keepdim=True)), torch.zeros_like(s))
+    return e / e.sum(dim=1, keepdim=True).clamp_min(1e-30)
+
+
+#: The ``post_transform`` of the ai.onnx.ml linear models.
+_POST: dict[str, Callable[[Tensor], Tensor]] = {
+    "NONE": lambda s: s, "LOGISTIC": torch.sigmoid, "SOFTMAX": lambda s: torch.softmax(s, dim=1),
+    "SOFTMAX_ZERO": _softmax_zero, "PROBIT": lambda s: math.sqrt(2.0) * torch.erfinv(2 * s - 1),
+}
+
+
 def _post_transform(s: Tensor, how: str) -> Tensor:
-    if how == "NONE":
-        return s
-    if how == "LOGISTIC":
-        return torch.sigmoid(s)
-    if how == "SOFTMAX":
-        return torch.softmax(s, dim=1)
-    if how == "SOFTMAX_ZERO":
-        # softmax over the non-zero scores only (zeros stay zero), as in ONNX Runtime
-        nz = s != 0
-        e = torch.where(nz, torch.exp(s - s.amax(dim=1, keepdim=True)), torch.zeros_like(s))
-        return e / e.sum(dim=1, keepdim=True).clamp_min(1e-30)
-    if how == "PROBIT":
-        return math.sqrt(2.0) * torch.erfinv(2 * s - 1)
-    raise UnsupportedOpError(f"post_transform {how!r} is not supported")
+    if how not in _POST:
+        raise UnsupportedOpError(f"post_transform {how!r} is not supported")
+    return _POST[how](s)
+
+
+def _real(x: Tensor) -> Tensor:
+    """An ai.onnx.ml model's input as floats (they take integers too)."""
+    return x if x.is_floating_point() else x.float()
+
+
+def _vector(ctx: NodeContext, name: str, x: Tensor, default: Sequence[float] | None = None) -> Tensor:
+    """A float-list attribute as a tensor in ``x``'s dtype, on its device."""
+    return torch.tensor(_floats(ctx.attr(name) or default), dtype=x.dtype, device=x.device)
 
 
 @register_op("LinearClassifier", "ai.onnx.ml")
 def _linear_classifier(ctx: NodeContext, ins: Ins) -> list[Tensor]:
-    x = ins[0]
-    if not x.is_floating_point():
-        x = x.float()
-    coef = torch.tensor(_floats(ctx.attr("coefficients")), dtype=x.dtype, device=x.device)
-    inter = ctx.attr("intercepts")
-    n_feat = int(x.shape[1])
-    w = coef.reshape(-1, n_feat)
+    x = _real(ins[0])
+    w = _vector(ctx, "coefficients", x).reshape(-1, int(x.shape[1]))
     s = x @ w.t()
-    if inter:
-        s = s + torch.tensor(_floats(inter), dtype=x.dtype, device=x.device)
+    if ctx.attr("intercepts"):
+        s = s + _vector(ctx, "intercepts", x)
     labels = ctx.attr("classlabels_ints")
     strings = ctx.attr("classlabels_strings")
     n_classes = len(labels) if labels else len(strings or [])
@@ -819,19 +767,16 @@ def _linear_classifier(ctx: NodeContext, ins: Ins) -> list[Tensor]:
 
 @register_op("LinearRegressor", "ai.onnx.ml")
 def _linear_regressor(ctx: NodeContext, ins: Ins) -> Tensor:
-    x = ins[0].float() if not ins[0].is_floating_point() else ins[0]
-    coef = torch.tensor(_floats(ctx.attr("coefficients")), dtype=x.dtype, device=x.device)
-    targets = int(ctx.attr("targets", 1))
-    y = x @ coef.reshape(targets, -1).t()
-    inter = ctx.attr("intercepts")
-    if inter:
-        y = y + torch.tensor(_floats(inter), dtype=x.dtype, device=x.device)
+    x = _real(ins[0])
+    y = x @ _vector(ctx, "coefficients", x).reshape(int(ctx.attr("targets", 1)), -1).t()
+    if ctx.attr("intercepts"):
+        y = y + _vector(ctx, "intercepts", x)
     return _post_transform(y, ctx.attr("post_transform", "NONE"))
 
 
 @register_op("Normalizer", "ai.onnx.ml")
 def _normalizer(ctx: NodeContext, ins: Ins) -> Tensor:
-    x = ins[0].float() if not ins[0].is_floating_point() else ins[0]
+    x = _real(ins[0])
     norm = ctx.attr("norm", "MAX")
     if norm == "MAX":
         return x / x.amax(dim=1, keepdim=True)
@@ -842,10 +787,8 @@ def _normalizer(ctx: NodeContext, ins: Ins) -> Tensor:
 
 @register_op("Scaler", "ai.onnx.ml")
 def _scaler(ctx: NodeContext, ins: Ins) -> Tensor:
-    x = ins[0].float() if not ins[0].is_floating_point() else ins[0]
-    off = torch.tensor(_floats(ctx.attr("offset") or [0.0]), dtype=x.dtype, device=x.device)
-    sc = torch.tensor(_floats(ctx.attr("scale") or [1.0]), dtype=x.dtype, device=x.device)
-    return (x - off) * sc
+    x = _real(ins[0])
+    return (x - _vector(ctx, "offset", x, [0.0])) * _vector(ctx, "scale", x, [1.0])
 
 
 # ---------------------------------------------------------------------------------------------- rearranging

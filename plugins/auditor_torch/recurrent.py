@@ -49,7 +49,7 @@ def _activation(name: str, alpha: float | None, beta: float | None) -> Act:
 
 def _activations(ctx: NodeContext, defaults: Sequence[str], dirs: int) -> list[list[Act]]:
     """Per direction, the op's activation functions (``activations`` lists them direction after direction)."""
-    names = [a.decode() if isinstance(a, bytes) else str(a) for a in (ctx.attr("activations") or [])]
+    names = list(ctx.attr("activations") or [])  # strings (the interpreter decodes attributes)
     alphas = list(ctx.attr("activation_alpha") or [])
     betas = list(ctx.attr("activation_beta") or [])
     k = len(defaults)
@@ -78,15 +78,9 @@ def _by_length(x: Tensor, lengths: Tensor | None) -> Tensor:
 def _run(ctx: NodeContext, ins: list[Any], gates: int, defaults: Sequence[str],
          cell: Callable[..., tuple[Tensor, Tensor | None]], with_c: bool) -> list[Tensor]:
     """The shared frame of the three ops: layout, directions, initial states, sequence lengths, outputs."""
-    x, w, r = ins[0], ins[1], ins[2]
-    b = ins[3] if len(ins) > 3 else None
-    lengths = ins[4] if len(ins) > 4 else None
-    h0 = ins[5] if len(ins) > 5 else None
-    c0 = ins[6] if with_c and len(ins) > 6 else None
-    peep = ins[7] if with_c and len(ins) > 7 else None
+    x, w, r, b, lengths, h0, c0, peep = [*ins, *[None] * 8][:8]  # omitted optional inputs: None
     layout = int(ctx.attr("layout", 0))
-    direction = ctx.attr("direction", "forward")
-    direction = direction.decode() if isinstance(direction, bytes) else str(direction)
+    direction = str(ctx.attr("direction", "forward"))
     hidden = int(ctx.attr("hidden_size", 0) or r.shape[-1])
     clip = ctx.attr("clip")
     if layout == 1:
