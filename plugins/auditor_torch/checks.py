@@ -177,24 +177,11 @@ class Parity(_TorchCheck):
 
 
 def _rtol(model: ModelHandle, rtol: float) -> tuple[float, list[str]]:
-    """The relative tolerance used: ``rtol``, raised to the unit roundoff of a float16/bfloat16 graph (with
-    the note that says so)."""
-    low = _low_precision_eps(model.proto)
-    if low is None or low[0] <= rtol:
-        return rtol, []
-    return low[0], [f"the graph computes in {low[1]}: rtol raised to its unit roundoff {low[0]:.3g} "
-                    f"(two correct {low[1]} evaluations differ by about one rounding)"]
-
-
-_QUANT_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger",
-                        "MatMulInteger", "QLinearConv", "QLinearMatMul"})
-
-
-def _low_precision_eps(model: Any) -> tuple[float, str] | None:
-    """The unit roundoff of the narrowest float type the graph computes in (float16 / bfloat16), if any."""
+    """The relative tolerance used: ``rtol``, raised to the unit roundoff of the narrowest float type the graph
+    computes in (float16 / bfloat16), with the note that says so."""
     from onnx import TensorProto
 
-    g = model.graph
+    g = model.proto.graph
     types = {t.name: t.data_type for t in g.initializer}
     kinds: set[int] = set()
     for n in g.node:
@@ -202,11 +189,16 @@ def _low_precision_eps(model: Any) -> tuple[float, str] | None:
             kinds.update(int(a.i) for a in n.attribute if a.name == "to")
         else:  # a low-precision weight read by a compute op (not merely cast up to float first)
             kinds.update(types[i] for i in n.input if i in types)
-    if TensorProto.BFLOAT16 in kinds:
-        return 2.0 ** -8, "bfloat16"
-    if TensorProto.FLOAT16 in kinds:
-        return 2.0 ** -11, "float16"
-    return None
+    eps, low = next(((e, t) for k, e, t in ((TensorProto.BFLOAT16, 2.0 ** -8, "bfloat16"),
+                                            (TensorProto.FLOAT16, 2.0 ** -11, "float16")) if k in kinds), (0.0, ""))
+    if eps <= rtol:
+        return rtol, []
+    return eps, [f"the graph computes in {low}: rtol raised to its unit roundoff {eps:.3g} "
+                 f"(two correct {low} evaluations differ by about one rounding)"]
+
+
+_QUANT_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger",
+                        "MatMulInteger", "QLinearConv", "QLinearMatMul"})
 
 
 def _unoptimized(h: ModelHandle, backend: Any, x: Any, names: list[str],
@@ -364,10 +356,9 @@ class Pgd(_TorchCheck):
         return {"clean_ok": clean_ok, "adv_ok": adv_ok, "torch_ok": torch_ok,
                 "linf": np.abs(flat[success]).max(1) if success.any() else np.zeros(0),
                 "l2": np.linalg.norm(flat[success], axis=1), "adv": adv[success], "rows": every_row[success],
-                "show": {"x": x_att[show], "adv": adv_att[show], "y": y[show], "rows": every_row[show],
-                         "pred": clean_p[show].argmax(1), "conf": clean_p[show].max(1),
-                         "pred_adv": adv_p[show].argmax(1), "conf_adv": adv_p[show].max(1),
-                         "norm": np.abs(flat[show]).max(1) if p.norm == "linf" else np.linalg.norm(flat[show], axis=1)}}
+                "show": {"x": x_att[show], "adv": adv_att[show], "y": y[show], "pred": clean_p[show].argmax(1),
+                         "conf": clean_p[show].max(1), "pred_adv": adv_p[show].argmax(1),
+                         "conf_adv": adv_p[show].max(1)}}
 
     def merge(self, ctx: AuditContext, params: Params, plan: Plan, partials: Sequence[Any]) -> CheckResult:
         """Success rate, robust accuracy and perturbation norms over every shard's samples."""
@@ -400,8 +391,8 @@ class Pgd(_TorchCheck):
         gallery = adversarial_gallery(
             show["x"], show["adv"], layout=ctx.model.layout, labels=show["y"], predicted=show["pred"],
             confidence=show["conf"], predicted_adv=show["pred_adv"], confidence_adv=show["conf_adv"],
-            rows=show["rows"], value_range=cfg.clip, classes=class_names(ctx.model, data),
-            total=int(success.sum()), k=k, norms={params.norm: show["norm"]},
+            rows=got["rows"][:k], value_range=cfg.clip, classes=class_names(ctx.model, data),
+            total=int(success.sum()), k=k, norms={params.norm: (linf if params.norm == "linf" else l2)[:k]},
             title=f"{params.attack.upper()} ({params.norm}, eps {cfg.eps:.4g}): adversarial examples (ONNX Runtime's "
                   f"predictions)", space="model input values" if data.pixels is None else "un-normalised pixels",
             channels=None if data.pixels is None else data.pixels.channels) \

@@ -83,6 +83,11 @@ class _Step:
     outputs: list[str]
     free: list[str] = field(default_factory=list)  # env tensors not needed after this step
 
+    @property
+    def reads(self) -> list[str]:
+        """The computed tensors the step reads (not parameters, buffers or constants), in input order."""
+        return [src[1] for src in self.inputs if src is not None and src[0] == "env"]
+
 
 def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -137,7 +142,7 @@ class OnnxModule(torch.nn.Module):
         #: a training rule that may intercept linear ops; None = backprop
         self.rule: TrainingRule | None = None
         self.params = torch.nn.ParameterDict()
-        taken: set[str] = set()
+        self._taken: set[str] = set()  # the keys of parameters and buffers
         self._where: dict[str, tuple[str, str]] = {}
         self.param_names: dict[str, str] = {}
         self.buffer_names: dict[str, str] = {}
@@ -146,24 +151,19 @@ class OnnxModule(torch.nn.Module):
                     for i in (3, 4) if len(n.input) > i}
         for name, arr in initializers.items():
             t = to_torch(arr)
-            k = _key(name, taken)
             if t.is_floating_point() and name not in bn_stats:
+                k = _key(name, self._taken)
                 self.params[k] = torch.nn.Parameter(t, requires_grad=False)
                 self._where[name] = ("param", k)
                 self.param_names[k] = name
             else:
-                self.register_buffer(k, t)
-                self._where[name] = ("buf", k)
-                self.buffer_names[k] = name
+                self._where[name] = ("buf", self._hold(name, t))
+                self.buffer_names[self._where[name][1]] = name
         for name, arr in (feeds or {}).items():
-            k = _key(name, taken)
-            self.register_buffer(k, to_torch(arr))
-            self._where[name] = ("buf", k)
-        self.initializer_names = set(initializers)
+            self._where[name] = ("buf", self._hold(name, to_torch(arr)))
         self.producers: dict[str, onnx.NodeProto] = {}
         steps: list[_Step] = []
         missing: dict[str, int] = {}
-        self._taken = taken
         # exporters such as keras2onnx write nodes out of order; evaluation needs producers first
         for idx, node in enumerate(G.topological_order(graph)):
             for o in node.output:
@@ -171,9 +171,7 @@ class OnnxModule(torch.nn.Module):
                     self.producers[o] = node
             value = _constant_value(node)
             if value is not None:
-                k = _key(node.output[0], taken)
-                self.register_buffer(k, to_torch(value))
-                self._where[node.output[0]] = ("buf", k)
+                self._where[node.output[0]] = ("buf", self._hold(node.output[0], to_torch(value)))
                 continue
             compiled = self._compile(node, idx, missing)
             if compiled is None:
@@ -188,11 +186,7 @@ class OnnxModule(torch.nn.Module):
                 f"auditor_torch.register_op(op_type, domain)"
             )
         # Free intermediate tensors after their last use (memory of big models at large batches).
-        last: dict[str, int] = {}
-        for si, s in enumerate(steps):
-            for src in s.inputs:
-                if src is not None and src[0] == "env":
-                    last[src[1]] = si
+        last = {name: si for si, s in enumerate(steps) for name in s.reads}
         keep = set(self.output_names)
         for name, si in last.items():
             if name not in keep and name != input_name:
@@ -219,6 +213,12 @@ class OnnxModule(torch.nn.Module):
         captured = sorted(G.subgraph_refs(node)) if subs else []
         return NodeContext(node, _attrs(node), self.opsets.get(dom, self.opsets.get("", 17)), self, idx,
                            captured, subs), fn
+
+    def _hold(self, name: str, t: torch.Tensor) -> str:
+        """Register ``t`` as a buffer (it follows ``.to(device)``) under a new key made from ``name``; the key."""
+        k = _key(name, self._taken)
+        self.register_buffer(k, t)
+        return k
 
     def lookup_tensor(self, name: str, env: dict[str, torch.Tensor]) -> torch.Tensor:
         """``name`` from ``env``, else a parameter / buffer / constant of the module."""
@@ -303,21 +303,16 @@ class SubGraph:
         self.outputs = [o.name for o in graph.output]
         self.local: dict[str, str] = {}  # subgraph constant -> buffer key of the module
         for t in graph.initializer:
-            self._buffer(t.name, numpy_helper.to_array(t))
+            self.local[t.name] = module._hold("sub_" + t.name, to_torch(numpy_helper.to_array(t)))
         self.steps: list[tuple[NodeContext, OpFn, list[str]]] = []
         for idx, node in enumerate(G.topological_order(graph)):
             value = _constant_value(node)
             if value is not None:
-                self._buffer(node.output[0], value)
+                self.local[node.output[0]] = module._hold("sub_" + node.output[0], to_torch(value))
                 continue
             compiled = module._compile(node, idx, missing)
             if compiled is not None:
                 self.steps.append((*compiled, [*node.input, *compiled[0].captured]))
-
-    def _buffer(self, name: str, value: np.ndarray) -> None:
-        k = _key("sub_" + name, self.module._taken)
-        self.module.register_buffer(k, to_torch(value))
-        self.local[name] = k
 
     def run(self, outer: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """The subgraph's outputs, from the outer-scope tensors in ``outer``."""

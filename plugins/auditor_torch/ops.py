@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -221,11 +222,7 @@ def _conv(ctx: NodeContext, ins: Ins) -> Tensor:
     if begin != end:
         x = F.pad(x, _torch_pad(begin, end))
         padding = [0] * n
-    conv = _CONV[n]
-
-    def fn(xx: Tensor, ww: Tensor) -> Tensor:
-        return conv(xx, ww, None, strides, padding, dil, group)
-
+    fn = partial(_CONV[n], bias=None, stride=strides, padding=padding, dilation=dil, groups=group)
     y = ctx.module.linear(ctx, fn, x, ctx.node.input[1], w)
     return y if b is None else y + b.reshape(1, -1, *([1] * n))
 
@@ -239,11 +236,7 @@ def _convt(ctx: NodeContext, ins: Ins) -> Tensor:
     group = int(ctx.attr("group", 1))
     opad = list(ctx.attr("output_padding") or [0] * n)
     out_shape = ctx.attr("output_shape")
-    convt = _CONVT[n]
-
-    def fn(xx: Tensor, ww: Tensor) -> Tensor:
-        return convt(xx, ww, None, strides, 0, 0, group, dil)
-
+    fn = partial(_CONVT[n], bias=None, stride=strides, padding=0, output_padding=0, groups=group, dilation=dil)
     y = ctx.module.linear(ctx, fn, x, ctx.node.input[1], w)
     if any(opad):
         y = F.pad(y, _torch_pad([0] * n, opad))

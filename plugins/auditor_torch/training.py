@@ -26,6 +26,7 @@ Optimizers: SGD (momentum), Adam, and SAM (Foret et al. 2021, "Sharpness-Aware M
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -236,17 +237,12 @@ def fc_chain(module: OnnxModule, roles: dict[str, Role]) -> Chain:
     shape_like: set[str] = set()
     data: set[str] = {module.input_name}
     for s in module.steps:
-        env_ins = [src[1] for src in s.inputs if src is not None and src[0] == "env"]
-        if s.ctx.node.op_type in ("Shape", "Size") or (env_ins and all(i in shape_like for i in env_ins)):
+        if s.ctx.node.op_type in ("Shape", "Size") or (s.reads and all(i in shape_like for i in s.reads)):
             shape_like.update(o for o in s.outputs if o)
             continue
-        if any(i in data for i in env_ins):
+        if any(i in data for i in s.reads):
             data.update(o for o in s.outputs if o)
-    consumers: dict[str, int] = {}
-    for s in module.steps:
-        for src in s.inputs:
-            if src is not None and src[0] == "env" and src[1] in data:
-                consumers[src[1]] = consumers.get(src[1], 0) + 1
+    consumers = Counter(t for s in module.steps for t in s.reads if t in data)
     branching = [t for t, c in consumers.items() if c > 1]
     if branching:
         raise NotApplicable(f"difference target propagation needs a chain of layers; tensor '{branching[0]}' "
@@ -260,8 +256,7 @@ def fc_chain(module: OnnxModule, roles: dict[str, Role]) -> Chain:
         node = s.ctx.node
         is_layer = node.op_type in ("Gemm", "MatMul") and any(i in weights for i in node.input)
         if is_layer:
-            x = next(src[1] for src in s.inputs if src is not None and src[0] == "env")
-            inputs.append(x)
+            inputs.append(s.reads[0])
             acts.append(last_act)
             segments.append([s])
             last_act = "Identity"
@@ -274,7 +269,7 @@ def fc_chain(module: OnnxModule, roles: dict[str, Role]) -> Chain:
     if len(segments) < 2:
         raise NotApplicable("difference target propagation needs at least two fully-connected layers")
     made_in_stem = {o for s in stem for o in s.outputs if o}
-    later = {src[1] for seg in segments for s in seg for src in s.inputs if src is not None and src[0] == "env"}
+    later = {t for seg in segments for s in seg for t in s.reads}
     carry = sorted((made_in_stem & later & shape_like) | ({module.input_name} & later))
     return Chain(stem, segments, inputs, acts, carry)
 
@@ -378,13 +373,6 @@ class TrainResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.optimizer]
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr)
-    return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum)
-
-
 def sam_perturb(params: list[torch.nn.Parameter], rho: float) -> list[torch.Tensor]:
     """Move the weights to ``w + ρ g/‖g‖`` (SAM's ascent step) and return the offsets to undo it."""
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
@@ -439,7 +427,9 @@ def train(module: OnnxModule, backend: Any, x: np.ndarray | ArraySource, y: np.n
         res.notes.append("DTP: penultimate target by a gradient step (Bartunov et al. 2018), learned inverses")
     else:
         module.rule = None if cfg.rule == "backprop" else RULES[cfg.rule](module, roles, gen)
-    opt = _optimizer(cfg, params)
+    lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.optimizer]  # SAM steps with SGD after its ascent
+    opt = torch.optim.Adam(params, lr=lr) if cfg.optimizer == "adam" else torch.optim.SGD(params, lr=lr,
+                                                                                          momentum=cfg.momentum)
     yt_all = torch.from_numpy(np.asarray(y, dtype=np.int64))
     n = len(x)
     steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
