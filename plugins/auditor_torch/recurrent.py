@@ -124,12 +124,10 @@ def _run(ctx: NodeContext, ins: list[Any], gates: int, defaults: Sequence[str],
         if c is not None:
             cs.append(c)
     y_all = torch.stack(ys, dim=1)  # [seq, dirs, batch, hidden]
-    y_h = torch.stack(hs)
-    res = [y_all.permute(2, 0, 1, 3) if layout == 1 else y_all, y_h.transpose(0, 1) if layout == 1 else y_h]
-    if with_c:
-        y_c = torch.stack(cs)
-        res.append(y_c.transpose(0, 1) if layout == 1 else y_c)
-    return res
+    states = [torch.stack(hs), *([torch.stack(cs)] if with_c else [])]  # Y_h (and Y_c): [dirs, batch, hidden]
+    if layout == 1:  # batch first
+        return [y_all.permute(2, 0, 1, 3), *(t.transpose(0, 1) for t in states)]
+    return [y_all, *states]
 
 
 def _clip(t: Tensor, clip: Any) -> Tensor:
