@@ -28,6 +28,7 @@ are identical), and written to ``benchmarks/results/ray.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -205,46 +206,51 @@ def ceiling(doc: dict[str, Any], workdir: Path, registry: Any) -> tuple[float, f
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    for pipe in pipes:
-        if pipe.recv() != "ready":
-            raise RuntimeError("a ceiling process did not start")
-    startup = time.perf_counter() - t_start
-    runner = Runner(spec, registry)
-    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    t0 = time.perf_counter()
-    jobs: list[tuple[Any, ...]] = []
-    halves: tuple[list[Any], list[Any]] = ([], [])
-    for ci, cs in enumerate(spec.checks):
-        info = registry.checks[cs.use]
-        check, ctx = info.cls(), runner._context(cs, loaded, "model")
-        params = params_for(info.cls, ctx)
-        plan = check.plan(ctx, params)
-        shards = shards_of(check, ctx, plan)
-        cut = -(-len(shards) // 2)
-        first, second = sorted(halves, key=len)  # an odd count: the larger part to the half with fewer so far
-        first.extend((ci, "model", plan, s) for s in shards[:cut])
-        second.extend((ci, "model", plan, s) for s in shards[cut:])
-        jobs.append((cs, info, check, ctx, params, plan))
-    for pipe, half in zip(pipes, halves):
-        pipe.send(half)
-    partials: dict[int, dict[int, Any]] = {}
-    per_shard: dict[str, list[float]] = {}
-    for pipe, half in zip(pipes, halves):
-        for (ci, _, _, shard), out in zip(half, pipe.recv()):
-            if "partial" not in out:
-                raise RuntimeError(f"ceiling: a shard of {spec.checks[ci].id} did not run: {out}")
-            partials.setdefault(ci, {})[shard.index] = out["partial"]
-            per_shard.setdefault(spec.checks[ci].id, []).append(out["duration"])
-    reports = []
-    for ci, (cs, info, check, ctx, params, plan) in enumerate(jobs):
-        result = validate_result(check.merge(ctx, params, plan, [partials[ci][i] for i in sorted(partials[ci])]))
-        reports.append(runner.finish_check(cs, info, _Outcome(result=result, duration=time.perf_counter() - t0),
-                                           None))
-    report = runner.assemble(reports, loaded, False, started, time.perf_counter() - t0)
-    wall = time.perf_counter() - t0
-    for pipe, proc in zip(pipes, procs):
-        pipe.send(None)
-        proc.join()
+    try:  # the processes end whatever happens here (else the interpreter waits for them at exit)
+        for pipe in pipes:
+            if pipe.recv() != "ready":
+                raise RuntimeError("a ceiling process did not start")
+        startup = time.perf_counter() - t_start
+        runner = Runner(spec, registry)
+        started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        t0 = time.perf_counter()
+        jobs: list[tuple[Any, ...]] = []
+        halves: tuple[list[Any], list[Any]] = ([], [])
+        for ci, cs in enumerate(spec.checks):
+            info = registry.checks[cs.use]
+            check, ctx = info.cls(), runner._context(cs, loaded, "model")
+            params = params_for(info.cls, ctx)
+            plan = check.plan(ctx, params)
+            shards = shards_of(check, ctx, plan)
+            cut = -(-len(shards) // 2)
+            first, second = sorted(halves, key=len)  # an odd count: the larger part to the half with fewer so far
+            first.extend((ci, "model", plan, s) for s in shards[:cut])
+            second.extend((ci, "model", plan, s) for s in shards[cut:])
+            jobs.append((cs, info, check, ctx, params, plan))
+        for pipe, half in zip(pipes, halves):
+            pipe.send(half)
+        partials: dict[int, dict[int, Any]] = {}
+        per_shard: dict[str, list[float]] = {}
+        for pipe, half in zip(pipes, halves):
+            for (ci, _, _, shard), out in zip(half, pipe.recv()):
+                if "partial" not in out:
+                    raise RuntimeError(f"ceiling: a shard of {spec.checks[ci].id} did not run: {out}")
+                partials.setdefault(ci, {})[shard.index] = out["partial"]
+                per_shard.setdefault(spec.checks[ci].id, []).append(out["duration"])
+        reports = []
+        for ci, (cs, info, check, ctx, params, plan) in enumerate(jobs):
+            result = validate_result(check.merge(ctx, params, plan, [partials[ci][i] for i in sorted(partials[ci])]))
+            reports.append(runner.finish_check(cs, info, _Outcome(result=result, duration=time.perf_counter() - t0),
+                                               None))
+        report = runner.assemble(reports, loaded, False, started, time.perf_counter() - t0)
+        wall = time.perf_counter() - t0
+    finally:
+        for pipe, proc in zip(pipes, procs):
+            with contextlib.suppress(OSError):
+                pipe.send(None)
+            proc.join(10)
+            if proc.is_alive():
+                proc.terminate()
     return wall, startup, {k: sum(v) / len(v) for k, v in per_shard.items()}, report.to_dict()
 
 
