@@ -41,10 +41,11 @@ from auditor.checks import Check
 from auditor.rowrandom import RowRandom  # re-exported: the streams Shard.random hands out
 
 __all__ = ["Plan", "PredictionShardedCheck", "RowRandom", "RowShards", "Shard", "ShardedCheck", "gather_rows",
-           "params_for", "sampled_rows", "shard_context", "shards_of", "summed"]
+           "params_for", "sampled_data", "sampled_rows", "shard_context", "shards_of", "summed"]
 
 if TYPE_CHECKING:
     from auditor.context import AuditContext
+    from auditor.data import Dataset
     from auditor.results import CheckResult
 
 
@@ -234,6 +235,15 @@ def sampled_rows(ctx: AuditContext, limit: int | None) -> tuple[np.ndarray | Non
     rows = sample_indices(data.n, limit, ctx.rng, data.y)
     how = "stratified by label" if data.y is not None else "uniform"
     return rows, [f"sampled {limit} of {data.n} rows ({how})"]
+
+
+def sampled_data(ctx: AuditContext, limit: int | None) -> tuple[np.ndarray | None, Dataset, list[str]]:
+    """What a plan that reads its sample needs: the rows :func:`sampled_rows` picks (``None``: every row), the
+    sample itself (``ctx.data`` when every row is taken; a small sample of a lazy source is read now) and the
+    note to report, none when every row is taken."""
+    rows, notes = sampled_rows(ctx, limit)
+    full = ctx.require_data()
+    return (None, full, []) if rows is None else (rows, full.subset(rows), notes)
 
 
 class PredictionShardedCheck(ShardedCheck):

@@ -15,8 +15,8 @@ from auditor_performance.metrics import PerformanceMetrics
 from auditor_sparsity.activations import Activations
 from builders import mlp_numpy
 
-from auditor import AuditContext, CheckResult, hookimpl
-from auditor.shards import Plan, RowShards, Shard, ShardedCheck, sampled_rows
+from auditor import AuditContext, CheckResult, Dataset, hookimpl
+from auditor.shards import Plan, RowShards, Shard, ShardedCheck, sampled_data, sampled_rows
 from auditor.testing import run_audit
 
 
@@ -152,3 +152,20 @@ def test_row_shards_split_and_validate() -> None:
     assert [len(s) for s in RowShards(rows=4).split(np.arange(0))] == [0]
     with pytest.raises(ValueError):
         RowShards(rows=0)
+
+
+def test_sampled_data_is_the_sampled_rows_with_their_data_and_the_note_only_for_a_sample() -> None:
+    ds = Dataset(x=np.arange(20, dtype=np.float32).reshape(10, 2), y=np.repeat([0, 1], 5), groups={}, columns={},
+                 source="d.npz")
+
+    def ctx() -> AuditContext:  # the same seed each time: the same draw
+        return AuditContext(check_id="c", params={}, model=None, data=ds, seed=0,  # type: ignore[arg-type]
+                            rng=np.random.default_rng(0))
+
+    rows, sample, notes = sampled_data(ctx(), 4)
+    expected, expected_notes = sampled_rows(ctx(), 4)
+    assert rows is not None and expected is not None and rows.tolist() == expected.tolist()
+    assert sample.x.tolist() == ds.x[rows].tolist() and sample.y.tolist() == ds.y[rows].tolist()
+    assert notes == expected_notes == ["sampled 4 of 10 rows (stratified by label)"]
+    rows, sample, notes = sampled_data(ctx(), 10)
+    assert rows is None and sample is ds and notes == []

@@ -74,11 +74,7 @@ def _encode_column(values: np.ndarray) -> tuple[np.ndarray, list[Any]]:
     if present.dtype.kind == "O":
         plain = np.array([_plain(v) for v in present], dtype=object)
         # sort numbers numerically and strings lexically; mixed columns are sorted by their text
-        kinds = {type(v) for v in plain}
-        if kinds <= {int, float, bool}:
-            present = plain.astype(np.float64)
-        else:
-            present = plain.astype(str)
+        present = plain.astype(np.float64 if {type(v) for v in plain} <= {int, float, bool} else str)
     uniq, inv = np.unique(present, return_inverse=True)
     codes[~miss] = inv
     return codes, [_plain(u) for u in uniq]
@@ -94,11 +90,8 @@ def group_rows(data: Dataset, columns: Sequence[str]) -> Groups:
     stacked = np.stack([c for c, _ in per], axis=1)
     ok = np.all(stacked >= 0, axis=1)
     codes = np.full(data.n, -1, dtype=np.int64)
-    if ok.any():
-        combos, inv = np.unique(stacked[ok], axis=0, return_inverse=True)
-        codes[ok] = np.asarray(inv).reshape(-1)
-    else:
-        combos = np.zeros((0, len(cols)), dtype=np.int64)
+    combos, inv = np.unique(stacked[ok], axis=0, return_inverse=True)  # no row: no combination
+    codes[ok] = np.asarray(inv).reshape(-1)
     values = tuple(tuple(per[j][1][int(combo[j])] for j in range(len(cols))) for combo in combos)
     if len(cols) == 1:
         keys = tuple(str(v[0]) for v in values)

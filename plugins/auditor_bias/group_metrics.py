@@ -25,6 +25,7 @@ for Domain Shifts…").
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,11 +160,9 @@ def headline(d: dict[str, np.ndarray], positive: int | None) -> dict[str, np.nda
         if positive is not None:
             out[k] = v[..., positive]
         else:
-            with np.errstate(all="ignore"):
-                allnan = np.all(np.isnan(v), axis=-1)
-                filled = np.where(np.isnan(v), np.inf if k.endswith("ratio") else -np.inf, v)
-                worst = filled.min(axis=-1) if k.endswith("ratio") else filled.max(axis=-1)
-            out[k] = np.where(allnan, np.nan, worst)
+            with warnings.catch_warnings():  # a class undefined in every group stays NaN
+                warnings.simplefilter("ignore", RuntimeWarning)
+                out[k] = np.nanmin(v, axis=-1) if k.endswith("ratio") else np.nanmax(v, axis=-1)
     out["accuracy_difference"] = d["accuracy_difference"]
     out["worst_group_accuracy"] = d["worst_group_accuracy"]
     return out

@@ -22,7 +22,7 @@ import numpy as np
 from auditor import AuditContext, CheckResult, Finding, Need, SkipCheck, param
 from auditor.outputs import predictions_of
 from auditor.probes import balanced_accuracy, cross_validated_probe
-from auditor.shards import Plan, RowShards, Shard, ShardedCheck, gather_rows, sampled_rows
+from auditor.shards import Plan, RowShards, Shard, ShardedCheck, gather_rows, sampled_data
 from auditor_bias._common import group_columns, group_rows
 
 
@@ -72,14 +72,12 @@ class Leakage(ShardedCheck):
 
     def plan(self, ctx: AuditContext, p: Params) -> Plan:
         """The seeded sample and its group codes (the probe's labels)."""
-        rows, notes = sampled_rows(ctx, int(p.limit))
-        full = ctx.require_data()
-        data = full if rows is None else full.subset(rows)
+        rows, data, notes = sampled_data(ctx, int(p.limit))
         col = p.group if p.group is not None else group_columns(None, data)[0]
         groups = group_rows(data, [col])
         if groups.n_groups < 2:
             raise SkipCheck(f"column '{col}' has fewer than two values: nothing to predict")
-        return Plan(rows=rows, notes=notes[-1:] if rows is not None else [],
+        return Plan(rows=rows, notes=notes,
                     state={"col": col, "codes": groups.codes, "missing": groups.missing, "y": data.y})
 
     def run_shard(self, ctx: AuditContext, p: Params, plan: Plan, shard: Shard) -> Any:

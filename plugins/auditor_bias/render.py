@@ -26,10 +26,18 @@ def _interval(v: Any) -> tuple[float, float] | None:
     return None
 
 
-def _errors(values: list[float], ivs: list[tuple[float, float] | None]) -> list[list[float]]:
-    """matplotlib's asymmetric ``xerr`` for points with intervals (0 where a point has none)."""
-    return [[max(v - iv[0], 0.0) if iv else 0.0 for v, iv in zip(values, ivs)],
-            [max(iv[1] - v, 0.0) if iv else 0.0 for v, iv in zip(values, ivs)]]
+def _rows(ax: Any, values: list[float], ivs: list[tuple[float, float] | None], labels: list[str], title: str,
+          **style: Any) -> None:
+    """One row per value, top to bottom, with its interval (asymmetric ``xerr``; none where ``ivs`` has none)."""
+    ys = list(range(len(values)))
+    errors = [[max(v - iv[0], 0.0) if iv else 0.0 for v, iv in zip(values, ivs)],
+              [max(iv[1] - v, 0.0) if iv else 0.0 for v, iv in zip(values, ivs)]]
+    ax.errorbar(values, ys, xerr=errors, capsize=3, **style)
+    ax.set_yticks(ys)
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_title(title, fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
 
 
 def forest_figure(check: CheckReport) -> Any:
@@ -50,37 +58,26 @@ def forest_figure(check: CheckReport) -> Any:
     left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1]})
     acc = [float(r["accuracy"]) for _, r in groups]
     ivs = [_interval(r.get("accuracy_ci")) for _, r in groups]
-    ys = list(range(len(groups)))
-    left.errorbar(acc, ys, xerr=_errors(acc, ivs), fmt="o", capsize=3, color="#4c78a8", label="accuracy")
+    _rows(left, acc, ivs, [f"{k[:24]} (n={r.get('count')})" for k, r in groups],
+          "accuracy by group" + (" (bootstrap intervals)" if any(ivs) else ""), fmt="o", color="#4c78a8",
+          label="accuracy")
     base = (check.baseline_metrics or {}).get("per_group")
     if isinstance(base, dict):
-        pts = [(float(b["accuracy"]), y) for (k, _), y in zip(groups, ys)
+        pts = [(float(b["accuracy"]), y) for y, (k, _) in enumerate(groups)
                if isinstance(b := base.get(k), dict) and _num(b.get("accuracy")) is not None]
         if pts:
             left.plot([p[0] for p in pts], [p[1] for p in pts], "x", color="#e45756", ms=7, ls="none",
                       label="baseline")
-    left.set_yticks(ys)
-    left.set_yticklabels([f"{k[:24]} (n={r.get('count')})" for k, r in groups], fontsize=8)
-    left.invert_yaxis()
-    left.set_title("accuracy by group" + (" (bootstrap intervals)" if any(ivs) else ""), fontsize=9)
-    left.grid(axis="x", alpha=0.3)
     left.legend(fontsize=7, loc="lower left")
     if disp:
-        vals = [float(m[k]) for k in disp]
-        dvs = [_interval(ci.get(k)) for k in disp]
-        dy = list(range(len(disp)))
-        right.errorbar(vals, dy, xerr=_errors(vals, dvs), fmt="s", capsize=3, color="#1f2328", label="value")
+        _rows(right, [float(m[k]) for k in disp], [_interval(ci.get(k)) for k in disp], disp,
+              "disparities between groups", fmt="s", color="#1f2328", label="value")
         gates = [(g.threshold, disp.index(g.metric)) for g in check.gates
                  if g.metric in disp and g.op in ("min", "max")]  # a max_drop bound is a change, not a place
         if gates:
             right.plot([t for t, _ in gates], [y for _, y in gates], "|", ms=14, mew=2, color="#cf222e",
                        ls="none", label="gate")
             right.legend(fontsize=7, loc="lower right")
-        right.set_yticks(dy)
-        right.set_yticklabels(disp, fontsize=8)
-        right.invert_yaxis()
-        right.set_title("disparities between groups", fontsize=9)
-        right.grid(axis="x", alpha=0.3)
     else:
         right.set_visible(False)
     return fig

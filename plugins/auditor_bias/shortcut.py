@@ -32,7 +32,7 @@ import numpy as np
 from auditor import AuditContext, CheckResult, Dataset, Finding, Need, SkipCheck, Task, param
 from auditor.outputs import predictions_of
 from auditor.perturb import ValueKind, input_space
-from auditor.shards import Plan, RowShards, Shard, ShardedCheck, gather_rows, sampled_rows
+from auditor.shards import Plan, RowShards, Shard, ShardedCheck, gather_rows, sampled_data
 from auditor_bias._common import class_label, feature_index, find_class, missing_mask
 from auditor_bias.transforms import TRANSFORMS, apply, swap_feature, transform_problems
 
@@ -140,9 +140,7 @@ class Shortcut(ShardedCheck):
     def plan(self, ctx: AuditContext, p: Params) -> Plan:
         """The seeded sample; what the cue reads from the whole sample (swap_feature's two values, the donors
         swap_groups draws); the aligned flags."""
-        rows, notes = sampled_rows(ctx, int(p.limit))
-        full = ctx.require_data()
-        data = full if rows is None else full.subset(rows)
+        rows, data, notes = sampled_data(ctx, int(p.limit))
         state: dict[str, Any] = {"y": data.y, "n": data.n}
         if p.aligned is not None and data.y is None and p.transform is None:
             raise SkipCheck("the aligned/conflicting gap needs labels (data.y)")
@@ -159,7 +157,7 @@ class Shortcut(ShardedCheck):
             else:  # every row's donor of another group, drawn over the whole sample
                 swapped, desc = apply(str(p.transform), x0, p, data, ctx.model.layout, ctx.rng)
                 state["swap"] = (desc, swapped.reshape(len(x), -1)[:, desc["features"]])
-        return Plan(rows=rows, notes=notes[-1:] if rows is not None else [], state=state)
+        return Plan(rows=rows, notes=notes, state=state)
 
     def run_shard(self, ctx: AuditContext, p: Params, plan: Plan, shard: Shard) -> Any:
         """The shard's raw outputs, unchanged and (with a cue) on its counterfactual inputs."""

@@ -10,7 +10,6 @@ import numpy as np
 
 from auditor import AuditContext, Dataset, ModelHandle, SkipCheck, param
 from auditor.jsonenc import jsonable as jsonable  # the core's one encoder (NaN, inf -> None), for this plugin
-from auditor.outputs import Predictions
 
 
 def reference_param() -> Any:
@@ -91,7 +90,7 @@ def forward(ctx: AuditContext, tensors: dict[str, list[str]], data: Dataset, spa
 
 
 def as_vectors(a: np.ndarray, n: int, spatial: str) -> np.ndarray:
-    """A layer's activations as an (n, d) float64 matrix (see :data:`SPATIAL_PARAM`)."""
+    """A layer's activations as an (n, d) float64 matrix (``spatial``: see :func:`spatial_param`)."""
     a = np.asarray(a)
     if a.ndim == 0 or a.shape[0] != n:
         raise ValueError(f"activation of shape {list(a.shape)} is not batch-first for {n} samples")
@@ -100,14 +99,3 @@ def as_vectors(a: np.ndarray, n: int, spatial: str) -> np.ndarray:
     elif spatial == "mean" and a.ndim == 3:
         a = a.mean(axis=1)
     return np.asarray(a, dtype=np.float64).reshape(n, -1)
-
-
-def scores(pred: Predictions) -> np.ndarray:
-    """(n, C) class probabilities, or (n, 1) values for a regressor: what attributions explain."""
-    if pred.probs is not None:
-        return np.asarray(pred.probs, dtype=np.float64)
-    assert pred.values is not None
-    v = np.asarray(pred.values, dtype=np.float64)
-    return v.reshape(len(v), -1)
-
-

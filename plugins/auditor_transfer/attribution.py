@@ -27,8 +27,8 @@ import numpy as np
 from auditor import ArraySource, AuditContext, CheckResult, ModelHandle, Need, SkipCheck, Task, param
 from auditor import graph as G
 from auditor.outputs import Predictions, encode_labels, predictions_of
-from auditor.shards import Plan, RowShards, Shard, ShardedCheck, gather_rows, sampled_rows
-from auditor_transfer._common import data_for, headlined, jsonable, pick_references, reference_param, scores
+from auditor.shards import Plan, RowShards, Shard, ShardedCheck, gather_rows, sampled_data
+from auditor_transfer._common import data_for, headlined, jsonable, model_named, pick_references, reference_param
 from auditor_transfer.stats import spearman_rows
 
 # Occluded copies are built and run this many bytes at a time (all patches of several samples per batch).
@@ -103,7 +103,8 @@ class Scorer:
         if self.logits is not None:
             z = np.asarray(self.model.run(x, [self.logits], inputs=others)[self.logits], dtype=np.float64)
             return z.reshape(len(x), -1)
-        return scores(predictions_of(self.model, self.model.run(x, inputs=others), task=self.task))
+        pred = predictions_of(self.model, self.model.run(x, inputs=others), task=self.task)
+        return np.asarray(pred.probs if pred.probs is not None else pred.values, dtype=np.float64).reshape(len(x), -1)
 
 
 def occlusion_maps(score: Scorer, x: np.ndarray, targets: np.ndarray, *, patch: int, baseline: np.ndarray,
@@ -171,8 +172,7 @@ class AttributionDistance(ShardedCheck):
     def plan(self, ctx: AuditContext, p: Params) -> Plan:
         """The seeded sample; the method; each model's explained class per sample (one prediction pass over
         the sample here, so every shard explains the class a whole pass would pick) and its occlusion baseline."""
-        rows, notes = sampled_rows(ctx, int(p.limit))
-        notes = notes[-1:] if rows is not None else []
+        rows, sample, notes = sampled_data(ctx, int(p.limit))
         refs = pick_references(ctx, p.reference)
         method = str(p.method)
         if method == "auto":
@@ -183,8 +183,6 @@ class AttributionDistance(ShardedCheck):
                 method = "gradient"
             except SkipCheck as exc:
                 notes.append(f"gradient × input unavailable ({exc}); occlusion used instead")
-        full = ctx.require_data()
-        sample = full if rows is None else full.subset(rows)
         y = sample.y if p.target == "label" else None
         if p.target == "label" and y is None:
             raise SkipCheck("target 'label' needs labels (data.y)")
@@ -212,12 +210,11 @@ class AttributionDistance(ShardedCheck):
         correlation to the model's map (rows where both maps are non-zero)."""
         data = ctx.require_data()
         at = slice(shard.start, shard.start + data.n)
-        maps = {}
-        for name, model in {"model": ctx.model, **{k: ctx.references[k] for k in plan.state["targets"]
-                                                   if k != "model"}}.items():
+        maps, st = {}, plan.state
+        for name in st["targets"]:  # the model first, then the references
             ctx.check_cancelled()
+            model = model_named(ctx, name)
             part = data_for(data, model)
-            st = plan.state
             maps[name] = self._maps(ctx, model, np.asarray(part.x), st["targets"][name][at], st["method"], p,
                                     st["tasks"][name], st["base"][name], ctx.companions(model, part))
             if maps[name].shape[1:] != maps["model"].shape[1:]:

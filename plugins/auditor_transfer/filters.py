@@ -94,8 +94,6 @@ class FilterShift(Check):
         bm = depth_bins(len(mine), nb)
         br = depth_bins(len(theirs), nb)
         per_depth: list[dict[str, Any]] = []
-        kls: list[float] = []
-        jss: list[float] = []
         for d in range(nb):
             fm = np.concatenate([f for (_, f), b in zip(mine, bm) if b == d])
             fr = np.concatenate([f for (_, f), b in zip(theirs, br) if b == d])
@@ -109,7 +107,6 @@ class FilterShift(Check):
                 "model_filters": len(fm), "reference_filters": len(fr), "bins": bins,
                 "kl": float(kl.mean()), "js": float(js.mean()),
             })
-            kls.append(float(kl.mean()))
-            jss.append(float(js.mean()))
+        kls, jss = ([r[k] for r in per_depth] for k in ("kl", "js"))
         return {"mean_kl": float(np.mean(kls)), "max_kl": float(np.max(kls)), "mean_js": float(np.mean(jss)),
                 "max_js": float(np.max(jss)), "n_depths": nb, "per_depth": per_depth}

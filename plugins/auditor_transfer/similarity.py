@@ -95,7 +95,7 @@ class Similarity(ShardedCheck):
     shards = RowShards(rows=512)
 
     def plan(self, ctx: AuditContext, p: Params) -> Plan:
-        """The seeded sample, the layers of every model, the estimator and the route (see the class)."""
+        """The seeded sample, the layers of every model, the estimator and the route (see the module docstring)."""
         rows, notes = sampled_rows(ctx, int(p.limit))
         refs = pick_references(ctx, p.reference)
         m_layers = resolve_layers(ctx.model, p.layers, int(p.max_layers))

@@ -285,23 +285,23 @@ def logme(features: np.ndarray, y: np.ndarray, *, max_iter: int = 100, tol: floa
     z = u.T @ t  # (r, K)
     z2 = z**2
     resid0 = np.clip(np.sum(t * t, axis=0) - z2.sum(axis=0), 0.0, None)  # part of t outside F's span
-    k = t.shape[1]
-    alpha = np.ones(k)
-    beta = np.ones(k)
-    for _ in range(max_iter):
+
+    def terms(alpha: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``A``'s eigenvalues ``α + βσᵢ²``, ``‖m‖²`` and ``‖Fm − t‖²`` for each class."""
         denom = alpha + beta * sig2
+        return denom, np.sum(beta**2 * sig2 * z2 / denom**2, axis=0), np.sum(alpha**2 * z2 / denom**2, axis=0) + resid0
+
+    alpha, beta = np.ones(t.shape[1]), np.ones(t.shape[1])
+    for _ in range(max_iter):
+        denom, mm, res = terms(alpha, beta)
         gamma = np.sum(beta * sig2 / denom, axis=0)
-        mm = np.sum(beta**2 * sig2 * z2 / denom**2, axis=0)
-        res = np.sum(alpha**2 * z2 / denom**2, axis=0) + resid0
         new_alpha = gamma / np.maximum(mm, 1e-300)
         new_beta = (n - gamma) / np.maximum(res, 1e-300)
         done = np.all(np.abs(np.log(new_alpha / alpha)) < tol) and np.all(np.abs(np.log(new_beta / beta)) < tol)
         alpha, beta = new_alpha, new_beta
         if done:
             break
-    denom = alpha + beta * sig2
-    mm = np.sum(beta**2 * sig2 * z2 / denom**2, axis=0)
-    res = np.sum(alpha**2 * z2 / denom**2, axis=0) + resid0
+    denom, mm, res = terms(alpha, beta)
     logdet = np.sum(np.log(denom), axis=0) + (d - r) * np.log(alpha)
     evidence = (n / 2 * np.log(beta) + d / 2 * np.log(alpha) - n / 2 * np.log(2 * np.pi)
                 - beta / 2 * res - alpha / 2 * mm - logdet / 2)
