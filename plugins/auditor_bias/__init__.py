@@ -1,9 +1,4 @@
-"""Built-in plugin ``bias``: who a model fails, and whether it leans on cues it should not.
-
-Checks: ``bias.group_metrics`` (per-group rates and Fairlearn-compatible disparities with bootstrap
-intervals), ``bias.shortcut`` (counterfactual cues), ``bias.leakage`` (linear probe on the sensitive
-attribute), ``bias.prediction_skew`` (predicted vs true class histogram).
-"""
+"""Built-in plugin ``bias``: who a model fails, and whether it leans on cues it should not."""
 
 from __future__ import annotations
 

@@ -95,7 +95,7 @@ class Leakage(ShardedCheck):
         gathered = gather_rows(partials)
         if what == "outputs":
             pred = predictions_of(ctx.model, gathered, y=st["y"])
-            feats = pred.probs if pred.probs is not None else np.asarray(pred.values, np.float64).reshape(n, -1)
+            feats = pred.probs if pred.probs is not None else pred.values
         else:
             feats = next(iter(gathered.values()))
         x = np.asarray(feats, dtype=np.float64).reshape(n, -1)[keep]

@@ -87,8 +87,7 @@ class Shortcut(ShardedCheck):
                 "is wanted).", choices=TRANSFORMS)
         pixels: list[Any] | None = param(None, "set_pixels: [[channel, row, col], ...]",
                 schema={"type": ["array", "null"], "items": {"type": "array", "items": {"type": "integer"},
-                                                             "minItems": 3, "maxItems": 3},
-                      "description": "set_pixels: [[channel, row, col], ...]"})
+                                                             "minItems": 3, "maxItems": 3}})
         value: float | None = param(None, "set_pixels / set_feature: the value written; paste_patch: a constant patch "
                 "value.")
         patch: list[Any] | None = param(None, "paste_patch: the patch, [h, w] or [C, h, w] (channel-first).")

@@ -1,10 +1,5 @@
-"""Built-in plugin ``transfer``: how a model relates to other models and to a new task.
-
-Checks: ``transfer.similarity`` (CKA, RSA, agreement, complementary knowledge), ``transfer.transferability``
-(LogME, LEEP, NCE, H-score, linear probe), ``transfer.attribution_distance`` (occlusion or gradient × input
-maps) and ``transfer.filter_shift`` (3×3 filter distributions per depth). Reference models come from the
-spec's ``reference:`` / ``references:``.
-"""
+"""Built-in plugin ``transfer``: how a model relates to other models (the spec's ``reference:`` / ``references:``)
+and to a new task."""
 
 from __future__ import annotations
 

@@ -185,22 +185,16 @@ class Similarity(ShardedCheck):
         by_ref: dict[str, dict[str, Any]] = {}
         for name in cka:
             r_layers, r_all = st["layers"][name]
-            cm = cka[name].result()
-            rm = rsa[name].result() if rsa[name] is not None else None
             rows = [m_all.index(t) for t in m_layers]
             cols = [r_all.index(t) for t in r_layers]
-            out: dict[str, Any] = {
-                "model_layers": m_layers,
-                "reference_layers": r_layers,
-                "cka_matrix": cm[np.ix_(rows, cols)],
-            }
+            out: dict[str, Any] = {"model_layers": m_layers, "reference_layers": r_layers}
             pen = st["pen"][name]
-            if m_pen and pen:
-                out["cka"] = cm[m_all.index(m_pen), r_all.index(pen)]
-            if rm is not None:
-                out["rsa_matrix"] = rm[np.ix_(rows, cols)]
-                if m_pen and pen:
-                    out["rsa"] = rm[m_all.index(m_pen), r_all.index(pen)]
+            for kind, acc in (("cka", cka[name]), ("rsa", rsa[name])):
+                if acc is not None:  # the layer matrix, and its penultimate cell as the headline
+                    mat = acc.result()
+                    out[f"{kind}_matrix"] = mat[np.ix_(rows, cols)]
+                    if m_pen and pen:
+                        out[kind] = mat[m_all.index(m_pen), r_all.index(pen)]
             r_pred = predictions_of(ctx.references[name], raw[name], y=y)
             if m_pred.task == Task.CLASSIFICATION and r_pred.task == Task.CLASSIFICATION and \
                     m_pred.labels is not None and r_pred.labels is not None:
