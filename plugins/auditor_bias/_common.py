@@ -110,15 +110,6 @@ def group_columns(param: str | list[str] | None, data: Dataset) -> list[str]:
     return [param] if isinstance(param, str) else list(param)
 
 
-def feature_names(data: Dataset) -> list[str] | None:
-    """Names of the input features of tabular data, in input order, or ``None`` when unknown (the core sets
-    ``Dataset.feature_names`` for ``.csv``/``.parquet`` data whose feature columns are scalar)."""
-    names = data.feature_names
-    if names is not None and len(names) == int(np.prod(data.x.shape[1:])):
-        return list(names)
-    return None
-
-
 def feature_index(feature: int | str, data: Dataset) -> int:
     """Index into the flattened per-sample input of a feature given by position or by column name."""
     width = int(np.prod(data.x.shape[1:]))
@@ -128,7 +119,8 @@ def feature_index(feature: int | str, data: Dataset) -> int:
         if not -width <= feature < width:
             raise ValueError(f"feature {feature}: the input has {width} features")
         return feature % width
-    names = feature_names(data)
+    # the core names the columns of .csv/.parquet data whose feature columns are scalar, in input order
+    names = data.feature_names if data.feature_names is not None and len(data.feature_names) == width else None
     if names is not None and feature in names:
         return names.index(feature)
     if names is None and feature in data.columns:

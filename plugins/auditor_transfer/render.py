@@ -26,13 +26,8 @@ def _matrix(v: Any) -> list[list[float]] | None:
 
 def best_match(matrix: list[list[float]]) -> tuple[list[float], list[int]]:
     """Per row (model layer): the largest similarity over the columns (reference layers) and its column."""
-    values, where = [], []
-    for row in matrix:
-        finite = [(x, j) for j, x in enumerate(row) if math.isfinite(x)]
-        best = max(finite, default=(math.nan, -1))
-        values.append(best[0])
-        where.append(best[1])
-    return values, where
+    best = [max(((x, j) for j, x in enumerate(row) if math.isfinite(x)), default=(math.nan, -1)) for row in matrix]
+    return [x for x, _ in best], [j for _, j in best]
 
 
 def references(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:

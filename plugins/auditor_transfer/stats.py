@@ -151,7 +151,6 @@ class CKAAccumulator:
         out[ok] = self.cross[ok] / den[ok]
         return out
 
-
     def absorb(self, other: CKAAccumulator) -> None:
         """Add the batches of ``other`` (an accumulator of the same layers; e.g. one per shard, added in batch
         order: the same sums as one accumulator over every batch)."""
