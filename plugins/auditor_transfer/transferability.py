@@ -75,9 +75,8 @@ class Transferability(ShardedCheck):
     #: Rows per shard: each shard returns its rows' feature vectors and raw outputs for every model.
     shards = RowShards(rows=1024)
 
-    def plan(self, ctx: AuditContext, params: Params) -> Plan:
+    def plan(self, ctx: AuditContext, p: Params) -> Plan:
         """The stratified sample, the target codes, the models scored and their feature tensors."""
-        p = params
         rows, notes = sampled_rows(ctx, int(p.limit))
         full = ctx.require_data()
         y = full.y if rows is None or full.y is None else np.asarray(full.y)[rows]
@@ -87,21 +86,21 @@ class Transferability(ShardedCheck):
         if len(classes) < 2:
             raise SkipCheck("the target labels have a single class")
         notes = notes[-1:] if rows is not None else []
-        models: dict[str, tuple[ModelHandle, str]] = {"model": (ctx.model, str(p.layer))}
+        tensors = {"model": resolve_layers(ctx.model, str(p.layer), 1)[0]}
         if p.include_references:
             for name, ref in ctx.references.items():
-                models[name] = (ref, self._reference_layer(ref, str(p.layer), p.reference_layer, notes, name))
-        tensors = {name: resolve_layers(model, layer, 1)[0] for name, (model, layer) in models.items()}
+                layer = self._reference_layer(ref, str(p.layer), p.reference_layer, notes, name)
+                tensors[name] = resolve_layers(ref, layer, 1)[0]
         return Plan(rows=rows, state={"codes": codes, "classes": classes, "y": y, "tensors": tensors}, notes=notes)
 
-    def run_shard(self, ctx: AuditContext, params: Params, plan: Plan, shard: Shard) -> Any:
+    def run_shard(self, ctx: AuditContext, p: Params, plan: Plan, shard: Shard) -> Any:
         """Every scored model's feature vectors (``rows × d``) and raw audited outputs on the shard's rows."""
         tensors = {name: [tensor] for name, tensor in plan.state["tensors"].items()}
-        return forward(ctx, tensors, ctx.require_data(), str(params.spatial))
+        return forward(ctx, tensors, ctx.require_data(), str(p.spatial))
 
-    def merge(self, ctx: AuditContext, params: Params, plan: Plan, partials: Sequence[Any]) -> CheckResult:
+    def merge(self, ctx: AuditContext, p: Params, plan: Plan, partials: Sequence[Any]) -> CheckResult:
         """Score each model on the gathered features and predictions (read as one pass would read them)."""
-        p, st = params, plan.state
+        st = plan.state
         codes, classes, notes = st["codes"], st["classes"], list(plan.notes)
         n = len(codes)
         base = {"n": n, "n_classes": len(classes), "label_entropy": label_entropy(codes),
