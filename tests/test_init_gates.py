@@ -94,3 +94,21 @@ def test_a_model_without_layers_gets_ungated_weights_checks(tmp_path: Path) -> N
     text, code, checks = init_and_run(tmp_path, model)
     assert [c.get("gate") for c in yaml.safe_load(text)["checks"]] == [None, None]
     assert code == 0 and {c["status"] for c in checks.values()} == {"skipped"}
+
+
+def test_a_one_weight_depthwise_conv_is_not_degenerate(tmp_path: Path) -> None:
+    """A 1x1 depthwise conv (a BatchNorm folded into a conv: one scale per channel) has one weight a filter, which
+    has no spread to lose: its filters are not "constant", and the healthy model passes the gates."""
+    w = weights()
+    scales = np.array([0.5, -1.25, 2.0, 0.75], np.float32).reshape(4, 1, 1, 1)
+    nodes = [helper.make_node("Conv", ["x", "k1"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["a", "dw"], ["b"], group=4), helper.make_node("Relu", ["b"], ["s"]),
+             helper.make_node("GlobalAveragePool", ["s"], ["g"]), helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("MatMul", ["f", "fc"], ["z"])]
+    model = save_model(nodes, [helper.make_tensor_value_info("x", FLOAT, ["N", 1, 6, 6])],
+                       [helper.make_tensor_value_info("z", FLOAT, ["N", 3])],
+                       {"k1": w["k1"], "dw": scales, "fc": w["fc"]}, tmp_path / "dw.onnx")
+    _, code, checks = init_and_run(tmp_path, model)
+    layer = checks["sparsity.filters"]["metrics"]["layers"]["dw"]
+    assert (layer["filters"], layer["constant_filters"], layer["degenerate_filters"]) == (4, 0, 0)
+    assert checks["sparsity.filters"]["metrics"]["degenerate_layers"] == 0 and code == 0

@@ -134,7 +134,10 @@ def _filters(ctx: AuditContext, lw: LayerWeight, ratio: float, tol: float, limit
     assert st.out_max_abs is not None and st.out_min is not None and st.out_max is not None
     zero = st.out_max_abs == 0
     near = ~zero & (st.out_max_abs < ratio * st.max_abs)
-    const = ~zero & ~near & ((st.out_max - st.out_min) <= tol * st.max_abs)
+    # a one-weight filter (a 1x1 depthwise kernel: per-channel scaling) has no spread to lose, so it is never
+    # "constant"; otherwise a BatchNorm folded into such a conv would read as a layer of degenerate filters
+    single = int(np.prod(lw.layer_shape)) == zero.size
+    const = ~zero & ~near & ((st.out_max - st.out_min) <= tol * st.max_abs) & (not single)
     entry: dict[str, Any] = {"node": lw.node, "op_type": lw.op_type, "kernel": kernel, "filters": int(zero.size)}
     for key, mask in (("zero", zero), ("near_zero", near), ("constant", const)):
         entry[f"{key}_filters"] = int(mask.sum())
