@@ -128,22 +128,23 @@ def _suite(has_data: bool, labels: bool, groups: list[str], ops: set[str]) -> li
                 "  # - use: performance.metrics        # accuracy, calibration (ece), per-class recall",
                 "  #   gate: {accuracy: {min: 0.9}}",
                 "  # - use: robustness.noise           # accuracy under Gaussian input noise"]
-    if not ops & set(G.WEIGHT_INPUT):  # no Conv / Gemm / MatMul: both weights checks skip, nothing to gate
-        return [*out, "  - use: sparsity.profile             # zero and near-zero weights per layer",
-                "  - use: sparsity.conditioning        # spectral norms and condition numbers of the weight matrices"]
-    out += ["  - use: sparsity.profile             # zero and near-zero weights per layer",
-            "    gate:                             # defects, never a trait of a healthy model",
-            "      nonfinite: {max: 0}               # NaN / infinite weights: a broken export or a diverged run",
-            "      all_zero_weights: {max: 0}        # a layer weight that is zero throughout passes nothing on",
-            "      # max_layer_sparsity: {max: 0.95, severity: warn}   # heavy pruning"]
+    # no Conv / Gemm / MatMul: both weights checks skip, and a gate on a skipped check fails, so none is written
+    layers = bool(ops & set(G.WEIGHT_INPUT))
+    out.append("  - use: sparsity.profile             # zero and near-zero weights per layer")
+    if layers:
+        out += ["    gate:                             # defects, never a trait of a healthy model",
+                "      nonfinite: {max: 0}               # NaN / infinite weights: a broken export or a diverged run",
+                "      all_zero_weights: {max: 0}        # a layer weight that is zero throughout passes nothing on",
+                "      # max_layer_sparsity: {max: 0.95, severity: warn}   # heavy pruning"]
     if ops & {"Conv", "ConvInteger", "QLinearConv"}:
         out += ["  - use: sparsity.filters             # all-zero, near-zero and constant filters per convolution",
                 "    gate:",
                 "      degenerate_layers: {max: 0}       # a convolution whose every filter is degenerate (e.g. a",
                 "                                        # constant fill: placeholder weights, not a trained model)",
                 "      # max_degenerate_fraction: {max: 0.5, severity: warn}"]
-    out += ["  - use: sparsity.conditioning        # spectral norms and condition numbers of the weight matrices",
-            "    # gate: {singular_matrices: {max: 0}}"]
+    out.append("  - use: sparsity.conditioning        # spectral norms and condition numbers of the weight matrices")
+    if layers:
+        out.append("    # gate: {singular_matrices: {max: 0}}")
     return out
 
 
